@@ -1,0 +1,120 @@
+"""The step catalog: a registry of step functions and of hooks around stages.
+
+Built-in steps live in deploylib.steps. A team adds its own without editing deploylib:
+
+    from deploylib.catalog import step, hook
+
+    @step("warm-cache")
+    def warm_cache(ctx): ...
+
+    @hook("after", "promote")
+    def tell_chat(ctx): ...
+
+and names the module in deploy.toml (`plugins = ["team_steps"]`) or exposes it through
+the `deploylib.steps` entry-point group. A step is placed into procedures with
+`extra_stages`; a hook runs around its stage in every procedure that has that stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from deploylib.errors import ConfigError, InputError
+
+StepFn = Callable[[Any], None]
+ENTRY_POINT_GROUP = "deploylib.steps"
+WHEN = ("before", "after")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: StepFn
+    summary: str
+
+    @property
+    def function(self) -> str:
+        """Where the function lives, as module:qualname (what `invoke plan` shows)."""
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+
+_steps: dict[str, Step] = {}
+_hooks: dict[tuple[str, str], list[StepFn]] = {}
+_loaded: set[str] = set()
+
+
+def step(name: str) -> Callable[[StepFn], StepFn]:
+    """Register a function as the step `name`; registering a name twice is an error."""
+
+    def register(fn: StepFn) -> StepFn:
+        existing = _steps.get(name)
+        if existing and existing.fn is not fn:
+            raise ConfigError(
+                f"step {name!r} is registered twice ({existing.function} and "
+                f"{fn.__module__}:{fn.__qualname__})",
+                fix="give the team step a name of its own",
+            )
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _steps[name] = Step(name=name, fn=fn, summary=summary)
+        return fn
+
+    return register
+
+
+def hook(when: str, stage: str) -> Callable[[StepFn], StepFn]:
+    """Run a function before or after every stage named `stage`."""
+    if when not in WHEN:
+        raise ConfigError(f"hook time {when!r} is not valid", fix="use 'before' or 'after'")
+
+    def register(fn: StepFn) -> StepFn:
+        fns = _hooks.setdefault((when, stage), [])
+        if fn not in fns:
+            fns.append(fn)
+        return fn
+
+    return register
+
+
+def hooks(when: str, stage: str) -> list[StepFn]:
+    return list(_hooks.get((when, stage), ()))
+
+
+def get(name: str) -> Step:
+    load()
+    try:
+        return _steps[name]
+    except KeyError:
+        raise InputError(
+            f"unknown step {name!r}",
+            fix=f"use a stage of the run's plan (`invoke plan`); known steps: "
+            f"{', '.join(sorted(_steps))}",
+        ) from None
+
+
+def names() -> list[str]:
+    load()
+    return sorted(_steps)
+
+
+def load(plugins: Iterable[str] = ()) -> None:
+    """Import the built-in steps, entry-point plugins and the modules named in config."""
+    modules = ["deploylib.steps", *plugins]
+    for module in modules:
+        if module in _loaded:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"plugin module {module!r} cannot be imported ({exc})",
+                fix="install it or put it on PYTHONPATH, or remove it from plugins",
+            ) from None
+        _loaded.add(module)
+    if "entry-points" not in _loaded:
+        _loaded.add("entry-points")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()

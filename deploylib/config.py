@@ -1,0 +1,402 @@
+"""deploy.toml: named environments, validated on load.
+
+Every error names the key, the bad value and the fix, on one line. The lab environment
+is embedded (deploylib/lab/environment.toml) and is the default when none is given; a
+deploy.toml may override it by defining its own [environments.lab].
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deploylib.errors import ConfigError, InputError
+
+MODES = ("immutable", "rebake-light", "in-place")
+LAB_ENVIRONMENT_FILE = Path(__file__).parent / "lab" / "environment.toml"
+DEFAULT_CONFIG = "deploy.toml"
+
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+_ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+_IMAGE_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_STEP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9.+-]*(=[0-9A-Za-z.+~:-]+)?$")
+_BATCH = re.compile(r"^([1-9]\d*)(%?)$")
+
+
+def check_version(version: str) -> str:
+    """A release version is used in paths, tags and remote commands: keep it plain."""
+    if not isinstance(version, str) or not _VERSION.match(version) or ".." in version:
+        raise InputError(
+            f"version {version!r} is not a valid release version",
+            fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (e.g. 1.2.3 or 2026.11.27-abc123)",
+        )
+    return version
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise InputError(
+            f"unknown mode {mode!r}", fix=f"use one of: {', '.join(MODES)}"
+        )
+    return mode
+
+
+def check_env_name(name: str) -> str:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise InputError(
+            f"environment name {name!r} is not valid",
+            fix="use lower-case letters, digits and '-', starting with a letter (e.g. lab)",
+        )
+    return name
+
+
+def _fail(message: str) -> ValueError:
+    return ValueError(message)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JenkinsConfig(Strict):
+    url: str = ""
+    user: str = ""
+    pipeline_job: str = "deploy"
+    promote_job: str = "test-and-promote"
+    record_job: str = "record-hotfix"
+    timeout: float = Field(default=1800, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^\s/$.?#][^\s]*$", v):
+            raise _fail("must be an http(s) URL such as https://jenkins.example.com, or empty")
+        return v.rstrip("/")
+
+
+class RegionOverride(Strict):
+    subnet: str | None = None
+    security_group: str | None = None
+    target_group: str | None = None
+
+
+class ExtraStage(Strict):
+    step: str
+    before: str | None = None
+    after: str | None = None
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> ExtraStage:
+        if (self.before is None) == (self.after is None):
+            raise _fail("give exactly one of before = STAGE or after = STAGE")
+        return self
+
+
+class Environment(Strict):
+    """One named environment: where a release goes and how."""
+
+    name: str = "lab"
+    provider: Literal["aws", "lab"] = "aws"
+    primary_region: str
+    copy_regions: list[str] = []
+    base_image: str
+    base_image_owner: str | None = None
+    instance_type: str = "t3.micro"
+    subnet: str
+    security_group: str
+    target_group: str
+    regions: dict[str, RegionOverride] = {}
+    key_name: str | None = None
+    os_packages: list[str] = []
+    app_root: str = "/srv/app"
+    app_port: int = Field(default=8080, ge=1, le=65535)
+    service: str = "app"
+    restart_command: str = "sudo systemctl restart app"
+    health_path: str = "/health"
+    batch_size: Annotated[str | int, Field(union_mode="left_to_right")] = 1
+    fleet_size: int = Field(default=2, ge=1, le=100)
+    keep_releases: int = Field(default=3, ge=2, le=50)
+    artifact_bucket: str
+    app_source: str = "examples/app"
+    # pull: hosts fetch the artifact from a presigned URL; push: it is sent over SFTP
+    # (for hosts that cannot reach the artifact store).
+    artifact_transfer: Literal["pull", "push"] = "pull"
+    ssh_user: str = "ubuntu"
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    ssh_key: str | None = None
+    state_dir: str = ".runs"
+    plugins: list[str] = []
+    extra_stages: list[ExtraStage] = []
+    jenkins: JenkinsConfig = JenkinsConfig()
+    timeouts: dict[str, float] = {}
+
+    @field_validator("primary_region")
+    @classmethod
+    def _primary(cls, v: str) -> str:
+        if not _REGION.match(v):
+            raise _fail("must be an AWS region name such as us-east-1")
+        return v
+
+    @field_validator("copy_regions")
+    @classmethod
+    def _copies(cls, v: list[str]) -> list[str]:
+        for region in v:
+            if not _REGION.match(region):
+                raise _fail(f"{region!r} is not an AWS region name such as eu-west-1")
+        if len(set(v)) != len(v):
+            raise _fail("lists a region twice; name each copy region once")
+        return v
+
+    @field_validator("base_image")
+    @classmethod
+    def _base_image(cls, v: str) -> str:
+        if v.startswith("ami-") and not _IMAGE_ID.match(v):
+            raise _fail("looks like an image id but is not one (ami- then 8 or 17 hex digits)")
+        if not v.strip():
+            raise _fail("give an image id (ami-…) or a name filter such as ubuntu/images/*")
+        return v
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, v: str) -> str:
+        if not _INSTANCE_TYPE.match(v):
+            raise _fail("must be an EC2 instance type such as t3.micro")
+        return v
+
+    @field_validator("os_packages")
+    @classmethod
+    def _packages(cls, v: list[str]) -> list[str]:
+        for pkg in v:
+            if not _PACKAGE.match(pkg):
+                raise _fail(f"{pkg!r} is not a Debian package name (e.g. nginx or curl=7.81.0-1)")
+        return v
+
+    @field_validator("app_root")
+    @classmethod
+    def _app_root(cls, v: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._/-]+$", v) or ".." in v or v.rstrip("/") == "":
+            raise _fail("must be an absolute path of plain characters, not /, e.g. /srv/app")
+        return v.rstrip("/")
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", v):
+            raise _fail("must be a systemd unit name such as app")
+        return v
+
+    @field_validator("health_path")
+    @classmethod
+    def _health(cls, v: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._~/-]*$", v):
+            raise _fail("must be a URL path starting with /, e.g. /health")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: str | int) -> str | int:
+        if isinstance(v, bool):
+            raise _fail("must be a count such as 2 or a percentage such as 25%")
+        if isinstance(v, int):
+            if v < 1:
+                raise _fail("must be at least 1 (or a percentage such as 25%)")
+            return v
+        m = _BATCH.match(v.strip())
+        if not m or (m.group(2) and int(m.group(1)) > 100):
+            raise _fail("must be a count such as 2 or a percentage from 1% to 100%")
+        return v.strip() if m.group(2) else int(m.group(1))
+
+    @field_validator("artifact_bucket")
+    @classmethod
+    def _bucket(cls, v: str) -> str:
+        if not _BUCKET.match(v) or ".." in v:
+            raise _fail("must be an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
+        return v
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: list[str]) -> list[str]:
+        for mod in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", mod):
+                raise _fail(f"{mod!r} is not an importable module name such as team_steps")
+        return v
+
+    @field_validator("timeouts")
+    @classmethod
+    def _timeouts(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, seconds in v.items():
+            if seconds <= 0:
+                raise _fail(f"timeouts.{key} must be a positive number of seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _regions(self) -> Environment:
+        if self.primary_region in self.copy_regions:
+            raise _fail("copy_regions repeats primary_region; list only the other regions")
+        for region in self.regions:
+            if region not in self.all_regions:
+                raise _fail(
+                    f"regions.{region} overrides a region that is neither primary_region "
+                    "nor in copy_regions"
+                )
+        for extra in self.extra_stages:
+            if not _STEP_NAME.match(extra.step):
+                raise _fail(f"extra_stages step {extra.step!r} is not a step name like warm-cache")
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def all_regions(self) -> list[str]:
+        return [self.primary_region, *self.copy_regions]
+
+    def network(self, region: str) -> tuple[str, str, str]:
+        """(subnet, security group, target group) for a region, overrides applied."""
+        o = self.regions.get(region, RegionOverride())
+        return (
+            o.subnet or self.subnet,
+            o.security_group or self.security_group,
+            o.target_group or self.target_group,
+        )
+
+    def timeout(self, what: str, default: float) -> float:
+        return float(self.timeouts.get(what, default))
+
+    def batch_count(self, hosts: int) -> int:
+        """How many hosts one in-place batch takes, for a fleet of `hosts`."""
+        size = self.batch_size
+        if isinstance(size, str):
+            return max(1, (hosts * int(size[:-1])) // 100)
+        return size
+
+    @property
+    def record_parameter(self) -> str:
+        """The SSM parameter holding what is live in this environment."""
+        return f"/deploylib/{self.name}/live"
+
+
+class DeployConfig(Strict):
+    default_environment: str = "lab"
+    environments: dict[str, Environment]
+    source: str = "(embedded)"
+
+    def environment(self, name: str | None) -> Environment:
+        name = name or self.default_environment
+        check_env_name(name)
+        if name not in self.environments:
+            known = ", ".join(sorted(self.environments))
+            raise InputError(
+                f"unknown environment {name!r}",
+                resource=self.source,
+                fix=f"use one of: {known}, or add [environments.{name}] to {self.source}",
+            )
+        return self.environments[name]
+
+
+def _error_line(source: str, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    kind = err["type"]
+    bad = err.get("input")
+    if kind == "extra_forbidden":
+        # The last element of loc is the unknown key; suggest the nearest known one.
+        parent = _model_for(err["loc"][:-1])
+        key = str(err["loc"][-1])
+        near = difflib.get_close_matches(key, list(parent.model_fields), n=1) if parent else []
+        hint = f"did you mean {near[0]!r}?" if near else "remove it (see README, Configuration)"
+        return ConfigError(f"unknown key {loc}", resource=source, fix=hint)
+    if kind == "missing":
+        return ConfigError(f"missing key {loc}", resource=source, fix=f"add {loc} = …")
+    msg = err["msg"].removeprefix("Value error, ")
+    shown = repr(bad) if not isinstance(bad, dict) else "{…}"
+    if len(shown) > 60:
+        shown = shown[:57] + "…'"
+    return ConfigError(f"{loc} = {shown} is invalid", resource=source, fix=msg)
+
+
+def _model_for(loc: tuple) -> type[BaseModel] | None:
+    """Walk the schema along a validation error's location to the model that owns it."""
+    model: type[BaseModel] | None = DeployConfig
+    skip_next = False
+    for part in loc:
+        if skip_next:
+            skip_next = False
+            continue
+        if model is None:
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        origin = getattr(ann, "__origin__", None)
+        if origin is dict:
+            ann = ann.__args__[1]
+            skip_next = True  # the next loc element is the dict key
+        elif origin is list:
+            ann = ann.__args__[0]
+            skip_next = True
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
+    """Parse and validate deploy.toml text; the embedded lab is added unless overridden."""
+    try:
+        data = tomllib.loads(text) if text.strip() else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML ({exc})", resource=source,
+                          fix="correct the syntax at the line and column shown") from None
+    if not isinstance(data.get("environments", {}), dict):
+        raise ConfigError("environments must be a table", resource=source,
+                          fix="write [environments.NAME] sections")
+    envs = dict(data.get("environments", {}))
+    if "lab" not in envs:
+        envs["lab"] = tomllib.loads(LAB_ENVIRONMENT_FILE.read_text())["environments"]["lab"]
+    for name, body in envs.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"environments.{name} must be a table", resource=source,
+                              fix=f"write [environments.{name}] with its keys below it")
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"environment name {name!r} is not valid", resource=source,
+                              fix="use lower-case letters, digits and '-', e.g. staging")
+        body.setdefault("name", name)
+    data["environments"] = envs
+    data["source"] = source
+    try:
+        config = DeployConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _error_line(source, exc, data) from None
+    if config.default_environment not in config.environments:
+        raise ConfigError(
+            f"default_environment = {config.default_environment!r} names no environment",
+            resource=source, fix=f"use one of: {', '.join(sorted(config.environments))}",
+        )
+    return config
+
+
+def load(path: str | os.PathLike | None = None) -> DeployConfig:
+    """Load deploy.toml (or $DEPLOY_CONFIG); a missing default file means the lab only."""
+    explicit = path or os.environ.get("DEPLOY_CONFIG")
+    target = Path(explicit or DEFAULT_CONFIG)
+    if not target.exists():
+        if explicit:
+            raise InputError(f"config file {str(target)!r} does not exist",
+                             fix="pass --config with the path of your deploy.toml")
+        return parse("", source="(embedded lab)")
+    try:
+        text = target.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read it ({exc.__class__.__name__})", resource=str(target),
+                          fix="make it a readable UTF-8 text file") from None
+    return parse(text, source=str(target))

@@ -1,0 +1,65 @@
+"""What is live: every instance behind the environment's target groups, and its drift.
+
+Reads only. For each live instance: id, address, region, image, the release baked into
+that image (the image's deploy:release tag), the release it is running (asked of the
+app itself), and drift when the two differ — a hotfix the image does not carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploylib import aws, parallel, steps
+from deploylib.config import Environment
+
+
+def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
+    record = aws.read_record(clients.ssm(), env.record_parameter)
+
+    def region_rows(region: str) -> list[dict[str, Any]]:
+        elb = clients.elbv2(region)
+        _, _, group_name = env.network(region)
+        group = aws.resolve_target_group(elb, group_name, region)
+        states = aws.target_states(elb, group)
+        instances = aws.describe(clients.ec2(region), region, sorted(states))
+        baked = aws.image_tags(clients.ec2(region), [i.image_id for i in instances])
+        rows = []
+        for inst in instances:
+            running = steps.serving_version(inst.address or "", env.app_port, env.health_path)
+            image_release = baked.get(inst.image_id, {}).get(aws.TAG_RELEASE)
+            rows.append({
+                "instance_id": inst.instance_id, "region": region, "address": inst.address,
+                "state": inst.state, "target_health": states.get(inst.instance_id),
+                "image_id": inst.image_id, "baked_release": image_release,
+                "running_release": running,
+                "drift": bool(running and running != image_release),
+            })
+        return rows
+
+    results = parallel.each(env.all_regions, region_rows, key=lambda r: r)
+    errors = {r: str(e) for r, e in results.items() if isinstance(e, Exception)}
+    rows = [row for r in env.all_regions if isinstance(results.get(r), list) for row in results[r]]
+    return {"environment": env.name, "record": record, "instances": rows, "errors": errors}
+
+
+def table(report: dict[str, Any]) -> str:
+    rec = report["record"] or {}
+    lines = [
+        f"environment {report['environment']}: live release "
+        f"{rec.get('release', '(none recorded)')} via {rec.get('procedure', '-')}"
+        f" (run {rec.get('run_id', '-')})",
+    ]
+    head = ("instance", "region", "address", "image", "baked", "running", "drift")
+    rows = [(r["instance_id"], r["region"], r["address"] or "-", r["image_id"],
+             r["baked_release"] or "-", r["running_release"] or "?",
+             "DRIFT" if r["drift"] else "") for r in report["instances"]]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+    for row in (head, *rows):
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+    drifted = sum(1 for r in report["instances"] if r["drift"])
+    if drifted:
+        lines.append(f"{drifted} host(s) run a release their image does not carry; the recorded "
+                     "images are what scale-out and replacement will use.")
+    for region, err in report["errors"].items():
+        lines.append(f"{region}: could not be read: {err}")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Jenkins through python-jenkins: trigger a parameterized job and follow it.
+
+Following a build is three waits, each with a deadline: the queue item until it has an
+executable (or is cancelled), then the build until it has a result. The console URL is
+reported as soon as the build number is known, so an operator can open it at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from deploylib import waits
+from deploylib.config import JenkinsConfig
+from deploylib.errors import JenkinsError
+
+TOKEN_ENV = "JENKINS_API_TOKEN"
+
+
+@dataclass(frozen=True)
+class Build:
+    job: str
+    queue_item: int
+    number: int | None
+    url: str | None
+    result: str | None
+
+    @property
+    def console_url(self) -> str | None:
+        return f"{self.url.rstrip('/')}/console" if self.url else None
+
+
+def connect(cfg: JenkinsConfig, *, timeout: float = 10.0) -> Any:
+    """A python-jenkins client; the API token comes from $JENKINS_API_TOKEN, never config."""
+    import jenkins
+
+    return jenkins.Jenkins(cfg.url, username=cfg.user or None,
+                           password=os.environ.get(TOKEN_ENV) or None, timeout=timeout)
+
+
+def _wrap(action: str, job: str, fn: Callable[[], Any]) -> Any:
+    import jenkins
+    import requests
+
+    try:
+        return fn()
+    except jenkins.NotFoundException:
+        raise JenkinsError(f"{action}: the job does not exist", resource=f"job {job}",
+                           fix="create it with `invoke jenkins.setup` or fix the job name in "
+                           "deploy.toml") from None
+    except jenkins.JenkinsException as exc:
+        text = str(exc).splitlines()[0][:200]
+        raise JenkinsError(f"{action}: {text}", resource=f"job {job}",
+                           fix="check the Jenkins user's permissions and $" + TOKEN_ENV) from None
+    except (requests.exceptions.RequestException, OSError) as exc:
+        raise JenkinsError(f"{action}: Jenkins is unreachable ({type(exc).__name__})",
+                           resource=f"job {job}",
+                           fix="check jenkins.url in deploy.toml and that Jenkins is up") from None
+
+
+def trigger(server: Any, job: str, parameters: dict[str, str]) -> int:
+    """Queue a parameterized build; returns the queue item number."""
+    return _wrap("trigger", job, lambda: server.build_job(job, parameters=parameters))
+
+
+def follow(server: Any, job: str, queue_item: int, *, timeout: float,
+           on_started: Callable[[Build], None] | None = None,
+           poll: float = 0.5) -> Build:
+    """Wait for the queue item to start and the build to finish; return its result."""
+
+    def started() -> dict[str, Any] | None:
+        item = _wrap("read queue item", job, lambda: server.get_queue_item(queue_item))
+        if item.get("cancelled"):
+            raise JenkinsError("the queued build was cancelled", resource=f"job {job}",
+                               fix="see why in Jenkins' build queue, then run the job again")
+        return item.get("executable") or None
+
+    executable = waits.until(started, timeout=timeout, what="the build to leave the queue",
+                             resource=f"job {job} queue item {queue_item}",
+                             fix="check Jenkins has a free executor for this job",
+                             first=poll, longest=max(poll, 5.0))
+    number, url = int(executable["number"]), executable.get("url")
+    if on_started:
+        on_started(Build(job, queue_item, number, url, None))
+
+    def finished() -> dict[str, Any] | None:
+        info = _wrap("read build", job, lambda: server.get_build_info(job, number))
+        return info if not info.get("building") and info.get("result") else None
+
+    info = waits.until(finished, timeout=timeout, what="the build to finish",
+                       resource=f"job {job} build {number}",
+                       fix=f"open {url or 'the build'} to see where it is stuck",
+                       first=poll, longest=max(poll, 5.0))
+    return Build(job, queue_item, number, info.get("url", url), info["result"])
+
+
+def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float,
+            on_started: Callable[[Build], None] | None = None) -> Build:
+    """Trigger, follow, and raise unless the build succeeded."""
+    item = trigger(server, job, parameters)
+    build = follow(server, job, item, timeout=timeout, on_started=on_started)
+    if build.result != "SUCCESS":
+        raise JenkinsError(f"build #{build.number} finished {build.result}",
+                           resource=f"job {job}",
+                           fix=f"read {build.console_url or 'its console'} for the failure")
+    return build

@@ -1,0 +1,25 @@
+"""The lab: the whole product on one machine, with no cloud account.
+
+Real here: the AWS API over HTTP (moto in server mode), SSH (an OpenSSH sshd per
+instance on its own loopback address), file transfer, the install script, the
+application processes, health checks and the load balancer's traffic.
+
+Emulated, and said so: what an instance *is* (a root directory plus an sshd, not a VM),
+what an image *is* (a snapshot of that directory), OS packages (apt-get records the
+package list instead of installing), the service manager (a small systemctl stand-in
+that reads the same unit file systemd would), and AWS timing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LAB_DIR_ENV = "DEPLOY_LAB_DIR"
+# moto accepts any credentials; these exist so boto3 never looks for real ones.
+LAB_CREDENTIALS = {"aws_access_key_id": "lab", "aws_secret_access_key": "lab-secret"}
+BIN = Path(__file__).resolve().parent / "bin"
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get(LAB_DIR_ENV, ".lab")).resolve()

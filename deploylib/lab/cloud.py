@@ -1,0 +1,164 @@
+"""The lab's cloud: moto's EC2 and ELBv2 backends, made to act on real lab hosts.
+
+moto answers the AWS API; these hooks (installed in the lab daemon's process, where
+moto's server runs) make its answers true: RunInstances boots a lab host, StopInstances
+and TerminateInstances stop or remove it, CreateImage snapshots its root, CopyImage
+copies the snapshot, and DescribeTargetHealth reports what the lab's balancers see.
+moto is pinned (pyproject.toml) because these hooks wrap its internal methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.amis import AmiBackend
+from moto.ec2.models.instances import InstanceBackend
+from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup, elbv2_backends
+
+from deploylib.lab.balancer import Balancer, Balancers
+from deploylib.lab.hosts import HostFarm
+
+_REASONS = {
+    "initial": ("Elb.RegistrationInProgress", "Target registration is in progress"),
+    "unhealthy": ("Target.FailedHealthChecks", "Health checks failed"),
+    "draining": ("Target.DeregistrationInProgress", "Target deregistration is in progress"),
+}
+
+
+def registrations(balancer: Balancer) -> dict[str, tuple[str, int]]:
+    """The running instances registered in a balancer's target group, with addresses."""
+    group = elbv2_backends[DEFAULT_ACCOUNT_ID][balancer.region].target_groups.get(
+        balancer.group_arn)
+    if group is None:
+        return {}
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][balancer.region]
+    out = {}
+    for iid, target in list(group.targets.items()):
+        inst = ec2.get_instance_by_id(iid)
+        if inst is not None and inst.state == "running" and inst.private_ip:
+            out[iid] = (inst.private_ip, int(target["Port"]))
+    return out
+
+
+def install(farm: HostFarm, balancers: Balancers) -> None:
+    """Wrap moto's backend methods so the API's effects happen on lab hosts."""
+    run_instances = InstanceBackend.run_instances
+    start_instances = InstanceBackend.start_instances
+    stop_instances = InstanceBackend.stop_instances
+    terminate_instances = InstanceBackend.terminate_instances
+    create_image = AmiBackend.create_image
+    copy_image = AmiBackend.copy_image
+    deregister_image = AmiBackend.deregister_image
+    health_for = FakeTargetGroup.health_for
+    describe_target_health = ELBv2Backend.describe_target_health
+
+    def lab_run_instances(self: Any, image_id: str, count: int, *args: Any, **kw: Any) -> Any:
+        reservation = run_instances(self, image_id, count, *args, **kw)
+        for inst in reservation.instances:
+            farm.boot(inst.id, inst.private_ip, image_id)
+        return reservation
+
+    def lab_start_instances(self: Any, instance_ids: list[str]) -> Any:
+        result = start_instances(self, instance_ids)
+        for inst, previous in result:
+            if previous.name != "running":
+                farm.boot(inst.id, inst.private_ip, inst.image_id)
+        return result
+
+    def lab_stop_instances(self: Any, instance_ids: list[str]) -> Any:
+        result = stop_instances(self, instance_ids)
+        for inst, _ in result:
+            farm.halt(inst.id)
+        return result
+
+    def lab_terminate_instances(self: Any, instance_ids: list[str]) -> Any:
+        result = terminate_instances(self, instance_ids)
+        for inst, _ in result:
+            farm.destroy(inst.id)
+        return result
+
+    def lab_create_image(self: Any, instance_id: str, *args: Any, **kw: Any) -> Any:
+        ami = create_image(self, instance_id, *args, **kw)
+        farm.snapshot(instance_id, ami.id)
+        return ami
+
+    def lab_copy_image(self: Any, source_image_id: str, *args: Any, **kw: Any) -> Any:
+        ami = copy_image(self, source_image_id, *args, **kw)
+        farm.copy_image(source_image_id, ami.id)
+        return ami
+
+    def lab_deregister_image(self: Any, ami_id: str) -> None:
+        deregister_image(self, ami_id)
+        farm.drop_image(ami_id)
+
+    def lab_health_for(self: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
+        status = health_for(self, target, ec2_backend)
+        seen = balancers.state(self.arn, target["Id"])
+        if target["Id"] in self.targets:
+            if status.status == "healthy":
+                status.status = seen if seen not in (None, "draining") else "initial"
+        elif seen is not None:
+            # Deregistered but still known to the balancer: in flight, or not yet noticed.
+            status.status = "draining"
+        if status.status in _REASONS:
+            status.reason, status.description = _REASONS[status.status]
+        return status
+
+    def lab_describe_target_health(self: Any, target_group_arn: str,
+                                   targets: list[dict[str, Any]]) -> list[FakeHealthStatus]:
+        if not targets:
+            group = self.target_groups.get(target_group_arn)
+            balancer = balancers.by_arn.get(target_group_arn)
+            if group is not None and balancer is not None:
+                # Like ELB, list draining targets too, not only registered ones.
+                targets = list(group.targets.values()) + [
+                    {"Id": iid, "Port": t.port} for iid, t in list(balancer.targets.items())
+                    if iid not in group.targets]
+        return describe_target_health(self, target_group_arn, targets)
+
+    InstanceBackend.run_instances = lab_run_instances
+    InstanceBackend.start_instances = lab_start_instances
+    InstanceBackend.stop_instances = lab_stop_instances
+    InstanceBackend.terminate_instances = lab_terminate_instances
+    AmiBackend.create_image = lab_create_image
+    AmiBackend.copy_image = lab_copy_image
+    AmiBackend.deregister_image = lab_deregister_image
+    FakeTargetGroup.health_for = lab_health_for
+    ELBv2Backend.describe_target_health = lab_describe_target_health
+
+
+def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
+    """Create the lab account's infrastructure, as Terraform would for a real one.
+
+    Each region gets a VPC on its own loopback range (127.N.0.0/16), so instance
+    addresses are real, reachable loopback addresses; plus a subnet, a security group,
+    a target group, and the base image. Returns the target group ARN per region.
+    """
+    groups = {}
+    base_name = spec["base_image"].replace("*", "20261101")
+    for n, region in enumerate(spec["regions"], start=1):
+        ec2 = clients.ec2(region)
+        vpc = ec2.create_vpc(CidrBlock=f"127.{n}.0.0/16")["Vpc"]["VpcId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{n}.0.0/24", TagSpecifications=[
+            {"ResourceType": "subnet", "Tags": [{"Key": "Name", "Value": spec["subnet"]}]}])
+        ec2.create_security_group(GroupName=spec["security_group"], VpcId=vpc,
+                                  Description="lab application hosts")
+        ec2.register_image(Name=base_name, Description="lab base image (an empty root)",
+                           Architecture="x86_64", RootDeviceName="/dev/sda1",
+                           VirtualizationType="hvm")
+        elb = clients.elbv2(region)
+        arn = elb.create_target_group(
+            Name=spec["target_group"], Protocol="HTTP", Port=spec["app_port"], VpcId=vpc,
+            TargetType="instance", HealthCheckPath=spec["health_path"],
+            HealthCheckIntervalSeconds=5, HealthyThresholdCount=2, UnhealthyThresholdCount=2,
+        )["TargetGroups"][0]["TargetGroupArn"]
+        elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": "5"}])
+        groups[region] = arn
+    primary = spec["regions"][0]
+    extra = {} if primary == "us-east-1" else {
+        "CreateBucketConfiguration": {"LocationConstraint": primary}}
+    clients.s3().create_bucket(Bucket=spec["bucket"], **extra)
+    return groups

@@ -1,0 +1,119 @@
+"""Bring the lab up and down from the command line (what `invoke lab.*` calls)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deploylib.config import Environment
+from deploylib.errors import DeployError, InputError
+from deploylib.lab import lab_dir
+from deploylib.lab.hosts import kill_leftovers
+
+READY_TIMEOUT = 60.0
+
+
+def spec_for(env: Environment) -> dict[str, Any]:
+    """What the daemon must create so that this environment's names resolve in the lab."""
+    if env.provider != "lab":
+        raise InputError(f"environment {env.name!r} is not a lab environment",
+                         fix="use --env lab (or an environment with provider = \"lab\")")
+    if env.base_image.startswith("ami-"):
+        raise InputError("the lab needs base_image as a name filter, not an image id",
+                         resource=f"environments.{env.name}.base_image",
+                         fix="use a name such as deploylab/ubuntu-22.04-base-*")
+    names = {env.network(r) for r in env.all_regions}
+    if len(names) != 1:
+        raise InputError("the lab uses the same subnet, security group and target group "
+                         "names in every region", resource=f"environments.{env.name}.regions",
+                         fix="remove the per-region overrides from the lab environment")
+    subnet, group, target_group = names.pop()
+    return {"regions": env.all_regions, "subnet": subnet, "security_group": group,
+            "target_group": target_group, "bucket": env.artifact_bucket,
+            "base_image": env.base_image, "app_port": env.app_port,
+            "health_path": env.health_path, "ssh_port": env.ssh_port}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def running(directory: Path | None = None) -> dict[str, Any] | None:
+    directory = directory or lab_dir()
+    try:
+        info = json.loads((directory / "lab.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return info if _pid_alive(int(info.get("pid", 0))) else None
+
+
+def start_daemon(env: Environment, directory: Path | None = None) -> dict[str, Any]:
+    """Start the lab daemon in the background and wait until it is ready."""
+    directory = directory or lab_dir()
+    info = running(directory)
+    if info:
+        return info
+    if directory.exists():
+        kill_leftovers(directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    spec = spec_for(env)
+    log = open(directory / "daemon.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploylib.lab.daemon", "--dir", str(directory),
+         "--spec", json.dumps(spec)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        cwd=Path(__file__).resolve().parents[2])
+    log.close()
+    (directory / "daemon.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (directory / "daemon.log").read_text()[-2000:].strip().splitlines()
+            raise DeployError(f"the lab daemon exited with {proc.returncode}: "
+                              f"{tail[-1] if tail else 'no output'}",
+                              resource=str(directory / "daemon.log"),
+                              fix="read the log; is openssh-server installed (`./dev setup`)?")
+        info = running(directory)
+        if info:
+            return info
+        time.sleep(0.05)
+    proc.kill()
+    raise DeployError("the lab daemon did not become ready in time",
+                      resource=str(directory / "daemon.log"), fix="read the log")
+
+
+def stop_daemon(directory: Path | None = None) -> bool:
+    """Stop the daemon (it stops every host) and remove the lab directory."""
+    directory = directory or lab_dir()
+    if not directory.exists():
+        return False
+    try:
+        pid = int((directory / "daemon.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        pid = 0
+    if pid and _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    kill_leftovers(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    return True

@@ -1,0 +1,86 @@
+"""The lab daemon: moto's server with the lab hooks, the host farm and the balancers.
+
+Started in the background by `invoke lab.up` (deploylib.lab.control); writes lab.json
+when ready and tears everything down on SIGTERM or SIGINT.
+
+    python -m deploylib.lab.daemon --dir .lab --spec '{...}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from deploylib.lab import LAB_CREDENTIALS, cloud
+from deploylib.lab import balancer as lb
+from deploylib.lab.hosts import HostFarm, write_keypair
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--spec", required=True, help="JSON: regions, names, ports")
+    args = parser.parse_args()
+    lab_dir = Path(args.dir).resolve()
+    spec = json.loads(args.spec)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    from moto.server import ThreadedMotoServer
+
+    from deploylib.aws import AwsClients
+
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    client_key = lab_dir / "id_ed25519"
+    public = write_keypair(client_key)
+    (lab_dir / "authorized_keys").write_text(public + "\n")
+
+    farm = HostFarm(lab_dir, ssh_port=spec["ssh_port"])
+    balancers = lb.Balancers(cloud.registrations)
+    cloud.install(farm, balancers)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+
+    clients = AwsClients(spec["regions"][0], endpoint_url=endpoint,
+                         credentials=LAB_CREDENTIALS, path_style=True)
+    groups = cloud.seed(clients, spec)
+    for region, arn in groups.items():
+        balancers.add(lb.Balancer(region=region, group_arn=arn,
+                                  health_path=spec["health_path"], deregistration_delay=5.0))
+    balancers.run()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    info = {
+        "pid": os.getpid(),
+        "endpoint": endpoint,
+        "ssh_port": spec["ssh_port"],
+        "ssh_key": str(client_key),
+        "hostkeys": str(farm.registry),
+        "regions": {r: {"target_group": groups[r], "load_balancer": balancers.by_arn[groups[r]].url}
+                    for r in spec["regions"]},
+        "spec": spec,
+    }
+    tmp = lab_dir / "lab.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, lab_dir / "lab.json")
+    print(f"lab ready: AWS API at {endpoint}", flush=True)
+
+    stop.wait()
+    (lab_dir / "lab.json").unlink(missing_ok=True)
+    balancers.stop()
+    farm.shutdown()
+    server.stop()
+    print("lab stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

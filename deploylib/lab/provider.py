@@ -1,0 +1,56 @@
+"""The lab provider: the same clients as on AWS, pointed at the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from deploylib import aws, ssh
+from deploylib.config import Environment
+from deploylib.errors import InputError
+from deploylib.lab import LAB_CREDENTIALS, lab_dir
+
+
+def read_info(directory: Path | None = None) -> dict[str, Any]:
+    directory = directory or lab_dir()
+    path = directory / "lab.json"
+    try:
+        info = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise InputError(f"the lab is not running ({path} is missing)",
+                         fix="start it with `invoke lab.up`") from None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        raise InputError("the lab daemon is gone but left lab.json behind",
+                         resource=str(path), fix="run `invoke lab.down` then `invoke lab.up`"
+                         ) from None
+    return info
+
+
+class LabProvider:
+    def __init__(self, info: dict[str, Any]):
+        self.info = info
+
+    @classmethod
+    def from_environment(cls) -> LabProvider:
+        return cls(read_info())
+
+    def aws_clients(self, env: Environment) -> aws.AwsClients:
+        return aws.AwsClients(env.primary_region, endpoint_url=self.info["endpoint"],
+                              credentials=LAB_CREDENTIALS, path_style=True)
+
+    def ssh_credentials(self, env: Environment) -> ssh.Credentials:
+        return ssh.Credentials(user=env.ssh_user, key_file=self.info["ssh_key"])
+
+    def trusted_keys(self, clients: aws.AwsClients,
+                     instance: aws.Instance) -> tuple[paramiko.PKey, ...]:
+        # The lab's registry plays the part of EC2 console output: written at boot.
+        path = Path(self.info["hostkeys"]) / f"{instance.instance_id}.pub"
+        if not path.exists():
+            return ()
+        return (ssh.read_public_key_file(str(path)),)

@@ -1,0 +1,176 @@
+"""The three procedures as data: mode -> ordered stages. Pure; knows no SDK.
+
+A stage names a step from the catalog, the hosts it applies to (`targets`) and its
+options. The same step name in two procedures is the same function: the plan only
+orders steps, it never defines them. In-place rolls out in batches; the steps done per
+batch form one group stage, `rollout`, whose `per_batch` list is repeated for each batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from deploylib.config import MODES, ExtraStage, check_mode
+from deploylib.errors import ConfigError
+
+# Which hosts a stage works on, resolved from the run state when it runs.
+BUILDER = "builder"
+CANDIDATES = "candidates"
+BATCH = "batch"
+
+# The phase decides what `invoke bake` runs itself and what it hands to Jenkins.
+BAKE = "bake"
+RELEASE = "release"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    step: str
+    targets: str | None = None
+    phase: str = RELEASE
+    options: tuple[tuple[str, Any], ...] = ()
+    per_batch: tuple[Stage, ...] = ()
+
+    @property
+    def option(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "step": self.step, "phase": self.phase}
+        if self.targets:
+            out["targets"] = self.targets
+        if self.options:
+            out["options"] = dict(self.options)
+        if self.per_batch:
+            out["per_batch"] = [s.to_dict() for s in self.per_batch]
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    stages: tuple[Stage, ...] = field(default_factory=tuple)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def walk(self) -> Iterable[Stage]:
+        """Every stage, group members included, in order."""
+        for s in self.stages:
+            yield s
+            yield from s.per_batch
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "stages": [s.to_dict() for s in self.stages]}
+
+
+def _s(name: str, targets: str | None = None, phase: str = RELEASE, **options: Any) -> Stage:
+    return Stage(name=name, step=name, targets=targets, phase=phase,
+                 options=tuple(sorted(options.items())))
+
+
+def _immutable() -> tuple[Stage, ...]:
+    return (
+        _s("publish-release", phase=BAKE),
+        _s("launch-builder", phase=BAKE),
+        _s("wait-ssh", BUILDER, phase=BAKE),
+        _s("provision", BUILDER, phase=BAKE),
+        _s("install-release", BUILDER, phase=BAKE),
+        _s("stop-builder", phase=BAKE),
+        _s("create-image", BUILDER, phase=BAKE),
+        _s("terminate-builder", phase=BAKE),
+        _s("copy-image", phase=BAKE),
+        _s("launch-candidates", image="baked"),
+        _s("smoke-test", CANDIDATES),
+        _s("promote", CANDIDATES),
+        _s("record"),
+    )
+
+
+def _rebake_light() -> tuple[Stage, ...]:
+    return (
+        _s("publish-release"),
+        _s("launch-candidates", image="live"),
+        _s("wait-ssh", CANDIDATES),
+        _s("install-release", CANDIDATES),
+        _s("smoke-test", CANDIDATES),
+        _s("promote", CANDIDATES),
+        # After promotion, so that baking the image never delays time-to-live.
+        _s("create-image", CANDIDATES),
+        _s("record"),
+    )
+
+
+def _in_place() -> tuple[Stage, ...]:
+    rollout = Stage(
+        name="rollout",
+        step="rollout",
+        per_batch=(
+            _s("drain", BATCH),
+            _s("install-release", BATCH),
+            _s("health-check", BATCH),
+            _s("put-back", BATCH),
+        ),
+    )
+    return (_s("publish-release"), _s("select-hosts"), rollout, _s("record"))
+
+
+_PROCEDURES = {"immutable": _immutable, "rebake-light": _rebake_light, "in-place": _in_place}
+
+
+def _insert(stages: Sequence[Stage], extra: ExtraStage) -> tuple[tuple[Stage, ...], bool]:
+    """Insert one extra stage next to its anchor, inside groups too; report if placed."""
+    anchor = extra.before or extra.after
+    out: list[Stage] = []
+    placed = False
+    for s in stages:
+        if s.per_batch:
+            inner, placed_inner = _insert(s.per_batch, extra)
+            s = replace(s, per_batch=inner)
+            placed = placed or placed_inner
+        if s.name == anchor:
+            new = Stage(name=extra.step, step=extra.step, targets=s.targets, phase=s.phase)
+            out.extend([new, s] if extra.before else [s, new])
+            placed = True
+        else:
+            out.append(s)
+    return tuple(out), placed
+
+
+def plan(mode: str, extra_stages: Sequence[ExtraStage] = ()) -> Plan:
+    """The ordered stages of a procedure, with a team's extra stages inserted."""
+    check_mode(mode)
+    stages = _PROCEDURES[mode]()
+    for extra in extra_stages:
+        stages, placed = _insert(stages, extra)
+        if not placed and not any(
+            _insert(_PROCEDURES[m](), extra)[1] for m in MODES
+        ):
+            anchor = extra.before or extra.after
+            raise ConfigError(
+                f"extra stage {extra.step!r} is anchored to {anchor!r}, which is no stage of "
+                "any procedure",
+                fix="anchor it to a stage shown by `invoke plan --mode MODE`",
+            )
+    names = [s.name for s in Plan(mode, stages).walk()]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"stage name(s) {', '.join(dupes)} appear twice in {mode}",
+                          fix="give each extra stage a step name of its own")
+    return Plan(mode=mode, stages=stages)
+
+
+def batches(hosts: Sequence[Any], size: int) -> list[list[Any]]:
+    """Split hosts into consecutive batches of at most `size`."""
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    return [list(hosts[i : i + size]) for i in range(0, len(hosts), size)]

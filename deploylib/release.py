@@ -1,0 +1,70 @@
+"""Releases as local files: build the sample app's tarball, checksum an artifact."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from deploylib.config import check_version
+from deploylib.errors import InputError
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_artifact(path: str | Path) -> Path:
+    """An artifact must be a readable gzip tarball; say which and how to fix it if not."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"artifact {str(path)!r} does not exist",
+                         fix="pass --artifact with the path of a release tarball, or omit it "
+                         "to build one with `invoke artifact`")
+    if not p.is_file():
+        raise InputError(f"artifact {str(path)!r} is not a file",
+                         fix="pass the path of a .tar.gz release tarball")
+    with open(p, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        raise InputError(f"artifact {str(path)!r} is not a gzip tarball",
+                         fix="build it with `invoke artifact --version V` or `tar -czf`")
+    return p
+
+
+def build(source: str | Path, version: str, out_dir: str | Path = "dist") -> Path:
+    """Pack the app directory plus a VERSION file into dist/app-VERSION.tar.gz.
+
+    The archive is reproducible (fixed mtimes, sorted names, no owners), so the same
+    source and version always give the same sha256.
+    """
+    check_version(version)
+    src = Path(source)
+    if not (src / "app.py").is_file():
+        raise InputError(f"{str(src)!r} holds no app.py",
+                         fix="set app_source in deploy.toml to the application directory")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"app-{version}.tar.gz"
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, mode
+        tar.addfile(info, io.BytesIO(data))
+
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w") as tar:
+            for path in sorted(p for p in src.rglob("*") if p.is_file()):
+                if "__pycache__" in path.parts or path.name == "VERSION":
+                    continue
+                add(tar, str(path.relative_to(src)), path.read_bytes())
+            add(tar, "VERSION", f"{version}\n".encode())
+    target.write_bytes(buf.getvalue())
+    return target

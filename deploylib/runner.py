@@ -1,0 +1,327 @@
+"""Execute a plan's stages: build the clients, load and save run state, time and report.
+
+This is the only place clients are built. A stage is looked up in the catalog by its
+step name and called with a Context; its hooks run around it; its status, timing and
+error go to the run state after every stage, so any stage can run in its own process
+(`invoke step`) and a failed run can be resumed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploylib import catalog, config, release
+from deploylib import plan as planning
+from deploylib.errors import DeployError, InputError, StateError
+from deploylib.state import DONE, FAILED, RUNNING, RunState
+
+# The stages after which the new release is what users get: time-to-live ends there.
+LIVE_STAGES = ("promote", "rollout")
+
+
+def log_line(text: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {text}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Context:
+    """What a step sees: config, run state, clients, and the stage it is running as."""
+
+    env: config.Environment
+    state: RunState
+    provider: Any
+    aws: Any
+    ssh: Any
+    jenkins: Any = None
+    stage: planning.Stage | None = None
+    batch: list[dict[str, str]] | None = None
+    log: Callable[[str], None] = log_line
+    _instances: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.state.facts
+
+    @property
+    def option(self) -> dict[str, Any]:
+        return self.stage.option if self.stage else {}
+
+    def timeout(self, what: str, default: float) -> float:
+        return self.env.timeout(what, default)
+
+    def save(self) -> None:
+        self.state.save()
+
+    # -- the hosts a stage works on -----------------------------------------------------
+
+    def target_refs(self) -> list[dict[str, str]]:
+        kind = self.stage.targets if self.stage else None
+        if kind == planning.BUILDER:
+            b = self.facts.get("builder")
+            if not b:
+                raise StateError("the run has no builder yet", resource=self.state.run_id,
+                                 fix="run the launch-builder stage first")
+            return [{"region": b["region"], "instance_id": b["instance_id"]}]
+        if kind == planning.CANDIDATES:
+            cands = self.facts.get("candidates")
+            if not cands:
+                raise StateError("the run has no candidates yet", resource=self.state.run_id,
+                                 fix="run the launch-candidates stage first")
+            return [{"region": r, "instance_id": i} for r, ids in cands.items() for i in ids]
+        if kind == planning.BATCH:
+            if self.batch is None:
+                raise StateError("a per-batch stage ran outside a rollout",
+                                 resource=self.state.run_id,
+                                 fix="run the rollout stage (`invoke step rollout`)")
+            return list(self.batch)
+        return []
+
+    def targets(self) -> list[Any]:
+        """The stage's hosts as fresh EC2 descriptions (addresses can change on start)."""
+        from deploylib import aws
+
+        by_region: dict[str, list[str]] = {}
+        for ref in self.target_refs():
+            by_region.setdefault(ref["region"], []).append(ref["instance_id"])
+        out = []
+        for region, ids in by_region.items():
+            found = {i.instance_id: i for i in aws.describe(self.aws.ec2(region), region, ids)}
+            out.extend(found[i] for i in ids if i in found)
+        return out
+
+    def connection(self, instance: Any) -> Any:
+        """The run's one SSH connection to an instance, with its trusted host keys."""
+        from deploylib import ssh
+
+        endpoint = ssh.Endpoint(
+            name=instance.instance_id, address=instance.address, port=self.env.ssh_port,
+            trusted_keys=self.provider.trusted_keys(self.aws, instance))
+        return self.ssh.get(endpoint)
+
+
+def environment_clients(env: config.Environment) -> Any:
+    """AWS clients for reading an environment outside any run (status)."""
+    from deploylib import provider as providers
+
+    return providers.for_environment(env).aws_clients(env)
+
+
+@contextmanager
+def open_context(env: config.Environment, state: RunState) -> Iterator[Context]:
+    """Build every client for a run; SSH connections are closed when it ends."""
+    from deploylib import provider as providers
+    from deploylib import ssh
+
+    prov = providers.for_environment(env)
+    clients = prov.aws_clients(env)
+    with ssh.Pool(prov.ssh_credentials(env),
+                  connect_timeout=env.timeout("ssh_connect", 10)) as pool:
+        jenkins = None
+        if env.jenkins.url:
+            from deploylib import jenkins as jenkins_mod
+
+            jenkins = jenkins_mod.connect(env.jenkins)
+        yield Context(env=env, state=state, provider=prov, aws=clients, ssh=pool,
+                      jenkins=jenkins)
+
+
+# -- starting a run -------------------------------------------------------------------------
+
+
+def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | None,
+          artifact: str | None, fleet_size: int | None = None) -> RunState:
+    """Validate every input, then create the run's state. Nothing is launched here."""
+    config.check_mode(mode)
+    config.check_version(version)
+    env = cfg.environment(env_name)
+    planning.plan(mode, env.extra_stages)  # an unplaceable extra stage fails now
+    catalog.load(env.plugins)
+    if artifact:
+        path = release.check_artifact(artifact)
+    else:
+        path = release.build(env.app_source, version)
+    if fleet_size is not None and not 1 <= fleet_size <= 100:
+        raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
+    from deploylib import provider
+
+    provider.for_environment(env)  # the lab must be up (or credentials usable) first
+    state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
+                            artifact=str(Path(path).resolve()))
+    if fleet_size is not None:
+        state.facts["fleet_size"] = fleet_size
+        state.save()
+    return state
+
+
+def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
+    """Continue, elsewhere, a run whose bake phase ran on another machine (a handoff).
+
+    The handoff carries what the bake produced (release, image per region); the bake
+    stages are marked done, so the release phase runs exactly as it would have locally.
+    """
+    try:
+        run_id, version = handoff["run_id"], handoff["version"]
+        rel, images = handoff["release"], handoff["images"]
+        env = cfg.environment(handoff["env"])
+    except (KeyError, TypeError):
+        raise InputError("the handoff lacks run_id, env, version, release or images",
+                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it"
+                         ) from None
+    config.check_version(version)
+    from deploylib.state import check_run_id
+
+    check_run_id(run_id)
+    state = RunState.create(env.state_dir, env=env.name, mode="immutable", version=version,
+                            artifact="", run_id=run_id)
+    state.facts.update({"release": rel, "images": images, "handoff": True})
+    for stage in planning.plan("immutable", env.extra_stages).stages:
+        if stage.phase == planning.BAKE:
+            state.stages[stage.name] = {"status": DONE, "elsewhere": True}
+    state.save()
+    return state
+
+
+def load_run(cfg: config.DeployConfig, run_id: str,
+             state_dir: str | None = None) -> tuple[config.Environment, RunState]:
+    """Find a run's state in the state directory of any environment (or the one given)."""
+    dirs = [state_dir] if state_dir else sorted({e.state_dir for e in cfg.environments.values()})
+    last: StateError | None = None
+    for d in dirs:
+        try:
+            state = RunState.load(d, run_id)
+        except StateError as exc:
+            last = exc
+            continue
+        return cfg.environment(state.env), state
+    assert last is not None
+    raise last
+
+
+# -- executing stages -----------------------------------------------------------------------
+
+
+def _call(ctx: Context, stage: planning.Stage, key: str) -> None:
+    """Run one stage (with its hooks) unless the state says it is done already."""
+    state = ctx.state
+    if state.is_done(key):
+        ctx.log(f"= {key} (done already)")
+        return
+    step = catalog.get(stage.step)
+    ctx.stage = stage
+    state.mark(key, RUNNING, step=step.function)
+    ctx.log(f"> {key}")
+    began = time.monotonic()
+    try:
+        for fn in catalog.hooks("before", stage.name):
+            fn(ctx)
+        step.fn(ctx)
+        for fn in catalog.hooks("after", stage.name):
+            fn(ctx)
+    except DeployError as exc:
+        state.mark(key, FAILED, error=exc.line())
+        ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {exc.line()}")
+        raise
+    except Exception as exc:
+        state.mark(key, FAILED, error=f"{type(exc).__name__}: {exc}")
+        ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {exc}")
+        raise
+    finally:
+        ctx.stage = None
+    state.mark(key, DONE)
+    ctx.log(f"ok {key} {time.monotonic() - began:.1f}s")
+
+
+def _rollout(ctx: Context, group: planning.Stage) -> None:
+    """The in-place group: every per-batch stage, batch after batch."""
+    state = ctx.state
+    if state.is_done(group.name):
+        ctx.log(f"= {group.name} (done already)")
+        return
+    batches = ctx.facts.get("batches")
+    if batches is None:
+        raise StateError("the run has not selected its hosts", resource=state.run_id,
+                         fix="run the select-hosts stage first")
+    state.mark(group.name, RUNNING, step=f"{len(batches)} batch(es)")
+    began = time.monotonic()
+    try:
+        for n, batch in enumerate(batches, start=1):
+            ctx.log(f"> batch {n}/{len(batches)}: {', '.join(h['instance_id'] for h in batch)}")
+            ctx.batch = batch
+            for stage in group.per_batch:
+                _call(ctx, stage, f"{group.name}/{n}/{stage.name}")
+            ctx.facts["batches_done"] = n
+            state.save()
+    except Exception:
+        state.mark(group.name, FAILED, error=f"batch {n} failed")
+        raise
+    finally:
+        ctx.batch = None
+    state.mark(group.name, DONE)
+    ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
+
+
+def run_stage(ctx: Context, stage: planning.Stage) -> None:
+    if stage.per_batch:
+        _rollout(ctx, stage)
+    else:
+        _call(ctx, stage, stage.name)
+
+
+def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None) -> None:
+    """Run the plan's stages in order (only those of `phase` when given)."""
+    state = ctx.state
+    state.status = RUNNING
+    state.save()
+    try:
+        for stage in plan.stages:
+            if phase is None or stage.phase == phase:
+                run_stage(ctx, stage)
+    except BaseException:
+        state.status = FAILED
+        state.save()
+        raise
+    if all(state.is_done(s.name) for s in plan.stages):
+        state.status = DONE
+        state.save()
+
+
+def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
+    catalog.load(env.plugins)
+    return planning.plan(state.mode, env.extra_stages)
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+def timings(state: RunState) -> dict[str, Any]:
+    """Stage timings and time-to-live (first stage start to the release serving)."""
+    top = {k: v for k, v in state.stages.items() if "/" not in k}
+    starts = [v["started_at"] for v in top.values() if "started_at" in v]
+    began = min(starts) if starts else None
+    live_at = max((v.get("ended_at", 0) for k, v in top.items()
+                   if k in LIVE_STAGES and v.get("status") == DONE), default=None)
+    ends = [v["ended_at"] for v in top.values() if "ended_at" in v]
+    return {
+        "stages": [{"name": k, "status": v.get("status"), "seconds": v.get("seconds")}
+                   for k, v in top.items()],
+        "time_to_live": round(live_at - began, 2) if began and live_at else None,
+        "total": round(max(ends) - began, 2) if began and ends else None,
+    }
+
+
+def summary(state: RunState) -> str:
+    t = timings(state)
+    lines = [f"run {state.run_id}: {state.mode} {state.version} to {state.env} — {state.status}"]
+    for s in t["stages"]:
+        secs = f"{s['seconds']:7.2f}s" if s["seconds"] is not None else "        "
+        lines.append(f"  {s['name']:<20} {s['status']:<8} {secs}")
+    if t["time_to_live"] is not None:
+        lines.append(f"  time to live: {t['time_to_live']:.2f}s   total: {t['total']:.2f}s")
+    return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""SSH with paramiko: one connection per host per run, strict host keys, timeouts.
+
+Host keys are checked against a trusted source handed in by the caller (the lab's
+registry, or for real EC2 the keys the instance printed to its console); an unknown or
+changed key stops the run. Nothing here builds a shell command from unquoted input:
+callers send rendered scripts on stdin, and `quote` is shlex.quote.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import select
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+
+import paramiko
+
+from deploylib.errors import HostError, HostKeyError, RemoteCommandError
+
+quote = shlex.quote
+OUTPUT_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a host listens and which keys it must present."""
+
+    name: str  # the instance id: what errors and reports name
+    address: str
+    port: int
+    trusted_keys: tuple[paramiko.PKey, ...]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    key_file: str | None = None  # None: use the SSH agent
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_status: int
+    output: str  # stdout and stderr interleaved, the last OUTPUT_LIMIT bytes
+
+
+_CONSOLE_KEYS = re.compile(
+    r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
+
+
+def host_keys_from_console(text: str) -> list[paramiko.PKey]:
+    """Parse the host keys cloud-init prints to an EC2 instance's console output."""
+    keys: list[paramiko.PKey] = []
+    match = _CONSOLE_KEYS.search(text or "")
+    if not match:
+        return keys
+    for line in match.group(1).strip().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            keys.append(parse_public_key(parts[0], parts[1]))
+    return keys
+
+
+def parse_public_key(key_type: str, b64: str) -> paramiko.PKey:
+    data = base64.b64decode(b64)
+    return paramiko.PKey.from_type_string(key_type, data)
+
+
+def read_public_key_file(path: str) -> paramiko.PKey:
+    with open(path) as f:
+        key_type, b64 = f.read().split()[:2]
+    return parse_public_key(key_type, b64)
+
+
+class Connection:
+    """One SSH connection to one host; opens on first use, closes in __exit__."""
+
+    def __init__(self, endpoint: Endpoint, credentials: Credentials, *,
+                 connect_timeout: float = 10.0):
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+        self.opened = 0  # how many TCP connections this object made (benchmarks count it)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _host_key_name(self) -> str:
+        e = self.endpoint
+        return e.address if e.port == 22 else f"[{e.address}]:{e.port}"
+
+    def open(self) -> paramiko.SSHClient:
+        with self._lock:
+            if self._client is not None and self._client.get_transport() is not None \
+                    and self._client.get_transport().is_active():
+                return self._client
+            e = self.endpoint
+            if not e.trusted_keys:
+                raise HostKeyError("no trusted host key is known for this host",
+                                   resource=f"{e.name} ({e.address})",
+                                   fix="wait for the instance to publish its host keys, or "
+                                   "check the trusted-key source for this environment")
+            client = paramiko.SSHClient()
+            # Strict: only the keys from the trusted source; never AutoAddPolicy.
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            for key in e.trusted_keys:
+                client.get_host_keys().add(self._host_key_name(), key.get_name(), key)
+            try:
+                client.connect(
+                    e.address, port=e.port, username=self.credentials.user,
+                    key_filename=self.credentials.key_file,
+                    allow_agent=self.credentials.key_file is None, look_for_keys=False,
+                    timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                    auth_timeout=self.connect_timeout, compress=False,
+                )
+            except paramiko.BadHostKeyException:
+                client.close()
+                raise HostKeyError("the host presented a different SSH host key than the "
+                                   "trusted one", resource=f"{e.name} ({e.address})",
+                                   fix="stop: this may be an impostor; check the instance "
+                                   "before trusting a new key") from None
+            except paramiko.SSHException as exc:
+                client.close()
+                if "not found in known_hosts" in str(exc):
+                    raise HostKeyError("the host's SSH key is not a trusted one",
+                                       resource=f"{e.name} ({e.address})",
+                                       fix="check the trusted-key source for this "
+                                       "environment") from None
+                raise HostError(f"SSH failed: {exc}", resource=f"{e.name} ({e.address})",
+                                fix="check sshd on the host and the SSH user/key") from None
+            except (TimeoutError, OSError) as exc:
+                client.close()
+                raise HostError(f"cannot connect to port {e.port}: {exc}",
+                                resource=f"{e.name} ({e.address})",
+                                fix="check the instance is running and the security group "
+                                "allows SSH from here") from None
+            transport = client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(15)
+            self._client = client
+            self.opened += 1
+            return client
+
+    def run(self, command: str, *, stdin: str | None = None, timeout: float = 120.0,
+            check: bool = True) -> Result:
+        """Run a command with a deadline; stdin (a rendered script) is sent in one go."""
+        client = self.open()
+        transport = client.get_transport()
+        assert transport is not None
+        chan = transport.open_session(timeout=self.connect_timeout)
+        try:
+            chan.set_combine_stderr(True)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
+            output = self._read_until_exit(chan, timeout, command)
+            status = chan.recv_exit_status()
+        finally:
+            chan.close()
+        result = Result(status, output)
+        if check and status != 0:
+            raise RemoteCommandError(
+                f"remote command exited {status}: {_last_line(output)}",
+                resource=f"{self.endpoint.name} ({self.endpoint.address})",
+                exit_status=status, output=output)
+        return result
+
+    def _read_until_exit(self, chan: paramiko.Channel, timeout: float, command: str) -> str:
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                chunks.append(data)
+                size += len(data)
+                while size > OUTPUT_LIMIT and len(chunks) > 1:
+                    size -= len(chunks.pop(0))
+            if chan.exit_status_ready() and not chan.recv_ready():
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RemoteCommandError(
+                    f"remote command did not finish within {timeout:g}s",
+                    resource=f"{self.endpoint.name} ({self.endpoint.address})",
+                    fix="check the host's load and the command's log; raise the timeout "
+                    "if the work is legitimately slow", exit_status=-1,
+                    output=b"".join(chunks).decode(errors="replace"))
+            select.select([chan], [], [], min(remaining, 0.5))
+        return b"".join(chunks).decode(errors="replace")
+
+    def put(self, local: str, remote: str) -> None:
+        """Copy a file over SFTP (paramiko pipelines the writes)."""
+        client = self.open()
+        with client.open_sftp() as sftp:
+            sftp.put(local, remote)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _last_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def _identity(e: Endpoint) -> tuple:
+    return (e.address, e.port, tuple(sorted(k.asbytes() for k in e.trusted_keys)))
+
+
+class Pool:
+    """One Connection per host for the whole run, closed together."""
+
+    def __init__(self, credentials: Credentials, *, connect_timeout: float = 10.0):
+        self.credentials = credentials
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, Connection] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, endpoint: Endpoint) -> Connection:
+        with self._lock:
+            conn = self._conns.get(endpoint.name)
+            if conn is None or _identity(conn.endpoint) != _identity(endpoint):
+                if conn is not None:
+                    conn.close()
+                conn = Connection(endpoint, self.credentials,
+                                  connect_timeout=self.connect_timeout)
+                self._conns[endpoint.name] = conn
+            return conn
+
+    def connections_opened(self) -> int:
+        return sum(c.opened for c in self._conns.values())
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()

@@ -1,0 +1,470 @@
+"""The step library: one function per step, shared by all three procedures.
+
+A step reads what earlier stages produced from the run state (`ctx.facts`), does its
+work through the system modules, and writes what it produced back. Running a finished
+step again changes nothing: each one first looks for what it would create.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from deploylib import aws, parallel, release, render, waits
+from deploylib.catalog import step
+from deploylib.errors import CloudError, HostError, HostKeyError, InputError, StepFailed
+from deploylib.plan import batches as split
+
+# -- helpers shared by several steps -----------------------------------------------------
+
+
+def _tags(ctx: Any, role: str) -> list[dict[str, str]]:
+    s = ctx.state
+    return aws.tags(s.run_id, s.env, s.version, s.mode, role)
+
+
+def _network(ctx: Any, region: str) -> tuple[str, list[str]]:
+    subnet, group, _ = ctx.env.network(region)
+    ec2 = ctx.aws.ec2(region)
+    return (aws.resolve_subnet(ec2, subnet, region),
+            [aws.resolve_security_group(ec2, group, region)])
+
+
+def _target_group(ctx: Any, region: str) -> str:
+    cache = ctx.facts.setdefault("target_groups", {})
+    if region not in cache:
+        _, _, name = ctx.env.network(region)
+        cache[region] = aws.resolve_target_group(ctx.aws.elbv2(region), name, region)
+    return cache[region]
+
+
+def _by_region(refs: list[dict[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for ref in refs:
+        out.setdefault(ref["region"], []).append(ref["instance_id"])
+    return out
+
+
+def _raise_failures(stage: str, results: dict[str, Any]) -> None:
+    failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    if failures:
+        raise StepFailed(stage, failures)
+
+
+def _record(ctx: Any) -> dict[str, Any] | None:
+    return aws.read_record(ctx.aws.ssm(), ctx.env.record_parameter)
+
+
+def _health(address: str, port: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
+    # Lab and real hosts are addressed directly; never through a proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{address}:{port}{path}", timeout=timeout) as resp:
+        return json.loads(resp.read().decode())
+
+
+def serving_version(address: str, port: int, path: str) -> str | None:
+    """The release a host's app reports, or None when it does not answer."""
+    try:
+        return str(_health(address, port, path).get("version"))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _wait_serving(ctx: Any, instances: list[aws.Instance], version: str, stage: str) -> None:
+    """Every instance's app answers its health path with `version`, before the deadline."""
+    env = ctx.env
+
+    def one(inst: aws.Instance) -> None:
+        seen: list[str | None] = [None]
+
+        def check() -> bool:
+            seen[0] = serving_version(inst.address or "", env.app_port, env.health_path)
+            return seen[0] == version
+
+        waits.until(check, timeout=ctx.timeout("health", 60),
+                    what=f"the app to report release {version}",
+                    resource=f"{inst.instance_id} ({inst.address})",
+                    fix=f"it reports {seen[0] or 'nothing'}; check the service's log on "
+                    "the host")
+
+    _raise_failures(stage, parallel.each(instances, one, key=lambda i: i.instance_id))
+
+
+# -- the steps ------------------------------------------------------------------------------
+
+
+@step("publish-release")
+def publish_release(ctx: Any) -> None:
+    """Put the release artifact in the artifact store (once per version and content)."""
+    artifact = release.check_artifact(ctx.state.artifact)
+    digest = release.sha256_file(artifact)
+    key = f"releases/{ctx.env.name}/{ctx.state.version}/{artifact.name}"
+    s3 = ctx.aws.s3()
+    try:
+        head = s3.head_object(Bucket=ctx.env.artifact_bucket, Key=key)
+        published = head.get("Metadata", {}).get("sha256")
+    except Exception:  # noqa: BLE001 - absent (or unreadable: upload will say which)
+        published = None
+    if published and published != digest:
+        raise InputError(
+            f"release {ctx.state.version} was already published with different content",
+            resource=f"s3://{ctx.env.artifact_bucket}/{key}",
+            fix="releases are immutable: give the new build a new version")
+    uploaded = aws.upload_artifact(s3, ctx.env.artifact_bucket, key, str(artifact), digest)
+    ctx.facts["release"] = {"version": ctx.state.version, "sha256": digest,
+                            "bucket": ctx.env.artifact_bucket, "key": key,
+                            "size": artifact.stat().st_size}
+    ctx.log(f"  release {ctx.state.version} sha256 {digest[:12]}… "
+            f"{'uploaded' if uploaded else 'already in the store'}")
+
+
+@step("launch-builder")
+def launch_builder(ctx: Any) -> None:
+    """Launch the builder instance from the base image in the primary region."""
+    if ctx.facts.get("builder"):
+        return
+    region = ctx.env.primary_region
+    ec2 = ctx.aws.ec2(region)
+    existing = aws.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
+                                             aws.TAG_ROLE: "builder"})
+    if existing:
+        iid, base = existing[0].instance_id, existing[0].image_id
+    else:
+        base = aws.find_base_image(ec2, region, ctx.env.base_image, ctx.env.base_image_owner)
+        subnet, groups = _network(ctx, region)
+        iid = aws.launch(ec2, region=region, image_id=base, count=1,
+                         instance_type=ctx.env.instance_type, subnet_id=subnet,
+                         security_group_ids=groups, tag_list=_tags(ctx, "builder"),
+                         client_token=f"{ctx.state.run_id}-builder",
+                         key_name=ctx.env.key_name)[0]
+    ctx.facts["builder"] = {"region": region, "instance_id": iid, "base_image": base}
+    ctx.save()
+    ctx.log(f"  builder {iid} from {base} in {region}")
+
+
+@step("wait-ssh")
+def wait_ssh(ctx: Any) -> None:
+    """Wait until the stage's instances run and accept SSH with a trusted host key."""
+    refs = ctx.target_refs()
+    for region, ids in _by_region(refs).items():
+        aws.wait_instances(ctx.aws.ec2(region), region, ids, "running",
+                           ctx.timeout("launch", 600))
+
+    def one(inst: aws.Instance) -> None:
+        last: list[str] = []
+
+        def attempt() -> bool:
+            # Ask for the trusted keys on every try: on EC2 they appear in the console
+            # output a while after boot, and until then nothing is trusted.
+            conn = ctx.connection(inst)
+            try:
+                conn.open()
+                return True
+            except HostKeyError as exc:
+                if not conn.endpoint.trusted_keys:
+                    last[:] = [exc.problem]
+                    return False
+                raise  # a key that differs from the trusted one stops the run
+            except HostError as exc:
+                last[:] = [exc.problem]
+                return False
+
+        waits.until(attempt, timeout=ctx.timeout("ssh", 300), what="SSH to accept connections",
+                    resource=f"{inst.instance_id} ({inst.address})",
+                    fix="check the instance booted and the security group allows SSH from "
+                    "here" + (f"; last error: {last[0]}" if last else ""))
+
+    _raise_failures("wait-ssh", parallel.each(ctx.targets(), one, key=lambda i: i.instance_id))
+
+
+@step("provision")
+def provision(ctx: Any) -> None:
+    """Install the OS packages and the service unit (a rendered script, run once)."""
+    script = render.provision_script(packages=list(ctx.env.os_packages),
+                                     service=ctx.env.service, app_root=ctx.env.app_root,
+                                     app_port=ctx.env.app_port)
+
+    def one(inst: aws.Instance) -> str:
+        return ctx.connection(inst).run("bash -s", stdin=script,
+                                        timeout=ctx.timeout("provision", 900)).output
+
+    results = parallel.each(ctx.targets(), one, key=lambda i: i.instance_id)
+    _raise_failures("provision", results)
+    for out in results.values():
+        for line in str(out).strip().splitlines()[-3:]:
+            ctx.log(f"  {line}")
+
+
+@step("install-release")
+def install_release(ctx: Any) -> None:
+    """Install the release on the stage's hosts: the same function in every procedure."""
+    rel = ctx.facts["release"]
+    env = ctx.env
+    push = env.artifact_transfer == "push"
+    # Presigned per stage, never stored: the URL is a credential while it lives.
+    url = None if push else aws.presign(ctx.aws.s3(), rel["bucket"], rel["key"],
+                                        expires=int(ctx.timeout("presign", 900)))
+
+    def one(inst: aws.Instance) -> str:
+        conn = ctx.connection(inst)
+        pushed = None
+        if push:
+            pushed = f"/tmp/deploylib-{ctx.state.run_id}-{inst.instance_id}.tar.gz"
+            conn.put(ctx.state.artifact, pushed)
+        script = render.install_script(
+            version=rel["version"], sha256=rel["sha256"], app_root=env.app_root,
+            app_port=env.app_port, health_path=env.health_path,
+            restart_command=env.restart_command, keep_releases=env.keep_releases,
+            url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)))
+        out = conn.run("bash -s", stdin=script, timeout=ctx.timeout("install", 600)).output
+        return out.strip().splitlines()[-1] if out.strip() else ""
+
+    results = parallel.each(ctx.targets(), one, key=lambda i: i.instance_id)
+    installed = ctx.facts.setdefault("installed", {})
+    for iid, res in results.items():
+        installed[iid] = "ok" if not isinstance(res, Exception) else "failed"
+    ctx.save()
+    _raise_failures("install-release", results)
+    ctx.log(f"  {rel['version']} installed on {len(results)} host(s)")
+
+
+@step("stop-builder")
+def stop_builder(ctx: Any) -> None:
+    """Stop the builder so its disk is consistent for the image."""
+    b = ctx.facts["builder"]
+    ec2 = ctx.aws.ec2(b["region"])
+    state = aws.describe(ec2, b["region"], [b["instance_id"]])[0].state
+    if state != "stopped":
+        aws.stop(ec2, b["region"], [b["instance_id"]])
+    aws.wait_instances(ec2, b["region"], [b["instance_id"]], "stopped",
+                       ctx.timeout("stop", 600))
+
+
+@step("create-image")
+def create_image(ctx: Any) -> None:
+    """Create an image from the builder, or from one candidate in each region."""
+    images = ctx.facts.setdefault("images", {})
+    refs = ctx.target_refs()
+    # One source per region: the builder, or the first candidate there.
+    sources: dict[str, str] = {}
+    for ref in refs:
+        sources.setdefault(ref["region"], ref["instance_id"])
+    live_source = ctx.stage.targets != "builder"
+
+    def one(region: str) -> str:
+        ec2 = ctx.aws.ec2(region)
+        name = f"deploy-{ctx.state.env}-{ctx.state.version}-{ctx.state.run_id}"
+        image_id = images.get(region) or aws.find_image(ec2, name)
+        if not image_id:
+            # A live candidate is imaged without a reboot so it keeps serving.
+            image_id = aws.create_image(ec2, region, sources[region], name,
+                                        _tags(ctx, "image"), no_reboot=live_source)
+        aws.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
+        return image_id
+
+    results = parallel.each(sorted(sources), one, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            images[region] = res
+            ctx.log(f"  image {res} in {region}")
+    ctx.save()
+    _raise_failures("create-image", results)
+
+
+@step("terminate-builder")
+def terminate_builder(ctx: Any) -> None:
+    """Terminate the builder once its image exists."""
+    b = ctx.facts["builder"]
+    aws.terminate(ctx.aws.ec2(b["region"]), b["region"], [b["instance_id"]])
+    b["terminated"] = True
+    ctx.save()
+
+
+@step("copy-image")
+def copy_image(ctx: Any) -> None:
+    """Copy the image to every other region, all at once."""
+    env = ctx.env
+    images = ctx.facts.setdefault("images", {})
+    source = images[env.primary_region]
+    name = f"deploy-{ctx.state.env}-{ctx.state.version}-{ctx.state.run_id}"
+
+    def one(region: str) -> str:
+        ec2 = ctx.aws.ec2(region)
+        image_id = images.get(region) or aws.find_image(ec2, name)
+        if not image_id:
+            image_id = aws.copy_image(ec2, source_region=env.primary_region,
+                                      dest_region=region, image_id=source, name=name,
+                                      tag_list=_tags(ctx, "image"),
+                                      client_token=f"{ctx.state.run_id}-{region}")
+        aws.wait_image(ec2, region, image_id, ctx.timeout("copy", 7200))
+        return image_id
+
+    results = parallel.each(env.copy_regions, one, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            images[region] = res
+            ctx.log(f"  image {res} in {region}")
+    ctx.save()
+    _raise_failures("copy-image", results)
+
+
+def live_hosts(ctx: Any, region: str) -> list[str]:
+    """Instances registered and healthy in the region's target group."""
+    states = aws.target_states(ctx.aws.elbv2(region), _target_group(ctx, region))
+    return sorted(i for i, s in states.items() if s == "healthy")
+
+
+@step("launch-candidates")
+def launch_candidates(ctx: Any) -> None:
+    """Launch a fleet of candidates in every region, from the new or the live image."""
+    env = ctx.env
+    source = ctx.option.get("image", "baked")
+    if source == "live":
+        record = _record(ctx)
+        if not record or not record.get("images"):
+            raise InputError(f"nothing is recorded as live in {env.name}",
+                             resource=env.record_parameter,
+                             fix="make a first release with `--mode immutable`")
+        images = record["images"]
+    else:
+        images = ctx.facts["images"]
+    candidates = ctx.facts.setdefault("candidates", {})
+
+    def one(region: str) -> list[str]:
+        if region in candidates:
+            return candidates[region]
+        if region not in images:
+            raise CloudError("no image is known for this region", resource=region,
+                             fix="bake with `--mode immutable` so every region has an image")
+        ec2 = ctx.aws.ec2(region)
+        found = aws.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
+                                              aws.TAG_ROLE: "candidate"})
+        if found:
+            return [i.instance_id for i in found]
+        count = len(live_hosts(ctx, region)) or ctx.facts.get("fleet_size") or env.fleet_size
+        subnet, groups = _network(ctx, region)
+        return aws.launch(ec2, region=region, image_id=images[region], count=count,
+                          instance_type=env.instance_type, subnet_id=subnet,
+                          security_group_ids=groups, tag_list=_tags(ctx, "candidate"),
+                          client_token=f"{ctx.state.run_id}-candidates-{region}",
+                          key_name=env.key_name)
+
+    results = parallel.each(env.all_regions, one, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            candidates[region] = res
+            ctx.log(f"  {len(res)} candidate(s) in {region} from {images.get(region)}")
+    ctx.save()
+    _raise_failures("launch-candidates", results)
+    for region, ids in candidates.items():
+        aws.wait_instances(ctx.aws.ec2(region), region, ids, "running",
+                           ctx.timeout("launch", 600))
+
+
+@step("smoke-test")
+def smoke_test(ctx: Any) -> None:
+    """Every candidate's app answers its health path with the new release."""
+    _wait_serving(ctx, ctx.targets(), ctx.state.version, "smoke-test")
+
+
+@step("promote")
+def promote(ctx: Any) -> None:
+    """Make the candidates live: register, wait healthy, then drain and retire the old."""
+    env = ctx.env
+    candidates = ctx.facts["candidates"]
+    promoted = ctx.facts.setdefault("promoted", {})
+
+    def one(region: str) -> list[str]:
+        if region in promoted:
+            return promoted[region]
+        elb = ctx.aws.elbv2(region)
+        group = _target_group(ctx, region)
+        new = candidates[region]
+        old = sorted(set(aws.target_states(elb, group)) - set(new))
+        aws.register(elb, group, new, env.app_port)
+        aws.wait_healthy(elb, group, new, region, ctx.timeout("healthy", 300))
+        aws.deregister(elb, group, old, env.app_port)
+        aws.wait_drained(elb, group, old, region, ctx.timeout("drain", 600))
+        aws.terminate(ctx.aws.ec2(region), region, old)
+        return old
+
+    results = parallel.each(sorted(candidates), one, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            promoted[region] = res
+            ctx.log(f"  {region}: {len(candidates[region])} live, "
+                    f"{len(res)} retired {' '.join(res)}".rstrip())
+    ctx.save()
+    _raise_failures("promote", results)
+
+
+@step("record")
+def record(ctx: Any) -> None:
+    """Write what is now live (release and image per region) to the environment's record."""
+    ssm = ctx.aws.ssm()
+    previous = _record(ctx)
+    if previous and previous.get("run_id") == ctx.state.run_id:
+        return
+    images = dict((previous or {}).get("images", {}))
+    if ctx.state.mode != "in-place":
+        images.update(ctx.facts.get("images", {}))
+    rel = ctx.facts["release"]
+    new = {
+        "release": rel["version"], "sha256": rel["sha256"], "images": images,
+        "procedure": ctx.state.mode, "run_id": ctx.state.run_id,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "previous": {k: previous[k] for k in ("release", "images", "procedure", "run_id")
+                     if k in previous} if previous else None,
+    }
+    aws.write_record(ssm, ctx.env.record_parameter, new)
+    ctx.log(f"  {ctx.env.record_parameter}: release {rel['version']}, images "
+            + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))
+
+
+@step("select-hosts")
+def select_hosts(ctx: Any) -> None:
+    """Choose the live hosts to update and split them into batches, region by region."""
+    if ctx.facts.get("batches") is not None:
+        return
+    batches: list[list[dict[str, str]]] = []
+    for region in ctx.env.all_regions:
+        hosts = live_hosts(ctx, region)
+        size = ctx.env.batch_count(len(hosts))
+        batches.extend([{"region": region, "instance_id": i} for i in b]
+                       for b in split(hosts, size))
+    if not batches:
+        raise InputError(f"no live hosts in {ctx.env.name}", resource=ctx.env.target_group,
+                         fix="make a first release with `--mode immutable`")
+    ctx.facts["batches"] = batches
+    ctx.facts["batches_done"] = 0
+    ctx.save()
+    ctx.log(f"  {sum(len(b) for b in batches)} host(s) in {len(batches)} batch(es)")
+
+
+@step("drain")
+def drain(ctx: Any) -> None:
+    """Take the batch out of its target groups and wait for in-flight requests."""
+    for region, ids in _by_region(ctx.target_refs()).items():
+        elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
+        registered = set(aws.target_states(elb, group))
+        aws.deregister(elb, group, [i for i in ids if i in registered], ctx.env.app_port)
+        aws.wait_drained(elb, group, ids, region, ctx.timeout("drain", 600))
+
+
+@step("health-check")
+def health_check(ctx: Any) -> None:
+    """Every host of the batch answers its health path with the new release."""
+    _wait_serving(ctx, ctx.targets(), ctx.state.version, "health-check")
+
+
+@step("put-back")
+def put_back(ctx: Any) -> None:
+    """Register the batch again and wait until the load balancer finds it healthy."""
+    for region, ids in _by_region(ctx.target_refs()).items():
+        elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
+        aws.register(elb, group, ids, ctx.env.app_port)
+        aws.wait_healthy(elb, group, ids, region, ctx.timeout("healthy", 300))
+

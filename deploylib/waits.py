@@ -1,0 +1,47 @@
+"""Polling with a short backoff and a deadline.
+
+botocore's waiters poll every 15 s, which adds up to 15 s of lag to every wait; these
+start at a fraction of a second and back off to a few seconds, and always end in a
+WaitTimeout that names the resource and what to check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from deploylib.errors import WaitTimeout
+
+T = TypeVar("T")
+
+
+def until(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    resource: str,
+    fix: str,
+    first: float = 0.1,
+    longest: float = 3.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call `check` until it returns something other than None/False, or time runs out.
+
+    `check` may raise to give up early (a state that can never become the wanted one).
+    """
+    deadline = clock() + timeout
+    delay = first
+    last: T | None = None
+    while True:
+        last = check()
+        if last is not None and last is not False:
+            return last
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}",
+                              resource=resource, fix=fix)
+        sleep(min(delay, remaining))
+        delay = min(delay * 1.5, longest)

@@ -1,0 +1,189 @@
+// Runs a declarative Jenkinsfile under plain Groovy with the pipeline DSL stubbed, in
+// the manner of JenkinsPipelineUnit: every DSL call is recorded, closures are run in
+// order, `post` blocks run by the build's result, and `sh` either records the command
+// or runs it for real.
+//
+//   groovy PipelineHarness.groovy JENKINSFILE PARAMS_JSON OPTIONS_JSON
+//
+// OPTIONS_JSON:
+//   execute:   true to run every sh command for real (bash -c, in the current directory)
+//   real:      prefixes of commands run for real even when not executing (e.g. "invoke plan")
+//   responses: {prefix: stdout} canned stdout for recorded commands
+//   fail_on:   a substring; a recorded sh command containing it fails (exit 1)
+// Prints one JSON document: calls, stages, result, parameters, options, post.
+
+import groovy.json.JsonOutput
+import groovy.json.JsonSlurper
+
+class PipelineFailed extends RuntimeException {
+    PipelineFailed(String msg) { super(msg) }
+}
+
+// Collects the calls inside a section (options, post) by name. A top-level class on
+// purpose: Groovy routes an anonymous inner class's missing methods to its outer object.
+class SectionCollector {
+    Map blocks = [:]
+    List names = []
+
+    def methodMissing(String name, Object args) {
+        Object[] a = args as Object[]
+        names << name
+        if (a.length > 0 && a[-1] instanceof Closure) blocks[name] = a[-1]
+        return null
+    }
+}
+
+class ParameterCollector {
+    List defs = []
+
+    def choice(Map m) { defs << ([type: 'choice'] + m) }
+    def string(Map m) { defs << ([type: 'string'] + m) }
+    def booleanParam(Map m) { defs << ([type: 'boolean'] + m) }
+}
+
+abstract class PipelineScript extends Script {
+    List calls = []
+    List stageNames = []
+    List parameterDefs = []
+    List optionDefs = []
+    List postRan = []
+    Map harness = [:]
+
+    void configure(Map opts) { harness = opts }
+    Closure postBlock = null
+    Closure stagesBlock = null
+    String currentStage = null
+
+    def propertyMissing(String name) {
+        if (name == 'any' || name == 'none') return name
+        throw new MissingPropertyException(name, getClass())
+    }
+
+    private def runClosure(Closure body) {
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = this
+        return body.call()
+    }
+
+    def methodMissing(String name, Object args) {
+        Object[] a = args as Object[]
+        if (a.length > 0 && a[-1] instanceof Closure) {
+            calls << [step: name, args: a.length > 1 ? a[0..-2].collect { it.toString() } : [], stage: currentStage]
+            return runClosure((Closure) a[-1])
+        }
+        calls << [step: name, args: a.collect { it instanceof Map ? it : it.toString() }, stage: currentStage]
+        return null
+    }
+
+    // -- the declarative skeleton ------------------------------------------------------
+    def pipeline(Closure body) {
+        String result = 'SUCCESS'
+        String error = null
+        // Declarative semantics: the sections are read first, then the stages run, then
+        // the post conditions that match the result.
+        runClosure(body)
+        try {
+            if (stagesBlock != null) runClosure(stagesBlock)
+        } catch (PipelineFailed e) {
+            result = 'FAILURE'
+            error = e.message
+        }
+        if (postBlock != null) {
+            def collector = new SectionCollector()
+            postBlock.resolveStrategy = Closure.DELEGATE_ONLY
+            postBlock.delegate = collector
+            postBlock.call()
+            for (String when : ['always', result == 'SUCCESS' ? 'success' : 'failure']) {
+                if (collector.blocks[when]) {
+                    postRan << when
+                    currentStage = "post:${when}"
+                    runClosure((Closure) collector.blocks[when])
+                }
+            }
+        }
+        return [result: result, error: error]
+    }
+
+    def parameters(Closure body) {
+        def collector = new ParameterCollector()
+        body.resolveStrategy = Closure.DELEGATE_ONLY
+        body.delegate = collector
+        body.call()
+        parameterDefs.addAll(collector.defs)
+    }
+
+    def options(Closure body) {
+        def collector = new SectionCollector()
+        body.resolveStrategy = Closure.DELEGATE_ONLY
+        body.delegate = collector
+        body.call()
+        optionDefs.addAll(collector.names)
+    }
+
+    def post(Closure body) { postBlock = body }
+
+    def stages(Closure body) { stagesBlock = body }
+
+    def stage(String name, Closure body) {
+        stageNames << name
+        String outer = currentStage
+        currentStage = name
+        try {
+            return runClosure(body)
+        } finally {
+            currentStage = outer
+        }
+    }
+
+    // -- steps with behaviour ------------------------------------------------------------
+    def sh(String script) { return sh([script: script]) }
+
+    def sh(Map m) {
+        String script = m.script
+        calls << [step: 'sh', args: [script], stage: currentStage]
+        boolean real = harness.execute || (harness.real ?: []).any { script.startsWith(it) }
+        String stdout = ''
+        int status = 0
+        if (real) {
+            def pb = new ProcessBuilder('bash', '-c', script)
+            pb.redirectError(ProcessBuilder.Redirect.INHERIT)
+            def proc = pb.start()
+            stdout = proc.inputStream.text
+            status = proc.waitFor()
+        } else {
+            def canned = (harness.responses ?: [:]).find { k, v -> script.startsWith(k) }
+            stdout = canned ? canned.value : ''
+            status = (harness.fail_on && script.contains(harness.fail_on)) ? 1 : 0
+        }
+        if (m.returnStatus) return status
+        if (status != 0) throw new PipelineFailed("script returned exit code ${status}: ${script}")
+        return m.returnStdout ? stdout : null
+    }
+
+    def readJSON(Map m) { return new JsonSlurper().parseText(m.text) }
+
+    def error(String message) { throw new PipelineFailed(message) }
+}
+
+def jenkinsfile = new File(args[0])
+def params = new JsonSlurper().parseText(args[1])
+def opts = args.length > 2 ? new JsonSlurper().parseText(args[2]) : [:]
+
+def config = new org.codehaus.groovy.control.CompilerConfiguration()
+config.scriptBaseClass = PipelineScript.name
+def binding = new Binding([params: params, env: [WORKSPACE: System.getProperty('user.dir')]])
+def shell = new GroovyShell(this.class.classLoader, binding, config)
+PipelineScript script = (PipelineScript) shell.parse(jenkinsfile)
+script.configure(opts)
+def outcome = script.run()
+
+println JsonOutput.toJson([
+    result    : outcome?.result,
+    error     : outcome?.error,
+    calls     : script.calls,
+    stages    : script.stageNames,
+    parameters: script.parameterDefs,
+    options   : script.optionDefs,
+    post      : script.postRan,
+    env       : binding.getVariable('env'),
+])
