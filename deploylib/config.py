@@ -291,6 +291,18 @@ class DeployConfig(Strict):
     environments: dict[str, Environment]
     source: str = "(embedded)"
 
+    def relative_to(self, base: Path) -> DeployConfig:
+        """Resolve the environments' relative paths against the config file's folder."""
+        envs = {}
+        for name, env in self.environments.items():
+            update = {}
+            for key in ("app_source", "state_dir", "ssh_key"):
+                value = getattr(env, key)
+                if value and not value.startswith("~") and not Path(value).is_absolute():
+                    update[key] = str(base / value)
+            envs[name] = env.model_copy(update=update)
+        return self.model_copy(update={"environments": envs})
+
     def environment(self, name: str | None) -> Environment:
         name = name or self.default_environment
         check_env_name(name)
@@ -305,7 +317,9 @@ class DeployConfig(Strict):
 
 
 def _error_line(source: str, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
-    err = exc.errors()[0]
+    # A misspelt key also shows up as a missing one: name the misspelling first.
+    rank = {"extra_forbidden": 0, "missing": 2}
+    err = sorted(exc.errors(), key=lambda e: rank.get(e["type"], 1))[0]
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
     kind = err["type"]
     bad = err.get("input")
@@ -399,4 +413,4 @@ def load(path: str | os.PathLike | None = None) -> DeployConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read it ({exc.__class__.__name__})", resource=str(target),
                           fix="make it a readable UTF-8 text file") from None
-    return parse(text, source=str(target))
+    return parse(text, source=str(target)).relative_to(target.resolve().parent)

@@ -146,7 +146,7 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     if artifact:
         path = release.check_artifact(artifact)
     else:
-        path = release.build(env.app_source, version)
+        path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts")
     if fleet_size is not None and not 1 <= fleet_size <= 100:
         raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
     from deploylib import provider
@@ -192,11 +192,11 @@ def load_run(cfg: config.DeployConfig, run_id: str,
              state_dir: str | None = None) -> tuple[config.Environment, RunState]:
     """Find a run's state in the state directory of any environment (or the one given)."""
     dirs = [state_dir] if state_dir else sorted({e.state_dir for e in cfg.environments.values()})
-    last: StateError | None = None
+    last: DeployError | None = None
     for d in dirs:
         try:
             state = RunState.load(d, run_id)
-        except StateError as exc:
+        except (StateError, InputError) as exc:
             last = exc
             continue
         return cfg.environment(state.env), state

@@ -73,7 +73,7 @@ class RunState:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise StateError(f"no run {run_id} in {state_dir}", resource=str(path),
+            raise InputError(f"no run {run_id} in {state_dir}",
                              fix="check the run id (`ls " + str(state_dir) + "`) "
                              "or start a run with `invoke start`") from None
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -311,10 +311,16 @@ def copy_image(ctx: Any) -> None:
     _raise_failures("copy-image", results)
 
 
-def live_hosts(ctx: Any, region: str) -> list[str]:
+def live_hosts_in(clients: aws.AwsClients, env: Any, region: str) -> list[str]:
     """Instances registered and healthy in the region's target group."""
-    states = aws.target_states(ctx.aws.elbv2(region), _target_group(ctx, region))
+    _, _, name = env.network(region)
+    elb = clients.elbv2(region)
+    states = aws.target_states(elb, aws.resolve_target_group(elb, name, region))
     return sorted(i for i, s in states.items() if s == "healthy")
+
+
+def live_hosts(ctx: Any, region: str) -> list[str]:
+    return live_hosts_in(ctx.aws, ctx.env, region)
 
 
 @step("launch-candidates")

@@ -1,0 +1,138 @@
+"""The command line against the lab: bad input refused with nothing started, stages as
+separate processes (as Jenkins runs them), a finished stage run again changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploylib import aws, plan
+
+pytestmark = pytest.mark.lab
+
+
+def instances(lab) -> list[str]:
+    clients = lab.clients()
+    ids = []
+    for region in lab.env.all_regions:
+        pages = clients.ec2(region).get_paginator("describe_instances").paginate()
+        ids += [i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]
+                if i["State"]["Name"] != "terminated"]
+    return sorted(ids)
+
+
+def runs(lab) -> list[Path]:
+    return sorted(Path(lab.env.state_dir).glob("*.json"))
+
+
+BAD_INPUTS = [
+    # (arguments, words the one-line error must contain)
+    ("deploy --mode sideways --version 1.2.3", ["unknown mode 'sideways'", "Fix:", "in-place"]),
+    ("deploy --mode in-place --version '1.0;rm -rf /'", ["version", "not a valid", "Fix:"]),
+    ("deploy --mode in-place --version '$(reboot)'", ["version", "Fix:"]),
+    ("deploy --mode in-place --version ../../etc", ["version", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --artifact /nonexistent/app.tar.gz",
+     ["does not exist", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --artifact tasks.py", ["not a gzip", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --env staging",
+     ["unknown environment 'staging'", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --env 'Prod;ls'", ["environment name", "Fix:"]),
+    ("step install-release --run not-a-run", ["run id", "Fix:"]),
+    ("step install-release --run 20200101T000000-abcdef", ["no run", "Fix:"]),
+    ("plan --mode bogus", ["unknown mode", "Fix:"]),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_INPUTS, ids=[a for a, _ in BAD_INPUTS])
+def test_bad_input_is_refused_with_one_line_and_nothing_launched(lab, args, words):
+    before_instances, before_runs = instances(lab), runs(lab)
+    proc = lab.cli(args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0]
+    assert instances(lab) == before_instances
+    assert runs(lab) == before_runs
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[environments.lab\n", ["not valid TOML", "Fix:"]),
+    ('[environments.lab]\nbatch_sise = 2\n', ["unknown key", "batch_sise", "batch_size"]),
+    ('[environments.lab]\nprimary_region = "mars-1"\n', ["primary_region", "Fix:"]),
+])
+def test_malformed_deploy_toml_is_refused(lab, tmp_path, text, words):
+    bad = tmp_path / "deploy.toml"
+    bad.write_text(text)
+    before = instances(lab)
+    proc = lab.cli(f"deploy --mode in-place --version 1.2.3 --config {bad}", check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and all(w in line for w in words), line
+    assert instances(lab) == before
+
+
+def test_stages_run_as_separate_processes_and_a_finished_stage_is_a_no_op(lab):
+    run_id = lab.cli("start --mode in-place --version 2.0.0").stdout.strip()
+    for name in plan.plan("in-place").names():
+        lab.cli(f"step {name} --run {run_id}")
+    state_path = Path(lab.env.state_dir) / f"{run_id}.json"
+    state = json.loads(state_path.read_text())
+    assert state["status"] == "done" or all(
+        state["stages"][n]["status"] == "done" for n in plan.plan("in-place").names())
+    record = aws.read_record(lab.clients().ssm(), lab.env.record_parameter)
+    assert record["release"] == "2.0.0" and record["run_id"] == run_id
+
+    before_instances, before_state = instances(lab), state_path.read_text()
+    proc = lab.cli(f"step install-release --run {run_id}", check=False)
+    assert proc.returncode == 2  # install-release is inside the rollout in this procedure
+    assert "rollout" in proc.stderr
+    lab.cli(f"step rollout --run {run_id}")
+    assert instances(lab) == before_instances
+    after = json.loads(state_path.read_text())
+    assert after["stages"] == json.loads(before_state)["stages"]
+
+
+def test_plan_json_shows_one_install_function_in_all_three(lab):
+    functions = set()
+    for mode in ("immutable", "rebake-light", "in-place"):
+        data = json.loads(lab.cli(f"plan --mode {mode} --json").stdout)
+        stages = [*data["stages"], *(s for st in data["stages"] for s in st.get("per_batch", []))]
+        installs = [s for s in stages if s["name"] == "install-release"]
+        assert len(installs) == 1
+        functions.add(installs[0]["function"])
+    assert functions == {"deploylib.steps:install_release"}
+
+
+def test_resume_continues_a_run_from_its_failed_stage(lab, tmp_path):
+    # An artifact whose app never becomes healthy: the rollout's first batch fails, the
+    # host restores its previous release, and the run stops there.
+    import tarfile
+
+    broken = tmp_path / "broken.tar.gz"
+    src = tmp_path / "app.py"
+    src.write_text("raise SystemExit('this release cannot start')\n")
+    with tarfile.open(broken, "w:gz") as tar:
+        tar.add(src, arcname="app.py")
+    from tests.conftest import write_config
+
+    quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 3})
+    proc = lab.cli(f"deploy --mode in-place --version 2.0.1-broken --artifact {broken} "
+                   f"--config {quick}", check=False)
+    assert proc.returncode == 1
+    assert "install-release" in proc.stderr
+    run_id = sorted(Path(lab.env.state_dir).glob("*.json"))[-1].stem
+    state = json.loads((Path(lab.env.state_dir) / f"{run_id}.json").read_text())
+    assert state["status"] == "failed"
+    assert state["stages"]["rollout/1/install-release"]["status"] == "failed"
+    # resuming retries the failed stage, which fails again the same way
+    proc = lab.cli(f"resume --run {run_id} --config {quick}", check=False)
+    assert proc.returncode == 1 and "rollout/1/install-release" in proc.stderr
+    # the host that failed switched back to its previous release and serves it
+    from deploylib import steps
+
+    ref = state["facts"]["batches"][0][0]
+    inst = aws.describe(lab.clients().ec2(ref["region"]), ref["region"], [ref["instance_id"]])[0]
+    assert steps.serving_version(inst.address, lab.env.app_port, lab.env.health_path) == "2.0.0"
