@@ -35,7 +35,7 @@ _BATCH = re.compile(r"^([1-9]\d*)(%?)$")
 
 def check_version(version: str) -> str:
     """A release version is used in paths, tags and remote commands: keep it plain."""
-    if not isinstance(version, str) or not _VERSION.match(version) or ".." in version:
+    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
         raise InputError(
             f"version {version!r} is not a valid release version",
             fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
@@ -53,7 +53,7 @@ def check_mode(mode: str) -> str:
 
 
 def check_env_name(name: str) -> str:
-    if not isinstance(name, str) or not _ENV_NAME.match(name):
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
         raise InputError(
             f"environment name {name!r} is not valid",
             fix="use lower-case letters, digits and '-', starting with a letter (e.g. lab)",
@@ -80,7 +80,7 @@ class JenkinsConfig(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if v and not re.match(r"^https?://[^\s/$.?#][^\s]*$", v):
+        if v and not re.fullmatch(r"^https?://[^\s/$.?#][^\s]*$", v):
             raise _fail("must be an http(s) URL such as https://jenkins.example.com, or empty")
         return v.rstrip("/")
 
@@ -144,7 +144,7 @@ class Environment(Strict):
     @field_validator("primary_region")
     @classmethod
     def _primary(cls, v: str) -> str:
-        if not _REGION.match(v):
+        if not _REGION.fullmatch(v):
             raise _fail("must be an AWS region name such as us-east-1")
         return v
 
@@ -152,7 +152,7 @@ class Environment(Strict):
     @classmethod
     def _copies(cls, v: list[str]) -> list[str]:
         for region in v:
-            if not _REGION.match(region):
+            if not _REGION.fullmatch(region):
                 raise _fail(f"{region!r} is not an AWS region name such as eu-west-1")
         if len(set(v)) != len(v):
             raise _fail("lists a region twice; name each copy region once")
@@ -161,7 +161,7 @@ class Environment(Strict):
     @field_validator("base_image")
     @classmethod
     def _base_image(cls, v: str) -> str:
-        if v.startswith("ami-") and not _IMAGE_ID.match(v):
+        if v.startswith("ami-") and not _IMAGE_ID.fullmatch(v):
             raise _fail("looks like an image id but is not one (ami- then 8 or 17 hex digits)")
         if not v.strip():
             raise _fail("give an image id (ami-…) or a name filter such as ubuntu/images/*")
@@ -170,7 +170,7 @@ class Environment(Strict):
     @field_validator("instance_type")
     @classmethod
     def _instance_type(cls, v: str) -> str:
-        if not _INSTANCE_TYPE.match(v):
+        if not _INSTANCE_TYPE.fullmatch(v):
             raise _fail("must be an EC2 instance type such as t3.micro")
         return v
 
@@ -178,41 +178,41 @@ class Environment(Strict):
     @classmethod
     def _packages(cls, v: list[str]) -> list[str]:
         for pkg in v:
-            if not _PACKAGE.match(pkg):
+            if not _PACKAGE.fullmatch(pkg):
                 raise _fail(f"{pkg!r} is not a Debian package name (e.g. nginx or curl=7.81.0-1)")
         return v
 
     @field_validator("app_root")
     @classmethod
     def _app_root(cls, v: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9._/-]+$", v) or ".." in v or v.rstrip("/") == "":
+        if not re.fullmatch(r"^/[A-Za-z0-9._/-]+$", v) or ".." in v or v.rstrip("/") == "":
             raise _fail("must be an absolute path of plain characters, not /, e.g. /srv/app")
         return v.rstrip("/")
 
     @field_validator("service")
     @classmethod
     def _service(cls, v: str) -> str:
-        if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", v):
+        if not re.fullmatch(r"^[a-z][a-z0-9_-]{0,31}$", v):
             raise _fail("must be a systemd unit name such as app")
         return v
 
     @field_validator("health_path")
     @classmethod
     def _health(cls, v: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9._~/-]*$", v):
+        if not re.fullmatch(r"^/[A-Za-z0-9._~/-]*$", v):
             raise _fail("must be a URL path starting with /, e.g. /health")
         return v
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", mode="before")
     @classmethod
-    def _batch(cls, v: str | int) -> str | int:
-        if isinstance(v, bool):
+    def _batch(cls, v: Any) -> str | int:
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
             raise _fail("must be a count such as 2 or a percentage such as 25%")
         if isinstance(v, int):
             if v < 1:
                 raise _fail("must be at least 1 (or a percentage such as 25%)")
             return v
-        m = _BATCH.match(v.strip())
+        m = _BATCH.fullmatch(v.strip())
         if not m or (m.group(2) and int(m.group(1)) > 100):
             raise _fail("must be a count such as 2 or a percentage from 1% to 100%")
         return v.strip() if m.group(2) else int(m.group(1))
@@ -220,7 +220,7 @@ class Environment(Strict):
     @field_validator("artifact_bucket")
     @classmethod
     def _bucket(cls, v: str) -> str:
-        if not _BUCKET.match(v) or ".." in v:
+        if not _BUCKET.fullmatch(v) or ".." in v:
             raise _fail("must be an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
         return v
 
@@ -228,7 +228,7 @@ class Environment(Strict):
     @classmethod
     def _plugins(cls, v: list[str]) -> list[str]:
         for mod in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", mod):
+            if not re.fullmatch(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", mod):
                 raise _fail(f"{mod!r} is not an importable module name such as team_steps")
         return v
 
@@ -251,7 +251,7 @@ class Environment(Strict):
                     "nor in copy_regions"
                 )
         for extra in self.extra_stages:
-            if not _STEP_NAME.match(extra.step):
+            if not _STEP_NAME.fullmatch(extra.step):
                 raise _fail(f"extra_stages step {extra.step!r} is not a step name like warm-cache")
         return self
 
@@ -381,7 +381,7 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
         if not isinstance(body, dict):
             raise ConfigError(f"environments.{name} must be a table", resource=source,
                               fix=f"write [environments.{name}] with its keys below it")
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             raise ConfigError(f"environment name {name!r} is not valid", resource=source,
                               fix="use lower-case letters, digits and '-', e.g. staging")
         body.setdefault("name", name)

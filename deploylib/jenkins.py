@@ -48,8 +48,8 @@ def _wrap(action: str, job: str, fn: Callable[[], Any]) -> Any:
         return fn()
     except jenkins.NotFoundException:
         raise JenkinsError(f"{action}: the job does not exist", resource=f"job {job}",
-                           fix="create it with `invoke jenkins.setup` or fix the job name in "
-                           "deploy.toml") from None
+                           fix="create the job in Jenkins (README, Jenkins) or fix the job "
+                           "names under [environments.NAME.jenkins] in deploy.toml") from None
     except jenkins.JenkinsException as exc:
         text = str(exc).splitlines()[0][:200]
         raise JenkinsError(f"{action}: {text}", resource=f"job {job}",

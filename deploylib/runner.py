@@ -178,6 +178,13 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
     from deploylib.state import check_run_id
 
     check_run_id(run_id)
+    if (Path(env.state_dir) / f"{run_id}.json").exists():
+        # The same workspace as the bake (or a replayed build): continue that state.
+        state = RunState.load(env.state_dir, run_id)
+        if (state.mode, state.version) != ("immutable", version):
+            raise InputError(f"run {run_id} exists here as {state.mode} {state.version}",
+                             fix="pass the HANDOFF of that run, or use a fresh workspace")
+        return state
     state = RunState.create(env.state_dir, env=env.name, mode="immutable", version=version,
                             artifact="", run_id=run_id)
     state.facts.update({"release": rel, "images": images, "handoff": True})

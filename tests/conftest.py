@@ -19,6 +19,8 @@ LAB_ENV_TEXT = (REPO / "deploylib/lab/environment.toml").read_text()
 def toml_value(value: object) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)
 
 
@@ -108,7 +110,26 @@ def start_sshd(directory: Path, address: str, port: int = 2022) -> SshServer:
     log = open(directory / "sshd.log", "ab")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
                             stdout=log, stderr=log, start_new_session=True)
-    return SshServer(address, port, host_key, client_key, root, proc)
+    server = SshServer(address, port, host_key, client_key, root, proc)
+    wait_listening(address, port)
+    return server
+
+
+def wait_listening(address: str, port: int, timeout: float = 10) -> None:
+    """Poll until something accepts TCP connections on address:port."""
+    import socket
+
+    from deploylib import waits
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((address, port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    waits.until(accepts, timeout=timeout, what="sshd to listen", resource=f"{address}:{port}",
+                fix="see sshd.log in the test's directory")
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +189,13 @@ def lab(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def fake_jenkins():
+    """A local HTTP server speaking Jenkins' REST API (no real Jenkins can run here)."""
+    from tests.fake_jenkins import FakeJenkins
+
+    server = FakeJenkins().start()
+    yield server
+    server.stop()

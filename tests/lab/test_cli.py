@@ -139,3 +139,25 @@ def test_resume_continues_a_run_from_its_failed_stage(lab, tmp_path):
     assert live_release != "2.0.1-broken"
     assert steps.serving_version(inst.address, lab.env.app_port,
                                  lab.env.health_path) == live_release
+
+
+def test_a_team_step_and_hooks_run_inside_a_real_deploy(lab):
+    from tests.conftest import REPO, write_config
+
+    team = write_config(lab.config_path.parent, name="team.toml", plugins=["team_steps"],
+                        extra_stages=[{"step": "announce", "after": "install-release"}])
+    env = dict(lab.cli.env(), PYTHONPATH=str(REPO / "tests" / "plugins"))
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "invoke", "hotfix", "--version", "2.1.0",
+                           "--config", str(team)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run_id = sorted(Path(lab.env.state_dir).glob("*.json"))[-1].stem
+    state = json.loads((Path(lab.env.state_dir) / f"{run_id}.json").read_text())
+    batches = len(state["facts"]["batches"])
+    assert state["facts"]["announced"] == ["2.1.0"] * batches
+    assert state["facts"]["hooks"] == ["before install-release on batch",
+                                       "after install-release on batch"] * batches
+    assert state["stages"]["rollout/1/announce"]["step"] == "team_steps:announce"

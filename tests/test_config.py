@@ -1,0 +1,177 @@
+"""deploy.toml parsing and validation; versions, modes and environment names."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deploylib import config
+from deploylib.errors import ConfigError, InputError
+
+BASE = """
+[environments.prod]
+primary_region = "us-east-1"
+copy_regions = ["us-west-2"]
+base_image = "ubuntu/images/*"
+subnet = "app"
+security_group = "app"
+target_group = "web"
+artifact_bucket = "my-artifacts"
+"""
+
+
+def with_line(line: str) -> str:
+    """BASE with one key set (replacing the key if BASE has it)."""
+    key = line.split("=", 1)[0].strip()
+    kept = [ln for ln in BASE.splitlines() if ln.split("=", 1)[0].strip() != key]
+    text = "\n".join(kept) + "\n"
+    return text.replace("[environments.prod]\n", f"[environments.prod]\n{line}\n")
+
+
+def test_the_lab_is_embedded_and_the_default():
+    cfg = config.parse("")
+    env = cfg.environment(None)
+    assert env.name == "lab" and env.provider == "lab"
+    assert env.all_regions[0] == env.primary_region
+
+
+def test_a_full_environment_parses_with_per_region_overrides():
+    cfg = config.parse(BASE + '[environments.prod.regions.us-west-2]\nsubnet = "subnet-0abc1234"\n')
+    env = cfg.environment("prod")
+    assert env.network("us-east-1") == ("app", "app", "web")
+    assert env.network("us-west-2") == ("subnet-0abc1234", "app", "web")
+    assert env.record_parameter == "/deploylib/prod/live"
+    assert "lab" in cfg.environments  # the embedded lab stays available
+
+
+def test_the_repository_deploy_toml_is_valid():
+    from tests.conftest import REPO
+
+    cfg = config.load(REPO / "deploy.toml")
+    assert cfg.environment("production").copy_regions == ["us-west-2"]
+
+
+@pytest.mark.parametrize("size,hosts,expected", [
+    (1, 10, 1), (3, 10, 3), ("25%", 8, 2), ("25%", 3, 1), ("100%", 7, 7), ("50%", 1, 1)])
+def test_batch_size_as_count_or_percentage(size, hosts, expected):
+    line = f"batch_size = {size!r}".replace("'", '"')
+    env = config.parse(with_line(line)).environment("prod")
+    assert env.batch_count(hosts) == expected
+
+
+BAD = [
+    ("primary_region = \"mars-1\"", "primary_region"),
+    ("copy_regions = [\"us-east-1\"]", "copy_regions repeats primary_region"),
+    ("copy_regions = [\"nowhere\"]", "copy_regions"),
+    ("copy_regions = [\"eu-west-1\", \"eu-west-1\"]", "twice"),
+    ("instance_type = \"huge\"", "instance_type"),
+    ("base_image = \"ami-xyz\"", "base_image"),
+    ("batch_size = 0", "batch_size"),
+    ("batch_size = \"150%\"", "batch_size"),
+    ("batch_size = \"some\"", "batch_size"),
+    ("batch_size = true", "batch_size"),
+    ("fleet_size = 0", "fleet_size"),
+    ("keep_releases = 1", "keep_releases"),
+    ("app_port = 70000", "app_port"),
+    ("ssh_port = 0", "ssh_port"),
+    ("app_root = \"relative/path\"", "app_root"),
+    ("app_root = \"/srv/../etc\"", "app_root"),
+    ("app_root = \"/srv/app; rm -rf /\"", "app_root"),
+    ("health_path = \"health\"", "health_path"),
+    ("service = \"app;reboot\"", "service"),
+    ("os_packages = [\"nginx; reboot\"]", "os_packages"),
+    ("artifact_bucket = \"Bad_Bucket\"", "artifact_bucket"),
+    ("provider = \"gcp\"", "provider"),
+    ("plugins = [\"not a module\"]", "plugins"),
+    ("artifact_transfer = \"carrier-pigeon\"", "artifact_transfer"),
+    ("timeouts = { health = -1 }", "timeouts"),
+    ("batch_sise = 2", "did you mean 'batch_size'"),
+    ("extra_stages = [{ step = \"warm\" }]", "exactly one of before"),
+    ("extra_stages = [{ step = \"Warm Cache\", after = \"promote\" }]", "step name"),
+    ("jenkins = { url = \"jenkins.example.com\" }", "jenkins.url"),
+    ("jenkins = { urll = \"https://j\" }", "did you mean 'url'"),
+]
+
+
+@pytest.mark.parametrize("line,words", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_value_names_the_key_and_the_fix_on_one_line(line, words):
+    with pytest.raises(ConfigError) as info:
+        config.parse(with_line(line), source="deploy.toml")
+    message = info.value.line()
+    assert "\n" not in message
+    assert "deploy.toml" in message and "Fix:" in message
+    assert words in message
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[environments.prod\n", "not valid TOML"),
+    ("environments = 3\n", "environments must be a table"),
+    ("[environments]\nprod = 3\n", "environments.prod must be a table"),
+    ("[environments.Prod]\nx=1\n", "environment name"),
+    ("default_environment = \"nope\"\n", "default_environment"),
+    (BASE.replace('subnet = "app"\n', ""), "missing key environments.prod.subnet"),
+])
+def test_malformed_files(text, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        config.parse(text)
+
+
+def test_unknown_environment_lists_the_known_ones():
+    with pytest.raises(InputError) as info:
+        config.parse(BASE).environment("staging")
+    assert "lab, prod" in info.value.line()
+
+
+def test_a_missing_explicit_config_file_is_bad_input(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "deploy.toml").write_text(with_line('app_source = "app"'))
+    env = config.load(tmp_path / "deploy.toml").environment("prod")
+    assert env.app_source == str(tmp_path / "app")
+    assert env.state_dir == str(tmp_path / ".runs")
+
+
+@pytest.mark.parametrize("mode", ["immutable", "rebake-light", "in-place"])
+def test_the_three_modes(mode):
+    assert config.check_mode(mode) == mode
+
+
+@pytest.mark.parametrize("mode", ["", "Immutable", "inplace", "in-place ", "blue-green"])
+def test_unknown_modes(mode):
+    with pytest.raises(InputError, match="unknown mode"):
+        config.check_mode(mode)
+
+
+SAFE = string.ascii_letters + string.digits + "._-"
+
+
+@given(st.text(alphabet=SAFE, min_size=1, max_size=64).filter(
+    lambda v: v[0] not in "._-" and ".." not in v))
+def test_plain_versions_are_accepted(version):
+    assert config.check_version(version) == version
+
+
+@given(st.text(min_size=0, max_size=80))
+def test_any_accepted_version_is_safe_in_paths_and_shells(version):
+    try:
+        config.check_version(version)
+    except InputError as exc:
+        assert "\n" not in exc.line()
+        return
+    assert set(version) <= set(SAFE)
+    assert ".." not in version and not version.startswith(("-", ".", "/"))
+    assert 1 <= len(version) <= 64
+
+
+@pytest.mark.parametrize("version", ["1.0;rm -rf /", "$(reboot)", "../etc", "1.0 beta", "",
+                                     "-rf", "a" * 65, "1.0\n", "1..2", "v1/2"])
+def test_unsafe_versions_are_refused(version):
+    with pytest.raises(InputError, match="not a valid release version"):
+        config.check_version(version)

@@ -1,0 +1,83 @@
+"""Triggering and following Jenkins builds, against a server speaking Jenkins' REST API."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylib import jenkins
+from deploylib.config import JenkinsConfig
+from deploylib.errors import JenkinsError, WaitTimeout
+
+
+def client(fake, monkeypatch):
+    monkeypatch.setenv(jenkins.TOKEN_ENV, "api-token-secret")
+    return jenkins.connect(JenkinsConfig(url=fake.url.rstrip("/"), user="deploy-bot"))
+
+
+def test_a_parameterized_build_is_triggered_followed_and_reported(fake_jenkins, monkeypatch):
+    fake_jenkins.add_job("test-and-promote", polls_in_queue=2, polls_building=3)
+    started = []
+    build = jenkins.run_job(client(fake_jenkins, monkeypatch), "test-and-promote",
+                            {"VERSION": "1.2.3", "IMAGES": '{"us-east-1": "ami-1"}'},
+                            timeout=30, on_started=started.append)
+    assert build.result == "SUCCESS" and build.number == 1
+    assert build.url.endswith("/job/test-and-promote/1/")
+    assert build.console_url.endswith("/job/test-and-promote/1/console")
+    assert [b.number for b in started] == [1]  # reported as soon as it left the queue
+    job = fake_jenkins.jobs["test-and-promote"]
+    assert job.builds[0]["params"] == {"VERSION": "1.2.3", "IMAGES": '{"us-east-1": "ami-1"}'}
+    # the crumb was fetched and sent, so the POST was not refused
+    assert ("GET", "/crumbIssuer/api/json") in fake_jenkins.requests
+
+
+def test_a_failed_build_fails_with_its_console_url(fake_jenkins, monkeypatch):
+    fake_jenkins.add_job("test-and-promote", result="FAILURE")
+    with pytest.raises(JenkinsError) as info:
+        jenkins.run_job(client(fake_jenkins, monkeypatch), "test-and-promote", {}, timeout=30)
+    assert "finished FAILURE" in info.value.line()
+    assert "/job/test-and-promote/1/console" in info.value.line()
+
+
+def test_an_unknown_job_names_the_fix(fake_jenkins, monkeypatch):
+    with pytest.raises(JenkinsError) as info:
+        jenkins.trigger(client(fake_jenkins, monkeypatch), "no-such-job", {"A": "1"})
+    assert "does not exist" in info.value.line() and "deploy.toml" in info.value.line()
+
+
+def test_a_cancelled_queue_item_is_an_error(fake_jenkins, monkeypatch):
+    fake_jenkins.add_job("test-and-promote", cancel=True)
+    with pytest.raises(JenkinsError, match="cancelled"):
+        jenkins.run_job(client(fake_jenkins, monkeypatch), "test-and-promote", {}, timeout=30)
+
+
+def test_a_build_that_never_leaves_the_queue_hits_the_deadline(fake_jenkins, monkeypatch):
+    fake_jenkins.add_job("test-and-promote", polls_in_queue=10_000)
+    server = client(fake_jenkins, monkeypatch)
+    item = jenkins.trigger(server, "test-and-promote", {})
+    with pytest.raises(WaitTimeout, match="leave the queue"):
+        jenkins.follow(server, "test-and-promote", item, timeout=0.5, poll=0.05)
+
+
+def test_a_post_without_the_crumb_is_refused_by_the_server(fake_jenkins):
+    import urllib.error
+    import urllib.request
+
+    fake_jenkins.add_job("x")
+    req = urllib.request.Request(f"{fake_jenkins.url}job/x/buildWithParameters", method="POST",
+                                 data=b"")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 403
+
+
+def test_jenkins_unreachable_is_one_clear_line(monkeypatch):
+    server = jenkins.connect(JenkinsConfig(url="http://127.0.0.1:9"), timeout=2)
+    with pytest.raises(JenkinsError) as info:
+        jenkins.trigger(server, "test-and-promote", {})
+    assert "unreachable" in info.value.line() and "jenkins.url" in info.value.line()
+
+
+def test_the_token_comes_from_the_environment_not_config(fake_jenkins, monkeypatch):
+    server = client(fake_jenkins, monkeypatch)
+    assert "api-token-secret" not in repr(JenkinsConfig.model_fields)
+    assert server.server.startswith("http://127.0.0.1")

@@ -1,0 +1,109 @@
+"""The Jenkinsfile, executed by real Groovy with the pipeline DSL stubbed.
+
+The harness (tests/jenkinsfile/PipelineHarness.groovy) runs `invoke plan` for real and
+records every other sh command, so these tests check that the pipeline's stages are the
+plan's stages, whatever the mode, and that its post conditions behave.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploylib import config
+from deploylib import plan as planning
+from tests.conftest import REPO
+
+HARNESS = REPO / "tests/jenkinsfile/PipelineHarness.groovy"
+RUN_ID = "20261127T120000-abc123"
+
+
+def groovy_env() -> dict[str, str]:
+    """Groovy's launcher needs JAVA_HOME; take it from the `java` on PATH if unset."""
+    env = dict(os.environ)
+    java = shutil.which("java")
+    if "JAVA_HOME" not in env and java:
+        env["JAVA_HOME"] = str(Path(os.path.realpath(java)).parent.parent)
+    return env
+
+
+def run_pipeline(params: dict, **options) -> dict:
+    groovy = shutil.which("groovy")
+    assert groovy, "groovy is not installed (.ci/run installs Debian's groovy)"
+    defaults = {"MODE": "immutable", "VERSION": "1.2.3", "ENV": "lab", "ARTIFACT": "",
+                "HANDOFF": ""}
+    opts = {"real": ["invoke plan"], "responses": {"invoke start": RUN_ID + "\n"}, **options}
+    proc = subprocess.run([groovy, str(HARNESS), str(REPO / "Jenkinsfile"),
+                           json.dumps({**defaults, **params}), json.dumps(opts)],
+                          cwd=REPO, env=groovy_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sh_commands(result: dict) -> list[list[str]]:
+    return [shlex.split(c["args"][0]) for c in result["calls"] if c["step"] == "sh"]
+
+
+@pytest.mark.parametrize("mode", config.MODES)
+def test_the_pipeline_runs_exactly_the_planned_stages(mode):
+    result = run_pipeline({"MODE": mode})
+    assert result["result"] == "SUCCESS"
+    expected = planning.plan(mode).names()
+    steps = [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
+    assert steps == [["invoke", "step", name, "--run", RUN_ID] for name in expected]
+    assert result["stages"] == ["Plan", "Deploy", *expected]
+    # each planned stage's command runs inside the Jenkins stage of that name
+    for call in result["calls"]:
+        if call["step"] == "sh" and call["args"][0].startswith("invoke step"):
+            assert shlex.split(call["args"][0])[2] == call["stage"]
+
+
+def test_parameters_conventions_and_start_command():
+    result = run_pipeline({"MODE": "in-place", "VERSION": "2.0.0", "ARTIFACT": "dist/a b.tar.gz"})
+    params = {p["name"]: p for p in result["parameters"]}
+    assert params["MODE"]["choices"] == list(config.MODES)
+    assert set(params) == {"MODE", "VERSION", "ARTIFACT", "ENV", "HANDOFF"}
+    assert {"disableConcurrentBuilds", "timestamps", "timeout"} <= set(result["options"])
+    start = sh_commands(result)[0]
+    assert start == ["invoke", "start", "--mode", "in-place", "--version", "2.0.0", "--env",
+                     "lab", "--artifact", "dist/a b.tar.gz"]
+    assert result["env"]["RUN_ID"] == RUN_ID
+    assert result["post"] == ["always"]
+    archived = [c for c in result["calls"] if c["step"] == "archiveArtifacts"]
+    assert archived[0]["args"][0]["artifacts"] == f".runs/{RUN_ID}.json"
+
+
+def test_hostile_parameters_reach_the_shell_quoted():
+    result = run_pipeline({"MODE": "in-place", "VERSION": "1.0'; rm -rf / #"})
+    start = sh_commands(result)[0]
+    assert start[5] == "1.0'; rm -rf / #"  # one argument, for invoke to refuse
+
+
+def test_a_failed_stage_stops_the_pipeline_and_runs_the_failure_post():
+    result = run_pipeline({"MODE": "immutable"}, fail_on="step 'copy-image'")
+    assert result["result"] == "FAILURE"
+    names = planning.plan("immutable").names()
+    ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
+    assert ran == names[: names.index("copy-image") + 1]
+    assert result["post"] == ["always", "failure"]
+    echoed = [c["args"][0] for c in result["calls"]
+              if c["step"] == "echo" and c["stage"] == "post:failure"]
+    assert f"invoke resume --run {RUN_ID}" in echoed[0]
+
+
+def test_a_handoff_runs_only_the_release_stages():
+    handoff = json.dumps({"run_id": RUN_ID, "env": "lab", "version": "1.2.3",
+                          "release": {}, "images": {}})
+    result = run_pipeline({"MODE": "in-place", "HANDOFF": handoff})
+    start = sh_commands(result)[0]
+    assert start[:3] == ["invoke", "start", "--handoff"] and json.loads(start[3])["run_id"] == RUN_ID
+    release = [s.name for s in planning.plan("immutable").stages if s.phase == planning.RELEASE]
+    ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
+    assert ran == release

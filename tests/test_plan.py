@@ -1,0 +1,113 @@
+"""The procedures as data: a table of modes and their expected stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylib import catalog, config
+from deploylib import plan as planning
+from deploylib.errors import ConfigError, InputError
+
+EXPECTED = {
+    "immutable": ["publish-release", "launch-builder", "wait-ssh", "provision",
+                  "install-release", "stop-builder", "create-image", "terminate-builder",
+                  "copy-image", "launch-candidates", "smoke-test", "promote", "record"],
+    "rebake-light": ["publish-release", "launch-candidates", "wait-ssh", "install-release",
+                     "smoke-test", "promote", "create-image", "record"],
+    "in-place": ["publish-release", "select-hosts", "rollout", "record"],
+}
+
+
+@pytest.mark.parametrize("mode", config.MODES)
+def test_each_procedure_is_an_ordering_of_catalog_steps(mode):
+    p = planning.plan(mode)
+    assert p.names() == EXPECTED[mode]
+    for stage in p.walk():
+        if not stage.per_batch:
+            catalog.get(stage.step)  # every stage names a registered step
+
+
+def test_in_place_repeats_drain_install_check_put_back_per_batch():
+    rollout = planning.plan("in-place").stage("rollout")
+    assert [s.name for s in rollout.per_batch] == ["drain", "install-release", "health-check",
+                                                   "put-back"]
+    assert {s.targets for s in rollout.per_batch} == {planning.BATCH}
+
+
+def test_install_release_is_one_function_in_all_three_procedures():
+    found = {}
+    for mode in config.MODES:
+        stages = [s for s in planning.plan(mode).walk() if s.name == "install-release"]
+        assert len(stages) == 1, mode
+        found[mode] = catalog.get(stages[0].step).fn
+    functions = set(found.values())
+    assert len(functions) == 1
+    from deploylib import steps
+
+    assert functions == {steps.install_release}
+
+
+def test_install_targets_the_builder_candidates_or_batch():
+    targets = {m: next(s for s in planning.plan(m).walk() if s.name == "install-release").targets
+               for m in config.MODES}
+    assert targets == {"immutable": "builder", "rebake-light": "candidates", "in-place": "batch"}
+
+
+def test_bake_phase_ends_with_the_copies_and_release_phase_starts_with_candidates():
+    p = planning.plan("immutable")
+    phases = [s.phase for s in p.stages]
+    first_release = phases.index(planning.RELEASE)
+    assert p.names()[first_release - 1] == "copy-image"
+    assert p.names()[first_release] == "launch-candidates"
+    assert set(phases[first_release:]) == {planning.RELEASE}
+
+
+def test_rebake_light_launches_from_the_live_image_and_immutable_from_the_baked_one():
+    assert planning.plan("rebake-light").stage("launch-candidates").option == {"image": "live"}
+    assert planning.plan("immutable").stage("launch-candidates").option == {"image": "baked"}
+
+
+def test_plans_are_plain_data():
+    data = planning.plan("in-place").to_dict()
+    assert data["mode"] == "in-place"
+    assert data["stages"][2]["per_batch"][1]["name"] == "install-release"
+
+
+def extra(**kw):
+    return config.ExtraStage(**kw)
+
+
+def test_an_extra_stage_goes_into_every_procedure_that_has_its_anchor():
+    e = extra(step="warm-cache", after="install-release")
+    for mode in config.MODES:
+        names = [s.name for s in planning.plan(mode, [e]).walk()]
+        i = names.index("install-release")
+        assert names[i + 1] == "warm-cache", mode
+
+
+def test_an_extra_stage_before_a_stage_only_some_procedures_have():
+    e = extra(step="scan-image", before="copy-image")
+    assert "scan-image" in planning.plan("immutable", [e]).names()
+    assert "scan-image" not in [s.name for s in planning.plan("in-place", [e]).walk()]
+
+
+def test_an_extra_stage_anchored_nowhere_is_refused():
+    with pytest.raises(ConfigError, match="no stage of any procedure"):
+        planning.plan("in-place", [extra(step="x", after="launch-rockets")])
+
+
+def test_an_extra_stage_may_not_reuse_a_stage_name():
+    with pytest.raises(ConfigError, match="appear twice"):
+        planning.plan("in-place", [extra(step="record", after="select-hosts")])
+
+
+def test_unknown_mode():
+    with pytest.raises(InputError, match="unknown mode"):
+        planning.plan("sideways")
+
+
+@pytest.mark.parametrize("hosts,size,expected", [
+    ([], 2, []), ([1], 2, [[1]]), ([1, 2, 3], 1, [[1], [2], [3]]),
+    ([1, 2, 3, 4, 5], 2, [[1, 2], [3, 4], [5]]), ([1, 2], 5, [[1, 2]])])
+def test_batches(hosts, size, expected):
+    assert planning.batches(hosts, size) == expected

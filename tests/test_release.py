@@ -1,0 +1,44 @@
+"""Release tarballs: reproducible builds and artifact checks."""
+
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+
+from deploylib import release
+from deploylib.errors import InputError
+from tests.conftest import REPO
+
+
+def test_the_same_source_and_version_give_the_same_bytes(tmp_path):
+    a = release.build(REPO / "examples/app", "1.2.3", tmp_path / "a")
+    b = release.build(REPO / "examples/app", "1.2.3", tmp_path / "b")
+    assert release.sha256_file(a) == release.sha256_file(b)
+    assert release.sha256_file(a) != release.sha256_file(
+        release.build(REPO / "examples/app", "1.2.4", tmp_path / "c"))
+
+
+def test_the_tarball_carries_the_app_and_its_version(tmp_path):
+    path = release.build(REPO / "examples/app", "1.2.3", tmp_path)
+    assert path.name == "app-1.2.3.tar.gz"
+    with tarfile.open(path) as tar:
+        assert sorted(tar.getnames()) == ["VERSION", "app.py"]
+        assert tar.extractfile("VERSION").read() == b"1.2.3\n"
+
+
+def test_building_refuses_a_bad_version_or_source(tmp_path):
+    with pytest.raises(InputError, match="version"):
+        release.build(REPO / "examples/app", "1.0;ls", tmp_path)
+    with pytest.raises(InputError, match="holds no app.py"):
+        release.build(tmp_path, "1.0.0", tmp_path)
+
+
+def test_artifact_checks(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        release.check_artifact(tmp_path / "missing.tar.gz")
+    with pytest.raises(InputError, match="is not a file"):
+        release.check_artifact(tmp_path)
+    (tmp_path / "plain.txt").write_text("hello")
+    with pytest.raises(InputError, match="not a gzip tarball"):
+        release.check_artifact(tmp_path / "plain.txt")

@@ -1,0 +1,185 @@
+"""The host-side scripts: rendered, then run for real with bash on a host directory.
+
+The install script fetches over real HTTP, verifies, unpacks, switches, restarts the app
+through the lab's systemctl stand-in and health-checks it, exactly as on a lab host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from deploylib import release, render
+from deploylib.lab import BIN
+from deploylib.steps import serving_version
+from tests.conftest import REPO
+
+_addresses = itertools.count(1)
+
+
+class Host:
+    """A host directory provisioned by the real provision script."""
+
+    def __init__(self, root: Path, address: str, files: Path, url: str):
+        self.root, self.address, self.files, self.url = root, address, files, url
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DEPLOY_HOST_ROOT=str(self.root),
+                    PATH=f"{BIN}:{os.environ['PATH']}")
+
+    def bash(self, script: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-s"], input=script, text=True, capture_output=True,
+                              env=self.env(), timeout=60)
+
+    def artifact(self, version: str) -> tuple[str, str]:
+        path = release.build(REPO / "examples/app", version, self.files)
+        return path.name, release.sha256_file(path)
+
+    def install(self, version: str, *, name: str | None = None, sha: str | None = None,
+                keep: int = 3, push: Path | None = None) -> subprocess.CompletedProcess:
+        if name is None:
+            name, sha = self.artifact(version)
+        script = render.install_script(
+            version=version, sha256=sha, app_root="/srv/app", app_port=8080,
+            health_path="/health", restart_command="systemctl restart app", keep_releases=keep,
+            url=None if push else f"{self.url}/{name}", pushed_path=str(push) if push else None,
+            health_timeout=3)
+        return self.bash(script)
+
+    def current(self) -> str:
+        return os.readlink(self.root / "srv/app/current")
+
+    def serving(self) -> str | None:
+        return serving_version(self.address, 8080, "/health")
+
+    def releases(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "srv/app/releases").iterdir())
+
+
+@pytest.fixture
+def host(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 partial(SimpleHTTPRequestHandler, directory=str(files)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    address = f"127.0.98.{next(_addresses)}"
+    (root / "etc/app.env").write_text(f"APP_HOST={address}\n")
+    h = Host(root, address, files, f"http://127.0.0.1:{server.server_address[1]}")
+    out = h.bash(render.provision_script(packages=["python3", "curl"], service="app",
+                                         app_root="/srv/app", app_port=8080))
+    assert out.returncode == 0, out.stderr
+    yield h
+    h.bash("systemctl stop app")
+    server.shutdown()
+
+
+def test_provision_records_packages_and_enables_the_unit(host):
+    assert (host.root / "var/lib/lab/packages").read_text().split() == ["curl", "python3"]
+    unit = (host.root / "etc/systemd/system/app.service").read_text()
+    assert "WorkingDirectory=/srv/app/current" in unit and "APP_PORT=8080" in unit
+    assert (host.root / "etc/systemd/system/multi-user.target.wants/app.service").is_symlink()
+
+
+def test_install_fetches_verifies_switches_and_serves(host):
+    out = host.install("1.0.0")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert host.current() == "releases/1.0.0"
+    assert host.serving() == "1.0.0"
+    out = host.install("1.0.1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert host.current() == "releases/1.0.1" and host.serving() == "1.0.1"
+    assert not list((host.root / "srv/app/.incoming").iterdir())
+
+
+def test_installing_the_live_release_again_changes_nothing(host):
+    assert host.install("1.0.0").returncode == 0
+    before = (host.root / "var/run/app.pid").read_text()
+    out = host.install("1.0.0")
+    assert out.returncode == 0 and "already live" in out.stdout
+    assert (host.root / "var/run/app.pid").read_text() == before  # not even restarted
+
+
+def test_a_checksum_mismatch_is_refused_and_nothing_changes(host):
+    assert host.install("1.0.0").returncode == 0
+    name, _ = host.artifact("1.0.1")
+    out = host.install("1.0.1", name=name, sha="0" * 64)
+    assert out.returncode == 3
+    assert "checksum mismatch" in out.stdout + out.stderr
+    assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+    assert host.releases() == ["1.0.0"]
+    assert not list((host.root / "srv/app/.incoming").iterdir())
+
+
+def test_a_corrupt_archive_leaves_no_partial_release(host):
+    assert host.install("1.0.0").returncode == 0
+    corrupt = b"\x1f\x8b" + os.urandom(2048)
+    (host.files / "corrupt.tar.gz").write_bytes(corrupt)
+    out = host.install("1.0.1", name="corrupt.tar.gz", sha=hashlib.sha256(corrupt).hexdigest())
+    assert out.returncode == 4
+    assert host.releases() == ["1.0.0"]  # no releases/1.0.1, no .unpack-* left
+    assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+
+
+def test_an_unhealthy_release_is_switched_back(host, tmp_path):
+    assert host.install("1.0.0").returncode == 0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "app.py").write_text("raise SystemExit('cannot start')\n")
+    path = release.build(broken, "1.0.1", host.files)
+    out = host.install("1.0.1", name=path.name, sha=release.sha256_file(path))
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert "restored" in out.stderr
+    assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+
+
+def test_old_releases_are_pruned_but_never_the_previous_one(host):
+    for v in ("1.0.0", "1.0.1", "1.0.2", "1.0.3", "1.0.4"):
+        assert host.install(v, keep=3).returncode == 0
+    assert host.releases() == ["1.0.2", "1.0.3", "1.0.4"]
+    assert host.current() == "releases/1.0.4"
+
+
+def test_push_installs_from_a_file_already_on_the_host(host):
+    name, sha = host.artifact("1.0.0")
+    pushed = host.root / "tmp-upload.tar.gz"
+    pushed.write_bytes((host.files / name).read_bytes())
+    out = host.install("1.0.0", name=name, sha=sha, push=pushed)
+    assert out.returncode == 0, out.stderr
+    assert host.serving() == "1.0.0" and not pushed.exists()
+
+
+def test_the_presigned_url_is_never_an_argument_of_any_command():
+    url = "http://store.example/releases/app.tar.gz?X-Amz-Signature=abc123"
+    script = render.install_script(version="1.0.0", sha256="0" * 64, app_root="/srv/app",
+                                   app_port=8080, health_path="/health",
+                                   restart_command="systemctl restart app", keep_releases=3,
+                                   url=url)
+    lines = [ln for ln in script.splitlines() if "X-Amz-Signature" in ln]
+    assert lines == [f'url = "{url}"']  # only inside curl's config, read from stdin
+
+
+def test_values_are_shell_quoted():
+    script = render.install_script(version="1.0.0", sha256="0" * 64, app_root="/srv/my app",
+                                   app_port=8080, health_path="/health",
+                                   restart_command="true", keep_releases=3, url="http://x/y")
+    assert "app_root=\"$root\"'/srv/my app'" in script
+
+
+def test_exactly_one_source():
+    kw = dict(version="1", sha256="0", app_root="/a", app_port=1, health_path="/",
+              restart_command="true", keep_releases=3)
+    with pytest.raises(ValueError):
+        render.install_script(**kw)
+    with pytest.raises(ValueError):
+        render.install_script(**kw, url="http://x", pushed_path="/tmp/x")

@@ -1,0 +1,103 @@
+"""The SSH module against a real OpenSSH sshd on loopback."""
+
+from __future__ import annotations
+
+import base64
+
+import paramiko
+import pytest
+
+from deploylib import ssh
+from deploylib.errors import HostError, HostKeyError, RemoteCommandError
+from deploylib.lab.hosts import write_keypair
+
+
+def endpoint(server, keys=None, name="i-test"):
+    trusted = keys if keys is not None else (ssh.read_public_key_file(f"{server.host_key}.pub"),)
+    return ssh.Endpoint(name=name, address=server.address, port=server.port,
+                        trusted_keys=tuple(trusted))
+
+
+def connection(server, **kw):
+    return ssh.Connection(endpoint(server, **kw),
+                          ssh.Credentials(user="root", key_file=str(server.client_key)),
+                          connect_timeout=5)
+
+
+def test_one_connection_serves_every_command_and_transfer(sshd, tmp_path):
+    local = tmp_path / "payload"
+    local.write_bytes(b"x" * 300_000)
+    with connection(sshd) as conn:
+        for i in range(5):
+            assert conn.run(f"echo {i}").output.strip() == str(i)
+        conn.put(str(local), str(sshd.root / "payload"))
+        assert conn.run("bash -s", stdin="echo $DEPLOY_HOST_ROOT\n").output.strip() == str(
+            sshd.root)
+        assert conn.opened == 1
+    assert (sshd.root / "payload").read_bytes() == local.read_bytes()
+
+
+def test_a_failing_command_raises_with_its_exit_status_and_last_line(sshd):
+    with connection(sshd) as conn:
+        with pytest.raises(RemoteCommandError) as info:
+            conn.run("echo starting; echo 'it broke' >&2; exit 7")
+        assert info.value.exit_status == 7
+        assert "exited 7: it broke" in info.value.line()
+        assert conn.run("exit 3", check=False).exit_status == 3
+
+
+def test_every_command_has_a_deadline(sshd):
+    with connection(sshd) as conn:
+        with pytest.raises(RemoteCommandError, match="did not finish within 0.5s"):
+            conn.run("sleep 5", timeout=0.5)
+        assert conn.run("echo still usable").output.strip() == "still usable"
+
+
+def test_a_host_key_other_than_the_trusted_one_stops_the_connection(sshd, tmp_path):
+    other = tmp_path / "other"
+    write_keypair(other)
+    with connection(sshd, keys=(ssh.read_public_key_file(f"{other}.pub"),)) as conn:
+        with pytest.raises(HostKeyError, match="different SSH host key"):
+            conn.open()
+
+
+def test_no_trusted_key_means_no_connection(sshd):
+    with connection(sshd, keys=()) as conn:
+        with pytest.raises(HostKeyError, match="no trusted host key"):
+            conn.open()
+
+
+def test_nothing_listening_is_a_host_error_naming_the_host():
+    key = paramiko.PKey.from_type_string("ssh-ed25519", base64.b64decode(
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
+    conn = ssh.Connection(ssh.Endpoint("i-gone", "127.0.99.250", 2022, (key,)),
+                          ssh.Credentials("root"), connect_timeout=1)
+    with pytest.raises(HostError, match="cannot connect") as info:
+        conn.open()
+    assert "i-gone" in info.value.line()
+
+
+def test_the_pool_keeps_one_connection_per_host(sshd):
+    creds = ssh.Credentials(user="root", key_file=str(sshd.client_key))
+    with ssh.Pool(creds) as pool:
+        for _ in range(3):
+            pool.get(endpoint(sshd)).run("true")
+        assert pool.connections_opened() == 1
+
+
+CONSOLE = """[   10.0] cloud-init: something
+-----BEGIN SSH HOST KEY KEYS-----
+ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl root@ip-10-0-0-1
+-----END SSH HOST KEY KEYS-----
+[   11.0] more boot output
+"""
+
+
+def test_host_keys_are_read_from_ec2_console_output():
+    keys = ssh.host_keys_from_console(CONSOLE)
+    assert [k.get_name() for k in keys] == ["ssh-ed25519"]
+    assert ssh.host_keys_from_console("no keys printed yet") == []
+
+
+def test_quote_is_shlex_quote():
+    assert ssh.quote("a b; rm -rf /") == "'a b; rm -rf /'"

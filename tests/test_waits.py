@@ -1,0 +1,50 @@
+"""Polling with backoff and a deadline, on a virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylib import waits
+from deploylib.errors import WaitTimeout
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_returns_the_first_truthy_answer():
+    answers = iter([None, False, "ready"])
+    clock = Clock()
+    assert waits.until(lambda: next(answers), timeout=10, what="x", resource="r", fix="f",
+                       clock=clock, sleep=clock.sleep) == "ready"
+    assert clock.sleeps == [0.1, 0.15000000000000002]
+
+
+def test_backs_off_to_a_ceiling_and_times_out_naming_resource_and_fix():
+    clock = Clock()
+    with pytest.raises(WaitTimeout) as info:
+        waits.until(lambda: None, timeout=20, what="the image to be available",
+                    resource="ami-123 in us-east-1", fix="raise timeouts.image",
+                    clock=clock, sleep=clock.sleep)
+    assert max(clock.sleeps) == 3.0
+    assert clock.now == pytest.approx(20)
+    line = info.value.line()
+    assert line.startswith("ami-123 in us-east-1: timed out after 20s waiting for the image")
+    assert line.endswith("Fix: raise timeouts.image")
+
+
+def test_a_check_may_give_up_early():
+    def check():
+        raise RuntimeError("never going to happen")
+
+    with pytest.raises(RuntimeError):
+        waits.until(check, timeout=10, what="x", resource="r", fix="f")
