@@ -329,6 +329,14 @@ def summary(state: RunState) -> str:
     for s in t["stages"]:
         secs = f"{s['seconds']:7.2f}s" if s["seconds"] is not None else "        "
         lines.append(f"  {s['name']:<20} {s['status']:<8} {secs}")
+        # A group's stages, summed over its batches: where an in-place rollout spends time.
+        subs: dict[str, list[float]] = {}
+        for key, entry in state.stages.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == s["name"]:
+                subs.setdefault(parts[2], []).append(entry.get("seconds") or 0.0)
+        for name, secs_list in subs.items():
+            lines.append(f"    {name:<18} x{len(secs_list):<6} {sum(secs_list):7.2f}s")
     if t["time_to_live"] is not None:
         lines.append(f"  time to live: {t['time_to_live']:.2f}s   total: {t['total']:.2f}s")
     return "\n".join(lines)

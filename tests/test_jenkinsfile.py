@@ -103,7 +103,8 @@ def test_a_handoff_runs_only_the_release_stages():
                           "release": {}, "images": {}})
     result = run_pipeline({"MODE": "in-place", "HANDOFF": handoff})
     start = sh_commands(result)[0]
-    assert start[:3] == ["invoke", "start", "--handoff"] and json.loads(start[3])["run_id"] == RUN_ID
+    assert start[:3] == ["invoke", "start", "--handoff"]
+    assert json.loads(start[3])["run_id"] == RUN_ID
     release = [s.name for s in planning.plan("immutable").stages if s.phase == planning.RELEASE]
     ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
     assert ran == release

@@ -1,0 +1,30 @@
+"""The status table."""
+
+from deploylib import inventory
+
+
+def row(iid, baked, running):
+    return {"instance_id": iid, "region": "us-east-1", "address": "127.1.0.5", "state": "running",
+            "target_health": "healthy", "image_id": "ami-1", "baked_release": baked,
+            "running_release": running, "drift": bool(running and running != baked)}
+
+
+def test_the_table_flags_drift_and_explains_it():
+    report = {"environment": "lab", "errors": {"eu-west-1": "AccessDenied"},
+              "record": {"release": "1.0.1", "procedure": "in-place", "run_id": "r1"},
+              "instances": [row("i-1", "1.0.0", "1.0.1"), row("i-2", "1.0.1", "1.0.1"),
+                            row("i-3", "1.0.1", None)]}
+    text = inventory.table(report)
+    lines = text.splitlines()
+    assert lines[0] == "environment lab: live release 1.0.1 via in-place (run r1)"
+    assert lines[1].split() == ["instance", "region", "address", "image", "baked", "running",
+                                "drift"]
+    assert lines[2].endswith("DRIFT") and not lines[3].endswith("DRIFT")
+    assert lines[4].split()[5] == "?"  # not answering: unknown, not drift
+    assert "1 host(s) run a release their image does not carry" in text
+    assert "eu-west-1: could not be read: AccessDenied" in text
+
+
+def test_nothing_recorded_yet():
+    text = inventory.table({"environment": "x", "record": None, "instances": [], "errors": {}})
+    assert "(none recorded)" in text
