@@ -201,6 +201,21 @@ def resume(c, run, config=None):
         _run_all(cfg, state)
 
 
+@task(help={"run": HELP["run"], "config": HELP["config"]})
+def cleanup(c, run, config=None):
+    """Remove what a failed run created and never made live (Jenkins' post-failure step)."""
+    with reported():
+        from deploylib import runner
+        from deploylib.state import FAILED
+
+        cfg = _cfg(config)
+        environment, state = runner.load_run(cfg, run)
+        state.status = FAILED
+        with runner.open_context(environment, state) as ctx:
+            runner.clean_up(ctx, runner.plan_for(environment, state))
+        print(jsonlib.dumps(state.facts.get("cleanup", {}), sort_keys=True))
+
+
 @task(help={k: HELP[k] for k in ("env", "config", "json")})
 def status(c, env=None, config=None, json=False):
     """Every live instance: image, baked release, running release, drift."""
@@ -297,5 +312,6 @@ lab = Collection("lab")
 lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 
-ns = Collection(plan, start, deploy, bake, hotfix, step, resume, status, artifact, demo)
+ns = Collection(plan, start, deploy, bake, hotfix, step, resume, cleanup, status, artifact,
+                demo)
 ns.add_collection(lab)

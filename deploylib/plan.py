@@ -33,6 +33,8 @@ class Stage:
     phase: str = RELEASE
     options: tuple[tuple[str, Any], ...] = ()
     per_batch: tuple[Stage, ...] = ()
+    # For a group: the step that puts a failed batch back in a safe state.
+    recover: str | None = None
 
     @property
     def option(self) -> dict[str, Any]:
@@ -46,6 +48,8 @@ class Stage:
             out["options"] = dict(self.options)
         if self.per_batch:
             out["per_batch"] = [s.to_dict() for s in self.per_batch]
+        if self.recover:
+            out["recover"] = self.recover
         return out
 
 
@@ -53,6 +57,9 @@ class Stage:
 class Plan:
     mode: str
     stages: tuple[Stage, ...] = field(default_factory=tuple)
+    # Steps run when the run fails or is interrupted: they remove what it created and
+    # never made live, so a failed run leaks nothing.
+    cleanup: tuple[str, ...] = ()
 
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
@@ -70,7 +77,8 @@ class Plan:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "stages": [s.to_dict() for s in self.stages]}
+        return {"mode": self.mode, "stages": [s.to_dict() for s in self.stages],
+                "cleanup": list(self.cleanup)}
 
 
 def _s(name: str, targets: str | None = None, phase: str = RELEASE, **options: Any) -> Stage:
@@ -114,6 +122,7 @@ def _in_place() -> tuple[Stage, ...]:
     rollout = Stage(
         name="rollout",
         step="rollout",
+        recover="restore-batch",
         per_batch=(
             _s("drain", BATCH),
             _s("install-release", BATCH),
@@ -125,6 +134,14 @@ def _in_place() -> tuple[Stage, ...]:
 
 
 _PROCEDURES = {"immutable": _immutable, "rebake-light": _rebake_light, "in-place": _in_place}
+# When a cleanup step discarded what a stage made, the run starts again from that stage
+# on resume (a new builder, new candidates).
+RESTART_FROM = {"discard-builder": "launch-builder", "discard-candidates": "launch-candidates"}
+_CLEANUP = {
+    "immutable": ("discard-builder", "discard-candidates"),
+    "rebake-light": ("discard-candidates",),
+    "in-place": (),
+}
 
 
 def _insert(stages: Sequence[Stage], extra: ExtraStage) -> tuple[tuple[Stage, ...], bool]:
@@ -166,7 +183,7 @@ def plan(mode: str, extra_stages: Sequence[ExtraStage] = ()) -> Plan:
     if dupes:
         raise ConfigError(f"stage name(s) {', '.join(dupes)} appear twice in {mode}",
                           fix="give each extra stage a step name of its own")
-    return Plan(mode=mode, stages=stages)
+    return Plan(mode=mode, stages=stages, cleanup=_CLEANUP[mode])
 
 
 def batches(hosts: Sequence[Any], size: int) -> list[list[Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 from deploylib import catalog, config, release
 from deploylib import plan as planning
 from deploylib.errors import DeployError, InputError, StateError
-from deploylib.state import DONE, FAILED, RUNNING, RunState
+from deploylib.state import DONE, FAILED, PENDING, RUNNING, RunState
 
 # The stages after which the new release is what users get: time-to-live ends there.
 LIVE_STAGES = ("promote", "rollout")
@@ -265,13 +265,59 @@ def _rollout(ctx: Context, group: planning.Stage) -> None:
                 _call(ctx, stage, f"{group.name}/{n}/{stage.name}")
             ctx.facts["batches_done"] = n
             state.save()
-    except Exception:
+    except BaseException:
         state.mark(group.name, FAILED, error=f"batch {n} failed")
+        if group.recover:
+            _recover(ctx, group, batch)
         raise
     finally:
         ctx.batch = None
     state.mark(group.name, DONE)
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
+
+
+def _best_effort(ctx: Context, name: str, stage: planning.Stage | None = None) -> bool:
+    """Run a recovery or cleanup step; its failure is logged, never raised over the
+    failure that caused it."""
+    ctx.stage = stage or planning.Stage(name=name, step=name)
+    ctx.log(f"> {name} (after the failure)")
+    try:
+        catalog.get(name).fn(ctx)
+        ctx.state.facts.setdefault("cleanup", {})[name] = "done"
+        return True
+    except Exception as exc:  # noqa: BLE001 - report, keep the original error
+        line = exc.line() if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+        ctx.state.facts.setdefault("cleanup", {})[name] = f"failed: {line}"
+        ctx.log(f"x {name} failed: {line}")
+        return False
+    finally:
+        ctx.stage = None
+        ctx.state.save()
+
+
+def _recover(ctx: Context, group: planning.Stage, batch: list[dict[str, str]]) -> None:
+    ctx.batch = batch
+    assert group.recover is not None
+    _best_effort(ctx, group.recover, planning.Stage(name=group.recover, step=group.recover,
+                                                    targets=planning.BATCH))
+
+
+def clean_up(ctx: Context, plan: planning.Plan) -> None:
+    """Remove what a failed run created and never made live; rewind the run so that a
+    resume makes it again."""
+    names = plan.names()
+    for name in plan.cleanup:
+        ctx.state.facts.get("discarded", {}).pop(name, None)
+        if not _best_effort(ctx, name):
+            continue
+        restart = planning.RESTART_FROM.get(name)
+        if restart in names and ctx.state.facts.get("discarded", {}).get(name):
+            # What happened stays readable: the entry keeps its error and former status.
+            for later in names[names.index(restart):]:
+                for key, entry in ctx.state.stages.items():
+                    if key.split("/")[0] == later and entry.get("status") != PENDING:
+                        entry.update(was=entry["status"], status=PENDING, reset_by=name)
+            ctx.state.save()
 
 
 def run_stage(ctx: Context, stage: planning.Stage) -> None:
@@ -293,6 +339,7 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None) -> N
     except BaseException:
         state.status = FAILED
         state.save()
+        clean_up(ctx, plan)
         raise
     if all(state.is_done(s.name) for s in plan.stages):
         state.status = DONE

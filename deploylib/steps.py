@@ -15,7 +15,14 @@ from typing import Any
 
 from deploylib import aws, parallel, release, render, waits
 from deploylib.catalog import step
-from deploylib.errors import CloudError, HostError, HostKeyError, InputError, StepFailed
+from deploylib.errors import (
+    CloudError,
+    HostError,
+    HostKeyError,
+    InputError,
+    RemoteCommandError,
+    StepFailed,
+)
 from deploylib.plan import batches as split
 
 # -- helpers shared by several steps -----------------------------------------------------
@@ -52,6 +59,19 @@ def _raise_failures(stage: str, results: dict[str, Any]) -> None:
     failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
     if failures:
         raise StepFailed(stage, failures)
+
+
+def _each_region(ctx: Any, stage: str, regions: list[str], fn: Any, into: dict[str, Any],
+                 say: Any) -> None:
+    """Run fn for every region at once; keep each success in `into` (run state) even when
+    another region failed, so a resume redoes only the failed regions."""
+    results = parallel.each(regions, fn, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            into[region] = res
+            ctx.log(f"  {say(region, res)}")
+    ctx.save()
+    _raise_failures(stage, results)
 
 
 def _record(ctx: Any) -> dict[str, Any] | None:
@@ -198,6 +218,18 @@ def provision(ctx: Any) -> None:
             ctx.log(f"  {line}")
 
 
+# What the install script's exit codes mean for the operator (templates/install.sh.j2).
+INSTALL_FIXES = {
+    3: "the artifact on the host differs from the published one: publish the build again "
+       "under a new version",
+    4: "the archive could not be unpacked: check the tarball and the host's free disk space",
+    5: "the release did not become healthy and the previous release was restored: read the "
+       "service's log on the host",
+    6: "the release did not become healthy and no previous release could be restored: read "
+       "the service's log on the host",
+}
+
+
 @step("install-release")
 def install_release(ctx: Any) -> None:
     """Install the release on the stage's hosts: the same function in every procedure."""
@@ -219,7 +251,13 @@ def install_release(ctx: Any) -> None:
             app_port=env.app_port, health_path=env.health_path,
             restart_command=env.restart_command, keep_releases=env.keep_releases,
             url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)))
-        out = conn.run("bash -s", stdin=script, timeout=ctx.timeout("install", 600)).output
+        try:
+            out = conn.run("bash -s", stdin=script, timeout=ctx.timeout("install", 600)).output
+        except RemoteCommandError as exc:
+            if exc.exit_status in INSTALL_FIXES:
+                exc.fix = INSTALL_FIXES[exc.exit_status]
+                exc.args = (exc.line(),)
+            raise
         return out.strip().splitlines()[-1] if out.strip() else ""
 
     results = parallel.each(ctx.targets(), one, key=lambda i: i.instance_id)
@@ -265,13 +303,8 @@ def create_image(ctx: Any) -> None:
         aws.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
         return image_id
 
-    results = parallel.each(sorted(sources), one, key=lambda r: r)
-    for region, res in results.items():
-        if not isinstance(res, Exception):
-            images[region] = res
-            ctx.log(f"  image {res} in {region}")
-    ctx.save()
-    _raise_failures("create-image", results)
+    _each_region(ctx, "create-image", sorted(sources), one, images,
+                 lambda region, image: f"image {image} in {region}")
 
 
 @step("terminate-builder")
@@ -302,13 +335,8 @@ def copy_image(ctx: Any) -> None:
         aws.wait_image(ec2, region, image_id, ctx.timeout("copy", 7200))
         return image_id
 
-    results = parallel.each(env.copy_regions, one, key=lambda r: r)
-    for region, res in results.items():
-        if not isinstance(res, Exception):
-            images[region] = res
-            ctx.log(f"  image {res} in {region}")
-    ctx.save()
-    _raise_failures("copy-image", results)
+    _each_region(ctx, "copy-image", env.copy_regions, one, images,
+                 lambda region, image: f"image {image} in {region}")
 
 
 def live_hosts_in(clients: aws.AwsClients, env: Any, region: str) -> list[str]:
@@ -358,13 +386,9 @@ def launch_candidates(ctx: Any) -> None:
                           client_token=f"{ctx.state.run_id}-candidates-{region}",
                           key_name=env.key_name)
 
-    results = parallel.each(env.all_regions, one, key=lambda r: r)
-    for region, res in results.items():
-        if not isinstance(res, Exception):
-            candidates[region] = res
-            ctx.log(f"  {len(res)} candidate(s) in {region} from {images.get(region)}")
-    ctx.save()
-    _raise_failures("launch-candidates", results)
+    _each_region(ctx, "launch-candidates", env.all_regions, one, candidates,
+                 lambda region, ids: f"{len(ids)} candidate(s) in {region} from "
+                 f"{images.get(region)}")
     for region, ids in candidates.items():
         aws.wait_instances(ctx.aws.ec2(region), region, ids, "running",
                            ctx.timeout("launch", 600))
@@ -397,14 +421,9 @@ def promote(ctx: Any) -> None:
         aws.terminate(ctx.aws.ec2(region), region, old)
         return old
 
-    results = parallel.each(sorted(candidates), one, key=lambda r: r)
-    for region, res in results.items():
-        if not isinstance(res, Exception):
-            promoted[region] = res
-            ctx.log(f"  {region}: {len(candidates[region])} live, "
-                    f"{len(res)} retired {' '.join(res)}".rstrip())
-    ctx.save()
-    _raise_failures("promote", results)
+    _each_region(ctx, "promote", sorted(candidates), one, promoted,
+                 lambda region, old: f"{region}: {len(candidates[region])} live, "
+                 f"{len(old)} retired {' '.join(old)}".rstrip())
 
 
 @step("record")
@@ -474,3 +493,71 @@ def put_back(ctx: Any) -> None:
         aws.register(elb, group, ids, ctx.env.app_port)
         aws.wait_healthy(elb, group, ids, region, ctx.timeout("healthy", 300))
 
+
+
+# -- recovery and cleanup: run when a stage fails, never as a planned stage ----------------
+
+
+def _discarded(ctx: Any, step_name: str, ids: list[str]) -> None:
+    if ids:
+        ctx.facts.setdefault("discarded", {}).setdefault(step_name, []).extend(ids)
+
+
+@step("restore-batch")
+def restore_batch(ctx: Any) -> None:
+    """Put back the hosts of a failed batch that serve the live release again."""
+    live = (_record(ctx) or {}).get("release")
+    env = ctx.env
+    for region, ids in _by_region(ctx.target_refs()).items():
+        instances = aws.describe(ctx.aws.ec2(region), region, ids)
+        serving = {i.instance_id: serving_version(i.address or "", env.app_port,
+                                                  env.health_path) for i in instances}
+        good = [i for i, v in serving.items() if live and v == live]
+        elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
+        aws.register(elb, group, good, env.app_port)
+        aws.wait_healthy(elb, group, good, region, ctx.timeout("healthy", 300))
+        for iid, version in serving.items():
+            if iid in good:
+                ctx.log(f"  {iid} serves the live release {live} again; back in the target group")
+            else:
+                # Never route traffic to a host that is not on the live release.
+                ctx.log(f"  {iid} serves {version or 'nothing'}; left out of the target group")
+
+
+@step("discard-builder")
+def discard_builder(ctx: Any) -> None:
+    """Terminate the builder of a failed bake (an image it already made is kept)."""
+    b = ctx.facts.get("builder")
+    if not b or b.get("terminated"):
+        return
+    aws.terminate(ctx.aws.ec2(b["region"]), b["region"], [b["instance_id"]])
+    b["terminated"] = True
+    if b["region"] not in ctx.facts.get("images", {}):
+        ctx.facts.pop("builder")
+        _discarded(ctx, "discard-builder", [b["instance_id"]])
+    ctx.save()
+    ctx.log(f"  builder {b['instance_id']} terminated")
+
+
+@step("discard-candidates")
+def discard_candidates(ctx: Any) -> None:
+    """Terminate the candidates of a failed run that never went live."""
+    candidates = ctx.facts.get("candidates") or {}
+    promoted = ctx.facts.get("promoted") or {}
+    for region in sorted(candidates):
+        if region in promoted:
+            continue
+        ids = candidates[region]
+        elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
+        states = aws.target_states(elb, group)
+        old_serving = [i for i, st in states.items() if i not in ids and st == "healthy"]
+        registered = [i for i in ids if i in states]
+        if registered and not old_serving:
+            ctx.log(f"  {region}: the candidates are the only hosts serving; kept")
+            continue
+        aws.deregister(elb, group, registered, ctx.env.app_port)
+        aws.terminate(ctx.aws.ec2(region), region, ids)
+        del candidates[region]
+        _discarded(ctx, "discard-candidates", ids)
+        ctx.log(f"  {region}: candidates {' '.join(ids)} terminated")
+    ctx.save()

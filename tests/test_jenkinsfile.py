@@ -93,6 +93,9 @@ def test_a_failed_stage_stops_the_pipeline_and_runs_the_failure_post():
     ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
     assert ran == names[: names.index("copy-image") + 1]
     assert result["post"] == ["always", "failure"]
+    cleanup = [c for c in result["calls"] if c["step"] == "sh" and c["stage"] == "post:failure"]
+    assert [shlex.split(c["args"][0]) for c in cleanup] == [
+        ["invoke", "cleanup", "--run", RUN_ID]]
     echoed = [c["args"][0] for c in result["calls"]
               if c["step"] == "echo" and c["stage"] == "post:failure"]
     assert f"invoke resume --run {RUN_ID}" in echoed[0]

@@ -1,0 +1,81 @@
+"""A release that cannot start, in each procedure: the run fails with a clear message,
+the live fleet keeps serving the live release, and nothing the run made is left behind."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deploylib import aws
+from tests.conftest import write_config
+from tests.lab.test_procedures import assert_serving, record
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("broken")
+    (directory / "app.py").write_text("raise SystemExit('this release cannot start')\n")
+    path = directory / "broken.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(directory / "app.py", arcname="app.py")
+    return path
+
+
+def deploy_broken(lab, mode: str, version: str, broken: Path) -> dict:
+    quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 3})
+    proc = lab.cli(f"deploy --mode {mode} --version {version} --artifact {broken} "
+                   f"--config {quick}", check=False)
+    assert proc.returncode == 1, proc.stderr
+    last = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(last) == 1 and "Fix:" in last[0]
+    run_id = sorted(Path(lab.env.state_dir).glob("*.json"))[-1].stem
+    return json.loads((Path(lab.env.state_dir) / f"{run_id}.json").read_text())
+
+
+def run_instances(lab, run_id: str) -> list[aws.Instance]:
+    clients = lab.clients()
+    return [i for region in lab.env.all_regions
+            for i in aws.find_tagged(clients.ec2(region), region, {aws.TAG_RUN: run_id})]
+
+
+def test_rebake_light_discards_its_candidates_and_the_fleet_keeps_serving(lab, broken):
+    before = record(lab)
+    state = deploy_broken(lab, "rebake-light", "9.0.1-broken", broken)
+    assert state["status"] == "failed"
+    assert state["facts"]["cleanup"] == {"discard-candidates": "done"}
+    assert run_instances(lab, state["run_id"]) == []
+    # a resume launches new candidates: the stages that made them are pending again
+    assert state["stages"]["launch-candidates"]["status"] == "pending"
+    assert state["stages"]["install-release"]["was"] == "failed"
+    assert record(lab) == before
+    assert_serving(lab, before["release"])
+
+
+def test_in_place_puts_a_restored_host_back_and_stops(lab, broken):
+    before = record(lab)
+    state = deploy_broken(lab, "in-place", "9.0.2-broken", broken)
+    assert state["stages"]["rollout/1/install-release"]["status"] == "failed"
+    assert "rollout/2/drain" not in state["stages"]  # the rollout stopped at batch 1
+    assert state["facts"]["cleanup"] == {"restore-batch": "done"}
+    assert record(lab) == before
+    # the failed host went back to the live release and is in the target group again
+    assert_serving(lab, before["release"])
+
+
+def test_immutable_discards_its_builder(lab, broken):
+    before = record(lab)
+    state = deploy_broken(lab, "immutable", "9.0.3-broken", broken)
+    assert state["stages"]["install-release"]["was"] == "failed"
+    # a builder has no previous release to go back to
+    error = state["stages"]["install-release"]["error"]
+    assert "exited 6" in error and "read the service's log" in error
+    assert state["facts"]["cleanup"]["discard-builder"] == "done"
+    assert run_instances(lab, state["run_id"]) == []
+    assert state["stages"]["launch-builder"]["status"] == "pending"
+    assert record(lab) == before
+    assert_serving(lab, before["release"])
