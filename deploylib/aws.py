@@ -295,6 +295,16 @@ def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
                 "timeouts.image in deploy.toml or check the snapshot's progress")
 
 
+def tag_snapshots(ec2: Any, image_id: str, tag_list: list[dict[str, str]]) -> list[str]:
+    """Tag an image's snapshots like the image, so they are found and cleaned with it."""
+    images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+    snapshots = [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
+                 if m.get("Ebs", {}).get("SnapshotId")]
+    if snapshots:
+        ec2.create_tags(Resources=snapshots, Tags=tag_list)
+    return snapshots
+
+
 def image_tags(ec2: Any, image_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     ids = sorted(set(image_ids))
     if not ids:

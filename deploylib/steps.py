@@ -301,6 +301,7 @@ def create_image(ctx: Any) -> None:
             image_id = aws.create_image(ec2, region, sources[region], name,
                                         _tags(ctx, "image"), no_reboot=live_source)
         aws.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
+        aws.tag_snapshots(ec2, image_id, _tags(ctx, "image"))
         return image_id
 
     _each_region(ctx, "create-image", sorted(sources), one, images,
@@ -333,6 +334,7 @@ def copy_image(ctx: Any) -> None:
                                       tag_list=_tags(ctx, "image"),
                                       client_token=f"{ctx.state.run_id}-{region}")
         aws.wait_image(ec2, region, image_id, ctx.timeout("copy", 7200))
+        aws.tag_snapshots(ec2, image_id, _tags(ctx, "image"))
         return image_id
 
     _each_region(ctx, "copy-image", env.copy_regions, one, images,

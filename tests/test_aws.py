@@ -89,6 +89,9 @@ def test_images_are_created_copied_tagged_and_found(aws_clients, network):
                           image_id=image, name=name, tag_list=tag_list, client_token="c1")
     aws.wait_image(west, "us-west-2", copy, timeout=10)
     assert aws.image_tags(west, [copy])[copy][aws.TAG_RELEASE] == "1.2.3"
+    [snapshot] = aws.tag_snapshots(west, copy, tag_list)
+    snap = west.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
+    assert aws.tag_map(snap["Tags"])[aws.TAG_RUN] == "run-1"
     assert aws.find_base_image(east, "us-east-1", name, None) == image
     with pytest.raises(InputError, match="no available image matches"):
         aws.find_base_image(east, "us-east-1", "nothing-like-this-*", None)

@@ -161,3 +161,23 @@ def test_a_team_step_and_hooks_run_inside_a_real_deploy(lab):
     assert state["facts"]["hooks"] == ["before install-release on batch",
                                        "after install-release on batch"] * batches
     assert state["stages"]["rollout/1/announce"]["step"] == "team_steps:announce"
+
+
+SECRETS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=", "lab-secret")
+
+
+def test_no_secret_reaches_output_or_run_state(lab):
+    proc = lab.cli("hotfix --version 2.2.0")
+    texts = [proc.stdout, proc.stderr] + [p.read_text() for p in runs(lab)]
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+
+
+def test_hosts_that_cannot_reach_the_store_get_the_release_pushed(lab):
+    from tests.conftest import write_config
+    from tests.lab.test_procedures import assert_serving
+
+    push = write_config(lab.config_path.parent, name="push.toml", artifact_transfer="push")
+    lab.cli(f"hotfix --version 2.3.0 --config {push}")
+    assert_serving(lab, "2.3.0")
