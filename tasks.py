@@ -32,6 +32,16 @@ HELP = {
 }
 
 
+def require(**values: str) -> None:
+    """A missing flag is bad input like any other: one line, the fix, exit 2."""
+    from deploylib.errors import InputError
+
+    for flag, value in values.items():
+        if not value:
+            example = {"mode": "in-place", "version": "1.2.3", "run": "RUN_ID"}.get(flag, "VALUE")
+            raise InputError(f"--{flag} is required", fix=f"pass --{flag} {example}")
+
+
 @contextmanager
 def reported() -> Iterator[None]:
     """Turn deploylib errors into one line and the right exit code."""
@@ -69,7 +79,7 @@ def _run_all(cfg, state, *, phase: str | None = None):
 
 
 @task(help={k: HELP[k] for k in ("mode", "json", "env", "config")})
-def plan(c, mode, json=False, env=None, config=None):
+def plan(c, mode="", json=False, env=None, config=None):
     """Show the stages of a procedure (a team's extra stages included)."""
     with reported():
         from deploylib import catalog
@@ -102,6 +112,8 @@ def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=
         from deploylib import runner
         from deploylib.errors import InputError
 
+        if not handoff:
+            require(mode=mode, version=version)
         cfg = _cfg(config)
         if handoff:
             try:
@@ -117,11 +129,12 @@ def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=
 
 
 @task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json")})
-def deploy(c, mode, version, artifact=None, env=None, config=None, json=False):
+def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=False):
     """Run a whole procedure: immutable, rebake-light or in-place."""
     with reported():
         from deploylib import runner
 
+        require(mode=mode, version=version)
         cfg = _cfg(config)
         state = runner.start(cfg, mode=mode, version=version, env_name=env, artifact=artifact)
         _run_all(cfg, state)
@@ -130,12 +143,13 @@ def deploy(c, mode, version, artifact=None, env=None, config=None, json=False):
 
 
 @task(help={k: HELP[k] for k in ("version", "artifact", "env", "config")})
-def bake(c, version, artifact=None, env=None, config=None):
+def bake(c, version="", artifact=None, env=None, config=None):
     """Bake an image (immutable); hand test-and-promote to Jenkins when it is configured."""
     with reported():
         from deploylib import jenkins, runner
         from deploylib import plan as planning
 
+        require(version=version)
         cfg = _cfg(config)
         state = runner.start(cfg, mode="immutable", version=version, env_name=env,
                              artifact=artifact)
@@ -164,7 +178,7 @@ def bake(c, version, artifact=None, env=None, config=None):
 
 
 @task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "json")})
-def hotfix(c, version, artifact=None, env=None, config=None, json=False):
+def hotfix(c, version="", artifact=None, env=None, config=None, json=False):
     """Put a release on the live hosts in place, batch by batch."""
     deploy(c, mode="in-place", version=version, artifact=artifact, env=env, config=config,
            json=json)
@@ -172,12 +186,13 @@ def hotfix(c, version, artifact=None, env=None, config=None, json=False):
 
 @task(positional=["name"], help={"name": "stage name, from `invoke plan`", "run": HELP["run"],
                                  "config": HELP["config"]})
-def step(c, name, run, config=None):
+def step(c, name, run="", config=None):
     """Run one stage of a run (what each Jenkins stage calls); a finished stage is a no-op."""
     with reported():
         from deploylib import runner
         from deploylib.errors import InputError
 
+        require(run=run)
         cfg = _cfg(config)
         environment, state = runner.load_run(cfg, run)
         p = runner.plan_for(environment, state)
@@ -191,23 +206,25 @@ def step(c, name, run, config=None):
 
 
 @task(help={"run": HELP["run"], "config": HELP["config"]})
-def resume(c, run, config=None):
+def resume(c, run="", config=None):
     """Continue a failed or interrupted run from the stage that did not finish."""
     with reported():
         from deploylib import runner
 
+        require(run=run)
         cfg = _cfg(config)
         _, state = runner.load_run(cfg, run)
         _run_all(cfg, state)
 
 
 @task(help={"run": HELP["run"], "config": HELP["config"]})
-def cleanup(c, run, config=None):
+def cleanup(c, run="", config=None):
     """Remove what a failed run created and never made live (Jenkins' post-failure step)."""
     with reported():
         from deploylib import runner
         from deploylib.state import FAILED
 
+        require(run=run)
         cfg = _cfg(config)
         environment, state = runner.load_run(cfg, run)
         state.status = FAILED
@@ -231,11 +248,12 @@ def status(c, env=None, config=None, json=False):
 
 
 @task(help={"version": HELP["version"], "env": HELP["env"], "config": HELP["config"]})
-def artifact(c, version, env=None, config=None):
+def artifact(c, version="", env=None, config=None):
     """Build the sample app's release tarball into dist/ and print its path and sha256."""
     with reported():
         from deploylib import release
 
+        require(version=version)
         environment = _cfg(config).environment(env)
         path = release.build(environment.app_source, version)
         print(f"{path}  sha256 {release.sha256_file(path)}")

@@ -42,6 +42,11 @@ BAD_INPUTS = [
     ("step install-release --run not-a-run", ["run id", "Fix:"]),
     ("step install-release --run 20200101T000000-abcdef", ["no run", "Fix:"]),
     ("plan --mode bogus", ["unknown mode", "Fix:"]),
+    ("deploy --version 1.2.3", ["--mode is required", "Fix:"]),
+    ("hotfix", ["--version is required", "Fix:"]),
+    ("step install-release", ["--run is required", "Fix:"]),
+    ("resume", ["--run is required", "Fix:"]),
+    ("lab.up --hosts 0", ["--hosts 0 is out of range", "Fix:"]),
 ]
 
 
