@@ -271,6 +271,9 @@ def _lab_up(hosts: int, config: str | None) -> None:
         raise InputError(f"--hosts {hosts} is out of range", fix="use 1 to 20 hosts per region")
     cfg = _cfg(config)
     env = cfg.environment("lab")
+    if control.running():
+        print("the lab is up already; `invoke lab.down` first to start it afresh "
+              "(with another --hosts)", file=sys.stderr)
     info = control.start_daemon(env)
     print(f"lab up: AWS API {info['endpoint']}", file=sys.stderr)
     record = aws.read_record(runner.environment_clients(env).ssm(), env.record_parameter)
