@@ -36,10 +36,18 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
             })
         return rows
 
+    def recorded_release(region: str) -> str | None:
+        image = ((record or {}).get("images") or {}).get(region)
+        tags = aws.image_tags(clients.ec2(region), [image]) if image else {}
+        return tags.get(image, {}).get(aws.TAG_RELEASE) if image else None
+
+    recorded = parallel.each(env.all_regions, recorded_release, key=lambda r: r)
     results = parallel.each(env.all_regions, region_rows, key=lambda r: r)
     errors = {r: str(e) for r, e in results.items() if isinstance(e, Exception)}
     rows = [row for r in env.all_regions if isinstance(results.get(r), list) for row in results[r]]
-    return {"environment": env.name, "record": record, "instances": rows, "errors": errors}
+    images = {r: v for r, v in recorded.items() if not isinstance(v, Exception)}
+    return {"environment": env.name, "record": record, "instances": rows, "errors": errors,
+            "recorded_image_releases": images}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -56,10 +64,17 @@ def table(report: dict[str, Any]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     for row in (head, *rows):
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
-    drifted = sum(1 for r in report["instances"] if r["drift"])
+    drifted = [r for r in report["instances"] if r["drift"]]
     if drifted:
-        lines.append(f"{drifted} host(s) run a release their image does not carry; the recorded "
-                     "images are what scale-out and replacement will use.")
+        baked = report.get("recorded_image_releases", {})
+        covered = [r for r in drifted if baked.get(r["region"]) == r["running_release"]]
+        lines.append(f"{len(drifted)} host(s) run a release their image does not carry.")
+        if covered:
+            lines.append(f"  {len(covered)} of them: the recorded image of their region carries "
+                         "it, so a replacement would match.")
+        if len(covered) < len(drifted):
+            lines.append(f"  {len(drifted) - len(covered)} of them: no recorded image carries "
+                         "it; a replacement would lose it until the next bake.")
     for region, err in report["errors"].items():
         lines.append(f"{region}: could not be read: {err}")
     return "\n".join(lines)

@@ -21,7 +21,10 @@ def test_the_table_flags_drift_and_explains_it():
                                 "drift"]
     assert lines[2].endswith("DRIFT") and not lines[3].endswith("DRIFT")
     assert lines[4].split()[5] == "?"  # not answering: unknown, not drift
-    assert "1 host(s) run a release their image does not carry" in text
+    assert "1 host(s) run a release their image does not carry." in text
+    assert "no recorded image carries it; a replacement would lose it" in text
+    report["recorded_image_releases"] = {"us-east-1": "1.0.1"}
+    assert "the recorded image of their region carries it" in inventory.table(report)
     assert "eu-west-1: could not be read: AccessDenied" in text
 
 

@@ -79,3 +79,42 @@ def test_immutable_discards_its_builder(lab, broken):
     assert state["stages"]["launch-builder"]["status"] == "pending"
     assert record(lab) == before
     assert_serving(lab, before["release"])
+
+
+def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
+    """SIGINT at whatever stage the bake has reached: exit 130, and no instance of the run
+    is left unless it is serving (registered in a target group)."""
+    import signal
+    import subprocess
+    import sys
+
+    from deploylib import waits
+    from tests.conftest import REPO
+
+    runs_before = set(Path(lab.env.state_dir).glob("*.json"))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "deploy", "--mode", "immutable",
+                             "--version", "9.1.0"], cwd=REPO, env=lab.cli.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def builder_launched():
+        new = set(Path(lab.env.state_dir).glob("*.json")) - runs_before
+        if not new:
+            return None
+        state = json.loads(next(iter(new)).read_text())
+        return state if state["stages"].get("launch-builder", {}).get("status") == "done" \
+            else None
+
+    state = waits.until(builder_launched, timeout=60, what="the bake to launch its builder",
+                        resource="test", fix="-", first=0.02, longest=0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "invoke resume --run" in err
+    final = json.loads((Path(lab.env.state_dir) / f"{state['run_id']}.json").read_text())
+    assert final["status"] == "failed"
+    assert set(final["facts"]["cleanup"]) == {"discard-builder", "discard-candidates"}
+    clients = lab.clients()
+    for inst in run_instances(lab, state["run_id"]):
+        group = aws.resolve_target_group(clients.elbv2(inst.region), lab.env.target_group,
+                                         inst.region)
+        assert inst.instance_id in aws.target_states(clients.elbv2(inst.region), group), inst

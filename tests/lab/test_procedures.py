@@ -73,6 +73,7 @@ def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
         assert row["drift"] is True
     table = lab.cli("status").stdout
     assert table.count("DRIFT") == 6
+    assert "6 of them: no recorded image carries it" in table
     assert record(lab)["release"] == "1.0.1"
 
 
@@ -97,6 +98,8 @@ def test_rebake_light_replaces_the_fleet_from_the_previous_image(lab):
         assert tags[aws.TAG_RELEASE] == "1.0.2"
     # the new hosts run 1.0.2 on an image baked with 1.0.0: drift, truthfully
     assert all(r["drift"] and r["baked_release"] == "1.0.0" for r in status(lab)["instances"])
+    # ...which the new recorded images cover: a replacement would run 1.0.2
+    assert "6 of them: the recorded image of their region carries it" in lab.cli("status").stdout
 
 
 def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
