@@ -105,12 +105,13 @@ class Instance:
     tags: dict[str, str]
 
     @classmethod
-    def from_api(cls, region: str, data: dict[str, Any]) -> Instance:
+    def from_api(cls, region: str, data: dict[str, Any], public: bool = False) -> Instance:
+        private, public_ip = data.get("PrivateIpAddress"), data.get("PublicIpAddress")
         return cls(
             instance_id=data["InstanceId"],
             region=region,
             state=data["State"]["Name"],
-            address=data.get("PrivateIpAddress") or data.get("PublicIpAddress"),
+            address=(public_ip or private) if public else (private or public_ip),
             image_id=data.get("ImageId", ""),
             tags=tag_map(data.get("Tags")),
         )
@@ -164,12 +165,15 @@ def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: s
     return [i["InstanceId"] for i in reservation["Instances"]]
 
 
-def describe(ec2: Any, region: str, instance_ids: list[str]) -> list[Instance]:
+def describe(ec2: Any, region: str, instance_ids: list[str],
+             public: bool = False) -> list[Instance]:
+    """Instances as EC2 sees them; `public` prefers the public address (from outside
+    the VPC) over the private one."""
     if not instance_ids:
         return []
     try:
         pages = ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
-        return [Instance.from_api(region, i) for page in pages
+        return [Instance.from_api(region, i, public) for page in pages
                 for r in page["Reservations"] for i in r["Instances"]]
     except ClientError as exc:
         raise _cloud_error(exc, f"instances {', '.join(instance_ids)} in {region}",

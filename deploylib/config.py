@@ -132,6 +132,9 @@ class Environment(Strict):
     # pull: hosts fetch the artifact from a presigned URL; push: it is sent over SFTP
     # (for hosts that cannot reach the artifact store).
     artifact_transfer: Literal["pull", "push"] = "pull"
+    # Which instance address to use for SSH and health checks: private (from inside the
+    # VPC or over a VPN) or public.
+    address: Literal["private", "public"] = "private"
     ssh_user: str = "ubuntu"
     ssh_port: int = Field(default=22, ge=1, le=65535)
     ssh_key: str | None = None

@@ -21,7 +21,8 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
         _, _, group_name = env.network(region)
         group = aws.resolve_target_group(elb, group_name, region)
         states = aws.target_states(elb, group)
-        instances = aws.describe(clients.ec2(region), region, sorted(states))
+        instances = aws.describe(clients.ec2(region), region, sorted(states),
+                                 public=env.address == "public")
         baked = aws.image_tags(clients.ec2(region), [i.image_id for i in instances])
         rows = []
         for inst in instances:

@@ -92,7 +92,8 @@ class Context:
             by_region.setdefault(ref["region"], []).append(ref["instance_id"])
         out = []
         for region, ids in by_region.items():
-            found = {i.instance_id: i for i in aws.describe(self.aws.ec2(region), region, ids)}
+            found = {i.instance_id: i for i in aws.describe(
+                self.aws.ec2(region), region, ids, public=self.env.address == "public")}
             out.extend(found[i] for i in ids if i in found)
         return out
 

@@ -510,8 +510,10 @@ def restore_batch(ctx: Any) -> None:
     """Put back the hosts of a failed batch that serve the live release again."""
     live = (_record(ctx) or {}).get("release")
     env = ctx.env
-    for region, ids in _by_region(ctx.target_refs()).items():
-        instances = aws.describe(ctx.aws.ec2(region), region, ids)
+    instances_by_region: dict[str, list[aws.Instance]] = {}
+    for inst in ctx.targets():
+        instances_by_region.setdefault(inst.region, []).append(inst)
+    for region, instances in instances_by_region.items():
         serving = {i.instance_id: serving_version(i.address or "", env.app_port,
                                                   env.health_path) for i in instances}
         good = [i for i, v in serving.items() if live and v == live]

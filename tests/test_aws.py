@@ -140,3 +140,12 @@ def test_clients_use_standard_retries_and_are_built_once(aws_clients):
     assert aws_clients.ec2("eu-west-1") is ec2
     assert ec2.meta.config.retries["mode"] == "standard"
     assert ec2.meta.region_name == "eu-west-1"
+
+
+def test_the_address_used_is_private_unless_public_is_asked_for():
+    data = {"InstanceId": "i-1", "State": {"Name": "running"}, "ImageId": "ami-1",
+            "PrivateIpAddress": "10.0.0.5", "PublicIpAddress": "203.0.113.7"}
+    assert aws.Instance.from_api("us-east-1", data).address == "10.0.0.5"
+    assert aws.Instance.from_api("us-east-1", data, public=True).address == "203.0.113.7"
+    del data["PublicIpAddress"]
+    assert aws.Instance.from_api("us-east-1", data, public=True).address == "10.0.0.5"
