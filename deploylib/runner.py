@@ -43,7 +43,9 @@ class Context:
     stage: planning.Stage | None = None
     batch: list[dict[str, str]] | None = None
     log: Callable[[str], None] = log_line
-    _instances: dict[str, Any] = field(default_factory=dict)
+    # Host keys trusted so far this run, per instance: once trusted, a key is what the
+    # host must present for the rest of the run, whatever the source says later.
+    _trusted: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -101,9 +103,13 @@ class Context:
         """The run's one SSH connection to an instance, with its trusted host keys."""
         from deploylib import ssh
 
-        endpoint = ssh.Endpoint(
-            name=instance.instance_id, address=instance.address, port=self.env.ssh_port,
-            trusted_keys=self.provider.trusted_keys(self.aws, instance))
+        keys = self._trusted.get(instance.instance_id)
+        if not keys:
+            keys = self.provider.trusted_keys(self.aws, instance)
+            if keys:
+                self._trusted[instance.instance_id] = keys
+        endpoint = ssh.Endpoint(name=instance.instance_id, address=instance.address,
+                                port=self.env.ssh_port, trusted_keys=keys)
         return self.ssh.get(endpoint)
 
 

@@ -107,8 +107,8 @@ def _wait_serving(ctx: Any, instances: list[aws.Instance], version: str, stage: 
         waits.until(check, timeout=ctx.timeout("health", 60),
                     what=f"the app to report release {version}",
                     resource=f"{inst.instance_id} ({inst.address})",
-                    fix=f"it reports {seen[0] or 'nothing'}; check the service's log on "
-                    "the host")
+                    fix=lambda: f"it reports {seen[0] or 'nothing'}; check the service's "
+                    "log on the host")
 
     _raise_failures(stage, parallel.each(instances, one, key=lambda i: i.instance_id))
 
@@ -194,8 +194,8 @@ def wait_ssh(ctx: Any) -> None:
 
         waits.until(attempt, timeout=ctx.timeout("ssh", 300), what="SSH to accept connections",
                     resource=f"{inst.instance_id} ({inst.address})",
-                    fix="check the instance booted and the security group allows SSH from "
-                    "here" + (f"; last error: {last[0]}" if last else ""))
+                    fix=lambda: "check the instance booted and the security group allows "
+                    "SSH from here" + (f"; last error: {last[0]}" if last else ""))
 
     _raise_failures("wait-ssh", parallel.each(ctx.targets(), one, key=lambda i: i.instance_id))
 
@@ -415,7 +415,9 @@ def promote(ctx: Any) -> None:
         elb = ctx.aws.elbv2(region)
         group = _target_group(ctx, region)
         new = candidates[region]
-        old = sorted(set(aws.target_states(elb, group)) - set(new))
+        # Targets already draining are on their way out (deregistering one again fails).
+        old = sorted(i for i, st in aws.target_states(elb, group).items()
+                     if i not in new and st != "draining")
         aws.register(elb, group, new, env.app_port)
         aws.wait_healthy(elb, group, new, region, ctx.timeout("healthy", 300))
         aws.deregister(elb, group, old, env.app_port)
@@ -476,7 +478,7 @@ def drain(ctx: Any) -> None:
     """Take the batch out of its target groups and wait for in-flight requests."""
     for region, ids in _by_region(ctx.target_refs()).items():
         elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
-        registered = set(aws.target_states(elb, group))
+        registered = {i for i, st in aws.target_states(elb, group).items() if st != "draining"}
         aws.deregister(elb, group, [i for i in ids if i in registered], ctx.env.app_port)
         aws.wait_drained(elb, group, ids, region, ctx.timeout("drain", 600))
 
@@ -555,7 +557,7 @@ def discard_candidates(ctx: Any) -> None:
         elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
         states = aws.target_states(elb, group)
         old_serving = [i for i, st in states.items() if i not in ids and st == "healthy"]
-        registered = [i for i in ids if i in states]
+        registered = [i for i in ids if states.get(i) not in (None, "draining")]
         if registered and not old_serving:
             ctx.log(f"  {region}: the candidates are the only hosts serving; kept")
             continue

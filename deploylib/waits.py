@@ -22,7 +22,7 @@ def until(
     timeout: float,
     what: str,
     resource: str,
-    fix: str,
+    fix: str | Callable[[], str],
     first: float = 0.1,
     longest: float = 3.0,
     clock: Callable[[], float] = time.monotonic,
@@ -31,6 +31,7 @@ def until(
     """Call `check` until it returns something other than None/False, or time runs out.
 
     `check` may raise to give up early (a state that can never become the wanted one).
+    `fix` may be a function, to say what was last seen when the deadline passes.
     """
     deadline = clock() + timeout
     delay = first
@@ -42,6 +43,6 @@ def until(
         remaining = deadline - clock()
         if remaining <= 0:
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}",
-                              resource=resource, fix=fix)
+                              resource=resource, fix=fix() if callable(fix) else fix)
         sleep(min(delay, remaining))
         delay = min(delay * 1.5, longest)

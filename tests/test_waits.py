@@ -48,3 +48,17 @@ def test_a_check_may_give_up_early():
 
     with pytest.raises(RuntimeError):
         waits.until(check, timeout=10, what="x", resource="r", fix="f")
+
+
+def test_the_fix_can_say_what_was_last_seen():
+    seen = []
+
+    def check():
+        seen.append(len(seen))
+        return None
+
+    clock = Clock()
+    with pytest.raises(WaitTimeout) as info:
+        waits.until(check, timeout=1, what="x", resource="r",
+                    fix=lambda: f"last saw {seen[-1]}", clock=clock, sleep=clock.sleep)
+    assert info.value.line().endswith(f"Fix: last saw {seen[-1]}")
