@@ -98,10 +98,18 @@ def plan(c, mode="", json=False, env=None, config=None):
         if json:
             _emit(data)
             return
+        print(f"{mode}:")
         for stage in data["stages"]:
-            print(f"{stage['name']:<20} {stage.get('function', '')}")
-            for sub in stage.get("per_batch", []):
-                print(f"  per batch: {sub['name']:<16} {sub['function']}")
+            if "per_batch" in stage:
+                print(f"  {stage['name']:<19} per batch of live hosts:")
+                for sub in stage["per_batch"]:
+                    print(f"    {sub['name']:<17} {sub.get('targets', ''):<11} {sub['function']}")
+                if stage.get("recover"):
+                    print(f"    on a failed batch: {stage['recover']}")
+                continue
+            print(f"  {stage['name']:<19} {stage.get('targets', ''):<11} {stage['function']}")
+        if data["cleanup"]:
+            print(f"  on failure: {', '.join(data['cleanup'])}")
 
 
 @task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config")} | {
