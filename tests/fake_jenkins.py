@@ -36,6 +36,7 @@ class FakeJenkins:
         self.jobs: dict[str, Job] = {}
         self.queue: dict[int, dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: set[str] = set()
         self._next_item = 100
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -79,6 +80,7 @@ class FakeJenkins:
             def do_GET(self):  # noqa: N802
                 path = urlparse(self.path).path
                 fake.requests.append(("GET", self.path))
+                fake.authorizations.add(self.headers.get("Authorization", ""))
                 with fake._lock:
                     self._get(path)
 
@@ -119,6 +121,7 @@ class FakeJenkins:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode() if length else ""
                 fake.requests.append(("POST", self.path))
+                fake.authorizations.add(self.headers.get("Authorization", ""))
                 if self.headers.get(CRUMB_FIELD) != CRUMB:
                     return self._send(403, "<html><body>No valid crumb was included in the "
                                       "request</body></html>", "text/html")

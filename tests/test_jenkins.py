@@ -77,7 +77,11 @@ def test_jenkins_unreachable_is_one_clear_line(monkeypatch):
     assert "unreachable" in info.value.line() and "jenkins.url" in info.value.line()
 
 
-def test_the_token_comes_from_the_environment_not_config(fake_jenkins, monkeypatch):
-    server = client(fake_jenkins, monkeypatch)
-    assert "api-token-secret" not in repr(JenkinsConfig.model_fields)
-    assert server.server.startswith("http://127.0.0.1")
+def test_the_user_authenticates_with_the_token_from_the_environment(fake_jenkins, monkeypatch):
+    import base64
+
+    fake_jenkins.add_job("record-hotfix")
+    jenkins.trigger(client(fake_jenkins, monkeypatch), "record-hotfix", {"VERSION": "1"})
+    expected = "Basic " + base64.b64encode(b"deploy-bot:api-token-secret").decode()
+    assert fake_jenkins.authorizations == {expected}
+    assert "token" not in JenkinsConfig.model_fields  # never in deploy.toml
