@@ -154,8 +154,7 @@ def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=Fa
 def bake(c, version="", artifact=None, env=None, config=None):
     """Bake an image (immutable); hand test-and-promote to Jenkins when it is configured."""
     with reported():
-        from deploylib import jenkins, runner
-        from deploylib import plan as planning
+        from deploylib import runner
 
         require(version=version)
         cfg = _cfg(config)
@@ -163,25 +162,7 @@ def bake(c, version="", artifact=None, env=None, config=None):
                              artifact=artifact)
         environment = cfg.environment(state.env)
         with runner.open_context(environment, state) as ctx:
-            p = runner.plan_for(environment, state)
-            runner.execute(ctx, p, phase=planning.BAKE)
-            if ctx.jenkins is None:
-                ctx.log("Jenkins is not configured: running test-and-promote here")
-                runner.execute(ctx, p, phase=planning.RELEASE)
-            else:
-                handoff = {"run_id": state.run_id, "env": state.env, "version": state.version,
-                           "release": state.facts["release"], "images": state.facts["images"]}
-                build = jenkins.run_job(
-                    ctx.jenkins, environment.jenkins.promote_job,
-                    {"HANDOFF": jsonlib.dumps(handoff, sort_keys=True), "ENV": state.env,
-                     "VERSION": state.version, "RUN_ID": state.run_id,
-                     "IMAGES": jsonlib.dumps(state.facts["images"], sort_keys=True)},
-                    timeout=environment.jenkins.timeout,
-                    on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
-                state.facts["handoff"] = {"job": build.job, "number": build.number,
-                                          "url": build.url, "result": build.result}
-                state.save()
-                ctx.log(f"  {build.job} #{build.number} {build.result}")
+            runner.bake(ctx, runner.plan_for(environment, state))
         print(runner.summary(state), file=sys.stderr)
 
 

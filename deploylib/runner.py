@@ -8,6 +8,7 @@ error go to the run state after every stage, so any stage can run in its own pro
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -351,6 +352,42 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None) -> N
     if all(state.is_done(s.name) for s in plan.stages):
         state.status = DONE
         state.save()
+
+
+def bake(ctx: Context, plan: planning.Plan) -> None:
+    """The bake phase here; test-and-promote in Jenkins when it is configured, else here.
+
+    Jenkins gets the handoff (run id, release, image per region) and runs the same
+    Jenkinsfile with it; the build is followed to its result, which is this run's.
+    """
+    from deploylib import jenkins
+
+    state, env = ctx.state, ctx.env
+    execute(ctx, plan, phase=planning.BAKE)
+    if ctx.jenkins is None:
+        ctx.log("Jenkins is not configured: running test-and-promote here")
+        execute(ctx, plan, phase=planning.RELEASE)
+        return
+    handoff = {"run_id": state.run_id, "env": state.env, "version": state.version,
+               "release": state.facts["release"], "images": state.facts["images"]}
+    try:
+        build = jenkins.run_job(
+            ctx.jenkins, env.jenkins.promote_job,
+            {"HANDOFF": json.dumps(handoff, sort_keys=True), "ENV": state.env,
+             "VERSION": state.version, "RUN_ID": state.run_id,
+             "IMAGES": json.dumps(state.facts["images"], sort_keys=True)},
+            timeout=env.jenkins.timeout,
+            on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
+    except BaseException as exc:
+        # The images are kept: the handoff can be retried, or promoted here with resume.
+        state.status = FAILED
+        state.facts["handoff"] = {"job": env.jenkins.promote_job, "error": str(exc)}
+        state.save()
+        raise
+    state.facts["handoff"] = {"job": build.job, "number": build.number, "url": build.url,
+                              "result": build.result}
+    state.save()
+    ctx.log(f"  {build.job} #{build.number} {build.result}")
 
 
 def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
