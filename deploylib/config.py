@@ -387,7 +387,11 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
         if not _ENV_NAME.fullmatch(name):
             raise ConfigError(f"environment name {name!r} is not valid", resource=source,
                               fix="use lower-case letters, digits and '-', e.g. staging")
-        body.setdefault("name", name)
+        if body.get("name", name) != name:
+            raise ConfigError(f"environments.{name}.name = {body['name']!r} differs from the "
+                              "section's name", resource=source,
+                              fix=f"remove it: the name is the section's, {name}")
+        body["name"] = name
     data["environments"] = envs
     data["source"] = source
     try:

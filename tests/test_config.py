@@ -177,3 +177,40 @@ def test_any_accepted_version_is_safe_in_paths_and_shells(version):
 def test_unsafe_versions_are_refused(version):
     with pytest.raises(InputError, match="not a valid release version"):
         config.check_version(version)
+
+
+TOML_SCALARS = st.one_of(
+    st.integers(min_value=-10**6, max_value=10**6), st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(alphabet=string.printable, max_size=20),
+    st.lists(st.text(alphabet=string.ascii_letters + "-_ ;$", max_size=8), max_size=3))
+
+
+def toml_literal(value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+@settings(deadline=None, max_examples=300)
+@given(key=st.sampled_from(sorted(config.Environment.model_fields)), value=TOML_SCALARS)
+def test_any_value_for_any_key_parses_or_is_refused_naming_the_key(key, value):
+    try:
+        config.parse(with_line(f"{key} = {toml_literal(value)}"), source="deploy.toml")
+    except ConfigError as exc:
+        line = exc.line()
+        assert "\n" not in line and "Fix:" in line
+        assert key in line or "TOML" in line, line
+
+
+@settings(deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_crashes_the_parser(text):
+    try:
+        config.parse(text)
+    except ConfigError as exc:
+        assert "\n" not in exc.line()
