@@ -384,22 +384,25 @@ def wait_drained(elbv2: Any, group_arn: str, instance_ids: list[str], region: st
 # -- S3: the artifact store ----------------------------------------------------------------
 
 
-def upload_artifact(s3: Any, bucket: str, key: str, path: str, sha256: str) -> bool:
-    """Upload unless the same content is already there; True if it was uploaded."""
+def published_sha256(s3: Any, bucket: str, key: str) -> str | None:
+    """The sha256 an artifact was published with, or None when nothing is there."""
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
-        if head.get("Metadata", {}).get("sha256") == sha256:
-            return False
     except ClientError as exc:
-        if _code(exc) not in ("404", "NoSuchKey", "NotFound"):
-            raise _cloud_error(exc, f"s3://{bucket}/{key}",
-                               "check the artifact bucket exists and you may read it") from None
+        if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise _cloud_error(exc, f"s3://{bucket}/{key}",
+                           "check the artifact bucket exists and you may read it") from None
+    return head.get("Metadata", {}).get("sha256") or ""
+
+
+def upload_artifact(s3: Any, bucket: str, key: str, path: str, sha256: str) -> None:
+    """Upload an artifact, recording its sha256 with it."""
     try:
         s3.upload_file(path, bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
     except ClientError as exc:
         raise _cloud_error(exc, f"s3://{bucket}/{key}",
                            "check artifact_bucket exists and you may write to it") from None
-    return True
 
 
 def presign(s3: Any, bucket: str, key: str, expires: int = 900) -> str:

@@ -74,6 +74,11 @@ def _each_region(ctx: Any, stage: str, regions: list[str], fn: Any, into: dict[s
     _raise_failures(stage, results)
 
 
+def _image_name(ctx: Any) -> str:
+    """One name per run: every region's image (and a retry's lookup) uses it."""
+    return f"deploy-{ctx.state.env}-{ctx.state.version}-{ctx.state.run_id}"
+
+
 def _record(ctx: Any) -> dict[str, Any] | None:
     return aws.read_record(ctx.aws.ssm(), ctx.env.record_parameter)
 
@@ -121,19 +126,18 @@ def publish_release(ctx: Any) -> None:
     """Put the release artifact in the artifact store (once per version and content)."""
     artifact = release.check_artifact(ctx.state.artifact)
     digest = release.sha256_file(artifact)
-    key = f"releases/{ctx.env.name}/{ctx.state.version}/{artifact.name}"
+    # One key per version, whatever the file is called: a version is published once.
+    key = f"releases/{ctx.env.name}/{ctx.state.version}.tar.gz"
     s3 = ctx.aws.s3()
-    try:
-        head = s3.head_object(Bucket=ctx.env.artifact_bucket, Key=key)
-        published = head.get("Metadata", {}).get("sha256")
-    except Exception:  # noqa: BLE001 - absent (or unreadable: upload will say which)
-        published = None
-    if published and published != digest:
+    published = aws.published_sha256(s3, ctx.env.artifact_bucket, key)
+    if published is not None and published != digest:
         raise InputError(
             f"release {ctx.state.version} was already published with different content",
             resource=f"s3://{ctx.env.artifact_bucket}/{key}",
             fix="releases are immutable: give the new build a new version")
-    uploaded = aws.upload_artifact(s3, ctx.env.artifact_bucket, key, str(artifact), digest)
+    uploaded = published is None
+    if uploaded:
+        aws.upload_artifact(s3, ctx.env.artifact_bucket, key, str(artifact), digest)
     ctx.facts["release"] = {"version": ctx.state.version, "sha256": digest,
                             "bucket": ctx.env.artifact_bucket, "key": key,
                             "size": artifact.stat().st_size}
@@ -294,7 +298,7 @@ def create_image(ctx: Any) -> None:
 
     def one(region: str) -> str:
         ec2 = ctx.aws.ec2(region)
-        name = f"deploy-{ctx.state.env}-{ctx.state.version}-{ctx.state.run_id}"
+        name = _image_name(ctx)
         image_id = images.get(region) or aws.find_image(ec2, name)
         if not image_id:
             # A live candidate is imaged without a reboot so it keeps serving.
@@ -323,7 +327,7 @@ def copy_image(ctx: Any) -> None:
     env = ctx.env
     images = ctx.facts.setdefault("images", {})
     source = images[env.primary_region]
-    name = f"deploy-{ctx.state.env}-{ctx.state.version}-{ctx.state.run_id}"
+    name = _image_name(ctx)
 
     def one(region: str) -> str:
         ec2 = ctx.aws.ec2(region)
@@ -341,16 +345,20 @@ def copy_image(ctx: Any) -> None:
                  lambda region, image: f"image {image} in {region}")
 
 
+def _healthy(elb: Any, group: str) -> list[str]:
+    return sorted(i for i, s in aws.target_states(elb, group).items() if s == "healthy")
+
+
 def live_hosts_in(clients: aws.AwsClients, env: Any, region: str) -> list[str]:
-    """Instances registered and healthy in the region's target group."""
+    """Instances registered and healthy in the region's target group (outside a run)."""
     _, _, name = env.network(region)
     elb = clients.elbv2(region)
-    states = aws.target_states(elb, aws.resolve_target_group(elb, name, region))
-    return sorted(i for i, s in states.items() if s == "healthy")
+    return _healthy(elb, aws.resolve_target_group(elb, name, region))
 
 
 def live_hosts(ctx: Any, region: str) -> list[str]:
-    return live_hosts_in(ctx.aws, ctx.env, region)
+    """The same, inside a run, with the target group resolved once per run."""
+    return _healthy(ctx.aws.elbv2(region), _target_group(ctx, region))
 
 
 @step("launch-candidates")

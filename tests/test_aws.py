@@ -118,8 +118,9 @@ def test_artifacts_upload_once_and_presigned_urls_fetch_them(aws_clients, tmp_pa
     s3.create_bucket(Bucket="artifacts-test")
     path = tmp_path / "a.tar.gz"
     path.write_bytes(b"release bytes")
-    assert aws.upload_artifact(s3, "artifacts-test", "r/a.tar.gz", str(path), "abc") is True
-    assert aws.upload_artifact(s3, "artifacts-test", "r/a.tar.gz", str(path), "abc") is False
+    assert aws.published_sha256(s3, "artifacts-test", "r/a.tar.gz") is None
+    aws.upload_artifact(s3, "artifacts-test", "r/a.tar.gz", str(path), "abc")
+    assert aws.published_sha256(s3, "artifacts-test", "r/a.tar.gz") == "abc"
     url = aws.presign(s3, "artifacts-test", "r/a.tar.gz", expires=60)
     assert "Signature" in url
     assert urllib.request.urlopen(url, timeout=5).read() == b"release bytes"

@@ -186,3 +186,22 @@ def test_hosts_that_cannot_reach_the_store_get_the_release_pushed(lab):
     push = write_config(lab.config_path.parent, name="push.toml", artifact_transfer="push")
     lab.cli(f"hotfix --version 2.3.0 --config {push}")
     assert_serving(lab, "2.3.0")
+
+
+def test_a_version_published_with_other_content_is_refused(lab, tmp_path):
+    import tarfile
+
+    other = tmp_path / "other.tar.gz"
+    (tmp_path / "app.py").write_text("print('not the published 1.0.0')\n")
+    with tarfile.open(other, "w:gz") as tar:
+        tar.add(tmp_path / "app.py", arcname="app.py")
+    before_instances = instances(lab)
+    proc = lab.cli(f"hotfix --version 1.0.0 --artifact {other}", check=False)
+    assert proc.returncode == 2
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0]
+    assert "already published with different content" in line and "new version" in line
+    assert instances(lab) == before_instances
+    # the same content again is simply found in the store
+    proc = lab.cli("hotfix --version 2.4.0")
+    proc = lab.cli("hotfix --version 2.4.0")
+    assert "already in the store" in proc.stderr
