@@ -29,6 +29,8 @@ HELP = {
     "config": "path of deploy.toml (default: ./deploy.toml or $DEPLOY_CONFIG)",
     "json": "print JSON for machines",
     "run": "run id, as printed by start/deploy",
+    "keep_on_error": "on failure, leave what the run made (builder, images, candidates) for "
+                     "inspection; `invoke cleanup --run ID` removes it later",
 }
 
 
@@ -38,7 +40,8 @@ def require(**values: str) -> None:
 
     for flag, value in values.items():
         if not value:
-            example = {"mode": "in-place", "version": "1.2.3", "run": "RUN_ID"}.get(flag, "VALUE")
+            example = {"mode": "in-place", "version": "1.2.3", "run": "RUN_ID",
+                       "env": "prod"}.get(flag, "VALUE")
             raise InputError(f"--{flag} is required", fix=f"pass --{flag} {example}")
 
 
@@ -66,15 +69,18 @@ def _emit(data: object) -> None:
     print(jsonlib.dumps(data, indent=2, sort_keys=True))
 
 
-def _run_all(cfg, state, *, phase: str | None = None):
-    from deploylib import runner
+def _run_all(cfg, state, *, phase: str | None = None, keep_on_error: bool = False):
+    from deploylib import console, runner
 
     env = cfg.environment(state.env)
-    with runner.open_context(env, state) as ctx:
-        try:
-            runner.execute(ctx, runner.plan_for(env, state), phase=phase)
-        finally:
-            print(runner.summary(state), file=sys.stderr)
+    plan = runner.plan_for(env, state)
+    title = f"{state.mode} {state.version} to {state.env} (run {state.run_id})"
+    try:
+        with console.for_run(title, plan.names()) as reporter, \
+                runner.open_context(env, state, reporter) as ctx:
+            runner.execute(ctx, plan, phase=phase, keep_on_error=keep_on_error)
+    finally:
+        print(runner.summary(state), file=sys.stderr)
     return state
 
 
@@ -136,8 +142,10 @@ def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=
         print(state.run_id)
 
 
-@task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json")})
-def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=False):
+@task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json",
+                                  "keep_on_error")})
+def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=False,
+           keep_on_error=False):
     """Run a whole procedure: immutable, rebake-light or in-place."""
     with reported():
         from deploylib import runner
@@ -145,32 +153,56 @@ def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=Fa
         require(mode=mode, version=version)
         cfg = _cfg(config)
         state = runner.start(cfg, mode=mode, version=version, env_name=env, artifact=artifact)
-        _run_all(cfg, state)
+        _run_all(cfg, state, keep_on_error=keep_on_error)
         if json:
             _emit({"run_id": state.run_id, **runner.timings(state)})
 
 
-@task(help={k: HELP[k] for k in ("version", "artifact", "env", "config")})
-def bake(c, version="", artifact=None, env=None, config=None):
+@task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "keep_on_error")})
+def bake(c, version="", artifact=None, env=None, config=None, keep_on_error=False):
     """Bake an image (immutable); hand test-and-promote to Jenkins when it is configured."""
     with reported():
-        from deploylib import runner
+        from deploylib import console, runner
 
         require(version=version)
         cfg = _cfg(config)
         state = runner.start(cfg, mode="immutable", version=version, env_name=env,
                              artifact=artifact)
         environment = cfg.environment(state.env)
-        with runner.open_context(environment, state) as ctx:
-            runner.bake(ctx, runner.plan_for(environment, state))
-        print(runner.summary(state), file=sys.stderr)
+        plan = runner.plan_for(environment, state)
+        title = f"bake {state.version} for {state.env} (run {state.run_id})"
+        try:
+            with console.for_run(title, plan.names()) as reporter, \
+                    runner.open_context(environment, state, reporter) as ctx:
+                runner.bake(ctx, plan, keep_on_error=keep_on_error)
+        finally:
+            print(runner.summary(state), file=sys.stderr)
 
 
-@task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "json")})
-def hotfix(c, version="", artifact=None, env=None, config=None, json=False):
+@task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "json",
+                                  "keep_on_error")})
+def hotfix(c, version="", artifact=None, env=None, config=None, json=False,
+           keep_on_error=False):
     """Put a release on the live hosts in place, batch by batch."""
     deploy(c, mode="in-place", version=version, artifact=artifact, env=env, config=config,
-           json=json)
+           json=json, keep_on_error=keep_on_error)
+
+
+@task(help={k: HELP[k] for k in ("env", "config", "json", "keep_on_error")})
+def rollback(c, env=None, config=None, json=False, keep_on_error=False):
+    """Make the previous release live again, the way the last release went out.
+
+    After an in-place deploy every host switches back in place; after an image-based one
+    a fleet from the previous image is made live. The environment's record says which."""
+    with reported():
+        from deploylib import runner
+
+        cfg = _cfg(config)
+        state = runner.start_rollback(cfg, env)
+        _run_all(cfg, state, keep_on_error=keep_on_error)
+        if json:
+            _emit({"run_id": state.run_id, "mode": state.mode, "release": state.version,
+                   **runner.timings(state)})
 
 
 @task(positional=["name"], help={"name": "stage name, from `invoke plan`", "run": HELP["run"],
@@ -191,11 +223,13 @@ def step(c, name, run="", config=None):
             raise InputError(f"{state.mode} has no stage {name!r}",
                              fix=f"use one of: {', '.join(p.names())}") from None
         with runner.open_context(environment, state) as ctx:
+            runner.hold(ctx)
             runner.run_stage(ctx, stage)
+            runner.finish(ctx, p)
 
 
-@task(help={"run": HELP["run"], "config": HELP["config"]})
-def resume(c, run="", config=None):
+@task(help={"run": HELP["run"], "config": HELP["config"], "keep_on_error": HELP["keep_on_error"]})
+def resume(c, run="", config=None, keep_on_error=False):
     """Continue a failed or interrupted run from the stage that did not finish."""
     with reported():
         from deploylib import runner
@@ -203,7 +237,7 @@ def resume(c, run="", config=None):
         require(run=run)
         cfg = _cfg(config)
         _, state = runner.load_run(cfg, run)
-        _run_all(cfg, state)
+        _run_all(cfg, state, keep_on_error=keep_on_error)
 
 
 @task(help={"run": HELP["run"], "config": HELP["config"]})
@@ -218,7 +252,10 @@ def cleanup(c, run="", config=None):
         environment, state = runner.load_run(cfg, run)
         state.status = FAILED
         with runner.open_context(environment, state) as ctx:
-            runner.clean_up(ctx, runner.plan_for(environment, state))
+            try:
+                runner.clean_up(ctx, runner.plan_for(environment, state))
+            finally:
+                runner.let_go(ctx)
         print(jsonlib.dumps(state.facts.get("cleanup", {}), sort_keys=True))
 
 
@@ -236,6 +273,50 @@ def status(c, env=None, config=None, json=False):
             print(inventory.table(report))
 
 
+@task(help={"run": "only this run (default: the newest runs, to compare procedures)",
+            "env": HELP["env"], "config": HELP["config"], "json": HELP["json"],
+            "open": "open the page in a browser (default; --no-open to only write it)",
+            "out": "directory for report.json and report.html (default: STATE_DIR/report)"})
+def report(c, run="", env=None, config=None, json=False, open=True, out=""):
+    """Write the run report (JSON and an HTML timeline) and open it."""
+    with reported():
+        from pathlib import Path
+
+        from deploylib import report as reports
+        from deploylib import runner
+
+        cfg = _cfg(config)
+        environment = cfg.environment(env)
+        if run:
+            environment, state = runner.load_run(cfg, run)
+            states = [state]
+        else:
+            states = reports.load_states(environment.state_dir)
+        data = reports.build(states)
+        json_path, page = reports.write(out or Path(environment.state_dir) / "report", data)
+        if json:
+            _emit(data)
+        else:
+            print(page)
+        if open and not json:
+            import webbrowser
+
+            if not webbrowser.open(page.resolve().as_uri()):
+                print(f"no browser here: open {page} yourself", file=sys.stderr)
+
+
+@task
+def docs(c):
+    """Write docs/configuration.md from the configuration schema."""
+    from pathlib import Path
+
+    from deploylib import config
+
+    path = Path(__file__).parent / "docs/configuration.md"
+    path.write_text(config.reference() + "\n")
+    print(path)
+
+
 @task(help={"version": HELP["version"], "env": HELP["env"], "config": HELP["config"]})
 def artifact(c, version="", env=None, config=None):
     """Build the sample app's release tarball into dist/ and print its path and sha256."""
@@ -246,6 +327,153 @@ def artifact(c, version="", env=None, config=None):
         environment = _cfg(config).environment(env)
         path = release.build(environment.app_source, version)
         print(f"{path}  sha256 {release.sha256_file(path)}")
+
+
+# -- locks and garbage --------------------------------------------------------------------
+
+
+@task(help={k: HELP[k] for k in ("env", "config", "json")})
+def lock_status(c, env=None, config=None, json=False):
+    """Who holds an environment's deploy lock, and until when."""
+    with reported():
+        from deploylib import lock, runner
+
+        environment = _cfg(config).environment(env)
+        clients = runner.environment_clients(environment)
+        held = lock.read(clients.dynamodb(), environment.lock_table, environment.name)
+        if json:
+            _emit({"env": environment.name, "lock": held})
+        elif held is None:
+            print(f"{environment.name}: free")
+        else:
+            left = held["expires_at"] - time.time()
+            state = f"stale for {-left:.0f}s" if held["stale"] else f"expires in {left:.0f}s"
+            print(f"{environment.name}: held by run {held['run_id']} of {held['owner']} "
+                  f"({state})")
+
+
+@task(help={"env": "environment whose lock to break (required: no default here)",
+            "config": HELP["config"]})
+def lock_break(c, env="", config=None):
+    """Remove an environment's deploy lock whoever holds it (when its run is dead)."""
+    with reported():
+        from deploylib import lock, runner
+
+        require(env=env)
+        environment = _cfg(config).environment(env)
+        clients = runner.environment_clients(environment)
+        held = lock.break_lock(clients.dynamodb(), environment.lock_table, environment.name)
+        print(f"{environment.name}: lock of run {held['run_id']} ({held['owner']}) broken"
+              if held else f"{environment.name}: was not locked")
+
+
+@task(help={"env": HELP["env"], "config": HELP["config"], "json": HELP["json"],
+            "older_than": "hours: only what is older than this goes (default 24)",
+            "dry_run": "only say what would be removed"})
+def gc(c, env=None, config=None, older_than="24", dry_run=False, json=False):
+    """Remove what crashed runs left behind; never what is live or a rollback target.
+
+    Instances, images and snapshots tagged with the environment and older than
+    --older-than hours; kept: registered instances, the record's images, the newest
+    keep_images images per region, and the run holding the lock."""
+    with reported():
+        from deploylib import gc as collector
+        from deploylib import lock, runner
+        from deploylib.errors import InputError
+
+        try:
+            hours = float(older_than)
+        except ValueError:
+            hours = -1.0
+        if not 0 <= hours < 1e6:
+            raise InputError(f"--older-than {older_than!r} is not a number of hours",
+                             fix="give hours >= 0, e.g. --older-than 24")
+        environment = _cfg(config).environment(env)
+        clients = runner.environment_clients(environment)
+        items, registered, live = collector.collect(clients, environment)
+        held = lock.read(clients.dynamodb(), environment.lock_table, environment.name)
+        verdict = collector.select(
+            items, registered=registered, live_images=live,
+            locked_run=held["run_id"] if held and not held["stale"] else None,
+            keep_images=environment.keep_images, older_than=hours * 3600, now=time.time())
+        done = {} if dry_run else collector.remove(clients, verdict.remove)
+        if json:
+            _emit({"removed" if not dry_run else "would_remove": [
+                {"kind": i.kind, "region": i.region, "id": i.resource_id, "run": i.run_id,
+                 "result": done.get(i.resource_id, "dry run")} for i in verdict.remove],
+                "kept": [{"kind": i.kind, "region": i.region, "id": i.resource_id,
+                          "reason": why} for i, why in verdict.keep]})
+            return
+        verb = "would remove" if dry_run else "removed"
+        for i in verdict.remove:
+            result = done.get(i.resource_id, verb)
+            print(f"{verb if result in (verb, 'removed') else 'FAILED'}  {i.kind:<8} "
+                  f"{i.resource_id:<24} {i.region:<12} run {i.run_id or '-'}"
+                  + ("" if result in (verb, "removed") else f"  {result}"))
+        for i, why in verdict.keep:
+            print(f"kept          {i.kind:<8} {i.resource_id:<24} {i.region:<12} {why}")
+        if not verdict.remove:
+            print(f"nothing to remove in {environment.name}")
+
+
+# -- Jenkins ------------------------------------------------------------------------------
+
+
+def _jenkins_for(environment):
+    from deploylib import jenkins
+    from deploylib.errors import InputError
+
+    if not environment.jenkins.url:
+        raise InputError(f"jenkins.url is not set for environment {environment.name}",
+                         fix=f"add url = \"https://…\" under [environments.{environment.name}"
+                         ".jenkins] in deploy.toml")
+    return jenkins.connect(environment.jenkins)
+
+
+@task(help={k: HELP[k] for k in ("env", "config", "json")})
+def jenkins_setup(c, env=None, config=None, json=False):
+    """Create or update the Jenkins jobs from templates/jenkins (running it again changes
+    nothing)."""
+    with reported():
+        from deploylib import jenkins, render
+        from deploylib.errors import InputError
+
+        environment = _cfg(config).environment(env)
+        server = _jenkins_for(environment)
+        if not environment.jenkins.repository:
+            raise InputError("jenkins.repository is not set: the pipeline jobs read the "
+                             "Jenkinsfile from it",
+                             fix=f"add repository = \"<git URL of this repository>\" under "
+                             f"[environments.{environment.name}.jenkins]")
+        result = jenkins.setup(server, render.jenkins_jobs(environment))
+        if json:
+            _emit(result)
+            return
+        for job, what in result.items():
+            print(f"{what:<10} {job}")
+        if set(result.values()) == {"unchanged"}:
+            print("no change: every job is as templates/jenkins renders it")
+
+
+@task(help={"run": "only this run's notice (default: every unsent one)",
+            "env": HELP["env"], "config": HELP["config"]})
+def jenkins_notify(c, run="", env=None, config=None):
+    """Send the hotfix notices Jenkins could not take when they were made."""
+    with reported():
+        from deploylib import jenkins
+        from deploylib.state import runs_with_pending_notice
+
+        environment = _cfg(config).environment(env)
+        server = _jenkins_for(environment)
+        pending = [r for r in runs_with_pending_notice(environment.state_dir)
+                   if not run or r.run_id == run]
+        if not pending:
+            print("no notice is waiting to be sent")
+            return
+        for state in pending:
+            jenkins.send_notice(server, state.facts["notice"])
+            state.save()
+            print(f"sent: run {state.run_id} ({state.facts['notice']['parameters']['RELEASE']})")
 
 
 # -- the lab --------------------------------------------------------------------------------
@@ -322,6 +550,16 @@ lab = Collection("lab")
 lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 
-ns = Collection(plan, start, deploy, bake, hotfix, step, resume, cleanup, status, artifact,
-                demo)
+jenkins_tasks = Collection("jenkins")
+jenkins_tasks.add_task(jenkins_setup, "setup")
+jenkins_tasks.add_task(jenkins_notify, "notify")
+
+locks = Collection("lock")
+locks.add_task(lock_status, "status")
+locks.add_task(lock_break, "break")
+
+ns = Collection(plan, start, deploy, bake, hotfix, rollback, step, resume, cleanup, status,
+                gc, report, artifact, docs, demo)
 ns.add_collection(lab)
+ns.add_collection(locks)
+ns.add_collection(jenkins_tasks)

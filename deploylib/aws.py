@@ -9,6 +9,8 @@ tagged with the run id, the release and the procedure.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +26,33 @@ TAG_RELEASE = "deploy:release"
 TAG_PROCEDURE = "deploy:procedure"
 TAG_ENV = "deploy:env"
 TAG_ROLE = "deploy:role"
+
+
+# When set, every AWS call the tool makes is appended to this file as service:Operation
+# (the IAM policy test compares them with templates/iam-policy.json).
+API_LOG_ENV = "DEPLOY_API_LOG"
+_TOOL_DIR = os.path.dirname(os.path.abspath(__file__))
+_LAB_DIR = os.path.join(_TOOL_DIR, "lab")
+
+
+_LIBRARIES = ("botocore", "boto3", "s3transfer", "concurrent", "threading")
+
+
+def _audit(path: str, model: Any) -> None:
+    """Record a call made by the tool's code (not the lab's or a test's own set-up).
+
+    The first frame outside the AWS libraries decides. A call with none (s3transfer's
+    upload threads) was started by the tool's upload_file and is counted.
+    """
+    frame = sys._getframe(2)  # past the hook's own lambda
+    while frame is not None and any(lib in frame.f_code.co_filename for lib in _LIBRARIES):
+        frame = frame.f_back
+    if frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(_TOOL_DIR) or name.startswith(_LAB_DIR):
+            return
+    with open(path, "a") as log:
+        log.write(f"{model.service_model.signing_name}:{model.name}\n")
 
 
 class AwsClients:
@@ -56,7 +85,14 @@ class AwsClients:
                 self._clients[key] = self._session.client(
                     service, region_name=key[1], endpoint_url=self.endpoint_url,
                     config=self._config)
+                audit = os.environ.get(API_LOG_ENV)
+                if audit:
+                    self._clients[key].meta.events.register(
+                        "before-call", lambda model, **_: _audit(audit, model))
             return self._clients[key]
+
+    def dynamodb(self) -> Any:
+        return self.client("dynamodb")
 
     def ec2(self, region: str) -> Any:
         return self.client("ec2", region)
@@ -145,12 +181,24 @@ def resolve_security_group(ec2: Any, name_or_id: str, region: str) -> str:
 def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: str,
            subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
            client_token: str, key_name: str | None = None) -> list[str]:
-    """Launch instances with IMDSv2 required; the client token makes a retry idempotent."""
+    """Launch instances with IMDSv2 required and an encrypted root volume; the client
+    token makes a retry idempotent."""
+    images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+    root = images[0].get("RootDeviceName", "/dev/sda1") if images else "/dev/sda1"
+    # The image's own root volume, re-stated with encryption on.
+    ebs: dict[str, Any] = {"Encrypted": True, "DeleteOnTermination": True}
+    for m in images[0].get("BlockDeviceMappings", []) if images else []:
+        if m.get("DeviceName") == root and m.get("Ebs"):
+            ebs.update({k: m["Ebs"][k] for k in ("SnapshotId", "VolumeSize", "VolumeType")
+                        if k in m["Ebs"]})
+    if "SnapshotId" not in ebs and "VolumeSize" not in ebs:
+        ebs["VolumeSize"] = 8
     args: dict[str, Any] = dict(
         ImageId=image_id, InstanceType=instance_type, MinCount=count, MaxCount=count,
         SubnetId=subnet_id, SecurityGroupIds=security_group_ids, ClientToken=client_token,
         MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled",
                          "HttpPutResponseHopLimit": 1},
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": ebs}],
         TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list},
                            {"ResourceType": "volume", "Tags": tag_list}],
     )
@@ -267,7 +315,7 @@ def copy_image(ec2_dest: Any, *, source_region: str, dest_region: str, image_id:
                name: str, tag_list: list[dict[str, str]], client_token: str) -> str:
     try:
         out = ec2_dest.copy_image(SourceRegion=source_region, SourceImageId=image_id,
-                                  Name=name, ClientToken=client_token)
+                                  Name=name, ClientToken=client_token, Encrypted=True)
     except ClientError as exc:
         raise _cloud_error(exc, f"image {image_id} to {dest_region}",
                            "check the destination region is enabled for the account") from None
@@ -301,11 +349,53 @@ def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
 
 def tag_snapshots(ec2: Any, image_id: str, tag_list: list[dict[str, str]]) -> list[str]:
     """Tag an image's snapshots like the image, so they are found and cleaned with it."""
-    images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
-    snapshots = [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
-                 if m.get("Ebs", {}).get("SnapshotId")]
+    snapshots = _snapshots_of(ec2.describe_images(ImageIds=[image_id]).get("Images", []))
     if snapshots:
         ec2.create_tags(Resources=snapshots, Tags=tag_list)
+    return snapshots
+
+
+def _snapshots_of(images: Iterable[dict[str, Any]]) -> list[str]:
+    return [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")]
+
+
+def tagged_images(ec2: Any, filters: dict[str, str]) -> list[dict[str, Any]]:
+    """This account's images carrying all the given tags (any state but deregistered)."""
+    f = [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
+    return ec2.describe_images(Owners=["self"], Filters=f).get("Images", [])
+
+
+def tagged_snapshots(ec2: Any, filters: dict[str, str]) -> list[dict[str, Any]]:
+    f = [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
+    pages = ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=f)
+    return [snap for page in pages for snap in page.get("Snapshots", [])]
+
+
+def delete_snapshot(ec2: Any, region: str, snapshot_id: str) -> None:
+    try:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    except ClientError as exc:
+        if _code(exc) == "InvalidSnapshot.NotFound":
+            return
+        raise _cloud_error(exc, f"snapshot {snapshot_id} in {region}",
+                           "check no image still uses it") from None
+
+
+def delete_image(ec2: Any, region: str, image_id: str) -> list[str]:
+    """Deregister an image and delete its snapshots (an image alone leaks its storage)."""
+    images = ec2.describe_images(ImageIds=[image_id]).get("Images", []) if image_id else []
+    if not images:
+        return []
+    snapshots = _snapshots_of(images)
+    try:
+        ec2.deregister_image(ImageId=image_id)
+    except ClientError as exc:
+        if _code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            raise _cloud_error(exc, f"image {image_id} in {region}",
+                               "check the image is this account's") from None
+    for snap in snapshots:
+        delete_snapshot(ec2, region, snap)
     return snapshots
 
 

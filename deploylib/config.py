@@ -8,6 +8,7 @@ deploy.toml may override it by defining its own [environments.lab].
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -70,12 +71,29 @@ class Strict(BaseModel):
 
 
 class JenkinsConfig(Strict):
-    url: str = ""
-    user: str = ""
-    pipeline_job: str = "deploy"
-    promote_job: str = "test-and-promote"
-    record_job: str = "record-hotfix"
-    timeout: float = Field(default=1800, gt=0)
+    url: str = Field(default="",
+        description=(
+            "Jenkins' URL; empty: no Jenkins (the bake promotes locally, hotfixes are not "
+            "recorded there)."))
+    user: str = Field(default="",
+        description=(
+            "Jenkins user; its API token comes from `$JENKINS_API_TOKEN`, never from this "
+            "file."))
+    pipeline_job: str = Field(default="deploy", description="The parameterized pipeline job.")
+    promote_job: str = Field(default="test-and-promote",
+        description=(
+            "The test-and-promote job `invoke bake` hands off to."))
+    record_job: str = Field(default="record-hotfix",
+        description=(
+            "The job that records each in-place hotfix."))
+    timeout: float = Field(default=1800, gt=0,
+        description=(
+            "Seconds to follow a handed-off build before giving up."))
+    # Where Jenkins reads the Jenkinsfile from (`invoke jenkins.setup`).
+    repository: str = Field(default="",
+        description=(
+            "Git URL the pipeline jobs read the Jenkinsfile from (`invoke jenkins.setup`)."))
+    branch: str = Field(default="main", description="Branch of `repository`.")
 
     @field_validator("url")
     @classmethod
@@ -86,15 +104,16 @@ class JenkinsConfig(Strict):
 
 
 class RegionOverride(Strict):
-    subnet: str | None = None
-    security_group: str | None = None
-    target_group: str | None = None
+    subnet: str | None = Field(default=None, description="This region's subnet.")
+    security_group: str | None = Field(default=None,
+                                       description="This region's security group.")
+    target_group: str | None = Field(default=None, description="This region's target group.")
 
 
 class ExtraStage(Strict):
-    step: str
-    before: str | None = None
-    after: str | None = None
+    step: str = Field(description="The step's name, as a plugin registered it.")
+    before: str | None = Field(default=None, description="Run it before this stage.")
+    after: str | None = Field(default=None, description="Run it after this stage.")
 
     @model_validator(mode="after")
     def _one_anchor(self) -> ExtraStage:
@@ -106,43 +125,131 @@ class ExtraStage(Strict):
 class Environment(Strict):
     """One named environment: where a release goes and how."""
 
-    name: str = "lab"
-    provider: Literal["aws", "lab"] = "aws"
-    primary_region: str
-    copy_regions: list[str] = []
-    base_image: str
-    base_image_owner: str | None = None
-    instance_type: str = "t3.micro"
-    subnet: str
-    security_group: str
-    target_group: str
-    regions: dict[str, RegionOverride] = {}
-    key_name: str | None = None
-    os_packages: list[str] = []
-    app_root: str = "/srv/app"
-    app_port: int = Field(default=8080, ge=1, le=65535)
-    service: str = "app"
-    restart_command: str = "sudo systemctl restart app"
-    health_path: str = "/health"
-    batch_size: Annotated[str | int, Field(union_mode="left_to_right")] = 1
-    fleet_size: int = Field(default=2, ge=1, le=100)
-    keep_releases: int = Field(default=3, ge=2, le=50)
-    artifact_bucket: str
-    app_source: str = "examples/app"
+    name: str = Field(default="lab",
+        description=(
+            "The environment's name (the section's; set by the loader)."))
+    provider: Literal["aws", "lab"] = Field(default="aws",
+        description=(
+            "`aws` for a real account, `lab` for the local lab."))
+    primary_region: str = Field(
+        description=(
+            "Where the builder runs and the artifact store and record live."))
+    copy_regions: list[str] = Field(default_factory=list,
+        description=(
+            "The other regions: images are copied there and fleets run there too."))
+    base_image: str = Field(
+        description=(
+            "The builder's image: an id (`ami-…`) or a name filter (the newest match)."))
+    base_image_owner: str | None = Field(default=None,
+        description=(
+            "Owner account of `base_image` when it is a name filter (e.g. Canonical's)."))
+    instance_type: str = Field(default="t3.micro",
+        description=(
+            "Instance type of the builder and the candidates."))
+    subnet: str = Field(description="Subnet id, or the `Name` tag of one subnet per region.")
+    security_group: str = Field(description="Security group id, or its name, per region.")
+    target_group: str = Field(
+        description=(
+            "Target group name or ARN that serves the app, per region."))
+    regions: dict[str, RegionOverride] = Field(default_factory=dict,
+        description=(
+            "Per-region overrides of `subnet`, `security_group`, `target_group`."))
+    key_name: str | None = Field(default=None,
+        description=(
+            "EC2 key pair set on launched instances (optional)."))
+    os_packages: list[str] = Field(default_factory=list,
+        description=(
+            "Debian packages the provision step installs on the builder."))
+    app_root: str = Field(default="/srv/app",
+        description=(
+            "Where releases live on a host: `releases/<version>` and the `current` link."))
+    app_port: int = Field(default=8080, ge=1, le=65535,
+        description=(
+            "The app's HTTP port (health checks, target group)."))
+    service: str = Field(default="app", description="The app's systemd unit name.")
+    restart_command: str = Field(default="sudo systemctl restart app",
+        description=(
+            "How the install step restarts the app."))
+    health_path: str = Field(default="/health",
+        description=(
+            "URL path that answers JSON with the running `version`."))
+    batch_size: Annotated[str | int, Field(union_mode="left_to_right")] = Field(default=1,
+        description=(
+            "In-place batch: a count (`2`) or a percentage (`\"25%\"`) of a region's live "
+            "hosts."))
+    # In-place: how many hosts may fail (each restored to the live release and left out
+    # of its target group) before the rollout stops.
+    max_failed_hosts: int = Field(default=0, ge=0, le=1000,
+        description=(
+            "In-place: hosts that may fail (restored, left out of the target group) before "
+            "the rollout stops."))
+    # In-place: when the rollout stops, switch the hosts it already updated back too, so
+    # the fleet is on one release again.
+    rollback_on_failure: bool = Field(default=True,
+        description=(
+            "In-place: when the rollout stops, switch the hosts already updated back to the "
+            "live release."))
+    fleet_size: int = Field(default=2, ge=1, le=100,
+        description=(
+            "Hosts per region when nothing is live yet (the first release)."))
+    keep_releases: int = Field(default=3, ge=2, le=50,
+        description=(
+            "Releases kept on each host; the previous one is never removed."))
+    # Images `invoke gc` always keeps per region besides the live ones: rollback targets.
+    keep_images: int = Field(default=3, ge=1, le=100,
+        description=(
+            "Images per region `invoke gc` always keeps besides the live and rollback ones."))
+    artifact_bucket: str = Field(
+        description=(
+            "The S3 bucket releases are published to (`releases/<env>/<version>.tar.gz`)."))
+    app_source: str = Field(default="examples/app",
+        description=(
+            "The app directory packed when no `--artifact` is given."))
+    smoke_tests: str = Field(default="",
+        description=(
+            "A pytest directory run against the candidates by smoke-test (JUnit XML); empty: "
+            "the health check only."))
     # pull: hosts fetch the artifact from a presigned URL; push: it is sent over SFTP
     # (for hosts that cannot reach the artifact store).
-    artifact_transfer: Literal["pull", "push"] = "pull"
+    artifact_transfer: Literal["pull", "push"] = Field(default="pull",
+        description=(
+            "`pull`: hosts fetch the release from a presigned URL; `push`: it is sent over "
+            "SFTP."))
     # Which instance address to use for SSH and health checks: private (from inside the
     # VPC or over a VPN) or public.
-    address: Literal["private", "public"] = "private"
-    ssh_user: str = "ubuntu"
-    ssh_port: int = Field(default=22, ge=1, le=65535)
-    ssh_key: str | None = None
-    state_dir: str = ".runs"
-    plugins: list[str] = []
-    extra_stages: list[ExtraStage] = []
-    jenkins: JenkinsConfig = JenkinsConfig()
-    timeouts: dict[str, float] = {}
+    address: Literal["private", "public"] = Field(default="private",
+        description=(
+            "Which instance address SSH and health checks use: `private` or `public`."))
+    ssh_user: str = Field(default="ubuntu", description="SSH login user on the instances.")
+    ssh_port: int = Field(default=22, ge=1, le=65535, description="SSH port on the instances.")
+    ssh_key: str | None = Field(default=None,
+        description=(
+            "Private key file for SSH; empty: the SSH agent."))
+    state_dir: str = Field(default=".runs",
+        description=(
+            "Where run states (and their JUnit XML and reports) are written."))
+    plugins: list[str] = Field(default_factory=list,
+        description=(
+            "Python modules registering a team's own steps and hooks."))
+    extra_stages: list[ExtraStage] = Field(default_factory=list,
+        description=(
+            "A team's steps placed in every procedure: `{ step = NAME, before|after = STAGE "
+            "}`."))
+    jenkins: JenkinsConfig = Field(default_factory=JenkinsConfig,
+        description=(
+            "The Jenkins server and jobs (below)."))
+    timeouts: dict[str, float] = Field(default_factory=dict,
+        description=(
+            "Seconds per wait, by name: launch, ssh, ssh_connect, ssh_retry, provision, "
+            "install, health, healthy, drain, stop, image, copy, presign, smoke."))
+    # The deploy lock: a DynamoDB table keyed by environment (see README, Locks).
+    lock_table: str = Field(default="deploylib-locks",
+        description=(
+            "DynamoDB table holding the deploy locks (key `env`)."))
+    # A lock not renewed for this long is stale (its holder crashed) and may be taken.
+    lock_ttl: float = Field(default=1800, ge=30, le=86400,
+        description=(
+            "Seconds after which a lock nobody renewed is stale and may be taken."))
 
     @field_validator("primary_region")
     @classmethod
@@ -219,6 +326,13 @@ class Environment(Strict):
         if not m or (m.group(2) and int(m.group(1)) > 100):
             raise _fail("must be a count such as 2 or a percentage from 1% to 100%")
         return v.strip() if m.group(2) else int(m.group(1))
+
+    @field_validator("lock_table")
+    @classmethod
+    def _lock_table(cls, v: str) -> str:
+        if not re.fullmatch(r"^[A-Za-z0-9_.-]{3,255}$", v):
+            raise _fail("must be a DynamoDB table name (3-255 letters, digits, '_', '-', '.')")
+        return v
 
     @field_validator("artifact_bucket")
     @classmethod
@@ -299,7 +413,7 @@ class DeployConfig(Strict):
         envs = {}
         for name, env in self.environments.items():
             update = {}
-            for key in ("app_source", "state_dir", "ssh_key"):
+            for key in ("app_source", "state_dir", "ssh_key", "smoke_tests"):
                 value = getattr(env, key)
                 if value and not value.startswith("~") and not Path(value).is_absolute():
                     update[key] = str(base / value)
@@ -421,3 +535,48 @@ def load(path: str | os.PathLike | None = None) -> DeployConfig:
         raise ConfigError(f"cannot read it ({exc.__class__.__name__})", resource=str(target),
                           fix="make it a readable UTF-8 text file") from None
     return parse(text, source=str(target)).relative_to(target.resolve().parent)
+
+
+# -- the configuration reference, generated from the schema above --------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("deploylib.config.", "")
+    text = re.sub(r"<class '(\w+)'>", r"\1", text)
+    text = text.replace("Annotated[Union[str, int], FieldInfo(annotation=NoneType, "
+                        "required=True, union_mode='left_to_right')]", "int | str")
+    text = re.sub(r"Literal\[(.*)\]", r"one of \1", text)
+    return text.replace("NoneType", "None").replace(" | ", " or ")
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
+    return f"`{json.dumps(value)}`"
+
+
+def reference() -> str:
+    """docs/configuration.md: every key of an environment, from the pydantic schema."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema in `deploylib/config.py` by `invoke docs`; a test fails "
+        "when this file and the code disagree. Environments are sections "
+        "`[environments.NAME]` of `deploy.toml`; paths are relative to the file; an unknown "
+        "key is an error that names the nearest known one.",
+        "",
+    ]
+    for title, model in (("Environment", Environment), ("[environments.NAME.jenkins]",
+                                                           JenkinsConfig),
+                         ("[environments.NAME.regions.REGION]", RegionOverride),
+                         ("extra_stages entries", ExtraStage)):
+        lines += [f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            meaning = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
+                         f"{meaning} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@
     │   ├── HostKeyError        the host's SSH key is unknown or differs from the trusted one
     │   └── RemoteCommandError  a remote script exited non-zero (carries its output tail)
     ├── StepFailed              a stage failed on some of its hosts (carries each host's error)
+    ├── LockHeld                another run holds the environment's deploy lock (exit code 3)
     └── JenkinsError            Jenkins refused, could not be reached, or the build failed
 
 Every error renders as one line: what happened, about which resource, and what to do
@@ -86,6 +87,10 @@ class StepFailed(DeployError):
             resource=f"stage {stage} on {', '.join(failures)}",
             fix=fix or getattr(first, "fix", None) or "see the run state, then `invoke resume`",
         )
+
+
+class LockHeld(DeployError):
+    exit_code = 3
 
 
 class JenkinsError(DeployError):

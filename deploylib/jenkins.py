@@ -106,3 +106,50 @@ def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float
                            resource=f"job {job}",
                            fix=f"read {build.console_url or 'its console'} for the failure")
     return build
+
+
+def send_notice(server: Any, notice: dict[str, Any]) -> None:
+    """Queue a notice's build (the hotfix record job); mark it sent, with its queue item."""
+    item = trigger(server, notice["job"], notice["parameters"])
+    notice.update(sent=True, queue_item=item)
+
+
+# -- jobs as code -------------------------------------------------------------------------
+
+
+def _canonical(xml: str) -> str:
+    """What a config.xml means, not how it is written: Jenkins stores a job's config its
+    own way (an XML 1.1 header, plugin versions on elements, its own indentation)."""
+    import xml.etree.ElementTree as ET
+
+    text = xml.strip()
+    if text.startswith("<?xml"):
+        text = text.split("?>", 1)[1]
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return text  # not ours to read: differs, so setup rewrites it
+    for el in root.iter():
+        el.attrib.pop("plugin", None)
+    return ET.canonicalize(ET.tostring(root, encoding="unicode"), strip_text=True)
+
+
+def setup(server: Any, jobs: dict[str, str]) -> dict[str, str]:
+    """Create or update each job so its config is the rendered one; report what changed.
+
+    Idempotent: a job whose config already means the same is left alone ("unchanged").
+    """
+    out: dict[str, str] = {}
+    for name, xml in jobs.items():
+        exists = _wrap("look up", name, lambda name=name: server.job_exists(name))
+        if not exists:
+            _wrap("create", name, lambda name=name, xml=xml: server.create_job(name, xml))
+            out[name] = "created"
+            continue
+        current = _wrap("read config", name, lambda name=name: server.get_job_config(name))
+        if _canonical(current) == _canonical(xml):
+            out[name] = "unchanged"
+        else:
+            _wrap("update", name, lambda name=name, xml=xml: server.reconfig_job(name, xml))
+            out[name] = "updated"
+    return out

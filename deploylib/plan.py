@@ -130,17 +130,50 @@ def _in_place() -> tuple[Stage, ...]:
             _s("put-back", BATCH),
         ),
     )
-    return (_s("publish-release"), _s("select-hosts"), rollout, _s("record"))
+    # notify: Jenkins keeps a build per hotfix, so its history shows every release that
+    # reached production, baked or not. It never fails the run.
+    return (_s("publish-release"), _s("select-hosts"), rollout, _s("record"), _s("notify"))
 
 
-_PROCEDURES = {"immutable": _immutable, "rebake-light": _rebake_light, "in-place": _in_place}
+def _rollback_in_place() -> tuple[Stage, ...]:
+    # The in-place procedure with the previous release in place of a new one.
+    return (_s("locate-previous"), *_in_place()[1:])
+
+
+def _rollback_image() -> tuple[Stage, ...]:
+    return (
+        _s("locate-previous"),
+        _s("launch-candidates", image="previous"),
+        _s("smoke-test", CANDIDATES),
+        _s("promote", CANDIDATES),
+        _s("record"),
+    )
+
+
+_PROCEDURES = {"immutable": _immutable, "rebake-light": _rebake_light, "in-place": _in_place,
+               "rollback-in-place": _rollback_in_place, "rollback-image": _rollback_image}
+# `invoke rollback` picks one of these from what the environment's record says was the
+# last procedure: hosts changed in place switch back in place; a fleet from an image is
+# replaced by one from the previous image.
+ROLLBACK_MODES = ("rollback-in-place", "rollback-image")
+# Procedures that change live hosts rather than their images.
+IN_PLACE_MODES = ("in-place", "rollback-in-place")
+
+
+def rollback_mode(procedure: str) -> str:
+    return "rollback-in-place" if procedure in IN_PLACE_MODES else "rollback-image"
+
+
 # When a cleanup step discarded what a stage made, the run starts again from that stage
 # on resume (a new builder, new candidates).
-RESTART_FROM = {"discard-builder": "launch-builder", "discard-candidates": "launch-candidates"}
+RESTART_FROM = {"discard-builder": "launch-builder", "discard-candidates": "launch-candidates",
+                "discard-images": "launch-builder"}
 _CLEANUP = {
-    "immutable": ("discard-builder", "discard-candidates"),
+    "immutable": ("discard-candidates", "discard-images", "discard-builder"),
     "rebake-light": ("discard-candidates",),
     "in-place": (),
+    "rollback-in-place": (),
+    "rollback-image": ("discard-candidates",),
 }
 
 
@@ -165,12 +198,13 @@ def _insert(stages: Sequence[Stage], extra: ExtraStage) -> tuple[tuple[Stage, ..
 
 def plan(mode: str, extra_stages: Sequence[ExtraStage] = ()) -> Plan:
     """The ordered stages of a procedure, with a team's extra stages inserted."""
-    check_mode(mode)
+    if mode not in _PROCEDURES:
+        check_mode(mode)
     stages = _PROCEDURES[mode]()
     for extra in extra_stages:
         stages, placed = _insert(stages, extra)
         if not placed and not any(
-            _insert(_PROCEDURES[m](), extra)[1] for m in MODES
+            _insert(_PROCEDURES[m](), extra)[1] for m in (*MODES, *ROLLBACK_MODES)
         ):
             anchor = extra.before or extra.after
             raise ConfigError(

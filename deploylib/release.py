@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+import zlib
 from pathlib import Path
 
 from deploylib.config import check_version
@@ -35,6 +36,23 @@ def check_artifact(path: str | Path) -> Path:
     if magic != b"\x1f\x8b":
         raise InputError(f"artifact {str(path)!r} is not a gzip tarball",
                          fix="build it with `invoke artifact --version V` or `tar -czf`")
+    # Read it through once: a truncated or corrupt archive is refused here, before it is
+    # published, and so is a member that would land outside the release directory.
+    try:
+        with tarfile.open(p, "r:gz") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if member.name.startswith("/") or ".." in parts:
+                    raise InputError(f"artifact {str(path)!r} has a member outside the "
+                                     f"release: {member.name!r}",
+                                     fix="pack paths relative to the app directory")
+                if not (member.isfile() or member.isdir() or member.issym()):
+                    raise InputError(f"artifact {str(path)!r} has a special file "
+                                     f"{member.name!r}", fix="pack regular files only")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"artifact {str(path)!r} is corrupt or truncated "
+                         f"({type(exc).__name__})",
+                         fix="build it again with `invoke artifact --version V`") from None
     return p
 
 

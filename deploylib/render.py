@@ -53,3 +53,44 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
         keep_releases=keep_releases, source="url" if url else "push", url=url,
         pushed_path=pushed_path, fetch_timeout=fetch_timeout, health_timeout=health_timeout,
     )
+
+
+# The pipeline's parameters, as the job offers them before its first build (the
+# Jenkinsfile declares the same; a test keeps the two in step).
+PIPELINE_PARAMETERS = [
+    {"name": "MODE", "choices": ["immutable", "rebake-light", "in-place"],
+     "description": "immutable: bake a new image; rebake-light: new instances from the live "
+                    "image plus the release; in-place: the release on the live hosts"},
+    {"name": "VERSION", "default": "", "description": "Release version, e.g. 1.2.3"},
+    {"name": "ARTIFACT", "default": "",
+     "description": "Release tarball in the workspace; empty builds the app in app_source"},
+    {"name": "ENV", "default": "lab", "description": "Environment in deploy.toml"},
+    {"name": "HANDOFF", "default": "",
+     "description": "Set by `invoke bake`: test and promote the images it baked"},
+    {"name": "KEEP_ON_ERROR", "boolean": True, "default": False,
+     "description": "On failure, leave what the run made for inspection"},
+]
+RECORD_PARAMETERS = [
+    {"name": name, "default": "", "description": text} for name, text in (
+        ("ENV", "Environment"), ("RELEASE", "Release made live in place"),
+        ("RUN_ID", "The hotfix's run id"), ("HOSTS", "Hosts it went to"))]
+
+
+def jenkins_jobs(env: Any) -> dict[str, str]:
+    """config.xml of every job the tool needs, by job name."""
+    j = env.jenkins
+    common = {"repository": j.repository, "branch": j.branch}
+    record_script = (TEMPLATES / "jenkins/record-hotfix.groovy").read_text()
+    return {
+        j.pipeline_job: render("jenkins/pipeline.xml.j2", job=j.pipeline_job, script=None,
+                               parameters=PIPELINE_PARAMETERS, **common,
+                               description="Deploy a release: immutable, rebake-light or "
+                               "in-place. Stages come from `invoke plan`."),
+        j.promote_job: render("jenkins/pipeline.xml.j2", job=j.promote_job, script=None,
+                              parameters=PIPELINE_PARAMETERS, **common,
+                              description="Test and promote the images `invoke bake` "
+                              "handed off (HANDOFF); the same Jenkinsfile."),
+        j.record_job: render("jenkins/pipeline.xml.j2", job=j.record_job,
+                             script=record_script, parameters=RECORD_PARAMETERS, **common,
+                             description="One build per hotfix made in place."),
+    }

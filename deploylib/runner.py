@@ -9,9 +9,8 @@ error go to the run state after every stage, so any stage can run in its own pro
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,8 @@ from typing import Any
 
 from deploylib import catalog, config, release
 from deploylib import plan as planning
-from deploylib.errors import DeployError, InputError, StateError
+from deploylib.errors import DeployError, InputError, StateError, StepFailed
 from deploylib.state import DONE, FAILED, PENDING, RUNNING, RunState
-
-# The stages after which the new release is what users get: time-to-live ends there.
-LIVE_STAGES = ("promote", "rollout")
-
-
-def log_line(text: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -43,10 +34,21 @@ class Context:
     jenkins: Any = None
     stage: planning.Stage | None = None
     batch: list[dict[str, str]] | None = None
-    log: Callable[[str], None] = log_line
+    reporter: Any = None  # deploylib.console: what the operator sees
+    # A release to install instead of the run's own (a failed rollout's rollback).
+    installing: dict[str, Any] | None = None
     # Host keys trusted so far this run, per instance: once trusted, a key is what the
     # host must present for the rest of the run, whatever the source says later.
     _trusted: dict[str, tuple] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.reporter is None:
+            from deploylib import console
+
+            self.reporter = console.Plain()
+
+    def log(self, text: str) -> None:
+        self.reporter.log(text)
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -55,6 +57,11 @@ class Context:
     @property
     def option(self) -> dict[str, Any]:
         return self.stage.option if self.stage else {}
+
+    @property
+    def release(self) -> dict[str, Any]:
+        """The release the install and health steps work with."""
+        return self.installing or self.facts["release"]
 
     def timeout(self, what: str, default: float) -> float:
         return self.env.timeout(what, default)
@@ -86,12 +93,13 @@ class Context:
             return list(self.batch)
         return []
 
-    def targets(self) -> list[Any]:
-        """The stage's hosts as fresh EC2 descriptions (addresses can change on start)."""
+    def targets(self, refs: list[dict[str, str]] | None = None) -> list[Any]:
+        """The stage's hosts (or the given ones) as fresh EC2 descriptions: addresses can
+        change when an instance starts again."""
         from deploylib import aws
 
         by_region: dict[str, list[str]] = {}
-        for ref in self.target_refs():
+        for ref in self.target_refs() if refs is None else refs:
             by_region.setdefault(ref["region"], []).append(ref["instance_id"])
         out = []
         for region, ids in by_region.items():
@@ -114,6 +122,28 @@ class Context:
         return self.ssh.get(endpoint)
 
 
+# -- the deploy lock: held from start to the end of the run, renewed by every stage --------
+
+
+def hold(ctx: Context) -> None:
+    from deploylib import lock
+
+    lock.acquire(ctx.aws.dynamodb(), ctx.env.lock_table, ctx.env.name, ctx.state.run_id,
+                 ttl=ctx.env.lock_ttl)
+
+
+def let_go(ctx: Context) -> None:
+    """Release the run's lock; a failure to do so is reported, not raised (it expires)."""
+    from deploylib import lock
+
+    try:
+        if lock.release(ctx.aws.dynamodb(), ctx.env.lock_table, ctx.env.name,
+                        ctx.state.run_id):
+            ctx.log(f"  lock on {ctx.env.name} released")
+    except Exception as exc:  # noqa: BLE001 - the lock expires after lock_ttl anyway
+        ctx.log(f"x could not release the lock on {ctx.env.name}: {exc}")
+
+
 def environment_clients(env: config.Environment) -> Any:
     """AWS clients for reading an environment outside any run (status)."""
     from deploylib import provider as providers
@@ -122,22 +152,23 @@ def environment_clients(env: config.Environment) -> Any:
 
 
 @contextmanager
-def open_context(env: config.Environment, state: RunState) -> Iterator[Context]:
+def open_context(env: config.Environment, state: RunState,
+                 reporter: Any = None) -> Iterator[Context]:
     """Build every client for a run; SSH connections are closed when it ends."""
     from deploylib import provider as providers
     from deploylib import ssh
 
     prov = providers.for_environment(env)
     clients = prov.aws_clients(env)
-    with ssh.Pool(prov.ssh_credentials(env),
-                  connect_timeout=env.timeout("ssh_connect", 10)) as pool:
+    with ssh.Pool(prov.ssh_credentials(env), connect_timeout=env.timeout("ssh_connect", 10),
+                  retry_for=env.timeout("ssh_retry", 20)) as pool:
         jenkins = None
         if env.jenkins.url:
             from deploylib import jenkins as jenkins_mod
 
             jenkins = jenkins_mod.connect(env.jenkins)
         yield Context(env=env, state=state, provider=prov, aws=clients, ssh=pool,
-                      jenkins=jenkins)
+                      jenkins=jenkins, reporter=reporter)
 
 
 # -- starting a run -------------------------------------------------------------------------
@@ -157,15 +188,47 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
         path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts")
     if fleet_size is not None and not 1 <= fleet_size <= 100:
         raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
-    from deploylib import provider
-
-    provider.for_environment(env)  # the lab must be up (or credentials usable) first
-    state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
-                            artifact=str(Path(path).resolve()))
+    state = _create_locked(env, mode=mode, version=version, artifact=str(Path(path).resolve()))
     if fleet_size is not None:
         state.facts["fleet_size"] = fleet_size
         state.save()
     return state
+
+
+def _create_locked(env: config.Environment, **fields: Any) -> RunState:
+    """Take the environment's lock for a new run id, then create the run's state: a run
+    that cannot have the lock leaves nothing behind."""
+    from deploylib import lock, provider
+    from deploylib.state import new_run_id
+
+    # The lab must be up (or the credentials usable) before anything is created.
+    clients = provider.for_environment(env).aws_clients(env)
+    run_id = new_run_id()
+    lock.acquire(clients.dynamodb(), env.lock_table, env.name, run_id, ttl=env.lock_ttl)
+    try:
+        return RunState.create(env.state_dir, env=env.name, run_id=run_id, **fields)
+    except BaseException:
+        lock.release(clients.dynamodb(), env.lock_table, env.name, run_id)
+        raise
+
+
+def start_rollback(cfg: config.DeployConfig, env_name: str | None) -> RunState:
+    """A run that makes the previous release live again, the way the last one went out."""
+    from deploylib import aws, provider
+
+    env = cfg.environment(env_name)
+    catalog.load(env.plugins)
+    clients = provider.for_environment(env).aws_clients(env)
+    record = aws.read_record(clients.ssm(), env.record_parameter)
+    previous = (record or {}).get("previous") or {}
+    if not previous.get("release"):
+        raise InputError(f"nothing to roll back to: the record of {env.name} names no "
+                         "previous release", resource=env.record_parameter,
+                         fix="deploy the release you want with `invoke deploy`")
+    assert record is not None
+    mode = planning.rollback_mode(record.get("procedure", ""))
+    planning.plan(mode, env.extra_stages)
+    return _create_locked(env, mode=mode, version=previous["release"], artifact="")
 
 
 def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
@@ -229,8 +292,10 @@ def _call(ctx: Context, stage: planning.Stage, key: str) -> None:
         ctx.log(f"= {key} (done already)")
         return
     step = catalog.get(stage.step)
+    hold(ctx)  # renew: a run whose lock was broken and taken must not go on
     ctx.stage = stage
     state.mark(key, RUNNING, step=step.function)
+    ctx.reporter.stage(key, RUNNING)
     ctx.log(f"> {key}")
     began = time.monotonic()
     try:
@@ -239,22 +304,28 @@ def _call(ctx: Context, stage: planning.Stage, key: str) -> None:
         step.fn(ctx)
         for fn in catalog.hooks("after", stage.name):
             fn(ctx)
-    except DeployError as exc:
-        state.mark(key, FAILED, error=exc.line())
-        ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {exc.line()}")
-        raise
-    except Exception as exc:
-        state.mark(key, FAILED, error=f"{type(exc).__name__}: {exc}")
-        ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {exc}")
+    except BaseException as exc:
+        line = exc.line() if isinstance(exc, DeployError) else \
+            f"{type(exc).__name__}: {exc}".rstrip(": ")
+        state.mark(key, FAILED, error=line)
+        ctx.reporter.stage(key, FAILED)
+        ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {line}")
         raise
     finally:
         ctx.stage = None
     state.mark(key, DONE)
+    ctx.reporter.stage(key, DONE)
     ctx.log(f"ok {key} {time.monotonic() - began:.1f}s")
 
 
 def _rollout(ctx: Context, group: planning.Stage) -> None:
-    """The in-place group: every per-batch stage, batch after batch."""
+    """The in-place group: every per-batch stage, batch after batch.
+
+    A host that fails is restored to the live release by the install script and left
+    out of its target group; up to `max_failed_hosts` such hosts the rollout goes on
+    without them. Past that it stops: the failed batch's hosts on the live release go
+    back in, and (`rollback_on_failure`) the hosts already updated are switched back.
+    """
     state = ctx.state
     if state.is_done(group.name):
         ctx.log(f"= {group.name} (done already)")
@@ -263,25 +334,105 @@ def _rollout(ctx: Context, group: planning.Stage) -> None:
     if batches is None:
         raise StateError("the run has not selected its hosts", resource=state.run_id,
                          fix="run the select-hosts stage first")
+    failed: dict[str, str] = ctx.facts.setdefault("failed_hosts", {})
     state.mark(group.name, RUNNING, step=f"{len(batches)} batch(es)")
+    ctx.reporter.stage(group.name, RUNNING)
+    ctx.reporter.batch(group.name, ctx.facts.get("batches_done", 0), len(batches))
     began = time.monotonic()
+    n, whole = 0, []
     try:
-        for n, batch in enumerate(batches, start=1):
-            ctx.log(f"> batch {n}/{len(batches)}: {', '.join(h['instance_id'] for h in batch)}")
-            ctx.batch = batch
+        for n, whole in enumerate(batches, start=1):
+            batch = [h for h in whole if h["instance_id"] not in failed]
+            if batch:
+                ctx.log(f"> batch {n}/{len(batches)}: "
+                        f"{', '.join(h['instance_id'] for h in batch)}")
             for stage in group.per_batch:
-                _call(ctx, stage, f"{group.name}/{n}/{stage.name}")
+                if not batch:
+                    break
+                batch = _tolerating(ctx, stage, f"{group.name}/{n}/{stage.name}", batch, failed)
             ctx.facts["batches_done"] = n
             state.save()
+            ctx.reporter.batch(group.name, n, len(batches))
     except BaseException:
         state.mark(group.name, FAILED, error=f"batch {n} failed")
+        ctx.reporter.stage(group.name, FAILED)
         if group.recover:
-            _recover(ctx, group, batch)
+            _recover(ctx, group, whole)
+        if ctx.env.rollback_on_failure:
+            _roll_back_updated(ctx, group, batches[:n])
         raise
     finally:
         ctx.batch = None
     state.mark(group.name, DONE)
+    ctx.reporter.stage(group.name, DONE)
+    if failed:
+        ctx.log(f"  {len(failed)} host(s) left out of their target group, on the live "
+                f"release: {', '.join(sorted(failed))}")
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
+
+
+def _tolerating(ctx: Context, stage: planning.Stage, key: str, batch: list[dict[str, str]],
+                failed: dict[str, str]) -> list[dict[str, str]]:
+    """Run a per-batch stage; drop hosts that fail while the failure budget allows."""
+    while True:
+        ctx.batch = batch
+        try:
+            _call(ctx, stage, key)
+            return batch
+        except StepFailed as exc:
+            if len(failed) + len(exc.failures) > ctx.env.max_failed_hosts:
+                raise
+            for iid, err in exc.failures.items():
+                failed[iid] = err.line() if isinstance(err, DeployError) else str(err)
+            ctx.log(f"  {len(exc.failures)} host(s) left out, {len(failed)} of "
+                    f"max_failed_hosts={ctx.env.max_failed_hosts}: {', '.join(exc.failures)}")
+            ctx.save()
+            batch = [h for h in batch if h["instance_id"] not in failed]
+            if not batch:
+                return batch
+
+
+def _roll_back_updated(ctx: Context, group: planning.Stage,
+                       done: list[list[dict[str, str]]]) -> None:
+    """Switch the hosts a stopped rollout already updated back to the live release, with
+    the same per-batch steps (drain, install, health-check, put back)."""
+    from deploylib import aws, steps
+
+    record = aws.read_record(ctx.aws.ssm(), ctx.env.record_parameter) or {}
+    live = record.get("release")
+    if not live or live == ctx.release["version"]:
+        return
+    try:
+        ctx.installing = steps.release_facts(ctx.env, ctx.aws.s3(), live)
+    except DeployError as exc:
+        ctx.log(f"x cannot roll back to {live}: {exc.line()}")
+        return
+    failed = ctx.facts.get("failed_hosts", {})
+    rolled = ctx.facts.setdefault("rolled_back", [])
+    try:
+        for k, whole in enumerate(done, start=1):
+            candidates = [h for h in whole if h["instance_id"] not in failed
+                          and h["instance_id"] not in rolled]
+            # Hosts already on the live release (the failed batch's restored ones) stay.
+            on_new = {i.instance_id for i in ctx.targets(candidates) if steps.serving_version(
+                i.address or "", ctx.env.app_port, ctx.env.health_path) != live}
+            batch = [h for h in candidates if h["instance_id"] in on_new]
+            if not batch:
+                continue
+            ctx.log(f"> rolling back batch {k} to {live}")
+            ctx.batch = batch
+            try:
+                for stage in group.per_batch:
+                    _call(ctx, stage, f"rollback/{k}/{stage.name}")
+            except Exception as exc:  # noqa: BLE001 - report, keep the original error
+                line = exc.line() if isinstance(exc, DeployError) else str(exc)
+                ctx.log(f"x rollback of batch {k} failed: {line}")
+                continue
+            rolled.extend(h["instance_id"] for h in batch)
+            ctx.save()
+    finally:
+        ctx.installing = None
+        ctx.batch = None
 
 
 def _best_effort(ctx: Context, name: str, stage: planning.Stage | None = None) -> bool:
@@ -335,9 +486,15 @@ def run_stage(ctx: Context, stage: planning.Stage) -> None:
         _call(ctx, stage, stage.name)
 
 
-def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None) -> None:
-    """Run the plan's stages in order (only those of `phase` when given)."""
+def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
+            keep_on_error: bool = False) -> None:
+    """Run the plan's stages in order (only those of `phase` when given).
+
+    On failure or Ctrl-C the run's temporaries are removed (unless `keep_on_error`);
+    the lock is released when the run has ended, either way.
+    """
     state = ctx.state
+    hold(ctx)
     state.status = RUNNING
     state.save()
     try:
@@ -347,14 +504,29 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None) -> N
     except BaseException:
         state.status = FAILED
         state.save()
-        clean_up(ctx, plan)
+        try:
+            if keep_on_error:
+                state.facts["kept_on_error"] = True
+                state.save()
+                ctx.log("  --keep-on-error: what the run made is left as it is; "
+                        f"`invoke cleanup --run {state.run_id}` removes it")
+            else:
+                clean_up(ctx, plan)
+        finally:
+            let_go(ctx)
         raise
-    if all(state.is_done(s.name) for s in plan.stages):
-        state.status = DONE
-        state.save()
+    finish(ctx, plan)
 
 
-def bake(ctx: Context, plan: planning.Plan) -> None:
+def finish(ctx: Context, plan: planning.Plan) -> None:
+    """Mark the run done when every stage is, and release its lock."""
+    if all(ctx.state.is_done(s.name) for s in plan.stages):
+        ctx.state.status = DONE
+        ctx.state.save()
+        let_go(ctx)
+
+
+def bake(ctx: Context, plan: planning.Plan, *, keep_on_error: bool = False) -> None:
     """The bake phase here; test-and-promote in Jenkins when it is configured, else here.
 
     Jenkins gets the handoff (run id, release, image per region) and runs the same
@@ -363,10 +535,10 @@ def bake(ctx: Context, plan: planning.Plan) -> None:
     from deploylib import jenkins
 
     state, env = ctx.state, ctx.env
-    execute(ctx, plan, phase=planning.BAKE)
+    execute(ctx, plan, phase=planning.BAKE, keep_on_error=keep_on_error)
     if ctx.jenkins is None:
         ctx.log("Jenkins is not configured: running test-and-promote here")
-        execute(ctx, plan, phase=planning.RELEASE)
+        execute(ctx, plan, phase=planning.RELEASE, keep_on_error=keep_on_error)
         return
     handoff = {"run_id": state.run_id, "env": state.env, "version": state.version,
                "release": state.facts["release"], "images": state.facts["images"]}
@@ -379,14 +551,17 @@ def bake(ctx: Context, plan: planning.Plan) -> None:
             timeout=env.jenkins.timeout,
             on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
     except BaseException as exc:
-        # The images are kept: the handoff can be retried, or promoted here with resume.
+        # The images are kept: `invoke resume` promotes them here; `invoke gc` removes
+        # them if nobody does.
         state.status = FAILED
         state.facts["handoff"] = {"job": env.jenkins.promote_job, "error": str(exc)}
         state.save()
+        let_go(ctx)
         raise
     state.facts["handoff"] = {"job": build.job, "number": build.number, "url": build.url,
                               "result": build.result}
     state.save()
+    let_go(ctx)
     ctx.log(f"  {build.job} #{build.number} {build.result}")
 
 
@@ -400,17 +575,15 @@ def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
 
 def timings(state: RunState) -> dict[str, Any]:
     """Stage timings and time-to-live (first stage start to the release serving)."""
+    from deploylib import report
+
+    run = report.run_summary(state)
     top = {k: v for k, v in state.stages.items() if "/" not in k}
-    starts = [v["started_at"] for v in top.values() if "started_at" in v]
-    began = min(starts) if starts else None
-    live_at = max((v.get("ended_at", 0) for k, v in top.items()
-                   if k in LIVE_STAGES and v.get("status") == DONE), default=None)
-    ends = [v["ended_at"] for v in top.values() if "ended_at" in v]
     return {
         "stages": [{"name": k, "status": v.get("status"), "seconds": v.get("seconds")}
                    for k, v in top.items()],
-        "time_to_live": round(live_at - began, 2) if began and live_at else None,
-        "total": round(max(ends) - began, 2) if began and ends else None,
+        "time_to_live": run["time_to_live"],
+        "total": run["total"],
     }
 
 

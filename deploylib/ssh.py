@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import paramiko
 
-from deploylib.errors import HostError, HostKeyError, RemoteCommandError
+from deploylib import waits
+from deploylib.errors import HostError, HostKeyError, RemoteCommandError, WaitTimeout
 
 quote = shlex.quote
 OUTPUT_LIMIT = 64 * 1024
@@ -78,10 +79,13 @@ class Connection:
     """One SSH connection to one host; opens on first use, closes in __exit__."""
 
     def __init__(self, endpoint: Endpoint, credentials: Credentials, *,
-                 connect_timeout: float = 10.0):
+                 connect_timeout: float = 10.0, retry_for: float = 0.0):
         self.endpoint = endpoint
         self.credentials = credentials
         self.connect_timeout = connect_timeout
+        # A refused or dropped connect is retried with backoff for this long: a host
+        # restarting sshd, or a network blip, does not fail a rollout.
+        self.retry_for = retry_for
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self.opened = 0  # how many TCP connections this object made (benchmarks count it)
@@ -96,7 +100,32 @@ class Connection:
         e = self.endpoint
         return e.address if e.port == 22 else f"[{e.address}]:{e.port}"
 
-    def open(self) -> paramiko.SSHClient:
+    def open(self, *, retry: bool = True) -> paramiko.SSHClient:
+        """The open connection; connect (retrying while `retry_for` allows) if needed.
+
+        A host key problem is never retried: it stops the run at once."""
+        if not retry or self.retry_for <= 0:
+            return self._open()
+        last: list[HostError] = []
+
+        def attempt() -> paramiko.SSHClient | None:
+            try:
+                return self._open()
+            except HostKeyError:
+                raise
+            except HostError as exc:
+                last[:] = [exc]
+                return None
+
+        try:
+            return waits.until(attempt, timeout=self.retry_for, what="SSH to connect",
+                               resource=self.endpoint.name, fix="", first=0.2, longest=2.0)
+        except WaitTimeout:
+            exc = last[0]
+            raise HostError(f"{exc.problem} (retried for {self.retry_for:g}s)",
+                            resource=exc.resource, fix=exc.fix) from None
+
+    def _open(self) -> paramiko.SSHClient:
         with self._lock:
             if self._client is not None and self._client.get_transport() is not None \
                     and self._client.get_transport().is_active():
@@ -222,9 +251,11 @@ def _identity(e: Endpoint) -> tuple:
 class Pool:
     """One Connection per host for the whole run, closed together."""
 
-    def __init__(self, credentials: Credentials, *, connect_timeout: float = 10.0):
+    def __init__(self, credentials: Credentials, *, connect_timeout: float = 10.0,
+                 retry_for: float = 0.0):
         self.credentials = credentials
         self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
         self._conns: dict[str, Connection] = {}
         self._lock = threading.Lock()
 
@@ -241,7 +272,7 @@ class Pool:
                 if conn is not None:
                     conn.close()
                 conn = Connection(endpoint, self.credentials,
-                                  connect_timeout=self.connect_timeout)
+                                  connect_timeout=self.connect_timeout, retry_for=self.retry_for)
                 self._conns[endpoint.name] = conn
             return conn
 

@@ -127,3 +127,17 @@ class RunState:
             entry["seconds"] = round(now - entry.get("started_at", now), 3)
         entry.update(extra)
         self.save()
+
+
+def runs_with_pending_notice(state_dir: str | Path) -> list[RunState]:
+    """Runs whose notice to Jenkins was not delivered yet, oldest first."""
+    out = []
+    for path in sorted(Path(state_dir).glob("*.json")):
+        try:
+            run = RunState.load(state_dir, path.stem)
+        except (StateError, InputError):
+            continue
+        notice = run.facts.get("notice")
+        if notice and not notice.get("sent"):
+            out.append(run)
+    return out

@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from deploylib import aws, parallel, release, render, waits
@@ -23,6 +24,7 @@ from deploylib.errors import (
     RemoteCommandError,
     StepFailed,
 )
+from deploylib.plan import IN_PLACE_MODES
 from deploylib.plan import batches as split
 
 # -- helpers shared by several steps -----------------------------------------------------
@@ -145,6 +147,38 @@ def publish_release(ctx: Any) -> None:
             f"{'uploaded' if uploaded else 'already in the store'}")
 
 
+def release_facts(env: Any, s3: Any, version: str) -> dict[str, Any]:
+    """A published release as the install step needs it, read back from the store."""
+    key = f"releases/{env.name}/{version}.tar.gz"
+    digest = aws.published_sha256(s3, env.artifact_bucket, key)
+    if not digest:
+        raise InputError(f"release {version} is not in the artifact store",
+                         resource=f"s3://{env.artifact_bucket}/{key}",
+                         fix=f"publish it again: `invoke deploy --mode in-place --version "
+                         f"{version} --artifact PATH`")
+    return {"version": version, "sha256": digest, "bucket": env.artifact_bucket, "key": key}
+
+
+@step("locate-previous")
+def locate_previous(ctx: Any) -> None:
+    """Find what the environment's record says was live before: release and images."""
+    record = _record(ctx) or {}
+    previous = record.get("previous") or {}
+    if not previous.get("release"):
+        raise InputError(f"the record of {ctx.env.name} names no previous release",
+                         resource=ctx.env.record_parameter,
+                         fix="deploy the release you want with `invoke deploy`")
+    if previous["release"] != ctx.state.version:
+        raise InputError(f"the record changed since this rollback started: the previous "
+                         f"release is now {previous['release']}, not {ctx.state.version}",
+                         resource=ctx.env.record_parameter, fix="start `invoke rollback` again")
+    ctx.facts["release"] = release_facts(ctx.env, ctx.aws.s3(), previous["release"])
+    ctx.facts["images"] = dict(previous.get("images") or {})
+    ctx.facts["rolled_back_from"] = record.get("release")
+    ctx.log(f"  rolling back {record.get('release')} -> {previous['release']} "
+            f"({ctx.state.mode})")
+
+
 @step("launch-builder")
 def launch_builder(ctx: Any) -> None:
     """Launch the builder instance from the base image in the primary region."""
@@ -185,7 +219,7 @@ def wait_ssh(ctx: Any) -> None:
             # output a while after boot, and until then nothing is trusted.
             conn = ctx.connection(inst)
             try:
-                conn.open()
+                conn.open(retry=False)  # this loop is the retry, with its own deadline
                 return True
             except HostKeyError as exc:
                 if not conn.endpoint.trusted_keys:
@@ -237,7 +271,7 @@ INSTALL_FIXES = {
 @step("install-release")
 def install_release(ctx: Any) -> None:
     """Install the release on the stage's hosts: the same function in every procedure."""
-    rel = ctx.facts["release"]
+    rel = ctx.release
     env = ctx.env
     push = env.artifact_transfer == "push"
     # Presigned per stage, never stored: the URL is a credential while it lives.
@@ -366,7 +400,9 @@ def launch_candidates(ctx: Any) -> None:
     """Launch a fleet of candidates in every region, from the new or the live image."""
     env = ctx.env
     source = ctx.option.get("image", "baked")
-    if source == "live":
+    if source == "previous":
+        images = ctx.facts["images"]  # located by locate-previous
+    elif source == "live":
         record = _record(ctx)
         if not record or not record.get("images"):
             raise InputError(f"nothing is recorded as live in {env.name}",
@@ -404,10 +440,62 @@ def launch_candidates(ctx: Any) -> None:
                            ctx.timeout("launch", 600))
 
 
+def junit_dir(ctx: Any) -> Path:
+    """Where a run's JUnit XML goes (Jenkins' `junit` step reads it)."""
+    return Path(ctx.env.state_dir) / ctx.state.run_id / "junit"
+
+
+def _junit(path: Path, suite: str, cases: dict[str, tuple[float, str | None]]) -> None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuite", name=suite, tests=str(len(cases)),
+                      failures=str(sum(1 for _, err in cases.values() if err)))
+    for name, (seconds, error) in cases.items():
+        case = ET.SubElement(root, "testcase", classname=suite, name=name,
+                             time=f"{seconds:.3f}")
+        if error:
+            ET.SubElement(case, "failure", message=error[:500]).text = error
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="unicode", xml_declaration=True)
+
+
 @step("smoke-test")
 def smoke_test(ctx: Any) -> None:
-    """Every candidate's app answers its health path with the new release."""
-    _wait_serving(ctx, ctx.targets(), ctx.state.version, "smoke-test")
+    """Every candidate answers its health path with the new release; then the team's
+    smoke tests (pytest, `smoke_tests`) run against them. Both write JUnit XML."""
+    import os
+    import subprocess
+    import sys
+
+    instances = ctx.targets()
+    out = junit_dir(ctx)
+    began = time.monotonic()
+    results = parallel.each(instances, lambda i: _wait_serving(
+        ctx, [i], ctx.state.version, "smoke-test"), key=lambda i: i.instance_id)
+    took = time.monotonic() - began
+    _junit(out / "smoke-health.xml", "smoke-test.health", {
+        f"{iid} reports {ctx.state.version}": (took, None if not isinstance(r, Exception)
+                                                else getattr(r, "problem", str(r)))
+        for iid, r in results.items()})
+    _raise_failures("smoke-test", results)
+    if not ctx.env.smoke_tests:
+        return
+    targets = [{"instance_id": i.instance_id, "address": i.address,
+                "url": f"http://{i.address}:{ctx.env.app_port}"} for i in instances]
+    report = out / "smoke-tests.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--junitxml={report}", ctx.env.smoke_tests],
+        env=dict(os.environ, DEPLOY_SMOKE_TARGETS=json.dumps(targets),
+                 DEPLOY_SMOKE_VERSION=ctx.state.version, DEPLOY_SMOKE_HEALTH=ctx.env.health_path),
+        capture_output=True, text=True, timeout=ctx.timeout("smoke", 600))
+    summary = (proc.stdout.strip().splitlines() or [""])[-1]
+    ctx.log(f"  smoke tests: {summary}")
+    if proc.returncode != 0:
+        raise StepFailed("smoke-test", {"smoke tests": RemoteCommandError(
+            f"pytest exited {proc.returncode}: {summary}", resource=ctx.env.smoke_tests,
+            exit_status=proc.returncode)},
+            fix=f"read the failures in {report}; the candidates are discarded")
 
 
 @step("promote")
@@ -446,14 +534,15 @@ def record(ctx: Any) -> None:
     if previous and previous.get("run_id") == ctx.state.run_id:
         return
     images = dict((previous or {}).get("images", {}))
-    if ctx.state.mode != "in-place":
+    if ctx.state.mode not in IN_PLACE_MODES:
         images.update(ctx.facts.get("images", {}))
     rel = ctx.facts["release"]
     new = {
         "release": rel["version"], "sha256": rel["sha256"], "images": images,
         "procedure": ctx.state.mode, "run_id": ctx.state.run_id,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "previous": {k: previous[k] for k in ("release", "images", "procedure", "run_id")
+        "previous": {k: previous[k] for k in ("release", "sha256", "images", "procedure",
+                                              "run_id")
                      if k in previous} if previous else None,
     }
     aws.write_record(ssm, ctx.env.record_parameter, new)
@@ -463,22 +552,36 @@ def record(ctx: Any) -> None:
 
 @step("select-hosts")
 def select_hosts(ctx: Any) -> None:
-    """Choose the live hosts to update and split them into batches, region by region."""
+    """Choose the live hosts to update, check each accepts SSH, split them into batches.
+
+    Every connection is opened here, all at once, before any host is drained: a host
+    that cannot be reached stops the run while the whole fleet still serves.
+    """
     if ctx.facts.get("batches") is not None:
         return
     batches: list[list[dict[str, str]]] = []
+    instances: list[aws.Instance] = []
     for region in ctx.env.all_regions:
         hosts = live_hosts(ctx, region)
         size = ctx.env.batch_count(len(hosts))
         batches.extend([{"region": region, "instance_id": i} for i in b]
                        for b in split(hosts, size))
+        instances += aws.describe(ctx.aws.ec2(region), region, hosts,
+                                  public=ctx.env.address == "public")
     if not batches:
         raise InputError(f"no live hosts in {ctx.env.name}", resource=ctx.env.target_group,
                          fix="make a first release with `--mode immutable`")
+    reached = parallel.each(instances, lambda i: ctx.connection(i).open(),
+                            key=lambda i: i.instance_id)
+    failures = {k: v for k, v in reached.items() if isinstance(v, Exception)}
+    if failures:
+        raise StepFailed("select-hosts", failures,
+                         fix="no host was touched: repair SSH on those hosts (or take them "
+                         "out of the target group), then `invoke resume`")
     ctx.facts["batches"] = batches
     ctx.facts["batches_done"] = 0
     ctx.save()
-    ctx.log(f"  {sum(len(b) for b in batches)} host(s) in {len(batches)} batch(es)")
+    ctx.log(f"  {len(instances)} host(s) reachable, in {len(batches)} batch(es)")
 
 
 @step("drain")
@@ -493,8 +596,8 @@ def drain(ctx: Any) -> None:
 
 @step("health-check")
 def health_check(ctx: Any) -> None:
-    """Every host of the batch answers its health path with the new release."""
-    _wait_serving(ctx, ctx.targets(), ctx.state.version, "health-check")
+    """Every host of the batch answers its health path with the release installed."""
+    _wait_serving(ctx, ctx.targets(), ctx.release["version"], "health-check")
 
 
 @step("put-back")
@@ -505,6 +608,43 @@ def put_back(ctx: Any) -> None:
         aws.register(elb, group, ids, ctx.env.app_port)
         aws.wait_healthy(elb, group, ids, region, ctx.timeout("healthy", 300))
 
+
+
+@step("notify")
+def notify(ctx: Any) -> None:
+    """Record the in-place release in Jenkins (its record job); never fails the run.
+
+    When Jenkins cannot be reached the notice stays in this run's state, and the next
+    notify (or `invoke jenkins.notify`) sends it, with any other run's left unsent."""
+    from deploylib import jenkins
+    from deploylib import state as states
+    from deploylib.errors import DeployError
+
+    env = ctx.env
+    if ctx.facts.get("notice", {}).get("sent"):
+        return
+    hosts = [h["instance_id"] for b in ctx.facts.get("batches", []) for h in b
+             if h["instance_id"] not in ctx.facts.get("failed_hosts", {})]
+    ctx.facts["notice"] = {"job": env.jenkins.record_job, "sent": False, "parameters": {
+        "ENV": env.name, "RELEASE": ctx.release["version"], "RUN_ID": ctx.state.run_id,
+        "HOSTS": " ".join(hosts)}}
+    ctx.save()
+    if ctx.jenkins is None:
+        ctx.log("  Jenkins is not configured: the hotfix is recorded in SSM only")
+        return
+    pending = [ctx.state] + [s for s in states.runs_with_pending_notice(env.state_dir)
+                             if s.run_id != ctx.state.run_id]
+    for run in pending:
+        notice = run.facts["notice"]
+        try:
+            jenkins.send_notice(ctx.jenkins, notice)
+        except DeployError as exc:
+            ctx.log(f"  Jenkins did not take the notice of run {run.run_id} ({exc.problem}); "
+                    f"it is kept in the run state: `invoke jenkins.notify` sends it later")
+            break
+        run.save()
+        ctx.log(f"  recorded in Jenkins: {notice['job']} queue item {notice['queue_item']} "
+                f"(run {run.run_id})")
 
 
 # -- recovery and cleanup: run when a stage fails, never as a planned stage ----------------
@@ -540,17 +680,54 @@ def restore_batch(ctx: Any) -> None:
 
 @step("discard-builder")
 def discard_builder(ctx: Any) -> None:
-    """Terminate the builder of a failed bake (an image it already made is kept)."""
+    """Terminate the builder of a failed bake; forget it unless its image is kept."""
     b = ctx.facts.get("builder")
-    if not b or b.get("terminated"):
+    if not b:
         return
-    aws.terminate(ctx.aws.ec2(b["region"]), b["region"], [b["instance_id"]])
+    if not b.get("terminated"):
+        aws.terminate(ctx.aws.ec2(b["region"]), b["region"], [b["instance_id"]])
+        ctx.log(f"  builder {b['instance_id']} terminated")
     b["terminated"] = True
     if b["region"] not in ctx.facts.get("images", {}):
         ctx.facts.pop("builder")
         _discarded(ctx, "discard-builder", [b["instance_id"]])
     ctx.save()
-    ctx.log(f"  builder {b['instance_id']} terminated")
+
+
+@step("discard-images")
+def discard_images(ctx: Any) -> None:
+    """Delete the images (and their snapshots) of a failed bake that never went live."""
+    images = ctx.facts.get("images") or {}
+    if ctx.facts.get("promoted"):
+        # Some region serves them already: they are live, and a resume finishes the rest.
+        ctx.log("  images kept: a region already serves them (`invoke resume` finishes)")
+        return
+    name = _image_name(ctx)
+    regions = sorted(set(images) | set(ctx.env.all_regions))
+
+    def one(region: str) -> list[str]:
+        ec2 = ctx.aws.ec2(region)
+        # Also what a crash left unrecorded: a copy started but not yet in the state.
+        ids = {images.get(region)} | {i["ImageId"] for i in aws.tagged_images(
+            ec2, {aws.TAG_RUN: ctx.state.run_id, aws.TAG_ROLE: "image"})}
+        ids |= {aws.find_image(ec2, name)}
+        gone = []
+        for image_id in sorted(i for i in ids if i):
+            aws.delete_image(ec2, region, image_id)
+            gone.append(image_id)
+        return gone
+
+    results = parallel.each(regions, one, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            images.pop(region, None)
+            if res:
+                _discarded(ctx, "discard-images", res)
+                ctx.log(f"  {region}: image {' '.join(res)} and its snapshots deleted")
+    ctx.save()
+    _raise_failures("discard-images", results)
+    ctx.facts.pop("images", None)
+    ctx.save()
 
 
 @step("discard-candidates")

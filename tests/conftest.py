@@ -14,6 +14,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_ENV_TEXT = (REPO / "deploylib/lab/environment.toml").read_text()
+IAM_TEST = "test_iam_policy.py"
+
+
+def pytest_configure(config):
+    """Every AWS call the tool makes during the session (in this process and every
+    `invoke` it starts) is logged, for the IAM policy test, which runs last."""
+    import tempfile
+
+    from deploylib.aws import API_LOG_ENV
+
+    if not os.environ.get(API_LOG_ENV):
+        os.environ[API_LOG_ENV] = str(Path(tempfile.mkdtemp(prefix="deploy-api-")) / "calls")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name == IAM_TEST)
 
 
 def toml_value(value: object) -> str:
@@ -29,6 +45,8 @@ def write_config(directory: Path, extra: str = "", name: str = "deploy.toml",
     """A deploy.toml whose lab keeps its runs in `directory` (tests never touch ./.runs)."""
     text = LAB_ENV_TEXT.replace('state_dir = ".runs"', f'state_dir = "{directory / "runs"}"')
     text = text.replace('app_source = "examples/app"', f'app_source = "{REPO / "examples/app"}"')
+    text = text.replace('smoke_tests = "examples/smoke"',
+                        f'smoke_tests = "{REPO / "examples/smoke"}"')
     for key, value in overrides.items():
         lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
         lines.insert(lines.index("[environments.lab]") + 1, f"{key} = {toml_value(value)}")

@@ -17,6 +17,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 CRUMB = "5f1e-crumb"
+
+
+def stored(config: str) -> str:
+    """A config.xml as Jenkins stores it: its own XML 1.1 header and the plugin version
+    on the root element, whatever the client sent."""
+    body = config.strip()
+    if body.startswith("<?xml"):
+        body = body.split("?>", 1)[1].lstrip()
+    body = re.sub(r"<!--.*?-->\s*", "", body, flags=re.S)  # XStream keeps no comments
+    body = re.sub(r"^(<[\w.-]+)", r'\1 plugin="workflow-job@1436.vfa_244484591f"', body, count=1)
+    return "<?xml version='1.1' encoding='UTF-8'?>\n" + body
 CRUMB_FIELD = "Jenkins-Crumb"
 
 
@@ -29,6 +40,7 @@ class Job:
     polls_in_queue: int = 1  # queue polls before a build starts
     polls_building: int = 1  # build polls before it finishes
     builds: list[dict] = field(default_factory=list)
+    updates: int = 0  # config.xml POSTs after creation
 
 
 class FakeJenkins:
@@ -145,13 +157,14 @@ class FakeJenkins:
                     name = query.get("name", [""])[0]
                     if name in fake.jobs:
                         return self._send(400, "A job already exists with the name", "text/plain")
-                    fake.add_job(name, config=body)
+                    fake.add_job(name, config=stored(body))
                     return self._send(200, "")
                 if m := re.fullmatch(r"/job/([^/]+)/config.xml", path):
                     job = fake.jobs.get(m.group(1))
                     if job is None:
                         return self._not_found()
-                    job.config = body
+                    job.config = stored(body)
+                    job.updates += 1
                     return self._send(200, "")
                 return self._not_found()
 

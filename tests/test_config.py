@@ -214,3 +214,13 @@ def test_arbitrary_text_never_crashes_the_parser(text):
         config.parse(text)
     except ConfigError as exc:
         assert "\n" not in exc.line()
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    from tests.conftest import REPO
+
+    written = (REPO / "docs/configuration.md").read_text()
+    assert written == config.reference() + "\n", "run `invoke docs` and commit the result"
+    for name, field in config.Environment.model_fields.items():
+        assert field.description, f"{name} has no description"
+        assert f"| `{name}` |" in written

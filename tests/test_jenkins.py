@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from deploylib import jenkins
@@ -85,3 +87,74 @@ def test_the_user_authenticates_with_the_token_from_the_environment(fake_jenkins
     expected = "Basic " + base64.b64encode(b"deploy-bot:api-token-secret").decode()
     assert fake_jenkins.authorizations == {expected}
     assert "token" not in JenkinsConfig.model_fields  # never in deploy.toml
+
+
+def jenkins_env(fake_jenkins, tmp_path):
+    from deploylib import config as cfgmod
+    from tests.conftest import write_config
+
+    path = write_config(tmp_path, jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "bot",
+                                           "repository": "https://git.example.com/deploy.git"})
+    return cfgmod.load(path).environment("lab"), path
+
+
+def test_setup_creates_the_jobs_then_changes_nothing(fake_jenkins, tmp_path, monkeypatch):
+    from deploylib import render
+
+    monkeypatch.setenv("JENKINS_API_TOKEN", "t0ken")
+    env, _ = jenkins_env(fake_jenkins, tmp_path)
+    server = jenkins.connect(env.jenkins)
+    jobs = render.jenkins_jobs(env)
+    assert set(jobs) == {"deploy", "test-and-promote", "record-hotfix"}
+    assert jenkins.setup(server, jobs) == dict.fromkeys(jobs, "created")
+    # Jenkins stored them its own way (header, plugin versions): still no change
+    assert "plugin=" in fake_jenkins.jobs["deploy"].config
+    assert jenkins.setup(server, jobs) == dict.fromkeys(jobs, "unchanged")
+    assert all(j.updates == 0 for j in fake_jenkins.jobs.values())
+    # someone edited a job by hand: setup puts the template's version back
+    fake_jenkins.jobs["deploy"].config = fake_jenkins.jobs["deploy"].config.replace(
+        "<numToKeep>200</numToKeep>", "<numToKeep>5</numToKeep>")
+    assert jenkins.setup(server, jobs)["deploy"] == "updated"
+    assert "<numToKeep>200</numToKeep>" in fake_jenkins.jobs["deploy"].config
+
+
+def test_the_jobs_are_parameterized_pipelines_without_concurrent_builds(fake_jenkins, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from deploylib import render
+
+    env, _ = jenkins_env(fake_jenkins, tmp_path)
+    jobs = render.jenkins_jobs(env)
+    deploy = ET.fromstring(jobs["deploy"].split("?>", 1)[1])
+    assert deploy.find(".//org.jenkinsci.plugins.workflow.job.properties."
+                       "DisableConcurrentBuildsJobProperty") is not None
+    assert deploy.findtext(".//scriptPath") == "Jenkinsfile"
+    assert deploy.findtext(".//hudson.plugins.git.UserRemoteConfig/url") == \
+        "https://git.example.com/deploy.git"
+    names = [e.text for e in deploy.iter("name")]
+    assert {"MODE", "VERSION", "HANDOFF", "KEEP_ON_ERROR"} <= set(names)
+    record = ET.fromstring(jobs["record-hotfix"].split("?>", 1)[1])
+    assert "currentBuild.description" in record.findtext(".//script")
+
+
+def test_jenkins_setup_twice_from_the_command_line_reports_no_change(fake_jenkins, tmp_path):
+    from tests.conftest import Cli
+
+    _, path = jenkins_env(fake_jenkins, tmp_path)
+    cli = Cli(config=path, lab_dir=tmp_path / "no-lab")
+    first = cli("jenkins.setup")
+    assert first.stdout.split() == ["created", "deploy", "created", "test-and-promote",
+                                    "created", "record-hotfix"]
+    second = cli("jenkins.setup")
+    assert "no change" in second.stdout
+    assert json.loads(cli("jenkins.setup --json").stdout) == {
+        "deploy": "unchanged", "test-and-promote": "unchanged", "record-hotfix": "unchanged"}
+
+
+def test_jenkins_setup_without_a_repository_is_bad_input(fake_jenkins, tmp_path):
+    from tests.conftest import Cli, write_config
+
+    path = write_config(tmp_path, jenkins={"url": fake_jenkins.url.rstrip("/")})
+    proc = Cli(config=path, lab_dir=tmp_path / "no-lab")("jenkins.setup", check=False)
+    assert proc.returncode == 2 and "jenkins.repository" in proc.stderr
+    assert fake_jenkins.requests == []  # refused before talking to Jenkins

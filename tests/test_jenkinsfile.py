@@ -69,7 +69,11 @@ def test_parameters_conventions_and_start_command():
     result = run_pipeline({"MODE": "in-place", "VERSION": "2.0.0", "ARTIFACT": "dist/a b.tar.gz"})
     params = {p["name"]: p for p in result["parameters"]}
     assert params["MODE"]["choices"] == list(config.MODES)
-    assert set(params) == {"MODE", "VERSION", "ARTIFACT", "ENV", "HANDOFF"}
+    assert set(params) == {"MODE", "VERSION", "ARTIFACT", "ENV", "HANDOFF", "KEEP_ON_ERROR"}
+    # the job `invoke jenkins.setup` creates offers the same parameters before a first build
+    from deploylib.render import PIPELINE_PARAMETERS
+
+    assert [p["name"] for p in PIPELINE_PARAMETERS] == [p["name"] for p in result["parameters"]]
     assert {"disableConcurrentBuilds", "timestamps", "timeout"} <= set(result["options"])
     start = sh_commands(result)[0]
     assert start == ["invoke", "start", "--mode", "in-place", "--version", "2.0.0", "--env",
@@ -77,7 +81,39 @@ def test_parameters_conventions_and_start_command():
     assert result["env"]["RUN_ID"] == RUN_ID
     assert result["post"] == ["always"]
     archived = [c for c in result["calls"] if c["step"] == "archiveArtifacts"]
-    assert archived[0]["args"][0]["artifacts"] == f".runs/{RUN_ID}.json"
+    assert archived[0]["args"][0]["artifacts"] == f".runs/{RUN_ID}.json, .runs/{RUN_ID}/**"
+    report = [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "report"]]
+    assert report == [["invoke", "report", "--run", RUN_ID, "--no-open", "--out",
+                       f".runs/{RUN_ID}/report"]]
+
+
+def test_every_tool_command_runs_with_the_credentials_bound_and_nothing_else_does():
+    result = run_pipeline({"MODE": "immutable"}, fail_on="step 'copy-image'")
+    calls = result["calls"]
+    for n, call in enumerate(calls):
+        if call["step"] != "sh":
+            continue
+        argv = shlex.split(call["args"][0])
+        needs = argv[1] in ("start", "step", "cleanup")
+        bound = n > 0 and calls[n - 1]["step"] == "withCredentials"
+        assert bound == needs, argv
+    bindings = [c for c in calls if c["step"] == "string"]
+    assert bindings and all(b["args"][0]["variable"] == "JENKINS_API_TOKEN" for b in bindings)
+
+
+def test_the_smoke_test_stage_publishes_junit_even_when_it_fails():
+    result = run_pipeline({"MODE": "rebake-light"}, fail_on="step 'smoke-test'")
+    assert result["result"] == "FAILURE"
+    junit = [c for c in result["calls"] if c["step"] == "junit"]
+    assert len(junit) == 1 and junit[0]["stage"] == "smoke-test"
+    assert junit[0]["args"][0]["testResults"] == f".runs/{RUN_ID}/junit/*.xml"
+
+
+def test_keep_on_error_skips_the_cleanup():
+    result = run_pipeline({"MODE": "immutable", "KEEP_ON_ERROR": True},
+                          fail_on="step 'copy-image'")
+    assert result["post"] == ["always", "failure"]
+    assert not [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "cleanup"]]
 
 
 def test_hostile_parameters_reach_the_shell_quoted():

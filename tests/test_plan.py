@@ -14,11 +14,14 @@ EXPECTED = {
                   "copy-image", "launch-candidates", "smoke-test", "promote", "record"],
     "rebake-light": ["publish-release", "launch-candidates", "wait-ssh", "install-release",
                      "smoke-test", "promote", "create-image", "record"],
-    "in-place": ["publish-release", "select-hosts", "rollout", "record"],
+    "in-place": ["publish-release", "select-hosts", "rollout", "record", "notify"],
+    "rollback-in-place": ["locate-previous", "select-hosts", "rollout", "record", "notify"],
+    "rollback-image": ["locate-previous", "launch-candidates", "smoke-test", "promote",
+                       "record"],
 }
 
 
-@pytest.mark.parametrize("mode", config.MODES)
+@pytest.mark.parametrize("mode", [*config.MODES, *planning.ROLLBACK_MODES])
 def test_each_procedure_is_an_ordering_of_catalog_steps(mode):
     p = planning.plan(mode)
     assert p.names() == EXPECTED[mode]
@@ -111,3 +114,21 @@ def test_unknown_mode():
     ([1, 2, 3, 4, 5], 2, [[1, 2], [3, 4], [5]]), ([1, 2], 5, [[1, 2]])])
 def test_batches(hosts, size, expected):
     assert planning.batches(hosts, size) == expected
+
+
+def test_a_rollback_is_the_procedure_that_made_the_release_live_in_reverse():
+    assert planning.rollback_mode("in-place") == "rollback-in-place"
+    assert planning.rollback_mode("rollback-in-place") == "rollback-in-place"
+    for procedure in ("immutable", "rebake-light", "rollback-image"):
+        assert planning.rollback_mode(procedure) == "rollback-image"
+    # the same rollout group, the same steps: a rollback is no second system
+    assert planning.plan("rollback-in-place").stage("rollout") == \
+        planning.plan("in-place").stage("rollout")
+
+
+def test_a_failed_bake_discards_candidates_then_images_then_the_builder():
+    # images before the builder: a builder whose image is gone is forgotten too, so a
+    # resume bakes again from launch-builder
+    assert planning.plan("immutable").cleanup == ("discard-candidates", "discard-images",
+                                                  "discard-builder")
+    assert planning.RESTART_FROM["discard-images"] == "launch-builder"

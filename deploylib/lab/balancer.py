@@ -11,6 +11,7 @@ DescribeTargetHealth answers, so the tool's waits read the balancer's real view.
 from __future__ import annotations
 
 import http.client
+import http.cookies
 import itertools
 import threading
 import time
@@ -23,6 +24,7 @@ HEALTHY_THRESHOLD = 2
 UNHEALTHY_THRESHOLD = 2
 CHECK_INTERVAL = 0.2  # lab time: a real ALB checks every 5-30 s
 CHECK_TIMEOUT = 1.0
+STICKY_COOKIE = "AWSALB"
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Balancer:
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
     requests: int = 0
+    sticky: bool = True
     _rr: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -104,14 +107,17 @@ class Balancer:
         except OSError:
             return False
 
-    def pick(self) -> Target | None:
+    def pick(self, sticky_to: str | None = None) -> Target | None:
+        """Round robin over healthy targets; a sticky client keeps its target while that
+        target is healthy and not draining (ALB's lb_cookie stickiness)."""
         with self.lock:
             routable = [t for t in self.targets.values() if t.drain_until is None]
             healthy = [t for t in routable if t.state == "healthy"]
             choices = sorted(healthy or routable, key=lambda t: t.instance_id)
             if not choices:
                 return None
-            t = choices[next(self._rr) % len(choices)]
+            stuck = [t for t in healthy if t.instance_id == sticky_to]
+            t = stuck[0] if stuck else choices[next(self._rr) % len(choices)]
             t.inflight += 1
             self.requests += 1
             return t
@@ -127,7 +133,9 @@ class Balancer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802
-                target = balancer.pick()
+                cookies = http.cookies.SimpleCookie(self.headers.get("Cookie", ""))
+                sticky = cookies[STICKY_COOKIE].value if STICKY_COOKIE in cookies else None
+                target = balancer.pick(sticky if balancer.sticky else None)
                 if target is None:
                     self._reply(503, b"no registered targets\n", "text/plain")
                     return
@@ -150,6 +158,8 @@ class Balancer:
                 self.send_header("Content-Length", str(len(body)))
                 if target:
                     self.send_header("X-Lab-Target", target)
+                    if balancer.sticky:
+                        self.send_header("Set-Cookie", f"{STICKY_COOKIE}={target}; Path=/")
                 self.end_headers()
                 self.wfile.write(body)
 

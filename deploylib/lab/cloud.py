@@ -154,11 +154,19 @@ def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
             TargetType="instance", HealthCheckPath=spec["health_path"],
             HealthCheckIntervalSeconds=5, HealthyThresholdCount=2, UnhealthyThresholdCount=2,
         )["TargetGroups"][0]["TargetGroupArn"]
+        # Sticky sessions, as most web fleets run: a client stays on its target until that
+        # target drains, so during a deploy it sees the old release, then the new one.
         elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
-            {"Key": "deregistration_delay.timeout_seconds", "Value": "5"}])
+            {"Key": "deregistration_delay.timeout_seconds", "Value": "5"},
+            {"Key": "stickiness.enabled", "Value": "true"},
+            {"Key": "stickiness.type", "Value": "lb_cookie"}])
         groups[region] = arn
     primary = spec["regions"][0]
     extra = {} if primary == "us-east-1" else {
         "CreateBucketConfiguration": {"LocationConstraint": primary}}
     clients.s3().create_bucket(Bucket=spec["bucket"], **extra)
+    clients.dynamodb().create_table(
+        TableName=spec["lock_table"], BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "env", "KeyType": "HASH"}])
     return groups

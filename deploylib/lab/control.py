@@ -38,7 +38,8 @@ def spec_for(env: Environment) -> dict[str, Any]:
     return {"regions": env.all_regions, "subnet": subnet, "security_group": group,
             "target_group": target_group, "bucket": env.artifact_bucket,
             "base_image": env.base_image, "app_port": env.app_port,
-            "health_path": env.health_path, "ssh_port": env.ssh_port}
+            "health_path": env.health_path, "ssh_port": env.ssh_port,
+            "lock_table": env.lock_table}
 
 
 def _pid_alive(pid: int) -> bool:

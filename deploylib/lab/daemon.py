@@ -30,9 +30,8 @@ def main() -> None:
     spec = json.loads(args.spec)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    from moto.server import ThreadedMotoServer
-
     from deploylib.aws import AwsClients
+    from deploylib.lab.faults import Faults, LabServer
 
     lab_dir.mkdir(parents=True, exist_ok=True)
     client_key = lab_dir / "id_ed25519"
@@ -42,7 +41,7 @@ def main() -> None:
     farm = HostFarm(lab_dir, ssh_port=spec["ssh_port"])
     balancers = lb.Balancers(cloud.registrations)
     cloud.install(farm, balancers)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = LabServer(Faults(lab_dir))
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"

@@ -171,7 +171,8 @@ def opts = args.length > 2 ? new JsonSlurper().parseText(args[2]) : [:]
 
 def config = new org.codehaus.groovy.control.CompilerConfiguration()
 config.scriptBaseClass = PipelineScript.name
-def binding = new Binding([params: params, env: [WORKSPACE: System.getProperty('user.dir')]])
+def binding = new Binding([params: params, env: [WORKSPACE: System.getProperty('user.dir')],
+                           currentBuild: [result: null, description: null]])
 def shell = new GroovyShell(this.class.classLoader, binding, config)
 PipelineScript script = (PipelineScript) shell.parse(jenkinsfile)
 script.configure(opts)

@@ -47,6 +47,24 @@ BAD_INPUTS = [
     ("step install-release", ["--run is required", "Fix:"]),
     ("resume", ["--run is required", "Fix:"]),
     ("lab.up --hosts 0", ["--hosts 0 is out of range", "Fix:"]),
+    ("lab.up --hosts 21", ["--hosts 21 is out of range", "Fix:"]),
+    ("deploy --mode IN-PLACE --version 1.2.3", ["unknown mode 'IN-PLACE'", "Fix:"]),
+    ("deploy --mode in-place --version=.hidden", ["version", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --artifact dist", ["not a file", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --config /nonexistent/deploy.toml",
+     ["does not exist", "--config"]),
+    ("rollback --env staging", ["unknown environment 'staging'", "Fix:"]),
+    ("rollback --env 'a b'", ["environment name", "Fix:"]),
+    ("status --env 'Prod;ls'", ["environment name", "Fix:"]),
+    ("lock.break", ["--env is required", "Fix:"]),
+    ("lock.status --env nope", ["unknown environment 'nope'", "Fix:"]),
+    ("gc --older-than soon", ["--older-than 'soon' is not a number", "Fix:"]),
+    ("gc --older-than -3", ["is not a number of hours", "Fix:"]),
+    ("cleanup", ["--run is required", "Fix:"]),
+    ("resume --run ../../etc/passwd", ["run id", "Fix:"]),
+    ("start --handoff '{not json'", ["--handoff is not valid JSON", "Fix:"]),
+    ("start --handoff '{}'", ["handoff lacks", "Fix:"]),
+    ("plan --mode rollback-image", ["unknown mode", "Fix:"]),
 ]
 
 
@@ -67,6 +85,16 @@ def test_bad_input_is_refused_with_one_line_and_nothing_launched(lab, args, word
     ("[environments.lab\n", ["not valid TOML", "Fix:"]),
     ('[environments.lab]\nbatch_sise = 2\n', ["unknown key", "batch_sise", "batch_size"]),
     ('[environments.lab]\nprimary_region = "mars-1"\n', ["primary_region", "Fix:"]),
+    ('[environments.lab]\ncopy_regions = ["moon-2"]\n', ["copy_regions", "region"]),
+    ('[environments.lab]\nbase_image = "ami-12"\n', ["base_image", "image id"]),
+    ('[environments.lab]\nbatch_size = "0%"\n', ["batch_size", "percentage"]),
+    ('[environments.lab]\nbatch_size = "150%"\n', ["batch_size", "percentage"]),
+    ('[environments.lab]\nbatch_size = -2\n', ["batch_size", "at least 1"]),
+    ('[environments.lab]\nmax_failed_hosts = -1\n', ["max_failed_hosts", "Fix:"]),
+    ('[environments.lab]\nlock_table = "x"\n', ["lock_table", "DynamoDB table name"]),
+    ('[environments.lab]\nkeep_images = 0\n', ["keep_images", "Fix:"]),
+    ('[environments.lab]\ntimeouts = { ssh = 0 }\n', ["timeouts", "positive"]),
+    ('[environments.lab]\nartifact_transfer = "ftp"\n', ["artifact_transfer", "Fix:"]),
 ])
 def test_malformed_deploy_toml_is_refused(lab, tmp_path, text, words):
     bad = tmp_path / "deploy.toml"

@@ -112,8 +112,11 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
     assert "interrupted" in err and "invoke resume --run" in err
     final = json.loads((Path(lab.env.state_dir) / f"{state['run_id']}.json").read_text())
     assert final["status"] == "failed"
-    assert set(final["facts"]["cleanup"]) == {"discard-builder", "discard-candidates"}
+    assert set(final["facts"]["cleanup"]) == {"discard-builder", "discard-candidates",
+                                              "discard-images"}
     clients = lab.clients()
+    for region in lab.env.all_regions:
+        assert aws.tagged_images(clients.ec2(region), {aws.TAG_RUN: state["run_id"]}) == []
     for inst in run_instances(lab, state["run_id"]):
         group = aws.resolve_target_group(clients.elbv2(inst.region), lab.env.target_group,
                                          inst.region)

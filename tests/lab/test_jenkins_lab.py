@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,9 @@ def execute_jenkinsfile(lab, params: dict) -> dict:
                      "HANDOFF": "", **params}), json.dumps({"execute": True})],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["output"] = proc.stdout + proc.stderr
+    return result
 
 
 def test_the_jenkinsfile_deploys_in_place_on_the_lab(lab):
@@ -65,3 +68,58 @@ def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
     proc = lab.cli(f"bake --version 3.2.0 --config {config}", check=False)
     assert proc.returncode == 1
     assert "Jenkins is unreachable" in proc.stderr and "Fix:" in proc.stderr
+    from deploylib import lock
+    from tests.lab.test_faults import leftovers, newest_state
+
+    state = newest_state(lab)
+    assert state["status"] == "failed" and "error" in state["facts"]["handoff"]
+    # the bake is kept for `invoke resume` (or gc): its images, recorded in the run state;
+    # no instance of the run is left, and the lock is free
+    images = set(state["facts"]["images"].values())
+    assert len(images) == len(lab.env.all_regions)
+    left = leftovers(lab, state["run_id"])
+    assert images <= set(left) and not [x for x in left if x.startswith("i-")]
+    assert lock.read(lab.clients().dynamodb(), lab.env.lock_table, "lab") is None
+
+
+def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatch, tmp_path):
+    """A bake handed to Jenkins, Jenkins' side of it, a hotfix pushed over SFTP, a hotfix
+    that fails, status, the lock and gc: no credential appears in anything they print or
+    store. The secrets: the AWS secret key, the Jenkins API token, presigned-URL parts."""
+    import secrets as random
+
+    from deploylib.lab import LAB_CREDENTIALS
+    from tests.lab.test_faults import app_that_fails_where_marked, host_root, live
+
+    token = f"jenkins-token-{random.token_hex(12)}"
+    monkeypatch.setenv("JENKINS_API_TOKEN", token)
+    fake_jenkins.add_job("test-and-promote")
+    jenkins = write_config(lab.config_path.parent, name="secret-jenkins.toml",
+                           jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
+    push = write_config(lab.config_path.parent, name="secret-push.toml",
+                        artifact_transfer="push", timeouts={"health": 3})
+    outputs = []
+    bake = lab.cli(f"bake --version 3.3.0 --config {jenkins}")
+    outputs += [bake.stdout, bake.stderr]
+    handoff = fake_jenkins.jobs["test-and-promote"].builds[-1]["params"]["HANDOFF"]
+    outputs.append(execute_jenkinsfile(lab, {"HANDOFF": handoff})["output"])
+    outputs += [lab.cli(f"hotfix --version 3.3.1 --config {push}").stderr]
+    victim = next(iter(live(lab).values()))[0].instance_id
+    marker = host_root(lab, victim) / "etc/refuse-release"
+    marker.write_text("")
+    try:
+        broken = app_that_fails_where_marked(tmp_path, "3.3.2")
+        failed = lab.cli(f"hotfix --version 3.3.2 --artifact {broken}", check=False)
+    finally:
+        marker.unlink()
+    assert failed.returncode == 1
+    outputs += [failed.stdout, failed.stderr]
+    for args in ("status --json", "lock.status", "gc --dry-run", "plan --mode immutable"):
+        proc = lab.cli(args)
+        outputs += [proc.stdout, proc.stderr]
+    outputs += [p.read_text() for p in Path(lab.env.state_dir).glob("*.json")]
+    assert token not in json.dumps(fake_jenkins.jobs["test-and-promote"].builds)
+    for text in outputs:
+        for secret in (token, LAB_CREDENTIALS["aws_secret_access_key"], "X-Amz-Signature",
+                       "X-Amz-Credential", "Signature="):
+            assert secret not in text

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from deploylib import aws, steps
+from tests.lab.traffic import Stream
 
 pytestmark = pytest.mark.lab
 
@@ -62,7 +63,9 @@ def test_lab_up_serves_the_baked_first_release(lab):
 
 def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
     before = {i.instance_id for insts in live(lab).values() for i in insts}
-    lab.cli("deploy --mode in-place --version 1.0.1")
+    with Stream(lab) as users:
+        lab.cli("deploy --mode in-place --version 1.0.1")
+    users.assert_one_change("in-place", "1.0.0", "1.0.1")
     fleet = assert_serving(lab, "1.0.1")
     assert {i.instance_id for insts in fleet.values() for i in insts} == before
     report = status(lab)
@@ -80,7 +83,9 @@ def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
 def test_rebake_light_replaces_the_fleet_from_the_previous_image(lab):
     old = live(lab)
     live_images = record(lab)["images"]
-    lab.cli("deploy --mode rebake-light --version 1.0.2")
+    with Stream(lab) as users:
+        lab.cli("deploy --mode rebake-light --version 1.0.2")
+    users.assert_one_change("rebake-light", "1.0.1", "1.0.2")
     new = assert_serving(lab, "1.0.2")
     clients = lab.clients()
     for region in lab.env.all_regions:
@@ -104,7 +109,9 @@ def test_rebake_light_replaces_the_fleet_from_the_previous_image(lab):
 
 def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     old = {i.instance_id for insts in live(lab).values() for i in insts}
-    lab.cli("deploy --mode immutable --version 1.1.0")
+    with Stream(lab) as users:
+        lab.cli("deploy --mode immutable --version 1.1.0")
+    users.assert_one_change("immutable", "1.0.2", "1.1.0")
     new = assert_serving(lab, "1.1.0")
     assert not old & {i.instance_id for insts in new.values() for i in insts}
     clients = lab.clients()
@@ -123,3 +130,27 @@ def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     for region in lab.env.all_regions:
         builders = aws.find_tagged(clients.ec2(region), region, {aws.TAG_ROLE: "builder"})
         assert builders == []
+
+
+def test_rollback_after_an_image_based_deploy_brings_back_the_previous_image(lab):
+    before = record(lab)
+    with Stream(lab) as users:
+        lab.cli("rollback")
+    users.assert_one_change("rollback-image", "1.1.0", "1.0.2")
+    fleet = assert_serving(lab, "1.0.2")
+    for region, instances in fleet.items():
+        assert {i.image_id for i in instances} == {before["previous"]["images"][region]}
+    rec = record(lab)
+    assert rec["procedure"] == "rollback-image" and rec["images"] == before["previous"]["images"]
+    assert rec["previous"]["release"] == "1.1.0"  # a second rollback rolls forward
+
+
+def test_rollback_after_an_in_place_deploy_switches_every_host_back(lab):
+    lab.cli("hotfix --version 1.1.1")
+    hosts = {i.instance_id for insts in assert_serving(lab, "1.1.1").values() for i in insts}
+    with Stream(lab) as users:
+        lab.cli("rollback")
+    users.assert_one_change("rollback-in-place", "1.1.1", "1.0.2")
+    fleet = assert_serving(lab, "1.0.2")
+    assert {i.instance_id for insts in fleet.values() for i in insts} == hosts
+    assert record(lab)["procedure"] == "rollback-in-place"

@@ -1,0 +1,134 @@
+"""What the operator sees while a run goes: the same events, shown two ways.
+
+On a terminal, a live table of the plan's stages (status, elapsed time, a bar for the
+run and one for the in-place batches), with the log scrolling above it. Anywhere else
+(Jenkins, a pipe, a file), plain lines with a timestamp each, which Jenkins' Timestamper
+and log parsers read well. Everything goes to stderr: stdout is for what a machine reads
+(`--json`, run ids).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+RUNNING, DONE, FAILED = "running", "done", "failed"
+
+
+class Plain:
+    """Timestamped lines, one per event."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def stage(self, key: str, status: str) -> None:
+        pass  # the runner's own log lines say it: "> stage", "ok stage 1.2s", "x stage …"
+
+    def batch(self, group: str, done: int, total: int) -> None:
+        pass  # so do its "> batch n/N" lines
+
+    def __enter__(self) -> Plain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class LiveTable(Plain):
+    """A table of stages redrawn in place (rich), the log printed above it."""
+
+    _ICON = {"pending": "[dim]·[/]", RUNNING: "[yellow]▶[/]", DONE: "[green]✓[/]",
+             FAILED: "[red]✗[/]"}
+
+    def __init__(self, title: str, stages: Sequence[str], stream: TextIO | None = None):
+        from rich.console import Console
+
+        super().__init__(stream)
+        self.title = title
+        self.console = Console(file=self.stream)
+        self.rows: dict[str, dict[str, Any]] = {s: {"status": "pending"} for s in stages}
+        self.batches: dict[str, tuple[int, int]] = {}
+        self.began = time.monotonic()
+        self._live: Any = None
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        now = time.monotonic()
+        done = sum(1 for r in self.rows.values() if r["status"] == DONE)
+        table = Table(title=f"{self.title} — {done}/{len(self.rows)} stages, "
+                      f"{now - self.began:.0f}s", title_justify="left", expand=False)
+        table.add_column("", width=1)
+        table.add_column("stage")
+        table.add_column("progress")
+        table.add_column("elapsed", justify="right")
+        for name, row in self.rows.items():
+            secs = row.get("seconds")
+            if row["status"] == RUNNING:
+                secs = now - row["started"]
+            progress = ""
+            if name in self.batches:
+                n, total = self.batches[name]
+                filled = int(20 * n / total) if total else 0
+                bar = f"[green]{'━' * filled}[/][dim]{'━' * (20 - filled)}[/]"
+                progress = f"{bar} batch {n}/{total}"
+            table.add_row(self._ICON.get(row["status"], "?"), name, progress,
+                          f"{secs:.1f}s" if secs is not None else "")
+        return table
+
+    def log(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}",
+                                     markup=False, highlight=False)
+            self._live.update(self._table())
+        else:
+            super().log(text)
+
+    def stage(self, key: str, status: str) -> None:
+        if key not in self.rows:
+            return  # a per-batch stage: its group's row shows the batches
+        row = self.rows[key]
+        if status == RUNNING:
+            row.update(status=RUNNING, started=time.monotonic())
+        else:
+            row.update(status=status, seconds=time.monotonic() - row.get("started", self.began))
+        if self._live is not None:
+            self._live.update(self._table())
+
+    def batch(self, group: str, done: int, total: int) -> None:
+        self.batches[group] = (done, total)
+        if self._live is not None:
+            self._live.update(self._table())
+
+    def __enter__(self) -> LiveTable:
+        from rich.live import Live
+
+        self._live = Live(self._table(), console=self.console, refresh_per_second=4,
+                          transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._table())
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+
+def for_run(title: str, stages: Sequence[str], stream: TextIO | None = None) -> Plain:
+    """The live table on a terminal, plain lines anywhere else (or with NO_COLOR/TERM=dumb
+    where the table cannot be drawn)."""
+    import os
+
+    stream = stream or sys.stderr
+    if stream.isatty() and os.environ.get("TERM", "") not in ("", "dumb"):
+        try:
+            return LiveTable(title, stages, stream)
+        except ImportError:
+            pass
+    return Plain(stream)

@@ -1,0 +1,149 @@
+"""Garbage collection: what crashed runs left behind, found by the tags every run puts
+on what it creates, and removed only when it is provably unused.
+
+Never removed: an instance registered in the environment's target group (in any state,
+draining included), anything of the run holding the deploy lock, the images the record
+names (live and previous: the rollback targets), and the newest `keep_images` images
+per region. Everything else tagged with the environment and older than the TTL goes:
+instances are terminated, images deregistered with their snapshots, lone snapshots
+deleted. Deciding (`select`) is pure; `collect` reads AWS and `remove` acts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploylib import aws, parallel
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # instance | image | snapshot
+    region: str
+    resource_id: str
+    run_id: str
+    created: float  # epoch seconds
+    snapshots: tuple[str, ...] = ()
+
+
+@dataclass
+class Verdict:
+    remove: list[Item] = field(default_factory=list)
+    keep: list[tuple[Item, str]] = field(default_factory=list)
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
+def select(items: list[Item], *, registered: set[str], live_images: set[str],
+           locked_run: str | None, keep_images: int, older_than: float,
+           now: float) -> Verdict:
+    """Which items to remove and, for the rest, why they stay."""
+    verdict = Verdict()
+    newest: set[str] = set()
+    for region in {i.region for i in items}:
+        images = sorted((i for i in items if i.kind == "image" and i.region == region),
+                        key=lambda i: i.created, reverse=True)
+        newest |= {i.resource_id for i in images[:keep_images]}
+    for item in [i for i in items if i.kind != "snapshot"]:
+        if item.run_id and item.run_id == locked_run:
+            reason = "its run holds the deploy lock"
+        elif item.kind == "instance" and item.resource_id in registered:
+            reason = "registered in the target group"
+        elif item.kind == "image" and item.resource_id in live_images:
+            reason = "the record names it (live or rollback target)"
+        elif item.kind == "image" and item.resource_id in newest:
+            reason = f"one of the newest {keep_images} images in {item.region}"
+        elif now - item.created < older_than:
+            reason = f"younger than {older_than / 3600:g}h"
+        else:
+            verdict.remove.append(item)
+            continue
+        verdict.keep.append((item, reason))
+    # An image's snapshots go with it (delete_image); the rest only when no image uses them.
+    kept_images = {s for i, _ in verdict.keep if i.kind == "image" for s in i.snapshots}
+    removed_images = {s for i in verdict.remove if i.kind == "image" for s in i.snapshots}
+    for item in [i for i in items if i.kind == "snapshot"]:
+        if item.resource_id in removed_images:
+            continue
+        if item.resource_id in kept_images:
+            verdict.keep.append((item, "an image it belongs to is kept"))
+        elif item.run_id and item.run_id == locked_run:
+            verdict.keep.append((item, "its run holds the deploy lock"))
+        elif now - item.created < older_than:
+            verdict.keep.append((item, f"younger than {older_than / 3600:g}h"))
+        else:
+            verdict.remove.append(item)
+    return verdict
+
+
+def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], set[str]]:
+    """Everything tagged with the environment, the registered instances, the live images."""
+    from deploylib import steps
+
+    record = aws.read_record(clients.ssm(), env.record_parameter) or {}
+    live = set((record.get("images") or {}).values())
+    live |= set(((record.get("previous") or {}).get("images") or {}).values())
+    tag = {aws.TAG_ENV: env.name}
+
+    def one(region: str) -> tuple[list[Item], set[str]]:
+        ec2 = clients.ec2(region)
+        _, _, group = env.network(region)
+        elb = clients.elbv2(region)
+        registered = set(aws.target_states(elb, aws.resolve_target_group(elb, group, region)))
+        items: list[Item] = []
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": f"tag:{aws.TAG_ENV}", "Values": [env.name]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping",
+                                                      "stopped"]}])
+        for page in pages:
+            for r in page["Reservations"]:
+                for i in r["Instances"]:
+                    items.append(Item("instance", region, i["InstanceId"],
+                                      aws.tag_map(i.get("Tags")).get(aws.TAG_RUN, ""),
+                                      _epoch(i.get("LaunchTime"))))
+        for image in aws.tagged_images(ec2, tag):
+            items.append(Item("image", region, image["ImageId"],
+                              aws.tag_map(image.get("Tags")).get(aws.TAG_RUN, ""),
+                              _epoch(image.get("CreationDate")),
+                              tuple(aws._snapshots_of([image]))))
+        for snap in aws.tagged_snapshots(ec2, tag):
+            items.append(Item("snapshot", region, snap["SnapshotId"],
+                              aws.tag_map(snap.get("Tags")).get(aws.TAG_RUN, ""),
+                              _epoch(snap.get("StartTime"))))
+        return items, registered
+
+    results = parallel.each(env.all_regions, one, key=lambda r: r)
+    steps._raise_failures("gc", results)
+    items = [i for res in results.values() for i in res[0]]
+    registered = {i for res in results.values() for i in res[1]}
+    return items, registered, live
+
+
+def remove(clients: aws.AwsClients, items: list[Item]) -> dict[str, str]:
+    """Remove the items; each one's outcome ("removed" or the error line)."""
+    order = {"instance": 0, "image": 1, "snapshot": 2}  # images free their snapshots
+
+    def one(item: Item) -> str:
+        ec2 = clients.ec2(item.region)
+        if item.kind == "instance":
+            aws.terminate(ec2, item.region, [item.resource_id])
+        elif item.kind == "image":
+            aws.delete_image(ec2, item.region, item.resource_id)
+        else:
+            aws.delete_snapshot(ec2, item.region, item.resource_id)
+        return "removed"
+
+    out: dict[str, str] = {}
+    for kind in sorted({i.kind for i in items}, key=order.__getitem__):
+        batch = [i for i in items if i.kind == kind]
+        for key, res in parallel.each(batch, one, key=lambda i: i.resource_id).items():
+            out[key] = res if isinstance(res, str) else getattr(res, "problem", str(res))
+    return out

@@ -1,0 +1,126 @@
+"""Faults the lab's AWS API can be told to answer with, for failure tests.
+
+A test writes `faults.json` in the lab directory:
+
+    {"rules": [{"action": "DescribeInstances", "error": "RequestLimitExceeded", "times": 3},
+               {"action": "CopyImage", "region": "eu-west-1", "error": "InvalidParameter"}]}
+
+and the next matching requests (service-independent action name, optional region,
+`times` of them, or every one when `times` is absent) get that error in the service's
+own wire format, before moto sees them. Hits are counted in `faults-hits.json`, so a
+test can tell the fault was met rather than missed. Throttling codes get the status AWS
+uses for them, so botocore retries them as it would against AWS.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+_THROTTLING = {"RequestLimitExceeded": 503, "Throttling": 400, "ThrottlingException": 400,
+               "SlowDown": 503}
+_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
+
+
+class Faults:
+    def __init__(self, directory: Path):
+        self.file = directory / "faults.json"
+        self.hits_file = directory / "faults-hits.json"
+        self._lock = threading.Lock()
+        self._loaded: tuple[float, list[dict[str, Any]]] | None = None
+        self.hits: dict[str, int] = {}
+
+    def _rules(self) -> list[dict[str, Any]]:
+        try:
+            mtime = self.file.stat().st_mtime
+        except FileNotFoundError:
+            self._loaded = None
+            return []
+        if self._loaded is None or self._loaded[0] != mtime:
+            # A new file is a new set of faults: its counters start again.
+            self._loaded = (mtime, json.loads(self.file.read_text()).get("rules", []))
+            self.hits = {}
+        return self._loaded[1]
+
+    def match(self, action: str, region: str) -> dict[str, Any] | None:
+        with self._lock:
+            for n, rule in enumerate(self._rules()):
+                if rule["action"] != action or rule.get("region", region) != region:
+                    continue
+                key = f"{n}:{action}"
+                if "times" in rule and self.hits.get(key, 0) >= rule["times"]:
+                    continue
+                self.hits[key] = self.hits.get(key, 0) + 1
+                self.hits_file.write_text(json.dumps(self.hits))
+                return rule
+        return None
+
+
+def _action(environ: dict[str, Any], body: bytes) -> str:
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+    return (form.get("Action") or query.get("Action") or [""])[0]
+
+
+def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, bytes]:
+    code = rule["error"]
+    status = int(rule.get("status", _THROTTLING.get(code, 400)))
+    message = rule.get("message", "injected by the lab")
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        body = json.dumps({"__type": code, "message": message}).encode()
+        return status, "application/x-amz-json-1.0", body
+    if "ec2" in environ.get("HTTP_AUTHORIZATION", ""):
+        xml = (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message>"
+               "</Error></Errors><RequestID>lab</RequestID></Response>")
+    else:
+        xml = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+               f"<Message>{message}</Message></Error><RequestId>lab</RequestId></ErrorResponse>")
+    return status, "text/xml", xml.encode()
+
+
+class FaultyApp:
+    """WSGI middleware in front of moto: answers matching requests with a fault."""
+
+    def __init__(self, app: Any, faults: Faults):
+        self.app = app
+        self.faults = faults
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        region_match = _REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
+        rule = self.faults.match(_action(environ, body),
+                                 region_match.group(1) if region_match else "")
+        if rule is None:
+            return self.app(environ, start_response)
+        status, kind, payload = _error(environ, rule)
+        start_response(f"{status} Injected", [("Content-Type", kind),
+                                              ("Content-Length", str(len(payload)))])
+        return [payload]
+
+
+class LabServer(ThreadedMotoServer):
+    """moto's threaded server with the fault middleware in front of it."""
+
+    def __init__(self, faults: Faults):
+        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        self.faults = faults
+
+    def _server_entry(self) -> None:
+        app = FaultyApp(DomainDispatcherApplication(create_backend_app), self.faults)
+        self._server = make_server(self._ip_address, self._port, app, True)
+        self._server_ready_event.set()
+        self._server.serve_forever()

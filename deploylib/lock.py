@@ -1,0 +1,117 @@
+"""The deploy lock, in DynamoDB: one item per environment, written only when it is free.
+
+    env (key) | run_id | owner | acquired_at | expires_at
+
+Taking the lock is one conditional PutItem: it succeeds when no item exists, when the
+item has expired (its holder crashed and stopped renewing), or when the item is this
+run's own (a resume, or the next Jenkins stage of the same run). Every stage renews it,
+so a long run never expires while it is alive. Releasing deletes the item only if it
+is still this run's. A second deploy to the same environment therefore fails at once,
+naming the holder, and a crashed run blocks others for at most `lock_ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from deploylib.errors import CloudError, LockHeld
+
+_FREE_OR_OURS = "attribute_not_exists(#env) OR expires_at < :now OR run_id = :run"
+
+
+def owner() -> str:
+    """Who holds it: user@host, and the Jenkins build when running in one."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    who = f"{user}@{socket.gethostname()}"
+    build = os.environ.get("BUILD_URL")
+    return f"{who} ({build})" if build else who
+
+
+def _missing_table(exc: ClientError, table: str) -> CloudError:
+    return CloudError(
+        f"the lock table does not exist ({exc.response['Error'].get('Code')})",
+        resource=f"DynamoDB table {table}",
+        fix=f"create it once: aws dynamodb create-table --table-name {table} "
+        "--attribute-definitions AttributeName=env,AttributeType=S "
+        "--key-schema AttributeName=env,KeyType=HASH --billing-mode PAY_PER_REQUEST")
+
+
+def _describe(item: dict[str, Any], now: float) -> dict[str, Any]:
+    out = {k: next(iter(v.values())) for k, v in item.items()}
+    for k in ("acquired_at", "expires_at"):
+        out[k] = float(out[k])
+    out["stale"] = out["expires_at"] < now
+    return out
+
+
+def read(ddb: Any, table: str, env: str, *, clock: Callable[[], float] = time.time
+         ) -> dict[str, Any] | None:
+    """The lock's item (with `stale` when its holder stopped renewing), or None."""
+    try:
+        item = ddb.get_item(TableName=table, Key={"env": {"S": env}},
+                            ConsistentRead=True).get("Item")
+    except ClientError as exc:
+        if exc.response["Error"].get("Code") == "ResourceNotFoundException":
+            raise _missing_table(exc, table) from None
+        raise
+    return _describe(item, clock()) if item else None
+
+
+def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+            clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Take (or renew) the environment's lock for `run_id`, or raise LockHeld at once."""
+    now = clock()
+    item = {"env": {"S": env}, "run_id": {"S": run_id}, "owner": {"S": owner()},
+            "acquired_at": {"N": f"{now:.3f}"}, "expires_at": {"N": f"{now + ttl:.3f}"}}
+    try:
+        ddb.put_item(TableName=table, Item=item, ConditionExpression=_FREE_OR_OURS,
+                     ExpressionAttributeNames={"#env": "env"},
+                     ExpressionAttributeValues={":now": {"N": f"{now:.3f}"},
+                                                ":run": {"S": run_id}})
+    except ClientError as exc:
+        code = exc.response["Error"].get("Code")
+        if code == "ResourceNotFoundException":
+            raise _missing_table(exc, table) from None
+        if code != "ConditionalCheckFailedException":
+            raise
+        held = read(ddb, table, env, clock=clock) or {}
+        left = max(0, int(held.get("expires_at", now) - now))
+        raise LockHeld(
+            f"environment {env} is locked by run {held.get('run_id', '?')} of "
+            f"{held.get('owner', '?')} (expires in {left}s)",
+            resource=f"lock {table}/{env}",
+            fix="wait for that run to finish, or if it is dead: "
+            f"`invoke lock.break --env {env}`") from None
+    return _describe(item, now)
+
+
+def release(ddb: Any, table: str, env: str, run_id: str) -> bool:
+    """Drop the lock if this run still holds it; True when it did."""
+    try:
+        ddb.delete_item(TableName=table, Key={"env": {"S": env}},
+                        ConditionExpression="run_id = :run",
+                        ExpressionAttributeValues={":run": {"S": run_id}})
+        return True
+    except ClientError as exc:
+        if exc.response["Error"].get("Code") in ("ConditionalCheckFailedException",
+                                                 "ResourceNotFoundException"):
+            return False
+        raise
+
+
+def break_lock(ddb: Any, table: str, env: str) -> dict[str, Any] | None:
+    """Remove the lock whoever holds it (an operator's decision); what it was, or None."""
+    held = read(ddb, table, env)
+    if held:
+        ddb.delete_item(TableName=table, Key={"env": {"S": env}})
+    return held

@@ -1,0 +1,78 @@
+"""A steady stream of user requests through the lab's load balancers during a deploy.
+
+One client per region, keeping its cookies as a browser does (the lab's target groups
+use sticky sessions, as most web fleets do). Every response is recorded with the
+release it came from, so a test can check that no request failed and that each client
+saw the release change exactly once, from old to new.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploylib import waits
+
+
+@dataclass
+class Stream:
+    lab: Any
+    interval: float = 0.02  # pacing of the stream, not a synchronisation
+    seen: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _client(self, region: str) -> None:
+        url = self.lab.info["regions"][region]["load_balancer"] + self.lab.env.health_path
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        out = self.seen[region]
+        while not self._stop.is_set():
+            try:
+                with opener.open(url, timeout=5) as resp:
+                    out.append((resp.status, json.loads(resp.read())["version"]))
+            except Exception as exc:  # noqa: BLE001 - a failed request is the data
+                out.append((getattr(exc, "code", None), f"{type(exc).__name__}: {exc}"))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Stream:
+        for region in self.lab.env.all_regions:
+            self.seen[region] = []
+            t = threading.Thread(target=self._client, args=(region,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        waits.until(lambda: all(self.seen.values()), timeout=10, what="first responses",
+                    resource="lab load balancers", fix="check the lab is up")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def report(self, procedure: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"procedure": procedure, "regions": {}}
+        for region, seen in self.seen.items():
+            changes = [v for n, (_, v) in enumerate(seen) if n == 0 or seen[n - 1][1] != v]
+            out["regions"][region] = {"sent": len(seen),
+                                      "failed": sum(1 for s, _ in seen if s != 200),
+                                      "versions": changes}
+        out["sent"] = sum(r["sent"] for r in out["regions"].values())
+        out["failed"] = sum(r["failed"] for r in out["regions"].values())
+        if os.environ.get("DEPLOY_TRAFFIC_REPORT"):
+            with open(os.environ["DEPLOY_TRAFFIC_REPORT"], "a") as f:
+                f.write(json.dumps(out) + "\n")
+        return out
+
+    def assert_one_change(self, procedure: str, old: str, new: str) -> dict[str, Any]:
+        report = self.report(procedure)
+        for region, r in report["regions"].items():
+            assert r["failed"] == 0, (region, [x for x in self.seen[region] if x[0] != 200][:5])
+            assert r["versions"] == [old, new], (region, r["versions"])
+        return report

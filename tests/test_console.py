@@ -1,0 +1,51 @@
+"""What the operator sees: plain timestamped lines off a terminal, a live table on one."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from deploylib import console
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_off_a_terminal_every_line_is_timestamped():
+    out = io.StringIO()
+    reporter = console.for_run("in-place 1.2.3", ["publish-release", "rollout"], out)
+    assert type(reporter) is console.Plain
+    with reporter:
+        reporter.stage("publish-release", console.RUNNING)
+        reporter.log("> publish-release")
+        reporter.batch("rollout", 1, 3)
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] > publish-release\n", out.getvalue())
+
+
+def test_on_a_terminal_a_table_shows_each_stage_with_its_state_and_the_batches(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    out = Tty()
+    reporter = console.for_run("in-place 1.2.3 to lab", ["publish-release", "select-hosts",
+                                                         "rollout", "record"], out)
+    assert isinstance(reporter, console.LiveTable)
+    with reporter:
+        reporter.stage("publish-release", console.RUNNING)
+        reporter.stage("publish-release", console.DONE)
+        reporter.stage("select-hosts", console.RUNNING)
+        reporter.stage("select-hosts", console.FAILED)
+        reporter.stage("rollout", console.RUNNING)
+        reporter.batch("rollout", 2, 6)
+        reporter.log("  6 host(s) reachable")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # colours, cursor
+    assert "in-place 1.2.3 to lab — 1/4 stages" in text
+    for name, icon in (("publish-release", "✓"), ("select-hosts", "✗"), ("rollout", "▶"),
+                       ("record", "·")):
+        assert re.search(rf"{icon}\s*│\s*{name}", text), name
+    assert "batch 2/6" in text and "6 host(s) reachable" in text
+
+
+def test_a_dumb_terminal_gets_plain_lines(monkeypatch):
+    monkeypatch.setenv("TERM", "dumb")
+    assert type(console.for_run("x", ["a"], Tty())) is console.Plain

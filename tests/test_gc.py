@@ -1,0 +1,55 @@
+"""What gc removes and what it must never touch (the deciding part is pure)."""
+
+from __future__ import annotations
+
+from deploylib.gc import Item, select
+
+HOUR = 3600.0
+NOW = 1_800_000_000.0
+
+
+def old(kind: str, rid: str, run: str = "r-old", region: str = "us-east-1",
+        age: float = 48 * HOUR, snapshots: tuple[str, ...] = ()) -> Item:
+    return Item(kind, region, rid, run, NOW - age, snapshots)
+
+
+def decide(items, **kw):
+    args = dict(registered=set(), live_images=set(), locked_run=None, keep_images=1,
+                older_than=24 * HOUR, now=NOW)
+    args.update(kw)
+    v = select(items, **args)
+    return {i.resource_id for i in v.remove}, {i.resource_id: why for i, why in v.keep}
+
+
+def test_orphans_of_crashed_runs_go():
+    removed, kept = decide([old("instance", "i-1"), old("snapshot", "snap-9")])
+    assert removed == {"i-1", "snap-9"} and kept == {}
+
+
+def test_registered_instances_are_never_removed():
+    removed, kept = decide([old("instance", "i-1")], registered={"i-1"})
+    assert removed == set() and "target group" in kept["i-1"]
+
+
+def test_live_and_rollback_images_and_the_newest_are_kept():
+    items = [old("image", "ami-live", age=90 * HOUR, snapshots=("snap-live",)),
+             old("image", "ami-newest", age=30 * HOUR),
+             old("image", "ami-old", age=60 * HOUR, snapshots=("snap-old",)),
+             old("snapshot", "snap-live"), old("snapshot", "snap-old")]
+    removed, kept = decide(items, live_images={"ami-live"})
+    assert removed == {"ami-old"}  # its snapshot goes with it
+    assert "record" in kept["ami-live"] and "newest" in kept["ami-newest"]
+    assert "snap-live" in kept and "snap-old" not in kept
+
+
+def test_the_newest_are_counted_per_region():
+    items = [old("image", "ami-a", region="us-east-1"), old("image", "ami-b", region="eu-west-1")]
+    removed, _ = decide(items)
+    assert removed == set()
+
+
+def test_the_run_holding_the_lock_and_young_resources_are_kept():
+    items = [old("instance", "i-running", run="r-now"), old("instance", "i-young", age=HOUR)]
+    removed, kept = decide(items, locked_run="r-now")
+    assert removed == set()
+    assert "lock" in kept["i-running"] and "younger" in kept["i-young"]

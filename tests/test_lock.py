@@ -1,0 +1,80 @@
+"""The deploy lock against moto's DynamoDB: one holder, renewals, expiry, release, break."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from deploylib import lock
+from deploylib.errors import CloudError, LockHeld
+
+
+@pytest.fixture
+def table(aws_clients):
+    name = f"locks-{secrets.token_hex(3)}"
+    aws_clients.dynamodb().create_table(
+        TableName=name, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "env", "KeyType": "HASH"}])
+    return aws_clients.dynamodb(), name
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_second_run_is_refused_at_once_naming_the_holder(table):
+    ddb, name = table
+    lock.acquire(ddb, name, "prod", "20261127T120000-aaaaaa", ttl=600)
+    with pytest.raises(LockHeld) as err:
+        lock.acquire(ddb, name, "prod", "20261127T120001-bbbbbb", ttl=600)
+    line = err.value.line()
+    assert "20261127T120000-aaaaaa" in line and "lock.break --env prod" in line
+    assert err.value.exit_code == 3
+    # other environments are independent
+    lock.acquire(ddb, name, "staging", "20261127T120001-bbbbbb", ttl=600)
+
+
+def test_the_holder_renews_and_releases_only_its_own(table):
+    ddb, name = table
+    clock = Clock()
+    first = lock.acquire(ddb, name, "prod", "run-a", ttl=600, clock=clock)
+    clock.now += 300
+    renewed = lock.acquire(ddb, name, "prod", "run-a", ttl=600, clock=clock)
+    assert renewed["expires_at"] == first["expires_at"] + 300
+    assert lock.release(ddb, name, "prod", "run-b") is False
+    assert lock.read(ddb, name, "prod")["run_id"] == "run-a"
+    assert lock.release(ddb, name, "prod", "run-a") is True
+    assert lock.read(ddb, name, "prod") is None
+    lock.acquire(ddb, name, "prod", "run-b", ttl=600)
+
+
+def test_a_stale_lock_is_taken_over(table):
+    ddb, name = table
+    clock = Clock()
+    lock.acquire(ddb, name, "prod", "crashed", ttl=60, clock=clock)
+    clock.now += 30
+    with pytest.raises(LockHeld):
+        lock.acquire(ddb, name, "prod", "next", ttl=60, clock=clock)
+    clock.now += 31
+    assert lock.read(ddb, name, "prod", clock=clock)["stale"] is True
+    taken = lock.acquire(ddb, name, "prod", "next", ttl=60, clock=clock)
+    assert taken["run_id"] == "next" and taken["stale"] is False
+
+
+def test_break_removes_whoever_holds_it(table):
+    ddb, name = table
+    lock.acquire(ddb, name, "prod", "run-a", ttl=600)
+    assert lock.break_lock(ddb, name, "prod")["run_id"] == "run-a"
+    assert lock.break_lock(ddb, name, "prod") is None
+
+
+def test_a_missing_table_says_how_to_create_it(aws_clients):
+    with pytest.raises(CloudError) as err:
+        lock.acquire(aws_clients.dynamodb(), "no-such-table", "prod", "r", ttl=60)
+    assert "create-table --table-name no-such-table" in err.value.line()

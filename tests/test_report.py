@@ -1,0 +1,97 @@
+"""The run report: its data, and its page rendered by a real headless browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploylib import report
+from deploylib.state import RunState
+
+T0 = 1_800_000_000.0
+
+
+def fake_run(tmp_path: Path, run_id: str, mode: str, version: str,
+             stages: list[tuple[str, float, str]]) -> RunState:
+    """A run state whose stages took the given seconds, one after another."""
+    state = RunState.create(tmp_path, env="lab", mode=mode, version=version, artifact="",
+                            run_id=run_id)
+    t = T0
+    for name, seconds, status in stages:
+        state.stages[name] = {"status": status, "started_at": t, "ended_at": t + seconds,
+                              "seconds": seconds}
+        t += seconds
+    state.status = "failed" if any(s == "failed" for _, _, s in stages) else "done"
+    state.save()
+    return state
+
+
+@pytest.fixture
+def three_runs(tmp_path):
+    return [
+        fake_run(tmp_path, "20261127T100000-aaaaaa", "in-place", "1.0.1",
+                 [("publish-release", 0.2, "done"), ("select-hosts", 0.3, "done"),
+                  ("rollout", 8.0, "done"), ("record", 0.1, "done")]),
+        fake_run(tmp_path, "20261127T110000-bbbbbb", "rebake-light", "1.0.2",
+                 [("publish-release", 0.2, "done"), ("launch-candidates", 3.0, "done"),
+                  ("wait-ssh", 1.0, "done"), ("install-release", 2.0, "done"),
+                  ("smoke-test", 0.5, "done"), ("promote", 6.0, "done"),
+                  ("create-image", 1.5, "done"), ("record", 0.1, "done")]),
+        fake_run(tmp_path, "20261127T120000-cccccc", "immutable", "1.1.0",
+                 [("publish-release", 0.2, "done"), ("launch-builder", 2.0, "done"),
+                  ("wait-ssh", 1.0, "done"), ("provision", 2.0, "done"),
+                  ("install-release", 1.0, "done"), ("stop-builder", 0.5, "done"),
+                  ("create-image", 3.0, "done"), ("terminate-builder", 0.2, "done"),
+                  ("copy-image", 4.0, "failed")]),
+    ]
+
+
+def test_time_to_live_ends_when_the_release_serves(three_runs):
+    data = report.build(three_runs)
+    assert [r["mode"] for r in data["runs"]] == ["in-place", "rebake-light", "immutable"]
+    assert data["time_to_live"]["in-place"]["seconds"] == pytest.approx(8.5)
+    assert data["time_to_live"]["rebake-light"]["seconds"] == pytest.approx(12.7)
+    assert "immutable" not in data["time_to_live"]  # it failed: never live
+    stages = data["runs"][2]["stages"]
+    assert stages[-1] == {"name": "copy-image", "status": "failed", "start": pytest.approx(9.9),
+                          "seconds": 4.0, "error": None}
+
+
+def test_the_page_is_self_contained_and_data_cannot_close_its_script(three_runs, tmp_path):
+    three_runs[0].version = "</script><script>alert(1)</script>"
+    page = report.render_html(report.build(three_runs))
+    assert "</script><script>alert(1)" not in page
+    assert not re.search(r"""(src|href)=["']https?:""", page)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def headless(*args: str) -> subprocess.CompletedProcess:
+    assert CHROMIUM, "chromium is not installed (./dev setup installs it)"
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-dev-shm-usage", "--no-first-run", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_timeline_renders_every_stage_of_every_run_in_a_real_browser(three_runs, tmp_path):
+    _, page = report.write(tmp_path / "out", report.build(three_runs))
+    dom = headless("--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert 'data-rendered="yes"' in html  # the script ran to its end
+    for run in three_runs:
+        group = re.search(rf'<g class="run" data-run="{run.run_id}" data-mode="{run.mode}">'
+                          r"(.*?)</g>", html, re.S)
+        assert group, run.run_id
+        drawn = re.findall(r'data-stage="([a-z-]+)" data-status="(\w+)"', group.group(1))
+        assert drawn == [(name, entry["status"]) for name, entry in run.stages.items()]
+    rows = re.findall(r'<tr data-mode="([a-z-]+)">', html)
+    assert rows == ["in-place", "rebake-light"]
+    shot = tmp_path / "shot.png"
+    taken = headless("--window-size=1200,900", f"--screenshot={shot}", page.as_uri())
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000
