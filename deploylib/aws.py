@@ -26,6 +26,8 @@ TAG_RELEASE = "deploy:release"
 TAG_PROCEDURE = "deploy:procedure"
 TAG_ENV = "deploy:env"
 TAG_ROLE = "deploy:role"
+# On foundation images (base image + packages): the bake cache's content key.
+TAG_FOUNDATION = "deploy:foundation"
 
 
 # When set, every AWS call the tool makes is appended to this file as service:Operation

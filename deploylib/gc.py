@@ -26,6 +26,7 @@ class Item:
     run_id: str
     created: float  # epoch seconds
     snapshots: tuple[str, ...] = ()
+    role: str = ""
 
 
 @dataclass
@@ -48,10 +49,13 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
     """Which items to remove and, for the rest, why they stay."""
     verdict = Verdict()
     newest: set[str] = set()
+    cache: set[str] = set()
     for region in {i.region for i in items}:
         images = sorted((i for i in items if i.kind == "image" and i.region == region),
                         key=lambda i: i.created, reverse=True)
-        newest |= {i.resource_id for i in images[:keep_images]}
+        releases = [i for i in images if i.role != "foundation"]
+        newest |= {i.resource_id for i in releases[:keep_images]}
+        cache |= {i.resource_id for i in [i for i in images if i.role == "foundation"][:1]}
     for item in [i for i in items if i.kind != "snapshot"]:
         if item.run_id and item.run_id == locked_run:
             reason = "its run holds the deploy lock"
@@ -59,6 +63,8 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
             reason = "registered in the target group"
         elif item.kind == "image" and item.resource_id in live_images:
             reason = "the record names it (live or rollback target)"
+        elif item.kind == "image" and item.resource_id in cache:
+            reason = "the newest foundation image (the bake cache)"
         elif item.kind == "image" and item.resource_id in newest:
             reason = f"one of the newest {keep_images} images in {item.region}"
         elif now - item.created < older_than:
@@ -110,10 +116,12 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
                                       aws.tag_map(i.get("Tags")).get(aws.TAG_RUN, ""),
                                       _epoch(i.get("LaunchTime"))))
         for image in aws.tagged_images(ec2, tag):
+            image_tags = aws.tag_map(image.get("Tags"))
             items.append(Item("image", region, image["ImageId"],
-                              aws.tag_map(image.get("Tags")).get(aws.TAG_RUN, ""),
+                              image_tags.get(aws.TAG_RUN, ""),
                               _epoch(image.get("CreationDate")),
-                              tuple(aws._snapshots_of([image]))))
+                              tuple(aws._snapshots_of([image])),
+                              image_tags.get(aws.TAG_ROLE, "")))
         for snap in aws.tagged_snapshots(ec2, tag):
             items.append(Item("snapshot", region, snap["SnapshotId"],
                               aws.tag_map(snap.get("Tags")).get(aws.TAG_RUN, ""),

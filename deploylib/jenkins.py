@@ -8,6 +8,7 @@ reported as soon as the build number is known, so an operator can open it at onc
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,14 +68,24 @@ def trigger(server: Any, job: str, parameters: dict[str, str]) -> int:
 
 def follow(server: Any, job: str, queue_item: int, *, timeout: float,
            on_started: Callable[[Build], None] | None = None,
+           say: Callable[[str], None] | None = None, every: float = 30.0,
            poll: float = 0.5) -> Build:
-    """Wait for the queue item to start and the build to finish; return its result."""
+    """Wait for the queue item to start and the build to finish; return its result.
+
+    `say` hears why a queued build waits (when that changes) and, every `every`
+    seconds, that a build is still running: a long wait never looks like a hang."""
+    say = say or (lambda text: None)
+    began = time.monotonic()
+    last = {"why": None, "said": began}
 
     def started() -> dict[str, Any] | None:
         item = _wrap("read queue item", job, lambda: server.get_queue_item(queue_item))
         if item.get("cancelled"):
             raise JenkinsError("the queued build was cancelled", resource=f"job {job}",
                                fix="see why in Jenkins' build queue, then run the job again")
+        if not item.get("executable") and item.get("why") != last["why"]:
+            last["why"] = item.get("why")
+            say(f"  {job}: queued (item {queue_item}): {last['why'] or 'waiting'}")
         return item.get("executable") or None
 
     executable = waits.until(started, timeout=timeout, what="the build to leave the queue",
@@ -87,6 +98,9 @@ def follow(server: Any, job: str, queue_item: int, *, timeout: float,
 
     def finished() -> dict[str, Any] | None:
         info = _wrap("read build", job, lambda: server.get_build_info(job, number))
+        if not info.get("result") and time.monotonic() - last["said"] >= every:
+            last["said"] = time.monotonic()
+            say(f"  {job} #{number}: still running after {last['said'] - began:.0f}s")
         return info if not info.get("building") and info.get("result") else None
 
     info = waits.until(finished, timeout=timeout, what="the build to finish",
@@ -97,10 +111,11 @@ def follow(server: Any, job: str, queue_item: int, *, timeout: float,
 
 
 def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float,
-            on_started: Callable[[Build], None] | None = None) -> Build:
+            on_started: Callable[[Build], None] | None = None,
+            say: Callable[[str], None] | None = None) -> Build:
     """Trigger, follow, and raise unless the build succeeded."""
     item = trigger(server, job, parameters)
-    build = follow(server, job, item, timeout=timeout, on_started=on_started)
+    build = follow(server, job, item, timeout=timeout, on_started=on_started, say=say)
     if build.result != "SUCCESS":
         raise JenkinsError(f"build #{build.number} finished {build.result}",
                            resource=f"job {job}",

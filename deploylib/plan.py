@@ -92,6 +92,9 @@ def _immutable() -> tuple[Stage, ...]:
         _s("launch-builder", phase=BAKE),
         _s("wait-ssh", BUILDER, phase=BAKE),
         _s("provision", BUILDER, phase=BAKE),
+        # Snapshot base + packages as a foundation image (the bake cache), unless the
+        # builder came from one: the next bake with the same packages skips provisioning.
+        _s("cache-foundation", BUILDER, phase=BAKE),
         _s("install-release", BUILDER, phase=BAKE),
         _s("stop-builder", phase=BAKE),
         _s("create-image", BUILDER, phase=BAKE),

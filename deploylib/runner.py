@@ -167,8 +167,14 @@ def open_context(env: config.Environment, state: RunState,
             from deploylib import jenkins as jenkins_mod
 
             jenkins = jenkins_mod.connect(env.jenkins)
-        yield Context(env=env, state=state, provider=prov, aws=clients, ssh=pool,
-                      jenkins=jenkins, reporter=reporter)
+        try:
+            yield Context(env=env, state=state, provider=prov, aws=clients, ssh=pool,
+                          jenkins=jenkins, reporter=reporter)
+        finally:
+            # One connection per host per run: the count shows it (benchmarks read it).
+            opened = state.facts.setdefault("ssh_connections", 0) + pool.connections_opened()
+            state.facts["ssh_connections"] = opened
+            state.save()
 
 
 # -- starting a run -------------------------------------------------------------------------
@@ -548,7 +554,7 @@ def bake(ctx: Context, plan: planning.Plan, *, keep_on_error: bool = False) -> N
             {"HANDOFF": json.dumps(handoff, sort_keys=True), "ENV": state.env,
              "VERSION": state.version, "RUN_ID": state.run_id,
              "IMAGES": json.dumps(state.facts["images"], sort_keys=True)},
-            timeout=env.jenkins.timeout,
+            timeout=env.jenkins.timeout, say=ctx.log,
             on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
     except BaseException as exc:
         # The images are kept: `invoke resume` promotes them here; `invoke gc` removes

@@ -179,28 +179,50 @@ def locate_previous(ctx: Any) -> None:
             f"({ctx.state.mode})")
 
 
+def _provision_script(ctx: Any) -> str:
+    return render.provision_script(packages=list(ctx.env.os_packages),
+                                   service=ctx.env.service, app_root=ctx.env.app_root,
+                                   app_port=ctx.env.app_port)
+
+
+def foundation_key(base_image: str, script: str) -> str:
+    """The bake cache's key: what a foundation image is made of (the base image and the
+    provision script, which names the packages and the service unit)."""
+    import hashlib
+
+    return hashlib.sha256(f"{base_image}\n{script}".encode()).hexdigest()[:32]
+
+
 @step("launch-builder")
 def launch_builder(ctx: Any) -> None:
-    """Launch the builder instance from the base image in the primary region."""
+    """Launch the builder: from the foundation image when the bake cache has one for this
+    base image and package list, else from the base image."""
     if ctx.facts.get("builder"):
         return
     region = ctx.env.primary_region
     ec2 = ctx.aws.ec2(region)
     existing = aws.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
                                              aws.TAG_ROLE: "builder"})
+    base = aws.find_base_image(ec2, region, ctx.env.base_image, ctx.env.base_image_owner)
+    key = foundation_key(base, _provision_script(ctx))
     if existing:
-        iid, base = existing[0].instance_id, existing[0].image_id
+        iid, source = existing[0].instance_id, existing[0].image_id
     else:
-        base = aws.find_base_image(ec2, region, ctx.env.base_image, ctx.env.base_image_owner)
+        cached = [i for i in aws.tagged_images(ec2, {aws.TAG_FOUNDATION: key})
+                  if i.get("State") == "available"]
+        source = max(cached, key=lambda i: i.get("CreationDate", ""))["ImageId"] \
+            if cached else base
         subnet, groups = _network(ctx, region)
-        iid = aws.launch(ec2, region=region, image_id=base, count=1,
+        iid = aws.launch(ec2, region=region, image_id=source, count=1,
                          instance_type=ctx.env.instance_type, subnet_id=subnet,
                          security_group_ids=groups, tag_list=_tags(ctx, "builder"),
                          client_token=f"{ctx.state.run_id}-builder",
                          key_name=ctx.env.key_name)[0]
-    ctx.facts["builder"] = {"region": region, "instance_id": iid, "base_image": base}
+    ctx.facts["builder"] = {"region": region, "instance_id": iid, "base_image": base,
+                            "foundation": key, "cache_hit": source != base}
     ctx.save()
-    ctx.log(f"  builder {iid} from {base} in {region}")
+    ctx.log(f"  builder {iid} from {source} in {region}"
+            + (" (foundation image: bake cache hit)" if source != base else ""))
 
 
 @step("wait-ssh")
@@ -241,9 +263,10 @@ def wait_ssh(ctx: Any) -> None:
 @step("provision")
 def provision(ctx: Any) -> None:
     """Install the OS packages and the service unit (a rendered script, run once)."""
-    script = render.provision_script(packages=list(ctx.env.os_packages),
-                                     service=ctx.env.service, app_root=ctx.env.app_root,
-                                     app_port=ctx.env.app_port)
+    if ctx.facts.get("builder", {}).get("cache_hit"):
+        ctx.log("  the foundation image has them already: nothing to provision")
+        return
+    script = _provision_script(ctx)
 
     def one(inst: aws.Instance) -> str:
         return ctx.connection(inst).run("bash -s", stdin=script,
@@ -266,6 +289,23 @@ INSTALL_FIXES = {
     6: "the release did not become healthy and no previous release could be restored: read "
        "the service's log on the host",
 }
+
+
+@step("cache-foundation")
+def cache_foundation(ctx: Any) -> None:
+    """Start a foundation image of the provisioned builder (the bake cache); not waited
+    for: it becomes available while the bake goes on."""
+    b = ctx.facts["builder"]
+    if b.get("cache_hit") or b.get("foundation_image"):
+        return
+    ec2 = ctx.aws.ec2(b["region"])
+    name = f"deploy-foundation-{b['foundation'][:16]}-{ctx.state.run_id}"
+    tags = [*_tags(ctx, "foundation"), {"Key": aws.TAG_FOUNDATION, "Value": b["foundation"]}]
+    image = aws.find_image(ec2, name) or aws.create_image(
+        ec2, b["region"], b["instance_id"], name, tags, no_reboot=True)
+    b["foundation_image"] = image
+    ctx.save()
+    ctx.log(f"  foundation image {image} (base {b['base_image']} + packages) for later bakes")
 
 
 @step("install-release")
@@ -625,13 +665,13 @@ def notify(ctx: Any) -> None:
         return
     hosts = [h["instance_id"] for b in ctx.facts.get("batches", []) for h in b
              if h["instance_id"] not in ctx.facts.get("failed_hosts", {})]
+    if ctx.jenkins is None:
+        ctx.log("  Jenkins is not configured: the hotfix is recorded in SSM only")
+        return
     ctx.facts["notice"] = {"job": env.jenkins.record_job, "sent": False, "parameters": {
         "ENV": env.name, "RELEASE": ctx.release["version"], "RUN_ID": ctx.state.run_id,
         "HOSTS": " ".join(hosts)}}
     ctx.save()
-    if ctx.jenkins is None:
-        ctx.log("  Jenkins is not configured: the hotfix is recorded in SSM only")
-        return
     pending = [ctx.state] + [s for s in states.runs_with_pending_notice(env.state_dir)
                              if s.run_id != ctx.state.run_id]
     for run in pending:

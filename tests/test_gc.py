@@ -53,3 +53,12 @@ def test_the_run_holding_the_lock_and_young_resources_are_kept():
     removed, kept = decide(items, locked_run="r-now")
     assert removed == set()
     assert "lock" in kept["i-running"] and "younger" in kept["i-young"]
+
+
+def test_the_newest_foundation_image_is_the_bake_cache_and_stays():
+    items = [Item("image", "us-east-1", "ami-f-new", "r1", NOW - 30 * HOUR, (), "foundation"),
+             Item("image", "us-east-1", "ami-f-old", "r0", NOW - 60 * HOUR, (), "foundation"),
+             old("image", "ami-release", age=40 * HOUR)]
+    removed, kept = decide(items)
+    assert removed == {"ami-f-old"}
+    assert "bake cache" in kept["ami-f-new"] and "newest" in kept["ami-release"]

@@ -158,3 +158,13 @@ def test_jenkins_setup_without_a_repository_is_bad_input(fake_jenkins, tmp_path)
     proc = Cli(config=path, lab_dir=tmp_path / "no-lab")("jenkins.setup", check=False)
     assert proc.returncode == 2 and "jenkins.repository" in proc.stderr
     assert fake_jenkins.requests == []  # refused before talking to Jenkins
+
+
+def test_following_says_why_a_build_waits_and_that_it_still_runs(fake_jenkins, monkeypatch):
+    fake_jenkins.add_job("slow", polls_in_queue=2, polls_building=4)
+    server = client(fake_jenkins, monkeypatch)
+    heard: list[str] = []
+    build = jenkins.run_job(server, "slow", {"X": "1"}, timeout=30, say=heard.append)
+    assert build.result == "SUCCESS"
+    assert heard[0].startswith("  slow: queued (item") and "Waiting for next" in heard[0]
+    assert len([h for h in heard if "queued" in h]) == 1  # said once, not per poll

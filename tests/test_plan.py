@@ -9,7 +9,7 @@ from deploylib import plan as planning
 from deploylib.errors import ConfigError, InputError
 
 EXPECTED = {
-    "immutable": ["publish-release", "launch-builder", "wait-ssh", "provision",
+    "immutable": ["publish-release", "launch-builder", "wait-ssh", "provision", "cache-foundation",
                   "install-release", "stop-builder", "create-image", "terminate-builder",
                   "copy-image", "launch-candidates", "smoke-test", "promote", "record"],
     "rebake-light": ["publish-release", "launch-candidates", "wait-ssh", "install-release",

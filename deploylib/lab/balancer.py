@@ -50,6 +50,9 @@ class Balancer:
     server: ThreadingHTTPServer | None = None
     requests: int = 0
     sticky: bool = True
+    interval: float = CHECK_INTERVAL
+    healthy_threshold: int = HEALTHY_THRESHOLD
+    _next_check: float = 0.0
     _rr: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -90,7 +93,7 @@ class Balancer:
             for t, ok in zip(live, results, strict=True):
                 if ok:
                     t.good, t.bad = t.good + 1, 0
-                    if t.good >= HEALTHY_THRESHOLD:
+                    if t.good >= self.healthy_threshold:
                         t.state = "healthy"
                 else:
                     t.good, t.bad = 0, t.bad + 1
@@ -194,10 +197,13 @@ class Balancers:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            now = time.monotonic()
             for b in list(self.by_arn.values()):
                 try:
                     b.sync(self._registrations(b))
-                    b.check(self._pool)
+                    if now >= b._next_check:  # each balancer at its own interval
+                        b._next_check = now + b.interval
+                        b.check(self._pool)
                 except Exception:  # noqa: BLE001 - one bad round must not stop balancing
                     pass
             self._stop.wait(CHECK_INTERVAL)

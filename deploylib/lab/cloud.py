@@ -9,6 +9,7 @@ moto is pinned (pyproject.toml) because these hooks wrap its internal methods.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -42,8 +43,21 @@ def registrations(balancer: Balancer) -> dict[str, tuple[str, int]]:
     return out
 
 
-def install(farm: HostFarm, balancers: Balancers) -> None:
-    """Wrap moto's backend methods so the API's effects happen on lab hosts."""
+def _later(seconds: float, fn: Any) -> None:
+    timer = threading.Timer(seconds, fn)
+    timer.daemon = True
+    timer.start()
+
+
+def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | None = None
+            ) -> None:
+    """Wrap moto's backend methods so the API's effects happen on lab hosts.
+
+    A latency profile makes the cloud take AWS-like time, at the API: instances stay
+    `pending` (and their sshd down) for `launch` seconds, images stay `pending` for
+    `image` seconds and copies for `copy` seconds. The tool's own waits then meet the
+    delays as they would on AWS, so its overhead over them can be measured."""
+    profile = profile or {}
     run_instances = InstanceBackend.run_instances
     start_instances = InstanceBackend.start_instances
     stop_instances = InstanceBackend.stop_instances
@@ -56,8 +70,19 @@ def install(farm: HostFarm, balancers: Balancers) -> None:
 
     def lab_run_instances(self: Any, image_id: str, count: int, *args: Any, **kw: Any) -> Any:
         reservation = run_instances(self, image_id, count, *args, **kw)
+        delay = profile.get("launch", 0)
         for inst in reservation.instances:
-            farm.boot(inst.id, inst.private_ip, image_id)
+            if not delay:
+                farm.boot(inst.id, inst.private_ip, image_id)
+                continue
+            inst._state.name, inst._state.code = "pending", 0
+
+            def boot(inst: Any = inst) -> None:
+                if inst._state.name == "pending":
+                    inst._state.name, inst._state.code = "running", 16
+                    farm.boot(inst.id, inst.private_ip, image_id)
+
+            _later(delay, boot)
         return reservation
 
     def lab_start_instances(self: Any, instance_ids: list[str]) -> Any:
@@ -79,14 +104,21 @@ def install(farm: HostFarm, balancers: Balancers) -> None:
             farm.destroy(inst.id)
         return result
 
+    def _pending(ami: Any, seconds: float) -> None:
+        if seconds:
+            ami.state = "pending"
+            _later(seconds, lambda: setattr(ami, "state", "available"))
+
     def lab_create_image(self: Any, instance_id: str, *args: Any, **kw: Any) -> Any:
         ami = create_image(self, instance_id, *args, **kw)
         farm.snapshot(instance_id, ami.id)
+        _pending(ami, profile.get("image", 0))
         return ami
 
     def lab_copy_image(self: Any, source_image_id: str, *args: Any, **kw: Any) -> Any:
         ami = copy_image(self, source_image_id, *args, **kw)
         farm.copy_image(source_image_id, ami.id)
+        _pending(ami, profile.get("copy", 0))
         return ami
 
     def lab_deregister_image(self: Any, ami_id: str) -> None:

@@ -39,7 +39,9 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "target_group": target_group, "bucket": env.artifact_bucket,
             "base_image": env.base_image, "app_port": env.app_port,
             "health_path": env.health_path, "ssh_port": env.ssh_port,
-            "lock_table": env.lock_table}
+            "lock_table": env.lock_table,
+            # AWS-like delays, scaled (benchmarks): see deploylib.lab.cloud.install
+            "profile": json.loads(os.environ.get("DEPLOY_LAB_PROFILE") or "{}")}
 
 
 def _pid_alive(pid: int) -> bool:

@@ -40,7 +40,8 @@ def main() -> None:
 
     farm = HostFarm(lab_dir, ssh_port=spec["ssh_port"])
     balancers = lb.Balancers(cloud.registrations)
-    cloud.install(farm, balancers)
+    profile = spec.get("profile") or {}
+    cloud.install(farm, balancers, profile)
     server = LabServer(Faults(lab_dir))
     server.start()
     host, port = server.get_host_and_port()
@@ -51,7 +52,11 @@ def main() -> None:
     groups = cloud.seed(clients, spec)
     for region, arn in groups.items():
         balancers.add(lb.Balancer(region=region, group_arn=arn,
-                                  health_path=spec["health_path"], deregistration_delay=5.0))
+                                  health_path=spec["health_path"],
+                                  deregistration_delay=profile.get("deregistration", 5.0),
+                                  interval=profile.get("health_interval", lb.CHECK_INTERVAL),
+                                  healthy_threshold=int(profile.get("healthy_threshold",
+                                                                    lb.HEALTHY_THRESHOLD))))
     balancers.run()
 
     stop = threading.Event()

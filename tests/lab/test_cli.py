@@ -50,7 +50,7 @@ BAD_INPUTS = [
     ("lab.up --hosts 21", ["--hosts 21 is out of range", "Fix:"]),
     ("deploy --mode IN-PLACE --version 1.2.3", ["unknown mode 'IN-PLACE'", "Fix:"]),
     ("deploy --mode in-place --version=.hidden", ["version", "Fix:"]),
-    ("deploy --mode in-place --version 1.2.3 --artifact dist", ["not a file", "Fix:"]),
+    ("deploy --mode in-place --version 1.2.3 --artifact examples", ["not a file", "Fix:"]),
     ("deploy --mode in-place --version 1.2.3 --config /nonexistent/deploy.toml",
      ["does not exist", "--config"]),
     ("rollback --env staging", ["unknown environment 'staging'", "Fix:"]),

@@ -109,7 +109,8 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
     marker.write_text("")
     try:
         broken = app_that_fails_where_marked(tmp_path, "3.3.2")
-        failed = lab.cli(f"hotfix --version 3.3.2 --artifact {broken}", check=False)
+        failed = lab.cli(f"hotfix --version 3.3.2 --artifact {broken} --config {push}",
+                         check=False)
     finally:
         marker.unlink()
     assert failed.returncode == 1
@@ -123,3 +124,32 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
         for secret in (token, LAB_CREDENTIALS["aws_secret_access_key"], "X-Amz-Signature",
                        "X-Amz-Credential", "Signature="):
             assert secret not in text
+
+
+def test_a_hotfix_is_recorded_in_jenkins_and_jenkins_down_never_fails_it(lab, fake_jenkins):
+    from tests.lab.test_faults import newest_state
+
+    fake_jenkins.add_job("record-hotfix")
+    up = write_config(lab.config_path.parent, name="record-up.toml",
+                      jenkins={"url": fake_jenkins.url.rstrip("/")})
+    lab.cli(f"hotfix --version 3.4.0 --config {up}")
+
+    def recorded(release: str) -> list[dict]:
+        return [item["params"] for item in fake_jenkins.queue.values()
+                if item["job"].name == "record-hotfix" and item["params"]["RELEASE"] == release]
+
+    assert len(recorded("3.4.0")) == 1
+    assert len(recorded("3.4.0")[0]["HOSTS"].split()) == 6
+    # Jenkins down: the hotfix still succeeds, says so, and keeps the notice
+    down = write_config(lab.config_path.parent, name="record-down.toml",
+                        jenkins={"url": "http://127.0.0.1:9"})
+    proc = lab.cli(f"hotfix --version 3.4.1 --config {down}")
+    assert "kept in the run state" in proc.stderr
+    state = newest_state(lab)
+    assert state["status"] == "done" and state["facts"]["notice"]["sent"] is False
+    assert_serving(lab, "3.4.1")
+    # Jenkins is back: the kept notice is sent
+    sent = lab.cli(f"jenkins.notify --config {up}").stdout
+    assert f"sent: run {state['run_id']} (3.4.1)" in sent
+    assert len(recorded("3.4.1")) == 1
+    assert "no notice is waiting" in lab.cli(f"jenkins.notify --config {up}").stdout

@@ -126,6 +126,12 @@ def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     report = status(lab)
     assert not any(r["drift"] for r in report["instances"])
     assert {r["running_release"] for r in report["instances"]} == {"1.1.0"}
+    # the bake cache: lab.up's bake left a foundation image for these packages, so this
+    # builder started from it and skipped provisioning
+    from tests.lab.test_faults import newest_state
+
+    builder = newest_state(lab)["facts"]["builder"]
+    assert builder["cache_hit"] is True and "foundation_image" not in builder
     # no builder is left running
     for region in lab.env.all_regions:
         builders = aws.find_tagged(clients.ec2(region), region, {aws.TAG_ROLE: "builder"})

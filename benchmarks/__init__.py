@@ -1,0 +1,1 @@
+"""Benchmarks: runnable programs, not tests (`python -m benchmarks.run`)."""

@@ -1,0 +1,110 @@
+"""In-place fan-out: one release to N lab hosts, the full install, four contenders.
+
+    ours     `invoke hotfix` (batch 100%: drain, install, health-check, put back)
+    ansible  ansible-playbook, forks = N, pipelining on, an idiomatic playbook
+    fabric   Fabric 3, one uploaded install script per host, a thread per host
+    floor    the plain OpenSSH client, `xargs -P N`, the same script per host
+
+Every contender installs a release of its own each round (so none is a no-op), in turn,
+in the same lab; the first round is a warm-up and is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from benchmarks.labbench import REPO, BenchLab, Host, Measured, measure
+
+CONTENDERS = ("ours", "ansible", "fabric", "floor")
+
+
+def _ssh_options(lab: BenchLab, known: Path, port: int) -> list[str]:
+    return ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "LogLevel=ERROR",
+            "-i", lab.key, "-p", str(port)]
+
+
+def ours(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,
+         port: int, config: Path) -> Measured:
+    env = lab.env(DEPLOY_CONFIG=str(config))
+    m = measure(lab.invoke("hotfix", "--version", version, "--artifact", str(artifact)), env)
+    state = max((lab.work / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    data = json.loads(state.read_text())
+    m.connections = data["facts"].get("ssh_connections")
+    # where the time went: the per-batch stages of the rollout and the top-level ones
+    m.stages = {k.rsplit("/", 1)[-1]: v.get("seconds") for k, v in data["stages"].items()
+                if k.count("/") in (0, 2) and k != "rollout"}
+    return m
+
+
+def floor(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,
+          port: int, config: Path) -> Measured:
+    script = lab.install_script(version, release["sha256"], release["url"])
+    known = lab.known_hosts(hosts, port)
+    ssh = " ".join(shlex.quote(a) for a in ["ssh", *_ssh_options(lab, known, port)])
+    per_host = shlex.quote(f"{ssh} root@HOST bash -s < {script}")
+    command = (f"printf '%s\\n' {' '.join(h.address for h in hosts)} | "
+               f"xargs -P {len(hosts)} -IHOST sh -c {per_host}")
+    return measure(["bash", "-c", command])
+
+
+def fabric(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,
+           port: int, config: Path) -> Measured:
+    script = lab.install_script(version, release["sha256"], release["url"])
+    job = lab.work / "fabric.json"
+    job.write_text(json.dumps({"hosts": [[h.address, port] for h in hosts], "user": "root",
+                               "key": lab.key, "script": str(script),
+                               "known_hosts": str(lab.known_hosts(hosts, port))}))
+    import sys
+
+    return measure([sys.executable, str(REPO / "benchmarks/fabric_install.py"), str(job)])
+
+
+def ansible(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,
+            port: int, config: Path) -> Measured:
+    known = lab.known_hosts(hosts, port)
+    inventory = lab.work / "inventory.ini"
+    inventory.write_text("[fleet]\n" + "".join(
+        f"{h.instance_id} ansible_host={h.address} ansible_port={port} root={h.root} "
+        f"address={h.address}\n" for h in hosts))
+    cfg = lab.work / "ansible.cfg"
+    cfg.write_text("\n".join([
+        "[defaults]", f"forks = {len(hosts)}", "host_key_checking = True",
+        "interpreter_python = /usr/bin/python3", "remote_user = root",
+        f"private_key_file = {lab.key}", "retry_files_enabled = False", "",
+        "[ssh_connection]", "pipelining = True",
+        f"ssh_args = -o ControlMaster=auto -o ControlPersist=60s "
+        f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes", ""]))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(cfg),
+               ANSIBLE_LOCAL_TEMP=str(lab.work / "ansible-tmp"))
+    extra = json.dumps({"version": version, "sha256": release["sha256"], "url": release["url"]})
+    return measure(["ansible-playbook", "-i", str(inventory), "-e", extra,
+                    str(REPO / "benchmarks/ansible/install.yml")], env)
+
+
+RUNNERS = {"ours": ours, "ansible": ansible, "fabric": fabric, "floor": floor}
+
+
+def run(lab: BenchLab, hosts: list[Host], *, runs: int, port: int, config: Path,
+        source: Path, label: str, say: Any) -> dict[str, list[dict[str, Any]]]:
+    """Warm-up plus `runs` rounds; each round every contender installs its own release."""
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
+    for round_ in range(runs + 1):
+        for n, contender in enumerate(CONTENDERS):
+            version = f"{label}.{round_}.{n}"
+            artifact = lab.build(source, version)
+            release = lab.publish(artifact, version)
+            m = RUNNERS[contender](lab, hosts, version, artifact, release, port, config)
+            if not m.ok:
+                raise RuntimeError(f"{contender} failed installing {version}:\n{m.output}")
+            if round_ == 0:
+                continue  # warm-up: caches, ControlPersist masters, page cache
+            results[contender].append({"wall": round(m.wall, 3), "cpu": round(m.cpu, 3),
+                                       "connections": m.connections, "stages": m.stages})
+            say(f"  {label} round {round_}: {contender:<8} {m.wall:6.2f}s wall "
+                f"{m.cpu:6.2f}s cpu")
+    return results
