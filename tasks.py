@@ -276,8 +276,9 @@ def status(c, env=None, config=None, json=False):
 @task(help={"run": "only this run (default: the newest runs, to compare procedures)",
             "env": HELP["env"], "config": HELP["config"], "json": HELP["json"],
             "open": "open the page in a browser (default; --no-open to only write it)",
-            "out": "directory for report.json and report.html (default: STATE_DIR/report)"})
-def report(c, run="", env=None, config=None, json=False, open=True, out=""):
+            "out": "directory for report.json and report.html (default: STATE_DIR/report)",
+            "last": "how many of the newest runs (default 12)"})
+def report(c, run="", env=None, config=None, json=False, open=True, out="", last=12):
     """Write the run report (JSON and an HTML timeline) and open it."""
     with reported():
         from pathlib import Path
@@ -291,7 +292,7 @@ def report(c, run="", env=None, config=None, json=False, open=True, out=""):
             environment, state = runner.load_run(cfg, run)
             states = [state]
         else:
-            states = reports.load_states(environment.state_dir)
+            states = reports.load_states(environment.state_dir, limit=int(last))
         data = reports.build(states)
         json_path, page = reports.write(out or Path(environment.state_dir) / "report", data)
         if json:

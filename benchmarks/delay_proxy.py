@@ -74,6 +74,8 @@ class DelayProxy:
         def stop() -> None:
             for s in self._servers:
                 s.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()  # connections still open (ControlPersist masters)
             self._loop.stop()
 
         self._loop.call_soon_threadsafe(stop)

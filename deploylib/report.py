@@ -149,7 +149,7 @@ _PAGE = """<!doctype html>
   const lanes = report.runs.flatMap(run => [
     {run: run, head: true}, ...run.stages.map(s => ({run: run, stage: s}))]);
   const longest = Math.max(1, ...report.runs.map(r => r.total || 0));
-  const scale = (width - label - 20) / longest;
+  const scale = (width - label - 70) / longest;  // room for the last bar's label
   const height = 30 + lanes.length * (laneH + gap);
   svg.setAttribute("width", width); svg.setAttribute("height", height);
   svg.setAttribute("viewBox", "0 0 " + width + " " + height);
