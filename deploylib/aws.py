@@ -497,6 +497,22 @@ def upload_artifact(s3: Any, bucket: str, key: str, path: str, sha256: str) -> N
                            "check artifact_bucket exists and you may write to it") from None
 
 
+def download_artifact(s3: Any, bucket: str, key: str, path: Any) -> None:
+    """Fetch a published artifact to a local file (written beside, then renamed)."""
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    try:
+        s3.download_file(bucket, key, str(partial))
+    except ClientError as exc:
+        partial.unlink(missing_ok=True)
+        raise _cloud_error(exc, f"s3://{bucket}/{key}",
+                           "check the release was published and you may read it") from None
+    os.replace(partial, target)
+
+
 def presign(s3: Any, bucket: str, key: str, expires: int = 900) -> str:
     """A short-lived GET URL; it is a credential: never log it or store it in state."""
     return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},

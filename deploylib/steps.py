@@ -308,12 +308,30 @@ def cache_foundation(ctx: Any) -> None:
     ctx.log(f"  foundation image {image} (base {b['base_image']} + packages) for later bakes")
 
 
+def _local_artifact(ctx: Any, rel: dict[str, Any]) -> Path:
+    own = ctx.state.artifact
+    if own and rel["version"] == ctx.state.version and Path(own).is_file():
+        return Path(own)
+    cached = Path(ctx.env.state_dir) / "artifacts" / f"{rel['version']}.tar.gz"
+    if not (cached.is_file() and release.sha256_file(cached) == rel["sha256"]):
+        aws.download_artifact(ctx.aws.s3(), rel["bucket"], rel["key"], cached)
+        if release.sha256_file(cached) != rel["sha256"]:
+            cached.unlink()
+            raise InputError(f"release {rel['version']} in the store does not match its "
+                             "published digest", resource=f"s3://{rel['bucket']}/{rel['key']}",
+                             fix="publish that release again from its build")
+    return cached
+
+
 @step("install-release")
 def install_release(ctx: Any) -> None:
     """Install the release on the stage's hosts: the same function in every procedure."""
     rel = ctx.release
     env = ctx.env
     push = env.artifact_transfer == "push"
+    # What to push: the run's own artifact, or (a rollback) the release read back from
+    # the store into the run's artifact cache, checked against its digest.
+    local = _local_artifact(ctx, rel) if push else None
     # Presigned per stage, never stored: the URL is a credential while it lives.
     url = None if push else aws.presign(ctx.aws.s3(), rel["bucket"], rel["key"],
                                         expires=int(ctx.timeout("presign", 900)))
@@ -323,7 +341,7 @@ def install_release(ctx: Any) -> None:
         pushed = None
         if push:
             pushed = f"/tmp/deploylib-{ctx.state.run_id}-{inst.instance_id}.tar.gz"
-            conn.put(ctx.state.artifact, pushed)
+            conn.put(str(local), pushed)
         script = render.install_script(
             version=rel["version"], sha256=rel["sha256"], app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,

@@ -125,16 +125,22 @@ def hosts_in_rollout_order(lab) -> list[str]:
 # -- the faults ------------------------------------------------------------------------------
 
 
-def test_health_check_fails_on_host_k_of_n_and_updated_hosts_roll_back(lab, tmp_path):
+@pytest.mark.parametrize("transfer", ["pull", "push"])
+def test_health_check_fails_on_host_k_of_n_and_updated_hosts_roll_back(lab, tmp_path,
+                                                                      transfer):
+    """Pushed or pulled: the rollback installs the live release (read back from the
+    store when pushing), not the failed one."""
     before = record(lab)["release"]
     order = hosts_in_rollout_order(lab)
     k = 3
     marker = host_root(lab, order[k - 1]) / "etc/refuse-release"
     marker.write_text("")
+    version = f"5.0.1-{transfer}"
     try:
-        artifact = app_that_fails_where_marked(tmp_path, "5.0.1")
-        proc = lab.cli(f"hotfix --version 5.0.1 --artifact {artifact} "
-                       f"--config {quick_config(lab)}", check=False)
+        artifact = app_that_fails_where_marked(tmp_path, version)
+        config = quick_config(lab, f"k-{transfer}.toml", artifact_transfer=transfer)
+        proc = lab.cli(f"hotfix --version {version} --artifact {artifact} --config {config}",
+                       check=False)
     finally:
         marker.unlink()
     failed_clearly(proc, "install-release", order[k - 1], "previous release was restored")
