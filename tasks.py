@@ -69,7 +69,10 @@ def _emit(data: object) -> None:
     print(jsonlib.dumps(data, indent=2, sort_keys=True))
 
 
-def _run_all(cfg, state, *, phase: str | None = None, keep_on_error: bool = False):
+@contextmanager
+def _running(cfg, state):
+    """A run's context with the operator's view around it; the summary at the end,
+    however it ends. Yields (ctx, plan)."""
     from deploylib import console, runner
 
     env = cfg.environment(state.env)
@@ -78,9 +81,16 @@ def _run_all(cfg, state, *, phase: str | None = None, keep_on_error: bool = Fals
     try:
         with console.for_run(title, plan.names()) as reporter, \
                 runner.open_context(env, state, reporter) as ctx:
-            runner.execute(ctx, plan, phase=phase, keep_on_error=keep_on_error)
+            yield ctx, plan
     finally:
         print(runner.summary(state), file=sys.stderr)
+
+
+def _run_all(cfg, state, *, keep_on_error: bool = False):
+    from deploylib import runner
+
+    with _running(cfg, state) as (ctx, plan):
+        runner.execute(ctx, plan, keep_on_error=keep_on_error)
     return state
 
 
@@ -162,21 +172,14 @@ def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=Fa
 def bake(c, version="", artifact=None, env=None, config=None, keep_on_error=False):
     """Bake an image (immutable); hand test-and-promote to Jenkins when it is configured."""
     with reported():
-        from deploylib import console, runner
+        from deploylib import runner
 
         require(version=version)
         cfg = _cfg(config)
         state = runner.start(cfg, mode="immutable", version=version, env_name=env,
                              artifact=artifact)
-        environment = cfg.environment(state.env)
-        plan = runner.plan_for(environment, state)
-        title = f"bake {state.version} for {state.env} (run {state.run_id})"
-        try:
-            with console.for_run(title, plan.names()) as reporter, \
-                    runner.open_context(environment, state, reporter) as ctx:
-                runner.bake(ctx, plan, keep_on_error=keep_on_error)
-        finally:
-            print(runner.summary(state), file=sys.stderr)
+        with _running(cfg, state) as (ctx, plan):
+            runner.bake(ctx, plan, keep_on_error=keep_on_error)
 
 
 @task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "json",

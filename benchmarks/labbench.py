@@ -159,12 +159,12 @@ class BenchLab:
 
     def publish(self, artifact: Path, version: str) -> dict[str, str]:
         """Publish as the tool does (same key and metadata) and presign a URL."""
-        from deploylib import aws, release
+        from deploylib import aws, release, steps
 
         env = self._environment()
         s3 = self.clients().s3()
         digest = release.sha256_file(artifact)
-        key = f"releases/{env.name}/{version}.tar.gz"
+        key = steps.artifact_key(env.name, version)
         if aws.published_sha256(s3, env.artifact_bucket, key) != digest:
             aws.upload_artifact(s3, env.artifact_bucket, key, str(artifact), digest)
         return {"sha256": digest, "url": aws.presign(s3, env.artifact_bucket, key, 3600)}

@@ -351,13 +351,13 @@ def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
 
 def tag_snapshots(ec2: Any, image_id: str, tag_list: list[dict[str, str]]) -> list[str]:
     """Tag an image's snapshots like the image, so they are found and cleaned with it."""
-    snapshots = _snapshots_of(ec2.describe_images(ImageIds=[image_id]).get("Images", []))
+    snapshots = snapshots_of(ec2.describe_images(ImageIds=[image_id]).get("Images", []))
     if snapshots:
         ec2.create_tags(Resources=snapshots, Tags=tag_list)
     return snapshots
 
 
-def _snapshots_of(images: Iterable[dict[str, Any]]) -> list[str]:
+def snapshots_of(images: Iterable[dict[str, Any]]) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for i in images for m in i.get("BlockDeviceMappings", [])
             if m.get("Ebs", {}).get("SnapshotId")]
 
@@ -389,7 +389,7 @@ def delete_image(ec2: Any, region: str, image_id: str) -> list[str]:
     images = ec2.describe_images(ImageIds=[image_id]).get("Images", []) if image_id else []
     if not images:
         return []
-    snapshots = _snapshots_of(images)
+    snapshots = snapshots_of(images)
     try:
         ec2.deregister_image(ImageId=image_id)
     except ClientError as exc:

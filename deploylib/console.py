@@ -121,8 +121,8 @@ class LiveTable(Plain):
 
 
 def for_run(title: str, stages: Sequence[str], stream: TextIO | None = None) -> Plain:
-    """The live table on a terminal, plain lines anywhere else (or with NO_COLOR/TERM=dumb
-    where the table cannot be drawn)."""
+    """The live table on a terminal, plain lines anywhere else (and on TERM=dumb, where
+    the table cannot be drawn)."""
     import os
 
     stream = stream or sys.stderr

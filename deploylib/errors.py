@@ -95,3 +95,10 @@ class LockHeld(DeployError):
 
 class JenkinsError(DeployError):
     pass
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for any failure: ours carry their resource and fix; others their type."""
+    if isinstance(exc, DeployError):
+        return exc.line()
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploylib import aws, parallel
+from deploylib.errors import StepFailed
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,6 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
 
 def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], set[str]]:
     """Everything tagged with the environment, the registered instances, the live images."""
-    from deploylib import steps
-
     record = aws.read_record(clients.ssm(), env.record_parameter) or {}
     live = set((record.get("images") or {}).values())
     live |= set(((record.get("previous") or {}).get("images") or {}).values())
@@ -120,7 +119,7 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
             items.append(Item("image", region, image["ImageId"],
                               image_tags.get(aws.TAG_RUN, ""),
                               _epoch(image.get("CreationDate")),
-                              tuple(aws._snapshots_of([image])),
+                              tuple(aws.snapshots_of([image])),
                               image_tags.get(aws.TAG_ROLE, "")))
         for snap in aws.tagged_snapshots(ec2, tag):
             items.append(Item("snapshot", region, snap["SnapshotId"],
@@ -129,7 +128,9 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
         return items, registered
 
     results = parallel.each(env.all_regions, one, key=lambda r: r)
-    steps._raise_failures("gc", results)
+    failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    if failures:
+        raise StepFailed("gc", failures, fix="check the account's permissions in those regions")
     items = [i for res in results.values() for i in res[0]]
     registered = {i for res in results.values() for i in res[1]}
     return items, registered, live

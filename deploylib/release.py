@@ -21,8 +21,11 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_artifact(path: str | Path) -> Path:
-    """An artifact must be a readable gzip tarball; say which and how to fix it if not."""
+def check_artifact(path: str | Path, *, read_through: bool = True) -> Path:
+    """An artifact must be a readable gzip tarball; say which and how to fix it if not.
+
+    `read_through` reads every member (catches corrupt archives and paths escaping the
+    release); the run's start does it once, later steps only check the file is there."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"artifact {str(path)!r} does not exist",
@@ -36,6 +39,8 @@ def check_artifact(path: str | Path) -> Path:
     if magic != b"\x1f\x8b":
         raise InputError(f"artifact {str(path)!r} is not a gzip tarball",
                          fix="build it with `invoke artifact --version V` or `tar -czf`")
+    if not read_through:
+        return p
     # Read it through once: a truncated or corrupt archive is refused here, before it is
     # published, and so is a member that would land outside the release directory.
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from deploylib import catalog, config, release
 from deploylib import plan as planning
-from deploylib.errors import DeployError, InputError, StateError, StepFailed
+from deploylib.errors import DeployError, InputError, StateError, StepFailed, error_line
 from deploylib.state import DONE, FAILED, PENDING, RUNNING, RunState
 
 
@@ -311,8 +311,7 @@ def _call(ctx: Context, stage: planning.Stage, key: str) -> None:
         for fn in catalog.hooks("after", stage.name):
             fn(ctx)
     except BaseException as exc:
-        line = exc.line() if isinstance(exc, DeployError) else \
-            f"{type(exc).__name__}: {exc}".rstrip(": ")
+        line = error_line(exc)
         state.mark(key, FAILED, error=line)
         ctx.reporter.stage(key, FAILED)
         ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {line}")
@@ -389,7 +388,7 @@ def _tolerating(ctx: Context, stage: planning.Stage, key: str, batch: list[dict[
             if len(failed) + len(exc.failures) > ctx.env.max_failed_hosts:
                 raise
             for iid, err in exc.failures.items():
-                failed[iid] = err.line() if isinstance(err, DeployError) else str(err)
+                failed[iid] = error_line(err)
             ctx.log(f"  {len(exc.failures)} host(s) left out, {len(failed)} of "
                     f"max_failed_hosts={ctx.env.max_failed_hosts}: {', '.join(exc.failures)}")
             ctx.save()
@@ -431,8 +430,7 @@ def _roll_back_updated(ctx: Context, group: planning.Stage,
                 for stage in group.per_batch:
                     _call(ctx, stage, f"rollback/{k}/{stage.name}")
             except Exception as exc:  # noqa: BLE001 - report, keep the original error
-                line = exc.line() if isinstance(exc, DeployError) else str(exc)
-                ctx.log(f"x rollback of batch {k} failed: {line}")
+                ctx.log(f"x rollback of batch {k} failed: {error_line(exc)}")
                 continue
             rolled.extend(h["instance_id"] for h in batch)
             ctx.save()
@@ -451,7 +449,7 @@ def _best_effort(ctx: Context, name: str, stage: planning.Stage | None = None) -
         ctx.state.facts.setdefault("cleanup", {})[name] = "done"
         return True
     except Exception as exc:  # noqa: BLE001 - report, keep the original error
-        line = exc.line() if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+        line = error_line(exc)
         ctx.state.facts.setdefault("cleanup", {})[name] = f"failed: {line}"
         ctx.log(f"x {name} failed: {line}")
         return False

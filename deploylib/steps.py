@@ -57,10 +57,10 @@ def _by_region(refs: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def _raise_failures(stage: str, results: dict[str, Any]) -> None:
+def _raise_failures(stage: str, results: dict[str, Any], fix: str | None = None) -> None:
     failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
     if failures:
-        raise StepFailed(stage, failures)
+        raise StepFailed(stage, failures, fix=fix)
 
 
 def _each_region(ctx: Any, stage: str, regions: list[str], fn: Any, into: dict[str, Any],
@@ -100,24 +100,32 @@ def serving_version(address: str, port: int, path: str) -> str | None:
         return None
 
 
-def _wait_serving(ctx: Any, instances: list[aws.Instance], version: str, stage: str) -> None:
-    """Every instance's app answers its health path with `version`, before the deadline."""
+def _serving(ctx: Any, inst: aws.Instance, version: str) -> None:
+    """One instance's app answers its health path with `version`, before the deadline."""
     env = ctx.env
+    seen: list[str | None] = [None]
 
-    def one(inst: aws.Instance) -> None:
-        seen: list[str | None] = [None]
+    def check() -> bool:
+        seen[0] = serving_version(inst.address or "", env.app_port, env.health_path)
+        return seen[0] == version
 
-        def check() -> bool:
-            seen[0] = serving_version(inst.address or "", env.app_port, env.health_path)
-            return seen[0] == version
+    waits.until(check, timeout=ctx.timeout("health", 60),
+                what=f"the app to report release {version}",
+                resource=f"{inst.instance_id} ({inst.address})",
+                fix=lambda: f"it reports {seen[0] or 'nothing'}; check the service's "
+                "log on the host")
 
-        waits.until(check, timeout=ctx.timeout("health", 60),
-                    what=f"the app to report release {version}",
-                    resource=f"{inst.instance_id} ({inst.address})",
-                    fix=lambda: f"it reports {seen[0] or 'nothing'}; check the service's "
-                    "log on the host")
 
-    _raise_failures(stage, parallel.each(instances, one, key=lambda i: i.instance_id))
+def _wait_serving(ctx: Any, instances: list[aws.Instance], version: str, stage: str) -> None:
+    """Every instance serves `version`, checked all at once."""
+    _raise_failures(stage, parallel.each(instances, lambda i: _serving(ctx, i, version),
+                                         key=lambda i: i.instance_id))
+
+
+def artifact_key(env_name: str, version: str) -> str:
+    """Where a release lives in the artifact store: one key per version, whatever the
+    file was called, so a version is published once."""
+    return f"releases/{env_name}/{version}.tar.gz"
 
 
 # -- the steps ------------------------------------------------------------------------------
@@ -126,10 +134,10 @@ def _wait_serving(ctx: Any, instances: list[aws.Instance], version: str, stage: 
 @step("publish-release")
 def publish_release(ctx: Any) -> None:
     """Put the release artifact in the artifact store (once per version and content)."""
-    artifact = release.check_artifact(ctx.state.artifact)
+    # start() read the archive through when the run began; here it must still be there.
+    artifact = release.check_artifact(ctx.state.artifact, read_through=False)
     digest = release.sha256_file(artifact)
-    # One key per version, whatever the file is called: a version is published once.
-    key = f"releases/{ctx.env.name}/{ctx.state.version}.tar.gz"
+    key = artifact_key(ctx.env.name, ctx.state.version)
     s3 = ctx.aws.s3()
     published = aws.published_sha256(s3, ctx.env.artifact_bucket, key)
     if published is not None and published != digest:
@@ -149,7 +157,7 @@ def publish_release(ctx: Any) -> None:
 
 def release_facts(env: Any, s3: Any, version: str) -> dict[str, Any]:
     """A published release as the install step needs it, read back from the store."""
-    key = f"releases/{env.name}/{version}.tar.gz"
+    key = artifact_key(env.name, version)
     digest = aws.published_sha256(s3, env.artifact_bucket, key)
     if not digest:
         raise InputError(f"release {version} is not in the artifact store",
@@ -528,8 +536,8 @@ def smoke_test(ctx: Any) -> None:
     instances = ctx.targets()
     out = junit_dir(ctx)
     began = time.monotonic()
-    results = parallel.each(instances, lambda i: _wait_serving(
-        ctx, [i], ctx.state.version, "smoke-test"), key=lambda i: i.instance_id)
+    results = parallel.each(instances, lambda i: _serving(ctx, i, ctx.state.version),
+                            key=lambda i: i.instance_id)
     took = time.monotonic() - began
     _junit(out / "smoke-health.xml", "smoke-test.health", {
         f"{iid} reports {ctx.state.version}": (took, None if not isinstance(r, Exception)
@@ -618,24 +626,19 @@ def select_hosts(ctx: Any) -> None:
     if ctx.facts.get("batches") is not None:
         return
     batches: list[list[dict[str, str]]] = []
-    instances: list[aws.Instance] = []
     for region in ctx.env.all_regions:
         hosts = live_hosts(ctx, region)
         size = ctx.env.batch_count(len(hosts))
         batches.extend([{"region": region, "instance_id": i} for i in b]
                        for b in split(hosts, size))
-        instances += aws.describe(ctx.aws.ec2(region), region, hosts,
-                                  public=ctx.env.address == "public")
     if not batches:
         raise InputError(f"no live hosts in {ctx.env.name}", resource=ctx.env.target_group,
                          fix="make a first release with `--mode immutable`")
-    reached = parallel.each(instances, lambda i: ctx.connection(i).open(),
-                            key=lambda i: i.instance_id)
-    failures = {k: v for k, v in reached.items() if isinstance(v, Exception)}
-    if failures:
-        raise StepFailed("select-hosts", failures,
-                         fix="no host was touched: repair SSH on those hosts (or take them "
-                         "out of the target group), then `invoke resume`")
+    instances = ctx.targets([h for b in batches for h in b])
+    _raise_failures("select-hosts", parallel.each(
+        instances, lambda i: ctx.connection(i).open(), key=lambda i: i.instance_id),
+        fix="no host was touched: repair SSH on those hosts (or take them out of the "
+        "target group), then `invoke resume`")
     ctx.facts["batches"] = batches
     ctx.facts["batches_done"] = 0
     ctx.save()
@@ -681,11 +684,11 @@ def notify(ctx: Any) -> None:
     env = ctx.env
     if ctx.facts.get("notice", {}).get("sent"):
         return
-    hosts = [h["instance_id"] for b in ctx.facts.get("batches", []) for h in b
-             if h["instance_id"] not in ctx.facts.get("failed_hosts", {})]
     if ctx.jenkins is None:
         ctx.log("  Jenkins is not configured: the hotfix is recorded in SSM only")
         return
+    hosts = [h["instance_id"] for b in ctx.facts.get("batches", []) for h in b
+             if h["instance_id"] not in ctx.facts.get("failed_hosts", {})]
     ctx.facts["notice"] = {"job": env.jenkins.record_job, "sent": False, "parameters": {
         "ENV": env.name, "RELEASE": ctx.release["version"], "RUN_ID": ctx.state.run_id,
         "HOSTS": " ".join(hosts)}}
