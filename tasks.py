@@ -107,18 +107,21 @@ def plan(c, mode="", json=False, env=None, config=None):
         catalog.load(environment.plugins)
         p = planning.plan(mode, environment.extra_stages)
         data = p.to_dict()
-        nested = [s for st in data["stages"] for s in st.get("per_batch", [])]
-        for stage in [*data["stages"], *nested]:
-            if "per_batch" not in stage:
+        groups = {"per_batch": "per batch of live hosts:",
+                  "per_region": "in every region at once, each as soon as it can:"}
+        members = [(g, st) for st in data["stages"] for g in groups if g in st]
+        for stage in [*data["stages"], *(s for g, st in members for s in st[g])]:
+            if not any(g in stage for g in groups):
                 stage["function"] = catalog.get(stage["step"]).function
         if json:
             _emit(data)
             return
         print(f"{mode}:")
         for stage in data["stages"]:
-            if "per_batch" in stage:
-                print(f"  {stage['name']:<19} per batch of live hosts:")
-                for sub in stage["per_batch"]:
+            group = next((g for g in groups if g in stage), None)
+            if group:
+                print(f"  {stage['name']:<19} {groups[group]}")
+                for sub in stage[group]:
                     print(f"    {sub['name']:<17} {sub.get('targets', ''):<11} {sub['function']}")
                 if stage.get("recover"):
                     print(f"    on a failed batch: {stage['recover']}")

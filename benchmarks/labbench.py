@@ -69,7 +69,11 @@ class BenchLab:
                  if not any(ln.startswith(f"{k} =") for k in values)]
         at = lines.index("[environments.lab]") + 1
         for k, v in values.items():
-            lines.insert(at, f"{k} = {json.dumps(v)}")
+            if isinstance(v, dict):  # a TOML inline table
+                v_text = "{ " + ", ".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()) + " }"
+            else:
+                v_text = json.dumps(v)
+            lines.insert(at, f"{k} = {v_text}")
         path = self.work / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n")

@@ -73,6 +73,9 @@ def chart_html(results: dict[str, Any]) -> str:
         for mode in img["time_to_live"]:
             data.append((mode.replace("immutable-2-regions", "immutable, 2 reg."),
                          med(img["time_to_live"][mode]), "#30a46c"))
+            if mode.startswith("immutable") and "primary_live" in img:
+                data.append(("  first region live", med(img["primary_live"][mode]),
+                             "#8fd19e"))
             data.append(("  critical path", img["critical_path"][mode], "#c7c7c7"))
         svg, y2 = _bars("Time to live under the AWS-like profile", data, "s", 600, y2, 560)
         right.append(svg)
@@ -174,24 +177,44 @@ def markdown(r: dict[str, Any]) -> str:
                   f"SFTP / scp: {ratio:.2f} (target ≥ 0.80).", ""]
     if "image" in r:
         img = r["image"]
+        poll = (f" The tool's longest pause between two looks during a wait (3 s) is "
+                f"scaled the same way: `timeouts.poll = {img['poll']}`." if "poll" in img else "")
         lines += ["## 3. The image path under an AWS-like latency profile", "",
                   f"Profile ({img['scale']}), applied at the API by the lab: "
                   + ", ".join(f"{k} {v:.2f}".rstrip("0").rstrip(".")
                               for k, v in img["profile"].items())
-                  + ". The tool's real waits meet it.", "",
-                  "| procedure | time to live (median) | critical path | overhead |",
-                  "|---|---|---|---|"]
+                  + f". The tool's real waits meet it.{poll} Critical path: the profile's "
+                  "delays the procedure must wait out, one after another; everything else "
+                  "(SSH, installs, API calls, the lab's own work) counts as overhead.", "",
+                  "| procedure | time to live, all regions (median) | critical path | "
+                  "overhead | first region live (median) | its critical path | overhead |",
+                  "|---|---|---|---|---|---|---|"]
         for mode, values in img["time_to_live"].items():
             ttl, crit = med(values), img["critical_path"][mode]
             over = f"{(ttl - crit) / crit * 100:.0f}%" if crit else "—"
-            lines.append(f"| {mode} | {ttl:.2f} s | {crit:.2f} s | {over} |")
+            row = f"| {mode} | {ttl:.2f} s | {crit:.2f} s | {over} |"
+            if "primary_live" in img and mode.startswith("immutable"):
+                first, fcrit = med(img["primary_live"][mode]), \
+                    img["critical_path_primary"][mode]
+                row += f" {first:.2f} s | {fcrit:.2f} s | {(first - fcrit) / fcrit * 100:.0f}% |"
+            else:
+                row += " | | |"
+            lines.append(row)
         three = med(img["time_to_live"]["immutable"])
         two = med(img["time_to_live"]["immutable-2-regions"])
         seq = two + img["profile"]["copy"]
         lines += ["", f"Copies to two regions / copies to one: {three / two:.2f} (target "
-                  f"≤ 1.10). The same stages as usually scripted, copies one after another: "
-                  f"{seq:.2f} s (computed: the two-region run plus a second copy, not "
-                  f"measured), {seq / three:.2f}× ours.", ""]
+                  f"≤ 1.10). The same stages as usually scripted, copies one after another "
+                  f"and every region promoted after the last copy: {seq:.2f} s to any "
+                  f"region live (computed: the two-region run plus a second copy, not "
+                  f"measured), {seq / three:.2f}× ours to the last region"]
+        if "primary_live" in img:
+            first = med(img["primary_live"]["immutable"])
+            lines[-1] += (f" and {seq / first:.2f}× ours to the first (the primary region "
+                          f"is live {first:.2f} s in, before a copy ({img['profile']['copy']:g}"
+                          " s) could have landed)")
+        lines[-1] += "."
+        lines.append("")
     if "cache" in r:
         c = r["cache"]
         lines += ["## 4. Bake cache", "",
@@ -242,15 +265,17 @@ WHY = {
         "is for hosts that cannot reach the artifact store; the default pull path has "
         "each host fetch from S3 itself."),
     "image path overhead ≤ 5%": (
-        "the waits poll with backoff up to 3 s; under the scaled profile (one real minute "
-        "= two lab seconds) a poll's lag is large against the scaled delays, which it "
-        "would not be against real minutes. Scaling the poll interval with the profile, "
-        "or long-polling, would close it."),
+        "the overhead left is the tool's real work, which the profile does not scale: "
+        "SSH to the builder and the candidates, the install on them (rebake-light's "
+        "critical path has no install in it, so its whole install counts), the per-stage "
+        "AWS calls and state writes, and the lab emulating the cloud on the same 2 cores. "
+        "Against real minutes the same seconds are a far smaller share; in the lab, "
+        "overlapping the smoke test's first look with the health wait would take some "
+        "back."),
     "copies to 2 regions / to 1 ≤ 1.10": (
-        "copies do run at once; the rest is the extra region's candidates being launched, "
-        "smoke-tested and promoted after all copies finish. Starting the primary region's "
-        "candidates while copies to other regions are still pending (and promoting each "
-        "region as its copy lands) is not built yet."),
+        "copies run at once, and each region goes on as soon as its own copy lands."),
+    "first region live before any copy lands": (
+        "the primary region is tested and promoted while the copies are still pending."),
     "start-up < 0.5 s": "imports on the start-up path; keep boto3 and paramiko lazy.",
 }
 
@@ -287,6 +312,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
         ratio = med(img["time_to_live"]["immutable"]) / \
             med(img["time_to_live"]["immutable-2-regions"])
         add("copies to 2 regions / to 1 ≤ 1.10", f"{ratio:.2f}", ratio <= 1.10)
+        if "primary_live" in img:
+            first = med(img["primary_live"]["immutable"])
+            lands = img["profile"]["launch"] + img["profile"]["image"] + img["profile"]["copy"]
+            add("first region live before any copy lands",
+                f"{first:.2f} s vs copies landing at ≥ {lands:.2f} s", first < lands)
     if "startup" in r:
         worst = max(med(v) for v in r["startup"].values())
         add("start-up < 0.5 s", f"{worst:.3f} s (slowest of --list, plan)", worst < 0.5)

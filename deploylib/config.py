@@ -241,7 +241,8 @@ class Environment(Strict):
     timeouts: dict[str, float] = Field(default_factory=dict,
         description=(
             "Seconds per wait, by name: launch, ssh, ssh_connect, ssh_retry, provision, "
-            "install, health, healthy, drain, stop, image, copy, presign, smoke."))
+            "install, health, healthy, drain, stop, image, copy, presign, smoke; and poll, "
+            "the longest pause between two looks during any wait (default 3)."))
     # The deploy lock: a DynamoDB table keyed by environment (see README, Locks).
     lock_table: str = Field(default="deploylib-locks",
         description=(

@@ -53,6 +53,8 @@ class LiveTable(Plain):
         self.console = Console(file=self.stream)
         self.rows: dict[str, dict[str, Any]] = {s: {"status": "pending"} for s in stages}
         self.batches: dict[str, tuple[int, int]] = {}
+        # Per group of regions: each region's current stage and its status.
+        self.regions: dict[str, dict[str, tuple[str, str]]] = {}
         self.began = time.monotonic()
         self._live: Any = None
 
@@ -77,6 +79,10 @@ class LiveTable(Plain):
                 filled = int(20 * n / total) if total else 0
                 bar = f"[green]{'━' * filled}[/][dim]{'━' * (20 - filled)}[/]"
                 progress = f"{bar} batch {n}/{total}"
+            elif name in self.regions:
+                progress = "  ".join(
+                    f"{region} {self._ICON.get(st, '?')} {stage}"
+                    for region, (stage, st) in self.regions[name].items())
             table.add_row(self._ICON.get(row["status"], "?"), name, progress,
                           f"{secs:.1f}s" if secs is not None else "")
         return table
@@ -90,6 +96,13 @@ class LiveTable(Plain):
             super().log(text)
 
     def stage(self, key: str, status: str) -> None:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] in self.rows and not parts[1].isdigit():
+            # A region's stage: its group's row shows where each region is.
+            self.regions.setdefault(parts[0], {})[parts[1]] = (parts[2], status)
+            if self._live is not None:
+                self._live.update(self._table())
+            return
         if key not in self.rows:
             return  # a per-batch stage: its group's row shows the batches
         row = self.rows[key]

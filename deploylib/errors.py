@@ -77,13 +77,14 @@ class RemoteCommandError(HostError):
 
 
 class StepFailed(DeployError):
-    def __init__(self, stage: str, failures: dict[str, Exception], *, fix: str | None = None):
+    def __init__(self, stage: str, failures: dict[str, Exception], *, fix: str | None = None,
+                 kind: str = "host"):
         self.stage = stage
         self.failures = failures
         first = next(iter(failures.values()))
         detail = getattr(first, "problem", str(first))
         super().__init__(
-            f"{len(failures)} host(s) failed; first: {detail}",
+            f"{len(failures)} {kind}(s) failed; first: {detail}",
             resource=f"stage {stage} on {', '.join(failures)}",
             fix=fix or getattr(first, "fix", None) or "see the run state, then `invoke resume`",
         )

@@ -2,8 +2,13 @@
 
 A stage names a step from the catalog, the hosts it applies to (`targets`) and its
 options. The same step name in two procedures is the same function: the plan only
-orders steps, it never defines them. In-place rolls out in batches; the steps done per
-batch form one group stage, `rollout`, whose `per_batch` list is repeated for each batch.
+orders steps, it never defines them. Two kinds of group stage repeat a list of steps:
+in-place rolls out in batches (`rollout`, its `per_batch` steps repeated batch after
+batch), and the procedures that launch candidates release region by region (`regions`,
+its `per_region` steps run for every region at once, each region going on as soon as its
+own image is there: the primary region is tested and promoted while copies to the others
+are still pending). A region is live when it is promoted; the release is committed when
+it is recorded, and only then are the hosts it replaced retired.
 """
 
 from __future__ import annotations
@@ -33,12 +38,18 @@ class Stage:
     phase: str = RELEASE
     options: tuple[tuple[str, Any], ...] = ()
     per_batch: tuple[Stage, ...] = ()
+    per_region: tuple[Stage, ...] = ()
     # For a group: the step that puts a failed batch back in a safe state.
     recover: str | None = None
 
     @property
     def option(self) -> dict[str, Any]:
         return dict(self.options)
+
+    @property
+    def members(self) -> tuple[Stage, ...]:
+        """A group's stages (per batch or per region); none for a single stage."""
+        return self.per_batch or self.per_region
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "step": self.step, "phase": self.phase}
@@ -48,6 +59,8 @@ class Stage:
             out["options"] = dict(self.options)
         if self.per_batch:
             out["per_batch"] = [s.to_dict() for s in self.per_batch]
+        if self.per_region:
+            out["per_region"] = [s.to_dict() for s in self.per_region]
         if self.recover:
             out["recover"] = self.recover
         return out
@@ -68,10 +81,18 @@ class Plan:
         """Every stage, group members included, in order."""
         for s in self.stages:
             yield s
-            yield from s.per_batch
+            yield from s.members
 
     def stage(self, name: str) -> Stage:
+        """A stage that runs on its own (`invoke step NAME`): group members do not."""
         for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def find(self, name: str) -> Stage:
+        """Any stage, group members included."""
+        for s in self.walk():
             if s.name == name:
                 return s
         raise KeyError(name)
@@ -84,6 +105,10 @@ class Plan:
 def _s(name: str, targets: str | None = None, phase: str = RELEASE, **options: Any) -> Stage:
     return Stage(name=name, step=name, targets=targets, phase=phase,
                  options=tuple(sorted(options.items())))
+
+
+def _regions(*per_region: Stage) -> Stage:
+    return Stage(name="regions", step="regions", per_region=per_region)
 
 
 def _immutable() -> tuple[Stage, ...]:
@@ -99,25 +124,33 @@ def _immutable() -> tuple[Stage, ...]:
         _s("stop-builder", phase=BAKE),
         _s("create-image", BUILDER, phase=BAKE),
         _s("terminate-builder", phase=BAKE),
+        # Starts the copies; each region waits only for its own (wait-image).
         _s("copy-image", phase=BAKE),
-        _s("launch-candidates", image="baked"),
-        _s("smoke-test", CANDIDATES),
-        _s("promote", CANDIDATES),
+        _regions(
+            _s("wait-image"),
+            _s("launch-candidates", image="baked"),
+            _s("smoke-test", CANDIDATES),
+            _s("promote", CANDIDATES),
+        ),
         _s("record"),
+        _s("retire"),
     )
 
 
 def _rebake_light() -> tuple[Stage, ...]:
     return (
         _s("publish-release"),
-        _s("launch-candidates", image="live"),
-        _s("wait-ssh", CANDIDATES),
-        _s("install-release", CANDIDATES),
-        _s("smoke-test", CANDIDATES),
-        _s("promote", CANDIDATES),
+        _regions(
+            _s("launch-candidates", image="live"),
+            _s("wait-ssh", CANDIDATES),
+            _s("install-release", CANDIDATES),
+            _s("smoke-test", CANDIDATES),
+            _s("promote", CANDIDATES),
+        ),
         # After promotion, so that baking the image never delays time-to-live.
         _s("create-image", CANDIDATES),
         _s("record"),
+        _s("retire"),
     )
 
 
@@ -146,10 +179,13 @@ def _rollback_in_place() -> tuple[Stage, ...]:
 def _rollback_image() -> tuple[Stage, ...]:
     return (
         _s("locate-previous"),
-        _s("launch-candidates", image="previous"),
-        _s("smoke-test", CANDIDATES),
-        _s("promote", CANDIDATES),
+        _regions(
+            _s("launch-candidates", image="previous"),
+            _s("smoke-test", CANDIDATES),
+            _s("promote", CANDIDATES),
+        ),
         _s("record"),
+        _s("retire"),
     )
 
 
@@ -171,12 +207,15 @@ def rollback_mode(procedure: str) -> str:
 # on resume (a new builder, new candidates).
 RESTART_FROM = {"discard-builder": "launch-builder", "discard-candidates": "launch-candidates",
                 "discard-images": "launch-builder"}
+# demote first: a region promoted before another region failed gets its previous hosts
+# back (they are retired only once the release is recorded), so a failed run leaves every
+# region on the release it had, and its candidates can then be discarded.
 _CLEANUP = {
-    "immutable": ("discard-candidates", "discard-images", "discard-builder"),
-    "rebake-light": ("discard-candidates",),
+    "immutable": ("demote", "discard-candidates", "discard-images", "discard-builder"),
+    "rebake-light": ("demote", "discard-candidates", "discard-images"),
     "in-place": (),
     "rollback-in-place": (),
-    "rollback-image": ("discard-candidates",),
+    "rollback-image": ("demote", "discard-candidates"),
 }
 
 
@@ -189,6 +228,10 @@ def _insert(stages: Sequence[Stage], extra: ExtraStage) -> tuple[tuple[Stage, ..
         if s.per_batch:
             inner, placed_inner = _insert(s.per_batch, extra)
             s = replace(s, per_batch=inner)
+            placed = placed or placed_inner
+        if s.per_region:
+            inner, placed_inner = _insert(s.per_region, extra)
+            s = replace(s, per_region=inner)
             placed = placed or placed_inner
         if s.name == anchor:
             new = Stage(name=extra.step, step=extra.step, targets=s.targets, phase=s.phase)

@@ -17,8 +17,13 @@ from typing import Any
 
 from deploylib.state import RunState
 
-# The stages after which the new release is what users get: time-to-live ends there.
+# The stages after which the new release is what users get: time-to-live ends when the
+# last of them ends (the rollout, or the promotion in the last region).
 LIVE_STAGES = ("promote", "rollout")
+
+
+def _live(key: str) -> bool:
+    return key.split("/")[-1] in LIVE_STAGES and not key.startswith("rollback/")
 
 
 def run_summary(state: RunState) -> dict[str, Any]:
@@ -32,8 +37,8 @@ def run_summary(state: RunState) -> dict[str, Any]:
                        "start": round(v["started_at"] - began, 3),
                        "seconds": round(end - v["started_at"], 3) if end else None,
                        "error": v.get("error")})
-    live_at = max((v.get("ended_at", 0) for k, v in top.items()
-                   if k in LIVE_STAGES and v.get("status") == "done"), default=None)
+    live_at = max((v.get("ended_at", 0) for k, v in state.stages.items()
+                   if _live(k) and v.get("status") == "done"), default=None)
     ends = [v["ended_at"] for v in top.values() if "ended_at" in v]
     return {
         "run_id": state.run_id, "env": state.env, "mode": state.mode,

@@ -9,10 +9,13 @@ error go to the run state after every stage, so any stage can run in its own pro
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as all_done
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,8 @@ class Context:
     jenkins: Any = None
     stage: planning.Stage | None = None
     batch: list[dict[str, str]] | None = None
+    # The one region a stage of the `regions` group works in (None: every region).
+    region: str | None = None
     reporter: Any = None  # deploylib.console: what the operator sees
     # A release to install instead of the run's own (a failed rollout's rollback).
     installing: dict[str, Any] | None = None
@@ -66,6 +71,17 @@ class Context:
     def timeout(self, what: str, default: float) -> float:
         return self.env.timeout(what, default)
 
+    def regions(self, among: list[str] | None = None) -> list[str]:
+        """The regions a stage works in: its own inside the `regions` group, else all
+        (or all of `among`)."""
+        every = self.env.all_regions if among is None else among
+        return [r for r in every if self.region in (None, r)]
+
+    def in_region(self, region: str) -> Context:
+        """A context for one region's stages, run on its own thread: the run's state,
+        clients, connections and trusted keys are shared; the stage being run is not."""
+        return replace(self, region=region, stage=None, batch=None)
+
     def save(self) -> None:
         self.state.save()
 
@@ -81,10 +97,13 @@ class Context:
             return [{"region": b["region"], "instance_id": b["instance_id"]}]
         if kind == planning.CANDIDATES:
             cands = self.facts.get("candidates")
-            if not cands:
-                raise StateError("the run has no candidates yet", resource=self.state.run_id,
+            if not cands or (self.region and self.region not in cands):
+                where = f" in {self.region}" if self.region else ""
+                raise StateError(f"the run has no candidates{where} yet",
+                                 resource=self.state.run_id,
                                  fix="run the launch-candidates stage first")
-            return [{"region": r, "instance_id": i} for r, ids in cands.items() for i in ids]
+            return [{"region": r, "instance_id": i} for r in self.regions(sorted(cands))
+                    for i in cands[r]]
         if kind == planning.BATCH:
             if self.batch is None:
                 raise StateError("a per-batch stage ran outside a rollout",
@@ -156,8 +175,9 @@ def open_context(env: config.Environment, state: RunState,
                  reporter: Any = None) -> Iterator[Context]:
     """Build every client for a run; SSH connections are closed when it ends."""
     from deploylib import provider as providers
-    from deploylib import ssh
+    from deploylib import ssh, waits
 
+    waits.pace(env.timeout("poll", 3.0))
     prov = providers.for_environment(env)
     clients = prov.aws_clients(env)
     with ssh.Pool(prov.ssh_credentials(env), connect_timeout=env.timeout("ssh_connect", 10),
@@ -376,6 +396,63 @@ def _rollout(ctx: Context, group: planning.Stage) -> None:
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
 
 
+def _regions(ctx: Context, group: planning.Stage) -> None:
+    """The release, region by region, all regions at once: each region's stages run in
+    order on its own thread, so a region goes on as soon as its own image is there.
+
+    When a region fails, the others stop before their next stage (a stage under way
+    finishes); regions promoted by then are put back by the run's cleanup (`demote`).
+    """
+    state = ctx.state
+    if state.is_done(group.name):
+        ctx.log(f"= {group.name} (done already)")
+        return
+    regions = ctx.env.all_regions
+    stop = threading.Event()
+    state.mark(group.name, RUNNING, step=f"{len(regions)} region(s)")
+    ctx.reporter.stage(group.name, RUNNING)
+    began = time.monotonic()
+
+    def chain(region: str) -> None:
+        rctx = ctx.in_region(region)
+        for stage in group.per_region:
+            if stop.is_set():
+                raise _Stopped(f"stopped before {stage.name}: another region failed",
+                               resource=region, fix="see the region that failed")
+            try:
+                _call(rctx, stage, f"{group.name}/{region}/{stage.name}")
+            except BaseException:
+                stop.set()
+                raise
+
+    with ThreadPoolExecutor(max_workers=len(regions)) as pool:
+        futures = {r: pool.submit(chain, r) for r in regions}
+        try:
+            all_done(futures.values())
+        except BaseException:
+            # Ctrl-C: the regions stop at their next stage, then the run's cleanup runs.
+            stop.set()
+            state.mark(group.name, FAILED, error="interrupted")
+            ctx.reporter.stage(group.name, FAILED)
+            raise
+    failures = {r: f.exception() for r, f in futures.items() if f.exception() is not None}
+    if failures:
+        # A region that failed says why (its stage's own error, exit code included); the
+        # others only that they stopped.
+        failed = [e for e in failures.values() if not isinstance(e, _Stopped)]
+        err = (failed or list(failures.values()))[0]
+        state.mark(group.name, FAILED, error=f"{', '.join(failures)}: {error_line(err)}")
+        ctx.reporter.stage(group.name, FAILED)
+        raise err
+    state.mark(group.name, DONE)
+    ctx.reporter.stage(group.name, DONE)
+    ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
+
+
+class _Stopped(StateError):
+    """A region stopped because another one failed."""
+
+
 def _tolerating(ctx: Context, stage: planning.Stage, key: str, batch: list[dict[str, str]],
                 failed: dict[str, str]) -> list[dict[str, str]]:
     """Run a per-batch stage; drop hosts that fail while the failure budget allows."""
@@ -468,24 +545,36 @@ def _recover(ctx: Context, group: planning.Stage, batch: list[dict[str, str]]) -
 def clean_up(ctx: Context, plan: planning.Plan) -> None:
     """Remove what a failed run created and never made live; rewind the run so that a
     resume makes it again."""
-    names = plan.names()
+    if ctx.state.is_done("record"):
+        # Committed: what the run made is what is live now; only its later stages
+        # (retiring the replaced hosts) are left, and a resume does them.
+        ctx.log("  the release is recorded as live: nothing to discard "
+                f"(`invoke resume --run {ctx.state.run_id}` finishes the run)")
+        return
+    names = [s.name for s in plan.walk()]
+    groups = {m.name: s.name for s in plan.stages for m in s.members}
     for name in plan.cleanup:
         ctx.state.facts.get("discarded", {}).pop(name, None)
         if not _best_effort(ctx, name):
             continue
         restart = planning.RESTART_FROM.get(name)
         if restart in names and ctx.state.facts.get("discarded", {}).get(name):
-            # What happened stays readable: the entry keeps its error and former status.
-            for later in names[names.index(restart):]:
-                for key, entry in ctx.state.stages.items():
-                    if key.split("/")[0] == later and entry.get("status") != PENDING:
-                        entry.update(was=entry["status"], status=PENDING, reset_by=name)
+            # Every stage from `restart` on runs again, with the group around it.
+            later = set(names[names.index(restart):])
+            later |= {groups[n] for n in later if n in groups}
+            for key, entry in ctx.state.stages.items():
+                parts = key.split("/")
+                if (parts[0] in later or parts[-1] in later) and entry.get("status") != PENDING:
+                    # What happened stays readable: the entry keeps its error and status.
+                    entry.update(was=entry["status"], status=PENDING, reset_by=name)
             ctx.state.save()
 
 
 def run_stage(ctx: Context, stage: planning.Stage) -> None:
     if stage.per_batch:
         _rollout(ctx, stage)
+    elif stage.per_region:
+        _regions(ctx, stage)
     else:
         _call(ctx, stage, stage.name)
 
@@ -597,14 +686,23 @@ def summary(state: RunState) -> str:
     for s in t["stages"]:
         secs = f"{s['seconds']:7.2f}s" if s["seconds"] is not None else "        "
         lines.append(f"  {s['name']:<20} {s['status']:<8} {secs}")
-        # A group's stages, summed over its batches: where an in-place rollout spends time.
         subs: dict[str, list[float]] = {}
+        per_region: dict[str, list[str]] = {}
         for key, entry in state.stages.items():
             parts = key.split("/")
-            if len(parts) == 3 and parts[0] == s["name"]:
+            if len(parts) != 3 or parts[0] != s["name"]:
+                continue
+            if parts[1].isdigit():
+                # A rollout's stages, summed over its batches: where the time goes.
                 subs.setdefault(parts[2], []).append(entry.get("seconds") or 0.0)
+            else:
+                # The regions ran side by side: each region's own stages, in order.
+                per_region.setdefault(parts[1], []).append(
+                    f"{parts[2]} {entry.get('seconds') or 0.0:.2f}s")
         for name, secs_list in subs.items():
             lines.append(f"    {name:<18} x{len(secs_list):<6} {sum(secs_list):7.2f}s")
+        for region, parts_done in per_region.items():
+            lines.append(f"    {region:<18} {', '.join(parts_done)}")
     if t["time_to_live"] is not None:
         lines.append(f"  time to live: {t['time_to_live']:.2f}s   total: {t['total']:.2f}s")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ def check_run_id(run_id: str) -> str:
                          fix="use an id printed by `invoke start` or `invoke deploy`, "
                          "e.g. 20261127T120000-a1b2c3")
     return run_id
+
+
+_SAVING = threading.Lock()
 
 
 @dataclass
@@ -100,12 +104,17 @@ class RunState:
         }
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, self.path)
+        """Write the state atomically. Regions of a run save from their own threads: the
+        snapshot is taken by the C encoder, which copies each dict's items without
+        letting another thread run, and the lock keeps the file in snapshot order."""
+        with _SAVING:
+            snapshot = json.loads(json.dumps(self.to_dict(), sort_keys=True))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(snapshot, f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, self.path)
 
     # -- stage bookkeeping ----------------------------------------------------------------
 

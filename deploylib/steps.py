@@ -57,10 +57,11 @@ def _by_region(refs: list[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def _raise_failures(stage: str, results: dict[str, Any], fix: str | None = None) -> None:
+def _raise_failures(stage: str, results: dict[str, Any], fix: str | None = None,
+                    kind: str = "host") -> None:
     failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
     if failures:
-        raise StepFailed(stage, failures, fix=fix)
+        raise StepFailed(stage, failures, fix=fix, kind=kind)
 
 
 def _each_region(ctx: Any, stage: str, regions: list[str], fn: Any, into: dict[str, Any],
@@ -73,7 +74,7 @@ def _each_region(ctx: Any, stage: str, regions: list[str], fn: Any, into: dict[s
             into[region] = res
             ctx.log(f"  {say(region, res)}")
     ctx.save()
-    _raise_failures(stage, results)
+    _raise_failures(stage, results, kind="region")
 
 
 def _image_name(ctx: Any) -> str:
@@ -423,7 +424,9 @@ def terminate_builder(ctx: Any) -> None:
 
 @step("copy-image")
 def copy_image(ctx: Any) -> None:
-    """Copy the image to every other region, all at once."""
+    """Start copying the image to every other region, all at once. Nothing waits for the
+    copies here: each region waits for its own (wait-image), so the primary region is
+    tested and promoted while the copies are on their way."""
     env = ctx.env
     images = ctx.facts.setdefault("images", {})
     source = images[env.primary_region]
@@ -437,12 +440,27 @@ def copy_image(ctx: Any) -> None:
                                       dest_region=region, image_id=source, name=name,
                                       tag_list=_tags(ctx, "image"),
                                       client_token=f"{ctx.state.run_id}-{region}")
-        aws.wait_image(ec2, region, image_id, ctx.timeout("copy", 7200))
-        aws.tag_snapshots(ec2, image_id, _tags(ctx, "image"))
         return image_id
 
     _each_region(ctx, "copy-image", env.copy_regions, one, images,
-                 lambda region, image: f"image {image} in {region}")
+                 lambda region, image: f"copying to {region} as {image}")
+
+
+@step("wait-image")
+def wait_image(ctx: Any) -> None:
+    """Wait until the run's image is available in the region (a copy can take longer
+    than everything else in the run)."""
+    images = ctx.facts["images"]
+
+    def one(region: str) -> str:
+        ec2 = ctx.aws.ec2(region)
+        what = "image" if region == ctx.env.primary_region else "copy"
+        aws.wait_image(ec2, region, images[region], ctx.timeout(what, 7200))
+        aws.tag_snapshots(ec2, images[region], _tags(ctx, "image"))
+        return images[region]
+
+    _each_region(ctx, "wait-image", ctx.regions(sorted(images)), one, {},
+                 lambda region, image: f"image {image} available in {region}")
 
 
 def _healthy(elb: Any, group: str) -> list[str]:
@@ -498,11 +516,12 @@ def launch_candidates(ctx: Any) -> None:
                           client_token=f"{ctx.state.run_id}-candidates-{region}",
                           key_name=env.key_name)
 
-    _each_region(ctx, "launch-candidates", env.all_regions, one, candidates,
+    regions = ctx.regions()
+    _each_region(ctx, "launch-candidates", regions, one, candidates,
                  lambda region, ids: f"{len(ids)} candidate(s) in {region} from "
                  f"{images.get(region)}")
-    for region, ids in candidates.items():
-        aws.wait_instances(ctx.aws.ec2(region), region, ids, "running",
+    for region in regions:
+        aws.wait_instances(ctx.aws.ec2(region), region, candidates[region], "running",
                            ctx.timeout("launch", 600))
 
 
@@ -535,11 +554,13 @@ def smoke_test(ctx: Any) -> None:
 
     instances = ctx.targets()
     out = junit_dir(ctx)
+    # One report per region: the regions test at the same time.
+    suffix = f"-{ctx.region}" if ctx.region else ""
     began = time.monotonic()
     results = parallel.each(instances, lambda i: _serving(ctx, i, ctx.state.version),
                             key=lambda i: i.instance_id)
     took = time.monotonic() - began
-    _junit(out / "smoke-health.xml", "smoke-test.health", {
+    _junit(out / f"smoke-health{suffix}.xml", "smoke-test.health", {
         f"{iid} reports {ctx.state.version}": (took, None if not isinstance(r, Exception)
                                                 else getattr(r, "problem", str(r)))
         for iid, r in results.items()})
@@ -548,7 +569,7 @@ def smoke_test(ctx: Any) -> None:
         return
     targets = [{"instance_id": i.instance_id, "address": i.address,
                 "url": f"http://{i.address}:{ctx.env.app_port}"} for i in instances]
-    report = out / "smoke-tests.xml"
+    report = out / f"smoke-tests{suffix}.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          f"--junitxml={report}", ctx.env.smoke_tests],
@@ -566,7 +587,9 @@ def smoke_test(ctx: Any) -> None:
 
 @step("promote")
 def promote(ctx: Any) -> None:
-    """Make the candidates live: register, wait healthy, then drain and retire the old."""
+    """Make the candidates live: register them, wait until healthy, deregister the hosts
+    they replace. Those keep running (draining) until the release is recorded: until
+    then a failure elsewhere puts them back (demote); after it, retire removes them."""
     env = ctx.env
     candidates = ctx.facts["candidates"]
     promoted = ctx.facts.setdefault("promoted", {})
@@ -583,13 +606,31 @@ def promote(ctx: Any) -> None:
         aws.register(elb, group, new, env.app_port)
         aws.wait_healthy(elb, group, new, region, ctx.timeout("healthy", 300))
         aws.deregister(elb, group, old, env.app_port)
-        aws.wait_drained(elb, group, old, region, ctx.timeout("drain", 600))
+        return old
+
+    _each_region(ctx, "promote", ctx.regions(sorted(candidates)), one, promoted,
+                 lambda region, old: f"{region}: {len(candidates[region])} live, "
+                 f"{len(old)} draining {' '.join(old)}".rstrip())
+
+
+@step("retire")
+def retire(ctx: Any) -> None:
+    """Once the release is recorded: let the replaced hosts finish draining, then
+    terminate them."""
+    promoted = ctx.facts.get("promoted", {})
+    retired = ctx.facts.setdefault("retired", {})
+
+    def one(region: str) -> list[str]:
+        old = promoted[region]
+        elb = ctx.aws.elbv2(region)
+        aws.wait_drained(elb, _target_group(ctx, region), old, region,
+                         ctx.timeout("drain", 600))
         aws.terminate(ctx.aws.ec2(region), region, old)
         return old
 
-    _each_region(ctx, "promote", sorted(candidates), one, promoted,
-                 lambda region, old: f"{region}: {len(candidates[region])} live, "
-                 f"{len(old)} retired {' '.join(old)}".rstrip())
+    _each_region(ctx, "retire", [r for r in sorted(promoted) if r not in retired], one,
+                 retired, lambda region, old: f"{region}: {len(old)} retired "
+                 f"{' '.join(old)}".rstrip())
 
 
 @step("record")
@@ -786,9 +827,44 @@ def discard_images(ctx: Any) -> None:
                 _discarded(ctx, "discard-images", res)
                 ctx.log(f"  {region}: image {' '.join(res)} and its snapshots deleted")
     ctx.save()
-    _raise_failures("discard-images", results)
+    _raise_failures("discard-images", results, kind="region")
     ctx.facts.pop("images", None)
     ctx.save()
+
+
+@step("demote")
+def demote(ctx: Any) -> None:
+    """Put back the hosts a failed run's promotion replaced, in every region it promoted
+    (they are still running: hosts are retired only once the release is recorded), and
+    take its candidates out, so that every region serves the release it had."""
+    env = ctx.env
+    promoted = ctx.facts.get("promoted") or {}
+    candidates = ctx.facts.get("candidates") or {}
+    record = _record(ctx)
+    if record and record.get("run_id") == ctx.state.run_id:
+        return  # committed: this run's release is the live one
+
+    def one(region: str) -> list[str]:
+        elb, group = ctx.aws.elbv2(region), _target_group(ctx, region)
+        old = promoted[region]
+        if not old:
+            raise CloudError("nothing served here before this run: its candidates stay",
+                             resource=region, fix=f"`invoke resume --run {ctx.state.run_id}` "
+                             "finishes the release, or `invoke rollback`")
+        aws.register(elb, group, old, env.app_port)
+        aws.wait_healthy(elb, group, old, region, ctx.timeout("healthy", 300))
+        aws.deregister(elb, group, candidates.get(region, []), env.app_port)
+        aws.wait_drained(elb, group, candidates.get(region, []), region,
+                         ctx.timeout("drain", 600))
+        return old
+
+    results = parallel.each(sorted(promoted), one, key=lambda r: r)
+    for region, res in results.items():
+        if not isinstance(res, Exception):
+            del promoted[region]
+            ctx.log(f"  {region}: {' '.join(res)} serve again; the candidates are out")
+    ctx.save()
+    _raise_failures("demote", results, kind="region")
 
 
 @step("discard-candidates")

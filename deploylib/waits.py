@@ -15,6 +15,16 @@ from deploylib.errors import WaitTimeout
 
 T = TypeVar("T")
 
+# The longest pause between two looks. Set once per run from the environment's
+# `timeouts.poll` (runner.open_context): one process serves one environment.
+_longest = 3.0
+
+
+def pace(longest: float) -> None:
+    """Set the longest pause between two looks, for every wait of this process."""
+    global _longest
+    _longest = longest
+
 
 def until(
     check: Callable[[], T | None],
@@ -24,7 +34,7 @@ def until(
     resource: str,
     fix: str | Callable[[], str],
     first: float = 0.1,
-    longest: float = 3.0,
+    longest: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
@@ -34,7 +44,8 @@ def until(
     `fix` may be a function, to say what was last seen when the deadline passes.
     """
     deadline = clock() + timeout
-    delay = first
+    longest = _longest if longest is None else longest
+    delay = min(first, longest)
     last: T | None = None
     while True:
         last = check()

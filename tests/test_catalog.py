@@ -47,7 +47,7 @@ def test_a_plugin_named_in_config_adds_a_step_and_hooks_without_editing_deployli
     assert [h.__name__ for h in catalog.hooks("before", "install-release")] == ["before_install"]
     # every procedure that promotes now announces right after
     for mode in ("immutable", "rebake-light"):
-        names = planning.plan(mode, env.extra_stages).names()
+        names = [s.name for s in planning.plan(mode, env.extra_stages).walk()]
         assert names[names.index("promote") + 1] == "announce"
 
 

@@ -49,3 +49,17 @@ def test_on_a_terminal_a_table_shows_each_stage_with_its_state_and_the_batches(m
 def test_a_dumb_terminal_gets_plain_lines(monkeypatch):
     monkeypatch.setenv("TERM", "dumb")
     assert type(console.for_run("x", ["a"], Tty())) is console.Plain
+
+
+def test_the_regions_row_shows_where_each_region_is(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    out = Tty()
+    reporter = console.for_run("immutable 2.0.0 to lab", ["copy-image", "regions", "record"],
+                               out)
+    with reporter:
+        reporter.stage("regions", console.RUNNING)
+        reporter.stage("regions/us-east-1/promote", console.DONE)
+        reporter.stage("regions/eu-west-1/wait-image", console.RUNNING)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert re.search(r"us-east-1 ✓ promote\s+eu-west-1 ▶ wait-image", text), text
+    assert "0/3 stages" in text  # a region's stage is no row of its own

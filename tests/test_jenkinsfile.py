@@ -101,12 +101,19 @@ def test_every_tool_command_runs_with_the_credentials_bound_and_nothing_else_doe
     assert bindings and all(b["args"][0]["variable"] == "JENKINS_API_TOKEN" for b in bindings)
 
 
-def test_the_smoke_test_stage_publishes_junit_even_when_it_fails():
-    result = run_pipeline({"MODE": "rebake-light"}, fail_on="step 'smoke-test'")
+def test_the_stage_with_the_smoke_tests_publishes_junit_even_when_it_fails():
+    # The smoke test runs inside the per-region group: its Jenkins stage publishes.
+    result = run_pipeline({"MODE": "rebake-light"}, fail_on="step 'regions'")
     assert result["result"] == "FAILURE"
     junit = [c for c in result["calls"] if c["step"] == "junit"]
-    assert len(junit) == 1 and junit[0]["stage"] == "smoke-test"
+    assert len(junit) == 1 and junit[0]["stage"] == "regions"
     assert junit[0]["args"][0]["testResults"] == f".runs/{RUN_ID}/junit/*.xml"
+
+
+def test_only_the_stage_with_the_smoke_tests_publishes_junit():
+    result = run_pipeline({"MODE": "in-place"})
+    assert result["result"] == "SUCCESS"
+    assert not [c for c in result["calls"] if c["step"] == "junit"]
 
 
 def test_keep_on_error_skips_the_cleanup():

@@ -11,13 +11,18 @@ from deploylib.errors import ConfigError, InputError
 EXPECTED = {
     "immutable": ["publish-release", "launch-builder", "wait-ssh", "provision", "cache-foundation",
                   "install-release", "stop-builder", "create-image", "terminate-builder",
-                  "copy-image", "launch-candidates", "smoke-test", "promote", "record"],
-    "rebake-light": ["publish-release", "launch-candidates", "wait-ssh", "install-release",
-                     "smoke-test", "promote", "create-image", "record"],
+                  "copy-image", "regions", "record", "retire"],
+    "rebake-light": ["publish-release", "regions", "create-image", "record", "retire"],
     "in-place": ["publish-release", "select-hosts", "rollout", "record", "notify"],
     "rollback-in-place": ["locate-previous", "select-hosts", "rollout", "record", "notify"],
-    "rollback-image": ["locate-previous", "launch-candidates", "smoke-test", "promote",
-                       "record"],
+    "rollback-image": ["locate-previous", "regions", "record", "retire"],
+}
+# What each region does, on its own thread, in the procedures that launch candidates.
+PER_REGION = {
+    "immutable": ["wait-image", "launch-candidates", "smoke-test", "promote"],
+    "rebake-light": ["launch-candidates", "wait-ssh", "install-release", "smoke-test",
+                     "promote"],
+    "rollback-image": ["launch-candidates", "smoke-test", "promote"],
 }
 
 
@@ -25,9 +30,21 @@ EXPECTED = {
 def test_each_procedure_is_an_ordering_of_catalog_steps(mode):
     p = planning.plan(mode)
     assert p.names() == EXPECTED[mode]
+    if mode in PER_REGION:
+        assert [s.name for s in p.stage("regions").per_region] == PER_REGION[mode]
     for stage in p.walk():
-        if not stage.per_batch:
+        if not stage.members:
             catalog.get(stage.step)  # every stage names a registered step
+    for name in p.cleanup:
+        catalog.get(name)
+
+
+@pytest.mark.parametrize("mode", sorted(PER_REGION))
+def test_replaced_hosts_retire_only_after_the_release_is_recorded(mode):
+    # Until the record, a failure anywhere can put the replaced hosts back (demote).
+    names = planning.plan(mode).names()
+    assert names.index("regions") < names.index("record") < names.index("retire")
+    assert planning.plan(mode).cleanup[0] == "demote"
 
 
 def test_in_place_repeats_drain_install_check_put_back_per_batch():
@@ -56,24 +73,28 @@ def test_install_targets_the_builder_candidates_or_batch():
     assert targets == {"immutable": "builder", "rebake-light": "candidates", "in-place": "batch"}
 
 
-def test_bake_phase_ends_with_the_copies_and_release_phase_starts_with_candidates():
+def test_bake_phase_ends_with_the_copies_started_and_each_region_waits_for_its_own():
     p = planning.plan("immutable")
     phases = [s.phase for s in p.stages]
     first_release = phases.index(planning.RELEASE)
     assert p.names()[first_release - 1] == "copy-image"
-    assert p.names()[first_release] == "launch-candidates"
+    assert p.names()[first_release] == "regions"
+    assert p.stage("regions").per_region[0].name == "wait-image"
     assert set(phases[first_release:]) == {planning.RELEASE}
+    assert {s.phase for s in p.stage("regions").per_region} == {planning.RELEASE}
 
 
 def test_rebake_light_launches_from_the_live_image_and_immutable_from_the_baked_one():
-    assert planning.plan("rebake-light").stage("launch-candidates").option == {"image": "live"}
-    assert planning.plan("immutable").stage("launch-candidates").option == {"image": "baked"}
+    assert planning.plan("rebake-light").find("launch-candidates").option == {"image": "live"}
+    assert planning.plan("immutable").find("launch-candidates").option == {"image": "baked"}
 
 
 def test_plans_are_plain_data():
     data = planning.plan("in-place").to_dict()
     assert data["mode"] == "in-place"
     assert data["stages"][2]["per_batch"][1]["name"] == "install-release"
+    data = planning.plan("rebake-light").to_dict()
+    assert data["stages"][1]["per_region"][2]["name"] == "install-release"
 
 
 def extra(**kw):
@@ -126,9 +147,10 @@ def test_a_rollback_is_the_procedure_that_made_the_release_live_in_reverse():
         planning.plan("in-place").stage("rollout")
 
 
-def test_a_failed_bake_discards_candidates_then_images_then_the_builder():
-    # images before the builder: a builder whose image is gone is forgotten too, so a
-    # resume bakes again from launch-builder
-    assert planning.plan("immutable").cleanup == ("discard-candidates", "discard-images",
-                                                  "discard-builder")
+def test_a_failed_bake_demotes_then_discards_candidates_then_images_then_the_builder():
+    # demote first: promoted regions get their hosts back before candidates go; images
+    # before the builder: a builder whose image is gone is forgotten too, so a resume
+    # bakes again from launch-builder
+    assert planning.plan("immutable").cleanup == ("demote", "discard-candidates",
+                                                  "discard-images", "discard-builder")
     assert planning.RESTART_FROM["discard-images"] == "launch-builder"

@@ -62,3 +62,16 @@ def test_the_fix_can_say_what_was_last_seen():
         waits.until(check, timeout=1, what="x", resource="r",
                     fix=lambda: f"last saw {seen[-1]}", clock=clock, sleep=clock.sleep)
     assert info.value.line().endswith(f"Fix: last saw {seen[-1]}")
+
+
+def test_the_longest_pause_follows_the_environments_poll_setting():
+    clock = Clock()
+    waits.pace(0.2)
+    try:
+        with pytest.raises(WaitTimeout):
+            waits.until(lambda: None, timeout=3, what="x", resource="r", fix="f",
+                        clock=clock, sleep=clock.sleep)
+    finally:
+        waits.pace(3.0)
+    assert max(clock.sleeps) == pytest.approx(0.2)
+    assert len(clock.sleeps) > 10  # looked again every 0.2 s, not every 3 s

@@ -7,9 +7,12 @@ A test writes `faults.json` in the lab directory:
 
 and the next matching requests (service-independent action name, optional region,
 `times` of them, or every one when `times` is absent) get that error in the service's
-own wire format, before moto sees them. Hits are counted in `faults-hits.json`, so a
-test can tell the fault was met rather than missed. Throttling codes get the status AWS
-uses for them, so botocore retries them as it would against AWS.
+own wire format, before moto sees them. A rule with `image_state` instead of `error`
+lets moto answer DescribeImages and reports that state for every image in it: a copy
+held `pending` for as long as the rule is there, or one that `failed`. Hits are
+counted in `faults-hits.json`, so a test can tell the fault was met rather than missed.
+Throttling codes get the status AWS uses for them, so botocore retries them as it would
+against AWS.
 """
 
 from __future__ import annotations
@@ -106,10 +109,26 @@ class FaultyApp:
                                  region_match.group(1) if region_match else "")
         if rule is None:
             return self.app(environ, start_response)
+        if "image_state" in rule:
+            return self._with_image_state(environ, start_response, rule["image_state"])
         status, kind, payload = _error(environ, rule)
         start_response(f"{status} Injected", [("Content-Type", kind),
                                               ("Content-Length", str(len(payload)))])
         return [payload]
+
+
+    def _with_image_state(self, environ: dict[str, Any], start_response: Any,
+                          state: str) -> list[bytes]:
+        seen: list[Any] = []
+        body = b"".join(self.app(environ, lambda status, headers, *exc: seen.append(
+            (status, headers))))
+        body = re.sub(rb"<imageState>\w+</imageState>",
+                      f"<imageState>{state}</imageState>".encode(), body)
+        status, headers = seen[0]
+        headers = [(k, str(len(body)) if k.lower() == "content-length" else v)
+                   for k, v in headers]
+        start_response(status, headers)
+        return [body]
 
 
 class LabServer(ThreadedMotoServer):

@@ -132,7 +132,8 @@ def test_plan_json_shows_one_install_function_in_all_three(lab):
     functions = set()
     for mode in ("immutable", "rebake-light", "in-place"):
         data = json.loads(lab.cli(f"plan --mode {mode} --json").stdout)
-        stages = [*data["stages"], *(s for st in data["stages"] for s in st.get("per_batch", []))]
+        stages = [*data["stages"], *(s for st in data["stages"]
+                                     for s in st.get("per_batch", []) + st.get("per_region", []))]
         installs = [s for s in stages if s["name"] == "install-release"]
         assert len(installs) == 1
         functions.add(installs[0]["function"])

@@ -47,11 +47,16 @@ def test_rebake_light_discards_its_candidates_and_the_fleet_keeps_serving(lab, b
     before = record(lab)
     state = deploy_broken(lab, "rebake-light", "9.0.1-broken", broken)
     assert state["status"] == "failed"
-    assert state["facts"]["cleanup"] == {"discard-candidates": "done"}
+    assert state["facts"]["cleanup"] == {"demote": "done", "discard-candidates": "done",
+                                         "discard-images": "done"}
     assert run_instances(lab, state["run_id"]) == []
-    # a resume launches new candidates: the stages that made them are pending again
-    assert state["stages"]["launch-candidates"]["status"] == "pending"
-    assert state["stages"]["install-release"]["was"] == "failed"
+    # a resume launches new candidates: the stages that made them are pending again, in
+    # every region, with the group around them
+    for region in lab.env.all_regions:
+        assert state["stages"][f"regions/{region}/launch-candidates"]["status"] == "pending"
+    assert "failed" in {state["stages"].get(f"regions/{r}/install-release", {}).get("was")
+                        for r in lab.env.all_regions}
+    assert state["stages"]["regions"]["status"] == "pending"
     assert record(lab) == before
     assert_serving(lab, before["release"])
 
@@ -112,8 +117,8 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
     assert "interrupted" in err and "invoke resume --run" in err
     final = json.loads((Path(lab.env.state_dir) / f"{state['run_id']}.json").read_text())
     assert final["status"] == "failed"
-    assert set(final["facts"]["cleanup"]) == {"discard-builder", "discard-candidates",
-                                              "discard-images"}
+    assert set(final["facts"]["cleanup"]) == {"demote", "discard-builder",
+                                              "discard-candidates", "discard-images"}
     clients = lab.clients()
     for region in lab.env.all_regions:
         assert aws.tagged_images(clients.ec2(region), {aws.TAG_RUN: state["run_id"]}) == []

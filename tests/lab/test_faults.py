@@ -21,7 +21,7 @@ import pytest
 
 from deploylib import aws, lock, release, waits
 from tests.conftest import REPO, write_config
-from tests.lab.test_procedures import assert_serving, live, record
+from tests.lab.test_procedures import assert_serving, balancer_versions, live, record
 
 pytestmark = pytest.mark.lab
 
@@ -331,9 +331,80 @@ def test_an_image_copy_failing_in_one_region_removes_every_image_of_the_run(lab)
     proc = lab.cli("deploy --mode immutable --version 5.6.0", check=False)
     failed_clearly(proc, "copy-image", "eu-west-1")
     state = newest_state(lab)
-    assert state["facts"]["cleanup"] == {"discard-candidates": "done", "discard-images": "done",
-                                         "discard-builder": "done"}
+    assert state["facts"]["cleanup"] == {"demote": "done", "discard-candidates": "done",
+                                         "discard-images": "done", "discard-builder": "done"}
     assert record(lab) == before
+    assert_nothing_lost(lab, state, before["release"])
+
+
+def start_deploy(lab, *args: str) -> subprocess.Popen:
+    before = set(Path(lab.env.state_dir).glob("*.json"))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "deploy", *args], cwd=REPO,
+                            env=lab.cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    proc.runs_before = before  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_for_stage(lab, proc: subprocess.Popen, key: str) -> dict:
+    """The new run's state once its stage `key` is done (the run must still be going)."""
+    def done() -> dict | None:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        new = set(Path(lab.env.state_dir).glob("*.json")) - proc.runs_before
+        state = json.loads(next(iter(new)).read_text()) if new else {}
+        return state if state.get("stages", {}).get(key, {}).get("status") == "done" else None
+
+    return waits.until(done, timeout=180, what=f"stage {key}", resource="the run",
+                       fix="read the run's output", first=0.05, longest=0.2)
+
+
+def copies_held(lab, state: str = "pending") -> None:
+    set_faults(lab, *({"action": "DescribeImages", "region": r, "image_state": state}
+                      for r in lab.env.copy_regions))
+
+
+def test_the_primary_region_goes_live_while_the_copies_are_pending(lab):
+    """Each region waits only for its own image: with every copy held pending, the
+    primary region is tested and promoted; the others follow when their copies land."""
+    before = record(lab)["release"]
+    copies_held(lab)
+    proc = start_deploy(lab, "--mode", "immutable", "--version", "5.6.5")
+    primary = lab.env.primary_region
+    state = wait_for_stage(lab, proc, f"regions/{primary}/promote")
+    clients = lab.clients()
+    for region in lab.env.copy_regions:
+        image = state["facts"]["images"][region]
+        assert clients.ec2(region).describe_images(ImageIds=[image])["Images"][0]["State"] \
+            == "pending"
+        assert state["stages"][f"regions/{region}/wait-image"]["status"] == "running"
+        assert f"regions/{region}/launch-candidates" not in state["stages"]
+    serving = {region: balancer_versions(lab, region) for region in lab.env.all_regions}
+    assert serving[primary] == {"5.6.5"}
+    assert all(serving[r] == {before} for r in lab.env.copy_regions), serving
+    assert record(lab)["release"] == before  # committed only when every region is live
+    (lab.cli.lab_dir / "faults.json").unlink()  # the copies land
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    final = newest_state(lab)
+    assert final["status"] == "done" and record(lab)["release"] == "5.6.5"
+    assert_nothing_lost(lab, final, "5.6.5")
+
+
+def test_a_copy_failing_after_the_primary_went_live_puts_the_primary_back(lab):
+    """Until the release is recorded the replaced hosts keep running: a region that
+    fails late gets every region back on the release it had, and nothing is left."""
+    before = record(lab)
+    copies_held(lab)
+    proc = start_deploy(lab, "--mode", "immutable", "--version", "5.6.6")
+    wait_for_stage(lab, proc, f"regions/{lab.env.primary_region}/promote")
+    copies_held(lab, "failed")
+    out, err = proc.communicate(timeout=300)
+    failed_clearly(subprocess.CompletedProcess([], proc.returncode, out, err), "image is failed")
+    state = newest_state(lab)
+    assert state["facts"]["cleanup"]["demote"] == "done"
+    assert state["facts"]["promoted"] == {}
+    assert record(lab) == before
+    (lab.cli.lab_dir / "faults.json").unlink()
     assert_nothing_lost(lab, state, before["release"])
 
 
