@@ -30,13 +30,29 @@ def run_summary(state: RunState) -> dict[str, Any]:
     """One run: its stages as offsets from its start, and its time-to-live."""
     top = {k: v for k, v in state.stages.items() if "/" not in k and "started_at" in v}
     began = min((v["started_at"] for v in top.values()), default=None)
+
+    def bar(name: str, v: dict[str, Any]) -> dict[str, Any]:
+        end = v.get("ended_at")
+        return {"name": name, "status": v.get("status"),
+                "start": round(v["started_at"] - began, 3),
+                "seconds": round(end - v["started_at"], 3) if end else None,
+                "error": v.get("error")}
+
     stages = []
     for name, v in sorted(top.items(), key=lambda kv: kv[1]["started_at"]):
-        end = v.get("ended_at")
-        stages.append({"name": name, "status": v.get("status"),
-                       "start": round(v["started_at"] - began, 3),
-                       "seconds": round(end - v["started_at"], 3) if end else None,
-                       "error": v.get("error")})
+        stages.append(bar(name, v))
+        # A group of regions: one lane per region under it, its stages as segments, so
+        # a region going live while another still waits for its copy shows.
+        lanes: dict[str, list[dict[str, Any]]] = {}
+        for key, sub in state.stages.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == name and not parts[1].isdigit() \
+                    and "started_at" in sub:
+                lanes.setdefault(parts[1], []).append(bar(parts[2], sub))
+        for region, parts_of in lanes.items():
+            parts_of.sort(key=lambda p: p["start"])
+            stages.append({"name": region, "region": True, "parts": parts_of,
+                           "status": parts_of[-1]["status"]})
     live_at = max((v.get("ended_at", 0) for k, v in state.stages.items()
                    if _live(k) and v.get("status") == "done"), default=None)
     ends = [v["ended_at"] for v in top.values() if "ended_at" in v]
@@ -179,6 +195,25 @@ _PAGE = """<!doctype html>
         current.appendChild(el("line", {x1: x, x2: x, y1: y, y2: y + (r.stages.length + 1) *
           (laneH + gap), class: "ttl"}));
       }
+    } else if (lane.stage.parts) {
+      // One region of a group: its stages side by side in one lane.
+      const s = lane.stage;
+      current.appendChild(el("text", {x: 32, y: y + 17}, s.name));
+      for (const p of s.parts) {
+        const live = p.name === "promote" && p.status === "done";
+        const w = Math.max(2, (p.seconds || 0) * scale);
+        const bar = el("rect", {x: label + p.start * scale, y: y + 6, width: w,
+          height: laneH - 12, rx: 2, class: "bar " + (live ? "live" : p.status),
+          "data-region": s.name, "data-part": p.name, "data-status": p.status});
+        bar.appendChild(el("title", {}, s.name + " " + p.name + ": " + (p.seconds != null ?
+          p.seconds.toFixed(2) + "s" : p.status) + (p.error ? " — " + p.error : "")));
+        current.appendChild(bar);
+      }
+      const last = s.parts[s.parts.length - 1];
+      const end = last.start + (last.seconds || 0);
+      current.appendChild(el("text", {x: label + end * scale + 6, y: y + 17},
+        last.name === "promote" && last.status === "done" ?
+          "live at " + end.toFixed(1) + "s" : last.name + " " + last.status));
     } else {
       const s = lane.stage;
       const live = ["promote", "rollout"].includes(s.name) && s.status === "done";

@@ -396,6 +396,10 @@ def _rollout(ctx: Context, group: planning.Stage) -> None:
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
 
 
+class _Stopped(StateError):
+    """A region stopped because another one failed."""
+
+
 def _regions(ctx: Context, group: planning.Stage) -> None:
     """The release, region by region, all regions at once: each region's stages run in
     order on its own thread, so a region goes on as soon as its own image is there.
@@ -447,10 +451,6 @@ def _regions(ctx: Context, group: planning.Stage) -> None:
     state.mark(group.name, DONE)
     ctx.reporter.stage(group.name, DONE)
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
-
-
-class _Stopped(StateError):
-    """A region stopped because another one failed."""
 
 
 def _tolerating(ctx: Context, stage: planning.Stage, key: str, batch: list[dict[str, str]],

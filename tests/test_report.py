@@ -30,17 +30,31 @@ def fake_run(tmp_path: Path, run_id: str, mode: str, version: str,
     return state
 
 
+def in_regions(state: RunState) -> RunState:
+    """Give a run's `regions` group two regions, side by side: us-east-1 is live after
+    6.5 s of the group, eu-west-1 (slower) at its end."""
+    began = state.stages["regions"]["started_at"]
+    for region, times in (("us-east-1", [3.0, 1.0, 1.0, 0.5, 1.0]),
+                          ("eu-west-1", [5.0, 1.0, 2.0, 0.5, 4.0])):
+        t = began
+        for name, seconds in zip(["launch-candidates", "wait-ssh", "install-release",
+                                  "smoke-test", "promote"], times, strict=True):
+            state.stages[f"regions/{region}/{name}"] = {
+                "status": "done", "started_at": t, "ended_at": t + seconds, "seconds": seconds}
+            t += seconds
+    state.save()
+    return state
+
+
 @pytest.fixture
 def three_runs(tmp_path):
     return [
         fake_run(tmp_path, "20261127T100000-aaaaaa", "in-place", "1.0.1",
                  [("publish-release", 0.2, "done"), ("select-hosts", 0.3, "done"),
                   ("rollout", 8.0, "done"), ("record", 0.1, "done")]),
-        fake_run(tmp_path, "20261127T110000-bbbbbb", "rebake-light", "1.0.2",
-                 [("publish-release", 0.2, "done"), ("launch-candidates", 3.0, "done"),
-                  ("wait-ssh", 1.0, "done"), ("install-release", 2.0, "done"),
-                  ("smoke-test", 0.5, "done"), ("promote", 6.0, "done"),
-                  ("create-image", 1.5, "done"), ("record", 0.1, "done")]),
+        in_regions(fake_run(tmp_path, "20261127T110000-bbbbbb", "rebake-light", "1.0.2",
+                            [("publish-release", 0.2, "done"), ("regions", 12.5, "done"),
+                             ("create-image", 1.5, "done"), ("record", 0.1, "done")])),
         fake_run(tmp_path, "20261127T120000-cccccc", "immutable", "1.1.0",
                  [("publish-release", 0.2, "done"), ("launch-builder", 2.0, "done"),
                   ("wait-ssh", 1.0, "done"), ("provision", 2.0, "done"),
@@ -54,7 +68,13 @@ def test_time_to_live_ends_when_the_release_serves(three_runs):
     data = report.build(three_runs)
     assert [r["mode"] for r in data["runs"]] == ["in-place", "rebake-light", "immutable"]
     assert data["time_to_live"]["in-place"]["seconds"] == pytest.approx(8.5)
+    # the release is live when the last region's promotion ends
     assert data["time_to_live"]["rebake-light"]["seconds"] == pytest.approx(12.7)
+    lanes = [s for s in data["runs"][1]["stages"] if s.get("region")]
+    assert [(s["name"], [p["name"] for p in s["parts"]][-1]) for s in lanes] == [
+        ("us-east-1", "promote"), ("eu-west-1", "promote")]
+    assert lanes[0]["parts"][-1]["start"] + lanes[0]["parts"][-1]["seconds"] == \
+        pytest.approx(0.2 + 6.5)
     assert "immutable" not in data["time_to_live"]  # it failed: never live
     stages = data["runs"][2]["stages"]
     assert stages[-1] == {"name": "copy-image", "status": "failed", "start": pytest.approx(9.9),
@@ -89,7 +109,13 @@ def test_the_timeline_renders_every_stage_of_every_run_in_a_real_browser(three_r
                           r"(.*?)</g>", html, re.S)
         assert group, run.run_id
         drawn = re.findall(r'data-stage="([a-z-]+)" data-status="(\w+)"', group.group(1))
-        assert drawn == [(name, entry["status"]) for name, entry in run.stages.items()]
+        assert drawn == [(name, entry["status"]) for name, entry in run.stages.items()
+                         if "/" not in name]
+        # each region of a group: a lane with every one of its stages
+        parts = re.findall(r'data-region="([a-z0-9-]+)" data-part="([a-z-]+)" '
+                           r'data-status="(\w+)"', group.group(1))
+        assert sorted(parts) == sorted((k.split("/")[1], k.split("/")[2], e["status"])
+                                       for k, e in run.stages.items() if k.count("/") == 2)
     rows = re.findall(r'<tr data-mode="([a-z-]+)">', html)
     assert rows == ["in-place", "rebake-light"]
     shot = tmp_path / "shot.png"
