@@ -1,6 +1,6 @@
 """Run every benchmark, each with its contenders side by side, and write the results.
 
-    python -m benchmarks.run [--runs 5] [--only fanout,far,transfer,startup,cache,image]
+    python -m benchmarks.run [--runs 5] [--only startup,cache,image,fanout,transfer]
 
 Writes benchmarks/results.json, benchmarks/RESULTS.md and benchmarks/chart.png (drawn as
 SVG and photographed by headless Chromium: no plotting library). Timing is the median of
@@ -67,13 +67,23 @@ def bench_fanout(runs: int, results: dict[str, Any]) -> None:
         with DelayProxy(routes, delay=0.05):
             results["far"] = fanout.run(lab, everyone, runs=runs, port=2023, config=far,
                                         source=source, label="9.99", say=say)
-        results["transfer"] = bench_transfer(lab, everyone[0], runs)
+    finally:
+        lab.down()
+
+
+def bench_transfer_alone(runs: int, results: dict[str, Any]) -> None:
+    lab = BenchLab(WORK / "transfer", hosts=1)
+    say("transfer: lab with 1 host")
+    lab.up()
+    try:
+        results["transfer"] = bench_transfer(lab, lab.hosts()[0], runs)
     finally:
         lab.down()
 
 
 def bench_transfer(lab: BenchLab, host: Any, runs: int) -> dict[str, Any]:
-    """100 MB to one host: this tool's SFTP push (pipelined) against OpenSSH's scp."""
+    """100 MB to one host: this tool's push (streamed over its SSH connection), paramiko's
+    pipelined SFTP put over the same connection, and OpenSSH's scp."""
     from deploylib import ssh
 
     data = WORK / "transfer-100mb.bin"
@@ -81,14 +91,18 @@ def bench_transfer(lab: BenchLab, host: Any, runs: int) -> dict[str, Any]:
         data.write_bytes(os.urandom(100 * 1024 * 1024))
     known = lab.known_hosts([host], 2022)
     key = ssh.read_public_key_file(str(lab.lab_dir / "hostkeys" / f"{host.instance_id}.pub"))
-    ours, scp = [], []
+    ours, sftp, scp = [], [], []
     for n in range(runs + 1):
         endpoint = ssh.Endpoint(host.instance_id, host.address, 2022, (key,))
         with ssh.Connection(endpoint, ssh.Credentials("root", lab.key)) as conn:
-            conn.open()
+            client = conn.open()
             began = time.perf_counter()
-            conn.put(str(data), "/tmp/bench-sftp.bin")
+            conn.put(str(data), "/tmp/bench-push.bin")
             took = time.perf_counter() - began
+            began = time.perf_counter()
+            with client.open_sftp() as channel:
+                channel.put(str(data), "/tmp/bench-sftp.bin")
+            took_sftp = time.perf_counter() - began
         m = measure(["scp", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                      "-o", f"UserKnownHostsFile={known}", "-i", lab.key, "-P", "2022",
                      str(data), f"root@{host.address}:/tmp/bench-scp.bin"])
@@ -96,11 +110,14 @@ def bench_transfer(lab: BenchLab, host: Any, runs: int) -> dict[str, Any]:
             raise RuntimeError(m.output)
         if n:
             ours.append(100 / took)
+            sftp.append(100 / took_sftp)
             scp.append(100 / m.wall)
-            say(f"  transfer: sftp {100 / took:6.1f} MB/s   scp {100 / m.wall:6.1f} MB/s")
-    for p in ("/tmp/bench-sftp.bin", "/tmp/bench-scp.bin"):
+            say(f"  transfer: push {100 / took:6.1f} MB/s   sftp {100 / took_sftp:6.1f} MB/s"
+                f"   scp {100 / m.wall:6.1f} MB/s")
+    for p in ("/tmp/bench-push.bin", "/tmp/bench-sftp.bin", "/tmp/bench-scp.bin"):
         Path(p).unlink(missing_ok=True)
-    return {"sftp_mb_s": [round(x, 1) for x in ours], "scp_mb_s": [round(x, 1) for x in scp]}
+    return {"push_mb_s": [round(x, 1) for x in ours], "sftp_mb_s": [round(x, 1) for x in sftp],
+            "scp_mb_s": [round(x, 1) for x in scp], "cipher": ssh.CIPHERS[0]}
 
 
 def bench_startup(runs: int, results: dict[str, Any]) -> None:
@@ -169,7 +186,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", default="startup,cache,image,fanout")
+    parser.add_argument("--only", default="startup,cache,image,fanout,transfer")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
@@ -178,21 +195,26 @@ def main() -> None:
     results["runs"] = args.runs
     chosen = args.only.split(",")
 
-    def save() -> None:  # after each benchmark: a later failure loses nothing
+    def save(name: str) -> None:  # after each benchmark: a later failure loses nothing
+        results.setdefault("dates", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC",
+                                                              time.gmtime())
         path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
     if "startup" in chosen:
         bench_startup(args.runs, results)
-        save()
+        save("startup")
     if "cache" in chosen:
         bench_cache(args.runs, results)
-        save()
+        save("cache")
     if "image" in chosen:
         results["image"] = image_path.run(WORK / "image", args.runs, say)
-        save()
+        save("image")
     if "fanout" in chosen:
         bench_fanout(args.runs, results)
-        save()
+        save("fanout")
+    if "transfer" in chosen:
+        bench_transfer_alone(args.runs, results)
+        save("transfer")
     report.write(results, OUT)
     say(f"wrote {OUT / 'RESULTS.md'} and {OUT / 'chart.png'}")
 

@@ -28,6 +28,9 @@ TAG_ENV = "deploy:env"
 TAG_ROLE = "deploy:role"
 # On foundation images (base image + packages): the bake cache's content key.
 TAG_FOUNDATION = "deploy:foundation"
+# On hosts a promotion replaced: the run that may still put them back (demote) until its
+# release is recorded. gc keeps them while that run holds the lock.
+TAG_RETIRING = "deploy:retiring"
 
 
 # When set, every AWS call the tool makes is appended to this file as service:Operation

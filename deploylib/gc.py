@@ -2,7 +2,8 @@
 on what it creates, and removed only when it is provably unused.
 
 Never removed: an instance registered in the environment's target group (in any state,
-draining included), anything of the run holding the deploy lock, the images the record
+draining included), anything of the run holding the deploy lock (and the hosts its
+promotion replaced, which it may still put back until it records), the images the record
 names (live and previous: the rollback targets), and the newest `keep_images` images
 per region. Everything else tagged with the environment and older than the TTL goes:
 instances are terminated, images deregistered with their snapshots, lone snapshots
@@ -28,6 +29,7 @@ class Item:
     created: float  # epoch seconds
     snapshots: tuple[str, ...] = ()
     role: str = ""
+    retiring: str = ""  # the run whose promotion replaced this host
 
 
 @dataclass
@@ -60,6 +62,8 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
     for item in [i for i in items if i.kind != "snapshot"]:
         if item.run_id and item.run_id == locked_run:
             reason = "its run holds the deploy lock"
+        elif item.retiring and item.retiring == locked_run:
+            reason = "replaced by the run holding the deploy lock, which may put it back"
         elif item.kind == "instance" and item.resource_id in registered:
             reason = "registered in the target group"
         elif item.kind == "image" and item.resource_id in live_images:
@@ -111,9 +115,10 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
         for page in pages:
             for r in page["Reservations"]:
                 for i in r["Instances"]:
+                    tags = aws.tag_map(i.get("Tags"))
                     items.append(Item("instance", region, i["InstanceId"],
-                                      aws.tag_map(i.get("Tags")).get(aws.TAG_RUN, ""),
-                                      _epoch(i.get("LaunchTime"))))
+                                      tags.get(aws.TAG_RUN, ""), _epoch(i.get("LaunchTime")),
+                                      retiring=tags.get(aws.TAG_RETIRING, "")))
         for image in aws.tagged_images(ec2, tag):
             image_tags = aws.tag_map(image.get("Tags"))
             items.append(Item("image", region, image["ImageId"],

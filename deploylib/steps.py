@@ -605,6 +605,9 @@ def promote(ctx: Any) -> None:
                      if i not in new and st != "draining")
         aws.register(elb, group, new, env.app_port)
         aws.wait_healthy(elb, group, new, region, ctx.timeout("healthy", 300))
+        if old:
+            ctx.aws.ec2(region).create_tags(Resources=old, Tags=[
+                {"Key": aws.TAG_RETIRING, "Value": ctx.state.run_id}])
         aws.deregister(elb, group, old, env.app_port)
         return old
 

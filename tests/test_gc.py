@@ -31,6 +31,17 @@ def test_registered_instances_are_never_removed():
     assert removed == set() and "target group" in kept["i-1"]
 
 
+def test_hosts_a_running_promotion_replaced_stay_until_that_run_ends():
+    # Out of the target group, but the run holding the lock may still put them back.
+    host = Item("instance", "us-east-1", "i-old", "r-previous", NOW - 48 * HOUR,
+                retiring="r-now")
+    removed, kept = decide([host], locked_run="r-now")
+    assert removed == set() and "may put it back" in kept["i-old"]
+    # once that run has ended (no lock), a host it replaced and left is an orphan
+    removed, _ = decide([host], locked_run=None)
+    assert removed == {"i-old"}
+
+
 def test_live_and_rollback_images_and_the_newest_are_kept():
     items = [old("image", "ami-live", age=90 * HOUR, snapshots=("snap-live",)),
              old("image", "ami-newest", age=30 * HOUR),

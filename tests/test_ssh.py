@@ -37,6 +37,27 @@ def test_one_connection_serves_every_command_and_transfer(sshd, tmp_path):
     assert (sshd.root / "payload").read_bytes() == local.read_bytes()
 
 
+def test_a_push_streams_the_file_whole_to_any_path_and_fails_clearly(sshd, tmp_path):
+    import os
+
+    local = tmp_path / "release.tar.gz"
+    local.write_bytes(os.urandom(3 * ssh.BLOCK + 12345))  # several blocks and a tail
+    odd = sshd.root / "it's a $(dir)"
+    odd.mkdir()
+    with connection(sshd) as conn:
+        conn.put(str(local), str(odd / "r.tar.gz"))
+        assert (odd / "r.tar.gz").read_bytes() == local.read_bytes()
+        assert (odd / "r.tar.gz").stat().st_mode & 0o077 == 0  # private to its owner
+        with pytest.raises(RemoteCommandError, match="exited 1"):
+            conn.put(str(local), str(sshd.root / "no-such-dir" / "r.tar.gz"))
+
+
+def test_the_connection_prefers_aes_gcm(sshd):
+    with connection(sshd) as conn:
+        transport = conn.open().get_transport()
+        assert transport.local_cipher == "aes128-gcm@openssh.com"
+
+
 def test_a_failing_command_raises_with_its_exit_status_and_last_line(sshd):
     with connection(sshd) as conn:
         with pytest.raises(RemoteCommandError) as info:

@@ -382,6 +382,14 @@ def test_the_primary_region_goes_live_while_the_copies_are_pending(lab):
     assert serving[primary] == {"5.6.5"}
     assert all(serving[r] == {before} for r in lab.env.copy_regions), serving
     assert record(lab)["release"] == before  # committed only when every region is live
+    # the hosts the primary's promotion replaced are out of its target group, still
+    # running, and kept by gc while the run may put them back
+    replaced = state["facts"]["promoted"][primary]
+    assert len(replaced) == 2
+    swept = json.loads(lab.cli("gc --older-than 0 --dry-run --json").stdout)
+    kept = {k["id"]: k["reason"] for k in swept["kept"]}
+    assert all("may put it back" in kept[i] for i in replaced), kept
+    assert not {i["id"] for i in swept["would_remove"]} & set(replaced)
     (lab.cli.lab_dir / "faults.json").unlink()  # the copies land
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
