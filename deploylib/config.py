@@ -209,12 +209,12 @@ class Environment(Strict):
         description=(
             "A pytest directory run against the candidates by smoke-test (JUnit XML); empty: "
             "the health check only."))
-    # pull: hosts fetch the artifact from a presigned URL; push: it is sent over SFTP
-    # (for hosts that cannot reach the artifact store).
+    # pull: hosts fetch the artifact from a presigned URL; push: it is streamed over the
+    # run's SSH connection (for hosts that cannot reach the artifact store).
     artifact_transfer: Literal["pull", "push"] = Field(default="pull",
         description=(
-            "`pull`: hosts fetch the release from a presigned URL; `push`: it is sent over "
-            "SFTP."))
+            "`pull`: hosts fetch the release from a presigned URL; `push`: it is streamed "
+            "over the run's SSH connection."))
     # Which instance address to use for SSH and health checks: private (from inside the
     # VPC or over a VPN) or public.
     address: Literal["private", "public"] = Field(default="private",

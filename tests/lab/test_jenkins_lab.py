@@ -83,7 +83,7 @@ def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
 
 
 def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatch, tmp_path):
-    """A bake handed to Jenkins, Jenkins' side of it, a hotfix pushed over SFTP, a hotfix
+    """A bake handed to Jenkins, Jenkins' side of it, a hotfix pushed over SSH, a hotfix
     that fails, status, the lock and gc: no credential appears in anything they print or
     store. The secrets: the AWS secret key, the Jenkins API token, presigned-URL parts."""
     import secrets as random
