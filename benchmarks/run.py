@@ -183,38 +183,40 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def bench_image(runs: int, results: dict[str, Any]) -> None:
+    results["image"] = image_path.run(WORK / "image", runs, say)
+
+
+# In the order they run: each writes its part of the results.
+BENCHMARKS = {"startup": bench_startup, "cache": bench_cache, "image": bench_image,
+              "fanout": bench_fanout, "transfer": bench_transfer_alone}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", default="startup,cache,image,fanout,transfer")
+    parser.add_argument("--only", default=",".join(BENCHMARKS))
     args = parser.parse_args()
+    chosen = args.only.split(",")
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"no benchmark named {', '.join(unknown)}; choose from "
+                     f"{','.join(BENCHMARKS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     results["machine"] = machine()
     results["runs"] = args.runs
-    chosen = args.only.split(",")
 
     def save(name: str) -> None:  # after each benchmark: a later failure loses nothing
         results.setdefault("dates", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC",
                                                               time.gmtime())
         path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
-    if "startup" in chosen:
-        bench_startup(args.runs, results)
-        save("startup")
-    if "cache" in chosen:
-        bench_cache(args.runs, results)
-        save("cache")
-    if "image" in chosen:
-        results["image"] = image_path.run(WORK / "image", args.runs, say)
-        save("image")
-    if "fanout" in chosen:
-        bench_fanout(args.runs, results)
-        save("fanout")
-    if "transfer" in chosen:
-        bench_transfer_alone(args.runs, results)
-        save("transfer")
+    for name, bench in BENCHMARKS.items():
+        if name in chosen:
+            bench(args.runs, results)
+            save(name)
     report.write(results, OUT)
     say(f"wrote {OUT / 'RESULTS.md'} and {OUT / 'chart.png'}")
 

@@ -352,6 +352,12 @@ def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
                 "timeouts.image in deploy.toml or check the snapshot's progress")
 
 
+def mark_retiring(ec2: Any, instance_ids: list[str], run_id: str) -> None:
+    """Tag hosts a promotion replaced with the run that may still put them back."""
+    if instance_ids:
+        ec2.create_tags(Resources=instance_ids, Tags=[{"Key": TAG_RETIRING, "Value": run_id}])
+
+
 def tag_snapshots(ec2: Any, image_id: str, tag_list: list[dict[str, str]]) -> list[str]:
     """Tag an image's snapshots like the image, so they are found and cleaned with it."""
     snapshots = snapshots_of(ec2.describe_images(ImageIds=[image_id]).get("Images", []))

@@ -605,9 +605,7 @@ def promote(ctx: Any) -> None:
                      if i not in new and st != "draining")
         aws.register(elb, group, new, env.app_port)
         aws.wait_healthy(elb, group, new, region, ctx.timeout("healthy", 300))
-        if old:
-            ctx.aws.ec2(region).create_tags(Resources=old, Tags=[
-                {"Key": aws.TAG_RETIRING, "Value": ctx.state.run_id}])
+        aws.mark_retiring(ctx.aws.ec2(region), old, ctx.state.run_id)
         aws.deregister(elb, group, old, env.app_port)
         return old
 
@@ -859,15 +857,12 @@ def demote(ctx: Any) -> None:
         aws.deregister(elb, group, candidates.get(region, []), env.app_port)
         aws.wait_drained(elb, group, candidates.get(region, []), region,
                          ctx.timeout("drain", 600))
+        del promoted[region]  # the region is back as it was: nothing promoted there
         return old
 
-    results = parallel.each(sorted(promoted), one, key=lambda r: r)
-    for region, res in results.items():
-        if not isinstance(res, Exception):
-            del promoted[region]
-            ctx.log(f"  {region}: {' '.join(res)} serve again; the candidates are out")
-    ctx.save()
-    _raise_failures("demote", results, kind="region")
+    _each_region(ctx, "demote", sorted(promoted), one, {},
+                 lambda region, old: f"{region}: {' '.join(old)} serve again; the "
+                 "candidates are out")
 
 
 @step("discard-candidates")
