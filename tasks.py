@@ -73,17 +73,17 @@ def _emit(data: object) -> None:
 def _running(cfg, state):
     """A run's context with the operator's view around it; the summary at the end,
     however it ends. Yields (ctx, plan)."""
-    from deploylib import console, runner
+    from deploylib import console, runs, summary
 
     env = cfg.environment(state.env)
-    plan = runner.plan_for(env, state)
+    plan = runs.plan_for(env, state)
     title = f"{state.mode} {state.version} to {state.env} (run {state.run_id})"
     try:
         with console.for_run(title, plan.names()) as reporter, \
-                runner.open_context(env, state, reporter) as ctx:
+                runs.open_context(env, state, reporter) as ctx:
             yield ctx, plan
     finally:
-        print(runner.summary(state), file=sys.stderr)
+        print(summary.text(state), file=sys.stderr)
 
 
 def _run_all(cfg, state, *, keep_on_error: bool = False):
@@ -99,44 +99,56 @@ def plan(c, mode="", json=False, env=None, config=None):
     """Show the stages of a procedure (a team's extra stages included)."""
     with reported():
         from deploylib import catalog
-        from deploylib import config as cfgmod
         from deploylib import plan as planning
 
-        cfgmod.check_mode(mode)
+        planning.check_mode(mode)
         environment = _cfg(config).environment(env)
         catalog.load(environment.plugins)
         p = planning.plan(mode, environment.extra_stages)
         data = p.to_dict()
-        groups = {"per_batch": "per batch of live hosts:",
-                  "per_region": "in every region at once, each as soon as it can:"}
-        members = [(g, st) for st in data["stages"] for g in groups if g in st]
-        for stage in [*data["stages"], *(s for g, st in members for s in st[g])]:
-            if not any(g in stage for g in groups):
-                stage["function"] = catalog.get(stage["step"]).function
+        groups = {planning.PER_BATCH: "per batch of live hosts:",
+                  planning.PER_REGION: "in every region at once, each as soon as it can:"}
+        for stage in p.walk():
+            if not stage.is_group:
+                stage_data = _find(data["stages"], stage.name)
+                stage_data["function"] = catalog.get(stage.step).function
         if json:
             _emit(data)
             return
         print(f"{mode}:")
         for stage in data["stages"]:
-            group = next((g for g in groups if g in stage), None)
-            if group:
-                print(f"  {stage['name']:<19} {groups[group]}")
-                for sub in stage[group]:
+            if stage["kind"] in groups:
+                print(f"  {stage['name']:<19} {groups[stage['kind']]}")
+                for sub in stage[stage["kind"]]:
                     print(f"    {sub['name']:<17} {sub.get('targets', ''):<11} {sub['function']}")
                 if stage.get("recover"):
-                    print(f"    on a failed batch: {stage['recover']}")
+                    print(f"    on a failed batch: {stage['recover']}; then, with "
+                          f"rollback_on_failure, {stage['revert']} and these steps again "
+                          "for the hosts already updated")
                 continue
             print(f"  {stage['name']:<19} {stage.get('targets', ''):<11} {stage['function']}")
         if data["cleanup"]:
             print(f"  on failure: {', '.join(data['cleanup'])}")
 
 
-@task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config")} | {
+def _find(stages: list, name: str) -> dict:
+    """A stage's entry in a plan's JSON, group members included."""
+    for stage in stages:
+        if stage["name"] == name:
+            return stage
+        for sub in stage.get(stage["kind"], []) if stage["kind"] != "step" else []:
+            if sub["name"] == name:
+                return sub
+    raise KeyError(name)
+
+
+@task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json")} | {
     "handoff": "JSON a bake handed to Jenkins: continue that run's release phase here"})
-def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=None):
+def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=None,
+          json=False):
     """Create a run and print its id (what the Jenkinsfile does first)."""
     with reported():
-        from deploylib import runner
+        from deploylib import runs
         from deploylib.errors import InputError
 
         if not handoff:
@@ -148,11 +160,20 @@ def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=
             except jsonlib.JSONDecodeError:
                 raise InputError("--handoff is not valid JSON",
                                  fix="pass the HANDOFF parameter exactly as sent") from None
-            state = runner.adopt(cfg, data)
+            if not isinstance(data, dict):
+                raise InputError("--handoff is not a JSON object",
+                                 fix="pass the HANDOFF parameter exactly as sent")
+            state = runs.adopt(cfg, data)
         else:
-            state = runner.start(cfg, mode=mode, version=version, env_name=env,
-                                 artifact=artifact)
-        print(state.run_id)
+            state = runs.start(cfg, mode=mode, version=version, env_name=env,
+                               artifact=artifact)
+        if json:
+            # What the pipeline reads: the run, its procedure and where its files go.
+            environment = cfg.environment(state.env)
+            _emit({"run_id": state.run_id, "mode": state.mode, "version": state.version,
+                   "env": state.env, "paths": runs.paths(environment, state)})
+        else:
+            print(state.run_id)
 
 
 @task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json",
@@ -161,28 +182,28 @@ def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=Fa
            keep_on_error=False):
     """Run a whole procedure: immutable, rebake-light or in-place."""
     with reported():
-        from deploylib import runner
+        from deploylib import runs, summary
 
         require(mode=mode, version=version)
         cfg = _cfg(config)
-        state = runner.start(cfg, mode=mode, version=version, env_name=env, artifact=artifact)
+        state = runs.start(cfg, mode=mode, version=version, env_name=env, artifact=artifact)
         _run_all(cfg, state, keep_on_error=keep_on_error)
         if json:
-            _emit({"run_id": state.run_id, **runner.timings(state)})
+            _emit({"run_id": state.run_id, **summary.timings(state)})
 
 
 @task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "keep_on_error")})
 def bake(c, version="", artifact=None, env=None, config=None, keep_on_error=False):
     """Bake an image (immutable); hand test-and-promote to Jenkins when it is configured."""
     with reported():
-        from deploylib import runner
+        from deploylib import runs
 
         require(version=version)
         cfg = _cfg(config)
-        state = runner.start(cfg, mode="immutable", version=version, env_name=env,
-                             artifact=artifact)
+        state = runs.start(cfg, mode="immutable", version=version, env_name=env,
+                           artifact=artifact)
         with _running(cfg, state) as (ctx, plan):
-            runner.bake(ctx, plan, keep_on_error=keep_on_error)
+            runs.bake(ctx, plan, keep_on_error=keep_on_error)
 
 
 @task(help={k: HELP[k] for k in ("version", "artifact", "env", "config", "json",
@@ -201,14 +222,14 @@ def rollback(c, env=None, config=None, json=False, keep_on_error=False):
     After an in-place deploy every host switches back in place; after an image-based one
     a fleet from the previous image is made live. The environment's record says which."""
     with reported():
-        from deploylib import runner
+        from deploylib import runs, summary
 
         cfg = _cfg(config)
-        state = runner.start_rollback(cfg, env)
+        state = runs.start_rollback(cfg, env)
         _run_all(cfg, state, keep_on_error=keep_on_error)
         if json:
             _emit({"run_id": state.run_id, "mode": state.mode, "release": state.version,
-                   **runner.timings(state)})
+                   **summary.timings(state)})
 
 
 @task(positional=["name"], help={"name": "stage name, from `invoke plan`", "run": HELP["run"],
@@ -216,33 +237,32 @@ def rollback(c, env=None, config=None, json=False, keep_on_error=False):
 def step(c, name, run="", config=None):
     """Run one stage of a run (what each Jenkins stage calls); a finished stage is a no-op."""
     with reported():
-        from deploylib import runner
+        from deploylib import runner, runs
         from deploylib.errors import InputError
 
         require(run=run)
         cfg = _cfg(config)
-        environment, state = runner.load_run(cfg, run)
-        p = runner.plan_for(environment, state)
-        try:
-            stage = p.stage(name)
-        except KeyError:
-            raise InputError(f"{state.mode} has no stage {name!r}",
-                             fix=f"use one of: {', '.join(p.names())}") from None
-        with runner.open_context(environment, state) as ctx:
-            runner.hold(ctx)
-            runner.run_stage(ctx, stage)
-            runner.finish(ctx, p)
+        environment, state = runs.load_run(cfg, run)
+        p = runs.plan_for(environment, state)
+        if name not in p.names():
+            group = p.group_of(name)
+            inside = f" (it runs inside {group.name}: `invoke step {group.name}`)" \
+                if group else ""
+            raise InputError(f"{state.mode} has no stage {name!r} of its own{inside}",
+                             fix=f"use one of: {', '.join(p.names())}")
+        with runs.open_context(environment, state) as ctx:
+            runner.execute(ctx, p, only=name)
 
 
 @task(help={"run": HELP["run"], "config": HELP["config"], "keep_on_error": HELP["keep_on_error"]})
 def resume(c, run="", config=None, keep_on_error=False):
     """Continue a failed or interrupted run from the stage that did not finish."""
     with reported():
-        from deploylib import runner
+        from deploylib import runs
 
         require(run=run)
         cfg = _cfg(config)
-        _, state = runner.load_run(cfg, run)
+        _, state = runs.load_run(cfg, run)
         _run_all(cfg, state, keep_on_error=keep_on_error)
 
 
@@ -250,29 +270,24 @@ def resume(c, run="", config=None, keep_on_error=False):
 def cleanup(c, run="", config=None):
     """Remove what a failed run created and never made live (Jenkins' post-failure step)."""
     with reported():
-        from deploylib import runner
-        from deploylib.state import FAILED
+        from deploylib import runner, runs
 
         require(run=run)
         cfg = _cfg(config)
-        environment, state = runner.load_run(cfg, run)
-        state.status = FAILED
-        with runner.open_context(environment, state) as ctx:
-            try:
-                runner.clean_up(ctx, runner.plan_for(environment, state))
-            finally:
-                runner.let_go(ctx)
-        print(jsonlib.dumps(state.facts.get("cleanup", {}), sort_keys=True))
+        environment, state = runs.load_run(cfg, run)
+        with runs.open_context(environment, state) as ctx:
+            runner.discard(ctx, runs.plan_for(environment, state))
+        print(jsonlib.dumps(state.facts.cleanup, sort_keys=True))
 
 
 @task(help={k: HELP[k] for k in ("env", "config", "json")})
 def status(c, env=None, config=None, json=False):
     """Every live instance: image, baked release, running release, drift."""
     with reported():
-        from deploylib import inventory, runner
+        from deploylib import inventory, runs
 
         environment = _cfg(config).environment(env)
-        report = inventory.fleet(environment, runner.environment_clients(environment))
+        report = inventory.fleet(environment, runs.environment_clients(environment))
         if json:
             _emit(report)
         else:
@@ -290,12 +305,12 @@ def report(c, run="", env=None, config=None, json=False, open=True, out="", last
         from pathlib import Path
 
         from deploylib import report as reports
-        from deploylib import runner
+        from deploylib import runs
 
         cfg = _cfg(config)
         environment = cfg.environment(env)
         if run:
-            environment, state = runner.load_run(cfg, run)
+            environment, state = runs.load_run(cfg, run)
             states = [state]
         else:
             states = reports.load_states(environment.state_dir, limit=int(last))
@@ -317,10 +332,10 @@ def docs(c):
     """Write docs/configuration.md from the configuration schema."""
     from pathlib import Path
 
-    from deploylib import config
+    from deploylib import schema
 
     path = Path(__file__).parent / "docs/configuration.md"
-    path.write_text(config.reference() + "\n")
+    path.write_text(schema.reference() + "\n")
     print(path)
 
 
@@ -343,10 +358,10 @@ def artifact(c, version="", env=None, config=None):
 def lock_status(c, env=None, config=None, json=False):
     """Who holds an environment's deploy lock, and until when."""
     with reported():
-        from deploylib import lock, runner
+        from deploylib import lock, runs
 
         environment = _cfg(config).environment(env)
-        clients = runner.environment_clients(environment)
+        clients = runs.environment_clients(environment)
         held = lock.read(clients.dynamodb(), environment.lock_table, environment.name)
         if json:
             _emit({"env": environment.name, "lock": held})
@@ -364,11 +379,11 @@ def lock_status(c, env=None, config=None, json=False):
 def lock_break(c, env="", config=None):
     """Remove an environment's deploy lock whoever holds it (when its run is dead)."""
     with reported():
-        from deploylib import lock, runner
+        from deploylib import lock, runs
 
         require(env=env)
         environment = _cfg(config).environment(env)
-        clients = runner.environment_clients(environment)
+        clients = runs.environment_clients(environment)
         held = lock.break_lock(clients.dynamodb(), environment.lock_table, environment.name)
         print(f"{environment.name}: lock of run {held['run_id']} ({held['owner']}) broken"
               if held else f"{environment.name}: was not locked")
@@ -385,7 +400,7 @@ def gc(c, env=None, config=None, older_than="24", dry_run=False, json=False):
     keep_images images per region, and the run holding the lock."""
     with reported():
         from deploylib import gc as collector
-        from deploylib import lock, runner
+        from deploylib import lock, runs
         from deploylib.errors import InputError
 
         try:
@@ -396,7 +411,7 @@ def gc(c, env=None, config=None, older_than="24", dry_run=False, json=False):
             raise InputError(f"--older-than {older_than!r} is not a number of hours",
                              fix="give hours >= 0, e.g. --older-than 24")
         environment = _cfg(config).environment(env)
-        clients = runner.environment_clients(environment)
+        clients = runs.environment_clients(environment)
         items, registered, live = collector.collect(clients, environment)
         held = lock.read(clients.dynamodb(), environment.lock_table, environment.name)
         verdict = collector.select(
@@ -478,16 +493,17 @@ def jenkins_notify(c, run="", env=None, config=None):
             print("no notice is waiting to be sent")
             return
         for state in pending:
-            jenkins.send_notice(server, state.facts["notice"])
+            notice = state.facts.notice
+            jenkins.send_notice(server, notice)
             state.save()
-            print(f"sent: run {state.run_id} ({state.facts['notice']['parameters']['RELEASE']})")
+            print(f"sent: run {state.run_id} ({notice.parameters['RELEASE']})")
 
 
 # -- the lab --------------------------------------------------------------------------------
 
 
 def _lab_up(hosts: int, config: str | None) -> None:
-    from deploylib import aws, runner
+    from deploylib import live, runs
     from deploylib.errors import InputError
     from deploylib.lab import control
 
@@ -500,10 +516,9 @@ def _lab_up(hosts: int, config: str | None) -> None:
               "(with another --hosts)", file=sys.stderr)
     info = control.start_daemon(env)
     print(f"lab up: AWS API {info['endpoint']}", file=sys.stderr)
-    record = aws.read_record(runner.environment_clients(env).ssm(), env.record_parameter)
-    if record is None:
+    if live.record(runs.environment_clients(env), env) is None:
         print(f"baking release 1.0.0 for a fleet of {hosts} host(s) per region", file=sys.stderr)
-        state = runner.start(cfg, mode="immutable", version="1.0.0", env_name="lab",
+        state = runs.start(cfg, mode="immutable", version="1.0.0", env_name="lab",
                              artifact=None, fleet_size=hosts)
         _run_all(cfg, state)
     for region, r in info["regions"].items():
@@ -529,7 +544,7 @@ def lab_down(c):
 def demo(c, hosts=2, config=None):
     """Run all three procedures against a fresh lab fleet and compare their time-to-live."""
     with reported():
-        from deploylib import inventory, runner
+        from deploylib import inventory, runs, summary
         from deploylib.lab import control
 
         control.stop_daemon()
@@ -541,11 +556,11 @@ def demo(c, hosts=2, config=None):
                               ("immutable", "1.1.0")):
             print(f"\n=== {mode} {version} ===", flush=True)
             began = time.monotonic()
-            state = runner.start(cfg, mode=mode, version=version, env_name="lab", artifact=None)
+            state = runs.start(cfg, mode=mode, version=version, env_name="lab", artifact=None)
             _run_all(cfg, state)
-            t = runner.timings(state)
+            t = summary.timings(state)
             results.append((mode, version, t["time_to_live"], time.monotonic() - began))
-            print(inventory.table(inventory.fleet(env, runner.environment_clients(env))))
+            print(inventory.table(inventory.fleet(env, runs.environment_clients(env))))
         print("\nprocedure      release  time to live  total")
         for mode, version, ttl, total in results:
             print(f"{mode:<14} {version:<8} {ttl:>10.2f}s  {total:6.2f}s")

@@ -36,8 +36,8 @@ def ours(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release
     data = json.loads(state.read_text())
     m.connections = data["facts"].get("ssh_connections")
     # where the time went: the per-batch stages of the rollout and the top-level ones
-    m.stages = {k.rsplit("/", 1)[-1]: v.get("seconds") for k, v in data["stages"].items()
-                if k.count("/") in (0, 2) and k != "rollout"}
+    m.stages = {v["stage"]: v.get("seconds") for v in data["stages"].values()
+                if v["stage"] != "rollout" and v.get("group") in (None, "rollout")}
     return m
 
 

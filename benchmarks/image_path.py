@@ -65,10 +65,11 @@ def _ttl(lab: BenchLab, config: Path, mode: str, version: str) -> tuple[float, f
     from deploylib import report
     from deploylib.state import RunState
 
-    run = report.run_summary(RunState.load(lab.work / "runs", state.stem))
+    loaded = RunState.load(lab.work / "runs", state.stem)
+    run = report.run_summary(loaded)
     assert data["status"] == "done"
-    promoted = [v["ended_at"] for k, v in data["stages"].items()
-                if k.startswith("regions/") and k.endswith("/promote")]
+    promoted = [e.ended_at for k, e in loaded.stages.items()
+                if k.region is not None and e.live and e.ended_at is not None]
     first = min(promoted) - run["started_at"] if promoted else run["time_to_live"]
     return run["time_to_live"], first
 

@@ -111,37 +111,37 @@ class BenchLab:
         return config.load(self.config).environment("lab")
 
     def clients(self) -> Any:
-        from deploylib import runner
+        from deploylib import runs
 
         os.environ["DEPLOY_LAB_DIR"] = str(self.lab_dir)
-        return runner.environment_clients(self._environment())
+        return runs.environment_clients(self._environment())
 
     def hosts(self) -> list[Host]:
-        from deploylib import aws, steps
+        from deploylib import aws, live
 
         env = self._environment()
         clients = self.clients()
         region = env.primary_region
-        ids = steps.live_hosts_in(clients, env, region)
-        found = aws.describe(clients.ec2(region), region, ids)
+        ids = live.hosts(clients, env, region)
+        found = aws.ec2.describe(clients.ec2(region), region, ids)
         return sorted((Host(i.instance_id, i.address or "", self.lab_dir / "hosts" /
                             i.instance_id / "root") for i in found),
                       key=lambda h: h.instance_id)
 
     def only(self, hosts: list[Host]) -> None:
         """Leave only these hosts registered (the tool updates what is live)."""
-        from deploylib import aws
+        from deploylib import aws, live
 
         env = self._environment()
         region = env.primary_region
         elb = self.clients().elbv2(region)
-        group = aws.resolve_target_group(elb, env.target_group, region)
+        group = live.target_group(self.clients(), env, region)
         keep = {h.instance_id for h in hosts}
-        registered = set(aws.target_states(elb, group))
-        aws.deregister(elb, group, sorted(registered - keep), env.app_port)
-        aws.register(elb, group, sorted(keep - registered), env.app_port)
-        aws.wait_healthy(elb, group, sorted(keep), region, 60)
-        aws.wait_drained(elb, group, sorted(registered - keep), region, 60)
+        registered = set(aws.elb.target_states(elb, region, group))
+        aws.elb.take_out(elb, region, group, sorted(registered - keep), env.app_port,
+                         timeout=60)
+        aws.elb.put_in(elb, region, group, sorted(keep - registered), env.app_port, timeout=60)
+        aws.elb.wait_healthy(elb, region, group, sorted(keep), 60)
 
     def known_hosts(self, hosts: list[Host], port: int) -> Path:
         path = self.work / f"known_hosts-{port}"
@@ -163,15 +163,16 @@ class BenchLab:
 
     def publish(self, artifact: Path, version: str) -> dict[str, str]:
         """Publish as the tool does (same key and metadata) and presign a URL."""
-        from deploylib import aws, release, steps
+        from deploylib import aws, release
+        from deploylib.steps.release import artifact_key
 
         env = self._environment()
         s3 = self.clients().s3()
         digest = release.sha256_file(artifact)
-        key = steps.artifact_key(env.name, version)
-        if aws.published_sha256(s3, env.artifact_bucket, key) != digest:
-            aws.upload_artifact(s3, env.artifact_bucket, key, str(artifact), digest)
-        return {"sha256": digest, "url": aws.presign(s3, env.artifact_bucket, key, 3600)}
+        key = artifact_key(env.name, version)
+        if aws.s3.published_sha256(s3, env.artifact_bucket, key) != digest:
+            aws.s3.upload_artifact(s3, env.artifact_bucket, key, str(artifact), digest)
+        return {"sha256": digest, "url": aws.s3.presign(s3, env.artifact_bucket, key, 3600)}
 
     def install_script(self, version: str, sha256: str, url: str) -> Path:
         from deploylib import render

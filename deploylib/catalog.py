@@ -18,6 +18,7 @@ the `deploylib.steps` entry-point group. A step is placed into procedures with
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -38,8 +39,16 @@ class Step:
 
     @property
     def function(self) -> str:
-        """Where the function lives, as module:qualname (what `invoke plan` shows)."""
-        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+        """Where the function is imported from, as module:qualname (what `invoke plan`
+        shows): the outermost package that exports it (deploylib.steps for the built-in
+        steps, whichever submodule defines them), else its own module."""
+        module, name = self.fn.__module__, self.fn.__qualname__
+        parts = module.split(".")
+        for n in range(1, len(parts)):
+            parent = sys.modules.get(".".join(parts[:n]))
+            if parent is not None and getattr(parent, name, None) is self.fn:
+                return f"{parent.__name__}:{name}"
+        return f"{module}:{name}"
 
 
 _steps: dict[str, Step] = {}

@@ -7,19 +7,24 @@ deploy.toml may override it by defining its own [environments.lab].
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from deploylib.errors import ConfigError, InputError
 
-MODES = ("immutable", "rebake-light", "in-place")
 LAB_ENVIRONMENT_FILE = Path(__file__).parent / "lab" / "environment.toml"
 DEFAULT_CONFIG = "deploy.toml"
 
@@ -45,14 +50,6 @@ def check_version(version: str) -> str:
     return version
 
 
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise InputError(
-            f"unknown mode {mode!r}", fix=f"use one of: {', '.join(MODES)}"
-        )
-    return mode
-
-
 def check_env_name(name: str) -> str:
     if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
         raise InputError(
@@ -64,6 +61,19 @@ def check_env_name(name: str) -> str:
 
 def _fail(message: str) -> ValueError:
     return ValueError(message)
+
+
+# Keys whose value must match a pattern, and what to say when it does not.
+_PLAIN = {
+    "primary_region": (_REGION, "must be an AWS region name such as us-east-1"),
+    "instance_type": (_INSTANCE_TYPE, "must be an EC2 instance type such as t3.micro"),
+    "service": (re.compile(r"^[a-z][a-z0-9_-]{0,31}$"),
+                "must be a systemd unit name such as app"),
+    "health_path": (re.compile(r"^/[A-Za-z0-9._~/-]*$"),
+                    "must be a URL path starting with /, e.g. /health"),
+    "lock_table": (re.compile(r"^[A-Za-z0-9_.-]{3,255}$"),
+                   "must be a DynamoDB table name (3-255 letters, digits, '_', '-', '.')"),
+}
 
 
 class Strict(BaseModel):
@@ -81,18 +91,13 @@ class JenkinsConfig(Strict):
             "file."))
     pipeline_job: str = Field(default="deploy", description="The parameterized pipeline job.")
     promote_job: str = Field(default="test-and-promote",
-        description=(
-            "The test-and-promote job `invoke bake` hands off to."))
+        description="The test-and-promote job `invoke bake` hands off to.")
     record_job: str = Field(default="record-hotfix",
-        description=(
-            "The job that records each in-place hotfix."))
+        description="The job that records each in-place hotfix.")
     timeout: float = Field(default=1800, gt=0,
-        description=(
-            "Seconds to follow a handed-off build before giving up."))
-    # Where Jenkins reads the Jenkinsfile from (`invoke jenkins.setup`).
+        description="Seconds to follow a handed-off build before giving up.")
     repository: str = Field(default="",
-        description=(
-            "Git URL the pipeline jobs read the Jenkinsfile from (`invoke jenkins.setup`)."))
+        description="Git URL the pipeline jobs read the Jenkinsfile from (`invoke jenkins.setup`).")
     branch: str = Field(default="main", description="Branch of `repository`.")
 
     @field_validator("url")
@@ -126,137 +131,101 @@ class Environment(Strict):
     """One named environment: where a release goes and how."""
 
     name: str = Field(default="lab",
-        description=(
-            "The environment's name (the section's; set by the loader)."))
+        description="The environment's name (the section's; set by the loader).")
     provider: Literal["aws", "lab"] = Field(default="aws",
-        description=(
-            "`aws` for a real account, `lab` for the local lab."))
+        description="`aws` for a real account, `lab` for the local lab.")
     primary_region: str = Field(
-        description=(
-            "Where the builder runs and the artifact store and record live."))
+        description="Where the builder runs and the artifact store and record live.")
     copy_regions: list[str] = Field(default_factory=list,
-        description=(
-            "The other regions: images are copied there and fleets run there too."))
+        description="The other regions: images are copied there and fleets run there too.")
     base_image: str = Field(
-        description=(
-            "The builder's image: an id (`ami-…`) or a name filter (the newest match)."))
+        description="The builder's image: an id (`ami-…`) or a name filter (the newest match).")
     base_image_owner: str | None = Field(default=None,
-        description=(
-            "Owner account of `base_image` when it is a name filter (e.g. Canonical's)."))
+        description="Owner account of `base_image` when it is a name filter (e.g. Canonical's).")
     instance_type: str = Field(default="t3.micro",
-        description=(
-            "Instance type of the builder and the candidates."))
+        description="Instance type of the builder and the candidates.")
     subnet: str = Field(description="Subnet id, or the `Name` tag of one subnet per region.")
     security_group: str = Field(description="Security group id, or its name, per region.")
     target_group: str = Field(
-        description=(
-            "Target group name or ARN that serves the app, per region."))
+        description="Target group name or ARN that serves the app, per region.")
     regions: dict[str, RegionOverride] = Field(default_factory=dict,
-        description=(
-            "Per-region overrides of `subnet`, `security_group`, `target_group`."))
+        description="Per-region overrides of `subnet`, `security_group`, `target_group`.")
     key_name: str | None = Field(default=None,
-        description=(
-            "EC2 key pair set on launched instances (optional)."))
+        description="EC2 key pair set on launched instances (optional).")
     os_packages: list[str] = Field(default_factory=list,
-        description=(
-            "Debian packages the provision step installs on the builder."))
+        description="Debian packages the provision step installs on the builder.")
     app_root: str = Field(default="/srv/app",
-        description=(
-            "Where releases live on a host: `releases/<version>` and the `current` link."))
+        description="Where releases live on a host: `releases/<version>` and the `current` link.")
     app_port: int = Field(default=8080, ge=1, le=65535,
-        description=(
-            "The app's HTTP port (health checks, target group)."))
+        description="The app's HTTP port (health checks, target group).")
     service: str = Field(default="app", description="The app's systemd unit name.")
     restart_command: str = Field(default="sudo systemctl restart app",
-        description=(
-            "How the install step restarts the app."))
+        description="How the install step restarts the app.")
     health_path: str = Field(default="/health",
-        description=(
-            "URL path that answers JSON with the running `version`."))
+        description="URL path that answers JSON with the running `version`.")
     batch_size: Annotated[str | int, Field(union_mode="left_to_right")] = Field(default=1,
         description=(
             "In-place batch: a count (`2`) or a percentage (`\"25%\"`) of a region's live "
             "hosts."))
-    # In-place: how many hosts may fail (each restored to the live release and left out
-    # of its target group) before the rollout stops.
     max_failed_hosts: int = Field(default=0, ge=0, le=1000,
         description=(
             "In-place: hosts that may fail (restored, left out of the target group) before "
             "the rollout stops."))
-    # In-place: when the rollout stops, switch the hosts it already updated back too, so
-    # the fleet is on one release again.
     rollback_on_failure: bool = Field(default=True,
         description=(
             "In-place: when the rollout stops, switch the hosts already updated back to the "
             "live release."))
     fleet_size: int = Field(default=2, ge=1, le=100,
-        description=(
-            "Hosts per region when nothing is live yet (the first release)."))
+        description="Hosts per region when nothing is live yet (the first release).")
     keep_releases: int = Field(default=3, ge=2, le=50,
-        description=(
-            "Releases kept on each host; the previous one is never removed."))
-    # Images `invoke gc` always keeps per region besides the live ones: rollback targets.
+        description="Releases kept on each host; the previous one is never removed.")
     keep_images: int = Field(default=3, ge=1, le=100,
-        description=(
-            "Images per region `invoke gc` always keeps besides the live and rollback ones."))
+        description="Images per region `invoke gc` keeps besides the live and rollback ones.")
     artifact_bucket: str = Field(
-        description=(
-            "The S3 bucket releases are published to (`releases/<env>/<version>.tar.gz`)."))
+        description="The S3 bucket releases are published to (`releases/<env>/<version>.tar.gz`).")
     app_source: str = Field(default="examples/app",
-        description=(
-            "The app directory packed when no `--artifact` is given."))
+        description="The app directory packed when no `--artifact` is given.")
     smoke_tests: str = Field(default="",
         description=(
             "A pytest directory run against the candidates by smoke-test (JUnit XML); empty: "
             "the health check only."))
-    # pull: hosts fetch the artifact from a presigned URL; push: it is streamed over the
-    # run's SSH connection (for hosts that cannot reach the artifact store).
     artifact_transfer: Literal["pull", "push"] = Field(default="pull",
         description=(
             "`pull`: hosts fetch the release from a presigned URL; `push`: it is streamed "
             "over the run's SSH connection."))
-    # Which instance address to use for SSH and health checks: private (from inside the
-    # VPC or over a VPN) or public.
     address: Literal["private", "public"] = Field(default="private",
-        description=(
-            "Which instance address SSH and health checks use: `private` or `public`."))
+        description="Which instance address SSH and health checks use: `private` or `public`.")
     ssh_user: str = Field(default="ubuntu", description="SSH login user on the instances.")
     ssh_port: int = Field(default=22, ge=1, le=65535, description="SSH port on the instances.")
     ssh_key: str | None = Field(default=None,
-        description=(
-            "Private key file for SSH; empty: the SSH agent."))
+        description="Private key file for SSH; empty: the SSH agent.")
     state_dir: str = Field(default=".runs",
-        description=(
-            "Where run states (and their JUnit XML and reports) are written."))
+        description="Where run states (and their JUnit XML and reports) are written.")
     plugins: list[str] = Field(default_factory=list,
-        description=(
-            "Python modules registering a team's own steps and hooks."))
+        description="Python modules registering a team's own steps and hooks.")
     extra_stages: list[ExtraStage] = Field(default_factory=list,
         description=(
             "A team's steps placed in every procedure: `{ step = NAME, before|after = STAGE "
             "}`."))
     jenkins: JenkinsConfig = Field(default_factory=JenkinsConfig,
-        description=(
-            "The Jenkins server and jobs (below)."))
+        description="The Jenkins server and jobs (below).")
     timeouts: dict[str, float] = Field(default_factory=dict,
         description=(
             "Seconds per wait, by name: launch, ssh, ssh_connect, ssh_retry, provision, "
             "install, health, healthy, drain, stop, image, copy, presign, smoke; and poll, "
             "the longest pause between two looks during any wait (default 3)."))
-    # The deploy lock: a DynamoDB table keyed by environment (see README, Locks).
     lock_table: str = Field(default="deploylib-locks",
-        description=(
-            "DynamoDB table holding the deploy locks (key `env`)."))
-    # A lock not renewed for this long is stale (its holder crashed) and may be taken.
+        description="DynamoDB table holding the deploy locks (key `env`).")
     lock_ttl: float = Field(default=1800, ge=30, le=86400,
-        description=(
-            "Seconds after which a lock nobody renewed is stale and may be taken."))
+        description="Seconds after which a lock nobody renewed is stale and may be taken.")
 
-    @field_validator("primary_region")
+
+    @field_validator(*_PLAIN)
     @classmethod
-    def _primary(cls, v: str) -> str:
-        if not _REGION.fullmatch(v):
-            raise _fail("must be an AWS region name such as us-east-1")
+    def _plain(cls, v: str, info: ValidationInfo) -> str:
+        pattern, message = _PLAIN[str(info.field_name)]
+        if not pattern.fullmatch(v):
+            raise _fail(message)
         return v
 
     @field_validator("copy_regions")
@@ -278,12 +247,6 @@ class Environment(Strict):
             raise _fail("give an image id (ami-…) or a name filter such as ubuntu/images/*")
         return v
 
-    @field_validator("instance_type")
-    @classmethod
-    def _instance_type(cls, v: str) -> str:
-        if not _INSTANCE_TYPE.fullmatch(v):
-            raise _fail("must be an EC2 instance type such as t3.micro")
-        return v
 
     @field_validator("os_packages")
     @classmethod
@@ -300,19 +263,7 @@ class Environment(Strict):
             raise _fail("must be an absolute path of plain characters, not /, e.g. /srv/app")
         return v.rstrip("/")
 
-    @field_validator("service")
-    @classmethod
-    def _service(cls, v: str) -> str:
-        if not re.fullmatch(r"^[a-z][a-z0-9_-]{0,31}$", v):
-            raise _fail("must be a systemd unit name such as app")
-        return v
 
-    @field_validator("health_path")
-    @classmethod
-    def _health(cls, v: str) -> str:
-        if not re.fullmatch(r"^/[A-Za-z0-9._~/-]*$", v):
-            raise _fail("must be a URL path starting with /, e.g. /health")
-        return v
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -328,12 +279,6 @@ class Environment(Strict):
             raise _fail("must be a count such as 2 or a percentage from 1% to 100%")
         return v.strip() if m.group(2) else int(m.group(1))
 
-    @field_validator("lock_table")
-    @classmethod
-    def _lock_table(cls, v: str) -> str:
-        if not re.fullmatch(r"^[A-Za-z0-9_.-]{3,255}$", v):
-            raise _fail("must be a DynamoDB table name (3-255 letters, digits, '_', '-', '.')")
-        return v
 
     @field_validator("artifact_bucket")
     @classmethod
@@ -434,54 +379,6 @@ class DeployConfig(Strict):
         return self.environments[name]
 
 
-def _error_line(source: str, exc: ValidationError, data: dict[str, Any]) -> ConfigError:
-    # A misspelt key also shows up as a missing one: name the misspelling first.
-    rank = {"extra_forbidden": 0, "missing": 2}
-    err = sorted(exc.errors(), key=lambda e: rank.get(e["type"], 1))[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    kind = err["type"]
-    bad = err.get("input")
-    if kind == "extra_forbidden":
-        # The last element of loc is the unknown key; suggest the nearest known one.
-        parent = _model_for(err["loc"][:-1])
-        key = str(err["loc"][-1])
-        near = difflib.get_close_matches(key, list(parent.model_fields), n=1) if parent else []
-        hint = f"did you mean {near[0]!r}?" if near else "remove it (see README, Configuration)"
-        return ConfigError(f"unknown key {loc}", resource=source, fix=hint)
-    if kind == "missing":
-        return ConfigError(f"missing key {loc}", resource=source, fix=f"add {loc} = …")
-    msg = err["msg"].removeprefix("Value error, ")
-    shown = repr(bad) if not isinstance(bad, dict) else "{…}"
-    if len(shown) > 60:
-        shown = shown[:57] + "…'"
-    return ConfigError(f"{loc} = {shown} is invalid", resource=source, fix=msg)
-
-
-def _model_for(loc: tuple) -> type[BaseModel] | None:
-    """Walk the schema along a validation error's location to the model that owns it."""
-    model: type[BaseModel] | None = DeployConfig
-    skip_next = False
-    for part in loc:
-        if skip_next:
-            skip_next = False
-            continue
-        if model is None:
-            return None
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        ann = field.annotation
-        origin = getattr(ann, "__origin__", None)
-        if origin is dict:
-            ann = ann.__args__[1]
-            skip_next = True  # the next loc element is the dict key
-        elif origin is list:
-            ann = ann.__args__[0]
-            skip_next = True
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return model
-
-
 def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
     """Parse and validate deploy.toml text; the embedded lab is added unless overridden."""
     try:
@@ -512,7 +409,9 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
     try:
         config = DeployConfig.model_validate(data)
     except ValidationError as exc:
-        raise _error_line(source, exc, data) from None
+        from deploylib.schema import error_line
+
+        raise error_line(source, exc) from None
     if config.default_environment not in config.environments:
         raise ConfigError(
             f"default_environment = {config.default_environment!r} names no environment",
@@ -536,48 +435,3 @@ def load(path: str | os.PathLike | None = None) -> DeployConfig:
         raise ConfigError(f"cannot read it ({exc.__class__.__name__})", resource=str(target),
                           fix="make it a readable UTF-8 text file") from None
     return parse(text, source=str(target)).relative_to(target.resolve().parent)
-
-
-# -- the configuration reference, generated from the schema above --------------------------
-
-
-def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("deploylib.config.", "")
-    text = re.sub(r"<class '(\w+)'>", r"\1", text)
-    text = text.replace("Annotated[Union[str, int], FieldInfo(annotation=NoneType, "
-                        "required=True, union_mode='left_to_right')]", "int | str")
-    text = re.sub(r"Literal\[(.*)\]", r"one of \1", text)
-    return text.replace("NoneType", "None").replace(" | ", " or ")
-
-
-def _default(field: Any) -> str:
-    if field.is_required():
-        return "required"
-    value = field.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        return "see below"
-    return f"`{json.dumps(value)}`"
-
-
-def reference() -> str:
-    """docs/configuration.md: every key of an environment, from the pydantic schema."""
-    lines = [
-        "# Configuration reference",
-        "",
-        "Generated from the schema in `deploylib/config.py` by `invoke docs`; a test fails "
-        "when this file and the code disagree. Environments are sections "
-        "`[environments.NAME]` of `deploy.toml`; paths are relative to the file; an unknown "
-        "key is an error that names the nearest known one.",
-        "",
-    ]
-    for title, model in (("Environment", Environment), ("[environments.NAME.jenkins]",
-                                                           JenkinsConfig),
-                         ("[environments.NAME.regions.REGION]", RegionOverride),
-                         ("extra_stages entries", ExtraStage)):
-        lines += [f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        for name, field in model.model_fields.items():
-            meaning = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
-                         f"{meaning} |")
-        lines.append("")
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-RUNNING, DONE, FAILED = "running", "done", "failed"
+from deploylib.state import DONE, FAILED, RUNNING, StageKey
 
 
 class Plain:
@@ -26,7 +26,7 @@ class Plain:
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
-    def stage(self, key: str, status: str) -> None:
+    def stage(self, key: StageKey, status: str) -> None:
         pass  # the runner's own log lines say it: "> stage", "ok stage 1.2s", "x stage …"
 
     def batch(self, group: str, done: int, total: int) -> None:
@@ -59,12 +59,17 @@ class LiveTable(Plain):
         self._live: Any = None
 
     def _table(self) -> Any:
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         now = time.monotonic()
         done = sum(1 for r in self.rows.values() if r["status"] == DONE)
-        table = Table(title=f"{self.title} — {done}/{len(self.rows)} stages, "
-                      f"{now - self.began:.0f}s", title_justify="left", expand=False)
+        # The title above the table, not in it: a table wraps its title to its own width.
+        title = Text(f"{self.title} — {done}/{len(self.rows)} stages, "
+                     f"{now - self.began:.0f}s", style="bold", no_wrap=True,
+                     overflow="ellipsis")
+        table = Table(expand=False)
         table.add_column("", width=1)
         table.add_column("stage")
         table.add_column("progress")
@@ -85,27 +90,30 @@ class LiveTable(Plain):
                     for region, (stage, st) in self.regions[name].items())
             table.add_row(self._ICON.get(row["status"], "?"), name, progress,
                           f"{secs:.1f}s" if secs is not None else "")
-        return table
+        return Group(title, table)
 
     def log(self, text: str) -> None:
         if self._live is not None:
-            self._live.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}",
-                                     markup=False, highlight=False)
+            from rich.text import Text
+
+            # The line as written (it may hold brackets: never read as markup), after a
+            # dimmed time.
+            self._live.console.print(Text.assemble((time.strftime("%H:%M:%S"), "dim"), " ",
+                                                   text), highlight=False)
             self._live.update(self._table())
         else:
             super().log(text)
 
-    def stage(self, key: str, status: str) -> None:
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] in self.rows and not parts[1].isdigit():
+    def stage(self, key: StageKey, status: str) -> None:
+        if key.region is not None and key.group in self.rows:
             # A region's stage: its group's row shows where each region is.
-            self.regions.setdefault(parts[0], {})[parts[1]] = (parts[2], status)
+            self.regions.setdefault(key.group, {})[key.region] = (key.stage, status)
             if self._live is not None:
                 self._live.update(self._table())
             return
-        if key not in self.rows:
+        if key.group is not None or key.stage not in self.rows:
             return  # a per-batch stage: its group's row shows the batches
-        row = self.rows[key]
+        row = self.rows[key.stage]
         if status == RUNNING:
             row.update(status=RUNNING, started=time.monotonic())
         else:

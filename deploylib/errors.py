@@ -5,6 +5,9 @@
     │   └── ConfigError         deploy.toml itself is wrong (names the key)
     ├── StateError              a run's state file is missing, corrupt or in the wrong shape
     ├── CloudError              an AWS call failed for a reason that will not fix itself
+    │   ├── CredentialsError    no AWS credentials, or they are invalid or expired
+    │   ├── PermissionDenied    the identity may not make this call (names the action)
+    │   └── Unreachable         the AWS endpoint could not be reached
     ├── WaitTimeout             a resource did not reach the wanted state before its deadline
     ├── HostError               a host could not be reached or a command on it failed
     │   ├── HostKeyError        the host's SSH key is unknown or differs from the trusted one
@@ -53,6 +56,23 @@ class StateError(DeployError):
 
 
 class CloudError(DeployError):
+    """`code` is AWS's error code when AWS answered (e.g. InvalidInstanceID.NotFound)."""
+
+    def __init__(self, problem: str, *, resource: str | None = None, fix: str | None = None,
+                 code: str | None = None):
+        self.code = code
+        super().__init__(problem, resource=resource, fix=fix)
+
+
+class CredentialsError(CloudError):
+    pass
+
+
+class PermissionDenied(CloudError):
+    pass
+
+
+class Unreachable(CloudError):
     pass
 
 

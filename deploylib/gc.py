@@ -16,8 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploylib import aws, parallel
-from deploylib.errors import StepFailed
+from deploylib import aws, live, parallel
 
 
 @dataclass(frozen=True)
@@ -97,48 +96,37 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
 
 def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], set[str]]:
     """Everything tagged with the environment, the registered instances, the live images."""
-    record = aws.read_record(clients.ssm(), env.record_parameter) or {}
-    live = set((record.get("images") or {}).values())
-    live |= set(((record.get("previous") or {}).get("images") or {}).values())
+    record = live.record(clients, env) or {}
+    kept = set((record.get("images") or {}).values())
+    kept |= set(((record.get("previous") or {}).get("images") or {}).values())
     tag = {aws.TAG_ENV: env.name}
 
     def one(region: str) -> tuple[list[Item], set[str]]:
         ec2 = clients.ec2(region)
-        _, _, group = env.network(region)
-        elb = clients.elbv2(region)
-        registered = set(aws.target_states(elb, aws.resolve_target_group(elb, group, region)))
-        items: list[Item] = []
-        pages = ec2.get_paginator("describe_instances").paginate(Filters=[
-            {"Name": f"tag:{aws.TAG_ENV}", "Values": [env.name]},
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping",
-                                                      "stopped"]}])
-        for page in pages:
-            for r in page["Reservations"]:
-                for i in r["Instances"]:
-                    tags = aws.tag_map(i.get("Tags"))
-                    items.append(Item("instance", region, i["InstanceId"],
-                                      tags.get(aws.TAG_RUN, ""), _epoch(i.get("LaunchTime")),
-                                      retiring=tags.get(aws.TAG_RETIRING, "")))
-        for image in aws.tagged_images(ec2, tag):
+        registered = set(aws.elb.target_states(clients.elbv2(region), region,
+                                               live.target_group(clients, env, region)))
+        items = [Item("instance", region, i.instance_id, i.tags.get(aws.TAG_RUN, ""),
+                      _epoch(i.launched), retiring=i.tags.get(aws.TAG_RETIRING, ""))
+                 for i in aws.ec2.find_tagged(ec2, region, tag)]
+        for image in aws.ec2.tagged_images(ec2, region, tag):
             image_tags = aws.tag_map(image.get("Tags"))
             items.append(Item("image", region, image["ImageId"],
                               image_tags.get(aws.TAG_RUN, ""),
                               _epoch(image.get("CreationDate")),
-                              tuple(aws.snapshots_of([image])),
+                              tuple(aws.ec2.snapshots_of([image])),
                               image_tags.get(aws.TAG_ROLE, "")))
-        for snap in aws.tagged_snapshots(ec2, tag):
+        for snap in aws.ec2.tagged_snapshots(ec2, region, tag):
             items.append(Item("snapshot", region, snap["SnapshotId"],
                               aws.tag_map(snap.get("Tags")).get(aws.TAG_RUN, ""),
                               _epoch(snap.get("StartTime"))))
         return items, registered
 
     results = parallel.each(env.all_regions, one, key=lambda r: r)
-    failures = {k: v for k, v in results.items() if isinstance(v, Exception)}
-    if failures:
-        raise StepFailed("gc", failures, fix="check the account's permissions in those regions")
-    items = [i for res in results.values() for i in res[0]]
-    registered = {i for res in results.values() for i in res[1]}
-    return items, registered, live
+    results.raise_for("gc", fix="check the account's permissions in those regions",
+                      kind="region")
+    items = [i for res in results.succeeded.values() for i in res[0]]
+    registered = {i for res in results.succeeded.values() for i in res[1]}
+    return items, registered, kept
 
 
 def remove(clients: aws.AwsClients, items: list[Item]) -> dict[str, str]:
@@ -148,11 +136,11 @@ def remove(clients: aws.AwsClients, items: list[Item]) -> dict[str, str]:
     def one(item: Item) -> str:
         ec2 = clients.ec2(item.region)
         if item.kind == "instance":
-            aws.terminate(ec2, item.region, [item.resource_id])
+            aws.ec2.terminate(ec2, item.region, [item.resource_id])
         elif item.kind == "image":
-            aws.delete_image(ec2, item.region, item.resource_id)
+            aws.ec2.delete_image(ec2, item.region, item.resource_id)
         else:
-            aws.delete_snapshot(ec2, item.region, item.resource_id)
+            aws.ec2.delete_snapshot(ec2, item.region, item.resource_id)
         return "removed"
 
     out: dict[str, str] = {}

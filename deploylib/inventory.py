@@ -9,24 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploylib import aws, parallel, steps
+from deploylib import aws, health, live, parallel
 from deploylib.config import Environment
 
 
 def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
-    record = aws.read_record(clients.ssm(), env.record_parameter)
+    record = live.record(clients, env)
 
     def region_rows(region: str) -> list[dict[str, Any]]:
-        elb = clients.elbv2(region)
-        _, _, group_name = env.network(region)
-        group = aws.resolve_target_group(elb, group_name, region)
-        states = aws.target_states(elb, group)
-        instances = aws.describe(clients.ec2(region), region, sorted(states),
-                                 public=env.address == "public")
-        baked = aws.image_tags(clients.ec2(region), [i.image_id for i in instances])
+        states = aws.elb.target_states(clients.elbv2(region), region,
+                                       live.target_group(clients, env, region))
+        instances = aws.ec2.describe(clients.ec2(region), region, sorted(states),
+                                     public=env.address == "public")
+        baked = aws.ec2.image_tags(clients.ec2(region), region,
+                                   [i.image_id for i in instances])
         rows = []
         for inst in instances:
-            running = steps.serving_version(inst.address or "", env.app_port, env.health_path)
+            running = health.serving_version(inst.address or "", env.app_port,
+                                             env.health_path)
             image_release = baked.get(inst.image_id, {}).get(aws.TAG_RELEASE)
             rows.append({
                 "instance_id": inst.instance_id, "region": region, "address": inst.address,
@@ -39,7 +39,7 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
 
     def recorded_release(region: str) -> str | None:
         image = ((record or {}).get("images") or {}).get(region)
-        tags = aws.image_tags(clients.ec2(region), [image]) if image else {}
+        tags = aws.ec2.image_tags(clients.ec2(region), region, [image]) if image else {}
         return tags.get(image, {}).get(aws.TAG_RELEASE) if image else None
 
     recorded = parallel.each(env.all_regions, recorded_release, key=lambda r: r)

@@ -16,6 +16,7 @@ from typing import Any
 from deploylib import waits
 from deploylib.config import JenkinsConfig
 from deploylib.errors import JenkinsError
+from deploylib.facts import Notice
 
 TOKEN_ENV = "JENKINS_API_TOKEN"
 
@@ -123,10 +124,10 @@ def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float
     return build
 
 
-def send_notice(server: Any, notice: dict[str, Any]) -> None:
+def send_notice(server: Any, notice: Notice) -> None:
     """Queue a notice's build (the hotfix record job); mark it sent, with its queue item."""
-    item = trigger(server, notice["job"], notice["parameters"])
-    notice.update(sent=True, queue_item=item)
+    notice.queue_item = trigger(server, notice.job, notice.parameters)
+    notice.sent = True
 
 
 # -- jobs as code -------------------------------------------------------------------------

@@ -4,10 +4,13 @@
 
 Taking the lock is one conditional PutItem: it succeeds when no item exists, when the
 item has expired (its holder crashed and stopped renewing), or when the item is this
-run's own (a resume, or the next Jenkins stage of the same run). Every stage renews it,
-so a long run never expires while it is alive. Releasing deletes the item only if it
-is still this run's. A second deploy to the same environment therefore fails at once,
-naming the holder, and a crashed run blocks others for at most `lock_ttl` seconds.
+run's own (a resume, or the next Jenkins stage of the same run). A run holds it as a
+`Lease`, in a `with` block around its stages: taken on entry, renewed by every stage, so
+a long run never expires while it is alive, and released on the way out once the run
+has ended (done, or failed and cleaned up) — whatever way it leaves. Releasing deletes
+the item only if it is still this run's. A second deploy to the same environment
+therefore fails at once, naming the holder, and a crashed run blocks others for at most
+`lock_ttl` seconds.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from botocore.exceptions import ClientError
-
+from deploylib.aws import calling
 from deploylib.errors import CloudError, LockHeld
 
 _FREE_OR_OURS = "attribute_not_exists(#env) OR expires_at < :now OR run_id = :run"
+_READ_FIX = "check the tool may use the lock table (dynamodb:GetItem, PutItem, DeleteItem)"
 
 
 def owner() -> str:
@@ -37,9 +41,9 @@ def owner() -> str:
     return f"{who} ({build})" if build else who
 
 
-def _missing_table(exc: ClientError, table: str) -> CloudError:
+def _missing_table(exc: CloudError, table: str) -> CloudError:
     return CloudError(
-        f"the lock table does not exist ({exc.response['Error'].get('Code')})",
+        f"the lock table does not exist ({exc.code})",
         resource=f"DynamoDB table {table}",
         fix=f"create it once: aws dynamodb create-table --table-name {table} "
         "--attribute-definitions AttributeName=env,AttributeType=S "
@@ -58,10 +62,11 @@ def read(ddb: Any, table: str, env: str, *, clock: Callable[[], float] = time.ti
          ) -> dict[str, Any] | None:
     """The lock's item (with `stale` when its holder stopped renewing), or None."""
     try:
-        item = ddb.get_item(TableName=table, Key={"env": {"S": env}},
-                            ConsistentRead=True).get("Item")
-    except ClientError as exc:
-        if exc.response["Error"].get("Code") == "ResourceNotFoundException":
+        with calling(f"lock {table}/{env}", _READ_FIX):
+            item = ddb.get_item(TableName=table, Key={"env": {"S": env}},
+                                ConsistentRead=True).get("Item")
+    except CloudError as exc:
+        if exc.code == "ResourceNotFoundException":
             raise _missing_table(exc, table) from None
         raise
     return _describe(item, clock()) if item else None
@@ -74,15 +79,15 @@ def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
     item = {"env": {"S": env}, "run_id": {"S": run_id}, "owner": {"S": owner()},
             "acquired_at": {"N": f"{now:.3f}"}, "expires_at": {"N": f"{now + ttl:.3f}"}}
     try:
-        ddb.put_item(TableName=table, Item=item, ConditionExpression=_FREE_OR_OURS,
-                     ExpressionAttributeNames={"#env": "env"},
-                     ExpressionAttributeValues={":now": {"N": f"{now:.3f}"},
-                                                ":run": {"S": run_id}})
-    except ClientError as exc:
-        code = exc.response["Error"].get("Code")
-        if code == "ResourceNotFoundException":
+        with calling(f"lock {table}/{env}", _READ_FIX):
+            ddb.put_item(TableName=table, Item=item, ConditionExpression=_FREE_OR_OURS,
+                         ExpressionAttributeNames={"#env": "env"},
+                         ExpressionAttributeValues={":now": {"N": f"{now:.3f}"},
+                                                    ":run": {"S": run_id}})
+    except CloudError as exc:
+        if exc.code == "ResourceNotFoundException":
             raise _missing_table(exc, table) from None
-        if code != "ConditionalCheckFailedException":
+        if exc.code != "ConditionalCheckFailedException":
             raise
         held = read(ddb, table, env, clock=clock) or {}
         left = max(0, int(held.get("expires_at", now) - now))
@@ -98,13 +103,13 @@ def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
 def release(ddb: Any, table: str, env: str, run_id: str) -> bool:
     """Drop the lock if this run still holds it; True when it did."""
     try:
-        ddb.delete_item(TableName=table, Key={"env": {"S": env}},
-                        ConditionExpression="run_id = :run",
-                        ExpressionAttributeValues={":run": {"S": run_id}})
+        with calling(f"lock {table}/{env}", _READ_FIX):
+            ddb.delete_item(TableName=table, Key={"env": {"S": env}},
+                            ConditionExpression="run_id = :run",
+                            ExpressionAttributeValues={":run": {"S": run_id}})
         return True
-    except ClientError as exc:
-        if exc.response["Error"].get("Code") in ("ConditionalCheckFailedException",
-                                                 "ResourceNotFoundException"):
+    except CloudError as exc:
+        if exc.code in ("ConditionalCheckFailedException", "ResourceNotFoundException"):
             return False
         raise
 
@@ -113,5 +118,40 @@ def break_lock(ddb: Any, table: str, env: str) -> dict[str, Any] | None:
     """Remove the lock whoever holds it (an operator's decision); what it was, or None."""
     held = read(ddb, table, env)
     if held:
-        ddb.delete_item(TableName=table, Key={"env": {"S": env}})
+        with calling(f"lock {table}/{env}", _READ_FIX):
+            ddb.delete_item(TableName=table, Key={"env": {"S": env}})
     return held
+
+
+class Lease:
+    """A run's hold on its environment's lock, for as long as it works."""
+
+    def __init__(self, ddb: Any, table: str, env: str, run_id: str, *, ttl: float):
+        self.ddb, self.table, self.env, self.run_id, self.ttl = ddb, table, env, run_id, ttl
+
+    def renew(self) -> None:
+        """Take it again: a run whose lock was broken and taken by another must stop."""
+        acquire(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
+
+    def release(self) -> bool:
+        return release(self.ddb, self.table, self.env, self.run_id)
+
+
+@contextmanager
+def held(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+         ended: Callable[[], bool], say: Callable[[str], None]) -> Iterator[Lease]:
+    """Hold the lock around a run's stages: taken (or renewed) on entry; released on the
+    way out when `ended()` says the run is over, kept for the run's next process (the
+    next Jenkins stage) when it is not. A failed release is reported, not raised over
+    what the run did: the lock expires after its ttl anyway."""
+    lease = Lease(ddb, table, env, run_id, ttl=ttl)
+    lease.renew()
+    try:
+        yield lease
+    finally:
+        if ended():
+            try:
+                if lease.release():
+                    say(f"  lock on {env} released")
+            except CloudError as exc:
+                say(f"x could not release the lock on {env}: {exc.line()}")

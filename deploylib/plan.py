@@ -1,24 +1,34 @@
-"""The three procedures as data: mode -> ordered stages. Pure; knows no SDK.
+"""The procedures as data: mode -> ordered stages. Pure; knows no SDK.
+
+Everything that is procedure knowledge lives here and nowhere else: which stages there
+are and in which order, which hosts each works on, which stage makes the release live
+(time-to-live ends there), which one publishes JUnit XML, which one commits the release
+(after it nothing is discarded), what cleans up a failed run and where a resume starts
+again, and how a release is rolled back. The engine, the report, the steps and the
+Jenkinsfile read these attributes; none of them names a mode or a stage.
 
 A stage names a step from the catalog, the hosts it applies to (`targets`) and its
 options. The same step name in two procedures is the same function: the plan only
 orders steps, it never defines them. Two kinds of group stage repeat a list of steps:
-in-place rolls out in batches (`rollout`, its `per_batch` steps repeated batch after
-batch), and the procedures that launch candidates release region by region (`regions`,
-its `per_region` steps run for every region at once, each region going on as soon as its
-own image is there: the primary region is tested and promoted while copies to the others
-are still pending). A region is live when it is promoted; the release is committed when
-it is recorded, and only then are the hosts it replaced retired.
+in-place rolls out in batches (PER_BATCH: its steps repeated batch after batch), and
+the procedures that launch candidates release region by region (PER_REGION: its steps
+run for every region at once, each region going on as soon as its own image is there:
+the primary region is tested and promoted while copies to the others are still
+pending). A region is live when it is promoted; the release is committed when it is
+recorded, and only then are the hosts it replaced retired.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-from deploylib.config import MODES, ExtraStage, check_mode
-from deploylib.errors import ConfigError
+from deploylib.errors import ConfigError, InputError
+
+# The procedures an operator asks for; the rollbacks are chosen from the record.
+MODES = ("immutable", "rebake-light", "in-place")
+ROLLBACK_MODES = ("rollback-in-place", "rollback-image")
 
 # Which hosts a stage works on, resolved from the run state when it runs.
 BUILDER = "builder"
@@ -29,6 +39,25 @@ BATCH = "batch"
 BAKE = "bake"
 RELEASE = "release"
 
+# Kinds of stage: one step, or a group of steps run per batch or per region.
+SINGLE = "step"
+PER_BATCH = "per_batch"
+PER_REGION = "per_region"
+
+
+class Extra(Protocol):
+    """A team's extra stage, as config gives it (deploylib.config.ExtraStage)."""
+
+    step: str
+    before: str | None
+    after: str | None
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}", fix=f"use one of: {', '.join(MODES)}")
+    return mode
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -37,32 +66,43 @@ class Stage:
     targets: str | None = None
     phase: str = RELEASE
     options: tuple[tuple[str, Any], ...] = ()
-    per_batch: tuple[Stage, ...] = ()
-    per_region: tuple[Stage, ...] = ()
-    # For a group: the step that puts a failed batch back in a safe state.
+    kind: str = SINGLE
+    members: tuple[Stage, ...] = ()
+    # PER_BATCH: the step that puts a failed batch back in a safe state...
     recover: str | None = None
+    # ...and the step that chooses the hosts to switch back to the live release when the
+    # rollout stops (`rollback_on_failure`); the members then run again over them.
+    revert: str | None = None
+    # The release serves users once this stage is done: time-to-live ends with the last.
+    live: bool = False
+    # It writes JUnit XML (smoke tests) for the pipeline to publish.
+    junit: bool = False
 
     @property
     def option(self) -> dict[str, Any]:
         return dict(self.options)
 
     @property
-    def members(self) -> tuple[Stage, ...]:
-        """A group's stages (per batch or per region); none for a single stage."""
-        return self.per_batch or self.per_region
+    def is_group(self) -> bool:
+        return self.kind != SINGLE
+
+    @property
+    def publishes_junit(self) -> bool:
+        return self.junit or any(m.publishes_junit for m in self.members)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "step": self.step, "phase": self.phase}
+        out: dict[str, Any] = {"name": self.name, "step": self.step, "phase": self.phase,
+                               "kind": self.kind, "makes_live": self.live,
+                               "publishes_junit": self.publishes_junit}
         if self.targets:
             out["targets"] = self.targets
         if self.options:
             out["options"] = dict(self.options)
-        if self.per_batch:
-            out["per_batch"] = [s.to_dict() for s in self.per_batch]
-        if self.per_region:
-            out["per_region"] = [s.to_dict() for s in self.per_region]
-        if self.recover:
-            out["recover"] = self.recover
+        if self.is_group:
+            out[self.kind] = [s.to_dict() for s in self.members]
+        for attr in ("recover", "revert"):
+            if getattr(self, attr):
+                out[attr] = getattr(self, attr)
         return out
 
 
@@ -73,6 +113,13 @@ class Plan:
     # Steps run when the run fails or is interrupted: they remove what it created and
     # never made live, so a failed run leaks nothing.
     cleanup: tuple[str, ...] = ()
+    # The stage that commits the release: once it is done, a failure discards nothing.
+    commit: str = "record"
+    # The procedure that rolls back a release this one made live.
+    rollback: str = ""
+    # cleanup step -> the stage a resume starts again from once that step has discarded
+    # what the stage made (a new builder, new candidates).
+    restart_from: tuple[tuple[str, str], ...] = ()
 
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
@@ -97,18 +144,33 @@ class Plan:
                 return s
         raise KeyError(name)
 
+    def group_of(self, name: str) -> Stage | None:
+        """The group a member stage runs in (None for a stage of its own)."""
+        return next((s for s in self.stages if any(m.name == name for m in s.members)), None)
+
+    @property
+    def hands_off(self) -> bool:
+        """Whether it has a bake phase that `invoke bake` can hand to Jenkins."""
+        return any(s.phase == BAKE for s in self.stages)
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "stages": [s.to_dict() for s in self.stages],
-                "cleanup": list(self.cleanup)}
+                "cleanup": list(self.cleanup), "commit": self.commit,
+                "rollback": self.rollback}
+
+    def restart_after(self, cleanup_step: str) -> str | None:
+        """The stage a resume starts from once `cleanup_step` discarded what it made."""
+        return dict(self.restart_from).get(cleanup_step)
 
 
-def _s(name: str, targets: str | None = None, phase: str = RELEASE, **options: Any) -> Stage:
-    return Stage(name=name, step=name, targets=targets, phase=phase,
+def _s(name: str, targets: str | None = None, phase: str = RELEASE, *, live: bool = False,
+       junit: bool = False, **options: Any) -> Stage:
+    return Stage(name=name, step=name, targets=targets, phase=phase, live=live, junit=junit,
                  options=tuple(sorted(options.items())))
 
 
 def _regions(*per_region: Stage) -> Stage:
-    return Stage(name="regions", step="regions", per_region=per_region)
+    return Stage(name="regions", step="regions", kind=PER_REGION, members=per_region)
 
 
 def _immutable() -> tuple[Stage, ...]:
@@ -122,17 +184,18 @@ def _immutable() -> tuple[Stage, ...]:
         _s("cache-foundation", BUILDER, phase=BAKE),
         _s("install-release", BUILDER, phase=BAKE),
         _s("stop-builder", phase=BAKE),
-        _s("create-image", BUILDER, phase=BAKE),
+        # The builder is stopped: its disk is consistent without a reboot of its own.
+        _s("create-image", BUILDER, phase=BAKE, no_reboot=False),
         _s("terminate-builder", phase=BAKE),
         # Starts the copies; each region waits only for its own (wait-image).
         _s("copy-image", phase=BAKE),
         _regions(
             _s("wait-image"),
             _s("launch-candidates", image="baked"),
-            _s("smoke-test", CANDIDATES),
-            _s("promote", CANDIDATES),
+            _s("smoke-test", CANDIDATES, junit=True),
+            _s("promote", CANDIDATES, live=True),
         ),
-        _s("record"),
+        _s("record", images="run"),
         _s("retire"),
     )
 
@@ -144,31 +207,40 @@ def _rebake_light() -> tuple[Stage, ...]:
             _s("launch-candidates", image="live"),
             _s("wait-ssh", CANDIDATES),
             _s("install-release", CANDIDATES),
-            _s("smoke-test", CANDIDATES),
-            _s("promote", CANDIDATES),
+            _s("smoke-test", CANDIDATES, junit=True),
+            _s("promote", CANDIDATES, live=True),
         ),
-        # After promotion, so that baking the image never delays time-to-live.
-        _s("create-image", CANDIDATES),
-        _s("record"),
+        # After promotion, so that baking the image never delays time-to-live; a
+        # serving candidate is imaged without a reboot so it keeps serving.
+        _s("create-image", CANDIDATES, no_reboot=True),
+        _s("record", images="run"),
         _s("retire"),
     )
 
 
-def _in_place() -> tuple[Stage, ...]:
-    rollout = Stage(
+def _rollout() -> Stage:
+    return Stage(
         name="rollout",
         step="rollout",
+        kind=PER_BATCH,
         recover="restore-batch",
-        per_batch=(
+        revert="locate-live",
+        live=True,
+        members=(
             _s("drain", BATCH),
             _s("install-release", BATCH),
             _s("health-check", BATCH),
             _s("put-back", BATCH),
         ),
     )
+
+
+def _in_place() -> tuple[Stage, ...]:
     # notify: Jenkins keeps a build per hotfix, so its history shows every release that
-    # reached production, baked or not. It never fails the run.
-    return (_s("publish-release"), _s("select-hosts"), rollout, _s("record"), _s("notify"))
+    # reached production, baked or not. It never fails the run. The record keeps the
+    # images it had: the hosts changed, not their images (that is the drift status shows).
+    return (_s("publish-release"), _s("select-hosts"), _rollout(),
+            _s("record", images="unchanged"), _s("notify"))
 
 
 def _rollback_in_place() -> tuple[Stage, ...]:
@@ -177,61 +249,68 @@ def _rollback_in_place() -> tuple[Stage, ...]:
 
 
 def _rollback_image() -> tuple[Stage, ...]:
+    # The previous images need not carry the previous release (a hotfix made in place
+    # lives on hosts, not in images): it is installed on the candidates, which is no
+    # work at all where the image carries it already.
     return (
         _s("locate-previous"),
         _regions(
             _s("launch-candidates", image="previous"),
-            _s("smoke-test", CANDIDATES),
-            _s("promote", CANDIDATES),
+            _s("wait-ssh", CANDIDATES),
+            _s("install-release", CANDIDATES),
+            _s("smoke-test", CANDIDATES, junit=True),
+            _s("promote", CANDIDATES, live=True),
         ),
-        _s("record"),
+        _s("record", images="run"),
         _s("retire"),
     )
 
 
-_PROCEDURES = {"immutable": _immutable, "rebake-light": _rebake_light, "in-place": _in_place,
-               "rollback-in-place": _rollback_in_place, "rollback-image": _rollback_image}
-# `invoke rollback` picks one of these from what the environment's record says was the
-# last procedure: hosts changed in place switch back in place; a fleet from an image is
-# replaced by one from the previous image.
-ROLLBACK_MODES = ("rollback-in-place", "rollback-image")
-# Procedures that change live hosts rather than their images.
-IN_PLACE_MODES = ("in-place", "rollback-in-place")
+@dataclass(frozen=True)
+class _Procedure:
+    stages: Callable[[], tuple[Stage, ...]]
+    # demote first: a region promoted before another region failed gets its previous
+    # hosts back (they are retired only once the release is recorded), so a failed run
+    # leaves every region on the release it had, and its candidates can then go.
+    cleanup: tuple[str, ...]
+    # `invoke rollback` picks this from what the record says was the last procedure:
+    # hosts changed in place switch back in place; a fleet from an image is replaced by
+    # one from the previous image.
+    rollback: str
 
 
-def rollback_mode(procedure: str) -> str:
-    return "rollback-in-place" if procedure in IN_PLACE_MODES else "rollback-image"
-
+_IMAGE_CLEANUP = ("demote", "discard-candidates", "discard-images")
+_PROCEDURES = {
+    "immutable": _Procedure(_immutable, (*_IMAGE_CLEANUP, "discard-builder"), "rollback-image"),
+    "rebake-light": _Procedure(_rebake_light, _IMAGE_CLEANUP, "rollback-image"),
+    "in-place": _Procedure(_in_place, (), "rollback-in-place"),
+    "rollback-in-place": _Procedure(_rollback_in_place, (), "rollback-in-place"),
+    "rollback-image": _Procedure(_rollback_image, ("demote", "discard-candidates"),
+                                 "rollback-image"),
+}
 
 # When a cleanup step discarded what a stage made, the run starts again from that stage
 # on resume (a new builder, new candidates).
-RESTART_FROM = {"discard-builder": "launch-builder", "discard-candidates": "launch-candidates",
-                "discard-images": "launch-builder"}
-# demote first: a region promoted before another region failed gets its previous hosts
-# back (they are retired only once the release is recorded), so a failed run leaves every
-# region on the release it had, and its candidates can then be discarded.
-_CLEANUP = {
-    "immutable": ("demote", "discard-candidates", "discard-images", "discard-builder"),
-    "rebake-light": ("demote", "discard-candidates", "discard-images"),
-    "in-place": (),
-    "rollback-in-place": (),
-    "rollback-image": ("demote", "discard-candidates"),
-}
+_RESTART_FROM = (("discard-builder", "launch-builder"),
+                 ("discard-candidates", "launch-candidates"),
+                 ("discard-images", "launch-builder"))
 
 
-def _insert(stages: Sequence[Stage], extra: ExtraStage) -> tuple[tuple[Stage, ...], bool]:
+def rollback_mode(procedure: str) -> str:
+    """The rollback for a release made live by `procedure` (the record's)."""
+    known = _PROCEDURES.get(procedure)
+    return known.rollback if known else "rollback-image"
+
+
+def _insert(stages: Sequence[Stage], extra: Extra) -> tuple[tuple[Stage, ...], bool]:
     """Insert one extra stage next to its anchor, inside groups too; report if placed."""
     anchor = extra.before or extra.after
     out: list[Stage] = []
     placed = False
     for s in stages:
-        if s.per_batch:
-            inner, placed_inner = _insert(s.per_batch, extra)
-            s = replace(s, per_batch=inner)
-            placed = placed or placed_inner
-        if s.per_region:
-            inner, placed_inner = _insert(s.per_region, extra)
-            s = replace(s, per_region=inner)
+        if s.is_group:
+            inner, placed_inner = _insert(s.members, extra)
+            s = replace(s, members=inner)
             placed = placed or placed_inner
         if s.name == anchor:
             new = Stage(name=extra.step, step=extra.step, targets=s.targets, phase=s.phase)
@@ -242,16 +321,15 @@ def _insert(stages: Sequence[Stage], extra: ExtraStage) -> tuple[tuple[Stage, ..
     return tuple(out), placed
 
 
-def plan(mode: str, extra_stages: Sequence[ExtraStage] = ()) -> Plan:
+def plan(mode: str, extra_stages: Sequence[Extra] = ()) -> Plan:
     """The ordered stages of a procedure, with a team's extra stages inserted."""
     if mode not in _PROCEDURES:
         check_mode(mode)
-    stages = _PROCEDURES[mode]()
+    procedure = _PROCEDURES[mode]
+    stages = procedure.stages()
     for extra in extra_stages:
         stages, placed = _insert(stages, extra)
-        if not placed and not any(
-            _insert(_PROCEDURES[m](), extra)[1] for m in (*MODES, *ROLLBACK_MODES)
-        ):
+        if not placed and not any(_insert(p.stages(), extra)[1] for p in _PROCEDURES.values()):
             anchor = extra.before or extra.after
             raise ConfigError(
                 f"extra stage {extra.step!r} is anchored to {anchor!r}, which is no stage of "
@@ -263,7 +341,8 @@ def plan(mode: str, extra_stages: Sequence[ExtraStage] = ()) -> Plan:
     if dupes:
         raise ConfigError(f"stage name(s) {', '.join(dupes)} appear twice in {mode}",
                           fix="give each extra stage a step name of its own")
-    return Plan(mode=mode, stages=stages, cleanup=_CLEANUP[mode])
+    return Plan(mode=mode, stages=stages, cleanup=procedure.cleanup, rollback=procedure.rollback,
+                restart_from=_RESTART_FROM)
 
 
 def batches(hosts: Sequence[Any], size: int) -> list[list[Any]]:

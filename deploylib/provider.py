@@ -22,7 +22,7 @@ class Provider(Protocol):
     def ssh_credentials(self, env: Environment) -> ssh.Credentials: ...
 
     def trusted_keys(self, clients: aws.AwsClients,
-                     instance: aws.Instance) -> tuple[paramiko.PKey, ...]: ...
+                     instance: aws.ec2.Instance) -> tuple[paramiko.PKey, ...]: ...
 
 
 class AwsProvider:
@@ -36,10 +36,11 @@ class AwsProvider:
         return ssh.Credentials(user=env.ssh_user, key_file=key)
 
     def trusted_keys(self, clients: aws.AwsClients,
-                     instance: aws.Instance) -> tuple[paramiko.PKey, ...]:
+                     instance: aws.ec2.Instance) -> tuple[paramiko.PKey, ...]:
         # Console output appears a minute or so after boot; until then this is empty and
         # the SSH wait keeps polling rather than trusting whatever key answers first.
-        text = aws.console_output(clients.ec2(instance.region), instance.instance_id)
+        text = aws.ec2.console_output(clients.ec2(instance.region), instance.region,
+                                      instance.instance_id)
         return tuple(ssh.host_keys_from_console(text))
 
 

@@ -7,6 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from deploylib.plan import MODES
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -58,7 +60,7 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
 # The pipeline's parameters, as the job offers them before its first build (the
 # Jenkinsfile declares the same; a test keeps the two in step).
 PIPELINE_PARAMETERS = [
-    {"name": "MODE", "choices": ["immutable", "rebake-light", "in-place"],
+    {"name": "MODE", "choices": list(MODES),
      "description": "immutable: bake a new image; rebake-light: new instances from the live "
                     "image plus the release; in-place: the release on the live hosts"},
     {"name": "VERSION", "default": "", "description": "Release version, e.g. 1.2.3"},

@@ -15,53 +15,46 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from deploylib.state import RunState
-
-# The stages after which the new release is what users get: time-to-live ends when the
-# last of them ends (the rollout, or the promotion in the last region).
-LIVE_STAGES = ("promote", "rollout")
-
-
-def _live(key: str) -> bool:
-    return key.split("/")[-1] in LIVE_STAGES and not key.startswith("rollback/")
+from deploylib.state import RunState, StageEntry
 
 
 def run_summary(state: RunState) -> dict[str, Any]:
-    """One run: its stages as offsets from its start, and its time-to-live."""
-    top = {k: v for k, v in state.stages.items() if "/" not in k and "started_at" in v}
-    began = min((v["started_at"] for v in top.values()), default=None)
+    """One run: its stages as offsets from its start, and its time-to-live (to the end
+    of the last stage that made the release live: the plan marks which those are)."""
+    top = {name: e for name, e in state.top.items() if e.started_at is not None}
+    began = min((e.started_at for e in top.values() if e.started_at is not None),
+                default=None)
 
-    def bar(name: str, v: dict[str, Any]) -> dict[str, Any]:
-        end = v.get("ended_at")
-        return {"name": name, "status": v.get("status"),
-                "start": round(v["started_at"] - began, 3),
-                "seconds": round(end - v["started_at"], 3) if end else None,
-                "error": v.get("error")}
+    def bar(name: str, e: StageEntry) -> dict[str, Any]:
+        assert e.started_at is not None and began is not None
+        return {"name": name, "status": e.status, "live": e.live,
+                "start": round(e.started_at - began, 3),
+                "seconds": round(e.ended_at - e.started_at, 3) if e.ended_at else None,
+                "error": e.error}
 
     stages = []
-    for name, v in sorted(top.items(), key=lambda kv: kv[1]["started_at"]):
-        stages.append(bar(name, v))
+    for name, e in sorted(top.items(), key=lambda kv: kv[1].started_at or 0.0):
+        stages.append(bar(name, e))
         # A group of regions: one lane per region under it, its stages as segments, so
         # a region going live while another still waits for its copy shows.
         lanes: dict[str, list[dict[str, Any]]] = {}
-        for key, sub in state.stages.items():
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == name and not parts[1].isdigit() \
-                    and "started_at" in sub:
-                lanes.setdefault(parts[1], []).append(bar(parts[2], sub))
+        for key, sub in state.members(name).items():
+            if key.region is not None and sub.started_at is not None:
+                lanes.setdefault(key.region, []).append(bar(key.stage, sub))
         for region, parts_of in lanes.items():
             parts_of.sort(key=lambda p: p["start"])
             stages.append({"name": region, "region": True, "parts": parts_of,
                            "status": parts_of[-1]["status"]})
-    live_at = max((v.get("ended_at", 0) for k, v in state.stages.items()
-                   if _live(k) and v.get("status") == "done"), default=None)
-    ends = [v["ended_at"] for v in top.values() if "ended_at" in v]
+    live_at = max((e.ended_at for e in state.stages.values()
+                   if e.live and e.status == "done" and e.ended_at is not None), default=None)
+    ends = [e.ended_at for e in top.values() if e.ended_at is not None]
     return {
         "run_id": state.run_id, "env": state.env, "mode": state.mode,
         "version": state.version, "status": state.status,
         "started_at": began,
-        "time_to_live": round(live_at - began, 2) if began and live_at else None,
-        "total": round(max(ends) - began, 2) if began and ends else None,
+        "time_to_live": round(live_at - began, 2)
+        if began is not None and live_at is not None else None,
+        "total": round(max(ends) - began, 2) if began is not None and ends else None,
         "stages": stages,
     }
 
@@ -200,7 +193,7 @@ _PAGE = """<!doctype html>
       const s = lane.stage;
       current.appendChild(el("text", {x: 32, y: y + 17}, s.name));
       for (const p of s.parts) {
-        const live = p.name === "promote" && p.status === "done";
+        const live = p.live && p.status === "done";
         const w = Math.max(2, (p.seconds || 0) * scale);
         const bar = el("rect", {x: label + p.start * scale, y: y + 6, width: w,
           height: laneH - 12, rx: 2, class: "bar " + (live ? "live" : p.status),
@@ -212,11 +205,11 @@ _PAGE = """<!doctype html>
       const last = s.parts[s.parts.length - 1];
       const end = last.start + (last.seconds || 0);
       current.appendChild(el("text", {x: label + end * scale + 6, y: y + 17},
-        last.name === "promote" && last.status === "done" ?
+        last.live && last.status === "done" ?
           "live at " + end.toFixed(1) + "s" : last.name + " " + last.status));
     } else {
       const s = lane.stage;
-      const live = ["promote", "rollout"].includes(s.name) && s.status === "done";
+      const live = s.live && s.status === "done";
       current.appendChild(el("text", {x: 16, y: y + 17}, s.name));
       const w = Math.max(2, (s.seconds || 0) * scale);
       const bar = el("rect", {x: label + s.start * scale, y: y + 4, width: w,

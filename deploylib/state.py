@@ -1,9 +1,15 @@
-"""Run state: one JSON file per run, carrying each stage's outputs and status.
+"""Run state: one JSON file per run, carrying each stage's status and the run's facts.
 
 Every stage can run in its own process (as Jenkins runs them) because everything a
 later stage needs (builder id, image id per region, candidate ids, batches) is read
-from here. Writes are atomic (temporary file, then rename), so a crash never leaves a
-half-written state. Nothing secret is stored: no credentials, no presigned URLs.
+from here (deploylib.facts). Writes are atomic (temporary file, then rename), so a crash
+never leaves a half-written state. Nothing secret is stored: no credentials, no
+presigned URLs.
+
+A stage's entry is keyed by a `StageKey`: the stage, and for a member of a group the
+group and its lane (a batch number or a region). In the file each entry is listed under
+the key's text (`rollout/3/drain`, `regions/eu-west-1/promote`) and carries the key's
+parts, which is what loading reads: no key is ever parsed back from its text.
 """
 
 from __future__ import annotations
@@ -19,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from deploylib.errors import InputError, StateError
+from deploylib.facts import Facts
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+ENDED = (DONE, FAILED)
 _RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")
 
 
@@ -31,14 +41,61 @@ def new_run_id(now: float | None = None) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise InputError(f"run id {run_id!r} is not valid",
                          fix="use an id printed by `invoke start` or `invoke deploy`, "
                          "e.g. 20261127T120000-a1b2c3")
     return run_id
 
 
+@dataclass(frozen=True)
+class StageKey:
+    """Which stage an entry is for: a stage of its own, or a group's member in one lane."""
+
+    stage: str
+    group: str | None = None
+    batch: int | None = None  # a rollout's batch (1-based)
+    region: str | None = None  # a regions group's region
+
+    @classmethod
+    def in_batch(cls, group: str, batch: int, stage: str) -> StageKey:
+        return cls(stage=stage, group=group, batch=batch)
+
+    @classmethod
+    def in_region(cls, group: str, region: str, stage: str) -> StageKey:
+        return cls(stage=stage, group=group, region=region)
+
+    @property
+    def lane(self) -> str | None:
+        return self.region if self.region is not None else (
+            None if self.batch is None else str(self.batch))
+
+    def __str__(self) -> str:
+        return self.stage if self.group is None else f"{self.group}/{self.lane}/{self.stage}"
+
+
+def _key(key: StageKey | str) -> StageKey:
+    """A plain name is a stage of its own (never split: a name has no parts)."""
+    return key if isinstance(key, StageKey) else StageKey(key)
+
+
+class StageEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: str = PENDING
+    step: str | None = None  # the function behind it, or what a group runs over
+    started_at: float | None = None
+    ended_at: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    live: bool = False  # the release served users once it was done (plan: Stage.live)
+    elsewhere: bool = False  # done on another machine (a bake that handed off)
+    was: str | None = None  # its status before a cleanup rewound the run...
+    reset_by: str | None = None  # ...and which cleanup step did
+
+
 _SAVING = threading.Lock()
+_FIELDS = ("run_id", "env", "mode", "version", "artifact", "status", "created_at")
 
 
 @dataclass
@@ -51,8 +108,8 @@ class RunState:
     path: Path
     status: str = PENDING
     created_at: float = field(default_factory=time.time)
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
+    stages: dict[StageKey, StageEntry] = field(default_factory=dict)
+    facts: Facts = field(default_factory=Facts)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -84,11 +141,16 @@ class RunState:
             raise StateError("the run state is not valid JSON", resource=str(path),
                              fix="restore it from the build's archived copy") from None
         try:
-            return cls(path=path, **{k: data[k] for k in (
-                "run_id", "env", "mode", "version", "artifact", "status", "created_at",
-                "stages", "facts")})
-        except (KeyError, TypeError):
-            raise StateError("the run state lacks required fields", resource=str(path),
+            stages = {}
+            for entry in data["stages"].values():
+                key = StageKey(stage=entry.pop("stage"), group=entry.pop("group", None),
+                               batch=entry.pop("batch", None), region=entry.pop("region", None))
+                stages[key] = StageEntry.model_validate(entry)
+            return cls(path=path, stages=stages, facts=Facts.model_validate(data["facts"]),
+                       **{k: data[k] for k in _FIELDS})
+        except (KeyError, TypeError, AttributeError, ValidationError):
+            raise StateError("the run state lacks required fields or has the wrong shape",
+                             resource=str(path),
                              fix="restore it from the build's archived copy") from None
 
     @classmethod
@@ -97,45 +159,58 @@ class RunState:
         return cls.load(state_dir, runs[-1].stem) if runs else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id, "env": self.env, "mode": self.mode,
-            "version": self.version, "artifact": self.artifact, "status": self.status,
-            "created_at": self.created_at, "stages": self.stages, "facts": self.facts,
-        }
+        stages = {}
+        for key, entry in list(self.stages.items()):
+            parts = {"stage": key.stage, "group": key.group, "batch": key.batch,
+                     "region": key.region}
+            stages[str(key)] = {**{k: v for k, v in parts.items() if v is not None},
+                                **entry.model_dump(exclude_defaults=True), "status": entry.status}
+        return {**{k: getattr(self, k) for k in _FIELDS}, "stages": stages,
+                "facts": self.facts.model_dump(mode="json")}
 
     def save(self) -> None:
         """Write the state atomically. Regions of a run save from their own threads: the
-        snapshot is taken by the C encoder, which copies each dict's items without
-        letting another thread run, and the lock keeps the file in snapshot order."""
+        snapshot is built by pydantic's serializer, which holds the interpreter for the
+        whole dump, and the lock keeps the file in snapshot order."""
         with _SAVING:
-            snapshot = json.loads(json.dumps(self.to_dict(), sort_keys=True))
+            text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run-", suffix=".tmp")
             with os.fdopen(fd, "w") as f:
-                json.dump(snapshot, f, indent=2, sort_keys=True)
-                f.write("\n")
+                f.write(text + "\n")
             os.replace(tmp, self.path)
 
     # -- stage bookkeeping ----------------------------------------------------------------
 
-    def stage(self, name: str) -> dict[str, Any]:
-        return self.stages.setdefault(name, {"status": PENDING})
+    def entry(self, key: StageKey | str) -> StageEntry:
+        return self.stages.setdefault(_key(key), StageEntry())
 
-    def is_done(self, name: str) -> bool:
-        return self.stages.get(name, {}).get("status") == DONE
+    def is_done(self, key: StageKey | str) -> bool:
+        entry = self.stages.get(_key(key))
+        return entry is not None and entry.status == DONE
 
-    def mark(self, name: str, status: str, **extra: Any) -> None:
-        entry = self.stage(name)
-        entry["status"] = status
+    def mark(self, key: StageKey | str, status: str, **extra: Any) -> None:
+        entry = self.entry(key)
+        entry.status = status
         now = time.time()
         if status == RUNNING:
-            entry["started_at"] = now
-            entry.pop("error", None)
-        elif status in (DONE, FAILED):
-            entry["ended_at"] = now
-            entry["seconds"] = round(now - entry.get("started_at", now), 3)
-        entry.update(extra)
+            entry.started_at = now
+            entry.error = None
+        elif status in ENDED:
+            entry.ended_at = now
+            entry.seconds = round(now - (entry.started_at or now), 3)
+        for name, value in extra.items():
+            setattr(entry, name, value)
         self.save()
+
+    def members(self, group: str) -> dict[StageKey, StageEntry]:
+        """The entries of a group's members, in the order they were first run."""
+        return {k: e for k, e in self.stages.items() if k.group == group}
+
+    @property
+    def top(self) -> dict[str, StageEntry]:
+        """The entries of stages of their own, by name."""
+        return {k.stage: e for k, e in self.stages.items() if k.group is None}
 
 
 def runs_with_pending_notice(state_dir: str | Path) -> list[RunState]:
@@ -146,7 +221,6 @@ def runs_with_pending_notice(state_dir: str | Path) -> list[RunState]:
             run = RunState.load(state_dir, path.stem)
         except (StateError, InputError):
             continue
-        notice = run.facts.get("notice")
-        if notice and not notice.get("sent"):
+        if run.facts.notice and not run.facts.notice.sent:
             out.append(run)
     return out

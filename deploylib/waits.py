@@ -16,7 +16,7 @@ from deploylib.errors import WaitTimeout
 T = TypeVar("T")
 
 # The longest pause between two looks. Set once per run from the environment's
-# `timeouts.poll` (runner.open_context): one process serves one environment.
+# `timeouts.poll` (runs.open_context): one process serves one environment.
 _longest = 3.0
 
 

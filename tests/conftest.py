@@ -1,7 +1,13 @@
-"""Shared fixtures. Each starts a real part: moto's server, an OpenSSH sshd, the lab."""
+"""Shared fixtures. Each starts a real part: moto's server, an OpenSSH sshd, the lab.
+
+The suite runs in parallel (pytest-xdist, one test file per worker at a time): each
+worker's labs, sshd and sample apps live on loopback addresses of their own (`WORKER`),
+each lab in a directory of its own, so workers never meet.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -14,22 +20,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_ENV_TEXT = (REPO / "deploylib/lab/environment.toml").read_text()
-IAM_TEST = "test_iam_policy.py"
+
+# Which parallel worker this is (0 without xdist): it picks this worker's addresses.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+# A lab takes one loopback /16 per region, counting up from here (3 regions, one spare).
+os.environ["DEPLOY_LAB_NETWORK"] = str(1 + 4 * WORKER)
+
+pytest_plugins = ["tests.iam_audit"]
 
 
-def pytest_configure(config):
-    """Every AWS call the tool makes during the session (in this process and every
-    `invoke` it starts) is logged, for the IAM policy test, which runs last."""
-    import tempfile
-
-    from deploylib.aws import API_LOG_ENV
-
-    if not os.environ.get(API_LOG_ENV):
-        os.environ[API_LOG_ENV] = str(Path(tempfile.mkdtemp(prefix="deploy-api-")) / "calls")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.path.name == IAM_TEST)
+def loopback(block: int, host: int = 1) -> str:
+    """A loopback address of this worker's own: 127.(200+WORKER).block.host."""
+    return f"127.{200 + WORKER}.{block}.{host}"
 
 
 def toml_value(value: object) -> str:
@@ -56,6 +58,14 @@ def write_config(directory: Path, extra: str = "", name: str = "deploy.toml",
     return path
 
 
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment the tool runs in as a command: this one, plus the observer of its
+    AWS calls (the IAM policy check, tests/iam_audit.py) when the session has one."""
+    from tests import iam_audit
+
+    return {**os.environ, **iam_audit.client_side_monitoring(), **extra}
+
+
 @dataclass
 class Cli:
     """Runs `invoke` as an operator would, against a given config and lab directory."""
@@ -64,7 +74,7 @@ class Cli:
     lab_dir: Path
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, DEPLOY_CONFIG=str(self.config), DEPLOY_LAB_DIR=str(self.lab_dir))
+        return tool_env(DEPLOY_CONFIG=str(self.config), DEPLOY_LAB_DIR=str(self.lab_dir))
 
     def __call__(self, args: str, *, check: bool = True,
                  timeout: float = 300) -> subprocess.CompletedProcess:
@@ -95,6 +105,36 @@ def aws_clients(moto_endpoint):
 
     return AwsClients("us-east-1", endpoint_url=moto_endpoint, credentials=LAB_CREDENTIALS,
                       path_style=True, max_attempts=2)
+
+
+_networks = itertools.count(1)
+
+
+@pytest.fixture
+def network(aws_clients):
+    """A VPC, a Name-tagged subnet and a security group in the plain moto server, unique
+    to the test (the server is the session's: names and ranges never repeat)."""
+    n = next(_networks)
+    ec2 = aws_clients.ec2("us-east-1")
+    vpc = ec2.create_vpc(CidrBlock=f"10.{n}.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{n}.1.0/24", TagSpecifications=[
+        {"ResourceType": "subnet", "Tags": [{"Key": "Name", "Value": f"app-{n}"}]}])
+    group = ec2.create_security_group(GroupName=f"app-{n}", Description="t", VpcId=vpc)
+    return {"n": n, "vpc": vpc, "subnet": subnet["Subnet"]["SubnetId"],
+            "group": group["GroupId"], "name": f"app-{n}"}
+
+
+def launch_instances(aws_clients, network, count=1, role="candidate") -> list[str]:
+    """Instances launched by the tool's own launch, in the test's network."""
+    from deploylib import aws
+
+    ec2 = aws_clients.ec2("us-east-1")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    return aws.ec2.launch(ec2, region="us-east-1", image_id=image, count=count,
+                          instance_type="t3.micro", subnet_id=network["subnet"],
+                          security_group_ids=[network["group"]],
+                          tag_list=aws.tags("run-1", "test", "1.2.3", "in-place", role),
+                          client_token=f"tok-{network['n']}-{role}")
 
 
 @dataclass
@@ -152,8 +192,8 @@ def wait_listening(address: str, port: int, timeout: float = 10) -> None:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    """One real sshd on 127.0.99.1:2022 for the SSH module's tests."""
-    server = start_sshd(tmp_path_factory.mktemp("sshd"), "127.0.99.1")
+    """One real sshd on this worker's 127.x.99.1:2022, for the SSH module's tests."""
+    server = start_sshd(tmp_path_factory.mktemp("sshd"), loopback(99))
     yield server
     server.process.kill()
     server.process.wait()
@@ -161,9 +201,12 @@ def sshd(tmp_path_factory):
 
 @dataclass
 class Lab:
+    """A running lab and the operator's command line pointed at it."""
+
     cli: Cli
     info: dict
     config_path: Path
+    _clients: object = None
 
     @property
     def cfg(self):
@@ -176,17 +219,35 @@ class Lab:
         return self.cfg.environment("lab")
 
     def clients(self):
-        from deploylib import runner
+        """The tool's AWS clients, pointed at this lab (built once per lab: building
+        boto3 clients costs more than most calls)."""
+        from deploylib import runs
 
-        os.environ["DEPLOY_LAB_DIR"] = str(self.cli.lab_dir)
-        return runner.environment_clients(self.env)
+        if self._clients is None:
+            os.environ["DEPLOY_LAB_DIR"] = str(self.cli.lab_dir)
+            self._clients = runs.environment_clients(self.env)
+        return self._clients
+
+    def up(self) -> None:
+        """Start the lab afresh: the first release (1.0.0) baked and live, nothing else."""
+        from deploylib.lab import control
+
+        control.stop_daemon(self.cli.lab_dir)
+        self.cli("lab.up --hosts 2")
+        info = control.running(self.cli.lab_dir)
+        assert info, "the lab did not come up"
+        self.info = info
+        self._clients = None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """The whole lab (moto server with hooks, sshd hosts, balancers), fleet live on 1.0.0.
 
-    Module-scoped: the tests of one module run against one lab, in file order.
+    One per worker, for the session: bringing a lab up bakes its first release, which is
+    most of what a lab costs. Lab tests do not lean on what an earlier test left: each
+    starts from whatever release is live, and tests/lab/conftest.py checks the lab is
+    whole before every test (starting it afresh when a failed test left it broken).
     """
     from deploylib.lab import control
 
@@ -194,12 +255,11 @@ def lab(tmp_path_factory):
     config_path = write_config(directory)
     cli = Cli(config=config_path, lab_dir=directory / "lab")
     saved = {k: os.environ.get(k) for k in ("DEPLOY_LAB_DIR", "DEPLOY_CONFIG")}
-    os.environ.update(cli.env())
+    os.environ.update(DEPLOY_CONFIG=str(config_path), DEPLOY_LAB_DIR=str(cli.lab_dir))
+    running = Lab(cli=cli, info={}, config_path=config_path)
     try:
-        cli("lab.up --hosts 2")
-        info = control.running(cli.lab_dir)
-        assert info, "the lab did not come up"
-        yield Lab(cli=cli, info=info, config_path=config_path)
+        running.up()
+        yield running
     finally:
         control.stop_daemon(cli.lab_dir)
         for k, v in saved.items():

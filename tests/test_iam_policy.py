@@ -1,67 +1,73 @@
-"""templates/iam-policy.json against what the tool really calls.
+"""templates/iam-policy.json: its shape, and the check (tests/iam_audit.py) that holds it
+against every AWS call the tool makes during the suite.
 
-Every AWS call the tool's own code makes during the test session is logged through a
-botocore `before-call` hook (deploylib.aws, enabled by conftest), in this process and in
-every `invoke` the tests start. This test runs last: each call must be allowed by the
-policy, and, when the whole suite ran, each action the policy grants must have been
-used — a grant nothing needs is a grant an attacker could use.
+The check itself runs at the end of the session; here, that it decides right: a call
+the policy does not grant fails it, a grant nothing used fails it when the whole suite
+ran and is reported unchecked when the run was narrowed (the lab tests deselected).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from deploylib.aws import API_LOG_ENV
-from tests.conftest import REPO
+from tests import iam_audit
 
-POLICY = REPO / "templates/iam-policy.json"
-# botocore's signing name is IAM's service prefix for these; S3's operations map to the
-# actions that authorise them.
-S3_ACTIONS = {"HeadObject": "GetObject", "GetObject": "GetObject", "PutObject": "PutObject",
-              "CreateMultipartUpload": "PutObject", "UploadPart": "PutObject",
-              "CompleteMultipartUpload": "PutObject",
-              "AbortMultipartUpload": "AbortMultipartUpload"}
+POLICY = json.loads(iam_audit.POLICY.read_text())
 
 
-def action(call: str) -> str:
-    service, operation = call.split(":", 1)
-    if service == "s3":
-        operation = S3_ACTIONS.get(operation, operation)
-    return f"{service}:{operation}"
-
-
-def granted() -> set[str]:
-    doc = json.loads(POLICY.read_text())
-    out: set[str] = set()
-    for statement in doc["Statement"]:
+def test_the_policy_grants_named_actions_only_and_allows_only():
+    for statement in POLICY["Statement"]:
         assert statement["Effect"] == "Allow"
-        actions = statement["Action"]
-        out |= set([actions] if isinstance(actions, str) else actions)
-    assert not any("*" in a for a in out), "the policy grants actions by wildcard"
-    return out
-
-
-def used() -> set[str]:
-    log = Path(os.environ[API_LOG_ENV])
-    return {action(line) for line in log.read_text().split()} if log.exists() else set()
-
-
-def test_every_call_the_tool_made_is_granted_and_every_grant_is_used(request):
-    calls = used()
-    assert calls, "no AWS call was logged: is the before-call hook installed?"
-    missing = calls - granted()
-    assert not missing, f"the tool called these, the policy does not grant them: {missing}"
-    ran = {item.path.parent.name for item in request.session.items}
-    if "lab" in ran:
-        unused = granted() - calls
-        assert not unused, f"the policy grants these, no test made the tool use them: {unused}"
+    assert not any("*" in a for a in iam_audit.granted(POLICY)), "a wildcard action"
 
 
 def test_the_policy_scopes_data_to_the_tools_own_resources():
-    doc = json.loads(POLICY.read_text())
-    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    by_sid = {s["Sid"]: s for s in POLICY["Statement"]}
     assert by_sid["ArtifactStore"]["Resource"].endswith("/releases/*")
     assert by_sid["LiveRecord"]["Resource"].endswith(":parameter/deploylib/*")
     assert "table/" in by_sid["DeployLock"]["Resource"]
+
+
+def test_a_call_the_policy_does_not_grant_fails_the_check():
+    used = iam_audit.granted(POLICY) | {"ec2:AuthorizeSecurityGroupIngress"}
+    v = iam_audit.verdict(used, POLICY, calls=10, whole_suite=True)
+    assert v.failed and v.missing == {"ec2:AuthorizeSecurityGroupIngress"} and not v.unused
+
+
+def test_a_grant_nothing_used_fails_the_check_of_the_whole_suite():
+    used = iam_audit.granted(POLICY) - {"ec2:CopyImage"}
+    v = iam_audit.verdict(used, POLICY, calls=10, whole_suite=True)
+    assert v.failed and v.unused == {"ec2:CopyImage"}
+
+
+def test_with_the_lab_tests_deselected_unused_grants_are_not_checked_not_passed():
+    v = iam_audit.verdict({"ssm:GetParameter"}, POLICY, calls=1, whole_suite=False)
+    assert v.unused is None and not v.failed  # "not checked", said in the summary
+
+
+def test_s3_operations_count_as_the_actions_that_authorise_them():
+    assert iam_audit.action("S3", "HeadObject") == "s3:GetObject"
+    assert iam_audit.action("S3", "UploadPart") == "s3:PutObject"
+    assert iam_audit.action("Elastic Load Balancing v2", "RegisterTargets") == \
+        "elasticloadbalancing:RegisterTargets"
+
+
+def test_the_listener_hears_the_tool_and_only_the_tool(aws_clients, moto_endpoint):
+    """botocore's client-side monitoring, as the tool's commands get it, reaches the
+    listener; a client without the variables (the tests' own) is not heard."""
+    import subprocess
+    import sys
+
+    listener = iam_audit.Listener()
+    port = listener.start()
+    env = {**os.environ, "AWS_CSM_ENABLED": "true", "AWS_CSM_HOST": "127.0.0.1",
+           "AWS_CSM_PORT": str(port), "AWS_CSM_CLIENT_ID": iam_audit.CLIENT_ID}
+    script = ("from deploylib.aws import AwsClients, ssm\n"
+              f"c = AwsClients('us-east-1', endpoint_url={moto_endpoint!r}, "
+              "credentials={'aws_access_key_id': 'a', 'aws_secret_access_key': 'b'})\n"
+              "ssm.read_record(c.ssm(), '/deploylib/csm-probe/live')\n")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    aws_clients.ec2("us-east-1").describe_instances()  # this process: not observed
+    listener.drain()
+    assert listener.used == {"ssm:GetParameter"} and listener.calls == 1

@@ -1,8 +1,10 @@
 """The Jenkinsfile, executed by real Groovy with the pipeline DSL stubbed.
 
 The harness (tests/jenkinsfile/PipelineHarness.groovy) runs `invoke plan` for real and
-records every other sh command, so these tests check that the pipeline's stages are the
-plan's stages, whatever the mode, and that its post conditions behave.
+records every other sh command (`invoke start --json` answers as the tool does), so
+these tests check that the pipeline's stages are the plan's stages, whatever the mode;
+that it takes the procedure, and where the run's files are, from the tool; and that its
+post conditions behave.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import config
 from deploylib import plan as planning
 from tests.conftest import REPO
 
 HARNESS = REPO / "tests/jenkinsfile/PipelineHarness.groovy"
 RUN_ID = "20261127T120000-abc123"
+# Where the run's files are: the config's state_dir, as `invoke start --json` says.
+PATHS = {"state": f"state/{RUN_ID}.json", "run_dir": f"state/{RUN_ID}",
+         "junit": f"state/{RUN_ID}/junit/*.xml", "report": f"state/{RUN_ID}/report"}
+
+
+def started(mode: str) -> str:
+    return json.dumps({"run_id": RUN_ID, "mode": mode, "version": "1.2.3", "env": "lab",
+                       "paths": PATHS}) + "\n"
 
 
 def groovy_env() -> dict[str, str]:
@@ -38,7 +47,8 @@ def run_pipeline(params: dict, **options) -> dict:
     assert groovy, "groovy is not installed (.ci/run installs Debian's groovy)"
     defaults = {"MODE": "immutable", "VERSION": "1.2.3", "ENV": "lab", "ARTIFACT": "",
                 "HANDOFF": ""}
-    opts = {"real": ["invoke plan"], "responses": {"invoke start": RUN_ID + "\n"}, **options}
+    mode = options.pop("started_as", None) or ({**defaults, **params}["MODE"])
+    opts = {"real": ["invoke plan"], "responses": {"invoke start": started(mode)}, **options}
     proc = subprocess.run([groovy, str(HARNESS), str(REPO / "Jenkinsfile"),
                            json.dumps({**defaults, **params}), json.dumps(opts)],
                           cwd=REPO, env=groovy_env(), capture_output=True, text=True,
@@ -51,7 +61,7 @@ def sh_commands(result: dict) -> list[list[str]]:
     return [shlex.split(c["args"][0]) for c in result["calls"] if c["step"] == "sh"]
 
 
-@pytest.mark.parametrize("mode", config.MODES)
+@pytest.mark.parametrize("mode", planning.MODES)
 def test_the_pipeline_runs_exactly_the_planned_stages(mode):
     result = run_pipeline({"MODE": mode})
     assert result["result"] == "SUCCESS"
@@ -68,7 +78,7 @@ def test_the_pipeline_runs_exactly_the_planned_stages(mode):
 def test_parameters_conventions_and_start_command():
     result = run_pipeline({"MODE": "in-place", "VERSION": "2.0.0", "ARTIFACT": "dist/a b.tar.gz"})
     params = {p["name"]: p for p in result["parameters"]}
-    assert params["MODE"]["choices"] == list(config.MODES)
+    assert params["MODE"]["choices"] == list(planning.MODES)
     assert set(params) == {"MODE", "VERSION", "ARTIFACT", "ENV", "HANDOFF", "KEEP_ON_ERROR"}
     # the job `invoke jenkins.setup` creates offers the same parameters before a first build
     from deploylib.render import PIPELINE_PARAMETERS
@@ -77,14 +87,14 @@ def test_parameters_conventions_and_start_command():
     assert {"disableConcurrentBuilds", "timestamps", "timeout"} <= set(result["options"])
     start = sh_commands(result)[0]
     assert start == ["invoke", "start", "--mode", "in-place", "--version", "2.0.0", "--env",
-                     "lab", "--artifact", "dist/a b.tar.gz"]
+                     "lab", "--artifact", "dist/a b.tar.gz", "--json"]
     assert result["env"]["RUN_ID"] == RUN_ID
     assert result["post"] == ["always"]
     archived = [c for c in result["calls"] if c["step"] == "archiveArtifacts"]
-    assert archived[0]["args"][0]["artifacts"] == f".runs/{RUN_ID}.json, .runs/{RUN_ID}/**"
+    assert archived[0]["args"][0]["artifacts"] == f"state/{RUN_ID}.json, state/{RUN_ID}/**"
     report = [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "report"]]
     assert report == [["invoke", "report", "--run", RUN_ID, "--no-open", "--out",
-                       f".runs/{RUN_ID}/report"]]
+                       f"state/{RUN_ID}/report"]]
 
 
 def test_every_tool_command_runs_with_the_credentials_bound_and_nothing_else_does():
@@ -107,7 +117,7 @@ def test_the_stage_with_the_smoke_tests_publishes_junit_even_when_it_fails():
     assert result["result"] == "FAILURE"
     junit = [c for c in result["calls"] if c["step"] == "junit"]
     assert len(junit) == 1 and junit[0]["stage"] == "regions"
-    assert junit[0]["args"][0]["testResults"] == f".runs/{RUN_ID}/junit/*.xml"
+    assert junit[0]["args"][0]["testResults"] == f"state/{RUN_ID}/junit/*.xml"
 
 
 def test_only_the_stage_with_the_smoke_tests_publishes_junit():
@@ -147,7 +157,8 @@ def test_a_failed_stage_stops_the_pipeline_and_runs_the_failure_post():
 def test_a_handoff_runs_only_the_release_stages():
     handoff = json.dumps({"run_id": RUN_ID, "env": "lab", "version": "1.2.3",
                           "release": {}, "images": {}})
-    result = run_pipeline({"MODE": "in-place", "HANDOFF": handoff})
+    # MODE is the job's default: the procedure is the handed-off run's, as the tool says
+    result = run_pipeline({"MODE": "in-place", "HANDOFF": handoff}, started_as="immutable")
     start = sh_commands(result)[0]
     assert start[:3] == ["invoke", "start", "--handoff"]
     assert json.loads(start[3])["run_id"] == RUN_ID

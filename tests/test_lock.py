@@ -78,3 +78,28 @@ def test_a_missing_table_says_how_to_create_it(aws_clients):
     with pytest.raises(CloudError) as err:
         lock.acquire(aws_clients.dynamodb(), "no-such-table", "prod", "r", ttl=60)
     assert "create-table --table-name no-such-table" in err.value.line()
+
+
+def test_held_around_a_run_releases_only_once_the_run_has_ended(table):
+    ddb, name = table
+    said: list[str] = []
+    ended = {"yes": False}
+    with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: ended["yes"],
+                   say=said.append) as lease:
+        lease.renew()
+    assert lock.read(ddb, name, "prod")["run_id"] == "run-a"  # its next stage holds it
+    with pytest.raises(RuntimeError):
+        with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: ended["yes"],
+                       say=said.append):
+            ended["yes"] = True
+            raise RuntimeError("the run failed")
+    assert lock.read(ddb, name, "prod") is None and said == ["  lock on prod released"]
+
+
+def test_held_refuses_at_once_when_another_run_has_it(table):
+    ddb, name = table
+    lock.acquire(ddb, name, "prod", "run-a", ttl=600)
+    with pytest.raises(LockHeld), lock.held(ddb, name, "prod", "run-b", ttl=600,
+                                             ended=lambda: True, say=print):
+        raise AssertionError("never entered")
+    assert lock.read(ddb, name, "prod")["run_id"] == "run-a"

@@ -22,18 +22,20 @@ PER_REGION = {
     "immutable": ["wait-image", "launch-candidates", "smoke-test", "promote"],
     "rebake-light": ["launch-candidates", "wait-ssh", "install-release", "smoke-test",
                      "promote"],
-    "rollback-image": ["launch-candidates", "smoke-test", "promote"],
+    "rollback-image": ["launch-candidates", "wait-ssh", "install-release", "smoke-test",
+                       "promote"],
 }
 
 
-@pytest.mark.parametrize("mode", [*config.MODES, *planning.ROLLBACK_MODES])
+@pytest.mark.parametrize("mode", [*planning.MODES, *planning.ROLLBACK_MODES])
 def test_each_procedure_is_an_ordering_of_catalog_steps(mode):
     p = planning.plan(mode)
     assert p.names() == EXPECTED[mode]
     if mode in PER_REGION:
-        assert [s.name for s in p.stage("regions").per_region] == PER_REGION[mode]
+        assert [s.name for s in p.stage("regions").members] == PER_REGION[mode]
+        assert p.stage("regions").kind == planning.PER_REGION
     for stage in p.walk():
-        if not stage.members:
+        if not stage.is_group:
             catalog.get(stage.step)  # every stage names a registered step
     for name in p.cleanup:
         catalog.get(name)
@@ -49,14 +51,18 @@ def test_replaced_hosts_retire_only_after_the_release_is_recorded(mode):
 
 def test_in_place_repeats_drain_install_check_put_back_per_batch():
     rollout = planning.plan("in-place").stage("rollout")
-    assert [s.name for s in rollout.per_batch] == ["drain", "install-release", "health-check",
-                                                   "put-back"]
-    assert {s.targets for s in rollout.per_batch} == {planning.BATCH}
+    assert rollout.kind == planning.PER_BATCH
+    assert [s.name for s in rollout.members] == ["drain", "install-release", "health-check",
+                                                 "put-back"]
+    assert {s.targets for s in rollout.members} == {planning.BATCH}
+    # a failed batch, then the hosts already updated: steps the plan names
+    assert (rollout.recover, rollout.revert) == ("restore-batch", "locate-live")
+    catalog.get(rollout.recover), catalog.get(rollout.revert)
 
 
 def test_install_release_is_one_function_in_all_three_procedures():
     found = {}
-    for mode in config.MODES:
+    for mode in planning.MODES:
         stages = [s for s in planning.plan(mode).walk() if s.name == "install-release"]
         assert len(stages) == 1, mode
         found[mode] = catalog.get(stages[0].step).fn
@@ -69,7 +75,7 @@ def test_install_release_is_one_function_in_all_three_procedures():
 
 def test_install_targets_the_builder_candidates_or_batch():
     targets = {m: next(s for s in planning.plan(m).walk() if s.name == "install-release").targets
-               for m in config.MODES}
+               for m in planning.MODES}
     assert targets == {"immutable": "builder", "rebake-light": "candidates", "in-place": "batch"}
 
 
@@ -79,9 +85,10 @@ def test_bake_phase_ends_with_the_copies_started_and_each_region_waits_for_its_o
     first_release = phases.index(planning.RELEASE)
     assert p.names()[first_release - 1] == "copy-image"
     assert p.names()[first_release] == "regions"
-    assert p.stage("regions").per_region[0].name == "wait-image"
+    assert p.stage("regions").members[0].name == "wait-image"
     assert set(phases[first_release:]) == {planning.RELEASE}
-    assert {s.phase for s in p.stage("regions").per_region} == {planning.RELEASE}
+    assert {s.phase for s in p.stage("regions").members} == {planning.RELEASE}
+    assert p.hands_off and not planning.plan("in-place").hands_off
 
 
 def test_rebake_light_launches_from_the_live_image_and_immutable_from_the_baked_one():
@@ -92,9 +99,11 @@ def test_rebake_light_launches_from_the_live_image_and_immutable_from_the_baked_
 def test_plans_are_plain_data():
     data = planning.plan("in-place").to_dict()
     assert data["mode"] == "in-place"
+    assert data["stages"][2]["kind"] == "per_batch"
     assert data["stages"][2]["per_batch"][1]["name"] == "install-release"
     data = planning.plan("rebake-light").to_dict()
     assert data["stages"][1]["per_region"][2]["name"] == "install-release"
+    assert data["commit"] == "record" and data["rollback"] == "rollback-image"
 
 
 def extra(**kw):
@@ -103,7 +112,7 @@ def extra(**kw):
 
 def test_an_extra_stage_goes_into_every_procedure_that_has_its_anchor():
     e = extra(step="warm-cache", after="install-release")
-    for mode in config.MODES:
+    for mode in planning.MODES:
         names = [s.name for s in planning.plan(mode, [e]).walk()]
         i = names.index("install-release")
         assert names[i + 1] == "warm-cache", mode
@@ -153,4 +162,39 @@ def test_a_failed_bake_demotes_then_discards_candidates_then_images_then_the_bui
     # bakes again from launch-builder
     assert planning.plan("immutable").cleanup == ("demote", "discard-candidates",
                                                   "discard-images", "discard-builder")
-    assert planning.RESTART_FROM["discard-images"] == "launch-builder"
+    assert planning.plan("immutable").restart_after("discard-images") == "launch-builder"
+    assert planning.plan("rebake-light").restart_after("discard-candidates") == \
+        "launch-candidates"
+
+
+@pytest.mark.parametrize("mode", ["immutable", "rebake-light", "in-place"])
+def test_the_three_modes(mode):
+    assert planning.check_mode(mode) == mode
+
+
+@pytest.mark.parametrize("mode", ["", "Immutable", "inplace", "in-place ", "blue-green",
+                                  "rollback-image"])
+def test_unknown_modes(mode):
+    with pytest.raises(InputError, match="unknown mode"):
+        planning.check_mode(mode)
+
+
+@pytest.mark.parametrize("mode", [*planning.MODES, *planning.ROLLBACK_MODES])
+def test_the_plan_says_what_makes_the_release_live_and_what_publishes_junit(mode):
+    p = planning.plan(mode)
+    live = [s.name for s in p.walk() if s.live]
+    junit = [s.name for s in p.walk() if s.junit]
+    if mode in PER_REGION:
+        assert live == ["promote"] and junit == ["smoke-test"]
+        assert p.stage("regions").publishes_junit  # the Jenkins stage that runs it
+    else:
+        assert live == ["rollout"] and junit == []
+    assert p.commit in p.names()
+
+
+def test_what_a_record_keeps_and_how_an_image_is_made_are_the_plans():
+    assert planning.plan("in-place").stage("record").option == {"images": "unchanged"}
+    assert planning.plan("immutable").stage("record").option == {"images": "run"}
+    # a serving candidate is imaged without a reboot; the stopped builder needs none
+    assert planning.plan("rebake-light").stage("create-image").option == {"no_reboot": True}
+    assert planning.plan("immutable").stage("create-image").option == {"no_reboot": False}

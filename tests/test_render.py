@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from deploylib import release, render
+from deploylib.health import serving_version
 from deploylib.lab import BIN
-from deploylib.steps import serving_version
-from tests.conftest import REPO
+from tests.conftest import REPO, loopback
 
 _addresses = itertools.count(1)
 
@@ -73,7 +73,7 @@ def host(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    address = f"127.0.98.{next(_addresses)}"
+    address = loopback(98, next(_addresses))
     (root / "etc/app.env").write_text(f"APP_HOST={address}\n")
     h = Host(root, address, files, f"http://127.0.0.1:{server.server_address[1]}")
     out = h.bash(render.provision_script(packages=["python3", "curl"], service="app",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploylib import report
-from deploylib.state import RunState
+from deploylib.state import RunState, StageEntry, StageKey
 
 T0 = 1_800_000_000.0
 
@@ -22,8 +22,10 @@ def fake_run(tmp_path: Path, run_id: str, mode: str, version: str,
                             run_id=run_id)
     t = T0
     for name, seconds, status in stages:
-        state.stages[name] = {"status": status, "started_at": t, "ended_at": t + seconds,
-                              "seconds": seconds}
+        # As the engine marks them: the rollout makes an in-place release live.
+        state.stages[StageKey(name)] = StageEntry(status=status, started_at=t,
+                                                  ended_at=t + seconds, seconds=seconds,
+                                                  live=name == "rollout")
         t += seconds
     state.status = "failed" if any(s == "failed" for _, _, s in stages) else "done"
     state.save()
@@ -33,14 +35,15 @@ def fake_run(tmp_path: Path, run_id: str, mode: str, version: str,
 def in_regions(state: RunState) -> RunState:
     """Give a run's `regions` group two regions, side by side: us-east-1 is live after
     6.5 s of the group, eu-west-1 (slower) at its end."""
-    began = state.stages["regions"]["started_at"]
+    began = state.stages[StageKey("regions")].started_at
     for region, times in (("us-east-1", [3.0, 1.0, 1.0, 0.5, 1.0]),
                           ("eu-west-1", [5.0, 1.0, 2.0, 0.5, 4.0])):
         t = began
         for name, seconds in zip(["launch-candidates", "wait-ssh", "install-release",
                                   "smoke-test", "promote"], times, strict=True):
-            state.stages[f"regions/{region}/{name}"] = {
-                "status": "done", "started_at": t, "ended_at": t + seconds, "seconds": seconds}
+            state.stages[StageKey.in_region("regions", region, name)] = StageEntry(
+                status="done", started_at=t, ended_at=t + seconds, seconds=seconds,
+                live=name == "promote")
             t += seconds
     state.save()
     return state
@@ -78,7 +81,7 @@ def test_time_to_live_ends_when_the_release_serves(three_runs):
     assert "immutable" not in data["time_to_live"]  # it failed: never live
     stages = data["runs"][2]["stages"]
     assert stages[-1] == {"name": "copy-image", "status": "failed", "start": pytest.approx(9.9),
-                          "seconds": 4.0, "error": None}
+                          "seconds": 4.0, "error": None, "live": False}
 
 
 def test_the_page_is_self_contained_and_data_cannot_close_its_script(three_runs, tmp_path):
@@ -109,13 +112,12 @@ def test_the_timeline_renders_every_stage_of_every_run_in_a_real_browser(three_r
                           r"(.*?)</g>", html, re.S)
         assert group, run.run_id
         drawn = re.findall(r'data-stage="([a-z-]+)" data-status="(\w+)"', group.group(1))
-        assert drawn == [(name, entry["status"]) for name, entry in run.stages.items()
-                         if "/" not in name]
+        assert drawn == [(name, entry.status) for name, entry in run.top.items()]
         # each region of a group: a lane with every one of its stages
         parts = re.findall(r'data-region="([a-z0-9-]+)" data-part="([a-z-]+)" '
                            r'data-status="(\w+)"', group.group(1))
-        assert sorted(parts) == sorted((k.split("/")[1], k.split("/")[2], e["status"])
-                                       for k, e in run.stages.items() if k.count("/") == 2)
+        assert sorted(parts) == sorted((k.region, k.stage, e.status)
+                                       for k, e in run.stages.items() if k.region)
     rows = re.findall(r'<tr data-mode="([a-z-]+)">', html)
     assert rows == ["in-place", "rebake-light"]
     shot = tmp_path / "shot.png"

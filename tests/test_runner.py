@@ -1,73 +1,147 @@
-"""The runner's bookkeeping: starting, adopting a handoff, finding runs, timings."""
+"""The engine: stages in order, cleanup on failure, the rewind a resume starts from,
+and the deploy lock held around it all, released however the run ends."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from deploylib import config, runner
+from deploylib import lock, runner
 from deploylib import plan as planning
-from deploylib.errors import InputError
-from deploylib.state import DONE, RunState
-from tests.conftest import write_config
+from deploylib.errors import CloudError, LockHeld
+from deploylib.state import DONE, FAILED, PENDING, RUNNING, StageKey
+from tests.engine import SCRIPT, make_context
+
+
+def stages(*names: str) -> tuple[planning.Stage, ...]:
+    return tuple(planning.Stage(name=n, step=n) for n in names)
+
+
+def a_plan(*names: str, cleanup: tuple[str, ...] = ("t-undo-a", "t-undo-b"),
+           commit: str = "t-commit", restart: tuple = ()) -> planning.Plan:
+    return planning.Plan(mode="test", stages=stages(*names), cleanup=cleanup, commit=commit,
+                         restart_from=restart)
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return config.load(write_config(tmp_path))
+def ctx(aws_clients, tmp_path):
+    return make_context(aws_clients, tmp_path)
 
 
-def test_adopting_a_handoff_marks_the_bake_done(cfg):
-    handoff = {"run_id": "20261127T120000-abc123", "env": "lab", "version": "1.2.3",
-               "release": {"sha256": "0" * 64}, "images": {"us-east-1": "ami-1"}}
-    state = runner.adopt(cfg, handoff)
-    done = [n for n in planning.plan("immutable").names() if state.is_done(n)]
-    bake = [s.name for s in planning.plan("immutable").stages if s.phase == planning.BAKE]
-    assert done == bake
-    assert state.facts["images"] == {"us-east-1": "ami-1"}
-    assert runner.adopt(cfg, handoff).run_id == state.run_id  # a replay continues it
-    env, loaded = runner.load_run(cfg, state.run_id)
-    assert env.name == "lab" and loaded.facts["release"] == {"sha256": "0" * 64}
+def holder(ctx):
+    held = lock.read(ctx.aws.dynamodb(), ctx.env.lock_table, "lab")
+    return held["run_id"] if held else None
 
 
-@pytest.mark.parametrize("handoff", [{}, {"run_id": "x"}, {
-    "run_id": "../../x", "env": "lab", "version": "1", "release": {}, "images": {}}, {
-    "run_id": "20261127T120000-abc123", "env": "lab", "version": "1;ls", "release": {},
-    "images": {}}])
-def test_a_bad_handoff_is_refused(cfg, handoff):
-    with pytest.raises(InputError):
-        runner.adopt(cfg, handoff)
+def fail(ctx):
+    raise CloudError("it broke", resource="test", fix="none")
 
 
-def test_timings_measure_time_to_live_to_the_end_of_promotion(tmp_path):
-    state = RunState.create(tmp_path, env="lab", mode="immutable", version="1",
-                            artifact="")
-    state.stages = {
-        "publish-release": {"status": DONE, "started_at": 100.0, "ended_at": 101.0,
-                            "seconds": 1.0},
-        "promote": {"status": DONE, "started_at": 101.0, "ended_at": 110.0, "seconds": 9.0},
-        "record": {"status": DONE, "started_at": 110.0, "ended_at": 111.0, "seconds": 1.0},
-        "rollout/1/drain": {"status": DONE, "started_at": 100.0, "ended_at": 200.0},
-    }
-    t = runner.timings(state)
-    assert t["time_to_live"] == 10.0 and t["total"] == 11.0
-    assert [s["name"] for s in t["stages"]] == ["publish-release", "promote", "record"]
-    text = runner.summary(state)
-    assert "time to live: 10.00s" in text and json.dumps(t)
+def test_a_run_goes_in_order_ends_done_and_frees_the_lock(ctx):
+    runner.execute(ctx, a_plan("t-make", "t-check", "t-commit"))
+    assert SCRIPT.calls == ["t-make", "t-check", "t-commit"]
+    assert ctx.state.status == DONE and holder(ctx) is None
+    assert [ctx.state.stages[StageKey(n)].step for n in ("t-make", "t-check")] == [
+        "tests.engine:t_make", "tests.engine:t_check"]
 
 
-def test_start_refuses_bad_input_before_creating_anything(cfg, tmp_path):
-    env = cfg.environment("lab")
-    for kwargs in ({"mode": "nope", "version": "1"}, {"mode": "in-place", "version": "1 2"},
-                   {"mode": "in-place", "version": "1", "artifact": str(tmp_path / "x.tgz")}):
-        with pytest.raises(InputError):
-            runner.start(cfg, env_name="lab", artifact=kwargs.pop("artifact", None), **kwargs)
-    assert env.state_dir == str(tmp_path / "runs")
-    assert not list((tmp_path / "runs").glob("*.json"))
+def test_a_failed_run_is_cleaned_up_in_the_plans_order_and_frees_the_lock(ctx):
+    SCRIPT.actions["t-fail"] = fail
+    with pytest.raises(CloudError, match="it broke"):
+        runner.execute(ctx, a_plan("t-make", "t-fail", "t-commit"))
+    assert SCRIPT.calls == ["t-make", "t-fail", "t-undo-a", "t-undo-b"]
+    assert ctx.facts.cleanup == {"t-undo-a": "done", "t-undo-b": "done"}
+    assert ctx.state.status == FAILED and holder(ctx) is None
+    assert ctx.state.stages[StageKey("t-fail")].error.startswith("test: it broke")
 
 
-def test_start_needs_the_lab_running(cfg, tmp_path, monkeypatch):
-    monkeypatch.setenv("DEPLOY_LAB_DIR", str(tmp_path / "no-lab"))
-    with pytest.raises(InputError, match="the lab is not running"):
-        runner.start(cfg, mode="in-place", version="1.0.0", env_name="lab", artifact=None)
+def test_a_cleanup_step_that_fails_is_recorded_and_the_run_keeps_its_own_error(ctx):
+    SCRIPT.actions["t-fail"] = fail
+    SCRIPT.actions["t-undo-a"] = lambda c: (_ for _ in ()).throw(CloudError("undo broke"))
+    with pytest.raises(CloudError, match="it broke"):
+        runner.execute(ctx, a_plan("t-make", "t-fail"))
+    assert ctx.facts.cleanup["t-undo-a"] == "failed: undo broke."
+    assert ctx.facts.cleanup["t-undo-b"] == "done"  # the next one still runs
+    assert holder(ctx) is None
+
+
+def test_after_the_commit_stage_nothing_is_discarded(ctx):
+    SCRIPT.actions["t-fail"] = fail
+    with pytest.raises(CloudError):
+        runner.execute(ctx, a_plan("t-make", "t-commit", "t-fail"))
+    assert SCRIPT.calls == ["t-make", "t-commit", "t-fail"]
+    assert ctx.facts.cleanup == {} and holder(ctx) is None
+
+
+def test_a_discard_rewinds_the_run_and_a_resume_succeeds_from_the_restart_stage(ctx):
+    def discard(c):
+        c.facts.discarded.setdefault("t-undo-a", []).append("i-made")
+
+    SCRIPT.actions.update({"t-fail": fail, "t-undo-a": discard})
+    plan = a_plan("t-one", "t-make", "t-fail", "t-commit", cleanup=("t-undo-a",),
+                  restart=(("t-undo-a", "t-make"),))
+    with pytest.raises(CloudError):
+        runner.execute(ctx, plan)
+    entries = ctx.state.stages
+    assert entries[StageKey("t-one")].status == DONE  # before the restart stage: kept
+    assert (entries[StageKey("t-make")].status, entries[StageKey("t-make")].was) == (PENDING,
+                                                                                      DONE)
+    assert entries[StageKey("t-fail")].was == FAILED
+    del SCRIPT.actions["t-fail"]
+    SCRIPT.calls.clear()
+    runner.execute(ctx, plan)  # the resume
+    assert SCRIPT.calls == ["t-make", "t-fail", "t-commit"]
+    assert ctx.state.status == DONE and holder(ctx) is None
+
+
+def test_keep_on_error_leaves_everything_and_frees_the_lock(ctx):
+    SCRIPT.actions["t-fail"] = fail
+    with pytest.raises(CloudError):
+        runner.execute(ctx, a_plan("t-make", "t-fail"), keep_on_error=True)
+    assert SCRIPT.calls == ["t-make", "t-fail"] and ctx.facts.kept_on_error
+    assert holder(ctx) is None
+
+
+def test_ctrl_c_cleans_up_too(ctx):
+    def interrupt(c):
+        raise KeyboardInterrupt
+
+    SCRIPT.actions["t-fail"] = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(ctx, a_plan("t-make", "t-fail"))
+    assert ctx.facts.cleanup == {"t-undo-a": "done", "t-undo-b": "done"}
+    assert holder(ctx) is None
+
+
+def test_one_stage_at_a_time_the_lock_stays_the_runs_until_it_ends(ctx):
+    plan = a_plan("t-make", "t-fail", "t-commit")
+    runner.execute(ctx, plan, only="t-make")
+    assert holder(ctx) == ctx.state.run_id and ctx.state.status == RUNNING
+    SCRIPT.actions["t-fail"] = fail
+    with pytest.raises(CloudError):
+        runner.execute(ctx, plan, only="t-fail")
+    # the pipeline's cleanup stage does that, under the same lock
+    assert SCRIPT.calls == ["t-make", "t-fail"] and holder(ctx) == ctx.state.run_id
+    runner.discard(ctx, plan)
+    assert ctx.facts.cleanup == {"t-undo-a": "done", "t-undo-b": "done"}
+    assert ctx.state.status == FAILED and holder(ctx) is None
+
+
+def test_a_run_whose_lock_was_taken_stops_and_cleans_nothing_up_under_the_other(ctx):
+    def taken(c):
+        ddb = c.aws.dynamodb()
+        lock.break_lock(ddb, c.env.lock_table, "lab")
+        lock.acquire(ddb, c.env.lock_table, "lab", "20261201T000000-0ther0", ttl=600)
+
+    SCRIPT.actions["t-make"] = taken
+    with pytest.raises(LockHeld):
+        runner.execute(ctx, a_plan("t-make", "t-check"))
+    assert SCRIPT.calls == ["t-make"] and ctx.facts.cleanup == {}
+    assert holder(ctx) == "20261201T000000-0ther0"  # theirs, untouched
+
+
+def test_a_stage_done_already_is_not_run_again(ctx):
+    plan = a_plan("t-make", "t-check")
+    runner.execute(ctx, plan)
+    SCRIPT.calls.clear()
+    runner.execute(ctx, plan)
+    assert SCRIPT.calls == []

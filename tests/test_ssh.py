@@ -10,6 +10,7 @@ import pytest
 from deploylib import ssh
 from deploylib.errors import HostError, HostKeyError, RemoteCommandError
 from deploylib.lab.hosts import write_keypair
+from tests.conftest import loopback
 
 
 def endpoint(server, keys=None, name="i-test"):
@@ -91,7 +92,7 @@ def test_no_trusted_key_means_no_connection(sshd):
 def test_nothing_listening_is_a_host_error_naming_the_host():
     key = paramiko.PKey.from_type_string("ssh-ed25519", base64.b64decode(
         "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
-    conn = ssh.Connection(ssh.Endpoint("i-gone", "127.0.99.250", 2022, (key,)),
+    conn = ssh.Connection(ssh.Endpoint("i-gone", loopback(99, 250), 2022, (key,)),
                           ssh.Credentials("root"), connect_timeout=1)
     with pytest.raises(HostError, match="cannot connect") as info:
         conn.open()

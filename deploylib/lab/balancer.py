@@ -192,6 +192,13 @@ class Balancers:
         b = self.by_arn.get(group_arn)
         return b.state(instance_id) if b else None
 
+    def follow(self, group_arn: str) -> None:
+        """Take a target group's registrations now (the API just changed them): as on
+        ALB, a deregistered target gets no new request from that moment on."""
+        b = self.by_arn.get(group_arn)
+        if b is not None:
+            b.sync(self._registrations(b))
+
     def run(self) -> None:
         threading.Thread(target=self._loop, daemon=True, name="lb-loop").start()
 

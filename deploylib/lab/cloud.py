@@ -150,6 +150,19 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
                     if iid not in group.targets]
         return describe_target_health(self, target_group_arn, targets)
 
+    register_targets = ELBv2Backend.register_targets
+    deregister_targets = ELBv2Backend.deregister_targets
+
+    def lab_register_targets(self: Any, target_group_arn: str, instances: list[Any]) -> None:
+        register_targets(self, target_group_arn, instances)
+        balancers.follow(target_group_arn)
+
+    def lab_deregister_targets(self: Any, target_group_arn: str, instances: list[Any]) -> None:
+        deregister_targets(self, target_group_arn, instances)
+        balancers.follow(target_group_arn)
+
+    ELBv2Backend.register_targets = lab_register_targets
+    ELBv2Backend.deregister_targets = lab_deregister_targets
     InstanceBackend.run_instances = lab_run_instances
     InstanceBackend.start_instances = lab_start_instances
     InstanceBackend.stop_instances = lab_stop_instances
@@ -164,13 +177,14 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
 def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
     """Create the lab account's infrastructure, as Terraform would for a real one.
 
-    Each region gets a VPC on its own loopback range (127.N.0.0/16), so instance
-    addresses are real, reachable loopback addresses; plus a subnet, a security group,
-    a target group, and the base image. Returns the target group ARN per region.
+    Each region gets a VPC on its own loopback range (127.N.0.0/16, N counting up from
+    the spec's `network`), so instance addresses are real, reachable loopback addresses;
+    plus a subnet, a security group, a target group, and the base image. Returns the
+    target group ARN per region.
     """
     groups = {}
     base_name = spec["base_image"].replace("*", "20261101")
-    for n, region in enumerate(spec["regions"], start=1):
+    for n, region in enumerate(spec["regions"], start=spec.get("network", 1)):
         ec2 = clients.ec2(region)
         vpc = ec2.create_vpc(CidrBlock=f"127.{n}.0.0/16")["Vpc"]["VpcId"]
         ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{n}.0.0/24", TagSpecifications=[

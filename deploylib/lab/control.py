@@ -40,8 +40,23 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "base_image": env.base_image, "app_port": env.app_port,
             "health_path": env.health_path, "ssh_port": env.ssh_port,
             "lock_table": env.lock_table,
+            "network": network(),
             # AWS-like delays, scaled (benchmarks): see deploylib.lab.cloud.install
             "profile": json.loads(os.environ.get("DEPLOY_LAB_PROFILE") or "{}")}
+
+
+NETWORK_ENV = "DEPLOY_LAB_NETWORK"
+
+
+def network() -> int:
+    """The second octet of the first region's loopback range (127.N.0.0/16, the next
+    region N+1, …): labs side by side on one machine (parallel test workers) each take
+    ranges of their own."""
+    text = os.environ.get(NETWORK_ENV) or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 240:
+        raise InputError(f"{NETWORK_ENV}={text!r} is not a loopback range number",
+                         fix="use 1 to 240 (the lab takes 127.N.0.0/16 onwards)")
+    return int(text)
 
 
 def _pid_alive(pid: int) -> bool:

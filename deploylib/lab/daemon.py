@@ -26,6 +26,11 @@ def main() -> None:
     parser.add_argument("--dir", required=True)
     parser.add_argument("--spec", required=True, help="JSON: regions, names, ports")
     args = parser.parse_args()
+    # The lab's own calls (seeding the account) are not the tool's: an observer of the
+    # tool's AWS calls through client-side monitoring (the IAM policy check) must not
+    # see them.
+    for name in ("AWS_CSM_ENABLED", "AWS_CSM_PORT", "AWS_CSM_HOST", "AWS_CSM_CLIENT_ID"):
+        os.environ.pop(name, None)
     lab_dir = Path(args.dir).resolve()
     spec = json.loads(args.spec)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

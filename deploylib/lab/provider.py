@@ -48,7 +48,7 @@ class LabProvider:
         return ssh.Credentials(user=env.ssh_user, key_file=self.info["ssh_key"])
 
     def trusted_keys(self, clients: aws.AwsClients,
-                     instance: aws.Instance) -> tuple[paramiko.PKey, ...]:
+                     instance: aws.ec2.Instance) -> tuple[paramiko.PKey, ...]:
         # The lab's registry plays the part of EC2 console output: written at boot.
         path = Path(self.info["hostkeys"]) / f"{instance.instance_id}.pub"
         if not path.exists():

@@ -11,7 +11,7 @@ import pytest
 
 from deploylib import aws
 from tests.conftest import write_config
-from tests.lab.test_procedures import assert_serving, record
+from tests.lab.checks import assert_serving, record, registered, state_of
 
 pytestmark = pytest.mark.lab
 
@@ -27,20 +27,19 @@ def broken(tmp_path_factory) -> Path:
 
 
 def deploy_broken(lab, mode: str, version: str, broken: Path) -> dict:
-    quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 3})
+    quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 5})
     proc = lab.cli(f"deploy --mode {mode} --version {version} --artifact {broken} "
                    f"--config {quick}", check=False)
     assert proc.returncode == 1, proc.stderr
     last = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(last) == 1 and "Fix:" in last[0]
-    run_id = sorted(Path(lab.env.state_dir).glob("*.json"))[-1].stem
-    return json.loads((Path(lab.env.state_dir) / f"{run_id}.json").read_text())
+    return state_of(lab, proc)
 
 
-def run_instances(lab, run_id: str) -> list[aws.Instance]:
+def run_instances(lab, run_id: str) -> list[aws.ec2.Instance]:
     clients = lab.clients()
     return [i for region in lab.env.all_regions
-            for i in aws.find_tagged(clients.ec2(region), region, {aws.TAG_RUN: run_id})]
+            for i in aws.ec2.find_tagged(clients.ec2(region), region, {aws.TAG_RUN: run_id})]
 
 
 def test_rebake_light_discards_its_candidates_and_the_fleet_keeps_serving(lab, broken):
@@ -64,9 +63,10 @@ def test_rebake_light_discards_its_candidates_and_the_fleet_keeps_serving(lab, b
 def test_in_place_puts_a_restored_host_back_and_stops(lab, broken):
     before = record(lab)
     state = deploy_broken(lab, "in-place", "9.0.2-broken", broken)
-    assert state["stages"]["rollout/1/install-release"]["status"] == "failed"
+    assert state["stages"]["rollout/1/install-release"]["was"] == "failed"
     assert "rollout/2/drain" not in state["stages"]  # the rollout stopped at batch 1
-    assert state["facts"]["cleanup"] == {"restore-batch": "done"}
+    assert state["facts"]["cleanup"] == {"restore-batch": "done", "locate-live": "done"}
+    assert state["facts"]["rolled_back"] == []  # the failed host was the only one touched
     assert record(lab) == before
     # the failed host went back to the live release and is in the target group again
     assert_serving(lab, before["release"])
@@ -121,8 +121,7 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
                                               "discard-candidates", "discard-images"}
     clients = lab.clients()
     for region in lab.env.all_regions:
-        assert aws.tagged_images(clients.ec2(region), {aws.TAG_RUN: state["run_id"]}) == []
+        assert aws.ec2.tagged_images(clients.ec2(region), region,
+                                     {aws.TAG_RUN: state["run_id"]}) == []
     for inst in run_instances(lab, state["run_id"]):
-        group = aws.resolve_target_group(clients.elbv2(inst.region), lab.env.target_group,
-                                         inst.region)
-        assert inst.instance_id in aws.target_states(clients.elbv2(inst.region), group), inst
+        assert inst.instance_id in registered(lab, inst.region), inst

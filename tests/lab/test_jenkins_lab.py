@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import aws
 from tests.conftest import REPO, write_config
-from tests.lab.test_procedures import assert_serving
+from tests.lab.checks import assert_serving, leftovers, lock_holder, record, state_of
 from tests.test_jenkinsfile import HARNESS, groovy_env
 
 pytestmark = pytest.mark.lab
@@ -45,15 +44,18 @@ def test_bake_hands_off_to_jenkins_and_the_handoff_promotes(lab, fake_jenkins):
     job = fake_jenkins.add_job("test-and-promote")
     config = write_config(lab.config_path.parent, name="with-jenkins.toml",
                           jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
-    before = aws.read_record(lab.clients().ssm(), lab.env.record_parameter)
+    before = record(lab)
     proc = lab.cli(f"bake --version 3.1.0 --config {config}")
-    assert "test-and-promote #1" in proc.stderr
+    assert len(job.builds) == 1
+    handed = state_of(lab, proc)["facts"]["handoff"]
+    assert (handed["job"], handed["number"], handed["result"]) == ("test-and-promote", 1,
+                                                                   "SUCCESS")
     params = job.builds[0]["params"]
     handoff = json.loads(params["HANDOFF"])
     assert handoff["version"] == "3.1.0" and set(handoff["images"]) == set(lab.env.all_regions)
     assert json.loads(params["IMAGES"]) == handoff["images"]
     # the bake alone changed nothing live
-    assert aws.read_record(lab.clients().ssm(), lab.env.record_parameter) == before
+    assert record(lab) == before
     # now be Jenkins: the test-and-promote job is the same Jenkinsfile, given the handoff
     result = execute_jenkinsfile(lab, {"HANDOFF": params["HANDOFF"]})
     assert result["result"] == "SUCCESS", result["error"]
@@ -68,10 +70,7 @@ def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
     proc = lab.cli(f"bake --version 3.2.0 --config {config}", check=False)
     assert proc.returncode == 1
     assert "Jenkins is unreachable" in proc.stderr and "Fix:" in proc.stderr
-    from deploylib import lock
-    from tests.lab.test_faults import leftovers, newest_state
-
-    state = newest_state(lab)
+    state = state_of(lab, proc)
     assert state["status"] == "failed" and "error" in state["facts"]["handoff"]
     # the bake is kept for `invoke resume` (or gc): its images, recorded in the run state;
     # no instance of the run is left, and the lock is free
@@ -79,7 +78,7 @@ def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
     assert len(images) == len(lab.env.all_regions)
     left = leftovers(lab, state["run_id"])
     assert images <= set(left) and not [x for x in left if x.startswith("i-")]
-    assert lock.read(lab.clients().dynamodb(), lab.env.lock_table, "lab") is None
+    assert lock_holder(lab) is None
 
 
 def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatch, tmp_path):
@@ -89,7 +88,7 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
     import secrets as random
 
     from deploylib.lab import LAB_CREDENTIALS
-    from tests.lab.test_faults import app_that_fails_where_marked, host_root, live
+    from tests.lab.checks import app_that_fails_where_marked, host_root, live_hosts
 
     token = f"jenkins-token-{random.token_hex(12)}"
     monkeypatch.setenv("JENKINS_API_TOKEN", token)
@@ -104,9 +103,9 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
     handoff = fake_jenkins.jobs["test-and-promote"].builds[-1]["params"]["HANDOFF"]
     outputs.append(execute_jenkinsfile(lab, {"HANDOFF": handoff})["output"])
     outputs += [lab.cli(f"hotfix --version 3.3.1 --config {push}").stderr]
-    victim = next(iter(live(lab).values()))[0].instance_id
+    victim = next(iter(live_hosts(lab).values()))[0].instance_id
     marker = host_root(lab, victim) / "etc/refuse-release"
-    marker.write_text("")
+    marker.write_text("3.3.2")
     try:
         broken = app_that_fails_where_marked(tmp_path, "3.3.2")
         failed = lab.cli(f"hotfix --version 3.3.2 --artifact {broken} --config {push}",
@@ -127,8 +126,6 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
 
 
 def test_a_hotfix_is_recorded_in_jenkins_and_jenkins_down_never_fails_it(lab, fake_jenkins):
-    from tests.lab.test_faults import newest_state
-
     fake_jenkins.add_job("record-hotfix")
     up = write_config(lab.config_path.parent, name="record-up.toml",
                       jenkins={"url": fake_jenkins.url.rstrip("/")})
@@ -144,8 +141,7 @@ def test_a_hotfix_is_recorded_in_jenkins_and_jenkins_down_never_fails_it(lab, fa
     down = write_config(lab.config_path.parent, name="record-down.toml",
                         jenkins={"url": "http://127.0.0.1:9"})
     proc = lab.cli(f"hotfix --version 3.4.1 --config {down}")
-    assert "kept in the run state" in proc.stderr
-    state = newest_state(lab)
+    state = state_of(lab, proc)
     assert state["status"] == "done" and state["facts"]["notice"]["sent"] is False
     assert_serving(lab, "3.4.1")
     # Jenkins is back: the kept notice is sent

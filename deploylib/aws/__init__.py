@@ -1,0 +1,211 @@
+"""AWS through boto3: one module per service, one place where AWS's failures become ours.
+
+    aws            AwsClients (built once per service and region) and the error boundary
+    aws.ec2        instances and images
+    aws.elb        target groups: register, deregister, the health the balancer sees
+    aws.s3         the artifact store
+    aws.ssm        the record of what is live
+
+Functions take their clients as arguments; only `AwsClients` builds clients, with
+botocore's standard retry mode (throttling and transient errors retried with backoff)
+and connect/read timeouts. Every call runs inside `calling`, which turns whatever
+botocore raises (an AWS error answer, missing or expired credentials, an endpoint that
+cannot be reached) into a typed error that names the resource and the fix; nothing
+outside this package sees a botocore exception. Everything the tool creates is tagged
+with the run id, the release and the procedure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    SSOError,
+    TokenRetrievalError,
+)
+
+from deploylib.errors import CloudError, CredentialsError, PermissionDenied, Unreachable
+
+TAG_RUN = "deploy:run"
+TAG_RELEASE = "deploy:release"
+TAG_PROCEDURE = "deploy:procedure"
+TAG_ENV = "deploy:env"
+TAG_ROLE = "deploy:role"
+# On foundation images (base image + packages): the bake cache's content key.
+TAG_FOUNDATION = "deploy:foundation"
+# On hosts a promotion replaced: the run that may still put them back (demote) until its
+# release is recorded. gc keeps them while that run holds the lock.
+TAG_RETIRING = "deploy:retiring"
+
+# Attempts per call, the first included. botocore honours AWS_MAX_ATTEMPTS only when the
+# client's config sets none; ours does, so it reads the standard variable itself.
+DEFAULT_ATTEMPTS = 9
+
+
+class AwsClients:
+    """boto3 clients, built lazily and once per (service, region)."""
+
+    def __init__(self, primary_region: str, *, endpoint_url: str | None = None,
+                 credentials: dict[str, str] | None = None, path_style: bool = False,
+                 max_attempts: int | None = None):
+        import boto3
+        from botocore.config import Config
+
+        attempts = max_attempts + 1 if max_attempts is not None else int(
+            os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_ATTEMPTS)
+        self.primary_region = primary_region
+        self.endpoint_url = endpoint_url
+        self._session = boto3.session.Session(**(credentials or {}))
+        self._config = Config(
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=32,
+            s3={"addressing_style": "path" if path_style else "auto"},
+            signature_version="s3v4",
+        )
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        key = (service, region or self.primary_region)
+        with self._lock:
+            if key not in self._clients:
+                with calling(f"{service} in {key[1]}", "check the region's name"):
+                    self._clients[key] = self._session.client(
+                        service, region_name=key[1], endpoint_url=self.endpoint_url,
+                        config=self._config)
+            return self._clients[key]
+
+    def dynamodb(self) -> Any:
+        return self.client("dynamodb")
+
+    def ec2(self, region: str) -> Any:
+        return self.client("ec2", region)
+
+    def elbv2(self, region: str) -> Any:
+        return self.client("elbv2", region)
+
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    def ssm(self) -> Any:
+        return self.client("ssm")
+
+
+# -- the error boundary ----------------------------------------------------------------------
+
+# Codes AWS answers when the caller's credentials are the problem, not the request.
+_CREDENTIAL_CODES = {
+    "ExpiredToken": "the AWS credentials have expired",
+    "ExpiredTokenException": "the AWS credentials have expired",
+    "RequestExpired": "the AWS credentials have expired (or this machine's clock is off)",
+    "TokenRefreshRequired": "the AWS credentials have expired",
+    "InvalidClientTokenId": "the AWS access key is not valid",
+    "InvalidAccessKeyId": "the AWS access key is not valid",
+    "UnrecognizedClientException": "the AWS access key is not valid",
+    "AuthFailure": "AWS did not accept the credentials",
+    "SignatureDoesNotMatch": "AWS did not accept the credentials' signature",
+    "InvalidToken": "the AWS session token is not valid",
+}
+_PERMISSION_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
+                     "Forbidden", "403"}
+_THROTTLING_CODES = {"Throttling", "ThrottlingException", "RequestLimitExceeded",
+                     "SlowDown", "TooManyRequestsException", "RequestThrottled"}
+CREDENTIALS_FIX = ("give the tool AWS credentials the standard way (AWS_PROFILE with "
+                   "`aws sso login`, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an "
+                   "instance role); in Jenkins bind them with withCredentials "
+                   "(docs/operator-guide.md)")
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _from_client_error(exc: ClientError, resource: str, fix: str) -> CloudError:
+    code = error_code(exc)
+    msg = exc.response.get("Error", {}).get("Message", "") or ""
+    what = f"{exc.operation_name} failed: {code} {msg}".strip()
+    if code in _CREDENTIAL_CODES:
+        return CredentialsError(f"{_CREDENTIAL_CODES[code]} ({exc.operation_name}: {code})",
+                                resource=resource, fix=f"refresh them, then run again: "
+                                f"{CREDENTIALS_FIX}", code=code)
+    if code in _PERMISSION_CODES:
+        return PermissionDenied(what, resource=resource, code=code,
+                                fix=f"grant the deploying identity the action behind "
+                                f"{exc.operation_name}: templates/iam-policy.json lists every "
+                                "action the tool needs")
+    if code in _THROTTLING_CODES:
+        return CloudError(f"{what} (still throttled after retries)", resource=resource,
+                          code=code, fix="AWS is throttling the account: wait a minute, then "
+                          "`invoke resume`")
+    return CloudError(what, resource=resource, fix=fix, code=code)
+
+
+def _endpoint(exc: BotoCoreError) -> str:
+    return str(getattr(exc, "kwargs", {}).get("endpoint_url", "") or "the AWS API")
+
+
+@contextmanager
+def calling(resource: str, fix: str) -> Iterator[None]:
+    """Run AWS calls; any failure leaves as one of ours, naming `resource`, with `fix`
+    unless the failure has a better one of its own (credentials, permissions, network)."""
+    try:
+        yield
+    except ClientError as exc:
+        raise _from_client_error(exc, resource, fix) from None
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise CredentialsError(f"no usable AWS credentials were found ({exc})",
+                               resource=resource, fix=CREDENTIALS_FIX) from None
+    except (CredentialRetrievalError, TokenRetrievalError, SSOError) as exc:
+        raise CredentialsError(f"the AWS credentials could not be loaded ({exc})",
+                               resource=resource, fix=f"refresh them: {CREDENTIALS_FIX}"
+                               ) from None
+    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+        raise Unreachable(f"{_endpoint(exc)} could not be reached ({type(exc).__name__})",
+                          resource=resource, fix="check this machine's network path to AWS "
+                          "(VPN, proxy, firewall) and the region; then `invoke resume` "
+                          "for a run that stopped") from None
+    except Exception as exc:
+        # boto3's own errors (S3 transfers wrap AWS's answer in one); imported here, as
+        # importing boto3 costs half a second that a command without AWS need not pay.
+        from boto3.exceptions import Boto3Error
+
+        if not isinstance(exc, BotoCoreError | Boto3Error):
+            raise
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ClientError):
+            raise _from_client_error(cause, resource, fix) from None
+        raise CloudError(f"{type(exc).__name__}: {exc}", resource=resource, fix=fix) from None
+
+
+# -- tags ---------------------------------------------------------------------------------------
+
+
+def tags(run_id: str, env: str, release: str, procedure: str, role: str,
+         name: str | None = None) -> list[dict[str, str]]:
+    out = {TAG_RUN: run_id, TAG_ENV: env, TAG_RELEASE: release, TAG_PROCEDURE: procedure,
+           TAG_ROLE: role, "Name": name or f"deploy-{env}-{role}-{release}"}
+    return [{"Key": k, "Value": v} for k, v in out.items()]
+
+
+def tag_map(tag_list: Iterable[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tag_list or ()}
+
+
+# The services, each in its own module; imported last, as they use the boundary above.
+from deploylib.aws import ec2, elb, s3, ssm  # noqa: E402
+
+__all__ = ["AwsClients", "calling", "ec2", "elb", "error_code", "s3", "ssm", "tag_map", "tags"]

@@ -1,0 +1,325 @@
+"""EC2: instances (launched, described, stopped, terminated) and images (created, copied,
+found, deleted with their snapshots)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from deploylib import waits
+from deploylib.aws import TAG_RETIRING, calling, tag_map
+from deploylib.errors import CloudError, InputError
+
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    region: str
+    state: str
+    address: str | None
+    image_id: str
+    tags: dict[str, str]
+    launched: Any = None  # LaunchTime, as botocore gives it
+
+    @classmethod
+    def from_api(cls, region: str, data: dict[str, Any], public: bool = False) -> Instance:
+        private, public_ip = data.get("PrivateIpAddress"), data.get("PublicIpAddress")
+        return cls(
+            instance_id=data["InstanceId"],
+            region=region,
+            state=data["State"]["Name"],
+            address=(public_ip or private) if public else (private or public_ip),
+            image_id=data.get("ImageId", ""),
+            tags=tag_map(data.get("Tags")),
+            launched=data.get("LaunchTime"),
+        )
+
+
+def _ids(instance_ids: Iterable[str], region: str) -> str:
+    return f"instances {', '.join(instance_ids)} in {region}"
+
+
+# -- instances ----------------------------------------------------------------------------------
+
+
+def resolve_subnet(ec2: Any, name_or_id: str, region: str) -> str:
+    if name_or_id.startswith("subnet-"):
+        return name_or_id
+    with calling(f"subnet {name_or_id} in {region}", "check subnet in deploy.toml"):
+        found = ec2.describe_subnets(Filters=[{"Name": "tag:Name", "Values": [name_or_id]}])
+    subnets = found.get("Subnets", [])
+    if len(subnets) != 1:
+        raise InputError(f"{len(subnets)} subnets are tagged Name={name_or_id}",
+                         resource=f"subnet {name_or_id} in {region}",
+                         fix="set subnet to a subnet id (subnet-…) for this region")
+    return subnets[0]["SubnetId"]
+
+
+def resolve_security_group(ec2: Any, name_or_id: str, region: str) -> str:
+    if name_or_id.startswith("sg-"):
+        return name_or_id
+    with calling(f"security group {name_or_id} in {region}",
+                 "check security_group in deploy.toml"):
+        found = ec2.describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": [name_or_id]}])
+    groups = found.get("SecurityGroups", [])
+    if len(groups) != 1:
+        raise InputError(f"{len(groups)} security groups are named {name_or_id}",
+                         resource=f"security group {name_or_id} in {region}",
+                         fix="set security_group to a group id (sg-…) for this region")
+    return groups[0]["GroupId"]
+
+
+def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: str,
+           subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
+           client_token: str, key_name: str | None = None) -> list[str]:
+    """Launch instances with IMDSv2 required and an encrypted root volume; the client
+    token makes a retry idempotent."""
+    fix = ("check the image, subnet, security group and instance type exist in this region "
+           "and your quota")
+    with calling(f"image {image_id} in {region}", fix):
+        images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+    root = images[0].get("RootDeviceName", "/dev/sda1") if images else "/dev/sda1"
+    # The image's own root volume, re-stated with encryption on.
+    ebs: dict[str, Any] = {"Encrypted": True, "DeleteOnTermination": True}
+    for m in images[0].get("BlockDeviceMappings", []) if images else []:
+        if m.get("DeviceName") == root and m.get("Ebs"):
+            ebs.update({k: m["Ebs"][k] for k in ("SnapshotId", "VolumeSize", "VolumeType")
+                        if k in m["Ebs"]})
+    if "SnapshotId" not in ebs and "VolumeSize" not in ebs:
+        ebs["VolumeSize"] = 8
+    args: dict[str, Any] = dict(
+        ImageId=image_id, InstanceType=instance_type, MinCount=count, MaxCount=count,
+        SubnetId=subnet_id, SecurityGroupIds=security_group_ids, ClientToken=client_token,
+        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled",
+                         "HttpPutResponseHopLimit": 1},
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": ebs}],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list},
+                           {"ResourceType": "volume", "Tags": tag_list}],
+    )
+    if key_name:
+        args["KeyName"] = key_name
+    with calling(f"image {image_id} in {region}", fix):
+        reservation = ec2.run_instances(**args)
+    return [i["InstanceId"] for i in reservation["Instances"]]
+
+
+def _described(pages: Iterable[dict[str, Any]], region: str, public: bool) -> list[Instance]:
+    return [Instance.from_api(region, i, public) for page in pages
+            for r in page["Reservations"] for i in r["Instances"]]
+
+
+def describe(ec2: Any, region: str, instance_ids: list[str],
+             public: bool = False) -> list[Instance]:
+    """Instances as EC2 sees them; `public` prefers the public address (from outside
+    the VPC) over the private one."""
+    if not instance_ids:
+        return []
+    with calling(_ids(instance_ids, region),
+                 "check the run state names instances that still exist"):
+        pages = ec2.get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
+        return _described(pages, region, public)
+
+
+def find_tagged(ec2: Any, region: str, filters: dict[str, str]) -> list[Instance]:
+    """Instances (not terminated) carrying all the given tags."""
+    f = [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
+    f.append({"Name": "instance-state-name", "Values": LIVE_STATES})
+    with calling(f"instances tagged {filters} in {region}", "check EC2 read permissions"):
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=f)
+        return _described(pages, region, False)
+
+
+def wait_instances(ec2: Any, region: str, instance_ids: list[str], state: str,
+                   timeout: float) -> list[Instance]:
+    dead = {"terminated", "shutting-down"} - {state}
+
+    def check() -> list[Instance] | None:
+        found = describe(ec2, region, instance_ids)
+        for inst in found:
+            if inst.state in dead:
+                raise CloudError(f"instance is {inst.state}, not {state}",
+                                 resource=f"instance {inst.instance_id} in {region}",
+                                 fix="see its console output and the account's quotas")
+        return found if found and all(i.state == state for i in found) else None
+
+    return waits.until(check, timeout=timeout, what=f"instances to be {state}",
+                       resource=f"{', '.join(instance_ids)} in {region}",
+                       fix="check the EC2 console for the instances' state and status checks")
+
+
+def stop(ec2: Any, region: str, instance_ids: list[str]) -> None:
+    with calling(_ids(instance_ids, region),
+                 "check they exist and are not protected from stopping"):
+        ec2.stop_instances(InstanceIds=instance_ids)
+
+
+def terminate(ec2: Any, region: str, instance_ids: list[str]) -> None:
+    if not instance_ids:
+        return
+    try:
+        with calling(_ids(instance_ids, region), "check termination protection on them"):
+            ec2.terminate_instances(InstanceIds=instance_ids)
+    except CloudError as exc:
+        if exc.code != "InvalidInstanceID.NotFound":
+            raise  # already gone: terminating is idempotent
+
+
+def console_output(ec2: Any, region: str, instance_id: str) -> str:
+    with calling(f"instance {instance_id} in {region}", "check ec2:GetConsoleOutput"):
+        out = ec2.get_console_output(InstanceId=instance_id, Latest=True)
+    return out.get("Output", "") or ""
+
+
+def mark_retiring(ec2: Any, region: str, instance_ids: list[str], run_id: str) -> None:
+    """Tag hosts a promotion replaced with the run that may still put them back."""
+    if instance_ids:
+        with calling(_ids(instance_ids, region), "check ec2:CreateTags"):
+            ec2.create_tags(Resources=instance_ids,
+                            Tags=[{"Key": TAG_RETIRING, "Value": run_id}])
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def images(ec2: Any, region: str, image_ids: list[str]) -> list[dict[str, Any]]:
+    """Images as EC2 describes them (none for an id it does not know)."""
+    ids = [i for i in image_ids if i]
+    if not ids:
+        return []
+    try:
+        with calling(f"images {', '.join(ids)} in {region}", "check the image ids"):
+            return ec2.describe_images(ImageIds=ids).get("Images", [])
+    except CloudError as exc:
+        if exc.code in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed"):
+            return []
+        raise
+
+
+def find_base_image(ec2: Any, region: str, spec: str, owner: str | None) -> str:
+    """An image id as given, or the newest available image whose name matches."""
+    if spec.startswith("ami-"):
+        return spec
+    args: dict[str, Any] = {"Filters": [{"Name": "name", "Values": [spec]},
+                                        {"Name": "state", "Values": ["available"]}]}
+    if owner:
+        args["Owners"] = [owner]
+    with calling(f"base_image in {region}", "check base_image and base_image_owner"):
+        found = ec2.describe_images(**args).get("Images", [])
+    if not found:
+        raise InputError(f"no available image matches name filter {spec!r}",
+                         resource=f"base_image in {region}",
+                         fix="check base_image and base_image_owner in deploy.toml")
+    return max(found, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+
+
+def create_image(ec2: Any, region: str, instance_id: str, name: str,
+                 tag_list: list[dict[str, str]], no_reboot: bool) -> str:
+    with calling(f"instance {instance_id} in {region}",
+                 "check the instance exists and the image name is unused"):
+        out = ec2.create_image(InstanceId=instance_id, Name=name, NoReboot=no_reboot,
+                               TagSpecifications=[{"ResourceType": "image", "Tags": tag_list}])
+    return out["ImageId"]
+
+
+def copy_image(ec2_dest: Any, *, source_region: str, dest_region: str, image_id: str,
+               name: str, tag_list: list[dict[str, str]], client_token: str) -> str:
+    with calling(f"image {image_id} to {dest_region}",
+                 "check the destination region is enabled for the account"):
+        out = ec2_dest.copy_image(SourceRegion=source_region, SourceImageId=image_id,
+                                  Name=name, ClientToken=client_token, Encrypted=True)
+        # Copies do not carry user tags; tag the copy so it is found and cleaned like the
+        # rest.
+        ec2_dest.create_tags(Resources=[out["ImageId"]], Tags=tag_list)
+    return out["ImageId"]
+
+
+def find_image(ec2: Any, region: str, name: str) -> str | None:
+    """An image this account owns with exactly this name (images are named per run)."""
+    with calling(f"image {name} in {region}", "check EC2 read permissions"):
+        found = ec2.describe_images(Owners=["self"], Filters=[
+            {"Name": "name", "Values": [name]}]).get("Images", [])
+    usable = [i for i in found if i.get("State") in ("pending", "available")]
+    return usable[0]["ImageId"] if usable else None
+
+
+def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
+    def check() -> bool:
+        found = images(ec2, region, [image_id])
+        state = found[0]["State"] if found else "missing"
+        if state in ("failed", "deregistered", "missing", "error", "invalid"):
+            raise CloudError(f"image is {state}", resource=f"image {image_id} in {region}",
+                             fix="see the image's StateReason in the EC2 console")
+        return state == "available"
+
+    waits.until(check, timeout=timeout, what="the image to be available",
+                resource=f"image {image_id} in {region}",
+                fix="image creation and copies can take many minutes; raise "
+                "timeouts.image in deploy.toml or check the snapshot's progress")
+
+
+def tag_snapshots(ec2: Any, region: str, image_id: str,
+                  tag_list: list[dict[str, str]]) -> list[str]:
+    """Tag an image's snapshots like the image, so they are found and cleaned with it."""
+    snapshots = snapshots_of(images(ec2, region, [image_id]))
+    if snapshots:
+        with calling(f"snapshots of {image_id} in {region}", "check ec2:CreateTags"):
+            ec2.create_tags(Resources=snapshots, Tags=tag_list)
+    return snapshots
+
+
+def snapshots_of(found: Iterable[dict[str, Any]]) -> list[str]:
+    return [m["Ebs"]["SnapshotId"] for i in found for m in i.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")]
+
+
+def _tag_filters(filters: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
+
+
+def tagged_images(ec2: Any, region: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+    """This account's images carrying all the given tags (any state but deregistered)."""
+    with calling(f"images tagged {filters} in {region}", "check EC2 read permissions"):
+        return ec2.describe_images(Owners=["self"],
+                                   Filters=_tag_filters(filters)).get("Images", [])
+
+
+def tagged_snapshots(ec2: Any, region: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+    with calling(f"snapshots tagged {filters} in {region}", "check EC2 read permissions"):
+        pages = ec2.get_paginator("describe_snapshots").paginate(
+            OwnerIds=["self"], Filters=_tag_filters(filters))
+        return [snap for page in pages for snap in page.get("Snapshots", [])]
+
+
+def delete_snapshot(ec2: Any, region: str, snapshot_id: str) -> None:
+    try:
+        with calling(f"snapshot {snapshot_id} in {region}", "check no image still uses it"):
+            ec2.delete_snapshot(SnapshotId=snapshot_id)
+    except CloudError as exc:
+        if exc.code != "InvalidSnapshot.NotFound":
+            raise
+
+
+def delete_image(ec2: Any, region: str, image_id: str) -> list[str]:
+    """Deregister an image and delete its snapshots (an image alone leaks its storage)."""
+    found = images(ec2, region, [image_id])
+    if not found:
+        return []
+    snapshots = snapshots_of(found)
+    try:
+        with calling(f"image {image_id} in {region}", "check the image is this account's"):
+            ec2.deregister_image(ImageId=image_id)
+    except CloudError as exc:
+        if exc.code not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            raise
+    for snap in snapshots:
+        delete_snapshot(ec2, region, snap)
+    return snapshots
+
+
+def image_tags(ec2: Any, region: str, image_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    return {i["ImageId"]: tag_map(i.get("Tags"))
+            for i in images(ec2, region, sorted(set(image_ids)))}

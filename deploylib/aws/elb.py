@@ -1,0 +1,103 @@
+"""ELBv2 target groups: which targets are registered and how the balancer sees them;
+putting hosts in (register, then wait until healthy) and taking them out (deregister,
+then wait until drained)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploylib import waits
+from deploylib.aws import calling
+
+# States in which a target is still in the group (draining: on its way out).
+_LISTED = ("draining", "healthy", "initial", "unhealthy", "unused", "unavailable")
+
+
+def _targets(region: str, instance_ids: list[str]) -> str:
+    return f"targets {', '.join(instance_ids)} in {region}"
+
+
+def resolve_target_group(elbv2: Any, name_or_arn: str, region: str) -> str:
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    with calling(f"target group {name_or_arn} in {region}",
+                 "check target_group in deploy.toml names a group in this region"):
+        groups = elbv2.describe_target_groups(Names=[name_or_arn])["TargetGroups"]
+    return groups[0]["TargetGroupArn"]
+
+
+def target_states(elbv2: Any, region: str, group_arn: str) -> dict[str, str]:
+    """Registered targets of a group and their health state (initial, healthy, draining…)."""
+    with calling(f"target group {group_arn} in {region}", "check the target group exists"):
+        out = elbv2.describe_target_health(TargetGroupArn=group_arn)
+    return {d["Target"]["Id"]: d["TargetHealth"]["State"]
+            for d in out.get("TargetHealthDescriptions", [])}
+
+
+def healthy(elbv2: Any, region: str, group_arn: str) -> list[str]:
+    """The targets the balancer routes to: registered and healthy."""
+    return sorted(i for i, s in target_states(elbv2, region, group_arn).items()
+                  if s == "healthy")
+
+
+def register(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+             port: int) -> None:
+    if instance_ids:
+        with calling(_targets(region, instance_ids),
+                     "check the instances are in the target group's VPC"):
+            elbv2.register_targets(TargetGroupArn=group_arn,
+                                   Targets=[{"Id": i, "Port": port} for i in instance_ids])
+
+
+def deregister(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+               port: int) -> None:
+    if instance_ids:
+        with calling(_targets(region, instance_ids), "check the target group exists"):
+            elbv2.deregister_targets(TargetGroupArn=group_arn,
+                                     Targets=[{"Id": i, "Port": port} for i in instance_ids])
+
+
+def wait_healthy(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+                 timeout: float) -> None:
+    def check() -> bool:
+        states = target_states(elbv2, region, group_arn)
+        return all(states.get(i) == "healthy" for i in instance_ids)
+
+    waits.until(check, timeout=timeout, what="targets to be healthy in the target group",
+                resource=f"{', '.join(instance_ids)} in {region}",
+                fix="check the service on those hosts answers the health path, and the "
+                "security group lets the load balancer reach the app port")
+
+
+def wait_drained(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+                 timeout: float) -> None:
+    """Wait until deregistered targets have finished draining (no longer listed)."""
+
+    def check() -> bool:
+        states = target_states(elbv2, region, group_arn)
+        return not any(states.get(i) in _LISTED for i in instance_ids)
+
+    waits.until(check, timeout=timeout, what="targets to finish draining",
+                resource=f"{', '.join(instance_ids)} in {region}",
+                fix="long-lived connections hold draining open; lower the target group's "
+                "deregistration_delay or raise timeouts.drain")
+
+
+def put_in(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int, *,
+           timeout: float) -> None:
+    """Register hosts and wait until the balancer finds them healthy (routes to them)."""
+    if instance_ids:
+        register(elbv2, region, group_arn, instance_ids, port)
+        wait_healthy(elbv2, region, group_arn, instance_ids, timeout)
+
+
+def take_out(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int, *,
+             timeout: float) -> None:
+    """Deregister hosts and wait until their in-flight requests are done. Hosts already
+    draining are left to finish (deregistering one again is an error)."""
+    if not instance_ids:
+        return
+    states = target_states(elbv2, region, group_arn)
+    deregister(elbv2, region, group_arn,
+               [i for i in instance_ids if states.get(i) not in (None, "draining")], port)
+    wait_drained(elbv2, region, group_arn, instance_ids, timeout)

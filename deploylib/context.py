@@ -1,0 +1,205 @@
+"""What a step sees: the environment's config, the run's state, the clients, and the
+stage it is running as. Built by deploylib.runs (the only place clients are built);
+the steps, the engine and a team's own steps take it as their one argument.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from deploylib import aws, live, parallel
+from deploylib.config import Environment
+from deploylib.errors import StateError
+from deploylib.facts import Facts, HostRef, Release
+from deploylib.plan import BATCH, BUILDER, CANDIDATES, Stage
+from deploylib.state import RunState, StageKey
+
+if TYPE_CHECKING:
+    import jenkins as jenkins_sdk
+
+    from deploylib import ssh
+    from deploylib.lock import Lease
+    from deploylib.provider import Provider
+
+T = TypeVar("T")
+
+
+class Reporter(Protocol):
+    """What the operator sees (deploylib.console): the log, and each stage's status."""
+
+    def log(self, text: str) -> None: ...
+
+    def stage(self, key: StageKey, status: str) -> None: ...
+
+    def batch(self, group: str, done: int, total: int) -> None: ...
+
+
+def _plain() -> Reporter:
+    from deploylib import console
+
+    return console.Plain()
+
+
+@dataclass
+class Context:
+    env: Environment
+    state: RunState
+    provider: Provider
+    aws: aws.AwsClients
+    ssh: ssh.Pool
+    jenkins: jenkins_sdk.Jenkins | None = None
+    reporter: Reporter = field(default_factory=_plain)
+    # The stage being run, and for a rollout's stage its batch; inside a `regions` group
+    # the one region its stages work in (None: every region).
+    stage: Stage | None = None
+    batch: list[HostRef] | None = None
+    region: str | None = None
+    # A release to install instead of the run's own (a stopped rollout's switch-back).
+    installing: Release | None = None
+    # The run's hold on the deploy lock (deploylib.lock), renewed by every stage.
+    lease: Lease | None = None
+    # Set when the run is stopping (another region failed): a long step may look at it.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # Shared by the contexts of one run's regions (dataclasses.replace keeps them): host
+    # keys trusted so far, per instance (once trusted, a key is what the host must
+    # present for the rest of the run, whatever the source says later), and target
+    # groups resolved so far, per region (looked up once per process, never stored).
+    _trusted: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _groups: dict[str, str] = field(default_factory=dict)
+
+    def log(self, text: str) -> None:
+        self.reporter.log(text)
+
+    @property
+    def facts(self) -> Facts:
+        return self.state.facts
+
+    @property
+    def option(self) -> dict[str, Any]:
+        return self.stage.option if self.stage else {}
+
+    @property
+    def release(self) -> Release:
+        """The release the install and health steps work with."""
+        rel = self.installing or self.facts.release
+        if rel is None:
+            raise StateError("the run has no release yet", resource=self.state.run_id,
+                             fix="run the publish-release (or locate-previous) stage first")
+        return rel
+
+    def timeout(self, what: str, default: float) -> float:
+        return self.env.timeout(what, default)
+
+    def regions(self, among: list[str] | None = None) -> list[str]:
+        """The regions a stage works in: its own inside the `regions` group, else all
+        (or all of `among`)."""
+        every = self.env.all_regions if among is None else among
+        return [r for r in every if self.region in (None, r)]
+
+    def in_region(self, region: str) -> Context:
+        """A context for one region's stages, run on its own thread: the run's state,
+        clients, connections and caches are shared; the stage being run is not."""
+        return replace(self, region=region, stage=None, batch=None)
+
+    def save(self) -> None:
+        self.state.save()
+
+    def tags(self, role: str) -> list[dict[str, str]]:
+        s = self.state
+        return aws.tags(s.run_id, s.env, s.version, s.mode, role)
+
+    # -- what is live -----------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any] | None:
+        return live.record(self.aws, self.env)
+
+    def target_group(self, region: str) -> str:
+        if region not in self._groups:
+            self._groups[region] = live.target_group(self.aws, self.env, region)
+        return self._groups[region]
+
+    def live_hosts(self, region: str) -> list[str]:
+        return live.hosts(self.aws, self.env, region, self.target_group(region))
+
+    # -- the hosts a stage works on -----------------------------------------------------
+
+    def target_refs(self) -> list[HostRef]:
+        kind = self.stage.targets if self.stage else None
+        if kind == BUILDER:
+            b = self.facts.builder
+            if not b:
+                raise StateError("the run has no builder yet", resource=self.state.run_id,
+                                 fix="run the launch-builder stage first")
+            return [HostRef(region=b.region, instance_id=b.instance_id)]
+        if kind == CANDIDATES:
+            cands = self.facts.candidates
+            if not cands or (self.region and self.region not in cands):
+                where = f" in {self.region}" if self.region else ""
+                raise StateError(f"the run has no candidates{where} yet",
+                                 resource=self.state.run_id,
+                                 fix="run the launch-candidates stage first")
+            return [HostRef(region=r, instance_id=i) for r in self.regions(sorted(cands))
+                    for i in cands[r]]
+        if kind == BATCH:
+            if self.batch is None:
+                raise StateError("a per-batch stage ran outside a rollout",
+                                 resource=self.state.run_id,
+                                 fix="run the rollout stage (`invoke step rollout`)")
+            return list(self.batch)
+        return []
+
+    def targets(self, refs: list[HostRef] | None = None) -> list[aws.ec2.Instance]:
+        """The stage's hosts (or the given ones) as fresh EC2 descriptions: addresses can
+        change when an instance starts again."""
+        out = []
+        for region, ids in by_region(self.target_refs() if refs is None else refs).items():
+            found = {i.instance_id: i for i in aws.ec2.describe(
+                self.aws.ec2(region), region, ids, public=self.env.address == "public")}
+            out.extend(found[i] for i in ids if i in found)
+        return out
+
+    def connection(self, instance: aws.ec2.Instance) -> ssh.Connection:
+        """The run's one SSH connection to an instance, with its trusted host keys."""
+        from deploylib import ssh
+
+        keys = self._trusted.get(instance.instance_id)
+        if not keys:
+            keys = self.provider.trusted_keys(self.aws, instance)
+            if keys:
+                self._trusted[instance.instance_id] = keys
+        endpoint = ssh.Endpoint(name=instance.instance_id, address=instance.address or "",
+                                port=self.env.ssh_port, trusted_keys=keys)
+        return self.ssh.get(endpoint)
+
+    # -- fanning out ----------------------------------------------------------------------
+
+    def on_hosts(self, stage: str, fn: Callable[[aws.ec2.Instance], T],
+                 instances: list[aws.ec2.Instance] | None = None, *,
+                 fix: str | None = None) -> parallel.Results[T]:
+        """Run fn on the stage's hosts (or the given ones) at once; raise StepFailed
+        naming every host that failed."""
+        results = parallel.each(self.targets() if instances is None else instances, fn,
+                                key=lambda i: i.instance_id)
+        results.raise_for(stage, fix=fix)
+        return results
+
+    def per_region(self, stage: str, regions: list[str], fn: Callable[[str], T],
+                   into: dict[str, Any], say: Callable[[str, T], str]) -> None:
+        """Run fn for every region at once; keep each success in `into` (run state) even
+        when another region failed, so a resume redoes only the failed regions."""
+        results = parallel.each(regions, fn, key=lambda r: r)
+        for region, res in results.succeeded.items():
+            into[region] = res
+            self.log(f"  {say(region, res)}")
+        self.save()
+        results.raise_for(stage, kind="region")
+
+
+def by_region(refs: list[HostRef]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for ref in refs:
+        out.setdefault(ref.region, []).append(ref.instance_id)
+    return out

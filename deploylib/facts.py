@@ -1,0 +1,118 @@
+"""What a run's stages produced, typed: the `facts` of its state file.
+
+Each field says which stages write it and which read it. Everything a later stage
+needs is here, so any stage can run in its own process and a failed run can be
+resumed; nothing secret is (no credential, no presigned URL), and nothing a run can
+look up again cheaply is kept (target groups are resolved per process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Release(_Model):
+    """One published release: what the install step fetches and checks."""
+
+    version: str
+    sha256: str
+    bucket: str
+    key: str
+    size: int | None = None
+
+
+class HostRef(_Model):
+    """One instance, by region and id (what batches are made of)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    region: str
+    instance_id: str
+
+
+class Builder(_Model):
+    region: str
+    instance_id: str
+    base_image: str
+    foundation: str  # the bake cache's key for the base image + provision script
+    cache_hit: bool  # launched from a foundation image: provisioning is skipped
+    foundation_image: str | None = None  # the one this bake started (cache-foundation)
+    terminated: bool = False
+
+
+class Revert(_Model):
+    """What a stopped rollout switches back: the live release, and the updated hosts not
+    serving it, by the number of the batch they were updated in."""
+
+    release: Release
+    batches: dict[int, list[HostRef]]
+
+
+class Notice(_Model):
+    """A hotfix's notice to Jenkins' record job."""
+
+    job: str
+    parameters: dict[str, str]
+    sent: bool = False
+    queue_item: int | None = None
+
+
+class Handoff(_Model):
+    """Where `invoke bake` handed test-and-promote to, and how it went."""
+
+    job: str
+    number: int | None = None
+    url: str | None = None
+    result: str | None = None
+    error: str | None = None
+
+
+class Facts(_Model):
+    # publish-release, locate-previous, or the handoff (adopt) | install-release,
+    # health-check, smoke-test, record, notify, the bake's handoff
+    release: Release | None = None
+    # start (the lab's first bake) | launch-candidates, when nothing is live yet
+    fleet_size: int | None = None
+    # launch-builder; cache-foundation, terminate-builder, discard-builder update it |
+    # wait-ssh, provision, install-release, stop-builder, create-image (its targets)
+    builder: Builder | None = None
+    # region -> image: create-image, copy-image, locate-previous, adopt; discard-images
+    # empties it | wait-image, launch-candidates, record, discard-builder, the handoff
+    images: dict[str, str] = Field(default_factory=dict)
+    # region -> instances: launch-candidates; discard-candidates | wait-ssh,
+    # install-release, smoke-test, promote (its targets), demote
+    candidates: dict[str, list[str]] = Field(default_factory=dict)
+    # region -> the hosts its promotion replaced: promote; demote | retire, demote,
+    # discard-images, discard-candidates
+    promoted: dict[str, list[str]] = Field(default_factory=dict)
+    # region -> hosts terminated: retire | retire (a resume retires only the rest)
+    retired: dict[str, list[str]] = Field(default_factory=dict)
+    # select-hosts | the rollout (its batches), notify
+    batches: list[list[HostRef]] | None = None
+    # instance -> error: the rollout, within max_failed_hosts | locate-live, notify
+    failed_hosts: dict[str, str] = Field(default_factory=dict)
+    # locate-live | the rollout's switch-back of updated hosts
+    revert: Revert | None = None
+    # instances switched back: the rollout | locate-live (never twice)
+    rolled_back: list[str] = Field(default_factory=list)
+    # notify; `invoke jenkins.notify` | notify (a kept notice is sent later)
+    notice: Notice | None = None
+    # the bake's handoff | the operator (`invoke bake` reports it)
+    handoff: Handoff | None = None
+    # adopt: the bake phase ran elsewhere and handed this run over
+    adopted: bool = False
+    # cleanup step -> "done" or "failed: …": the engine's cleanup | `invoke cleanup`
+    cleanup: dict[str, str] = Field(default_factory=dict)
+    # cleanup step -> ids it removed: discard-* | the engine, to rewind the run
+    discarded: dict[str, list[str]] = Field(default_factory=dict)
+    # --keep-on-error left the run's resources in place | the operator
+    kept_on_error: bool = False
+    # SSH connections the run opened, over all its processes | the benchmarks
+    ssh_connections: int = 0
+    # A team's own steps keep what they like here (plugins; README, "Your own steps").
+    team: dict[str, Any] = Field(default_factory=dict)

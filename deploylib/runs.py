@@ -1,0 +1,238 @@
+"""A run's life: started (inputs checked, lock taken, state created), adopted from a
+bake's handoff, found again by id, given its clients, and a bake handed to Jenkins.
+
+`open_context` is the only place clients are built: boto3 (through the environment's
+provider), the SSH pool, and Jenkins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deploylib import aws, catalog, config, live, lock, release, runner
+from deploylib import plan as planning
+from deploylib.context import Context, Reporter
+from deploylib.errors import DeployError, InputError, StateError
+from deploylib.facts import Handoff, Release
+from deploylib.state import DONE, FAILED, RunState, check_run_id, new_run_id
+
+
+def environment_clients(env: config.Environment) -> aws.AwsClients:
+    """AWS clients for an environment, outside any run (status, gc, the lock)."""
+    from deploylib import provider
+
+    return provider.for_environment(env).aws_clients(env)
+
+
+@contextmanager
+def open_context(env: config.Environment, state: RunState,
+                 reporter: Reporter | None = None) -> Iterator[Context]:
+    """Build every client for a run; SSH connections are closed when it ends."""
+    from deploylib import provider as providers
+    from deploylib import ssh, waits
+
+    waits.pace(env.timeout("poll", 3.0))
+    prov = providers.for_environment(env)
+    with ssh.Pool(prov.ssh_credentials(env), connect_timeout=env.timeout("ssh_connect", 10),
+                  retry_for=env.timeout("ssh_retry", 20)) as pool:
+        jenkins = None
+        if env.jenkins.url:
+            from deploylib import jenkins as jenkins_mod
+
+            jenkins = jenkins_mod.connect(env.jenkins)
+        ctx = Context(env=env, state=state, provider=prov, aws=prov.aws_clients(env),
+                      ssh=pool, jenkins=jenkins)
+        if reporter is not None:
+            ctx.reporter = reporter
+        try:
+            yield ctx
+        finally:
+            # One connection per host per run: the count shows it (benchmarks read it).
+            state.facts.ssh_connections += pool.connections_opened()
+            state.save()
+
+
+def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
+    catalog.load(env.plugins)
+    return planning.plan(state.mode, env.extra_stages)
+
+
+# -- starting a run -------------------------------------------------------------------------
+
+
+def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | None,
+          artifact: str | None, fleet_size: int | None = None) -> RunState:
+    """Validate every input, then create the run's state. Nothing is launched here."""
+    planning.check_mode(mode)
+    config.check_version(version)
+    env = cfg.environment(env_name)
+    catalog.load(env.plugins)
+    planning.plan(mode, env.extra_stages)  # an unplaceable extra stage fails now
+    if artifact:
+        path = release.check_artifact(artifact)
+    else:
+        path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts")
+    if fleet_size is not None and not 1 <= fleet_size <= 100:
+        raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
+    state = _create_locked(env, mode=mode, version=version, artifact=str(Path(path).resolve()))
+    if fleet_size is not None:
+        state.facts.fleet_size = fleet_size
+        state.save()
+    return state
+
+
+def _create_locked(env: config.Environment, **fields: Any) -> RunState:
+    """Take the environment's lock for a new run id, then create the run's state: a run
+    that cannot have the lock leaves nothing behind. The lock stays taken: the run's
+    stages hold it from here (runner.holding) until the run ends."""
+    clients = environment_clients(env)
+    run_id = new_run_id()
+    ddb = clients.dynamodb()
+    lock.acquire(ddb, env.lock_table, env.name, run_id, ttl=env.lock_ttl)
+    try:
+        return RunState.create(env.state_dir, env=env.name, run_id=run_id, **fields)
+    except BaseException:
+        lock.release(ddb, env.lock_table, env.name, run_id)
+        raise
+
+
+def start_rollback(cfg: config.DeployConfig, env_name: str | None) -> RunState:
+    """A run that makes the previous release live again, the way the last one went out."""
+    env = cfg.environment(env_name)
+    catalog.load(env.plugins)
+    record = live.record(environment_clients(env), env) or {}
+    previous = record.get("previous") or {}
+    if not previous.get("release"):
+        raise InputError(f"nothing to roll back to: the record of {env.name} names no "
+                         "previous release", resource=env.record_parameter,
+                         fix="deploy the release you want with `invoke deploy`")
+    mode = planning.rollback_mode(record.get("procedure", ""))
+    planning.plan(mode, env.extra_stages)
+    return _create_locked(env, mode=mode, version=previous["release"], artifact="")
+
+
+def handoff_of(state: RunState) -> dict[str, Any]:
+    """What a bake hands to Jenkins: enough to continue its run anywhere."""
+    return {"run_id": state.run_id, "env": state.env, "mode": state.mode,
+            "version": state.version,
+            "release": state.facts.release.model_dump() if state.facts.release else None,
+            "images": dict(state.facts.images)}
+
+
+def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
+    """Continue, elsewhere, a run whose bake phase ran on another machine (a handoff).
+
+    The handoff carries what the bake produced (release, image per region); the bake
+    stages are marked done, so the release phase runs exactly as it would have locally.
+    """
+    try:
+        run_id, version = handoff["run_id"], handoff["version"]
+        rel, images = Release.model_validate(handoff["release"]), dict(handoff["images"])
+        env = cfg.environment(handoff["env"])
+        mode = handoff.get("mode", "immutable")
+    except (KeyError, TypeError, ValueError):
+        raise InputError("the handoff lacks run_id, env, version, release or images",
+                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it"
+                         ) from None
+    config.check_version(version)
+    check_run_id(run_id)
+    planned = planning.plan(planning.check_mode(mode), env.extra_stages)
+    if not planned.hands_off:
+        raise InputError(f"a {mode} run has no bake phase to hand off",
+                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
+    if (Path(env.state_dir) / f"{run_id}.json").exists():
+        # The same workspace as the bake (or a replayed build): continue that state.
+        state = RunState.load(env.state_dir, run_id)
+        if (state.mode, state.version) != (mode, version):
+            raise InputError(f"run {run_id} exists here as {state.mode} {state.version}",
+                             fix="pass the HANDOFF of that run, or use a fresh workspace")
+        return state
+    state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
+                            artifact="", run_id=run_id)
+    state.facts.release = rel
+    state.facts.images.update(images)
+    state.facts.adopted = True
+    for stage in planned.stages:
+        if stage.phase == planning.BAKE:
+            state.mark(stage.name, DONE, elsewhere=True)
+    state.save()
+    return state
+
+
+def load_run(cfg: config.DeployConfig, run_id: str,
+             state_dir: str | None = None) -> tuple[config.Environment, RunState]:
+    """Find a run's state in the state directory of any environment (or the one given)."""
+    dirs = [state_dir] if state_dir else sorted({e.state_dir for e in cfg.environments.values()})
+    last: DeployError | None = None
+    for d in dirs:
+        try:
+            state = RunState.load(d, run_id)
+        except (StateError, InputError) as exc:
+            last = exc
+            continue
+        return cfg.environment(state.env), state
+    assert last is not None
+    raise last
+
+
+def paths(env: config.Environment, state: RunState) -> dict[str, str]:
+    """Where a run's files are, relative to the working directory when inside it (the
+    Jenkins workspace: `junit` and `archiveArtifacts` take workspace-relative paths)."""
+    from deploylib.steps.fleet import junit_dir
+
+    def rel(p: Path) -> str:
+        p = p.absolute()
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return str(p)
+
+    return {"state": rel(state.path), "run_dir": rel(Path(env.state_dir) / state.run_id),
+            "junit": rel(junit_dir(env.state_dir, state.run_id)) + "/*.xml",
+            "report": rel(Path(env.state_dir) / state.run_id / "report")}
+
+
+# -- a bake handed to Jenkins -----------------------------------------------------------------
+
+
+def bake(ctx: Context, plan: planning.Plan, *, keep_on_error: bool = False) -> None:
+    """The bake phase here; test-and-promote in Jenkins when it is configured, else here.
+
+    Jenkins gets the handoff (run id, release, image per region) and runs the same
+    Jenkinsfile with it; the build is followed to its result, which is this run's.
+    """
+    from deploylib import jenkins
+
+    state, env = ctx.state, ctx.env
+    runner.execute(ctx, plan, phase=planning.BAKE, keep_on_error=keep_on_error)
+    if ctx.jenkins is None:
+        ctx.log("Jenkins is not configured: running test-and-promote here")
+        runner.execute(ctx, plan, phase=planning.RELEASE, keep_on_error=keep_on_error)
+        return
+    handoff = handoff_of(state)
+    with runner.holding(ctx):
+        try:
+            build = jenkins.run_job(
+                ctx.jenkins, env.jenkins.promote_job,
+                {"HANDOFF": json.dumps(handoff, sort_keys=True), "ENV": state.env,
+                 "VERSION": state.version, "RUN_ID": state.run_id,
+                 "IMAGES": json.dumps(handoff["images"], sort_keys=True)},
+                timeout=env.jenkins.timeout, say=ctx.log,
+                on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
+        except BaseException as exc:
+            # The images are kept: `invoke resume` promotes them here; `invoke gc` removes
+            # them if nobody does.
+            state.status = FAILED
+            state.facts.handoff = Handoff(job=env.jenkins.promote_job, error=str(exc))
+            state.save()
+            raise
+        # The release phase ran there, under the same run id: this run is done.
+        state.facts.handoff = Handoff(job=build.job, number=build.number, url=build.url,
+                                      result=build.result)
+        state.status = DONE
+        state.save()
+    ctx.log(f"  {build.job} #{build.number} {build.result}")

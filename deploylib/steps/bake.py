@@ -1,0 +1,226 @@
+"""Baking an image: the builder (launched, reachable, provisioned, stopped, terminated),
+the bake cache (foundation images), the image and its copies to the other regions."""
+
+from __future__ import annotations
+
+import hashlib
+
+from deploylib import aws, render, waits
+from deploylib.catalog import step
+from deploylib.context import Context, by_region
+from deploylib.errors import HostError, HostKeyError, StateError
+from deploylib.facts import Builder
+
+
+def image_name(ctx: Context) -> str:
+    """One name per run: every region's image (and a retry's lookup) uses it."""
+    return f"deploy-{ctx.state.env}-{ctx.state.version}-{ctx.state.run_id}"
+
+
+def _provision_script(ctx: Context) -> str:
+    return render.provision_script(packages=list(ctx.env.os_packages),
+                                   service=ctx.env.service, app_root=ctx.env.app_root,
+                                   app_port=ctx.env.app_port)
+
+
+def foundation_key(base_image: str, script: str) -> str:
+    """The bake cache's key: what a foundation image is made of (the base image and the
+    provision script, which names the packages and the service unit)."""
+    return hashlib.sha256(f"{base_image}\n{script}".encode()).hexdigest()[:32]
+
+
+def network(ctx: Context, region: str) -> tuple[str, list[str]]:
+    """The region's subnet id and security group ids, from the names in deploy.toml."""
+    subnet, group, _ = ctx.env.network(region)
+    ec2 = ctx.aws.ec2(region)
+    return (aws.ec2.resolve_subnet(ec2, subnet, region),
+            [aws.ec2.resolve_security_group(ec2, group, region)])
+
+
+@step("launch-builder")
+def launch_builder(ctx: Context) -> None:
+    """Launch the builder: from the foundation image when the bake cache has one for this
+    base image and package list, else from the base image."""
+    if ctx.facts.builder:
+        return
+    region = ctx.env.primary_region
+    ec2 = ctx.aws.ec2(region)
+    existing = aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
+                                                 aws.TAG_ROLE: "builder"})
+    base = aws.ec2.find_base_image(ec2, region, ctx.env.base_image, ctx.env.base_image_owner)
+    key = foundation_key(base, _provision_script(ctx))
+    if existing:
+        iid, source = existing[0].instance_id, existing[0].image_id
+    else:
+        cached = [i for i in aws.ec2.tagged_images(ec2, region, {aws.TAG_FOUNDATION: key})
+                  if i.get("State") == "available"]
+        source = max(cached, key=lambda i: i.get("CreationDate", ""))["ImageId"] \
+            if cached else base
+        subnet, groups = network(ctx, region)
+        iid = aws.ec2.launch(ec2, region=region, image_id=source, count=1,
+                             instance_type=ctx.env.instance_type, subnet_id=subnet,
+                             security_group_ids=groups, tag_list=ctx.tags("builder"),
+                             client_token=f"{ctx.state.run_id}-builder",
+                             key_name=ctx.env.key_name)[0]
+    ctx.facts.builder = Builder(region=region, instance_id=iid, base_image=base,
+                                foundation=key, cache_hit=source != base)
+    ctx.save()
+    ctx.log(f"  builder {iid} from {source} in {region}"
+            + (" (foundation image: bake cache hit)" if source != base else ""))
+
+
+@step("wait-ssh")
+def wait_ssh(ctx: Context) -> None:
+    """Wait until the stage's instances run and accept SSH with a trusted host key."""
+    for region, ids in by_region(ctx.target_refs()).items():
+        aws.ec2.wait_instances(ctx.aws.ec2(region), region, ids, "running",
+                               ctx.timeout("launch", 600))
+
+    def one(inst: aws.ec2.Instance) -> None:
+        last: list[str] = []
+
+        def attempt() -> bool:
+            # Ask for the trusted keys on every try: on EC2 they appear in the console
+            # output a while after boot, and until then nothing is trusted.
+            conn = ctx.connection(inst)
+            try:
+                conn.open(retry=False)  # this loop is the retry, with its own deadline
+                return True
+            except HostKeyError as exc:
+                if not conn.endpoint.trusted_keys:
+                    last[:] = [exc.problem]
+                    return False
+                raise  # a key that differs from the trusted one stops the run
+            except HostError as exc:
+                last[:] = [exc.problem]
+                return False
+
+        waits.until(attempt, timeout=ctx.timeout("ssh", 300), what="SSH to accept connections",
+                    resource=f"{inst.instance_id} ({inst.address})",
+                    fix=lambda: "check the instance booted and the security group allows "
+                    "SSH from here" + (f"; last error: {last[0]}" if last else ""))
+
+    ctx.on_hosts("wait-ssh", one)
+
+
+@step("provision")
+def provision(ctx: Context) -> None:
+    """Install the OS packages and the service unit (a rendered script, run once)."""
+    if ctx.facts.builder and ctx.facts.builder.cache_hit:
+        ctx.log("  the foundation image has them already: nothing to provision")
+        return
+    script = _provision_script(ctx)
+
+    def one(inst: aws.ec2.Instance) -> str:
+        return ctx.connection(inst).run("bash -s", stdin=script,
+                                        timeout=ctx.timeout("provision", 900)).output
+
+    for out in ctx.on_hosts("provision", one).succeeded.values():
+        for line in out.strip().splitlines()[-3:]:
+            ctx.log(f"  {line}")
+
+
+def _builder(ctx: Context) -> Builder:
+    if ctx.facts.builder is None:
+        raise StateError("the run has no builder", resource=ctx.state.run_id,
+                         fix="run the launch-builder stage first")
+    return ctx.facts.builder
+
+
+@step("cache-foundation")
+def cache_foundation(ctx: Context) -> None:
+    """Start a foundation image of the provisioned builder (the bake cache); not waited
+    for: it becomes available while the bake goes on."""
+    b = _builder(ctx)
+    if b.cache_hit or b.foundation_image:
+        return
+    ec2 = ctx.aws.ec2(b.region)
+    name = f"deploy-foundation-{b.foundation[:16]}-{ctx.state.run_id}"
+    tags = [*ctx.tags("foundation"), {"Key": aws.TAG_FOUNDATION, "Value": b.foundation}]
+    b.foundation_image = aws.ec2.find_image(ec2, b.region, name) or aws.ec2.create_image(
+        ec2, b.region, b.instance_id, name, tags, no_reboot=True)
+    ctx.save()
+    ctx.log(f"  foundation image {b.foundation_image} (base {b.base_image} + packages) for "
+            "later bakes")
+
+
+@step("stop-builder")
+def stop_builder(ctx: Context) -> None:
+    """Stop the builder so its disk is consistent for the image."""
+    b = _builder(ctx)
+    ec2 = ctx.aws.ec2(b.region)
+    if aws.ec2.describe(ec2, b.region, [b.instance_id])[0].state != "stopped":
+        aws.ec2.stop(ec2, b.region, [b.instance_id])
+    aws.ec2.wait_instances(ec2, b.region, [b.instance_id], "stopped", ctx.timeout("stop", 600))
+
+
+@step("create-image")
+def create_image(ctx: Context) -> None:
+    """Create an image from the stage's hosts: the builder, or one candidate per region."""
+    images = ctx.facts.images
+    # One source per region: the builder, or the first candidate there.
+    sources: dict[str, str] = {}
+    for ref in ctx.target_refs():
+        sources.setdefault(ref.region, ref.instance_id)
+    no_reboot = bool(ctx.option.get("no_reboot", False))
+
+    def one(region: str) -> str:
+        ec2 = ctx.aws.ec2(region)
+        name = image_name(ctx)
+        image_id = images.get(region) or aws.ec2.find_image(ec2, region, name)
+        if not image_id:
+            image_id = aws.ec2.create_image(ec2, region, sources[region], name,
+                                            ctx.tags("image"), no_reboot=no_reboot)
+        aws.ec2.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
+        aws.ec2.tag_snapshots(ec2, region, image_id, ctx.tags("image"))
+        return image_id
+
+    ctx.per_region("create-image", sorted(sources), one, images,
+                   lambda region, image: f"image {image} in {region}")
+
+
+@step("terminate-builder")
+def terminate_builder(ctx: Context) -> None:
+    """Terminate the builder once its image exists."""
+    b = _builder(ctx)
+    aws.ec2.terminate(ctx.aws.ec2(b.region), b.region, [b.instance_id])
+    b.terminated = True
+    ctx.save()
+
+
+@step("copy-image")
+def copy_image(ctx: Context) -> None:
+    """Start copying the image to every other region, all at once. Nothing waits for the
+    copies here: each region waits for its own (wait-image), so the primary region is
+    tested and promoted while the copies are on their way."""
+    env = ctx.env
+    images = ctx.facts.images
+    source = images[env.primary_region]
+    name = image_name(ctx)
+
+    def one(region: str) -> str:
+        ec2 = ctx.aws.ec2(region)
+        return images.get(region) or aws.ec2.find_image(ec2, region, name) or \
+            aws.ec2.copy_image(ec2, source_region=env.primary_region, dest_region=region,
+                               image_id=source, name=name, tag_list=ctx.tags("image"),
+                               client_token=f"{ctx.state.run_id}-{region}")
+
+    ctx.per_region("copy-image", env.copy_regions, one, images,
+                   lambda region, image: f"copying to {region} as {image}")
+
+
+@step("wait-image")
+def wait_image(ctx: Context) -> None:
+    """Wait until the run's image is available in the region (a copy can take longer
+    than everything else in the run)."""
+    images = ctx.facts.images
+
+    def one(region: str) -> str:
+        ec2 = ctx.aws.ec2(region)
+        what = "image" if region == ctx.env.primary_region else "copy"
+        aws.ec2.wait_image(ec2, region, images[region], ctx.timeout(what, 7200))
+        aws.ec2.tag_snapshots(ec2, region, images[region], ctx.tags("image"))
+        return images[region]
+
+    ctx.per_region("wait-image", ctx.regions(sorted(images)), one, {},
+                   lambda region, image: f"image {image} available in {region}")

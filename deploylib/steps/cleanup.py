@@ -1,0 +1,136 @@
+"""After a failure: a rollout's failed batch put back on the live release, promoted
+regions put back on the hosts they had, and what the run made and never made live
+removed. The engine runs these (the plan names which); they are never planned stages."""
+
+from __future__ import annotations
+
+from deploylib import aws, health
+from deploylib.catalog import step
+from deploylib.context import Context
+from deploylib.errors import CloudError
+from deploylib.steps.bake import image_name
+
+
+def _discarded(ctx: Context, step_name: str, ids: list[str]) -> None:
+    if ids:
+        ctx.facts.discarded.setdefault(step_name, []).extend(ids)
+
+
+@step("restore-batch")
+def restore_batch(ctx: Context) -> None:
+    """Put back the hosts of a failed batch that serve the live release again."""
+    live = (ctx.record() or {}).get("release")
+    env = ctx.env
+    instances_by_region: dict[str, list[aws.ec2.Instance]] = {}
+    for inst in ctx.targets():
+        instances_by_region.setdefault(inst.region, []).append(inst)
+    for region, instances in instances_by_region.items():
+        serving = {i.instance_id: health.serving_version(i.address or "", env.app_port,
+                                                         env.health_path) for i in instances}
+        good = [i for i, v in serving.items() if live and v == live]
+        aws.elb.put_in(ctx.aws.elbv2(region), region, ctx.target_group(region), good,
+                       env.app_port, timeout=ctx.timeout("healthy", 300))
+        for iid, version in serving.items():
+            if iid in good:
+                ctx.log(f"  {iid} serves the live release {live} again; back in the target group")
+            else:
+                # Never route traffic to a host that is not on the live release.
+                ctx.log(f"  {iid} serves {version or 'nothing'}; left out of the target group")
+
+
+@step("demote")
+def demote(ctx: Context) -> None:
+    """Put back the hosts a failed run's promotion replaced, in every region it promoted
+    (they are still running: hosts are retired only once the release is recorded), and
+    take its candidates out, so that every region serves the release it had."""
+    env = ctx.env
+    promoted, candidates = ctx.facts.promoted, ctx.facts.candidates
+    record = ctx.record()
+    if record and record.get("run_id") == ctx.state.run_id:
+        return  # committed: this run's release is the live one
+
+    def one(region: str) -> list[str]:
+        elb, group = ctx.aws.elbv2(region), ctx.target_group(region)
+        old = promoted[region]
+        if not old:
+            raise CloudError("nothing served here before this run: its candidates stay",
+                             resource=region, fix=f"`invoke resume --run {ctx.state.run_id}` "
+                             "finishes the release, or `invoke rollback`")
+        aws.elb.put_in(elb, region, group, old, env.app_port,
+                       timeout=ctx.timeout("healthy", 300))
+        aws.elb.take_out(elb, region, group, candidates.get(region, []), env.app_port,
+                         timeout=ctx.timeout("drain", 600))
+        del promoted[region]  # the region is back as it was: nothing promoted there
+        return old
+
+    ctx.per_region("demote", sorted(promoted), one, {},
+                   lambda region, old: f"{region}: {' '.join(old)} serve again; the "
+                   "candidates are out")
+
+
+@step("discard-candidates")
+def discard_candidates(ctx: Context) -> None:
+    """Terminate the candidates of a failed run that never went live."""
+    candidates, promoted = ctx.facts.candidates, ctx.facts.promoted
+    for region in sorted(candidates):
+        if region in promoted:
+            continue
+        ids = candidates[region]
+        elb, group = ctx.aws.elbv2(region), ctx.target_group(region)
+        states = aws.elb.target_states(elb, region, group)
+        old_serving = [i for i, st in states.items() if i not in ids and st == "healthy"]
+        registered = [i for i in ids if states.get(i) not in (None, "draining")]
+        if registered and not old_serving:
+            ctx.log(f"  {region}: the candidates are the only hosts serving; kept")
+            continue
+        aws.elb.deregister(elb, region, group, registered, ctx.env.app_port)
+        aws.ec2.terminate(ctx.aws.ec2(region), region, ids)
+        del candidates[region]
+        _discarded(ctx, "discard-candidates", ids)
+        ctx.log(f"  {region}: candidates {' '.join(ids)} terminated")
+    ctx.save()
+
+
+@step("discard-images")
+def discard_images(ctx: Context) -> None:
+    """Delete the images (and their snapshots) of a failed bake that never went live."""
+    images = ctx.facts.images
+    if ctx.facts.promoted:
+        # Some region serves them already: they are live, and a resume finishes the rest.
+        ctx.log("  images kept: a region already serves them (`invoke resume` finishes)")
+        return
+    name = image_name(ctx)
+    regions = sorted(set(images) | set(ctx.env.all_regions))
+
+    def one(region: str) -> list[str]:
+        ec2 = ctx.aws.ec2(region)
+        # Also what a crash left unrecorded: a copy started but not yet in the state.
+        ids = {images.get(region), aws.ec2.find_image(ec2, region, name)}
+        ids |= {i["ImageId"] for i in aws.ec2.tagged_images(
+            ec2, region, {aws.TAG_RUN: ctx.state.run_id, aws.TAG_ROLE: "image"})}
+        gone = sorted(i for i in ids if i)
+        for image_id in gone:
+            aws.ec2.delete_image(ec2, region, image_id)
+        images.pop(region, None)
+        _discarded(ctx, "discard-images", gone)
+        return gone
+
+    ctx.per_region("discard-images", regions, one, {}, lambda region, gone: (
+        f"{region}: image {' '.join(gone)} and its snapshots deleted" if gone
+        else f"{region}: no image of the run"))
+
+
+@step("discard-builder")
+def discard_builder(ctx: Context) -> None:
+    """Terminate the builder of a failed bake; forget it unless its image is kept."""
+    b = ctx.facts.builder
+    if not b:
+        return
+    if not b.terminated:
+        aws.ec2.terminate(ctx.aws.ec2(b.region), b.region, [b.instance_id])
+        ctx.log(f"  builder {b.instance_id} terminated")
+    b.terminated = True
+    if b.region not in ctx.facts.images:
+        ctx.facts.builder = None
+        _discarded(ctx, "discard-builder", [b.instance_id])
+    ctx.save()

@@ -1,0 +1,173 @@
+"""A new fleet made live: candidates launched from an image, smoke-tested, promoted into
+the target groups; the release recorded as live; the hosts it replaced retired."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from deploylib import aws, health, parallel, smoke
+from deploylib.catalog import step
+from deploylib.context import Context
+from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
+from deploylib.steps.bake import network
+
+
+@step("launch-candidates")
+def launch_candidates(ctx: Context) -> None:
+    """Launch a fleet of candidates in every region, from the new or the live image."""
+    env = ctx.env
+    source = ctx.option.get("image", "baked")
+    if source == "live":
+        record = ctx.record()
+        if not record or not record.get("images"):
+            raise InputError(f"nothing is recorded as live in {env.name}",
+                             resource=env.record_parameter,
+                             fix="make a first release with `--mode immutable`")
+        images = record["images"]
+    else:  # baked by this run, or the previous ones (located by locate-previous)
+        images = ctx.facts.images
+    candidates = ctx.facts.candidates
+
+    def one(region: str) -> list[str]:
+        if region in candidates:
+            return candidates[region]
+        if region not in images:
+            raise CloudError("no image is known for this region", resource=region,
+                             fix="bake with `--mode immutable` so every region has an image")
+        ec2 = ctx.aws.ec2(region)
+        found = aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
+                                                  aws.TAG_ROLE: "candidate"})
+        if found:
+            return [i.instance_id for i in found]
+        count = len(ctx.live_hosts(region)) or ctx.facts.fleet_size or env.fleet_size
+        subnet, groups = network(ctx, region)
+        return aws.ec2.launch(ec2, region=region, image_id=images[region], count=count,
+                              instance_type=env.instance_type, subnet_id=subnet,
+                              security_group_ids=groups, tag_list=ctx.tags("candidate"),
+                              client_token=f"{ctx.state.run_id}-candidates-{region}",
+                              key_name=env.key_name)
+
+    regions = ctx.regions()
+    ctx.per_region("launch-candidates", regions, one, candidates,
+                   lambda region, ids: f"{len(ids)} candidate(s) in {region} from "
+                   f"{images.get(region)}")
+    for region in regions:
+        aws.ec2.wait_instances(ctx.aws.ec2(region), region, candidates[region], "running",
+                               ctx.timeout("launch", 600))
+
+
+def junit_dir(state_dir: str, run_id: str) -> Path:
+    """Where a run's JUnit XML goes (the Jenkinsfile's `junit` step reads it)."""
+    return Path(state_dir) / run_id / "junit"
+
+
+@step("smoke-test")
+def smoke_test(ctx: Context) -> None:
+    """Every candidate answers its health path with the new release; then the team's
+    smoke tests (pytest, `smoke_tests`) run against them. Both write JUnit XML."""
+    env = ctx.env
+    version = ctx.release.version
+    instances = ctx.targets()
+    out = junit_dir(env.state_dir, ctx.state.run_id)
+    # One report per region: the regions test at the same time.
+    suffix = f"-{ctx.region}" if ctx.region else ""
+    began = time.monotonic()
+
+    def serving(inst: aws.ec2.Instance) -> None:
+        health.wait_serving(inst.address or "", env.app_port, env.health_path, version,
+                            timeout=ctx.timeout("health", 60),
+                            resource=f"{inst.instance_id} ({inst.address})")
+
+    results = parallel.each(instances, serving, key=lambda i: i.instance_id)
+    took = time.monotonic() - began
+    smoke.write_junit(out / f"smoke-health{suffix}.xml", "smoke-test.health", {
+        f"{iid} reports {version}": (took, getattr(err, "problem", str(err)) if err else None)
+        for iid, err in ((i, results.failed.get(i)) for i in results)})
+    results.raise_for("smoke-test")
+    if not env.smoke_tests:
+        return
+    targets = [{"instance_id": i.instance_id, "address": i.address,
+                "url": f"http://{i.address}:{env.app_port}"} for i in instances]
+    report = out / f"smoke-tests{suffix}.xml"
+    outcome = smoke.run(env.smoke_tests, targets, version=version,
+                        health_path=env.health_path, report=report,
+                        timeout=ctx.timeout("smoke", 600))
+    ctx.log(f"  smoke tests: {outcome.summary}")
+    if not outcome.passed:
+        raise StepFailed("smoke-test", {"smoke tests": RemoteCommandError(
+            f"pytest exited {outcome.exit_code}: {outcome.summary}", resource=env.smoke_tests,
+            exit_status=outcome.exit_code)},
+            fix=f"read the failures in {report}; the candidates are discarded")
+
+
+@step("promote")
+def promote(ctx: Context) -> None:
+    """Make the candidates live: register them, wait until healthy, deregister the hosts
+    they replace. Those keep running (draining) until the release is recorded: until
+    then a failure elsewhere puts them back (demote); after it, retire removes them."""
+    env = ctx.env
+    candidates = ctx.facts.candidates
+    promoted = ctx.facts.promoted
+
+    def one(region: str) -> list[str]:
+        if region in promoted:
+            return promoted[region]
+        elb, group = ctx.aws.elbv2(region), ctx.target_group(region)
+        new = candidates[region]
+        # Targets already draining are on their way out (deregistering one again fails).
+        old = sorted(i for i, st in aws.elb.target_states(elb, region, group).items()
+                     if i not in new and st != "draining")
+        aws.elb.put_in(elb, region, group, new, env.app_port,
+                       timeout=ctx.timeout("healthy", 300))
+        aws.ec2.mark_retiring(ctx.aws.ec2(region), region, old, ctx.state.run_id)
+        aws.elb.deregister(elb, region, group, old, env.app_port)
+        return old
+
+    ctx.per_region("promote", ctx.regions(sorted(candidates)), one, promoted,
+                   lambda region, old: f"{region}: {len(candidates[region])} live, "
+                   f"{len(old)} draining {' '.join(old)}".rstrip())
+
+
+@step("record")
+def record(ctx: Context) -> None:
+    """Write what is now live (release and image per region) to the environment's record.
+
+    `images`: "run" records the images this run made live; "unchanged" keeps those the
+    record had (the hosts changed in place, not their images)."""
+    previous = ctx.record()
+    if previous and previous.get("run_id") == ctx.state.run_id:
+        return
+    images = dict((previous or {}).get("images", {}))
+    if ctx.option.get("images", "run") == "run":
+        images.update(ctx.facts.images)
+    rel = ctx.release
+    new = {
+        "release": rel.version, "sha256": rel.sha256, "images": images,
+        "procedure": ctx.state.mode, "run_id": ctx.state.run_id,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "previous": {k: previous[k] for k in ("release", "sha256", "images", "procedure",
+                                              "run_id")
+                     if k in previous} if previous else None,
+    }
+    aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)
+    ctx.log(f"  {ctx.env.record_parameter}: release {rel.version}, images "
+            + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))
+
+
+@step("retire")
+def retire(ctx: Context) -> None:
+    """Once the release is recorded: let the replaced hosts finish draining, then
+    terminate them."""
+    promoted = ctx.facts.promoted
+    retired = ctx.facts.retired
+
+    def one(region: str) -> list[str]:
+        old = promoted[region]
+        aws.elb.wait_drained(ctx.aws.elbv2(region), region, ctx.target_group(region), old,
+                             ctx.timeout("drain", 600))
+        aws.ec2.terminate(ctx.aws.ec2(region), region, old)
+        return old
+
+    ctx.per_region("retire", [r for r in sorted(promoted) if r not in retired], one, retired,
+                   lambda region, old: f"{region}: {len(old)} retired {' '.join(old)}".rstrip())

@@ -1,0 +1,140 @@
+"""The release itself: published once, found again for a rollback, installed on hosts.
+
+install-release is the heart of the project: the same function puts a release on a
+builder (immutable), on candidates (rebake-light) and on live hosts (in-place).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploylib import aws, release, render
+from deploylib.catalog import step
+from deploylib.config import Environment
+from deploylib.context import Context
+from deploylib.errors import InputError, RemoteCommandError
+from deploylib.facts import Release
+
+# What the install script's exit codes mean for the operator (templates/install.sh.j2).
+INSTALL_FIXES = {
+    3: "the artifact on the host differs from the published one: publish the build again "
+       "under a new version",
+    4: "the archive could not be unpacked: check the tarball and the host's free disk space",
+    5: "the release did not become healthy and the previous release was restored: read the "
+       "service's log on the host",
+    6: "the release did not become healthy and no previous release could be restored: read "
+       "the service's log on the host",
+}
+
+
+def artifact_key(env_name: str, version: str) -> str:
+    """Where a release lives in the artifact store: one key per version, whatever the
+    file was called, so a version is published once."""
+    return f"releases/{env_name}/{version}.tar.gz"
+
+
+def from_store(env: Environment, s3: object, version: str) -> Release:
+    """A published release as the install step needs it, read back from the store."""
+    key = artifact_key(env.name, version)
+    digest = aws.s3.published_sha256(s3, env.artifact_bucket, key)
+    if not digest:
+        raise InputError(f"release {version} is not in the artifact store",
+                         resource=f"s3://{env.artifact_bucket}/{key}",
+                         fix=f"publish it again: `invoke deploy --mode in-place --version "
+                         f"{version} --artifact PATH`")
+    return Release(version=version, sha256=digest, bucket=env.artifact_bucket, key=key)
+
+
+@step("publish-release")
+def publish_release(ctx: Context) -> None:
+    """Put the release artifact in the artifact store (once per version and content)."""
+    # start() read the archive through when the run began; here it must still be there.
+    artifact = release.check_artifact(ctx.state.artifact, read_through=False)
+    digest = release.sha256_file(artifact)
+    key = artifact_key(ctx.env.name, ctx.state.version)
+    s3 = ctx.aws.s3()
+    published = aws.s3.published_sha256(s3, ctx.env.artifact_bucket, key)
+    if published is not None and published != digest:
+        raise InputError(
+            f"release {ctx.state.version} was already published with different content",
+            resource=f"s3://{ctx.env.artifact_bucket}/{key}",
+            fix="releases are immutable: give the new build a new version")
+    uploaded = published is None
+    if uploaded:
+        aws.s3.upload_artifact(s3, ctx.env.artifact_bucket, key, str(artifact), digest)
+    ctx.facts.release = Release(version=ctx.state.version, sha256=digest,
+                                bucket=ctx.env.artifact_bucket, key=key,
+                                size=artifact.stat().st_size)
+    ctx.log(f"  release {ctx.state.version} sha256 {digest[:12]}… "
+            f"{'uploaded' if uploaded else 'already in the store'}")
+
+
+@step("locate-previous")
+def locate_previous(ctx: Context) -> None:
+    """Find what the environment's record says was live before: release and images."""
+    record = ctx.record() or {}
+    previous = record.get("previous") or {}
+    if not previous.get("release"):
+        raise InputError(f"the record of {ctx.env.name} names no previous release",
+                         resource=ctx.env.record_parameter,
+                         fix="deploy the release you want with `invoke deploy`")
+    if previous["release"] != ctx.state.version:
+        raise InputError(f"the record changed since this rollback started: the previous "
+                         f"release is now {previous['release']}, not {ctx.state.version}",
+                         resource=ctx.env.record_parameter, fix="start `invoke rollback` again")
+    ctx.facts.release = from_store(ctx.env, ctx.aws.s3(), previous["release"])
+    ctx.facts.images.update(previous.get("images") or {})
+    ctx.log(f"  rolling back {record.get('release')} -> {previous['release']} "
+            f"({ctx.state.mode})")
+
+
+def _local_artifact(ctx: Context, rel: Release) -> Path:
+    """The release as a file here, to push: the run's own artifact, or (a rollback, a
+    switch-back) the release read back from the store, checked against its digest."""
+    own = ctx.state.artifact
+    if own and rel.version == ctx.state.version and Path(own).is_file():
+        return Path(own)
+    cached = Path(ctx.env.state_dir) / "artifacts" / f"{rel.version}.tar.gz"
+    if not (cached.is_file() and release.sha256_file(cached) == rel.sha256):
+        aws.s3.download_artifact(ctx.aws.s3(), rel.bucket, rel.key, cached)
+        if release.sha256_file(cached) != rel.sha256:
+            cached.unlink()
+            raise InputError(f"release {rel.version} in the store does not match its "
+                             "published digest", resource=f"s3://{rel.bucket}/{rel.key}",
+                             fix="publish that release again from its build")
+    return cached
+
+
+@step("install-release")
+def install_release(ctx: Context) -> None:
+    """Install the release on the stage's hosts: the same function in every procedure."""
+    rel = ctx.release
+    env = ctx.env
+    push = env.artifact_transfer == "push"
+    local = _local_artifact(ctx, rel) if push else None
+    # Presigned per stage, never stored: the URL is a credential while it lives.
+    url = None if push else aws.s3.presign(ctx.aws.s3(), rel.bucket, rel.key,
+                                           expires=int(ctx.timeout("presign", 900)))
+
+    def one(inst: aws.ec2.Instance) -> str:
+        conn = ctx.connection(inst)
+        pushed = None
+        if local is not None:
+            pushed = f"/tmp/deploylib-{ctx.state.run_id}-{inst.instance_id}.tar.gz"
+            conn.put(str(local), pushed)
+        script = render.install_script(
+            version=rel.version, sha256=rel.sha256, app_root=env.app_root,
+            app_port=env.app_port, health_path=env.health_path,
+            restart_command=env.restart_command, keep_releases=env.keep_releases,
+            url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)))
+        try:
+            out = conn.run("bash -s", stdin=script, timeout=ctx.timeout("install", 600)).output
+        except RemoteCommandError as exc:
+            if exc.exit_status in INSTALL_FIXES:
+                exc.fix = INSTALL_FIXES[exc.exit_status]
+                exc.args = (exc.line(),)
+            raise
+        return out.strip().splitlines()[-1] if out.strip() else ""
+
+    results = ctx.on_hosts("install-release", one)
+    ctx.log(f"  {rel.version} installed on {len(results)} host(s)")

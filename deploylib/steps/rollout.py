@@ -1,0 +1,125 @@
+"""A release put on the live hosts in place, batch by batch: the hosts chosen and checked
+reachable, each batch drained, installed (steps.release), checked and put back; what a
+stopped rollout switches back; the notice to Jenkins."""
+
+from __future__ import annotations
+
+from deploylib import aws, health
+from deploylib.catalog import step
+from deploylib.context import Context, by_region
+from deploylib.errors import DeployError, InputError
+from deploylib.facts import HostRef, Notice, Revert
+from deploylib.plan import batches as split
+from deploylib.steps.release import from_store
+
+
+@step("select-hosts")
+def select_hosts(ctx: Context) -> None:
+    """Choose the live hosts to update, check each accepts SSH, split them into batches.
+
+    Every connection is opened here, all at once, before any host is drained: a host
+    that cannot be reached stops the run while the whole fleet still serves.
+    """
+    if ctx.facts.batches is not None:
+        return
+    batches: list[list[HostRef]] = []
+    for region in ctx.env.all_regions:
+        hosts = ctx.live_hosts(region)
+        size = ctx.env.batch_count(len(hosts))
+        batches.extend([HostRef(region=region, instance_id=i) for i in b]
+                       for b in split(hosts, size))
+    if not batches:
+        raise InputError(f"no live hosts in {ctx.env.name}", resource=ctx.env.target_group,
+                         fix="make a first release with `--mode immutable`")
+    instances = ctx.targets([h for b in batches for h in b])
+    ctx.on_hosts("select-hosts", lambda i: ctx.connection(i).open(), instances,
+                 fix="no host was touched: repair SSH on those hosts (or take them out of "
+                 "the target group), then `invoke resume`")
+    ctx.facts.batches = batches
+    ctx.save()
+    ctx.log(f"  {len(instances)} host(s) reachable, in {len(batches)} batch(es)")
+
+
+@step("drain")
+def drain(ctx: Context) -> None:
+    """Take the batch out of its target groups and wait for in-flight requests."""
+    for region, ids in by_region(ctx.target_refs()).items():
+        aws.elb.take_out(ctx.aws.elbv2(region), region, ctx.target_group(region), ids,
+                         ctx.env.app_port, timeout=ctx.timeout("drain", 600))
+
+
+@step("health-check")
+def health_check(ctx: Context) -> None:
+    """Every host of the batch answers its health path with the release installed."""
+    env, version = ctx.env, ctx.release.version
+    ctx.on_hosts("health-check", lambda i: health.wait_serving(
+        i.address or "", env.app_port, env.health_path, version,
+        timeout=ctx.timeout("health", 60), resource=f"{i.instance_id} ({i.address})"))
+
+
+@step("put-back")
+def put_back(ctx: Context) -> None:
+    """Register the batch again and wait until the load balancer finds it healthy."""
+    for region, ids in by_region(ctx.target_refs()).items():
+        aws.elb.put_in(ctx.aws.elbv2(region), region, ctx.target_group(region), ids,
+                       ctx.env.app_port, timeout=ctx.timeout("healthy", 300))
+
+
+@step("locate-live")
+def locate_live(ctx: Context) -> None:
+    """Choose what a stopped rollout switches back: the release the record says is live,
+    and, of the batches it reached (the stage's hosts), the hosts that do not serve it."""
+    ctx.facts.revert = None
+    live = (ctx.record() or {}).get("release")
+    if not live or live == ctx.release.version:
+        ctx.log("  no other release is live: nothing to switch back")
+        return
+    rel = from_store(ctx.env, ctx.aws.s3(), live)
+    env, facts = ctx.env, ctx.facts
+    reached = {h.instance_id for h in ctx.target_refs()}
+    skip = set(facts.failed_hosts) | set(facts.rolled_back)
+    # Hosts on the live release already (the failed batch's, restored) stay as they are.
+    updated = {i.instance_id for i in ctx.targets() if i.instance_id not in skip and
+               health.serving_version(i.address or "", env.app_port, env.health_path) != live}
+    batches = {n: [h for h in b if h.instance_id in reached & updated]
+               for n, b in enumerate(facts.batches or [], start=1)}
+    facts.revert = Revert(release=rel, batches={n: b for n, b in batches.items() if b})
+    ctx.save()
+    ctx.log(f"  {len(updated & reached)} host(s) to switch back to {live}")
+
+
+@step("notify")
+def notify(ctx: Context) -> None:
+    """Record the in-place release in Jenkins (its record job); never fails the run.
+
+    When Jenkins cannot be reached the notice stays in this run's state, and the next
+    notify (or `invoke jenkins.notify`) sends it, with any other run's left unsent."""
+    from deploylib import jenkins
+    from deploylib import state as states
+
+    env = ctx.env
+    if ctx.facts.notice and ctx.facts.notice.sent:
+        return
+    if ctx.jenkins is None:
+        ctx.log("  Jenkins is not configured: the hotfix is recorded in SSM only")
+        return
+    hosts = [h.instance_id for b in ctx.facts.batches or [] for h in b
+             if h.instance_id not in ctx.facts.failed_hosts]
+    ctx.facts.notice = Notice(job=env.jenkins.record_job, parameters={
+        "ENV": env.name, "RELEASE": ctx.release.version, "RUN_ID": ctx.state.run_id,
+        "HOSTS": " ".join(hosts)})
+    ctx.save()
+    pending = [ctx.state] + [s for s in states.runs_with_pending_notice(env.state_dir)
+                             if s.run_id != ctx.state.run_id]
+    for run in pending:
+        notice = run.facts.notice
+        assert notice is not None
+        try:
+            jenkins.send_notice(ctx.jenkins, notice)
+        except DeployError as exc:
+            ctx.log(f"  Jenkins did not take the notice of run {run.run_id} ({exc.problem}); "
+                    f"it is kept in the run state: `invoke jenkins.notify` sends it later")
+            break
+        run.save()
+        ctx.log(f"  recorded in Jenkins: {notice.job} queue item {notice.queue_item} "
+                f"(run {run.run_id})")

@@ -1,0 +1,79 @@
+"""EC2 against moto's server over real HTTP: instances and images."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylib import aws
+from deploylib.errors import CloudError, InputError, WaitTimeout
+from tests.conftest import launch_instances
+
+
+def test_names_resolve_to_ids(aws_clients, network):
+    ec2 = aws_clients.ec2("us-east-1")
+    assert aws.ec2.resolve_subnet(ec2, network["name"], "us-east-1") == network["subnet"]
+    assert aws.ec2.resolve_security_group(ec2, network["name"], "us-east-1") == network["group"]
+    assert aws.ec2.resolve_subnet(ec2, "subnet-0123", "us-east-1") == "subnet-0123"
+    with pytest.raises(InputError, match="0 subnets are tagged Name=missing"):
+        aws.ec2.resolve_subnet(ec2, "missing", "us-east-1")
+
+
+def test_instances_are_launched_tagged_and_with_imdsv2_required(aws_clients, network):
+    ids = launch_instances(aws_clients, network, count=2)
+    ec2 = aws_clients.ec2("us-east-1")
+    data = ec2.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]
+    for inst in data:
+        assert inst["MetadataOptions"]["HttpTokens"] == "required"
+        tags = aws.tag_map(inst["Tags"])
+        assert tags[aws.TAG_RUN] == "run-1" and tags[aws.TAG_RELEASE] == "1.2.3"
+        assert tags[aws.TAG_PROCEDURE] == "in-place" and tags[aws.TAG_ROLE] == "candidate"
+    running = aws.ec2.wait_instances(ec2, "us-east-1", ids, "running", timeout=10)
+    assert {i.state for i in running} == {"running"}
+    found = aws.ec2.find_tagged(ec2, "us-east-1", {aws.TAG_RUN: "run-1", aws.TAG_ROLE: "candidate"})
+    assert set(ids) <= {i.instance_id for i in found}
+
+
+def test_waiting_for_a_terminated_instance_to_run_fails_at_once(aws_clients, network):
+    ids = launch_instances(aws_clients, network, role="doomed")
+    ec2 = aws_clients.ec2("us-east-1")
+    aws.ec2.terminate(ec2, "us-east-1", ids)
+    aws.ec2.terminate(ec2, "us-east-1", ids)  # idempotent
+    with pytest.raises(CloudError, match="is terminated"):
+        aws.ec2.wait_instances(ec2, "us-east-1", ids, "running", timeout=10)
+
+
+def test_a_wait_that_cannot_finish_times_out_naming_the_resource(aws_clients, network):
+    ids = launch_instances(aws_clients, network, role="slow")
+    ec2 = aws_clients.ec2("us-east-1")
+    with pytest.raises(WaitTimeout) as info:
+        aws.ec2.wait_instances(ec2, "us-east-1", ids, "stopped", timeout=0.3)
+    assert ids[0] in info.value.line() and "Fix:" in info.value.line()
+
+
+def test_images_are_created_copied_tagged_and_found(aws_clients, network):
+    [iid] = launch_instances(aws_clients, network, role="builder")
+    east, west = aws_clients.ec2("us-east-1"), aws_clients.ec2("us-west-2")
+    tag_list = aws.tags("run-1", "test", "1.2.3", "immutable", "image")
+    name = f"deploy-test-1.2.3-{network['n']}"
+    image = aws.ec2.create_image(east, "us-east-1", iid, name, tag_list, no_reboot=False)
+    aws.ec2.wait_image(east, "us-east-1", image, timeout=10)
+    assert aws.ec2.find_image(east, "us-east-1", name) == image
+    copy = aws.ec2.copy_image(west, source_region="us-east-1", dest_region="us-west-2",
+                          image_id=image, name=name, tag_list=tag_list, client_token="c1")
+    aws.ec2.wait_image(west, "us-west-2", copy, timeout=10)
+    assert aws.ec2.image_tags(west, "us-west-2", [copy])[copy][aws.TAG_RELEASE] == "1.2.3"
+    [snapshot] = aws.ec2.tag_snapshots(west, "us-west-2", copy, tag_list)
+    snap = west.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
+    assert aws.tag_map(snap["Tags"])[aws.TAG_RUN] == "run-1"
+    assert aws.ec2.find_base_image(east, "us-east-1", name, None) == image
+    with pytest.raises(InputError, match="no available image matches"):
+        aws.ec2.find_base_image(east, "us-east-1", "nothing-like-this-*", None)
+
+
+def test_the_address_used_is_private_unless_public_is_asked_for():
+    data = {"InstanceId": "i-1", "State": {"Name": "running"}, "ImageId": "ami-1",
+            "PrivateIpAddress": "10.0.0.5", "PublicIpAddress": "203.0.113.7"}
+    assert aws.ec2.Instance.from_api("us-east-1", data).address == "10.0.0.5"
+    assert aws.ec2.Instance.from_api("us-east-1", data, public=True).address == "203.0.113.7"
+    del data["PublicIpAddress"]
+    assert aws.ec2.Instance.from_api("us-east-1", data, public=True).address == "10.0.0.5"

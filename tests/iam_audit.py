@@ -1,0 +1,186 @@
+"""The IAM policy check: every AWS call the tool makes during the suite must be granted
+by templates/iam-policy.json, and every action the policy grants must be used.
+
+The tool is observed the way AWS's own tooling observes a client (iamlive does the
+same): botocore's client-side monitoring sends one UDP datagram per API call to a
+listener, here on loopback in the session's main process. Only the tool as an operator
+runs it is observed: the commands the tests start (`invoke …`, with AWS_CSM_* set by
+`client_side_monitoring`), never the tests' own set-up calls, nor the lab's (its daemon
+drops the variables). Nothing of this is in deploylib.
+
+The check runs once, when the whole session has finished, in the main process (under
+pytest-xdist the workers' commands all report to it): a call not granted, or — when the
+whole suite ran — a grant no call used, fails the run with the list. When the run was
+narrowed (some tests chosen or deselected), the second half is reported as not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+POLICY = Path(__file__).resolve().parent.parent / "templates/iam-policy.json"
+PORT_ENV = "DEPLOY_TEST_CSM_PORT"
+CLIENT_ID = "deploylib-under-test"
+# botocore's service ids, as client-side monitoring names them -> IAM's prefixes.
+SERVICES = {"EC2": "ec2", "Elastic Load Balancing v2": "elasticloadbalancing", "S3": "s3",
+            "SSM": "ssm", "DynamoDB": "dynamodb", "STS": "sts", "KMS": "kms"}
+# S3's operations map to the actions that authorise them.
+S3_ACTIONS = {"HeadObject": "GetObject", "GetObject": "GetObject", "PutObject": "PutObject",
+              "CreateMultipartUpload": "PutObject", "UploadPart": "PutObject",
+              "CompleteMultipartUpload": "PutObject",
+              "AbortMultipartUpload": "AbortMultipartUpload"}
+
+
+def client_side_monitoring() -> dict[str, str]:
+    """The variables that make botocore report the tool's calls to this session."""
+    port = os.environ.get(PORT_ENV)
+    if not port:
+        return {}
+    return {"AWS_CSM_ENABLED": "true", "AWS_CSM_HOST": "127.0.0.1", "AWS_CSM_PORT": port,
+            "AWS_CSM_CLIENT_ID": CLIENT_ID}
+
+
+def action(service: str, api: str) -> str:
+    prefix = SERVICES.get(service, service.lower())
+    if prefix == "s3":
+        api = S3_ACTIONS.get(api, api)
+    return f"{prefix}:{api}"
+
+
+def granted(policy: dict) -> set[str]:
+    out: set[str] = set()
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        out |= set([actions] if isinstance(actions, str) else actions)
+    return out
+
+
+@dataclass
+class Verdict:
+    missing: set[str]  # called, not granted
+    unused: set[str] | None  # granted, never called (None: not checked)
+    calls: int
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.missing or self.unused)
+
+
+def verdict(used: set[str], policy: dict, *, calls: int, whole_suite: bool) -> Verdict:
+    grants = granted(policy)
+    return Verdict(missing=used - grants, unused=(grants - used) if whole_suite else None,
+                   calls=calls)
+
+
+@dataclass
+class Listener:
+    """A UDP socket on loopback collecting client-side monitoring's ApiCall messages."""
+
+    sock: socket.socket = field(default_factory=lambda: socket.socket(socket.AF_INET,
+                                                                      socket.SOCK_DGRAM))
+    used: set[str] = field(default_factory=set)
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> int:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        threading.Thread(target=self._loop, daemon=True, name="csm").start()
+        return self.sock.getsockname()[1]
+
+    def _take(self, data: bytes) -> None:
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return
+        if msg.get("Type") == "ApiCall" and msg.get("ClientId") == CLIENT_ID:
+            with self._lock:
+                self.used.add(action(msg.get("Service", ""), msg.get("Api", "")))
+                self.calls += 1
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._take(self.sock.recv(65536))
+            except OSError:
+                return
+
+    def drain(self) -> None:
+        """Everything already sent is in the socket's buffer: read it to the end."""
+        while select.select([self.sock], [], [], 0.0)[0]:
+            try:
+                self._take(self.sock.recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
+
+
+_listener: Listener | None = None
+_ran: set[str] = set()
+_result: Verdict | None = None
+
+
+def _is_main(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _listener
+    if _is_main(config) and not os.environ.get(PORT_ENV):
+        _listener = Listener()
+        os.environ[PORT_ENV] = str(_listener.start())  # workers and commands inherit it
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _ran.add(report.nodeid)
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    o = config.option
+    narrowed = any(getattr(o, name, None) for name in (
+        "keyword", "markexpr", "deselect", "ignore", "ignore_glob", "lf", "maxfail"))
+    chosen = [a for a in config.args if a not in config.getini("testpaths")]
+    return not (narrowed or chosen)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _result
+    if _listener is None or not _is_main(session.config) or not _ran:
+        return
+    _listener.drain()
+    policy = json.loads(POLICY.read_text())
+    _result = verdict(_listener.used, policy, calls=_listener.calls,
+                      whole_suite=_whole_suite(session.config)
+                      and any(n.startswith("tests/lab/") for n in _ran))
+    if _result.failed and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
+    if _result is None:
+        return
+    tr = terminalreporter
+    tr.section("IAM policy (templates/iam-policy.json) against the tool's AWS calls")
+    tr.line(f"{_result.calls} calls observed, {len(_listener.used) if _listener else 0} "
+            "distinct actions")
+    if _result.missing:
+        tr.line(f"FAILED: the tool called these, the policy does not grant them: "
+                f"{sorted(_result.missing)}", red=True)
+    if _result.unused is None:
+        tr.line("every grant used: not checked (the run was narrowed, or the lab tests "
+                "did not run)", yellow=True)
+    elif _result.unused:
+        tr.line(f"FAILED: the policy grants these, no test made the tool use them: "
+                f"{sorted(_result.unused)}", red=True)
+    if not _result.failed:
+        tr.line("every call granted" + (", every grant used" if _result.unused is not None
+                                         else ""), green=True)

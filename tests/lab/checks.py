@@ -1,0 +1,175 @@
+"""What the lab tests check, as an operator would: what every host and balancer
+serves, what the record says, and "nothing is lost" — a good release serving, every
+`current` a whole release, nothing of a run left in the cloud, the lock free."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from deploylib import aws, health, live, lock, release
+from tests.conftest import REPO, write_config
+
+
+def instances(lab) -> list[str]:
+    """Every instance not terminated, in every region, whoever made it."""
+    clients = lab.clients()
+    ids = []
+    for region in lab.env.all_regions:
+        ids += [i.instance_id for i in aws.ec2.find_tagged(clients.ec2(region), region, {})]
+    return sorted(ids)
+
+
+def runs(lab) -> list[Path]:
+    """The run states in the lab's state directory."""
+    return sorted(Path(lab.env.state_dir).glob("*.json"))
+
+
+def live_hosts(lab) -> dict[str, list[aws.ec2.Instance]]:
+    """Each region's instances that its balancer routes to."""
+    clients = lab.clients()
+    return {region: aws.ec2.describe(clients.ec2(region), region,
+                                     live.hosts(clients, lab.env, region))
+            for region in lab.env.all_regions}
+
+
+def target_group(lab, region: str) -> str:
+    return live.target_group(lab.clients(), lab.env, region)
+
+
+def registered(lab, region: str) -> dict[str, str]:
+    return aws.elb.target_states(lab.clients().elbv2(region), region, target_group(lab, region))
+
+
+def record(lab) -> dict:
+    return live.record(lab.clients(), lab.env)
+
+
+def serving(lab, inst: aws.ec2.Instance) -> str | None:
+    return health.serving_version(inst.address or "", lab.env.app_port, lab.env.health_path)
+
+
+def balancer_versions(lab, region: str, requests: int = 8) -> set[str]:
+    url = lab.info["regions"][region]["load_balancer"] + lab.env.health_path
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return {json.loads(opener.open(url, timeout=5).read())["version"] for _ in range(requests)}
+
+
+def assert_serving(lab, version: str, hosts: int = 2) -> dict[str, list[aws.ec2.Instance]]:
+    """Every region: `hosts` live hosts, each and its balancer serving `version`."""
+    fleet = live_hosts(lab)
+    for region, instances in fleet.items():
+        assert len(instances) == hosts, f"{region} has {len(instances)} live hosts"
+        for inst in instances:
+            assert serving(lab, inst) == version, inst
+        assert balancer_versions(lab, region) == {version}, region
+    return fleet
+
+
+def host_root(lab, instance_id: str) -> Path:
+    return lab.cli.lab_dir / "hosts" / instance_id / "root"
+
+
+def assert_current_whole(lab, version: str) -> None:
+    """Every live host's `current` is a complete release: its VERSION file says so."""
+    for instances in live_hosts(lab).values():
+        for inst in instances:
+            current = host_root(lab, inst.instance_id) / lab.env.app_root.lstrip("/") / "current"
+            assert (current / "VERSION").read_text().strip() == version, inst.instance_id
+            assert (current / "app.py").exists(), inst.instance_id
+
+
+def leftovers(lab, run_id: str) -> list[str]:
+    """What the run created that still exists and is not serving (not a registered
+    instance, not an image the record names, nor one of its snapshots)."""
+    clients = lab.clients()
+    live_images = set(record(lab)["images"].values())
+    out = []
+    for region in lab.env.all_regions:
+        ec2 = clients.ec2(region)
+        on = set(registered(lab, region))
+        out += [i.instance_id for i in aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: run_id})
+                if i.instance_id not in on]
+        images = aws.ec2.tagged_images(ec2, region, {aws.TAG_RUN: run_id})
+        out += [i["ImageId"] for i in images if i["ImageId"] not in live_images]
+        used = set(aws.ec2.snapshots_of(i for i in images if i["ImageId"] in live_images))
+        out += [s["SnapshotId"] for s in aws.ec2.tagged_snapshots(ec2, region,
+                                                                  {aws.TAG_RUN: run_id})
+                if s["SnapshotId"] not in used]
+    return out
+
+
+def lock_holder(lab) -> str | None:
+    held = lock.read(lab.clients().dynamodb(), lab.env.lock_table, "lab")
+    return held["run_id"] if held else None
+
+
+def assert_nothing_lost(lab, state: dict, version: str) -> None:
+    assert_serving(lab, version)
+    assert_current_whole(lab, version)
+    assert leftovers(lab, state["run_id"]) == []
+    assert lock_holder(lab) is None
+
+
+def run_id_of(proc: subprocess.CompletedProcess | str) -> str:
+    """The run a command made, from the summary it ends with ("run ID: …")."""
+    text = proc if isinstance(proc, str) else proc.stderr
+    found = re.findall(r"^run (\d{8}T\d{6}-[0-9a-f]{6}):", text, re.M)
+    assert found, text[-2000:]
+    return found[-1]
+
+
+def state_of(lab, run: str | subprocess.CompletedProcess) -> dict:
+    run_id = run if isinstance(run, str) else run_id_of(run)
+    return json.loads((Path(lab.env.state_dir) / f"{run_id}.json").read_text())
+
+
+def failed_clearly(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit 1 with one error line, naming the fix and holding the words."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Fix:" in errors[0], proc.stderr[-2000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def quick_config(lab, name: str = "quick.toml", **overrides) -> Path:
+    """A config whose waits for a failing release are short (it cannot become healthy)."""
+    timeouts = {"health": 5, "ssh_retry": 2, **overrides.pop("timeouts", {})}
+    return write_config(lab.config_path.parent, name=name, timeouts=timeouts, **overrides)
+
+
+def set_faults(lab, *rules: dict) -> None:
+    (lab.cli.lab_dir / "faults.json").write_text(json.dumps({"rules": list(rules)}))
+
+
+def clear_faults(lab) -> None:
+    (lab.cli.lab_dir / "faults.json").unlink(missing_ok=True)
+    (lab.cli.lab_dir / "faults-hits.json").unlink(missing_ok=True)
+
+
+def fault_hits(lab) -> int:
+    path = lab.cli.lab_dir / "faults-hits.json"
+    return sum(json.loads(path.read_text()).values()) if path.exists() else 0
+
+
+def app_that_fails_where_marked(tmp_path: Path, version: str) -> Path:
+    """A release that refuses to start on hosts whose etc/refuse-release names it."""
+    source = tmp_path / f"app-{version}"
+    source.mkdir()
+    real = (REPO / "examples/app/app.py").read_text()
+    (source / "app.py").write_text(
+        "import os, sys\n"
+        "marker = os.environ.get('DEPLOY_HOST_ROOT', '') + '/etc/refuse-release'\n"
+        f"if os.path.exists(marker) and {version!r} in open(marker).read().split():\n"
+        "    sys.exit('refused on this host')\n" + real)
+    return release.build(source, version, tmp_path)
+
+
+def hosts_in_rollout_order(lab) -> list[str]:
+    return [i.instance_id for region in lab.env.all_regions for i in sorted(
+        live_hosts(lab)[region], key=lambda i: i.instance_id)]

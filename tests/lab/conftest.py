@@ -1,0 +1,45 @@
+"""Before every lab test: the lab is whole, as a test may take it to be.
+
+A test starts from whatever release is live and never from what an earlier test did;
+but a test that failed may have left the lab broken (a host out, a fault injected, a
+lock held). So each test first checks the lab as an operator would — the lock free, no
+fault set, in every region `fleet_size` hosts registered, healthy and serving the
+recorded release — and starts it afresh when it is not, saying why.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.lab import checks
+
+
+def _broken(lab) -> str | None:
+    if (lab.cli.lab_dir / "faults.json").exists():
+        return "a fault is still set"
+    if checks.lock_holder(lab):
+        return "the deploy lock is held"
+    version = (checks.record(lab) or {}).get("release")
+    for region, instances in checks.live_hosts(lab).items():
+        if len(checks.registered(lab, region)) != lab.env.fleet_size:
+            return f"{region} has {len(checks.registered(lab, region))} registered hosts"
+        if len(instances) != lab.env.fleet_size:
+            return f"{region} has {len(instances)} healthy hosts"
+        for inst in instances:
+            if checks.serving(lab, inst) != version:
+                return f"{inst.instance_id} does not serve the recorded {version}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def whole_lab(request, lab):
+    """The lab as every lab test may take it to be (see the module's docstring)."""
+    try:
+        why = _broken(lab)
+    except Exception as exc:  # noqa: BLE001 - a lab that cannot even be read is broken
+        why = f"it cannot be read ({type(exc).__name__}: {exc})"
+    if why:
+        print(f"the lab is started afresh before {request.node.name}: {why}")
+        lab.up()
+    yield
+    checks.clear_faults(lab)

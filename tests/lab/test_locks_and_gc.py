@@ -1,0 +1,119 @@
+"""One deploy per environment at a time, and what crashed runs leave behind: taken by
+gc, which never touches what is live, a rollback target, the bake cache, or another
+environment's resources."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deploylib import aws, lock
+from tests.conftest import REPO
+from tests.lab.checks import assert_serving, live_hosts, record
+
+pytestmark = pytest.mark.lab
+
+
+def test_two_concurrent_deploys_one_is_refused_naming_the_holder(lab):
+    before = record(lab)["release"]
+    procs = [subprocess.Popen([sys.executable, "-m", "invoke", "hotfix", "--version", v],
+                              cwd=REPO, env=lab.cli.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for v in ("6.0.1", "6.0.2")]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 3], results
+    refused = next(err for code, err in results if code == 3).strip()
+    assert "\n" not in refused and "is locked by run" in refused and "Fix:" in refused
+    winner = "6.0.1" if results[0][0] == 0 else "6.0.2"
+    assert record(lab)["release"] == winner != before
+    assert_serving(lab, winner)
+
+
+def test_a_stale_lock_of_a_crashed_run_is_taken_over(lab):
+    ddb = lab.clients().dynamodb()
+    # a run that crashed an hour after taking the lock, which expired since
+    lock.acquire(ddb, lab.env.lock_table, "lab", "20261127T000000-dead00", ttl=60,
+                 clock=lambda: time.time() - 3600)
+    status = lab.cli("lock.status").stdout
+    assert "20261127T000000-dead00" in status and "stale" in status
+    lab.cli("hotfix --version 6.1.0")
+    assert_serving(lab, "6.1.0")
+
+
+def test_a_live_lock_of_a_dead_run_is_broken_by_the_operator(lab):
+    ddb = lab.clients().dynamodb()
+    lock.acquire(ddb, lab.env.lock_table, "lab", "20261127T000000-dead01", ttl=3600)
+    proc = lab.cli("hotfix --version 6.2.0", check=False)
+    assert proc.returncode == 3 and "20261127T000000-dead01" in proc.stderr
+    assert "lock of run 20261127T000000-dead01" in lab.cli("lock.break --env lab").stdout
+    assert lock.read(ddb, lab.env.lock_table, "lab") is None
+    lab.cli("hotfix --version 6.2.0")
+    assert_serving(lab, "6.2.0")
+
+
+def orphan(lab, run_id: str, env: str = "lab") -> str:
+    """An instance a crashed run of `env` left behind, in the primary region."""
+    clients = lab.clients()
+    region = lab.env.primary_region
+    ec2 = clients.ec2(region)
+    tags = aws.tags(run_id, env, "0.0.1", "immutable", "candidate")
+    subnet = aws.ec2.resolve_subnet(ec2, lab.env.subnet, region)
+    group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region)
+    return aws.ec2.launch(ec2, region=region, image_id=record(lab)["images"][region], count=1,
+                          instance_type="t3.micro", subnet_id=subnet,
+                          security_group_ids=[group], tag_list=tags,
+                          client_token=f"crash-{run_id}-{env}")[0]
+
+
+def test_gc_removes_a_crashed_runs_orphans_and_nothing_live(lab):
+    clients = lab.clients()
+    region = lab.env.primary_region
+    ec2 = clients.ec2(region)
+    live_before = {r: sorted(i.instance_id for i in v) for r, v in live_hosts(lab).items()}
+    left = orphan(lab, "20261120T000000-crash0")
+    dry = json.loads(lab.cli("gc --older-than 0 --dry-run --json").stdout)
+    assert left in [i["id"] for i in dry["would_remove"]]
+    live_images = set(record(lab)["images"].values())
+    assert not live_images & {i["id"] for i in dry["would_remove"]}
+    assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-crash0"})  # dry
+    out = json.loads(lab.cli("gc --older-than 0 --json").stdout)
+    assert {"kind": "instance", "region": region, "id": left, "run": "20261120T000000-crash0",
+            "result": "removed"} in out["removed"]
+    assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-crash0"}) == []
+    # the live fleet, its images and the rollback targets are untouched
+    assert {r: sorted(i.instance_id for i in v) for r, v in live_hosts(lab).items()} == \
+        live_before
+    for r, image_id in record(lab)["images"].items():
+        assert aws.ec2.images(clients.ec2(r), r, [image_id])
+    assert_serving(lab, record(lab)["release"])
+
+
+def test_gc_keeps_the_rollback_targets_and_never_sees_another_environment(lab):
+    """With keep_images = 1 the newest image per region is kept anyway; the record's
+    previous images (what `invoke rollback` launches) are kept for being named there;
+    an orphan of another environment is not this one's to remove."""
+    from tests.conftest import write_config
+
+    lab.cli("deploy --mode rebake-light --version 6.4.0")
+    lab.cli("deploy --mode rebake-light --version 6.4.1")
+    rec = record(lab)
+    previous = rec["previous"]["images"]
+    theirs = orphan(lab, "20261120T000000-other0", env="staging")
+    tight = write_config(lab.config_path.parent, name="keep-one.toml", keep_images=1)
+    out = json.loads(lab.cli(f"gc --older-than 0 --json --config {tight}").stdout)
+    removed = {i["id"] for i in out["removed"]}
+    kept = {i["id"]: i["reason"] for i in out["kept"]}
+    for region, image in previous.items():
+        assert image not in removed and "rollback target" in kept[image], region
+    for image in rec["images"].values():
+        assert "record names it" in kept[image]
+    assert theirs not in removed and theirs not in kept  # not listed at all: not ours
+    region = lab.env.primary_region
+    assert aws.ec2.describe(lab.clients().ec2(region), region, [theirs])[0].state == "running"
+    aws.ec2.terminate(lab.clients().ec2(region), region, [theirs])
+    lab.cli("rollback")  # and the kept targets are what it needs
+    assert_serving(lab, "6.4.0")

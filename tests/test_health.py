@@ -1,0 +1,55 @@
+"""The app's health endpoint as the steps, status and the tests read it, against the
+sample application started from its own tarball."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from deploylib import health, release, waits
+from deploylib.errors import WaitTimeout
+from tests.conftest import REPO, loopback
+
+ADDRESS = loopback(97)
+
+
+@pytest.fixture
+def app(tmp_path):
+    """The sample app, unpacked from a release tarball, serving on ADDRESS:8080."""
+    tarball = release.build(REPO / "examples/app", "4.5.6", tmp_path)
+    unpacked = tmp_path / "release"
+    with tarfile.open(tarball) as tar:
+        tar.extractall(unpacked)  # our own tarball (extractall's filter= needs 3.11.4)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=unpacked,
+                            env=dict(os.environ, APP_HOST=ADDRESS, APP_PORT="8080"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waits.until(lambda: health.serving_version(ADDRESS, 8080, "/health"), timeout=10,
+                what="the sample app", resource=f"{ADDRESS}:8080", fix="-")
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_the_sample_app_reports_its_release(app):
+    assert health.serving_version(ADDRESS, 8080, "/health") == "4.5.6"
+
+
+def test_a_host_that_does_not_answer_reports_nothing(app):
+    assert health.serving_version(ADDRESS, 8081, "/health") is None
+    assert health.serving_version(ADDRESS, 8080, "/missing") is None
+
+
+def test_the_sample_app_stops_promptly_on_sigterm(app):
+    app.terminate()
+    assert app.wait(timeout=5) == 0
+
+
+def test_waiting_for_a_release_the_app_does_not_report_names_what_it_reports(app):
+    health.wait_serving(ADDRESS, 8080, "/health", "4.5.6", timeout=5, resource="i-1")
+    with pytest.raises(WaitTimeout) as info:
+        health.wait_serving(ADDRESS, 8080, "/health", "9.9.9", timeout=0.3, resource="i-1")
+    assert "it reports 4.5.6" in info.value.line()

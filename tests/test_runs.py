@@ -1,0 +1,80 @@
+"""A run's life outside the engine: started (bad input refused first), adopted from a
+bake's handoff, found again by id, and where its files are."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylib import config, runs
+from deploylib import plan as planning
+from deploylib.errors import InputError
+from tests.conftest import write_config
+
+HANDOFF = {"run_id": "20261127T120000-abc123", "env": "lab", "mode": "immutable",
+           "version": "1.2.3", "images": {"us-east-1": "ami-1"},
+           "release": {"version": "1.2.3", "sha256": "0" * 64, "bucket": "b",
+                       "key": "releases/lab/1.2.3.tar.gz"}}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return config.load(write_config(tmp_path))
+
+
+def test_adopting_a_handoff_marks_the_bake_done(cfg):
+    state = runs.adopt(cfg, HANDOFF)
+    plan = planning.plan("immutable")
+    done = [n for n in plan.names() if state.is_done(n)]
+    assert done == [s.name for s in plan.stages if s.phase == planning.BAKE]
+    assert state.facts.images == {"us-east-1": "ami-1"} and state.facts.adopted
+    assert runs.adopt(cfg, HANDOFF).run_id == state.run_id  # a replay continues it
+    env, loaded = runs.load_run(cfg, state.run_id)
+    assert env.name == "lab" and loaded.facts.release.sha256 == "0" * 64
+    assert loaded.stages == state.stages
+
+
+def test_a_bake_hands_off_what_adopting_needs(cfg, tmp_path):
+    state = runs.adopt(cfg, HANDOFF)
+    assert runs.handoff_of(state) == {**HANDOFF, "release": {**HANDOFF["release"],
+                                                              "size": None}}
+
+
+@pytest.mark.parametrize("handoff", [
+    {}, {"run_id": "x"},
+    {**HANDOFF, "run_id": "../../x"},
+    {**HANDOFF, "version": "1;ls"},
+    {**HANDOFF, "release": {"version": "1.2.3"}},
+    {**HANDOFF, "mode": "in-place"},  # nothing of it ran elsewhere
+    {**HANDOFF, "mode": "sideways"},
+])
+def test_a_bad_handoff_is_refused(cfg, handoff):
+    with pytest.raises(InputError):
+        runs.adopt(cfg, handoff)
+
+
+def test_start_refuses_bad_input_before_creating_anything(cfg, tmp_path):
+    env = cfg.environment("lab")
+    for kwargs in ({"mode": "nope", "version": "1"}, {"mode": "in-place", "version": "1 2"},
+                   {"mode": "in-place", "version": "1", "artifact": str(tmp_path / "x.tgz")}):
+        with pytest.raises(InputError):
+            runs.start(cfg, env_name="lab", artifact=kwargs.pop("artifact", None), **kwargs)
+    assert env.state_dir == str(tmp_path / "runs")
+    assert not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_start_needs_the_lab_running(cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOY_LAB_DIR", str(tmp_path / "no-lab"))
+    with pytest.raises(InputError, match="the lab is not running"):
+        runs.start(cfg, mode="in-place", version="1.0.0", env_name="lab", artifact=None)
+
+
+def test_a_runs_files_are_named_relative_to_the_workspace(cfg, tmp_path, monkeypatch):
+    state = runs.adopt(cfg, HANDOFF)
+    monkeypatch.chdir(tmp_path)
+    paths = runs.paths(cfg.environment("lab"), state)
+    assert paths == {"state": f"runs/{state.run_id}.json", "run_dir": f"runs/{state.run_id}",
+                     "junit": f"runs/{state.run_id}/junit/*.xml",
+                     "report": f"runs/{state.run_id}/report"}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # outside the workspace: the full path
+    assert runs.paths(cfg.environment("lab"), state)["state"] == str(state.path)
