@@ -29,7 +29,8 @@ class AwsProvider:
     """Real AWS: credentials from the standard chain, host keys from the console."""
 
     def aws_clients(self, env: Environment) -> aws.AwsClients:
-        return aws.AwsClients(env.primary_region)
+        # The artifact bucket lives in the primary region, where the clients point.
+        return aws.AwsClients(env.primary_region, path_style="." in env.artifact_bucket)
 
     def ssh_credentials(self, env: Environment) -> ssh.Credentials:
         key = os.path.expanduser(env.ssh_key) if env.ssh_key else None

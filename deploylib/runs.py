@@ -218,9 +218,10 @@ def bake(ctx: Context, plan: planning.Plan, *, keep_on_error: bool = False) -> N
         try:
             build = jenkins.run_job(
                 ctx.jenkins, env.jenkins.promote_job,
+                # Only parameters the job defines: Jenkins drops any other (SECURITY-170).
+                # The handoff carries the rest (run id, mode, release, images).
                 {"HANDOFF": json.dumps(handoff, sort_keys=True), "ENV": state.env,
-                 "VERSION": state.version, "RUN_ID": state.run_id,
-                 "IMAGES": json.dumps(handoff["images"], sort_keys=True)},
+                 "VERSION": state.version},
                 timeout=env.jenkins.timeout, say=ctx.log,
                 on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
         except BaseException as exc:

@@ -4,7 +4,9 @@ No Jenkins server can run here, so this stands in for one, answering with bodies
 like Jenkins 2.x: the crumb issuer (and 403 for a POST without the crumb), 404 for an
 unknown job, buildWithParameters answering 201 with the queue item in Location, queue
 items that wait, start or are cancelled, builds that run and finish, consoleText, and
-job config.xml get/create/update.
+job config.xml get/create/update. It refuses what Jenkins refuses: credentials it does
+not know (401, even where anonymous users may build), `/build` without parameters on a
+parameterized job (400), and it drops parameters a job does not define (SECURITY-170).
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class Job:
     polls_building: int = 1  # build polls before it finishes
     builds: list[dict] = field(default_factory=list)
     updates: int = 0  # config.xml POSTs after creation
+    # The parameters it defines (None: not parameterized); read from its config.xml.
+    parameters: list[str] | None = None
+    dropped: list[str] = field(default_factory=list)  # parameters sent it does not define
+
+
+def defined_parameters(config: str) -> list[str] | None:
+    block = re.search(r"<parameterDefinitions>(.*?)</parameterDefinitions>", config, re.S)
+    return re.findall(r"<name>([^<]+)</name>", block.group(1)) if block else None
 
 
 class FakeJenkins:
@@ -49,6 +59,9 @@ class FakeJenkins:
         self.queue: dict[int, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.authorizations: set[str] = set()
+        # user -> API token: a request with other credentials is refused (401); one with
+        # none is anonymous, and anonymous users may build here.
+        self.users: dict[str, str] = {}
         self._next_item = 100
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -62,8 +75,22 @@ class FakeJenkins:
         self.server.shutdown()
 
     def add_job(self, name: str, **kw) -> Job:
+        if "config" in kw and "parameters" not in kw:
+            kw["parameters"] = defined_parameters(kw["config"])
         self.jobs[name] = Job(name, **kw)
         return self.jobs[name]
+
+    def known(self, authorization: str) -> bool:
+        import base64
+
+        if not authorization:
+            return True
+        try:
+            user, _, token = base64.b64decode(authorization.split(" ", 1)[1]).decode() \
+                .partition(":")
+        except (IndexError, ValueError):
+            return False
+        return self.users.get(user) == token
 
     def _handler(self):
         fake = self
@@ -93,6 +120,8 @@ class FakeJenkins:
                 path = urlparse(self.path).path
                 fake.requests.append(("GET", self.path))
                 fake.authorizations.add(self.headers.get("Authorization", ""))
+                if not fake.known(self.headers.get("Authorization", "")):
+                    return self._send(401, "Invalid password/token for user", "text/html")
                 with fake._lock:
                     self._get(path)
 
@@ -134,6 +163,8 @@ class FakeJenkins:
                 body = self.rfile.read(length).decode() if length else ""
                 fake.requests.append(("POST", self.path))
                 fake.authorizations.add(self.headers.get("Authorization", ""))
+                if not fake.known(self.headers.get("Authorization", "")):
+                    return self._send(401, "Invalid password/token for user", "text/html")
                 if self.headers.get(CRUMB_FIELD) != CRUMB:
                     return self._send(403, "<html><body>No valid crumb was included in the "
                                       "request</body></html>", "text/html")
@@ -143,13 +174,19 @@ class FakeJenkins:
 
             def _post(self, path, query, body):
                 # /build is what python-jenkins posts when there are no parameters
-                if m := re.fullmatch(r"/job/([^/]+)/(?:buildWithParameters|build)", path):
+                if m := re.fullmatch(r"/job/([^/]+)/(buildWithParameters|build)", path):
                     job = fake.jobs.get(m.group(1))
                     if job is None:
                         return self._not_found()
+                    if m.group(2) == "build" and job.parameters is not None:
+                        return self._send(400, "<html><body>Nothing is submitted"
+                                          "</body></html>", "text/html")
                     number = fake._next_item
                     fake._next_item += 1
                     params = {k: v[0] for k, v in query.items()}
+                    if job.parameters is not None:
+                        job.dropped += [k for k in params if k not in job.parameters]
+                        params = {k: v for k, v in params.items() if k in job.parameters}
                     fake.queue[number] = {"job": job, "params": params, "polls": 0, "build": None}
                     return self._send(201, "", "text/plain",
                                       {"Location": f"{fake.url}queue/item/{number}/"})
@@ -164,6 +201,7 @@ class FakeJenkins:
                     if job is None:
                         return self._not_found()
                     job.config = stored(body)
+                    job.parameters = defined_parameters(job.config)
                     job.updates += 1
                     return self._send(200, "")
                 return self._not_found()

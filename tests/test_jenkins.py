@@ -6,28 +6,32 @@ import json
 
 import pytest
 
-from deploylib import jenkins
+from deploylib import jenkins, render
 from deploylib.config import JenkinsConfig
 from deploylib.errors import JenkinsError, WaitTimeout
 
+PIPELINE = [p["name"] for p in render.PIPELINE_PARAMETERS]
 
-def client(fake, monkeypatch):
-    monkeypatch.setenv(jenkins.TOKEN_ENV, "api-token-secret")
+
+def client(fake, monkeypatch, token: str = "api-token-secret"):
+    fake.users["deploy-bot"] = "api-token-secret"
+    monkeypatch.setenv(jenkins.TOKEN_ENV, token)
     return jenkins.connect(JenkinsConfig(url=fake.url.rstrip("/"), user="deploy-bot"))
 
 
 def test_a_parameterized_build_is_triggered_followed_and_reported(fake_jenkins, monkeypatch):
-    fake_jenkins.add_job("test-and-promote", polls_in_queue=2, polls_building=3)
+    fake_jenkins.add_job("test-and-promote", polls_in_queue=2, polls_building=3,
+                         parameters=PIPELINE)
     started = []
     build = jenkins.run_job(client(fake_jenkins, monkeypatch), "test-and-promote",
-                            {"VERSION": "1.2.3", "IMAGES": '{"us-east-1": "ami-1"}'},
+                            {"VERSION": "1.2.3", "HANDOFF": '{"run_id": "r"}'},
                             timeout=30, on_started=started.append)
     assert build.result == "SUCCESS" and build.number == 1
     assert build.url.endswith("/job/test-and-promote/1/")
     assert build.console_url.endswith("/job/test-and-promote/1/console")
     assert [b.number for b in started] == [1]  # reported as soon as it left the queue
     job = fake_jenkins.jobs["test-and-promote"]
-    assert job.builds[0]["params"] == {"VERSION": "1.2.3", "IMAGES": '{"us-east-1": "ami-1"}'}
+    assert job.builds[0]["params"] == {"VERSION": "1.2.3", "HANDOFF": '{"run_id": "r"}'}
     # the crumb was fetched and sent, so the POST was not refused
     assert ("GET", "/crumbIssuer/api/json") in fake_jenkins.requests
 
@@ -102,6 +106,7 @@ def test_setup_creates_the_jobs_then_changes_nothing(fake_jenkins, tmp_path, mon
     from deploylib import render
 
     monkeypatch.setenv("JENKINS_API_TOKEN", "t0ken")
+    fake_jenkins.users["bot"] = "t0ken"
     env, _ = jenkins_env(fake_jenkins, tmp_path)
     server = jenkins.connect(env.jenkins)
     jobs = render.jenkins_jobs(env)
@@ -168,3 +173,17 @@ def test_following_says_why_a_build_waits_and_that_it_still_runs(fake_jenkins, m
     assert build.result == "SUCCESS"
     assert heard[0].startswith("  slow: queued (item") and "Waiting for next" in heard[0]
     assert len([h for h in heard if "queued" in h]) == 1  # said once, not per poll
+
+
+def test_the_fake_refuses_what_jenkins_refuses(fake_jenkins, monkeypatch):
+    """So the tool's handling of each is tested: unknown credentials, a parameterized job
+    built without parameters, parameters the job does not define (dropped)."""
+    job = fake_jenkins.add_job("deploy", parameters=PIPELINE)
+    with pytest.raises(JenkinsError) as info:
+        jenkins.trigger(client(fake_jenkins, monkeypatch, token="wrong"), "deploy", {"A": "1"})
+    assert "JENKINS_API_TOKEN" in info.value.line() and "wrong" not in info.value.line()
+    server = client(fake_jenkins, monkeypatch)
+    with pytest.raises(JenkinsError):
+        jenkins.trigger(server, "deploy", {})  # python-jenkins posts /build: 400
+    jenkins.trigger(server, "deploy", {"VERSION": "1", "IMAGES": "{}"})
+    assert job.dropped == ["IMAGES"]

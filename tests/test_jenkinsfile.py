@@ -129,7 +129,7 @@ def test_only_the_stage_with_the_smoke_tests_publishes_junit():
 def test_keep_on_error_skips_the_cleanup():
     result = run_pipeline({"MODE": "immutable", "KEEP_ON_ERROR": True},
                           fail_on="step 'copy-image'")
-    assert result["post"] == ["always", "failure"]
+    assert result["post"] == ["always", "unsuccessful"]
     assert not [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "cleanup"]]
 
 
@@ -145,12 +145,13 @@ def test_a_failed_stage_stops_the_pipeline_and_runs_the_failure_post():
     names = planning.plan("immutable").names()
     ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
     assert ran == names[: names.index("copy-image") + 1]
-    assert result["post"] == ["always", "failure"]
-    cleanup = [c for c in result["calls"] if c["step"] == "sh" and c["stage"] == "post:failure"]
+    assert result["post"] == ["always", "unsuccessful"]
+    cleanup = [c for c in result["calls"] if c["step"] == "sh"
+               and c["stage"] == "post:unsuccessful"]
     assert [shlex.split(c["args"][0]) for c in cleanup] == [
         ["invoke", "cleanup", "--run", RUN_ID]]
     echoed = [c["args"][0] for c in result["calls"]
-              if c["step"] == "echo" and c["stage"] == "post:failure"]
+              if c["step"] == "echo" and c["stage"] == "post:unsuccessful"]
     assert f"invoke resume --run {RUN_ID}" in echoed[0]
 
 
@@ -165,3 +166,25 @@ def test_a_handoff_runs_only_the_release_stages():
     release = [s.name for s in planning.plan("immutable").stages if s.phase == planning.RELEASE]
     ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
     assert ran == release
+
+
+@pytest.mark.parametrize("mode", ["immutable", "in-place"])
+def test_an_aborted_build_cleans_up_and_releases_the_lock_too(mode):
+    """A stage `timeout` that fires, or a user's abort, ends the build ABORTED, for
+    which declarative `failure` does not run: the cleanup is under `unsuccessful`."""
+    stage = "copy-image" if mode == "immutable" else "rollout"
+    result = run_pipeline({"MODE": mode}, abort_on=f"step '{stage}'")
+    assert result["result"] == "ABORTED"
+    assert result["post"] == ["always", "unsuccessful"]
+    cleanup = [shlex.split(c["args"][0]) for c in result["calls"]
+               if c["step"] == "sh" and c["stage"] == "post:unsuccessful"]
+    assert cleanup == [["invoke", "cleanup", "--run", RUN_ID]]
+    echoed = [c["args"][0] for c in result["calls"]
+              if c["step"] == "echo" and c["stage"] == "post:unsuccessful"]
+    assert "ended ABORTED" in echoed[0] and f"invoke resume --run {RUN_ID}" in echoed[0]
+
+
+def test_the_harness_runs_the_post_conditions_jenkins_runs_for_each_result():
+    # SUCCESS runs neither `failure` nor `unsuccessful`; the other results both of theirs
+    result = run_pipeline({"MODE": "in-place"})
+    assert (result["result"], result["post"]) == ("SUCCESS", ["always"])

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from urllib.parse import urlparse
 
-from deploylib import aws
+import pytest
+
+from deploylib import aws, config
 from deploylib.provider import AwsProvider
 from tests.conftest import REPO, tool_env
 
@@ -26,6 +29,29 @@ lock_table = "prod-locks"
 app_source = "{app}"
 state_dir = "{runs}"
 """
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "ap-southeast-4", "il-central-1"])
+@pytest.mark.parametrize("bucket", ["acme-artifacts", "artifacts.acme.example"])
+def test_presigned_urls_name_the_buckets_own_region(monkeypatch, region, bucket):
+    """Signed here, offline: the host a real instance would fetch the release from."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
+    env = config.parse(PRODUCTION.format(image="ami-0123456789abcdef0", subnet="s", group="g",
+                                         target_group="t", app="app", runs="runs")
+                       .replace("us-east-1", region).replace("prod-artifacts", bucket)
+                       ).environment("production")
+    url = urlparse(aws.s3.presign(AwsProvider().aws_clients(env).s3(), bucket,
+                                  "releases/production/1.2.3.tar.gz", expires=60))
+    if "." in bucket:  # no certificate covers a dotted bucket as a host name
+        assert (url.hostname, url.path) == (f"s3.{region}.amazonaws.com",
+                                            f"/{bucket}/releases/production/1.2.3.tar.gz")
+    else:
+        assert url.hostname == f"{bucket}.s3.{region}.amazonaws.com"
+    assert url.scheme == "https" and "X-Amz-Credential=AKIAEXAMPLE%2F" in url.query
+    assert f"%2F{region}%2Fs3%2F" in url.query  # signed for the bucket's region
 
 
 def test_no_console_keys_means_no_trusted_key(aws_clients):

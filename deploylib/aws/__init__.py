@@ -73,7 +73,12 @@ class AwsClients:
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=32,
-            s3={"addressing_style": "path" if path_style else "auto"},
+            # Presigned URLs name the bucket's own region (bucket.s3.REGION.amazonaws.com):
+            # the global endpoint answers a new bucket with a redirect until DNS settles,
+            # and regions opened since 2019 with an error. Path style for the lab, and for
+            # a bucket with dots in its name (no TLS certificate covers it as a host).
+            s3={"addressing_style": "path" if path_style else "virtual",
+                "us_east_1_regional_endpoint": "regional"},
             signature_version="s3v4",
         )
         self._clients: dict[tuple[str, str], Any] = {}

@@ -158,14 +158,27 @@ def stop(ec2: Any, region: str, instance_ids: list[str]) -> None:
 
 
 def terminate(ec2: Any, region: str, instance_ids: list[str]) -> None:
+    """Terminate instances; one already gone is fine (terminating is idempotent), and
+    every other one is checked to be on its way out."""
     if not instance_ids:
         return
     try:
         with calling(_ids(instance_ids, region), "check termination protection on them"):
-            ec2.terminate_instances(InstanceIds=instance_ids)
+            out = ec2.terminate_instances(InstanceIds=instance_ids)
     except CloudError as exc:
         if exc.code != "InvalidInstanceID.NotFound":
-            raise  # already gone: terminating is idempotent
+            raise
+        # EC2 terminates none of the ids when one is unknown: the others, one by one.
+        if len(instance_ids) > 1:
+            for one in instance_ids:
+                terminate(ec2, region, [one])
+        return
+    going = {i["InstanceId"]: i["CurrentState"]["Name"]
+             for i in out.get("TerminatingInstances", [])}
+    left = [i for i in instance_ids if going.get(i) not in ("shutting-down", "terminated")]
+    if left:
+        raise CloudError(f"EC2 did not terminate {', '.join(left)}", resource=_ids(left, region),
+                         fix="check termination protection and the instances' state")
 
 
 def console_output(ec2: Any, region: str, instance_id: str) -> str:

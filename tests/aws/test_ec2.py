@@ -77,3 +77,11 @@ def test_the_address_used_is_private_unless_public_is_asked_for():
     assert aws.ec2.Instance.from_api("us-east-1", data, public=True).address == "203.0.113.7"
     del data["PublicIpAddress"]
     assert aws.ec2.Instance.from_api("us-east-1", data, public=True).address == "10.0.0.5"
+
+
+def test_an_unknown_id_among_others_does_not_keep_the_others_running(aws_clients, network):
+    ids = launch_instances(aws_clients, network, count=2, role="mixed")
+    ec2 = aws_clients.ec2("us-east-1")
+    # EC2 refuses the whole call for one unknown id; the tool terminates the others anyway
+    aws.ec2.terminate(ec2, "us-east-1", [ids[0], "i-0000000000000dead", ids[1]])
+    assert {i.state for i in aws.ec2.describe(ec2, "us-east-1", ids)} == {"terminated"}

@@ -9,14 +9,30 @@
 //   execute:   true to run every sh command for real (bash -c, in the current directory)
 //   real:      prefixes of commands run for real even when not executing (e.g. "invoke plan")
 //   responses: {prefix: stdout} canned stdout for recorded commands
-//   fail_on:   a substring; a recorded sh command containing it fails (exit 1)
+//   fail_on:   a substring; a recorded sh command containing it fails (exit 1): FAILURE
+//   abort_on:  a substring; an sh command containing it (recorded or executed) is
+//              interrupted as it starts, as a stage `timeout` firing or a user's abort
+//              does: ABORTED
 // Prints one JSON document: calls, stages, result, parameters, options, post.
 
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
 
 class PipelineFailed extends RuntimeException {
+    String result = 'FAILURE'
     PipelineFailed(String msg) { super(msg) }
+    PipelineFailed(String msg, String result) { super(msg); this.result = result }
+}
+
+// Which post conditions run for a build result, in the order Jenkins runs them.
+class PostConditions {
+    static List forResult(String result) {
+        def matches = [always: true, aborted: result == 'ABORTED', failure: result == 'FAILURE',
+                       success: result == 'SUCCESS', unstable: result == 'UNSTABLE',
+                       unsuccessful: result != 'SUCCESS', cleanup: true]
+        return ['always', 'aborted', 'failure', 'success', 'unstable', 'unsuccessful',
+                'cleanup'].findAll { matches[it] }
+    }
 }
 
 // Collects the calls inside a section (options, post) by name. A top-level class on
@@ -85,15 +101,16 @@ abstract class PipelineScript extends Script {
         try {
             if (stagesBlock != null) runClosure(stagesBlock)
         } catch (PipelineFailed e) {
-            result = 'FAILURE'
+            result = e.result
             error = e.message
         }
+        binding.getVariable('currentBuild').currentResult = result
         if (postBlock != null) {
             def collector = new SectionCollector()
             postBlock.resolveStrategy = Closure.DELEGATE_ONLY
             postBlock.delegate = collector
             postBlock.call()
-            for (String when : ['always', result == 'SUCCESS' ? 'success' : 'failure']) {
+            for (String when : PostConditions.forResult(result)) {
                 if (collector.blocks[when]) {
                     postRan << when
                     currentStage = "post:${when}"
@@ -141,6 +158,10 @@ abstract class PipelineScript extends Script {
     def sh(Map m) {
         String script = m.script
         calls << [step: 'sh', args: [script], stage: currentStage]
+        if (harness.abort_on && script.contains(harness.abort_on)) {
+            // interrupted as it starts (a timeout, an abort): it never finishes
+            throw new PipelineFailed("interrupted: ${script}", 'ABORTED')
+        }
         boolean real = harness.execute || (harness.real ?: []).any { script.startsWith(it) }
         String stdout = ''
         int status = 0

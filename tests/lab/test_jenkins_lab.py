@@ -18,7 +18,7 @@ from tests.test_jenkinsfile import HARNESS, groovy_env
 pytestmark = pytest.mark.lab
 
 
-def execute_jenkinsfile(lab, params: dict) -> dict:
+def execute_jenkinsfile(lab, params: dict, **options) -> dict:
     env = {**groovy_env(), **lab.cli.env()}
     # `invoke` must be the one installed beside this Python
     env["PATH"] = f"{os.path.dirname(os.path.realpath(shutil.which('invoke') or 'invoke'))}:" \
@@ -26,7 +26,7 @@ def execute_jenkinsfile(lab, params: dict) -> dict:
     proc = subprocess.run(
         [shutil.which("groovy"), str(HARNESS), str(REPO / "Jenkinsfile"),
          json.dumps({"MODE": "in-place", "VERSION": "", "ENV": "lab", "ARTIFACT": "",
-                     "HANDOFF": "", **params}), json.dumps({"execute": True})],
+                     "HANDOFF": "", **params}), json.dumps({"execute": True, **options})],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -40,8 +40,25 @@ def test_the_jenkinsfile_deploys_in_place_on_the_lab(lab):
     assert_serving(lab, "3.0.0")
 
 
+def test_an_aborted_build_cleans_up_for_real_and_frees_the_lock(lab):
+    before = record(lab)
+    result = execute_jenkinsfile(lab, {"MODE": "rebake-light", "VERSION": "3.0.5"},
+                                 abort_on="step 'regions'")
+    assert result["result"] == "ABORTED" and result["post"] == ["always", "unsuccessful"]
+    run_id = result["env"]["RUN_ID"]
+    state = state_of(lab, run_id)
+    assert state["status"] == "failed"
+    assert set(state["facts"]["cleanup"]) == {"demote", "discard-candidates", "discard-images"}
+    assert lock_holder(lab) is None and record(lab) == before
+    assert leftovers(lab, run_id) == []
+    assert_serving(lab, before["release"])
+
+
 def test_bake_hands_off_to_jenkins_and_the_handoff_promotes(lab, fake_jenkins):
-    job = fake_jenkins.add_job("test-and-promote")
+    from deploylib.render import PIPELINE_PARAMETERS
+
+    job = fake_jenkins.add_job("test-and-promote",
+                               parameters=[p["name"] for p in PIPELINE_PARAMETERS])
     config = write_config(lab.config_path.parent, name="with-jenkins.toml",
                           jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
     before = record(lab)
@@ -53,7 +70,7 @@ def test_bake_hands_off_to_jenkins_and_the_handoff_promotes(lab, fake_jenkins):
     params = job.builds[0]["params"]
     handoff = json.loads(params["HANDOFF"])
     assert handoff["version"] == "3.1.0" and set(handoff["images"]) == set(lab.env.all_regions)
-    assert json.loads(params["IMAGES"]) == handoff["images"]
+    assert job.dropped == []  # only parameters the job defines were sent
     # the bake alone changed nothing live
     assert record(lab) == before
     # now be Jenkins: the test-and-promote job is the same Jenkinsfile, given the handoff
@@ -92,6 +109,7 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
 
     token = f"jenkins-token-{random.token_hex(12)}"
     monkeypatch.setenv("JENKINS_API_TOKEN", token)
+    fake_jenkins.users["deploy-bot"] = token
     fake_jenkins.add_job("test-and-promote")
     jenkins = write_config(lab.config_path.parent, name="secret-jenkins.toml",
                            jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
