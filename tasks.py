@@ -108,10 +108,11 @@ def plan(c, mode="", json=False, env=None, config=None):
         data = p.to_dict()
         groups = {planning.PER_BATCH: "per batch of live hosts:",
                   planning.PER_REGION: "in every region at once, each as soon as it can:"}
-        for stage in p.walk():
-            if not stage.is_group:
-                stage_data = _find(data["stages"], stage.name)
-                stage_data["function"] = catalog.get(stage.step).function
+        for stage, stage_data in zip(p.stages, data["stages"], strict=True):
+            pairs = zip(stage.members, stage_data.get(stage.kind, []), strict=True) \
+                if stage.is_group else [(stage, stage_data)]
+            for one, one_data in pairs:
+                one_data["function"] = catalog.get(one.step).function
         if json:
             _emit(data)
             return
@@ -129,17 +130,6 @@ def plan(c, mode="", json=False, env=None, config=None):
             print(f"  {stage['name']:<19} {stage.get('targets', ''):<11} {stage['function']}")
         if data["cleanup"]:
             print(f"  on failure: {', '.join(data['cleanup'])}")
-
-
-def _find(stages: list, name: str) -> dict:
-    """A stage's entry in a plan's JSON, group members included."""
-    for stage in stages:
-        if stage["name"] == name:
-            return stage
-        for sub in stage.get(stage["kind"], []) if stage["kind"] != "step" else []:
-            if sub["name"] == name:
-                return sub
-    raise KeyError(name)
 
 
 @task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json")} | {

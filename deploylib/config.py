@@ -211,9 +211,9 @@ class Environment(Strict):
         description="The Jenkins server and jobs (below).")
     timeouts: dict[str, float] = Field(default_factory=dict,
         description=(
-            "Seconds per wait, by name: launch, ssh, ssh_connect, ssh_retry, provision, "
-            "install, health, healthy, drain, stop, image, copy, presign, smoke; and poll, "
-            "the longest pause between two looks during any wait (default 3)."))
+            "Seconds per wait, by name: launch, ssh, ssh_connect, ssh_retry, first_boot, "
+            "provision, install, health, healthy, drain, stop, image, copy, presign, smoke; "
+            "and poll, the longest pause between two looks during any wait (default 3)."))
     lock_table: str = Field(default="deploylib-locks",
         description="DynamoDB table holding the deploy locks (key `env`).")
     lock_ttl: float = Field(default=1800, ge=30, le=86400,

@@ -144,6 +144,22 @@ class Plan:
                 return s
         raise KeyError(name)
 
+    def places(self) -> list[tuple[str | None, str]]:
+        """Every stage as (its group, its name), in order: a name may stand in a group and
+        on its own too (wait-ssh for the builder, and for each region's candidates)."""
+        return [place for s in self.stages
+                for place in [(None, s.name), *((s.name, m.name) for m in s.members)]]
+
+    def rerun_from(self, name: str) -> set[tuple[str | None, str]]:
+        """The places that run again when a run restarts at stage `name` (its first
+        place), with the group around any member among them."""
+        places = self.places()
+        start = next((n for n, (_, stage) in enumerate(places) if stage == name), None)
+        if start is None:
+            return set()
+        later = set(places[start:])
+        return later | {(None, group) for group, _ in later if group is not None}
+
     def group_of(self, name: str) -> Stage | None:
         """The group a member stage runs in (None for a stage of its own)."""
         return next((s for s in self.stages if any(m.name == name for m in s.members)), None)
@@ -192,6 +208,8 @@ def _immutable() -> tuple[Stage, ...]:
         _regions(
             _s("wait-image"),
             _s("launch-candidates", image="baked"),
+            # Reachable and through its first boot before it is tested.
+            _s("wait-ssh", CANDIDATES),
             _s("smoke-test", CANDIDATES, junit=True),
             _s("promote", CANDIDATES, live=True),
         ),
@@ -336,8 +354,12 @@ def plan(mode: str, extra_stages: Sequence[Extra] = ()) -> Plan:
                 "any procedure",
                 fix="anchor it to a stage shown by `invoke plan --mode MODE`",
             )
-    names = [s.name for s in Plan(mode, stages).walk()]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    # A name once per scope (the stages on their own, each group's members), and a team's
+    # stage a name of its own anywhere.
+    scopes = [[s.name for s in stages], *([m.name for m in s.members] for s in stages)]
+    builtin = {s.name for s in Plan(mode, procedure.stages()).walk()}
+    dupes = sorted({n for names in scopes for n in names if names.count(n) > 1} |
+                   {e.step for e in extra_stages if e.step in builtin})
     if dupes:
         raise ConfigError(f"stage name(s) {', '.join(dupes)} appear twice in {mode}",
                           fix="give each extra stage a step name of its own")

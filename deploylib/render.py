@@ -35,9 +35,15 @@ def unit(*, service: str, app_root: str, app_port: int) -> str:
 
 
 def provision_script(*, packages: list[str], service: str, app_root: str,
-                     app_port: int) -> str:
+                     app_port: int, lock_timeout: int = 300) -> str:
     return render("provision.sh.j2", packages=packages, service=service, app_root=app_root,
-                  unit=unit(service=service, app_root=app_root, app_port=app_port))
+                  unit=unit(service=service, app_root=app_root, app_port=app_port),
+                  lock_timeout=lock_timeout)
+
+
+def first_boot_script(*, timeout: int) -> str:
+    """Wait for cloud-init to finish on a host just launched (exit 7: it failed)."""
+    return render("first-boot.sh.j2", timeout=timeout)
 
 
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,

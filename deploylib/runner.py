@@ -112,18 +112,16 @@ def clean_up(ctx: Context, plan: planning.Plan) -> None:
         ctx.log("  the release is recorded as live: nothing to discard "
                 f"(`invoke resume --run {ctx.state.run_id}` finishes the run)")
         return
-    names = [s.name for s in plan.walk()]
     for name in plan.cleanup:
         ctx.facts.discarded.pop(name, None)
         if not best_effort(ctx, name):
             continue
         restart = plan.restart_after(name)
-        if restart in names and ctx.facts.discarded.get(name):
+        if restart and ctx.facts.discarded.get(name):
             # Every stage from `restart` on runs again, with the group around it.
-            later = set(names[names.index(restart):])
-            later |= {g.name for n in list(later) if (g := plan.group_of(n))}
+            later = plan.rerun_from(restart)
             for key, entry in ctx.state.stages.items():
-                if (key.stage in later or key.group in later) and entry.status != PENDING:
+                if (key.group, key.stage) in later and entry.status != PENDING:
                     # What happened stays readable: the entry keeps its error and status.
                     entry.was, entry.status, entry.reset_by = entry.status, PENDING, name
             ctx.state.save()

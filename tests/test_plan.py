@@ -19,7 +19,7 @@ EXPECTED = {
 }
 # What each region does, on its own thread, in the procedures that launch candidates.
 PER_REGION = {
-    "immutable": ["wait-image", "launch-candidates", "smoke-test", "promote"],
+    "immutable": ["wait-image", "launch-candidates", "wait-ssh", "smoke-test", "promote"],
     "rebake-light": ["launch-candidates", "wait-ssh", "install-release", "smoke-test",
                      "promote"],
     "rollback-image": ["launch-candidates", "wait-ssh", "install-release", "smoke-test",
@@ -198,3 +198,21 @@ def test_what_a_record_keeps_and_how_an_image_is_made_are_the_plans():
     # a serving candidate is imaged without a reboot; the stopped builder needs none
     assert planning.plan("rebake-light").stage("create-image").option == {"no_reboot": True}
     assert planning.plan("immutable").stage("create-image").option == {"no_reboot": False}
+
+
+def test_a_restart_reruns_the_places_after_it_and_no_namesake_before_it():
+    # wait-ssh stands twice in immutable: for the builder, and in each region for the
+    # candidates; a resume after the candidates were discarded reruns only the latter
+    later = planning.plan("immutable").rerun_from("launch-candidates")
+    assert ("regions", "wait-ssh") in later and (None, "regions") in later
+    assert (None, "wait-ssh") not in later and (None, "launch-builder") not in later
+    assert (None, "record") in later and (None, "retire") in later
+
+
+def test_an_extra_stage_after_a_name_that_stands_twice_goes_after_each():
+    e = extra(step="warm-cache", after="wait-ssh")
+    p = planning.plan("immutable", [e])
+    names = p.names()
+    assert names[names.index("wait-ssh") + 1] == "warm-cache"
+    members = [s.name for s in p.stage("regions").members]
+    assert members[members.index("wait-ssh") + 1] == "warm-cache"

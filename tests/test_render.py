@@ -183,3 +183,42 @@ def test_exactly_one_source():
         render.install_script(**kw)
     with pytest.raises(ValueError):
         render.install_script(**kw, url="http://x", pushed_path="/tmp/x")
+
+
+@pytest.mark.parametrize("answer,code", [(0, 0), (2, 0), (1, 7), (124, 8), (None, 0)])
+def test_first_boot_waits_for_cloud_init_and_says_when_it_failed(tmp_path, answer, code):
+    """cloud-init's own exit codes (0 done, 2 degraded, 1 error) and the wait's deadline;
+    a host without cloud-init has nothing to wait for."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if answer is not None:
+        fake = bin_dir / "cloud-init"
+        fake.write_text(f"#!/bin/sh\necho 'status: said {answer}'\nexit {answer}\n")
+        fake.chmod(0o755)
+    script = render.first_boot_script(timeout=30)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "-s"], input=script, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert ("no cloud-init" in proc.stdout) == (answer is None)
+
+
+def test_the_lab_hosts_cloud_init_fails_when_told_to(tmp_path):
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "DEPLOY_HOST_ROOT": str(tmp_path)}
+    script = render.first_boot_script(timeout=30)
+    assert subprocess.run(["bash", "-s"], input=script, env=env, capture_output=True,
+                          text=True).returncode == 0
+    (tmp_path / "etc/lab-faults").mkdir(parents=True)
+    (tmp_path / "etc/lab-faults/cloud-init-error").write_text("")
+    assert subprocess.run(["bash", "-s"], input=script, env=env, capture_output=True,
+                          text=True).returncode == 7
+
+
+def test_provisioning_waits_for_dpkgs_lock_and_the_lab_apt_takes_the_option(host):
+    script = render.provision_script(packages=["curl"], service="app", app_root="/srv/app",
+                                     app_port=8080, lock_timeout=120)
+    assert 'apt_wait="-o DPkg::Lock::Timeout=120"' in script
+    assert script.count("apt-get $apt_wait ") == 2  # update and install both wait
+    out = host.bash(script)
+    assert out.returncode == 0, out.stderr
+    assert "curl" in (host.root / "var/lib/lab/packages").read_text().split()

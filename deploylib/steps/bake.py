@@ -8,7 +8,7 @@ import hashlib
 from deploylib import aws, render, waits
 from deploylib.catalog import step
 from deploylib.context import Context, by_region
-from deploylib.errors import HostError, HostKeyError, StateError
+from deploylib.errors import HostError, HostKeyError, RemoteCommandError, StateError
 from deploylib.facts import Builder
 
 
@@ -69,9 +69,19 @@ def launch_builder(ctx: Context) -> None:
             + (" (foundation image: bake cache hit)" if source != base else ""))
 
 
+# What the first-boot script's exit codes mean for the operator (templates/first-boot.sh.j2).
+FIRST_BOOT_FIXES = {
+    7: "cloud-init failed on the host: read /var/log/cloud-init-output.log there (user data, "
+       "package mirrors, the image)",
+    8: "cloud-init did not finish in time: raise timeouts.first_boot, or read "
+       "/var/log/cloud-init-output.log on the host",
+}
+
+
 @step("wait-ssh")
 def wait_ssh(ctx: Context) -> None:
-    """Wait until the stage's instances run and accept SSH with a trusted host key."""
+    """Wait until the stage's instances run, accept SSH with a trusted host key, and have
+    finished their first boot (cloud-init)."""
     for region, ids in by_region(ctx.target_refs()).items():
         aws.ec2.wait_instances(ctx.aws.ec2(region), region, ids, "running",
                                ctx.timeout("launch", 600))
@@ -99,6 +109,17 @@ def wait_ssh(ctx: Context) -> None:
                     resource=f"{inst.instance_id} ({inst.address})",
                     fix=lambda: "check the instance booted and the security group allows "
                     "SSH from here" + (f"; last error: {last[0]}" if last else ""))
+        # SSH answers before first boot is over: provisioning now would meet first-boot
+        # apt holding dpkg's lock, a smoke test an app whose unit is not started yet.
+        boot = int(ctx.timeout("first_boot", 600))
+        try:
+            ctx.connection(inst).run("bash -s", stdin=render.first_boot_script(timeout=boot),
+                                     timeout=boot + 30)
+        except RemoteCommandError as exc:
+            if exc.exit_status in FIRST_BOOT_FIXES:
+                exc.fix = FIRST_BOOT_FIXES[exc.exit_status]
+                exc.args = (exc.line(),)
+            raise
 
     ctx.on_hosts("wait-ssh", one)
 

@@ -243,3 +243,23 @@ def test_the_builder_failing_during_provisioning_leaves_nothing(lab):
     state = state_of(lab, proc)
     assert "Unable to locate package no-such-package" in json.dumps(state["stages"]["provision"])
     assert_nothing_lost(lab, state, before)
+
+
+def test_a_candidate_whose_first_boot_fails_is_never_tested_or_promoted(lab):
+    """cloud-init fails on the candidates of one region (their image carries the fault):
+    wait-ssh says so with where to look, and every region keeps the release it had."""
+    before = record(lab)
+    region = lab.env.copy_regions[0]
+    marker = (lab.cli.lab_dir / "images" / before["images"][region] / "etc/lab-faults"
+              / "cloud-init-error")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("")
+    try:
+        proc = lab.cli("deploy --mode rebake-light --version 5.8.5", check=False)
+    finally:
+        marker.unlink()
+    failed_clearly(proc, "wait-ssh", "cloud-init failed", "/var/log/cloud-init-output.log")
+    state = state_of(lab, proc)
+    assert f"regions/{region}/smoke-test" not in state["stages"]
+    assert record(lab) == before
+    assert_nothing_lost(lab, state, before["release"])
