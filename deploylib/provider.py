@@ -14,6 +14,7 @@ import paramiko
 
 from deploylib import aws, ssh
 from deploylib.config import Environment
+from deploylib.errors import CloudError
 
 
 class Provider(Protocol):
@@ -40,9 +41,19 @@ class AwsProvider:
                      instance: aws.ec2.Instance) -> tuple[paramiko.PKey, ...]:
         # Console output appears a minute or so after boot; until then this is empty and
         # the SSH wait keeps polling rather than trusting whatever key answers first.
-        text = aws.ec2.console_output(clients.ec2(instance.region), instance.region,
-                                      instance.instance_id)
-        return tuple(ssh.host_keys_from_console(text))
+        # The latest output is Nitro-only, and a long-running host's has overwritten
+        # cloud-init's first-boot lines: the buffered output is asked for then.
+        ec2, region, iid = clients.ec2(instance.region), instance.region, instance.instance_id
+        try:
+            keys = ssh.host_keys_from_console(aws.ec2.console_output(ec2, region, iid,
+                                                                     latest=True))
+        except CloudError as exc:
+            if exc.code not in ("UnsupportedOperation", "InvalidParameterCombination",
+                                "InvalidParameterValue"):
+                raise
+            keys = []
+        return tuple(keys or ssh.host_keys_from_console(
+            aws.ec2.console_output(ec2, region, iid, latest=False)))
 
 
 def for_environment(env: Environment) -> Provider:

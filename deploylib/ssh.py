@@ -56,18 +56,27 @@ class Result:
 
 _CONSOLE_KEYS = re.compile(
     r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
+# One key as cloud-init prints it: type, base64, maybe a comment. Anything else between
+# the markers (a kernel message written to the console at the same moment) is noise.
+_KEY_LINE = re.compile(r"^\s*(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521))"
+                       r"\s+([A-Za-z0-9+/]+={0,2})(?:\s|$)")
 
 
 def host_keys_from_console(text: str) -> list[paramiko.PKey]:
-    """Parse the host keys cloud-init prints to an EC2 instance's console output."""
+    """Parse the host keys cloud-init prints to an EC2 instance's console output: every
+    key line between its markers, lines of other output among them passed over."""
     keys: list[paramiko.PKey] = []
-    match = _CONSOLE_KEYS.search(text or "")
-    if not match:
-        return keys
-    for line in match.group(1).strip().splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            keys.append(parse_public_key(parts[0], parts[1]))
+    for block in _CONSOLE_KEYS.findall(text or ""):
+        for line in block.splitlines():
+            match = _KEY_LINE.match(line)
+            if not match:
+                continue
+            try:
+                key = parse_public_key(match.group(1), match.group(2))
+            except (ValueError, paramiko.SSHException):
+                continue  # cut off or garbled: not a key to trust
+            if all(key.asbytes() != k.asbytes() for k in keys):
+                keys.append(key)
     return keys
 
 

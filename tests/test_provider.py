@@ -98,3 +98,31 @@ def test_a_hotfix_on_ec2_trusts_no_host_that_printed_no_key(aws_clients, moto_en
     assert "no host was touched" in error
     states = elb.describe_target_health(TargetGroupArn=target_group)
     assert sorted(d["Target"]["Id"] for d in states["TargetHealthDescriptions"]) == sorted(hosts)
+
+
+def test_an_instance_type_without_the_latest_console_falls_back_to_the_buffered_one(tmp_path):
+    """GetConsoleOutput(Latest=True) is Nitro-only: elsewhere AWS refuses it, and the
+    buffered output (where cloud-init's first boot printed the keys) is read instead."""
+    import json
+
+    from deploylib.lab.faults import Faults, LabServer
+
+    server = LabServer(Faults(tmp_path))
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        clients = aws.AwsClients("us-east-1", endpoint_url=f"http://{host}:{port}",
+                                 credentials={"aws_access_key_id": "a",
+                                              "aws_secret_access_key": "b"}, max_attempts=0)
+        ec2 = clients.ec2("us-east-1")
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        iid = ec2.run_instances(ImageId=image, MinCount=1,
+                                MaxCount=1)["Instances"][0]["InstanceId"]
+        (tmp_path / "faults.json").write_text(json.dumps({"rules": [
+            {"action": "GetConsoleOutput", "error": "UnsupportedOperation", "times": 1}]}))
+        inst = aws.ec2.describe(ec2, "us-east-1", [iid])[0]
+        assert AwsProvider().trusted_keys(clients, inst) == ()  # no keys in moto's text
+        assert json.loads((tmp_path / "faults-hits.json").read_text()) == {
+            "0:GetConsoleOutput": 1}  # the Latest call was refused, the fallback answered
+    finally:
+        server.stop()

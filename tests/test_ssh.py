@@ -121,5 +121,19 @@ def test_host_keys_are_read_from_ec2_console_output():
     assert ssh.host_keys_from_console("no keys printed yet") == []
 
 
+def test_console_noise_among_the_keys_is_passed_over():
+    ed25519 = CONSOLE.splitlines()[2]
+    noisy = "\n".join([
+        "-----BEGIN SSH HOST KEY KEYS-----",
+        "[   12.345678] random: crng init done",
+        "ecdsa-sha2-nistp256 AAAA-cut-off-by-a-kernel-line",
+        ed25519,
+        "[   12.400000] EXT4-fs (xvda1): resized filesystem",
+        ed25519,  # printed twice: one key
+        "-----END SSH HOST KEY KEYS-----"])
+    keys = ssh.host_keys_from_console("boot\n" + noisy + "\nlogin:")
+    assert [k.get_name() for k in keys] == ["ssh-ed25519"]
+
+
 def test_quote_is_shlex_quote():
     assert ssh.quote("a b; rm -rf /") == "'a b; rm -rf /'"

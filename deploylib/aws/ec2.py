@@ -181,9 +181,12 @@ def terminate(ec2: Any, region: str, instance_ids: list[str]) -> None:
                          fix="check termination protection and the instances' state")
 
 
-def console_output(ec2: Any, region: str, instance_id: str) -> str:
+def console_output(ec2: Any, region: str, instance_id: str, *, latest: bool) -> str:
+    """The instance's console output: the most recent (`latest`, Nitro instances only)
+    or what was buffered after its last state change (every instance type)."""
     with calling(f"instance {instance_id} in {region}", "check ec2:GetConsoleOutput"):
-        out = ec2.get_console_output(InstanceId=instance_id, Latest=True)
+        out = ec2.get_console_output(InstanceId=instance_id, **({"Latest": True}
+                                                                 if latest else {}))
     return out.get("Output", "") or ""
 
 
