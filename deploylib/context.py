@@ -107,6 +107,11 @@ class Context:
     def save(self) -> None:
         self.state.save()
 
+    def mark(self, key: StageKey, status: str, **extra: Any) -> None:
+        """A stage's new status, in the run state and in what the operator sees."""
+        self.state.mark(key, status, **extra)
+        self.reporter.stage(key, status)
+
     def tags(self, role: str) -> list[dict[str, str]]:
         s = self.state
         return aws.tags(s.run_id, s.env, s.version, s.mode, role)

@@ -34,8 +34,7 @@ def run(ctx: Context, group: Stage, *, call: Callable[[Context, Stage, StageKey]
     regions = ctx.env.all_regions
     stop = ctx.stopping
     stop.clear()
-    state.mark(key, RUNNING, step=f"{len(regions)} region(s)")
-    ctx.reporter.stage(key, RUNNING)
+    ctx.mark(key, RUNNING, step=f"{len(regions)} region(s)")
     began = time.monotonic()
 
     def chain(region: str) -> None:
@@ -57,8 +56,7 @@ def run(ctx: Context, group: Stage, *, call: Callable[[Context, Stage, StageKey]
         except BaseException:
             # Ctrl-C: the regions stop at their next stage, then the run's cleanup runs.
             stop.set()
-            state.mark(key, FAILED, error="interrupted")
-            ctx.reporter.stage(key, FAILED)
+            ctx.mark(key, FAILED, error="interrupted")
             raise
     failures = {r: f.exception() for r, f in futures.items() if f.exception() is not None}
     if failures:
@@ -67,9 +65,7 @@ def run(ctx: Context, group: Stage, *, call: Callable[[Context, Stage, StageKey]
         failed = [e for e in failures.values() if not isinstance(e, Stopped)]
         err = (failed or list(failures.values()))[0]
         assert err is not None
-        state.mark(key, FAILED, error=f"{', '.join(failures)}: {error_line(err)}")
-        ctx.reporter.stage(key, FAILED)
+        ctx.mark(key, FAILED, error=f"{', '.join(failures)}: {error_line(err)}")
         raise err
-    state.mark(key, DONE, live=group.live)
-    ctx.reporter.stage(key, DONE)
+    ctx.mark(key, DONE, live=group.live)
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")

@@ -18,7 +18,7 @@ from deploylib.context import Context
 from deploylib.errors import StateError, StepFailed, error_line
 from deploylib.facts import HostRef
 from deploylib.plan import BATCH, Stage
-from deploylib.state import DONE, FAILED, PENDING, RUNNING, StageKey
+from deploylib.state import DONE, FAILED, RUNNING, StageKey
 
 # The lane the switch-back of updated hosts runs in: `rollback/<batch>/<stage>`.
 SWITCH_BACK = "rollback"
@@ -42,8 +42,7 @@ def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bo
         raise StateError("the run has not selected its hosts", resource=state.run_id,
                          fix="run the select-hosts stage first")
     failed = ctx.facts.failed_hosts
-    state.mark(key, RUNNING, step=f"{len(batches)} batch(es)")
-    ctx.reporter.stage(key, RUNNING)
+    ctx.mark(key, RUNNING, step=f"{len(batches)} batch(es)")
     ctx.reporter.batch(group.name, sum(_done(ctx, group, n) for n in
                                        range(1, len(batches) + 1)), len(batches))
     began = time.monotonic()
@@ -61,24 +60,19 @@ def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bo
                                     batch, call)
             ctx.reporter.batch(group.name, n, len(batches))
     except BaseException:
-        state.mark(key, FAILED, error=f"batch {n} failed")
-        ctx.reporter.stage(key, FAILED)
+        ctx.mark(key, FAILED, error=f"batch {n} failed")
         if group.recover:
             best_effort(ctx, group.recover, targets=BATCH, batch=list(whole))
             # Its hosts are back as they were (in, or left out): a resume redoes the
             # failed batch whole, drain first.
-            for m in group.members:
-                entry = state.stages.get(StageKey.in_batch(group.name, n, m.name))
-                if entry is not None and entry.status != PENDING:
-                    entry.was, entry.status, entry.reset_by = entry.status, PENDING, group.recover
-            state.save()
+            state.rewind([StageKey.in_batch(group.name, n, m.name) for m in group.members],
+                         group.recover)
         if ctx.env.rollback_on_failure and group.revert:
             _switch_back(ctx, group, [h for b in batches[:n] for h in b], call, best_effort)
         raise
     finally:
         ctx.batch = None
-    state.mark(key, DONE, live=group.live)
-    ctx.reporter.stage(key, DONE)
+    ctx.mark(key, DONE, live=group.live)
     if failed:
         ctx.log(f"  {len(failed)} host(s) left out of their target group, on the live "
                 f"release: {', '.join(sorted(failed))}")

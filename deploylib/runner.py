@@ -18,7 +18,7 @@ from deploylib import plan as planning
 from deploylib.context import Context
 from deploylib.errors import LockHeld, error_line
 from deploylib.facts import HostRef
-from deploylib.state import DONE, ENDED, FAILED, PENDING, RUNNING, StageKey
+from deploylib.state import DONE, ENDED, FAILED, RUNNING, StageKey
 
 Group = Callable[..., None]
 _GROUPS: dict[str, Group] = {planning.PER_BATCH: rollout.run, planning.PER_REGION: regions.run}
@@ -49,8 +49,7 @@ def call(ctx: Context, stage: planning.Stage, key: StageKey) -> None:
     if ctx.lease is not None:
         ctx.lease.renew()  # a run whose lock was broken and taken must not go on
     ctx.stage = stage
-    state.mark(key, RUNNING, step=step.function)
-    ctx.reporter.stage(key, RUNNING)
+    ctx.mark(key, RUNNING, step=step.function)
     ctx.log(f"> {key}")
     began = time.monotonic()
     try:
@@ -61,14 +60,12 @@ def call(ctx: Context, stage: planning.Stage, key: StageKey) -> None:
             fn(ctx)
     except BaseException as exc:
         line = error_line(exc)
-        state.mark(key, FAILED, error=line)
-        ctx.reporter.stage(key, FAILED)
+        ctx.mark(key, FAILED, error=line)
         ctx.log(f"x {key} failed after {time.monotonic() - began:.1f}s: {line}")
         raise
     finally:
         ctx.stage = None
-    state.mark(key, DONE, live=stage.live)
-    ctx.reporter.stage(key, DONE)
+    ctx.mark(key, DONE, live=stage.live)
     ctx.log(f"ok {key} {time.monotonic() - began:.1f}s")
 
 
@@ -120,11 +117,7 @@ def clean_up(ctx: Context, plan: planning.Plan) -> None:
         if restart and ctx.facts.discarded.get(name):
             # Every stage from `restart` on runs again, with the group around it.
             later = plan.rerun_from(restart)
-            for key, entry in ctx.state.stages.items():
-                if (key.group, key.stage) in later and entry.status != PENDING:
-                    # What happened stays readable: the entry keeps its error and status.
-                    entry.was, entry.status, entry.reset_by = entry.status, PENDING, name
-            ctx.state.save()
+            ctx.state.rewind([k for k in ctx.state.stages if (k.group, k.stage) in later], name)
 
 
 def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,

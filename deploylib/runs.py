@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deploylib import aws, catalog, config, live, lock, release, runner
+from deploylib import aws, catalog, config, live, lock, release, runner, smoke
 from deploylib import plan as planning
 from deploylib.context import Context, Reporter
 from deploylib.errors import DeployError, InputError, StateError
@@ -182,8 +182,6 @@ def load_run(cfg: config.DeployConfig, run_id: str,
 def paths(env: config.Environment, state: RunState) -> dict[str, str]:
     """Where a run's files are, relative to the working directory when inside it (the
     Jenkins workspace: `junit` and `archiveArtifacts` take workspace-relative paths)."""
-    from deploylib.steps.fleet import junit_dir
-
     def rel(p: Path) -> str:
         p = p.absolute()
         try:
@@ -192,7 +190,7 @@ def paths(env: config.Environment, state: RunState) -> dict[str, str]:
             return str(p)
 
     return {"state": rel(state.path), "run_dir": rel(Path(env.state_dir) / state.run_id),
-            "junit": rel(junit_dir(env.state_dir, state.run_id)) + "/*.xml",
+            "junit": rel(smoke.junit_dir(env.state_dir, state.run_id)) + "/*.xml",
             "report": rel(Path(env.state_dir) / state.run_id / "report")}
 
 

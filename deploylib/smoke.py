@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 
+def junit_dir(state_dir: str, run_id: str) -> Path:
+    """Where a run's JUnit XML goes (the Jenkinsfile's `junit` step reads it)."""
+    return Path(state_dir) / run_id / "junit"
+
+
 def write_junit(path: Path, suite: str, cases: dict[str, tuple[float, str | None]]) -> None:
     """One JUnit suite: case name -> (seconds, failure message or None)."""
     root = ET.Element("testsuite", name=suite, tests=str(len(cases)),

@@ -21,6 +21,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,15 @@ class RunState:
             entry.seconds = round(now - (entry.started_at or now), 3)
         for name, value in extra.items():
             setattr(entry, name, value)
+        self.save()
+
+    def rewind(self, keys: Iterable[StageKey], by: str) -> None:
+        """Set stages to run again (pending), keeping what happened readable: each entry
+        keeps its error and says what it was and which step rewound it."""
+        for key in keys:
+            entry = self.stages.get(key)
+            if entry is not None and entry.status != PENDING:
+                entry.was, entry.status, entry.reset_by = entry.status, PENDING, by
         self.save()
 
     def members(self, group: str) -> dict[StageKey, StageEntry]:

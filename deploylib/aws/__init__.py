@@ -135,12 +135,12 @@ CREDENTIALS_FIX = ("give the tool AWS credentials the standard way (AWS_PROFILE 
                    "(docs/operator-guide.md)")
 
 
-def error_code(exc: ClientError) -> str:
+def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _from_client_error(exc: ClientError, resource: str, fix: str) -> CloudError:
-    code = error_code(exc)
+    code = _code(exc)
     msg = exc.response.get("Error", {}).get("Message", "") or ""
     what = f"{exc.operation_name} failed: {code} {msg}".strip()
     if code in _CREDENTIAL_CODES:
@@ -213,4 +213,4 @@ def tag_map(tag_list: Iterable[dict[str, str]] | None) -> dict[str, str]:
 # The services, each in its own module; imported last, as they use the boundary above.
 from deploylib.aws import ec2, elb, s3, ssm  # noqa: E402
 
-__all__ = ["AwsClients", "calling", "ec2", "elb", "error_code", "s3", "ssm", "tag_map", "tags"]
+__all__ = ["AwsClients", "calling", "ec2", "elb", "s3", "ssm", "tag_map", "tags"]

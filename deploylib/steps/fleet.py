@@ -4,7 +4,6 @@ the target groups; the release recorded as live; the hosts it replaced retired."
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from deploylib import aws, health, parallel, smoke
 from deploylib.catalog import step
@@ -57,11 +56,6 @@ def launch_candidates(ctx: Context) -> None:
                                ctx.timeout("launch", 600))
 
 
-def junit_dir(state_dir: str, run_id: str) -> Path:
-    """Where a run's JUnit XML goes (the Jenkinsfile's `junit` step reads it)."""
-    return Path(state_dir) / run_id / "junit"
-
-
 @step("smoke-test")
 def smoke_test(ctx: Context) -> None:
     """Every candidate answers its health path with the new release; then the team's
@@ -69,7 +63,7 @@ def smoke_test(ctx: Context) -> None:
     env = ctx.env
     version = ctx.release.version
     instances = ctx.targets()
-    out = junit_dir(env.state_dir, ctx.state.run_id)
+    out = smoke.junit_dir(env.state_dir, ctx.state.run_id)
     # One report per region: the regions test at the same time.
     suffix = f"-{ctx.region}" if ctx.region else ""
     began = time.monotonic()

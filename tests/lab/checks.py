@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 import urllib.request
 from pathlib import Path
 
@@ -155,6 +156,16 @@ def clear_faults(lab) -> None:
 def fault_hits(lab) -> int:
     path = lab.cli.lab_dir / "faults-hits.json"
     return sum(json.loads(path.read_text()).values()) if path.exists() else 0
+
+
+def release_that_cannot_start(directory: Path) -> Path:
+    """A release tarball whose app exits at once: it never becomes healthy anywhere."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.py").write_text("raise SystemExit('this release cannot start')\n")
+    path = directory / "broken.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(directory / "app.py", arcname="app.py")
+    return path
 
 
 def app_that_fails_where_marked(tmp_path: Path, version: str) -> Path:

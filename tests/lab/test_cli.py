@@ -15,6 +15,7 @@ from tests.lab.checks import (
     instances,
     lock_holder,
     record,
+    release_that_cannot_start,
     run_id_of,
     runs,
     serving,
@@ -72,14 +73,9 @@ def test_plan_json_shows_one_install_function_in_all_three(lab):
 def test_resume_continues_a_run_from_its_failed_stage(lab, tmp_path):
     # An artifact whose app never becomes healthy: the rollout's first batch fails, the
     # host restores its previous release, and the run stops there.
-    import tarfile
-
-    broken = tmp_path / "broken.tar.gz"
-    src = tmp_path / "app.py"
-    src.write_text("raise SystemExit('this release cannot start')\n")
-    with tarfile.open(broken, "w:gz") as tar:
-        tar.add(src, arcname="app.py")
     from tests.conftest import write_config
+
+    broken = release_that_cannot_start(tmp_path)
 
     quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 3})
     proc = lab.cli(f"deploy --mode in-place --version 2.0.1-broken --artifact {broken} "

@@ -4,26 +4,26 @@ the live fleet keeps serving the live release, and nothing the run made is left 
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from deploylib import aws
 from tests.conftest import write_config
-from tests.lab.checks import assert_serving, record, registered, state_of
+from tests.lab.checks import (
+    assert_serving,
+    record,
+    registered,
+    release_that_cannot_start,
+    state_of,
+)
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("broken")
-    (directory / "app.py").write_text("raise SystemExit('this release cannot start')\n")
-    path = directory / "broken.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(directory / "app.py", arcname="app.py")
-    return path
+    return release_that_cannot_start(tmp_path_factory.mktemp("broken"))
 
 
 def deploy_broken(lab, mode: str, version: str, broken: Path) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.lab.checks import (
     live_hosts,
     lock_holder,
     record,
+    release_that_cannot_start,
     set_faults,
     state_of,
 )
@@ -199,10 +199,7 @@ def test_a_cleanup_step_that_fails_is_reported_and_invoke_cleanup_finishes_it(la
     run says both, keeps its own error, frees the lock; `invoke cleanup` later removes
     what is left."""
     before = record(lab)["release"]
-    broken = tmp_path / "broken.tar.gz"
-    (tmp_path / "app.py").write_text("raise SystemExit('this release cannot start')\n")
-    with tarfile.open(broken, "w:gz") as tar:
-        tar.add(tmp_path / "app.py", arcname="app.py")
+    broken = release_that_cannot_start(tmp_path)
     set_faults(lab, {"action": "TerminateInstances", "error": "OperationNotPermitted"})
     quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 5})
     proc = lab.cli(f"deploy --mode rebake-light --version 5.7.7 --artifact {broken} "

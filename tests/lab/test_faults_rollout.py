@@ -28,6 +28,7 @@ from tests.lab.checks import (
     quick_config,
     record,
     registered,
+    runs,
     serving,
     state_of,
     target_group,
@@ -266,10 +267,10 @@ def test_a_corrupt_archive_is_refused_before_anything_starts(lab, tmp_path):
     good = release.build(REPO / "examples/app", "5.4.1", tmp_path)
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    runs = set(Path(lab.env.state_dir).glob("*.json"))
+    before = runs(lab)
     proc = lab.cli(f"hotfix --version 5.4.1 --artifact {corrupt}", check=False)
     assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr
-    assert set(Path(lab.env.state_dir).glob("*.json")) == runs
+    assert runs(lab) == before
 
 
 def test_a_tarball_with_paths_outside_the_release_is_refused(lab, tmp_path):
@@ -278,7 +279,7 @@ def test_a_tarball_with_paths_outside_the_release_is_refused(lab, tmp_path):
     payload.write_text("x")
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(payload, arcname="../../etc/cron.d/x")
-    runs = set(Path(lab.env.state_dir).glob("*.json"))
+    before = runs(lab)
     proc = lab.cli(f"hotfix --version 6.3.0 --artifact {evil}", check=False)
     assert proc.returncode == 2 and "outside the release" in proc.stderr
-    assert set(Path(lab.env.state_dir).glob("*.json")) == runs
+    assert runs(lab) == before
