@@ -329,6 +329,40 @@ def docs(c):
     print(path)
 
 
+@task(help={"env": HELP["env"], "mode": "the procedure to check for (its longest wait "
+            "bounds the credentials; default: immutable, the longest)",
+            "config": HELP["config"], "json": HELP["json"]})
+def preflight(c, env=None, mode="", config=None, json=False):
+    """Check the account is ready for a deploy (credentials, bucket, lock table, base
+    image, each region's network), reading only; exit 2 when something is not."""
+    with reported():
+        from deploylib import plan, runs
+        from deploylib import preflight as checks
+
+        if mode:
+            plan.check_mode(mode)
+        environment = _cfg(config).environment(env)
+        found = checks.run(environment, runs.environment_clients(environment),
+                           mode=mode or None)
+        if json:
+            _emit(checks.summary(found))
+        else:
+            print(f"preflight for {environment.name}:")
+            for check in found:
+                print(f"  {check.line()}")
+    if any(check.error is not None for check in found):
+        raise Exit(code=2)
+
+
+@task(help={"env": HELP["env"], "config": HELP["config"]})
+def policy(c, env=None, config=None):
+    """Print the least-privilege IAM policy for an environment (its bucket and lock table)."""
+    with reported():
+        from deploylib import render
+
+        print(render.iam_policy(_cfg(config).environment(env)), end="")
+
+
 @task(help={"version": HELP["version"], "env": HELP["env"], "config": HELP["config"]})
 def artifact(c, version="", env=None, config=None):
     """Build the sample app's release tarball into dist/ and print its path and sha256."""
@@ -570,8 +604,8 @@ locks = Collection("lock")
 locks.add_task(lock_status, "status")
 locks.add_task(lock_break, "break")
 
-ns = Collection(plan, start, deploy, bake, hotfix, rollback, step, resume, cleanup, status,
-                gc, report, artifact, docs, demo)
+ns = Collection(plan, preflight, start, deploy, bake, hotfix, rollback, step, resume, cleanup,
+                status, gc, report, artifact, policy, docs, demo)
 ns.add_collection(lab)
 ns.add_collection(locks)
 ns.add_collection(jenkins_tasks)

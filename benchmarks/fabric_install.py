@@ -31,7 +31,7 @@ def main() -> int:
         # Lab hosts share this machine's /tmp: one script path per host.
         remote = f"/tmp/fabric-install-{c.host}.sh"
         c.put(job["script"], remote)
-        return c.run(f"bash {remote}", hide=True, warn=True).exited
+        return c.run(f"sudo -n bash {remote}", hide=True, warn=True).exited
 
     with ThreadPoolExecutor(max_workers=len(connections)) as pool:
         codes = list(pool.map(install, connections))

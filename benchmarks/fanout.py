@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.labbench import REPO, BenchLab, Host, Measured, measure
+from deploylib.lab.accounts import LOGIN_USER
 
 CONTENDERS = ("ours", "ansible", "fabric", "floor")
 
@@ -46,7 +47,7 @@ def floor(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, releas
     script = lab.install_script(version, release["sha256"], release["url"])
     known = lab.known_hosts(hosts, port)
     ssh = " ".join(shlex.quote(a) for a in ["ssh", *_ssh_options(lab, known, port)])
-    per_host = shlex.quote(f"{ssh} root@HOST bash -s < {script}")
+    per_host = shlex.quote(f"{ssh} {LOGIN_USER}@HOST sudo -n bash -s < {script}")
     command = (f"printf '%s\\n' {' '.join(h.address for h in hosts)} | "
                f"xargs -P {len(hosts)} -IHOST sh -c {per_host}")
     return measure(["bash", "-c", command])
@@ -56,7 +57,8 @@ def fabric(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, relea
            port: int, config: Path) -> Measured:
     script = lab.install_script(version, release["sha256"], release["url"])
     job = lab.work / "fabric.json"
-    job.write_text(json.dumps({"hosts": [[h.address, port] for h in hosts], "user": "root",
+    job.write_text(json.dumps({"hosts": [[h.address, port] for h in hosts],
+                               "user": LOGIN_USER,
                                "key": lab.key, "script": str(script),
                                "known_hosts": str(lab.known_hosts(hosts, port))}))
     import sys
@@ -74,8 +76,9 @@ def ansible(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, rele
     cfg = lab.work / "ansible.cfg"
     cfg.write_text("\n".join([
         "[defaults]", f"forks = {len(hosts)}", "host_key_checking = True",
-        "interpreter_python = /usr/bin/python3", "remote_user = root",
+        "interpreter_python = /usr/bin/python3", f"remote_user = {LOGIN_USER}",
         f"private_key_file = {lab.key}", "retry_files_enabled = False", "",
+        "[privilege_escalation]", "become = True",
         "[ssh_connection]", "pipelining = True",
         f"ssh_args = -o ControlMaster=auto -o ControlPersist=60s "
         f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes", ""]))

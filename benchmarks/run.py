@@ -24,6 +24,7 @@ from typing import Any
 from benchmarks import fanout, image_path, report
 from benchmarks.delay_proxy import DelayProxy
 from benchmarks.labbench import REPO, BenchLab, measure
+from deploylib.lab.accounts import LOGIN_USER
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/deploylib-bench"))
 OUT = REPO / "benchmarks"
@@ -94,7 +95,7 @@ def bench_transfer(lab: BenchLab, host: Any, runs: int) -> dict[str, Any]:
     ours, sftp, scp = [], [], []
     for n in range(runs + 1):
         endpoint = ssh.Endpoint(host.instance_id, host.address, 2022, (key,))
-        with ssh.Connection(endpoint, ssh.Credentials("root", lab.key)) as conn:
+        with ssh.Connection(endpoint, ssh.Credentials(LOGIN_USER, lab.key)) as conn:
             client = conn.open()
             began = time.perf_counter()
             conn.put(str(data), "/tmp/bench-push.bin")
@@ -105,7 +106,7 @@ def bench_transfer(lab: BenchLab, host: Any, runs: int) -> dict[str, Any]:
             took_sftp = time.perf_counter() - began
         m = measure(["scp", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                      "-o", f"UserKnownHostsFile={known}", "-i", lab.key, "-P", "2022",
-                     str(data), f"root@{host.address}:/tmp/bench-scp.bin"])
+                     str(data), f"{LOGIN_USER}@{host.address}:/tmp/bench-scp.bin"])
         if not m.ok:
             raise RuntimeError(m.output)
         if n:

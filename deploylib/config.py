@@ -69,6 +69,8 @@ _PLAIN = {
     "instance_type": (_INSTANCE_TYPE, "must be an EC2 instance type such as t3.micro"),
     "service": (re.compile(r"^[a-z][a-z0-9_-]{0,31}$"),
                 "must be a systemd unit name such as app"),
+    "service_user": (re.compile(r"^[a-z_][a-z0-9_-]{0,31}$"),
+                     "must be a user name such as app (lower case, at most 32)"),
     "health_path": (re.compile(r"^/[A-Za-z0-9._~/-]*$"),
                     "must be a URL path starting with /, e.g. /health"),
     "lock_table": (re.compile(r"^[A-Za-z0-9_.-]{3,255}$"),
@@ -159,10 +161,20 @@ class Environment(Strict):
     app_port: int = Field(default=8080, ge=1, le=65535,
         description="The app's HTTP port (health checks, target group).")
     service: str = Field(default="app", description="The app's systemd unit name.")
+    service_user: str = Field(default="app",
+        description="The user the app runs as: made by provisioning (a system user, no "
+        "login); the releases and the unit stay root's.")
     restart_command: str = Field(default="sudo systemctl restart app",
-        description="How the install step restarts the app.")
+        description="How the install step restarts the app (the step runs as root, "
+        "through the SSH user's sudo).")
     health_path: str = Field(default="/health",
-        description="URL path that answers JSON with the running `version`.")
+        description="URL path of the app's health check (what the load balancer asks too).")
+    health_check: Literal["status", "version"] = Field(default="status",
+        description=(
+            "`status`: a 2xx from `health_path` says the app is up, and the release is "
+            "proven on the host (the `current` link points at it and the service runs from "
+            "it, started after the switch); `version`: `health_path` answers JSON whose "
+            "`version` is the running release, checked over HTTP too."))
     batch_size: Annotated[str | int, Field(union_mode="left_to_right")] = Field(default=1,
         description=(
             "In-place batch: a count (`2`) or a percentage (`\"25%\"`) of a region's live "
@@ -347,6 +359,13 @@ class Environment(Strict):
     def record_parameter(self) -> str:
         """The SSM parameter holding what is live in this environment."""
         return f"/deploylib/{self.name}/live"
+
+    @property
+    def host_keys_path(self) -> str:
+        """Where the SSH host keys first trusted for each instance are kept (one SSM
+        parameter per instance under it, `<region>/<instance id>`), for every later run
+        and every agent."""
+        return f"/deploylib/{self.name}/hostkeys/"
 
 
 class DeployConfig(Strict):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from deploylib import aws, live, parallel
 from deploylib.config import Environment
-from deploylib.errors import StateError
+from deploylib.errors import HostError, StateError
 from deploylib.facts import Facts, HostRef, Release
 from deploylib.plan import BATCH, BUILDER, CANDIDATES, Stage
 from deploylib.state import RunState, StageKey
@@ -178,6 +178,34 @@ class Context:
         endpoint = ssh.Endpoint(name=instance.instance_id, address=instance.address or "",
                                 port=self.env.ssh_port, trusted_keys=keys)
         return self.ssh.get(endpoint)
+
+    def serving(self, instance: aws.ec2.Instance) -> str | None:
+        """The release a host serves, proven as the environment's health_check says."""
+        from deploylib import health
+
+        return health.serving(self.env, instance.address or "", self._on_host(instance))
+
+    def wait_serving(self, instance: aws.ec2.Instance, version: str) -> None:
+        from deploylib import health
+
+        health.wait_serving(self.env, instance.address or "", version,
+                            timeout=self.timeout("health", 60),
+                            resource=f"{instance.instance_id} ({instance.address})",
+                            on_host=self._on_host(instance))
+
+    def _on_host(self, instance: aws.ec2.Instance) -> Callable[[], str | None]:
+        from deploylib import render
+
+        script = render.serving_script(app_root=self.env.app_root, service=self.env.service)
+
+        def ask() -> str | None:
+            try:
+                return self.connection(instance).run_as_root(script, timeout=30).output.strip() \
+                    or None
+            except HostError:
+                return None  # a host that cannot be asked serves nothing we can vouch for
+
+        return ask
 
     # -- fanning out ----------------------------------------------------------------------
 

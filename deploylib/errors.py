@@ -2,7 +2,8 @@
 
     DeployError                 something went wrong; carries the resource and the fix
     ├── InputError              bad input: config, flags, versions, paths (exit code 2)
-    │   └── ConfigError         deploy.toml itself is wrong (names the key)
+    │   ├── ConfigError         deploy.toml itself is wrong (names the key)
+    │   └── PreflightFailed     the account is not ready for a deploy (preflight's checks)
     ├── StateError              a run's state file is missing, corrupt or in the wrong shape
     ├── CloudError              an AWS call failed for a reason that will not fix itself
     │   ├── CredentialsError    no AWS credentials, or they are invalid or expired
@@ -49,6 +50,18 @@ class InputError(DeployError):
 
 class ConfigError(InputError):
     pass
+
+
+class PreflightFailed(InputError):
+    """Checks before a run found the account not ready; names the first, counts the rest."""
+
+    def __init__(self, failed: list) -> None:
+        self.failed = failed
+        first = failed[0].error
+        more = (f" (and {len(failed) - 1} more: `invoke preflight` lists them)"
+                if len(failed) > 1 else "")
+        super().__init__(f"preflight {failed[0].name}: {first.problem}{more}",
+                         resource=first.resource, fix=first.fix)
 
 
 class StateError(DeployError):

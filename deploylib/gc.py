@@ -7,7 +7,8 @@ promotion replaced, which it may still put back until it records), the images th
 names (live and previous: the rollback targets), and the newest `keep_images` images
 per region. Everything else tagged with the environment and older than the TTL goes:
 instances are terminated, images deregistered with their snapshots, lone snapshots
-deleted. Deciding (`select`) is pure; `collect` reads AWS and `remove` acts.
+deleted; the host keys kept for an instance (SSM) go once the instance is gone.
+Deciding (`select`) is pure; `collect` reads AWS and `remove` acts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from deploylib import aws, live, parallel
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # instance | image | snapshot
+    kind: str  # instance | image | snapshot | hostkey
     region: str
     resource_id: str
     run_id: str
@@ -59,6 +60,9 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
         newest |= {i.resource_id for i in releases[:keep_images]}
         cache |= {i.resource_id for i in [i for i in images if i.role == "foundation"][:1]}
     for item in [i for i in items if i.kind != "snapshot"]:
+        if item.kind == "hostkey":  # collected only once its instance is gone
+            verdict.remove.append(item)
+            continue
         if item.run_id and item.run_id == locked_run:
             reason = "its run holds the deploy lock"
         elif item.retiring and item.retiring == locked_run:
@@ -119,6 +123,10 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
             items.append(Item("snapshot", region, snap["SnapshotId"],
                               aws.tag_map(snap.get("Tags")).get(aws.TAG_RUN, ""),
                               _epoch(snap.get("StartTime"))))
+        kept_keys = aws.ssm.names_under(clients.ssm(), f"{env.host_keys_path}{region}/")
+        there = aws.ec2.still_there(ec2, region, [n.rsplit("/", 1)[1] for n in kept_keys])
+        items += [Item("hostkey", region, name, "", 0.0) for name in kept_keys
+                  if name.rsplit("/", 1)[1] not in there]
         return items, registered
 
     results = parallel.each(env.all_regions, one, key=lambda r: r)
@@ -131,7 +139,7 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
 
 def remove(clients: aws.AwsClients, items: list[Item]) -> dict[str, str]:
     """Remove the items; each one's outcome ("removed" or the error line)."""
-    order = {"instance": 0, "image": 1, "snapshot": 2}  # images free their snapshots
+    order = {"instance": 0, "image": 1, "snapshot": 2, "hostkey": 3}  # images free snapshots
 
     def one(item: Item) -> str:
         ec2 = clients.ec2(item.region)
@@ -139,6 +147,8 @@ def remove(clients: aws.AwsClients, items: list[Item]) -> dict[str, str]:
             aws.ec2.terminate(ec2, item.region, [item.resource_id])
         elif item.kind == "image":
             aws.ec2.delete_image(ec2, item.region, item.resource_id)
+        elif item.kind == "hostkey":
+            aws.ssm.delete(clients.ssm(), [item.resource_id])
         else:
             aws.ec2.delete_snapshot(ec2, item.region, item.resource_id)
         return "removed"

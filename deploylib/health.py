@@ -1,4 +1,9 @@
-"""The app's health endpoint over HTTP: which release a host's app reports serving.
+"""The app's health endpoint over HTTP, and which release a host serves.
+
+Two ways, as the environment's `health_check` says: the app reports its release in its
+health JSON (`version`), or its health endpoint only answers 2xx (`status`, as most apps
+have it) and the release is proven on the host: the run's SSH connection asks which
+release the service runs from (`on_host`, given by the caller).
 
 Used by the health and smoke steps, `invoke status`, the tests and the benchmarks. Hosts
 are addressed directly (private or public address), never through a proxy taken from
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from deploylib import waits
@@ -30,13 +36,34 @@ def serving_version(address: str, port: int, path: str) -> str | None:
         return None
 
 
-def wait_serving(address: str, port: int, path: str, version: str, *, timeout: float,
-                 resource: str) -> None:
-    """Wait until the app at address answers its health path with `version`."""
+def answers(address: str, port: int, path: str, timeout: float = 2.0) -> bool:
+    """The health endpoint answers 2xx."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{address}:{port}{path}", timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def serving(env: Any, address: str, on_host: Callable[[], str | None] | None) -> str | None:
+    """The release a host serves, or None when its app is down or says nothing.
+    `on_host`: the release the host's service runs from (None: the host cannot be asked,
+    and a status-only app's release is then unknown)."""
+    if env.health_check == "version":
+        return serving_version(address, env.app_port, env.health_path)
+    if not answers(address, env.app_port, env.health_path):
+        return None
+    return on_host() if on_host is not None else None
+
+
+def wait_serving(env: Any, address: str, version: str, *, timeout: float, resource: str,
+                 on_host: Callable[[], str | None] | None) -> None:
+    """Wait until the host serves `version` (as `serving` proves it)."""
     seen: list[str | None] = [None]
 
     def check() -> bool:
-        seen[0] = serving_version(address, port, path)
+        seen[0] = serving(env, address, on_host)
         return seen[0] == version
 
     waits.until(check, timeout=timeout, what=f"the app to report release {version}",

@@ -25,8 +25,8 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
                                    [i.image_id for i in instances])
         rows = []
         for inst in instances:
-            running = health.serving_version(inst.address or "", env.app_port,
-                                             env.health_path)
+            # Over HTTP only: a status-only app's release is proven on the host, in a run.
+            running = health.serving(env, inst.address or "", on_host=None)
             image_release = baked.get(inst.image_id, {}).get(aws.TAG_RELEASE)
             rows.append({
                 "instance_id": inst.instance_id, "region": region, "address": inst.address,

@@ -30,14 +30,17 @@ def render(name: str, **values: Any) -> str:
     return _jinja().get_template(name).render(**values)
 
 
-def unit(*, service: str, app_root: str, app_port: int) -> str:
-    return render("app.service.j2", service=service, app_root=app_root, app_port=app_port)
+def unit(*, service: str, service_user: str, app_root: str, app_port: int) -> str:
+    return render("app.service.j2", service=service, service_user=service_user,
+                  app_root=app_root, app_port=app_port)
 
 
-def provision_script(*, packages: list[str], service: str, app_root: str,
+def provision_script(*, packages: list[str], service: str, service_user: str, app_root: str,
                      app_port: int, lock_timeout: int = 300) -> str:
-    return render("provision.sh.j2", packages=packages, service=service, app_root=app_root,
-                  unit=unit(service=service, app_root=app_root, app_port=app_port),
+    return render("provision.sh.j2", packages=packages, service=service,
+                  service_user=service_user, app_root=app_root,
+                  unit=unit(service=service, service_user=service_user, app_root=app_root,
+                            app_port=app_port),
                   lock_timeout=lock_timeout)
 
 
@@ -49,7 +52,8 @@ def first_boot_script(*, timeout: int) -> str:
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
                    health_path: str, restart_command: str, keep_releases: int,
                    url: str | None = None, pushed_path: str | None = None,
-                   fetch_timeout: int = 300, health_timeout: int = 30) -> str:
+                   fetch_timeout: int = 300, health_timeout: int = 30,
+                   service: str = "app", health_check: str = "version") -> str:
     """The install script for one release; exactly one of url / pushed_path is given."""
     if (url is None) == (pushed_path is None):
         raise ValueError("give exactly one of url or pushed_path")
@@ -60,7 +64,21 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
         app_port=app_port, health_path=health_path, restart_command=restart_command,
         keep_releases=keep_releases, source="url" if url else "push", url=url,
         pushed_path=pushed_path, fetch_timeout=fetch_timeout, health_timeout=health_timeout,
+        service=service, health_check=health_check,
     )
+
+
+def serving_script(*, app_root: str, service: str) -> str:
+    """Prints the release the host's app runs from (proven on the host), or nothing."""
+    return render("serving.sh.j2", app_root=app_root, service=service)
+
+
+def iam_policy(env: Any) -> str:
+    """templates/iam-policy.json for one environment: its artifact bucket and its lock
+    table in place of the placeholders (both names are checked by the config's schema)."""
+    text = (TEMPLATES / "iam-policy.json").read_text()
+    return text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace("LOCK_TABLE",
+                                                                        env.lock_table)
 
 
 # The pipeline's parameters, as the job offers them before its first build (the

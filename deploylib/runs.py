@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deploylib import aws, catalog, config, live, lock, release, runner, smoke
+from deploylib import aws, catalog, config, live, lock, preflight, release, runner, smoke
 from deploylib import plan as planning
 from deploylib.context import Context, Reporter
 from deploylib.errors import DeployError, InputError, StateError
@@ -78,18 +78,23 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
         path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts")
     if fleet_size is not None and not 1 <= fleet_size <= 100:
         raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
-    state = _create_locked(env, mode=mode, version=version, artifact=str(Path(path).resolve()))
+    # The account as a first deploy meets it, before a lock or a run exists.
+    clients = environment_clients(env)
+    preflight.require(env, clients, mode=mode)
+    state = _create_locked(env, clients, mode=mode, version=version,
+                           artifact=str(Path(path).resolve()))
     if fleet_size is not None:
         state.facts.fleet_size = fleet_size
         state.save()
     return state
 
 
-def _create_locked(env: config.Environment, **fields: Any) -> RunState:
+def _create_locked(env: config.Environment, clients: aws.AwsClients | None = None,
+                   **fields: Any) -> RunState:
     """Take the environment's lock for a new run id, then create the run's state: a run
     that cannot have the lock leaves nothing behind. The lock stays taken: the run's
     stages hold it from here (runner.holding) until the run ends."""
-    clients = environment_clients(env)
+    clients = clients or environment_clients(env)
     run_id = new_run_id()
     ddb = clients.dynamodb()
     lock.acquire(ddb, env.lock_table, env.name, run_id, ttl=env.lock_ttl)

@@ -30,6 +30,9 @@ OUTPUT_LIMIT = 64 * 1024
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr",
            "aes256-ctr")
 BLOCK = 1 << 20  # what a push reads and sends at a time
+# What sudo says when it will not run a command without a password (sudo -n).
+_SUDO_REFUSED = ("a password is required", "a terminal is required",
+                 "not in the sudoers file", "is not allowed to run sudo")
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,25 @@ class Connection:
                     output=b"".join(chunks).decode(errors="replace"))
             select.select([chan], [], [], min(remaining, 0.5))
         return b"".join(chunks).decode(errors="replace")
+
+    def run_as_root(self, script: str, *, timeout: float = 120.0) -> Result:
+        """Run a rendered script as root: through the login user's passwordless sudo (as
+        `ubuntu` has on Ubuntu AMIs), or directly when the login user is root."""
+        if self.credentials.user == "root":
+            return self.run("bash -s", stdin=script, timeout=timeout)
+        try:
+            return self.run("sudo -n -- bash -s", stdin=script, timeout=timeout)
+        except RemoteCommandError as exc:
+            # sudo itself refused (exit 1, its own words first), before the script ran.
+            first = exc.output.strip().splitlines()[:1]
+            if exc.exit_status == 1 and first and any(w in first[0] for w in _SUDO_REFUSED):
+                raise HostError(f"{self.credentials.user} cannot become root without a "
+                                f"password ({first[0]})",
+                                resource=f"{self.endpoint.name} ({self.endpoint.address})",
+                                fix=f"give {self.credentials.user} passwordless sudo (a "
+                                "NOPASSWD rule, as Ubuntu AMIs give `ubuntu`) or set "
+                                "ssh_user to a user that has it") from None
+            raise
 
     def put(self, local: str, remote: str, *, timeout: float = 600.0) -> None:
         """Copy a file to the host: streamed into `cat` over one channel of the run's

@@ -34,6 +34,17 @@ def loopback(block: int, host: int = 1) -> str:
     return f"127.{200 + WORKER}.{block}.{host}"
 
 
+def open_to_services(directory: Path) -> Path:
+    """Let other users pass through (o+x: traverse, not list) `directory` and the temporary
+    directories above it, which pytest makes 0700: a lab host's app runs as its own user
+    and must reach its release, as on a real host."""
+    from deploylib.lab import accounts
+
+    while (closed := accounts.reachable_by_services(directory)) is not None:
+        os.chmod(closed, os.stat(closed).st_mode | 0o001)
+    return directory
+
+
 def toml_value(value: object) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
@@ -43,12 +54,15 @@ def toml_value(value: object) -> str:
 
 
 def write_config(directory: Path, extra: str = "", name: str = "deploy.toml",
-                 **overrides: object) -> Path:
-    """A deploy.toml whose lab keeps its runs in `directory` (tests never touch ./.runs)."""
+                 drop: tuple[str, ...] = (), **overrides: object) -> Path:
+    """A deploy.toml whose lab keeps its runs in `directory` (tests never touch ./.runs);
+    `overrides` set keys of the lab environment, `drop` removes them."""
     text = LAB_ENV_TEXT.replace('state_dir = ".runs"', f'state_dir = "{directory / "runs"}"')
     text = text.replace('app_source = "examples/app"', f'app_source = "{REPO / "examples/app"}"')
     text = text.replace('smoke_tests = "examples/smoke"',
                         f'smoke_tests = "{REPO / "examples/smoke"}"')
+    text = "\n".join(ln for ln in text.splitlines()
+                     if not any(ln.startswith(f"{key} =") for key in drop)) + "\n"
     for key, value in overrides.items():
         lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
         lines.insert(lines.index("[environments.lab]") + 1, f"{key} = {toml_value(value)}")
@@ -87,9 +101,13 @@ class Cli:
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """A plain moto server (no lab hooks) on a free loopback port."""
+    """A moto server with no lab hosts on a free loopback port; its API as the lab's
+    (tags at creation, eventual consistency: deploylib.lab.cloud.fill_gaps)."""
     from moto.server import ThreadedMotoServer
 
+    from deploylib.lab import cloud
+
+    cloud.fill_gaps()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -105,6 +123,24 @@ def aws_clients(moto_endpoint):
 
     return AwsClients("us-east-1", endpoint_url=moto_endpoint, credentials=LAB_CREDENTIALS,
                       path_style=True, max_attempts=2)
+
+
+@pytest.fixture
+def faulty_aws(tmp_path):
+    """A moto server with the lab's fault middleware in front (deploylib.lab.faults) and
+    clients on it, without retries: (clients, where faults.json goes)."""
+    from deploylib.aws import AwsClients
+    from deploylib.lab.faults import Faults, LabServer
+
+    server = LabServer(Faults(tmp_path))
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield AwsClients("us-east-1", endpoint_url=f"http://{host}:{port}",
+                         credentials={"aws_access_key_id": "a", "aws_secret_access_key": "b"},
+                         max_attempts=0, path_style=True), tmp_path
+    finally:
+        server.stop()
 
 
 _networks = itertools.count(1)
@@ -125,16 +161,19 @@ def network(aws_clients):
 
 
 def launch_instances(aws_clients, network, count=1, role="candidate") -> list[str]:
-    """Instances launched by the tool's own launch, in the test's network."""
+    """Instances launched by the tool's own launch, in the test's network, and waited
+    for (as the tool waits): until then EC2 may not know their ids yet."""
     from deploylib import aws
 
     ec2 = aws_clients.ec2("us-east-1")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    return aws.ec2.launch(ec2, region="us-east-1", image_id=image, count=count,
+    ids = aws.ec2.launch(ec2, region="us-east-1", image_id=image, count=count,
                           instance_type="t3.micro", subnet_id=network["subnet"],
                           security_group_ids=[network["group"]],
                           tag_list=aws.tags("run-1", "test", "1.2.3", "in-place", role),
                           client_token=f"tok-{network['n']}-{role}")
+    aws.ec2.wait_instances(ec2, "us-east-1", ids, "running", timeout=30)
+    return ids
 
 
 @dataclass
@@ -161,7 +200,9 @@ def start_sshd(directory: Path, address: str, port: int = 2022) -> SshServer:
     config = directory / "sshd_config"
     config.write_text("\n".join([
         f"ListenAddress {address}:{port}", f"HostKey {host_key}",
-        f"AuthorizedKeysFile {directory / 'authorized_keys'}", "PermitRootLogin prohibit-password",
+        "AuthorizedKeysFile none",  # read as root: other users need not reach the file
+        f"AuthorizedKeysCommand /usr/bin/cat {directory / 'authorized_keys'}",
+        "AuthorizedKeysCommandUser root", "PermitRootLogin prohibit-password",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
         "StrictModes no", "PidFile none", "UseDNS no", "LogLevel ERROR",
         "Subsystem sftp internal-sftp", f"SetEnv DEPLOY_HOST_ROOT={root}", ""]))
@@ -190,9 +231,23 @@ def wait_listening(address: str, port: int, timeout: float = 10) -> None:
                 fix="see sshd.log in the test's directory")
 
 
+NO_SUDO_USER = "deploylab-nosudo"  # a login user without a sudo rule
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    """One real sshd on this worker's 127.x.99.1:2022, for the SSH module's tests."""
+    """One real sshd on this worker's 127.x.99.1:2022, for the SSH module's tests. It
+    takes root, the lab's login user (passwordless sudo) and one with no sudo rule."""
+    import pwd
+
+    from deploylib.lab import accounts
+
+    accounts.ensure_login_user()
+    try:
+        pwd.getpwnam(NO_SUDO_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--password", "*",
+                        NO_SUDO_USER], check=True)
     server = start_sshd(tmp_path_factory.mktemp("sshd"), loopback(99))
     yield server
     server.process.kill()
@@ -251,7 +306,7 @@ def lab(tmp_path_factory):
     """
     from deploylib.lab import control
 
-    directory = tmp_path_factory.mktemp("lab")
+    directory = open_to_services(tmp_path_factory.mktemp("lab"))
     config_path = write_config(directory)
     cli = Cli(config=config_path, lab_dir=directory / "lab")
     saved = {k: os.environ.get(k) for k in ("DEPLOY_LAB_DIR", "DEPLOY_CONFIG")}

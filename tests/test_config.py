@@ -213,3 +213,10 @@ def test_the_configuration_reference_is_generated_from_the_schema():
     for name, field in config.Environment.model_fields.items():
         assert field.description, f"{name} has no description"
         assert f"| `{name}` |" in written
+
+
+def test_a_health_endpoint_that_only_answers_200_is_the_default(tmp_path):
+    from tests.conftest import write_config
+
+    env = config.load(write_config(tmp_path, drop=("health_check",))).environment("lab")
+    assert env.health_check == "status"

@@ -73,3 +73,10 @@ def test_the_newest_foundation_image_is_the_bake_cache_and_stays():
     removed, kept = decide(items)
     assert removed == {"ami-f-old"}
     assert "bake cache" in kept["ami-f-new"] and "newest" in kept["ami-release"]
+
+
+def test_host_keys_kept_for_an_instance_that_is_gone_go_whatever_their_age():
+    """collect offers a kept key only once its instance is gone: nothing uses it then."""
+    key = Item("hostkey", "us-east-1", "/deploylib/lab/hostkeys/us-east-1/i-1", "", NOW)
+    removed, kept = decide([key], locked_run="r-old")
+    assert removed == {key.resource_id} and kept == {}

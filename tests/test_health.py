@@ -48,8 +48,28 @@ def test_the_sample_app_stops_promptly_on_sigterm(app):
     assert app.wait(timeout=5) == 0
 
 
+def _env(check: str, path: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(health_check=check, app_port=8080, health_path=path)
+
+
 def test_waiting_for_a_release_the_app_does_not_report_names_what_it_reports(app):
-    health.wait_serving(ADDRESS, 8080, "/health", "4.5.6", timeout=5, resource="i-1")
+    env = _env("version", "/health")
+    health.wait_serving(env, ADDRESS, "4.5.6", timeout=5, resource="i-1", on_host=None)
     with pytest.raises(WaitTimeout) as info:
-        health.wait_serving(ADDRESS, 8080, "/health", "9.9.9", timeout=0.3, resource="i-1")
+        health.wait_serving(env, ADDRESS, "9.9.9", timeout=0.3, resource="i-1", on_host=None)
     assert "it reports 4.5.6" in info.value.line()
+
+
+def test_a_status_only_health_endpoint_says_up_and_the_host_says_which_release(app):
+    """health_check = "status": /healthz answers "ok"; the release is what the host
+    proves (on_host), asked only when the app is up."""
+    env = _env("status", "/healthz")
+    assert health.answers(ADDRESS, 8080, "/healthz")
+    assert health.serving(env, ADDRESS, on_host=lambda: "4.5.6") == "4.5.6"
+    assert health.serving(env, ADDRESS, on_host=None) is None  # cannot be proven here
+    asked = []
+    down = _env("status", "/no-such-path")
+    assert health.serving(down, ADDRESS, on_host=lambda: asked.append(1) or "4.5.6") is None
+    assert not asked  # a host whose app is down is not asked

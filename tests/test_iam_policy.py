@@ -71,3 +71,27 @@ def test_the_listener_hears_the_tool_and_only_the_tool(aws_clients, moto_endpoin
     aws_clients.ec2("us-east-1").describe_instances()  # this process: not observed
     listener.drain()
     assert listener.used == {"ssm:GetParameter"} and listener.calls == 1
+
+
+def test_reading_an_artifact_implies_listing_the_bucket_or_a_first_publish_gets_403():
+    """S3 answers HeadObject of a missing key 404 only to who may list the bucket."""
+    policy = {"Statement": [s for s in POLICY["Statement"] if s["Sid"] != "ArtifactStoreList"]}
+    v = iam_audit.verdict({"s3:GetObject"}, policy, calls=1, whole_suite=False)
+    assert v.missing == {"s3:ListBucket"}
+    v = iam_audit.verdict({"s3:PutObject"}, POLICY, calls=1, whole_suite=False)
+    assert not v.missing  # AbortMultipartUpload, for an upload_file that fails, is granted
+
+
+def test_the_policy_for_an_environment_names_its_bucket_and_lock_table(tmp_path):
+    from deploylib import config, render
+    from tests.conftest import write_config
+
+    env = config.load(write_config(tmp_path, artifact_bucket="team-artifacts",
+                                   lock_table="team-locks")).environment("lab")
+    text = render.iam_policy(env)
+    policy = json.loads(text)
+    assert "ARTIFACT_BUCKET" not in text and "LOCK_TABLE" not in text
+    resources = {s["Sid"]: s["Resource"] for s in policy["Statement"]}
+    assert resources["ArtifactStore"] == "arn:aws:s3:::team-artifacts/releases/*"
+    assert resources["ArtifactStoreList"] == "arn:aws:s3:::team-artifacts"
+    assert resources["DeployLock"] == "arn:aws:dynamodb:*:*:table/team-locks"

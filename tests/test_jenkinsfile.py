@@ -188,3 +188,44 @@ def test_the_harness_runs_the_post_conditions_jenkins_runs_for_each_result():
     # SUCCESS runs neither `failure` nor `unsuccessful`; the other results both of theirs
     result = run_pipeline({"MODE": "in-place"})
     assert (result["result"], result["post"]) == ("SUCCESS", ["always"])
+
+
+def test_a_fresh_agent_gets_the_tool_first_and_every_command_runs_with_it():
+    """The Tool stage runs bin/tool-env; every `invoke` after it has the virtualenv it
+    printed first on PATH."""
+    result = run_pipeline({"MODE": "in-place"},
+                          responses={"invoke start": started("in-place"),
+                                     "bin/tool-env": "/agent/cache/venv-x/bin\n"})
+    sh = [c for c in result["calls"] if c["step"] == "sh"]
+    assert sh[0]["args"] == ["bin/tool-env"] and sh[0]["stage"] == "Tool"
+    invokes = [c for c in sh if c["args"][0].startswith("invoke ")]
+    assert invokes and all("PATH+DEPLOYLIB=/agent/cache/venv-x/bin" in c["env"]
+                           for c in invokes), invokes
+
+
+def test_tool_env_sets_the_tool_up_on_a_clean_checkout_with_nothing_installed(tmp_path):
+    """A clone of the repository, Python and git only: bin/tool-env makes the virtualenv
+    from requirements.lock (pip, from the package index), and the pipeline's commands run
+    from it; a second build reuses it."""
+    import subprocess
+
+    clone = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    # No virtualenv of ours on PATH; pip's own settings (index, cache) as this machine has
+    # them.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "LANG": "C.UTF-8",
+           "DEPLOY_TOOL_CACHE": str(tmp_path / "cache"),
+           **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}
+    made = subprocess.run([str(clone / "bin/tool-env")], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]
+    bin_dir = made.stdout.strip()
+    assert bin_dir.startswith(str(tmp_path / "cache"))
+    plan = subprocess.run([f"{bin_dir}/invoke", "plan", "--mode", "in-place", "--json"],
+                          cwd=clone, env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "install-release" in plan.stdout
+    again = subprocess.run([str(clone / "bin/tool-env")], cwd=clone, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.stdout.strip() == bin_dir and again.stderr == ""

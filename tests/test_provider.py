@@ -31,6 +31,12 @@ state_dir = "{runs}"
 """
 
 
+def _env(name: str = "production"):
+    return config.parse(PRODUCTION.replace("production", name).format(
+        image="ami-0123456789abcdef0", subnet="s", group="g", target_group="t", app="app",
+        runs="runs")).environment(name)
+
+
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "ap-southeast-4", "il-central-1"])
 @pytest.mark.parametrize("bucket", ["acme-artifacts", "artifacts.acme.example"])
 def test_presigned_urls_name_the_buckets_own_region(monkeypatch, region, bucket):
@@ -43,7 +49,7 @@ def test_presigned_urls_name_the_buckets_own_region(monkeypatch, region, bucket)
                                          target_group="t", app="app", runs="runs")
                        .replace("us-east-1", region).replace("prod-artifacts", bucket)
                        ).environment("production")
-    url = urlparse(aws.s3.presign(AwsProvider().aws_clients(env).s3(), bucket,
+    url = urlparse(aws.s3.presign(AwsProvider(env).aws_clients(env).s3(), bucket,
                                   "releases/production/1.2.3.tar.gz", expires=60))
     if "." in bucket:  # no certificate covers a dotted bucket as a host name
         assert (url.hostname, url.path) == (f"s3.{region}.amazonaws.com",
@@ -58,10 +64,10 @@ def test_no_console_keys_means_no_trusted_key(aws_clients):
     ec2 = aws_clients.ec2("us-east-1")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    inst = aws.ec2.describe(ec2, "us-east-1", [iid])[0]
+    inst = aws.ec2.wait_instances(ec2, "us-east-1", [iid], "running", timeout=10)[0]
     # moto's console output carries no SSH host key block, so nothing is trusted, and an
     # SSH wait would keep waiting rather than trust whichever key answers.
-    assert AwsProvider().trusted_keys(aws_clients, inst) == ()
+    assert AwsProvider(_env()).trusted_keys(aws_clients, inst) == ()
 
 
 def test_a_hotfix_on_ec2_trusts_no_host_that_printed_no_key(aws_clients, moto_endpoint,
@@ -73,6 +79,10 @@ def test_a_hotfix_on_ec2_trusts_no_host_that_printed_no_key(aws_clients, moto_en
                                       VpcId=vpc)["GroupId"]
     target_group = elb.create_target_group(Name="prod-web", Protocol="HTTP", Port=8080,
                                            VpcId=vpc)["TargetGroups"][0]["TargetGroupArn"]
+    balancer = elb.create_load_balancer(Name="prod-lb", Subnets=[subnet],
+                                        Scheme="internal")["LoadBalancers"][0]["LoadBalancerArn"]
+    elb.create_listener(LoadBalancerArn=balancer, Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "forward", "TargetGroupArn": target_group}])
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     hosts = [i["InstanceId"] for i in ec2.run_instances(
         ImageId=image, MinCount=2, MaxCount=2, SubnetId=subnet)["Instances"]]
@@ -100,29 +110,19 @@ def test_a_hotfix_on_ec2_trusts_no_host_that_printed_no_key(aws_clients, moto_en
     assert sorted(d["Target"]["Id"] for d in states["TargetHealthDescriptions"]) == sorted(hosts)
 
 
-def test_an_instance_type_without_the_latest_console_falls_back_to_the_buffered_one(tmp_path):
+def test_an_instance_type_without_the_latest_console_falls_back_to_the_buffered_one(
+        faulty_aws):
     """GetConsoleOutput(Latest=True) is Nitro-only: elsewhere AWS refuses it, and the
     buffered output (where cloud-init's first boot printed the keys) is read instead."""
     import json
 
-    from deploylib.lab.faults import Faults, LabServer
-
-    server = LabServer(Faults(tmp_path))
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        clients = aws.AwsClients("us-east-1", endpoint_url=f"http://{host}:{port}",
-                                 credentials={"aws_access_key_id": "a",
-                                              "aws_secret_access_key": "b"}, max_attempts=0)
-        ec2 = clients.ec2("us-east-1")
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        iid = ec2.run_instances(ImageId=image, MinCount=1,
-                                MaxCount=1)["Instances"][0]["InstanceId"]
-        (tmp_path / "faults.json").write_text(json.dumps({"rules": [
-            {"action": "GetConsoleOutput", "error": "UnsupportedOperation", "times": 1}]}))
-        inst = aws.ec2.describe(ec2, "us-east-1", [iid])[0]
-        assert AwsProvider().trusted_keys(clients, inst) == ()  # no keys in moto's text
-        assert json.loads((tmp_path / "faults-hits.json").read_text()) == {
-            "0:GetConsoleOutput": 1}  # the Latest call was refused, the fallback answered
-    finally:
-        server.stop()
+    clients, faults = faulty_aws
+    ec2 = clients.ec2("us-east-1")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    (faults / "faults.json").write_text(json.dumps({"rules": [
+        {"action": "GetConsoleOutput", "error": "UnsupportedOperation", "times": 1}]}))
+    inst = aws.ec2.wait_instances(ec2, "us-east-1", [iid], "running", timeout=10)[0]
+    assert AwsProvider(_env()).trusted_keys(clients, inst) == ()  # no keys in moto's text
+    assert json.loads((faults / "faults-hits.json").read_text()) == {
+        "0:GetConsoleOutput": 1}  # the Latest call was refused, the fallback answered

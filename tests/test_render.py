@@ -20,9 +20,10 @@ import pytest
 from deploylib import release, render
 from deploylib.health import serving_version
 from deploylib.lab import BIN
-from tests.conftest import REPO, loopback
+from tests.conftest import REPO, loopback, open_to_services
 
 _addresses = itertools.count(1)
+SERVICE_USER = "deploylab-app"  # as the lab's hosts have it
 
 
 class Host:
@@ -44,15 +45,22 @@ class Host:
         return path.name, release.sha256_file(path)
 
     def install(self, version: str, *, name: str | None = None, sha: str | None = None,
-                keep: int = 3, push: Path | None = None) -> subprocess.CompletedProcess:
+                keep: int = 3, push: Path | None = None, health_check: str = "version",
+                restart: str = "systemctl restart app") -> subprocess.CompletedProcess:
         if name is None:
             name, sha = self.artifact(version)
         script = render.install_script(
             version=version, sha256=sha, app_root="/srv/app", app_port=8080,
-            health_path="/health", restart_command="systemctl restart app", keep_releases=keep,
+            health_path="/health" if health_check == "version" else "/healthz",
+            restart_command=restart, keep_releases=keep,
             url=None if push else f"{self.url}/{name}", pushed_path=str(push) if push else None,
-            health_timeout=3)
+            health_timeout=3, service="app", health_check=health_check)
         return self.bash(script)
+
+    def runs_from(self) -> str:
+        """The release the host proves it runs (the serving script, as a run asks)."""
+        return self.bash(render.serving_script(app_root="/srv/app",
+                                               service="app")).stdout.strip()
 
     def current(self) -> str:
         return os.readlink(self.root / "srv/app/current")
@@ -71,13 +79,14 @@ def host(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0),
                                  partial(SimpleHTTPRequestHandler, directory=str(files)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    root = tmp_path / "root"
+    root = open_to_services(tmp_path) / "root"
     (root / "etc").mkdir(parents=True)
     address = loopback(98, next(_addresses))
     (root / "etc/app.env").write_text(f"APP_HOST={address}\n")
     h = Host(root, address, files, f"http://127.0.0.1:{server.server_address[1]}")
     out = h.bash(render.provision_script(packages=["python3", "curl"], service="app",
-                                         app_root="/srv/app", app_port=8080))
+                                         service_user=SERVICE_USER, app_root="/srv/app",
+                                         app_port=8080))
     assert out.returncode == 0, out.stderr
     yield h
     h.bash("systemctl stop app")
@@ -100,6 +109,40 @@ def test_install_fetches_verifies_switches_and_serves(host):
     assert out.returncode == 0, out.stdout + out.stderr
     assert host.current() == "releases/1.0.1" and host.serving() == "1.0.1"
     assert not list((host.root / "srv/app/.incoming").iterdir())
+
+
+def test_the_app_runs_as_its_own_user_from_a_release_that_stays_roots(host):
+    import pwd
+
+    assert host.install("1.0.0").returncode == 0
+    pid = (host.root / "var/run/app.pid").read_text().strip()
+    uid = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("Uid:"))
+    assert int(uid) == pwd.getpwnam(SERVICE_USER).pw_uid
+    release_dir = (host.root / "srv/app/releases/1.0.0").stat()
+    assert release_dir.st_uid == 0 and release_dir.st_mode & 0o777 == 0o755
+    assert "User=deploylab-app" in (host.root / "etc/systemd/system/app.service").read_text()
+
+
+def test_an_app_whose_health_only_answers_200_is_proven_on_the_host(host):
+    """health_check = "status": /healthz says "ok"; the release is the one the service
+    runs from, started after the switch."""
+    assert host.install("1.0.0", health_check="status").returncode == 0
+    assert host.current() == "releases/1.0.0" and host.runs_from() == "1.0.0"
+    out = host.install("1.0.1", health_check="status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert host.runs_from() == "1.0.1" and host.serving() == "1.0.1"
+    assert host.install("1.0.1", health_check="status").stdout.strip().endswith(
+        "already live; nothing to do")
+
+
+def test_a_switch_the_service_was_not_restarted_after_is_not_healthy(host):
+    """A 200 from the old process is not the new release: with a restart that does not
+    restart, the new release is refused and the old one put back."""
+    assert host.install("1.0.0", health_check="status").returncode == 0
+    out = host.install("1.0.1", health_check="status", restart="true")
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert host.current() == "releases/1.0.0" and host.runs_from() == "1.0.0"
 
 
 def test_installing_the_live_release_again_changes_nothing(host):
@@ -215,7 +258,8 @@ def test_the_lab_hosts_cloud_init_fails_when_told_to(tmp_path):
 
 
 def test_provisioning_waits_for_dpkgs_lock_and_the_lab_apt_takes_the_option(host):
-    script = render.provision_script(packages=["curl"], service="app", app_root="/srv/app",
+    script = render.provision_script(packages=["curl"], service="app",
+                                     service_user=SERVICE_USER, app_root="/srv/app",
                                      app_port=8080, lock_timeout=120)
     assert 'apt_wait="-o DPkg::Lock::Timeout=120"' in script
     assert script.count("apt-get $apt_wait ") == 2  # update and install both wait

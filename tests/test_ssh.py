@@ -9,8 +9,9 @@ import pytest
 
 from deploylib import ssh
 from deploylib.errors import HostError, HostKeyError, RemoteCommandError
+from deploylib.lab.accounts import LOGIN_USER
 from deploylib.lab.hosts import write_keypair
-from tests.conftest import loopback
+from tests.conftest import NO_SUDO_USER, loopback
 
 
 def endpoint(server, keys=None, name="i-test"):
@@ -19,10 +20,34 @@ def endpoint(server, keys=None, name="i-test"):
                         trusted_keys=tuple(trusted))
 
 
-def connection(server, **kw):
+def connection(server, user="root", **kw):
     return ssh.Connection(endpoint(server, **kw),
-                          ssh.Credentials(user="root", key_file=str(server.client_key)),
+                          ssh.Credentials(user=user, key_file=str(server.client_key)),
                           connect_timeout=5)
+
+
+def test_scripts_run_as_root_through_the_login_users_passwordless_sudo(sshd):
+    with connection(sshd, user=LOGIN_USER) as conn:
+        assert conn.run("id -un").output.strip() == LOGIN_USER
+        assert conn.run_as_root("id -un\n").output.strip() == "root"
+        # what the lab's hosts need through sudo: their root and the stand-ins' PATH
+        assert conn.run_as_root("echo $DEPLOY_HOST_ROOT\n").output.strip() == str(sshd.root)
+    with connection(sshd) as conn:
+        assert conn.run_as_root("id -un\n").output.strip() == "root"  # root: no sudo
+
+
+def test_a_login_user_without_passwordless_sudo_is_one_line_with_the_fix(sshd):
+    with connection(sshd, user=NO_SUDO_USER) as conn:
+        with pytest.raises(HostError, match="cannot become root without a password") as info:
+            conn.run_as_root("touch /tmp/should-not-exist\n")
+    assert "NOPASSWD" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_a_failing_script_run_through_sudo_keeps_its_own_exit_status(sshd):
+    with connection(sshd, user=LOGIN_USER) as conn:
+        with pytest.raises(RemoteCommandError) as info:
+            conn.run_as_root("echo 'sudo: not really' >&2; exit 1\n")
+    assert info.value.exit_status == 1
 
 
 def test_one_connection_serves_every_command_and_transfer(sshd, tmp_path):

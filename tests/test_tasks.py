@@ -96,3 +96,13 @@ def test_with_no_route_to_aws_each_command_says_what_to_check(production, args):
     assert env["AWS_ENDPOINT_URL"].removeprefix("http://") in line
     assert "example-secret" not in line
     assert no_run_started(runs)
+
+
+def test_preflight_without_credentials_fails_its_first_check_and_asks_nothing_else(production):
+    env, runs = production
+    proc = invoke("preflight --env production", env)
+    assert proc.returncode == 2, proc.stderr
+    checks = [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith("  ")]
+    assert len(checks) == 1 and checks[0].startswith("FAIL  credentials:"), proc.stdout
+    assert "no usable AWS credentials" in checks[0] and "AWS_PROFILE" in checks[0]
+    assert no_run_started(runs)

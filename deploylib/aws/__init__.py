@@ -94,6 +94,11 @@ class AwsClients:
                         config=self._config)
             return self._clients[key]
 
+    def credentials(self) -> Any:
+        """The credentials the clients sign with (botocore's object: method, expiry)."""
+        with calling("the AWS credentials", CREDENTIALS_FIX):
+            return self._session.get_credentials()
+
     def dynamodb(self) -> Any:
         return self.client("dynamodb")
 

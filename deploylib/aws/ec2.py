@@ -3,15 +3,20 @@ found, deleted with their snapshots)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from deploylib import waits
 from deploylib.aws import TAG_RETIRING, calling, tag_map
-from deploylib.errors import CloudError, InputError
+from deploylib.errors import CloudError, InputError, WaitTimeout
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+# EC2 is eventually consistent (AWS's EC2 API reference, "Eventual consistency"): an id
+# just created can be unknown to the next call for a while, a snapshot just released
+# from its image still in use. Within this long, those answers mean "not yet".
+SETTLE = 120.0
 
 
 @dataclass(frozen=True)
@@ -45,32 +50,41 @@ def _ids(instance_ids: Iterable[str], region: str) -> str:
 # -- instances ----------------------------------------------------------------------------------
 
 
-def resolve_subnet(ec2: Any, name_or_id: str, region: str) -> str:
-    if name_or_id.startswith("subnet-"):
-        return name_or_id
+def describe_subnet(ec2: Any, name_or_id: str, region: str) -> dict[str, Any]:
+    """The subnet (its VpcId and AvailabilityZone with it), by id or by Name tag."""
     with calling(f"subnet {name_or_id} in {region}", "check subnet in deploy.toml"):
-        found = ec2.describe_subnets(Filters=[{"Name": "tag:Name", "Values": [name_or_id]}])
+        if name_or_id.startswith("subnet-"):
+            found = ec2.describe_subnets(SubnetIds=[name_or_id])
+        else:
+            found = ec2.describe_subnets(Filters=[{"Name": "tag:Name", "Values": [name_or_id]}])
     subnets = found.get("Subnets", [])
     if len(subnets) != 1:
         raise InputError(f"{len(subnets)} subnets are tagged Name={name_or_id}",
                          resource=f"subnet {name_or_id} in {region}",
                          fix="set subnet to a subnet id (subnet-…) for this region")
-    return subnets[0]["SubnetId"]
+    return subnets[0]
 
 
-def resolve_security_group(ec2: Any, name_or_id: str, region: str) -> str:
-    if name_or_id.startswith("sg-"):
-        return name_or_id
+def security_group(ec2: Any, name_or_id: str, region: str, vpc_id: str) -> dict[str, Any]:
+    """The security group, by id or by name within the subnet's VPC: a group name is
+    unique only within a VPC, and a group of another VPC cannot be used there."""
+    by_id = name_or_id.startswith("sg-")
     with calling(f"security group {name_or_id} in {region}",
                  "check security_group in deploy.toml"):
-        found = ec2.describe_security_groups(
-            Filters=[{"Name": "group-name", "Values": [name_or_id]}])
+        found = ec2.describe_security_groups(Filters=[
+            {"Name": "group-id" if by_id else "group-name", "Values": [name_or_id]},
+            {"Name": "vpc-id", "Values": [vpc_id]}])
     groups = found.get("SecurityGroups", [])
     if len(groups) != 1:
-        raise InputError(f"{len(groups)} security groups are named {name_or_id}",
+        raise InputError(f"no security group {name_or_id} in the subnet's VPC {vpc_id}",
                          resource=f"security group {name_or_id} in {region}",
-                         fix="set security_group to a group id (sg-…) for this region")
-    return groups[0]["GroupId"]
+                         fix="set security_group to a group of the subnet's VPC (its id, "
+                         "sg-…, or its name)")
+    return groups[0]
+
+
+def resolve_security_group(ec2: Any, name_or_id: str, region: str, vpc_id: str) -> str:
+    return str(security_group(ec2, name_or_id, region, vpc_id)["GroupId"])
 
 
 def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: str,
@@ -138,7 +152,12 @@ def wait_instances(ec2: Any, region: str, instance_ids: list[str], state: str,
     dead = {"terminated", "shutting-down"} - {state}
 
     def check() -> list[Instance] | None:
-        found = describe(ec2, region, instance_ids)
+        try:
+            found = describe(ec2, region, instance_ids)
+        except CloudError as exc:
+            if exc.code == "InvalidInstanceID.NotFound":
+                return None  # just launched: not visible yet (the deadline still holds)
+            raise
         for inst in found:
             if inst.state in dead:
                 raise CloudError(f"instance is {inst.state}, not {state}",
@@ -149,6 +168,17 @@ def wait_instances(ec2: Any, region: str, instance_ids: list[str], state: str,
     return waits.until(check, timeout=timeout, what=f"instances to be {state}",
                        resource=f"{', '.join(instance_ids)} in {region}",
                        fix="check the EC2 console for the instances' state and status checks")
+
+
+def still_there(ec2: Any, region: str, instance_ids: list[str]) -> set[str]:
+    """Which of the ids are instances not terminated (a filter: unknown ids are fine)."""
+    if not instance_ids:
+        return set()
+    with calling(f"instances in {region}", "check EC2 read permissions"):
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": "instance-id", "Values": instance_ids},
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])
+        return {i.instance_id for i in _described(pages, region, False)}
 
 
 def stop(ec2: Any, region: str, instance_ids: list[str]) -> None:
@@ -201,17 +231,31 @@ def mark_retiring(ec2: Any, region: str, instance_ids: list[str], run_id: str) -
 # -- images ---------------------------------------------------------------------------------
 
 
-def images(ec2: Any, region: str, image_ids: list[str]) -> list[dict[str, Any]]:
-    """Images as EC2 describes them (none for an id it does not know)."""
-    ids = [i for i in image_ids if i]
-    if not ids:
-        return []
+def _described_images(ec2: Any, region: str, ids: list[str]) -> list[dict[str, Any]] | None:
+    """Images as EC2 describes them; None when it knows none of the ids (unknown, or
+    not visible yet), [] when it knows them as gone."""
     try:
         with calling(f"images {', '.join(ids)} in {region}", "check the image ids"):
             return ec2.describe_images(ImageIds=ids).get("Images", [])
     except CloudError as exc:
         if exc.code in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed"):
-            return []
+            return None
+        raise
+
+
+def images(ec2: Any, region: str, image_ids: list[str]) -> list[dict[str, Any]]:
+    """Images as EC2 describes them (none for an id it does not know)."""
+    ids = [i for i in image_ids if i]
+    return (_described_images(ec2, region, ids) or []) if ids else []
+
+
+def key_pair_exists(ec2: Any, region: str, name: str) -> bool:
+    try:
+        with calling(f"key pair {name} in {region}", "check key_name in deploy.toml"):
+            return bool(ec2.describe_key_pairs(KeyNames=[name]).get("KeyPairs"))
+    except CloudError as exc:
+        if exc.code == "InvalidKeyPair.NotFound":
+            return False
         raise
 
 
@@ -232,12 +276,19 @@ def find_base_image(ec2: Any, region: str, spec: str, owner: str | None) -> str:
     return max(found, key=lambda i: i.get("CreationDate", ""))["ImageId"]
 
 
+def _image_and_snapshots(tag_list: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Tags at creation, for the image and its snapshots alike: a resource tagged in a
+    later call can be missed by it (not visible yet), and one left untagged is invisible
+    to gc and shows as drift."""
+    return [{"ResourceType": kind, "Tags": tag_list} for kind in ("image", "snapshot")]
+
+
 def create_image(ec2: Any, region: str, instance_id: str, name: str,
                  tag_list: list[dict[str, str]], no_reboot: bool) -> str:
     with calling(f"instance {instance_id} in {region}",
                  "check the instance exists and the image name is unused"):
         out = ec2.create_image(InstanceId=instance_id, Name=name, NoReboot=no_reboot,
-                               TagSpecifications=[{"ResourceType": "image", "Tags": tag_list}])
+                               TagSpecifications=_image_and_snapshots(tag_list))
     return out["ImageId"]
 
 
@@ -245,11 +296,10 @@ def copy_image(ec2_dest: Any, *, source_region: str, dest_region: str, image_id:
                name: str, tag_list: list[dict[str, str]], client_token: str) -> str:
     with calling(f"image {image_id} to {dest_region}",
                  "check the destination region is enabled for the account"):
+        # A copy carries none of its source's tags: they go on with the copy.
         out = ec2_dest.copy_image(SourceRegion=source_region, SourceImageId=image_id,
-                                  Name=name, ClientToken=client_token, Encrypted=True)
-        # Copies do not carry user tags; tag the copy so it is found and cleaned like the
-        # rest.
-        ec2_dest.create_tags(Resources=[out["ImageId"]], Tags=tag_list)
+                                  Name=name, ClientToken=client_token, Encrypted=True,
+                                  TagSpecifications=_image_and_snapshots(tag_list))
     return out["ImageId"]
 
 
@@ -262,10 +312,15 @@ def find_image(ec2: Any, region: str, name: str) -> str | None:
     return usable[0]["ImageId"] if usable else None
 
 
-def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
+def wait_image(ec2: Any, region: str, image_id: str, timeout: float, *,
+               clock: Any = time.monotonic) -> None:
+    began = clock()
+
     def check() -> bool:
         found = images(ec2, region, [image_id])
         state = found[0]["State"] if found else "missing"
+        if state == "missing" and clock() - began < SETTLE:
+            return False  # just created or copied: not visible yet
         if state in ("failed", "deregistered", "missing", "error", "invalid"):
             raise CloudError(f"image is {state}", resource=f"image {image_id} in {region}",
                              fix="see the image's StateReason in the EC2 console")
@@ -275,16 +330,6 @@ def wait_image(ec2: Any, region: str, image_id: str, timeout: float) -> None:
                 resource=f"image {image_id} in {region}",
                 fix="image creation and copies can take many minutes; raise "
                 "timeouts.image in deploy.toml or check the snapshot's progress")
-
-
-def tag_snapshots(ec2: Any, region: str, image_id: str,
-                  tag_list: list[dict[str, str]]) -> list[str]:
-    """Tag an image's snapshots like the image, so they are found and cleaned with it."""
-    snapshots = snapshots_of(images(ec2, region, [image_id]))
-    if snapshots:
-        with calling(f"snapshots of {image_id} in {region}", "check ec2:CreateTags"):
-            ec2.create_tags(Resources=snapshots, Tags=tag_list)
-    return snapshots
 
 
 def snapshots_of(found: Iterable[dict[str, Any]]) -> list[str]:
@@ -310,18 +355,43 @@ def tagged_snapshots(ec2: Any, region: str, filters: dict[str, str]) -> list[dic
         return [snap for page in pages for snap in page.get("Snapshots", [])]
 
 
-def delete_snapshot(ec2: Any, region: str, snapshot_id: str) -> None:
+def delete_snapshot(ec2: Any, region: str, snapshot_id: str, *,
+                    settle: float = SETTLE) -> None:
+    """Delete a snapshot; one already gone is fine. Right after its image is
+    deregistered, EC2 may still call it in use: retried for `settle` seconds."""
+    def attempt() -> bool:
+        try:
+            with calling(f"snapshot {snapshot_id} in {region}", "check no image uses it"):
+                ec2.delete_snapshot(SnapshotId=snapshot_id)
+        except CloudError as exc:
+            if exc.code == "InvalidSnapshot.InUse" and settle > 0:
+                last[:] = [exc]
+                return False
+            if exc.code != "InvalidSnapshot.NotFound":
+                raise
+        return True
+
+    last: list[CloudError] = []
     try:
-        with calling(f"snapshot {snapshot_id} in {region}", "check no image still uses it"):
-            ec2.delete_snapshot(SnapshotId=snapshot_id)
-    except CloudError as exc:
-        if exc.code != "InvalidSnapshot.NotFound":
-            raise
+        waits.until(attempt, timeout=settle, what="the snapshot to be released",
+                    resource=f"snapshot {snapshot_id} in {region}", fix="", longest=5.0)
+    except WaitTimeout:
+        raise last[0] from None
 
 
-def delete_image(ec2: Any, region: str, image_id: str) -> list[str]:
-    """Deregister an image and delete its snapshots (an image alone leaks its storage)."""
-    found = images(ec2, region, [image_id])
+def delete_image(ec2: Any, region: str, image_id: str, *, just_made: bool = False) -> list[str]:
+    """Deregister an image and delete its snapshots (an image alone leaks its storage).
+
+    `just_made`: the run created or copied it moments ago, so an EC2 that does not know
+    the id yet is waited out (up to SETTLE) rather than taken as "nothing to delete"."""
+    found = _described_images(ec2, region, [image_id])
+    if found is None and just_made:
+        try:
+            found = waits.until(lambda: _described_images(ec2, region, [image_id]),
+                                timeout=SETTLE, what="the image to be visible",
+                                resource=f"image {image_id} in {region}", fix="", longest=5.0)
+        except WaitTimeout:
+            found = None
     if not found:
         return []
     snapshots = snapshots_of(found)

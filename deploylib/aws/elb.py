@@ -26,6 +26,25 @@ def resolve_target_group(elbv2: Any, name_or_arn: str, region: str) -> str:
     return groups[0]["TargetGroupArn"]
 
 
+def describe_target_group(elbv2: Any, name_or_arn: str, region: str) -> dict[str, Any]:
+    """The target group (VpcId, LoadBalancerArns), by name or ARN."""
+    args = ({"TargetGroupArns": [name_or_arn]} if name_or_arn.startswith("arn:")
+            else {"Names": [name_or_arn]})
+    with calling(f"target group {name_or_arn} in {region}",
+                 "check target_group in deploy.toml names a group in this region"):
+        return dict(elbv2.describe_target_groups(**args)["TargetGroups"][0])
+
+
+def load_balancer_zones(elbv2: Any, region: str, arns: list[str]) -> dict[str, set[str]]:
+    """The Availability Zones each load balancer serves, by its name."""
+    if not arns:
+        return {}
+    with calling(f"load balancers in {region}", "check elasticloadbalancing read access"):
+        found = elbv2.describe_load_balancers(LoadBalancerArns=arns)["LoadBalancers"]
+    return {lb["LoadBalancerName"]: {z["ZoneName"] for z in lb.get("AvailabilityZones", [])}
+            for lb in found}
+
+
 def target_states(elbv2: Any, region: str, group_arn: str) -> dict[str, str]:
     """Registered targets of a group and their health state (initial, healthy, draining…)."""
     with calling(f"target group {group_arn} in {region}", "check the target group exists"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from deploylib.aws import calling
-from deploylib.errors import CloudError
+from deploylib.errors import CloudError, PermissionDenied
 
 
 def published_sha256(s3: Any, bucket: str, key: str) -> str | None:
@@ -16,11 +16,32 @@ def published_sha256(s3: Any, bucket: str, key: str) -> str | None:
         with calling(f"s3://{bucket}/{key}",
                      "check the artifact bucket exists and you may read it"):
             head = s3.head_object(Bucket=bucket, Key=key)
+    except PermissionDenied as exc:
+        # S3 answers a missing key 403, not 404, to whoever may not list the bucket: the
+        # first publish of every release meets it.
+        raise PermissionDenied(f"S3 refused to say whether {key} exists ({exc.code})",
+                               resource=f"s3://{bucket}/{key}", code=exc.code,
+                               fix=f"grant s3:ListBucket on arn:aws:s3:::{bucket} and "
+                               "s3:GetObject on its releases/* (`invoke policy` prints the "
+                               "whole policy)") from None
     except CloudError as exc:
         if exc.code in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
     return head.get("Metadata", {}).get("sha256") or ""
+
+
+def check_bucket(s3: Any, bucket: str) -> None:
+    """The bucket exists and the tool may use it (HeadBucket: s3:ListBucket)."""
+    try:
+        with calling(f"s3://{bucket}", "check artifact_bucket and the tool's permissions"):
+            s3.head_bucket(Bucket=bucket)
+    except CloudError as exc:
+        if exc.code in ("404", "NoSuchBucket", "NotFound"):
+            raise CloudError("the artifact bucket does not exist", resource=f"s3://{bucket}",
+                             code=exc.code, fix=f"create it once in the primary region (aws "
+                             f"s3 mb s3://{bucket}), or fix artifact_bucket") from None
+        raise
 
 
 def upload_artifact(s3: Any, bucket: str, key: str, path: str, sha256: str) -> None:

@@ -16,8 +16,12 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.instances import InstanceBackend
+from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.responses.general import General
+from moto.ec2.utils import Base64EncodedString
 from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup, elbv2_backends
 
+from deploylib.lab import consistency
 from deploylib.lab.balancer import Balancer, Balancers
 from deploylib.lab.hosts import HostFarm
 
@@ -43,6 +47,65 @@ def registrations(balancer: Balancer) -> dict[str, tuple[str, int]]:
     return out
 
 
+# The request being answered, for what moto's backend methods are not handed.
+_request = threading.local()
+
+
+def _tag_created(backend: Any, ami: Any, specs: list[dict[str, Any]], *, image: bool) -> None:
+    """Apply an image's TagSpecifications where moto does not: to its snapshot, and (for
+    copies) to the image."""
+    # Into moto's tag store directly: these are part of the creation, not a CreateTags
+    # call (which, for an id this fresh, may not find it yet).
+    for spec in specs:
+        tags = {t["Key"]: t["Value"] for t in spec.get("Tags", [])}
+        if spec["ResourceType"] == "snapshot" and getattr(ami, "ebs_snapshot", None):
+            backend.tags[ami.ebs_snapshot.id].update(tags)
+        elif spec["ResourceType"] == "image" and image:
+            backend.tags[ami.id].update(tags)
+
+
+_filled = False
+
+
+def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
+    """What moto's EC2 API lacks and AWS does, hosts aside: tags at creation for images'
+    snapshots and for copies, and eventual consistency (deploylib.lab.consistency).
+    Once per process; the lab daemon calls it, and so do the tests' plain moto server."""
+    global _filled
+    if _filled:
+        return
+    _filled = True
+    consistency.install(settle)
+    create_image = AmiBackend.create_image
+    copy_image = AmiBackend.copy_image
+    copy_image_response = AmisResponse.copy_image
+
+    def create_image_tagged(self: Any, instance_id: str, name: str, description: str,
+                            tag_specifications: list[dict[str, Any]]) -> Any:
+        # moto tags the image only (a snapshot specification raises in it)
+        ami = create_image(self, instance_id, name, description,
+                           [t for t in tag_specifications if t["ResourceType"] != "snapshot"])
+        _tag_created(self, ami, tag_specifications, image=False)
+        return ami
+
+    def copy_image_tagged(self: Any, *args: Any, **kw: Any) -> Any:
+        ami = copy_image(self, *args, **kw)
+        _tag_created(self, ami, getattr(_request, "tag_specifications", []), image=True)
+        return ami
+
+    def copy_image_response_tagged(self: Any) -> Any:
+        # moto's CopyImage drops TagSpecifications; the backend's copy above applies them.
+        _request.tag_specifications = self._get_param("TagSpecifications", [])
+        try:
+            return copy_image_response(self)
+        finally:
+            _request.tag_specifications = []
+
+    AmiBackend.create_image = create_image_tagged
+    AmiBackend.copy_image = copy_image_tagged
+    AmisResponse.copy_image = copy_image_response_tagged
+
+
 def _later(seconds: float, fn: Any) -> None:
     timer = threading.Timer(seconds, fn)
     timer.daemon = True
@@ -58,6 +121,7 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
     `image` seconds and copies for `copy` seconds. The tool's own waits then meet the
     delays as they would on AWS, so its overhead over them can be measured."""
     profile = profile or {}
+    fill_gaps(profile.get("settle", consistency.DEFAULT_WINDOW))
     run_instances = InstanceBackend.run_instances
     start_instances = InstanceBackend.start_instances
     stop_instances = InstanceBackend.stop_instances
@@ -161,6 +225,17 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
         deregister_targets(self, target_group_arn, instances)
         balancers.follow(target_group_arn)
 
+    console_output = General.get_console_output
+
+    def lab_console_output(self: Any) -> Any:
+        text = farm.console(self._get_param("InstanceId"))
+        if text is None:
+            return console_output(self)  # not a lab host: moto's own text
+        result = console_output(self)  # moto's checks (the instance exists) and shape
+        result.result["Output"] = Base64EncodedString.from_raw_string(text)
+        return result
+
+    General.get_console_output = lab_console_output
     ELBv2Backend.register_targets = lab_register_targets
     ELBv2Backend.deregister_targets = lab_deregister_targets
     InstanceBackend.run_instances = lab_run_instances
@@ -187,8 +262,9 @@ def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
     for n, region in enumerate(spec["regions"], start=spec.get("network", 1)):
         ec2 = clients.ec2(region)
         vpc = ec2.create_vpc(CidrBlock=f"127.{n}.0.0/16")["Vpc"]["VpcId"]
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{n}.0.0/24", TagSpecifications=[
-            {"ResourceType": "subnet", "Tags": [{"Key": "Name", "Value": spec["subnet"]}]}])
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{n}.0.0/24", TagSpecifications=[
+            {"ResourceType": "subnet", "Tags": [{"Key": "Name", "Value": spec["subnet"]}]}]
+        )["Subnet"]["SubnetId"]
         ec2.create_security_group(GroupName=spec["security_group"], VpcId=vpc,
                                   Description="lab application hosts")
         ec2.register_image(Name=base_name, Description="lab base image (an empty root)",
@@ -206,6 +282,12 @@ def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
             {"Key": "deregistration_delay.timeout_seconds", "Value": "5"},
             {"Key": "stickiness.enabled", "Value": "true"},
             {"Key": "stickiness.type", "Value": "lb_cookie"}])
+        # The load balancer in front of it, serving the subnet's zone (the lab's own
+        # balancer does the routing; this is what AWS would show, and preflight checks).
+        balancer = elb.create_load_balancer(Name=spec["target_group"], Subnets=[subnet],
+                                            Scheme="internal")["LoadBalancers"][0]
+        elb.create_listener(LoadBalancerArn=balancer["LoadBalancerArn"], Protocol="HTTP",
+                            Port=80, DefaultActions=[{"Type": "forward", "TargetGroupArn": arn}])
         groups[region] = arn
     primary = spec["regions"][0]
     extra = {} if primary == "us-east-1" else {

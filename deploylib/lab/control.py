@@ -14,7 +14,7 @@ from typing import Any
 
 from deploylib.config import Environment
 from deploylib.errors import DeployError, InputError
-from deploylib.lab import lab_dir
+from deploylib.lab import accounts, lab_dir
 from deploylib.lab.hosts import kill_leftovers
 
 READY_TIMEOUT = 60.0
@@ -85,8 +85,20 @@ def start_daemon(env: Environment, directory: Path | None = None) -> dict[str, A
     if directory.exists():
         kill_leftovers(directory)
         shutil.rmtree(directory)
-    directory.mkdir(parents=True)
     spec = spec_for(env)
+    if env.ssh_user != accounts.LOGIN_USER:
+        raise InputError(f"lab hosts log in as {accounts.LOGIN_USER!r}, as Ubuntu AMIs log "
+                         f"in as 'ubuntu' (root logins refused), not {env.ssh_user!r}",
+                         resource=f"environments.{env.name}.ssh_user",
+                         fix=f'set ssh_user = "{accounts.LOGIN_USER}" or leave it out')
+    accounts.ensure_login_user()
+    directory.mkdir(parents=True)
+    closed = accounts.reachable_by_services(directory)
+    if closed is not None:
+        raise InputError(f"the app on lab hosts runs as its own user and cannot pass "
+                         f"through {closed}", resource=str(directory),
+                         fix=f"chmod o+x {closed} (traverse only), or put the lab elsewhere "
+                         "(DEPLOY_LAB_DIR)")
     log = open(directory / "daemon.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploylib.lab.daemon", "--dir", str(directory),

@@ -5,7 +5,8 @@ A test writes `faults.json` in the lab directory:
     {"rules": [{"action": "DescribeInstances", "error": "RequestLimitExceeded", "times": 3},
                {"action": "CopyImage", "region": "eu-west-1", "error": "InvalidParameter"}]}
 
-and the next matching requests (service-independent action name, optional region,
+and the next matching requests (service-independent action name — for S3's REST API the
+one its method and path make, HeadObject, GetObject, PutObject —, optional region,
 `times` of them, or every one when `times` is absent) get that error in the service's
 own wire format, before moto sees them. A rule with `image_state` instead of `error`
 lets moto answer DescribeImages and reports that state for every image in it: a copy
@@ -31,6 +32,10 @@ from werkzeug.serving import make_server
 
 _THROTTLING = {"RequestLimitExceeded": 503, "Throttling": 400, "ThrottlingException": 400,
                "SlowDown": 503}
+_STATUS = {"AccessDenied": 403, "NoSuchKey": 404}
+_S3_OPERATIONS = {("HEAD", True): "HeadObject", ("GET", True): "GetObject",
+                  ("PUT", True): "PutObject", ("HEAD", False): "HeadBucket",
+                  ("PUT", False): "CreateBucket"}
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
 
@@ -74,16 +79,26 @@ def _action(environ: dict[str, Any], body: bytes) -> str:
         return target.rsplit(".", 1)[-1]
     query = parse_qs(environ.get("QUERY_STRING", ""))
     form = parse_qs(body.decode("utf-8", "replace")) if body else {}
-    return (form.get("Action") or query.get("Action") or [""])[0]
+    named = (form.get("Action") or query.get("Action") or [""])[0]
+    if named or "/s3/aws4_request" not in environ.get("HTTP_AUTHORIZATION", ""):
+        return named
+    # S3's REST API names no action: the method and whether a key is in the path do.
+    method = environ.get("REQUEST_METHOD", "")
+    has_key = "/" in environ.get("PATH_INFO", "").strip("/")
+    return _S3_OPERATIONS.get((method, has_key), "")
 
 
 def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, bytes]:
     code = rule["error"]
-    status = int(rule.get("status", _THROTTLING.get(code, 400)))
+    status = int(rule.get("status", _THROTTLING.get(code, _STATUS.get(code, 400))))
     message = rule.get("message", "injected by the lab")
     if environ.get("HTTP_X_AMZ_TARGET"):
         body = json.dumps({"__type": code, "message": message}).encode()
         return status, "application/x-amz-json-1.0", body
+    if "/s3/aws4_request" in environ.get("HTTP_AUTHORIZATION", ""):
+        xml = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        return status, "application/xml", b"" if environ.get("REQUEST_METHOD") == "HEAD" \
+            else xml.encode()
     if "ec2" in environ.get("HTTP_AUTHORIZATION", ""):
         xml = (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message>"
                "</Error></Errors><RequestID>lab</RequestID></Response>")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from deploylib.lab import BIN
+from deploylib.lab.accounts import LOGIN_USER
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 # Runtime state never goes into an image: pid files and the instance's own address.
@@ -37,6 +38,26 @@ def write_keypair(private_path: Path) -> str:
                                            serialization.PublicFormat.OpenSSH).decode()
     Path(f"{private_path}.pub").write_text(public + "\n")
     return public
+
+
+def console_text(public_key: str | None) -> str:
+    """A boot's console output as an Ubuntu AMI's looks: kernel lines, then (first boot
+    only) cloud-init's host key block, a kernel message written in the middle of it."""
+    lines = ["[    0.000000] Linux version 6.8.0-1018-aws (buildd@lcy02-amd64-022)",
+             "[    0.000000] Command line: BOOT_IMAGE=/vmlinuz root=LABEL=cloudimg-rootfs ro",
+             "[    2.114201] EXT4-fs (nvme0n1p1): mounted filesystem with ordered data mode."]
+    if public_key:
+        key_type, b64 = public_key.split()[:2]
+        lines += ["[   11.902311] cloud-init[602]: Generating public/private ed25519 key pair.",
+                  "-----BEGIN SSH HOST KEY FINGERPRINTS-----",
+                  f"256 SHA256:{b64[:43]} root@lab (ED25519)",
+                  "-----END SSH HOST KEY FINGERPRINTS-----",
+                  "-----BEGIN SSH HOST KEY KEYS-----",
+                  "[   12.031877] random: crng init done",
+                  f"{key_type} {b64} root@lab",
+                  "-----END SSH HOST KEY KEYS-----",
+                  "[   12.340051] cloud-init[602]: Cloud-init v. 24.1 finished"]
+    return "\n".join(lines) + "\n"
 
 
 def _kill_pidfile(path: Path) -> None:
@@ -81,10 +102,15 @@ class HostFarm:
             (root / "etc").mkdir(parents=True, exist_ok=True)
             (root / "etc/app.env").write_text(f"APP_HOST={address}\n")
             key = home / "ssh_host_ed25519_key"
-            if not key.exists():
+            first = not key.exists()
+            if first:
                 public = write_keypair(key)
-                # The registry is the lab's trusted source, as console output is on EC2.
+                # The lab's own record of every host's key (benchmarks' known_hosts).
                 (self.registry / f"{instance_id}.pub").write_text(public + "\n")
+            # What EC2 keeps of the console: this boot's output only. cloud-init prints
+            # the host keys once per instance, at its first boot, a kernel line among them.
+            (home / "console.log").write_text(console_text(
+                (self.registry / f"{instance_id}.pub").read_text().strip() if first else None))
             config = home / "sshd_config"
             config.write_text(self._sshd_config(address, key, root))
             log = open(home / "sshd.log", "ab")
@@ -100,8 +126,13 @@ class HostFarm:
         return "\n".join([
             f"ListenAddress {address}:{self.ssh_port}",
             f"HostKey {key}",
-            f"AuthorizedKeysFile {self.authorized_keys}",
-            "PermitRootLogin prohibit-password",
+            # Read as root: the login user need not reach the lab's directory, only its
+            # own home (as on a real host).
+            "AuthorizedKeysFile none",
+            f"AuthorizedKeysCommand /usr/bin/cat {self.authorized_keys}",
+            "AuthorizedKeysCommandUser root",
+            f"AllowUsers {LOGIN_USER}",
+            "PermitRootLogin no",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "UsePAM no",
@@ -124,6 +155,13 @@ class HostFarm:
         for unit in sorted(wants.glob("*.service")):
             subprocess.run([str(BIN / "systemctl"), "start", unit.stem], env=env,
                            check=False, stdin=subprocess.DEVNULL)
+
+    def console(self, instance_id: str) -> str | None:
+        """The instance's console output since it last booted (None: not a lab host)."""
+        try:
+            return (self.hosts / instance_id / "console.log").read_text()
+        except FileNotFoundError:
+            return None
 
     def halt(self, instance_id: str) -> None:
         """Stop the instance: its services and its sshd (sessions included)."""

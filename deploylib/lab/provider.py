@@ -33,12 +33,13 @@ def read_info(directory: Path | None = None) -> dict[str, Any]:
 
 
 class LabProvider:
-    def __init__(self, info: dict[str, Any]):
+    def __init__(self, info: dict[str, Any], env: Environment):
         self.info = info
+        self.env = env
 
     @classmethod
-    def from_environment(cls) -> LabProvider:
-        return cls(read_info())
+    def from_environment(cls, env: Environment) -> LabProvider:
+        return cls(read_info(), env)
 
     def aws_clients(self, env: Environment) -> aws.AwsClients:
         return aws.AwsClients(env.primary_region, endpoint_url=self.info["endpoint"],
@@ -49,8 +50,7 @@ class LabProvider:
 
     def trusted_keys(self, clients: aws.AwsClients,
                      instance: aws.ec2.Instance) -> tuple[paramiko.PKey, ...]:
-        # The lab's registry plays the part of EC2 console output: written at boot.
-        path = Path(self.info["hostkeys"]) / f"{instance.instance_id}.pub"
-        if not path.exists():
-            return ()
-        return (ssh.read_public_key_file(str(path)),)
+        # As on EC2: the lab's console output prints them at first boot (cloud.py).
+        from deploylib import provider
+
+        return provider.trusted_keys(clients, self.env, instance)

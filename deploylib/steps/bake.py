@@ -18,9 +18,10 @@ def image_name(ctx: Context) -> str:
 
 
 def _provision_script(ctx: Context) -> str:
-    return render.provision_script(packages=list(ctx.env.os_packages),
-                                   service=ctx.env.service, app_root=ctx.env.app_root,
-                                   app_port=ctx.env.app_port)
+    env = ctx.env
+    return render.provision_script(packages=list(env.os_packages), service=env.service,
+                                   service_user=env.service_user, app_root=env.app_root,
+                                   app_port=env.app_port)
 
 
 def foundation_key(base_image: str, script: str) -> str:
@@ -31,10 +32,11 @@ def foundation_key(base_image: str, script: str) -> str:
 
 def network(ctx: Context, region: str) -> tuple[str, list[str]]:
     """The region's subnet id and security group ids, from the names in deploy.toml."""
-    subnet, group, _ = ctx.env.network(region)
+    subnet_name, group, _ = ctx.env.network(region)
     ec2 = ctx.aws.ec2(region)
-    return (aws.ec2.resolve_subnet(ec2, subnet, region),
-            [aws.ec2.resolve_security_group(ec2, group, region)])
+    subnet = aws.ec2.describe_subnet(ec2, subnet_name, region)
+    return (subnet["SubnetId"],
+            [aws.ec2.resolve_security_group(ec2, group, region, subnet["VpcId"])])
 
 
 @step("launch-builder")
@@ -113,8 +115,8 @@ def wait_ssh(ctx: Context) -> None:
         # apt holding dpkg's lock, a smoke test an app whose unit is not started yet.
         boot = int(ctx.timeout("first_boot", 600))
         try:
-            ctx.connection(inst).run("bash -s", stdin=render.first_boot_script(timeout=boot),
-                                     timeout=boot + 30)
+            ctx.connection(inst).run_as_root(render.first_boot_script(timeout=boot),
+                                             timeout=boot + 30)
         except RemoteCommandError as exc:
             if exc.exit_status in FIRST_BOOT_FIXES:
                 exc.fix = FIRST_BOOT_FIXES[exc.exit_status]
@@ -133,8 +135,8 @@ def provision(ctx: Context) -> None:
     script = _provision_script(ctx)
 
     def one(inst: aws.ec2.Instance) -> str:
-        return ctx.connection(inst).run("bash -s", stdin=script,
-                                        timeout=ctx.timeout("provision", 900)).output
+        return ctx.connection(inst).run_as_root(script,
+                                                timeout=ctx.timeout("provision", 900)).output
 
     for out in ctx.on_hosts("provision", one).succeeded.values():
         for line in out.strip().splitlines()[-3:]:
@@ -193,7 +195,6 @@ def create_image(ctx: Context) -> None:
             image_id = aws.ec2.create_image(ec2, region, sources[region], name,
                                             ctx.tags("image"), no_reboot=no_reboot)
         aws.ec2.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
-        aws.ec2.tag_snapshots(ec2, region, image_id, ctx.tags("image"))
         return image_id
 
     ctx.per_region("create-image", sorted(sources), one, images,
@@ -240,7 +241,6 @@ def wait_image(ctx: Context) -> None:
         ec2 = ctx.aws.ec2(region)
         what = "image" if region == ctx.env.primary_region else "copy"
         aws.ec2.wait_image(ec2, region, images[region], ctx.timeout(what, 7200))
-        aws.ec2.tag_snapshots(ec2, region, images[region], ctx.tags("image"))
         return images[region]
 
     ctx.per_region("wait-image", ctx.regions(sorted(images)), one, {},

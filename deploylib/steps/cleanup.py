@@ -4,7 +4,7 @@ removed. The engine runs these (the plan names which); they are never planned st
 
 from __future__ import annotations
 
-from deploylib import aws, health
+from deploylib import aws
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError
@@ -25,8 +25,7 @@ def restore_batch(ctx: Context) -> None:
     for inst in ctx.targets():
         instances_by_region.setdefault(inst.region, []).append(inst)
     for region, instances in instances_by_region.items():
-        serving = {i.instance_id: health.serving_version(i.address or "", env.app_port,
-                                                         env.health_path) for i in instances}
+        serving = {i.instance_id: ctx.serving(i) for i in instances}
         good = [i for i, v in serving.items() if live and v == live]
         aws.elb.put_in(ctx.aws.elbv2(region), region, ctx.target_group(region), good,
                        env.app_port, timeout=ctx.timeout("healthy", 300))
@@ -110,7 +109,7 @@ def discard_images(ctx: Context) -> None:
             ec2, region, {aws.TAG_RUN: ctx.state.run_id, aws.TAG_ROLE: "image"})}
         gone = sorted(i for i in ids if i)
         for image_id in gone:
-            aws.ec2.delete_image(ec2, region, image_id)
+            aws.ec2.delete_image(ec2, region, image_id, just_made=True)
         images.pop(region, None)
         _discarded(ctx, "discard-images", gone)
         return gone

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from deploylib import aws, health, parallel, smoke
+from deploylib import aws, parallel, smoke
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
@@ -68,12 +68,8 @@ def smoke_test(ctx: Context) -> None:
     suffix = f"-{ctx.region}" if ctx.region else ""
     began = time.monotonic()
 
-    def serving(inst: aws.ec2.Instance) -> None:
-        health.wait_serving(inst.address or "", env.app_port, env.health_path, version,
-                            timeout=ctx.timeout("health", 60),
-                            resource=f"{inst.instance_id} ({inst.address})")
-
-    results = parallel.each(instances, serving, key=lambda i: i.instance_id)
+    results = parallel.each(instances, lambda i: ctx.wait_serving(i, version),
+                            key=lambda i: i.instance_id)
     took = time.monotonic() - began
     smoke.write_junit(out / f"smoke-health{suffix}.xml", "smoke-test.health", {
         f"{iid} reports {version}": (took, getattr(err, "problem", str(err)) if err else None)

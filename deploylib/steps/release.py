@@ -126,9 +126,10 @@ def install_release(ctx: Context) -> None:
             version=rel.version, sha256=rel.sha256, app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,
             restart_command=env.restart_command, keep_releases=env.keep_releases,
-            url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)))
+            url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)),
+            service=env.service, health_check=env.health_check)
         try:
-            out = conn.run("bash -s", stdin=script, timeout=ctx.timeout("install", 600)).output
+            out = conn.run_as_root(script, timeout=ctx.timeout("install", 600)).output
         except RemoteCommandError as exc:
             if exc.exit_status in INSTALL_FIXES:
                 exc.fix = INSTALL_FIXES[exc.exit_status]

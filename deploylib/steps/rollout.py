@@ -4,7 +4,7 @@ stopped rollout switches back; the notice to Jenkins."""
 
 from __future__ import annotations
 
-from deploylib import aws, health
+from deploylib import aws
 from deploylib.catalog import step
 from deploylib.context import Context, by_region
 from deploylib.errors import DeployError, InputError
@@ -51,10 +51,8 @@ def drain(ctx: Context) -> None:
 @step("health-check")
 def health_check(ctx: Context) -> None:
     """Every host of the batch answers its health path with the release installed."""
-    env, version = ctx.env, ctx.release.version
-    ctx.on_hosts("health-check", lambda i: health.wait_serving(
-        i.address or "", env.app_port, env.health_path, version,
-        timeout=ctx.timeout("health", 60), resource=f"{i.instance_id} ({i.address})"))
+    version = ctx.release.version
+    ctx.on_hosts("health-check", lambda i: ctx.wait_serving(i, version))
 
 
 @step("put-back")
@@ -75,12 +73,12 @@ def locate_live(ctx: Context) -> None:
         ctx.log("  no other release is live: nothing to switch back")
         return
     rel = from_store(ctx.env, ctx.aws.s3(), live)
-    env, facts = ctx.env, ctx.facts
+    facts = ctx.facts
     reached = {h.instance_id for h in ctx.target_refs()}
     skip = set(facts.failed_hosts) | set(facts.rolled_back)
     # Hosts on the live release already (the failed batch's, restored) stay as they are.
     updated = {i.instance_id for i in ctx.targets() if i.instance_id not in skip and
-               health.serving_version(i.address or "", env.app_port, env.health_path) != live}
+               ctx.serving(i) != live}
     batches = {n: [h for h in b if h.instance_id in reached & updated]
                for n, b in enumerate(facts.batches or [], start=1)}
     facts.revert = Revert(release=rel, batches={n: b for n, b in batches.items() if b})

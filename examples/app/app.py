@@ -1,6 +1,8 @@
 """The sample application: a tiny HTTP service that says which release it is.
 
-GET /health -> {"version": "<release>", "host": "<address>"}; GET / -> a greeting.
+GET /health -> {"version": "<release>", "host": "<address>"}; GET /healthz -> "ok" (a
+health endpoint as most apps have one: it says the app is up, not which release);
+GET / -> a greeting.
 It binds to APP_HOST:APP_PORT (defaults 0.0.0.0:8080); its release is the VERSION file
 packed beside it by `invoke artifact`.
 """
@@ -24,6 +26,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             body = json.dumps({"version": VERSION, "host": HOST}).encode()
             kind = "application/json"
+        elif self.path == "/healthz":
+            body, kind = b"ok\n", "text/plain"
         elif self.path == "/":
             body = f"hello from release {VERSION}\n".encode()
             kind = "text/plain"

@@ -11,11 +11,26 @@ from tests.conftest import launch_instances
 
 def test_names_resolve_to_ids(aws_clients, network):
     ec2 = aws_clients.ec2("us-east-1")
-    assert aws.ec2.resolve_subnet(ec2, network["name"], "us-east-1") == network["subnet"]
-    assert aws.ec2.resolve_security_group(ec2, network["name"], "us-east-1") == network["group"]
-    assert aws.ec2.resolve_subnet(ec2, "subnet-0123", "us-east-1") == "subnet-0123"
+    subnet = aws.ec2.describe_subnet(ec2, network["name"], "us-east-1")
+    assert subnet["SubnetId"] == network["subnet"] and subnet["VpcId"] == network["vpc"]
+    assert aws.ec2.describe_subnet(ec2, network["subnet"], "us-east-1")["VpcId"] == network["vpc"]
+    assert aws.ec2.resolve_security_group(ec2, network["name"], "us-east-1",
+                                          network["vpc"]) == network["group"]
     with pytest.raises(InputError, match="0 subnets are tagged Name=missing"):
-        aws.ec2.resolve_subnet(ec2, "missing", "us-east-1")
+        aws.ec2.describe_subnet(ec2, "missing", "us-east-1")
+
+
+def test_a_security_group_name_is_looked_up_in_the_subnets_vpc_only(aws_clients, network):
+    """Group names are unique per VPC: another VPC's group of the same name is not it."""
+    ec2 = aws_clients.ec2("us-east-1")
+    other = ec2.create_vpc(CidrBlock="10.250.0.0/16")["Vpc"]["VpcId"]
+    twin = ec2.create_security_group(GroupName=network["name"], Description="t",
+                                     VpcId=other)["GroupId"]
+    assert aws.ec2.resolve_security_group(ec2, network["name"], "us-east-1",
+                                          network["vpc"]) == network["group"]
+    assert aws.ec2.resolve_security_group(ec2, network["name"], "us-east-1", other) == twin
+    with pytest.raises(InputError, match="in the subnet's VPC"):
+        aws.ec2.resolve_security_group(ec2, twin, "us-east-1", network["vpc"])
 
 
 def test_instances_are_launched_tagged_and_with_imdsv2_required(aws_clients, network):
@@ -62,9 +77,11 @@ def test_images_are_created_copied_tagged_and_found(aws_clients, network):
                           image_id=image, name=name, tag_list=tag_list, client_token="c1")
     aws.ec2.wait_image(west, "us-west-2", copy, timeout=10)
     assert aws.ec2.image_tags(west, "us-west-2", [copy])[copy][aws.TAG_RELEASE] == "1.2.3"
-    [snapshot] = aws.ec2.tag_snapshots(west, "us-west-2", copy, tag_list)
-    snap = west.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
-    assert aws.tag_map(snap["Tags"])[aws.TAG_RUN] == "run-1"
+    # tags at creation: the copy's snapshot, and the image's own
+    for client, region, img in ((west, "us-west-2", copy), (east, "us-east-1", image)):
+        [snapshot] = aws.ec2.snapshots_of(aws.ec2.images(client, region, [img]))
+        snap = client.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]
+        assert aws.tag_map(snap["Tags"])[aws.TAG_RUN] == "run-1"
     assert aws.ec2.find_base_image(east, "us-east-1", name, None) == image
     with pytest.raises(InputError, match="no available image matches"):
         aws.ec2.find_base_image(east, "us-east-1", "nothing-like-this-*", None)

@@ -18,3 +18,20 @@ def test_artifacts_upload_once_and_presigned_urls_fetch_them(aws_clients, tmp_pa
     url = aws.s3.presign(s3, "artifacts-test", "r/a.tar.gz", expires=60)
     assert "Signature" in url
     assert urllib.request.urlopen(url, timeout=5).read() == b"release bytes"
+
+
+def test_a_missing_release_that_s3_answers_403_for_asks_for_list_bucket(faulty_aws):
+    """Without s3:ListBucket, S3 answers HeadObject of a missing key 403, not 404."""
+    import json
+
+    import pytest
+
+    from deploylib.errors import PermissionDenied
+
+    clients, faults = faulty_aws
+    clients.s3().create_bucket(Bucket="artifacts-403")
+    (faults / "faults.json").write_text(json.dumps({"rules": [
+        {"action": "HeadObject", "error": "AccessDenied"}]}))
+    with pytest.raises(PermissionDenied, match="s3:ListBucket on arn:aws:s3:::artifacts-403"):
+        aws.s3.published_sha256(clients.s3(), "artifacts-403", "releases/1.0.0.tar.gz")
+    assert json.loads((faults / "faults-hits.json").read_text())

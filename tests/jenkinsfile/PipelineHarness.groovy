@@ -153,11 +153,26 @@ abstract class PipelineScript extends Script {
     }
 
     // -- steps with behaviour ------------------------------------------------------------
+    // Variables withEnv sets for the sh steps inside it; "PATH+X=dir" puts dir first on
+    // PATH, as Jenkins does.
+    List envOverlay = []
+
+    def withEnv(List vars, Closure body) {
+        calls << [step: 'withEnv', args: vars.collect { it.toString() }, stage: currentStage]
+        def saved = envOverlay
+        envOverlay = envOverlay + vars.collect { it.toString() }
+        try {
+            return runClosure(body)
+        } finally {
+            envOverlay = saved
+        }
+    }
+
     def sh(String script) { return sh([script: script]) }
 
     def sh(Map m) {
         String script = m.script
-        calls << [step: 'sh', args: [script], stage: currentStage]
+        calls << [step: 'sh', args: [script], stage: currentStage, env: envOverlay]
         if (harness.abort_on && script.contains(harness.abort_on)) {
             // interrupted as it starts (a timeout, an abort): it never finishes
             throw new PipelineFailed("interrupted: ${script}", 'ABORTED')
@@ -168,6 +183,14 @@ abstract class PipelineScript extends Script {
         if (real) {
             def pb = new ProcessBuilder('bash', '-c', script)
             pb.redirectError(ProcessBuilder.Redirect.INHERIT)
+            for (String v : envOverlay) {
+                def (String k, String value) = v.split('=', 2) as List
+                if (k.startsWith('PATH+')) {
+                    pb.environment().put('PATH', value + ':' + pb.environment().get('PATH'))
+                } else {
+                    pb.environment().put(k, value)
+                }
+            }
             def proc = pb.start()
             stdout = proc.inputStream.text
             status = proc.waitFor()

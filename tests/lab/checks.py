@@ -111,7 +111,8 @@ def lock_holder(lab) -> str | None:
 def assert_nothing_lost(lab, state: dict, version: str) -> None:
     assert_serving(lab, version)
     assert_current_whole(lab, version)
-    assert leftovers(lab, state["run_id"]) == []
+    left = leftovers(lab, state["run_id"])
+    assert left == [], f"the run left these behind: {left}"
     assert lock_holder(lab) is None
 
 

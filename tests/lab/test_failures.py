@@ -97,9 +97,18 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
     from tests.conftest import REPO
 
     runs_before = set(Path(lab.env.state_dir).glob("*.json"))
+    def as_from_a_terminal() -> None:
+        # An operator's shell delivers Ctrl-C; a test worker's inherited signal state
+        # (disposition, mask) must not decide whether this process hears it.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    inherited = (signal.getsignal(signal.SIGINT),
+                 signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set()))
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "deploy", "--mode", "immutable",
                              "--version", "9.1.0"], cwd=REPO, env=lab.cli.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_terminal)
 
     def builder_launched():
         new = set(Path(lab.env.state_dir).glob("*.json")) - runs_before
@@ -113,7 +122,7 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
                         resource="test", fix="-", first=0.02, longest=0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"(this worker's SIGINT handler, blocked: {inherited})\n{err}"
     assert "interrupted" in err and "invoke resume --run" in err
     final = json.loads((Path(lab.env.state_dir) / f"{state['run_id']}.json").read_text())
     assert final["status"] == "failed"

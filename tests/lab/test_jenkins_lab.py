@@ -20,9 +20,10 @@ pytestmark = pytest.mark.lab
 
 def execute_jenkinsfile(lab, params: dict, **options) -> dict:
     env = {**groovy_env(), **lab.cli.env()}
-    # `invoke` must be the one installed beside this Python
-    env["PATH"] = f"{os.path.dirname(os.path.realpath(shutil.which('invoke') or 'invoke'))}:" \
-                  f"{env['PATH']}"
+    # The agent has the tool's dependencies already (this Python's, the lab's included):
+    # the Tool stage takes them as they are (bin/tool-env, DEPLOY_TOOL_BIN).
+    env["DEPLOY_TOOL_BIN"] = os.path.dirname(os.path.realpath(shutil.which("invoke")
+                                                              or "invoke"))
     proc = subprocess.run(
         [shutil.which("groovy"), str(HARNESS), str(REPO / "Jenkinsfile"),
          json.dumps({"MODE": "in-place", "VERSION": "", "ENV": "lab", "ARTIFACT": "",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploylib import aws, ssh, waits
-from deploylib.errors import HostError
+from deploylib.errors import HostError, HostKeyError
 from deploylib.lab.provider import LabProvider
 
 pytestmark = pytest.mark.lab
@@ -20,17 +20,18 @@ def region_tools(lab):
     clients = lab.clients()
     region = lab.env.primary_region
     ec2 = clients.ec2(region)
-    subnet = aws.ec2.resolve_subnet(ec2, lab.env.subnet, region)
-    group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region)
+    found = aws.ec2.describe_subnet(ec2, lab.env.subnet, region)
+    subnet = found["SubnetId"]
+    group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region, found["VpcId"])
     base = aws.ec2.find_base_image(ec2, region, lab.env.base_image, None)
-    provider = LabProvider(lab.info)
+    provider = LabProvider(lab.info, lab.env)
 
     def launch(image=base, role="labtest"):
         ids = aws.ec2.launch(ec2, region=region, image_id=image, count=1, instance_type="t3.micro",
                          subnet_id=subnet, security_group_ids=[group],
                          tag_list=aws.tags("lab-test", "lab", "0", "none", role),
                          client_token=f"lab-test-{role}-{image}")
-        return aws.ec2.describe(ec2, region, ids)[0]
+        return aws.ec2.wait_instances(ec2, region, ids, "running", timeout=30)[0]
 
     def connect(inst):
         return ssh.Connection(ssh.Endpoint(inst.instance_id, inst.address, lab.env.ssh_port,
@@ -61,7 +62,10 @@ def test_an_instance_is_a_real_host_on_its_own_loopback_address(region_tools, la
         assert Path(root).name == "root" and inst.instance_id in root
         assert conn.run("cat $DEPLOY_HOST_ROOT/etc/app.env").output.strip() == \
             f"APP_HOST={inst.address}"
-        out = conn.run("apt-get install -y nginx").output
+        # As on an Ubuntu AMI: a user of its own, root through passwordless sudo only.
+        assert conn.run("id -un").output.strip() == lab.env.ssh_user != "root"
+        assert conn.run("apt-get install -y nginx", check=False).exit_status != 0
+        out = conn.run_as_root("apt-get install -y nginx\n").output
         assert "recorded, not installed: nginx" in out
     aws.ec2.terminate(ec2, region, [inst.instance_id])
     assert not Path(root).exists()
@@ -74,9 +78,11 @@ def test_images_snapshot_the_root_and_copies_carry_it(region_tools, lab):
     builder = launch(role="snap-builder")
     with connect(builder) as conn:
         wait_ssh(conn)
-        conn.run("mkdir -p $DEPLOY_HOST_ROOT/srv && echo baked > $DEPLOY_HOST_ROOT/srv/marker")
+        conn.run_as_root("mkdir -p $DEPLOY_HOST_ROOT/srv && "
+                         "echo baked > $DEPLOY_HOST_ROOT/srv/marker\n")
     image = aws.ec2.create_image(ec2, region, builder.instance_id, "lab-test-snap",
                              [{"Key": "t", "Value": "1"}], False)
+    aws.ec2.wait_image(ec2, region, image, timeout=30)  # a copy needs its source available
     other = lab.env.copy_regions[0]
     copy = aws.ec2.copy_image(clients.ec2(other), source_region=region, dest_region=other,
                           image_id=image, name="lab-test-snap", tag_list=[
@@ -104,6 +110,44 @@ def test_stopping_stops_sshd_and_starting_brings_it_back_with_the_same_key(regio
     with connect(inst) as conn:
         wait_ssh(conn)  # same trusted key: a changed key would raise HostKeyError
     aws.ec2.terminate(ec2, region, [inst.instance_id])
+
+
+def test_host_keys_are_kept_once_trusted_and_a_changed_one_is_refused(region_tools, lab):
+    """cloud-init prints the keys once per instance and the console keeps only what was
+    printed since the last boot: after a restart the console shows none, and the key
+    first trusted still serves; a host that comes back with another key is refused."""
+    clients, region, ec2, launch, connect = region_tools
+    inst = launch(role="keepkeys")
+    with connect(inst) as conn:
+        wait_ssh(conn)
+    first = aws.ec2.console_output(ec2, region, inst.instance_id, latest=True)
+    assert "BEGIN SSH HOST KEY KEYS" in first and "random: crng init done" in first
+    aws.ec2.stop(ec2, region, [inst.instance_id])
+    ec2.start_instances(InstanceIds=[inst.instance_id])
+    assert "SSH HOST KEY" not in aws.ec2.console_output(ec2, region, inst.instance_id,
+                                                        latest=False)
+    with connect(inst) as conn:
+        wait_ssh(conn)  # the kept key
+    # The host is replaced by one with another key (which it prints, as a new one would).
+    aws.ec2.stop(ec2, region, [inst.instance_id])
+    (lab.cli.lab_dir / "hosts" / inst.instance_id / "ssh_host_ed25519_key").unlink()
+    ec2.start_instances(InstanceIds=[inst.instance_id])
+    assert "BEGIN SSH HOST KEY KEYS" in aws.ec2.console_output(ec2, region, inst.instance_id,
+                                                               latest=True)
+    with connect(inst) as conn, pytest.raises(HostKeyError, match="different SSH host key"):
+        waits.until(lambda: _refused_or_none(conn), timeout=10, what="sshd", resource="-",
+                    fix="-")
+    aws.ec2.terminate(ec2, region, [inst.instance_id])
+
+
+def _refused_or_none(conn):
+    try:
+        conn.open()
+        return True
+    except HostKeyError:
+        raise
+    except HostError:
+        return None  # sshd not listening yet
 
 
 def test_the_balancer_follows_registrations_and_health(region_tools, lab):

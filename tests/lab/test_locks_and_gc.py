@@ -61,8 +61,9 @@ def orphan(lab, run_id: str, env: str = "lab") -> str:
     region = lab.env.primary_region
     ec2 = clients.ec2(region)
     tags = aws.tags(run_id, env, "0.0.1", "immutable", "candidate")
-    subnet = aws.ec2.resolve_subnet(ec2, lab.env.subnet, region)
-    group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region)
+    found = aws.ec2.describe_subnet(ec2, lab.env.subnet, region)
+    subnet = found["SubnetId"]
+    group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region, found["VpcId"])
     return aws.ec2.launch(ec2, region=region, image_id=record(lab)["images"][region], count=1,
                           instance_type="t3.micro", subnet_id=subnet,
                           security_group_ids=[group], tag_list=tags,
@@ -84,6 +85,13 @@ def test_gc_removes_a_crashed_runs_orphans_and_nothing_live(lab):
     assert {"kind": "instance", "region": region, "id": left, "run": "20261120T000000-crash0",
             "result": "removed"} in out["removed"]
     assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-crash0"}) == []
+    # Host keys are kept for the hosts that still exist, and go with those that do not.
+    kept = {n.rsplit("/", 1)[1] for r in lab.env.all_regions for n in aws.ssm.names_under(
+        clients.ssm(), f"{lab.env.host_keys_path}{r}/")}
+    assert {i for ids in live_before.values() for i in ids} <= kept
+    existing = {i.instance_id for r in lab.env.all_regions for i in aws.ec2.find_tagged(
+        clients.ec2(r), r, {})}
+    assert kept <= existing  # nothing kept for an instance that is gone
     # the live fleet, its images and the rollback targets are untouched
     assert {r: sorted(i.instance_id for i in v) for r, v in live_hosts(lab).items()} == \
         live_before

@@ -53,6 +53,25 @@ def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
     assert rec["release"] == "1.0.1" and rec["images"] == before["images"]  # hosts, not images
 
 
+def test_in_place_and_rebake_light_for_an_app_whose_health_only_answers_200(lab, tmp_path):
+    """health_check = "status": the sample app's /healthz says "ok" and no release; each
+    host proves the release it runs (its `current` link and the service running from it),
+    and the procedures go through as with a version-reporting app."""
+    from tests.conftest import Cli, write_config
+
+    cli = Cli(config=write_config(tmp_path, health_check="status", health_path="/healthz",
+                                  state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
+    hosts, before = hosts_of(live_hosts(lab)), record(lab)["release"]
+    with Stream(lab) as users:
+        proc = cli("deploy --mode in-place --version 1.0.4")
+    assert "health-check" in proc.stderr
+    users.assert_one_change("in-place", before, "1.0.4")
+    assert hosts_of(assert_serving(lab, "1.0.4")) == hosts
+    cli("deploy --mode rebake-light --version 1.0.5")
+    assert_serving(lab, "1.0.5")
+    assert not hosts & hosts_of(live_hosts(lab))  # a new fleet
+
+
 def test_rebake_light_replaces_the_fleet_from_the_live_image(lab):
     before, old = record(lab), live_hosts(lab)
     with Stream(lab) as users:

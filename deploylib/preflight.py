@@ -1,0 +1,174 @@
+"""Preflight: what a first deploy to an account meets, checked before anything starts.
+
+Each check reads (it never launches, writes or takes the lock) one thing the procedures
+rely on, in the order a deploy meets them: the credentials and how long they last, the
+artifact bucket, the lock table, the base image, and in every region the network the
+hosts are launched into — subnet, security group and target group in one VPC, a load
+balancer serving the subnet's zone, the key pair. A failure is one line with the fix;
+all of them are found in one go, so one pass fixes the account.
+
+`invoke preflight` prints every check; `start` (the first thing every procedure does)
+runs them too, and stops with the first failure before a lock or a run exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from deploylib import aws, lock, parallel
+from deploylib.config import Environment
+from deploylib.errors import DeployError, InputError, PreflightFailed
+
+# The longest single wait of each procedure, and its timeout key with the default: the
+# credentials must outlive it (a 1-hour session in a 2-hour copy wait dies inside it).
+LONGEST_WAIT = {"immutable": ("copy", 7200.0), "rebake-light": ("launch", 600.0),
+                "in-place": ("drain", 600.0)}
+# botocore's credential providers that fetch new credentials when these expire.
+REFRESHING = {"assume-role", "assume-role-with-web-identity", "sso", "iam-role",
+              "container-role", "custom-process"}
+# Canonical's account, the owner of the official Ubuntu images.
+CANONICAL = "099720109477"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: str | None = None  # what was found, when it passed
+    error: DeployError | None = None
+
+    def line(self) -> str:
+        return (f"ok    {self.name}: {self.passed}" if self.error is None
+                else f"FAIL  {self.name}: {self.error.line()}")
+
+
+def _check(name: str, fn: Callable[[], str]) -> Check:
+    try:
+        return Check(name, passed=fn())
+    except DeployError as exc:
+        return Check(name, error=exc)
+
+
+def credentials(env: Environment, clients: aws.AwsClients, mode: str | None,
+                now: dt.datetime | None = None) -> str:
+    """Who the tool is, and whether the credentials outlast the procedure's longest wait."""
+    with aws.calling("the AWS credentials", aws.CREDENTIALS_FIX):
+        who = clients.client("sts").get_caller_identity()
+    found = f"{who.get('Arn')} (account {who.get('Account')})"
+    creds = clients.credentials()
+    method = getattr(creds, "method", "") or ""
+    expiry = getattr(creds, "_expiry_time", None)  # botocore keeps it for expiring ones
+    if method in REFRESHING or expiry is None:
+        return found + (f", refreshed as needed ({method})" if method in REFRESHING else "")
+    key, default = LONGEST_WAIT.get(mode or "immutable", LONGEST_WAIT["immutable"])
+    longest = env.timeout(key, default)
+    now = now or dt.datetime.now(dt.UTC)
+    left = (expiry - now).total_seconds()
+    if left < longest:
+        raise InputError(
+            f"the AWS session ends in {max(0, left) / 60:.0f} min, before the longest wait "
+            f"of {mode or 'immutable'} (timeouts.{key}: {longest / 60:.0f} min)",
+            resource=f"credentials ({method or 'given'})",
+            fix="let the tool refresh them: an AWS_PROFILE with role_arn and "
+            "source_profile (or SSO), or a role session of at least "
+            f"{longest / 3600:.1f} h; or lower timeouts.{key}")
+    return found + f", valid {left / 3600:.1f} h more"
+
+
+def bucket(env: Environment, clients: aws.AwsClients) -> str:
+    aws.s3.check_bucket(clients.s3(), env.artifact_bucket)
+    return f"s3://{env.artifact_bucket} reachable"
+
+
+def lock_table(env: Environment, clients: aws.AwsClients) -> str:
+    held = lock.read(clients.dynamodb(), env.lock_table, env.name)
+    return f"{env.lock_table} ({'held by ' + held['run_id'] if held else 'free'})"
+
+
+def base_image(env: Environment, clients: aws.AwsClients) -> str:
+    if not env.base_image.startswith("ami-") and not env.base_image_owner:
+        raise InputError("base_image is a name filter with no owner: anyone can publish a "
+                         "public image whose name matches it",
+                         resource=f"environments.{env.name}.base_image_owner",
+                         fix=f'set base_image_owner (Canonical\'s Ubuntu: "{CANONICAL}"; '
+                         'your own images: "self")')
+    region = env.primary_region
+    image = aws.ec2.find_base_image(clients.ec2(region), region, env.base_image,
+                                    env.base_image_owner)
+    return f"{image} in {region}"
+
+
+def network(env: Environment, clients: aws.AwsClients, region: str) -> str:
+    """Subnet, security group and target group in one VPC; a load balancer that serves
+    the subnet's zone; the key pair."""
+    subnet_name, group_name, target_group = env.network(region)
+    ec2, elb = clients.ec2(region), clients.elbv2(region)
+    subnet = aws.ec2.describe_subnet(ec2, subnet_name, region)
+    vpc, zone = subnet["VpcId"], subnet["AvailabilityZone"]
+    group = aws.ec2.security_group(ec2, group_name, region, vpc)
+    tg = aws.elb.describe_target_group(elb, target_group, region)
+    if tg.get("VpcId") != vpc:
+        raise InputError(f"target group {target_group} is in {tg.get('VpcId')}, the subnet "
+                         f"{subnet['SubnetId']} in {vpc}: its instances cannot be registered",
+                         resource=f"target group in {region}",
+                         fix="use a subnet and a target group of the same VPC")
+    zones = aws.elb.load_balancer_zones(elb, region, list(tg.get("LoadBalancerArns") or []))
+    if not zones:
+        raise InputError(f"no load balancer forwards to target group {target_group}",
+                         resource=f"target group in {region}",
+                         fix="add a listener rule that forwards to it, or name the target "
+                         "group the load balancer uses")
+    blind = sorted(name for name, served in zones.items() if zone not in served)
+    if blind:
+        raise InputError(f"load balancer {', '.join(blind)} does not serve {zone}, the zone "
+                         f"of subnet {subnet['SubnetId']}: its hosts would never be healthy",
+                         resource=f"subnet in {region}",
+                         fix=f"enable {zone} on the load balancer, or use a subnet in a zone "
+                         "it serves")
+    if env.key_name and not aws.ec2.key_pair_exists(ec2, region, env.key_name):
+        raise InputError(f"no key pair {env.key_name} in {region}",
+                         resource=f"key pair in {region}",
+                         fix="import the public key into every region (aws ec2 "
+                         "import-key-pair --region ...)")
+    return (f"{subnet['SubnetId']} ({zone}), {group['GroupId']}, target group in {vpc}, "
+            f"served by {', '.join(sorted(zones))}")
+
+
+def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -> list[Check]:
+    """Every check, in the order a deploy meets them; the regions side by side."""
+    checks = [_check("credentials", lambda: credentials(env, clients, mode))]
+    if checks[0].error is not None:
+        return checks  # nothing else can be asked without them
+    checks += [_check("artifact bucket", lambda: bucket(env, clients)),
+               _check("lock table", lambda: lock_table(env, clients)),
+               _check("base image", lambda: base_image(env, clients))]
+    regional = parallel.each(env.all_regions,
+                             lambda r: _check(f"network in {r}", lambda: network(env, clients,
+                                                                                 r)),
+                             key=lambda r: r)
+    return checks + [_as_check(f"network in {r}", regional[r]) for r in env.all_regions]
+
+
+def _as_check(name: str, outcome: Check | Exception) -> Check:
+    if isinstance(outcome, Exception):  # not one of ours: still one line, not a crash
+        return Check(name, error=DeployError(f"{type(outcome).__name__}: {outcome}"))
+    return outcome
+
+
+def require(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -> None:
+    """Stop before anything starts when a check fails (exit 2), naming the first."""
+    failed = [c for c in run(env, clients, mode=mode) if c.error is not None]
+    if failed and failed[0].name == "credentials" and not isinstance(failed[0].error,
+                                                                     InputError):
+        raise failed[0].error  # no usable credentials or no route: said as every command says
+    if failed:
+        raise PreflightFailed(failed)
+
+
+def summary(checks: list[Check]) -> dict[str, Any]:
+    return {"passed": all(c.error is None for c in checks),
+            "checks": [{"name": c.name, "passed": c.error is None,
+                        "detail": c.passed if c.error is None else c.error.line()}
+                       for c in checks]}

@@ -1,0 +1,157 @@
+"""Preflight against the lab broken in each way a first deploy meets: one line each with
+the fix, exit 2, nothing launched, no run, the lock free; and a deploy that meets one
+stops the same way before it starts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import pytest
+
+from deploylib import aws, preflight
+from deploylib.errors import InputError
+from tests.conftest import Cli, write_config
+from tests.lab.checks import instances, lock_holder
+
+pytestmark = pytest.mark.lab
+_n = itertools.count(1)
+
+
+def _cli(lab, tmp_path, drop=(), extra="", **overrides):
+    return Cli(config=write_config(tmp_path, extra, drop=drop, **overrides),
+               lab_dir=lab.cli.lab_dir)
+
+
+def _vpc_of_lab(lab, region="us-east-1"):
+    ec2 = lab.clients().ec2(region)
+    return aws.ec2.describe_subnet(ec2, lab.env.subnet, region)["VpcId"]
+
+
+def _other_vpc(lab, region="us-east-1"):
+    n = next(_n)
+    return lab.clients().ec2(region).create_vpc(CidrBlock=f"10.{n}.0.0/16")["Vpc"]["VpcId"]
+
+
+def _sg_elsewhere(lab):
+    name = f"preflight-sg-{next(_n)}"
+    lab.clients().ec2("us-east-1").create_security_group(
+        GroupName=name, Description="another VPC's", VpcId=_other_vpc(lab))
+    return {"security_group": name}, ["no security group", "in the subnet's VPC", "Fix:"]
+
+
+def _tg_elsewhere(lab):
+    name = f"preflight-tg-{next(_n)}"
+    lab.clients().elbv2("us-east-1").create_target_group(
+        Name=name, Protocol="HTTP", Port=8080, VpcId=_other_vpc(lab), TargetType="instance")
+    return {"target_group": name}, ["cannot be registered", "same VPC"]
+
+
+def _tg_unserved(lab):
+    name = f"preflight-alone-{next(_n)}"
+    lab.clients().elbv2("us-east-1").create_target_group(
+        Name=name, Protocol="HTTP", Port=8080, VpcId=_vpc_of_lab(lab), TargetType="instance")
+    return {"target_group": name}, ["no load balancer forwards to target group", "Fix:"]
+
+
+def _subnet_in_another_zone(lab):
+    ec2 = lab.clients().ec2("us-east-1")
+    served = aws.ec2.describe_subnet(ec2, lab.env.subnet, "us-east-1")["AvailabilityZone"]
+    zone = next(z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]
+                if z["ZoneName"] != served)
+    name = f"preflight-zone-{next(_n)}"
+    ec2.create_subnet(VpcId=_vpc_of_lab(lab), CidrBlock=f"127.{lab.info['spec']['network']}"
+                      f".{100 + next(_n)}.0/24", AvailabilityZone=zone, TagSpecifications=[
+                          {"ResourceType": "subnet", "Tags": [{"Key": "Name", "Value": name}]}])
+    return {"extra": f'[environments.lab.regions.us-east-1]\nsubnet = "{name}"\n'}, [
+        f"does not serve {zone}", f"enable {zone}"]
+
+
+def _key_in_one_region(lab):
+    name = f"preflight-key-{next(_n)}"
+    public = (lab.cli.lab_dir / "id_ed25519.pub").read_text()
+    lab.clients().ec2("us-east-1").import_key_pair(KeyName=name, PublicKeyMaterial=public)
+    return {"key_name": name}, [f"no key pair {name} in us-west-2", "import-key-pair"]
+
+
+BROKEN = {
+    "no owner for a name-filtered base image": lambda lab: (
+        {"drop": ("base_image_owner",)}, ["no owner", "base_image_owner", "099720109477"]),
+    "artifact bucket missing": lambda lab: (
+        {"artifact_bucket": "preflight-no-such-bucket"}, ["does not exist", "s3 mb"]),
+    "lock table missing": lambda lab: (
+        {"lock_table": "preflight-no-such-table"}, ["lock table does not exist",
+                                                     "create-table"]),
+    "security group of another VPC": _sg_elsewhere,
+    "target group of another VPC": _tg_elsewhere,
+    "target group no load balancer uses": _tg_unserved,
+    "subnet in a zone the load balancer does not serve": _subnet_in_another_zone,
+    "key pair missing in a region": _key_in_one_region,
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_preflight_names_each_broken_thing_in_one_line_and_exits_2(lab, tmp_path, case):
+    settings, words = BROKEN[case](lab)
+    drop, extra = settings.pop("drop", ()), settings.pop("extra", "")
+    cli = _cli(lab, tmp_path, drop=drop, extra=extra, **settings)
+    before = instances(lab)
+    proc = cli("preflight --env lab", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    failed = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("FAIL")]
+    assert failed and all(w in "\n".join(failed) for w in words), proc.stdout
+    assert all("\n" not in ln and "Fix:" in ln for ln in failed)
+    # The deploy meets the same check before it starts: one line, exit 2, nothing made.
+    proc = cli("deploy --mode in-place --version 9.9.9", check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "preflight" in lines[0] and words[0] in lines[0], proc.stderr
+    assert instances(lab) == before
+    assert not list((tmp_path / "runs").glob("*.json"))
+    assert lock_holder(lab) is None
+
+
+def test_preflight_of_the_lab_as_it_is_passes_every_check(lab):
+    proc = lab.cli("preflight --env lab --json")
+    import json
+
+    report = json.loads(proc.stdout)
+    assert report["passed"], report
+    names = [c["name"] for c in report["checks"]]
+    assert names[:4] == ["credentials", "artifact bucket", "lock table", "base image"]
+    assert names[4:] == [f"network in {r}" for r in lab.env.all_regions]
+
+
+class _Expiring:
+    """Credentials as botocore keeps an expiring session's (method and expiry)."""
+
+    def __init__(self, method, minutes):
+        self.method = method
+        self._expiry_time = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
+
+
+class _Clients:
+    def __init__(self, real, creds):
+        self.real, self.creds = real, creds
+
+    def client(self, *args, **kw):
+        return self.real.client(*args, **kw)
+
+    def credentials(self):
+        return self.creds
+
+
+@pytest.mark.parametrize("method,minutes,mode,ok", [
+    ("env", 60, "immutable", False),      # a 1-hour session, a 2-hour copy wait
+    ("env", 60, "in-place", True),        # its longest wait is 10 minutes
+    ("env", 180, "immutable", True),
+    ("assume-role", 10, "immutable", True),   # refreshed by botocore as it expires
+])
+def test_credentials_must_outlive_the_procedures_longest_wait(lab, method, minutes, mode, ok):
+    clients = _Clients(lab.clients(), _Expiring(method, minutes))
+    if ok:
+        assert preflight.credentials(lab.env, clients, mode)
+    else:
+        with pytest.raises(InputError, match="session ends in 60 min") as info:
+            preflight.credentials(lab.env, clients, mode)
+        assert "role_arn" in info.value.line() and "timeouts.copy" in info.value.line()
