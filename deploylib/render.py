@@ -50,10 +50,9 @@ def first_boot_script(*, timeout: int) -> str:
 
 
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
-                   health_path: str, restart_command: str, keep_releases: int,
-                   url: str | None = None, pushed_path: str | None = None,
-                   fetch_timeout: int = 300, health_timeout: int = 30,
-                   service: str = "app", health_check: str = "version") -> str:
+                   health_path: str, health_check: str, service: str, restart_command: str,
+                   keep_releases: int, url: str | None = None, pushed_path: str | None = None,
+                   fetch_timeout: int = 300, health_timeout: int = 30) -> str:
     """The install script for one release; exactly one of url / pushed_path is given."""
     if (url is None) == (pushed_path is None):
         raise ValueError("give exactly one of url or pushed_path")

@@ -58,7 +58,9 @@ def run_pipeline(params: dict, **options) -> dict:
 
 
 def sh_commands(result: dict) -> list[list[str]]:
-    return [shlex.split(c["args"][0]) for c in result["calls"] if c["step"] == "sh"]
+    """The tool's commands the pipeline ran (`invoke …`), in order."""
+    return [argv for argv in (shlex.split(c["args"][0]) for c in result["calls"]
+                              if c["step"] == "sh") if argv[0] == "invoke"]
 
 
 @pytest.mark.parametrize("mode", planning.MODES)
@@ -68,7 +70,7 @@ def test_the_pipeline_runs_exactly_the_planned_stages(mode):
     expected = planning.plan(mode).names()
     steps = [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
     assert steps == [["invoke", "step", name, "--run", RUN_ID] for name in expected]
-    assert result["stages"] == ["Plan", "Deploy", *expected]
+    assert result["stages"] == ["Tool", "Plan", "Deploy", *expected]
     # each planned stage's command runs inside the Jenkins stage of that name
     for call in result["calls"]:
         if call["step"] == "sh" and call["args"][0].startswith("invoke step"):
@@ -104,7 +106,7 @@ def test_every_tool_command_runs_with_the_credentials_bound_and_nothing_else_doe
         if call["step"] != "sh":
             continue
         argv = shlex.split(call["args"][0])
-        needs = argv[1] in ("start", "step", "cleanup")
+        needs = argv[0] == "invoke" and argv[1] in ("start", "step", "cleanup")
         bound = n > 0 and calls[n - 1]["step"] == "withCredentials"
         assert bound == needs, argv
     bindings = [c for c in calls if c["step"] == "string"]

@@ -206,6 +206,7 @@ def test_the_presigned_url_is_never_an_argument_of_any_command():
     url = "http://store.example/releases/app.tar.gz?X-Amz-Signature=abc123"
     script = render.install_script(version="1.0.0", sha256="0" * 64, app_root="/srv/app",
                                    app_port=8080, health_path="/health",
+                                   health_check="version", service="app",
                                    restart_command="systemctl restart app", keep_releases=3,
                                    url=url)
     lines = [ln for ln in script.splitlines() if "X-Amz-Signature" in ln]
@@ -215,13 +216,14 @@ def test_the_presigned_url_is_never_an_argument_of_any_command():
 def test_values_are_shell_quoted():
     script = render.install_script(version="1.0.0", sha256="0" * 64, app_root="/srv/my app",
                                    app_port=8080, health_path="/health",
+                                   health_check="status", service="app",
                                    restart_command="true", keep_releases=3, url="http://x/y")
     assert "app_root=\"$root\"'/srv/my app'" in script
 
 
 def test_exactly_one_source():
     kw = dict(version="1", sha256="0", app_root="/a", app_port=1, health_path="/",
-              restart_command="true", keep_releases=3)
+              health_check="status", service="app", restart_command="true", keep_releases=3)
     with pytest.raises(ValueError):
         render.install_script(**kw)
     with pytest.raises(ValueError):

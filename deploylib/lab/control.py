@@ -15,7 +15,7 @@ from typing import Any
 from deploylib.config import Environment
 from deploylib.errors import DeployError, InputError
 from deploylib.lab import accounts, lab_dir
-from deploylib.lab.hosts import kill_leftovers
+from deploylib.lab.hosts import kill_leftovers, roots_place
 
 READY_TIMEOUT = 60.0
 
@@ -84,7 +84,7 @@ def start_daemon(env: Environment, directory: Path | None = None) -> dict[str, A
         return info
     if directory.exists():
         kill_leftovers(directory)
-        shutil.rmtree(directory)
+        _remove(directory)
     spec = spec_for(env)
     if env.ssh_user != accounts.LOGIN_USER:
         raise InputError(f"lab hosts log in as {accounts.LOGIN_USER!r}, as Ubuntu AMIs log "
@@ -93,12 +93,6 @@ def start_daemon(env: Environment, directory: Path | None = None) -> dict[str, A
                          fix=f'set ssh_user = "{accounts.LOGIN_USER}" or leave it out')
     accounts.ensure_login_user()
     directory.mkdir(parents=True)
-    closed = accounts.reachable_by_services(directory)
-    if closed is not None:
-        raise InputError(f"the app on lab hosts runs as its own user and cannot pass "
-                         f"through {closed}", resource=str(directory),
-                         fix=f"chmod o+x {closed} (traverse only), or put the lab elsewhere "
-                         "(DEPLOY_LAB_DIR)")
     log = open(directory / "daemon.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploylib.lab.daemon", "--dir", str(directory),
@@ -145,5 +139,11 @@ def stop_daemon(directory: Path | None = None) -> bool:
         if _pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     kill_leftovers(directory)
-    shutil.rmtree(directory, ignore_errors=True)
+    _remove(directory)
     return True
+
+
+def _remove(directory: Path) -> None:
+    """The lab's directory, and the hosts' roots where they live apart from it."""
+    shutil.rmtree(roots_place(directory.resolve()), ignore_errors=True)
+    shutil.rmtree(directory, ignore_errors=True)

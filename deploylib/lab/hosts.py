@@ -9,17 +9,19 @@ snapshot; terminating stops everything and removes the root.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from deploylib.lab import BIN
+from deploylib.lab import BIN, accounts
 from deploylib.lab.accounts import LOGIN_USER
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -68,14 +70,33 @@ def _kill_pidfile(path: Path) -> None:
         pass
 
 
+def roots_place(lab_dir: Path) -> Path:
+    """Where the hosts' and images' roots live: in the lab's directory, unless a user
+    other than root could not pass through it (a clone under /root): the app on a lab host
+    runs as its own user and must reach its release. Then a directory of the lab's own
+    under the system's temporary directory, linked from the lab's."""
+    if accounts.reachable_by_services(lab_dir) is None:
+        return lab_dir
+    digest = hashlib.sha256(str(lab_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"deploylab-{digest}"
+
+
 class HostFarm:
     def __init__(self, lab_dir: Path, ssh_port: int):
         self.dir = lab_dir
         self.ssh_port = ssh_port
-        self.hosts = lab_dir / "hosts"
-        self.images = lab_dir / "images"
+        roots = roots_place(lab_dir)
+        if roots != lab_dir:
+            roots.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(roots, 0o711)  # others may pass through, not list
+        for name in ("hosts", "images", "base"):
+            (roots / name).mkdir(parents=True, exist_ok=True)
+            if roots != lab_dir and not (lab_dir / name).exists():
+                (lab_dir / name).symlink_to(roots / name)
+        self.hosts = roots / "hosts"
+        self.images = roots / "images"
         self.registry = lab_dir / "hostkeys"
-        self.base = lab_dir / "base"
+        self.base = roots / "base"
         for d in (self.hosts, self.images, self.registry):
             d.mkdir(parents=True, exist_ok=True)
         for d in ("etc", "var/lib", "var/log", "var/run", "tmp"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from deploylib import aws, ssh, waits
 from deploylib.errors import HostError, HostKeyError
 from deploylib.lab.provider import LabProvider
+from tests.conftest import open_to_services
 
 pytestmark = pytest.mark.lab
 
@@ -167,3 +169,21 @@ def test_the_balancer_follows_registrations_and_health(region_tools, lab):
     url = lab.info["regions"][region]["load_balancer"] + "/health"
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.headers["X-Lab-Target"].startswith("i-")
+
+
+def test_hosts_live_where_their_services_can_reach_them(tmp_path):
+    """A lab directory other users cannot pass through (a clone under /root) keeps its
+    hosts' roots in a directory of its own that they can; an open one keeps them."""
+    import os
+
+    from deploylib.lab.hosts import roots_place
+
+    closed = tmp_path / "closed"
+    (closed / "lab").mkdir(parents=True)
+    os.chmod(closed, 0o700)
+    place = roots_place(closed / "lab")
+    assert place != closed / "lab" and place.parent == Path(tempfile.gettempdir())
+    assert roots_place(closed / "lab") == place  # the same lab, the same place
+    os.chmod(closed, 0o755)
+    open_to_services(tmp_path)  # pytest makes its temporary directories 0700
+    assert roots_place(closed / "lab") == closed / "lab"
