@@ -526,10 +526,10 @@ def jenkins_notify(c, run="", env=None, config=None):
 # -- the lab --------------------------------------------------------------------------------
 
 
-def _lab_up(hosts: int, config: str | None) -> None:
+def _lab_up(hosts: int, config: str | None, debian: bool = False) -> None:
     from deploylib import live, runs
     from deploylib.errors import InputError
-    from deploylib.lab import control
+    from deploylib.lab import control, rootfs
 
     if not 1 <= hosts <= 20:
         raise InputError(f"--hosts {hosts} is out of range", fix="use 1 to 20 hosts per region")
@@ -538,22 +538,32 @@ def _lab_up(hosts: int, config: str | None) -> None:
     if control.running():
         print("the lab is up already; `invoke lab.down` first to start it afresh "
               "(with another --hosts)", file=sys.stderr)
+    if debian and not rootfs.ready():
+        print("making the Debian base image once (debootstrap from Debian's archive, about "
+              "a minute)", file=sys.stderr)
+    if debian:
+        rootfs.ensure()
     info = control.start_daemon(env)
     print(f"lab up: AWS API {info['endpoint']}", file=sys.stderr)
     if live.record(runs.environment_clients(env), env) is None:
-        print(f"baking release 1.0.0 for a fleet of {hosts} host(s) per region", file=sys.stderr)
-        state = runs.start(cfg, mode="immutable", version="1.0.0", env_name="lab",
-                             artifact=None, fleet_size=hosts)
-        _run_all(cfg, state)
+        first = cfg.with_environment("lab", base_image=rootfs.IMAGE_NAME) if debian else cfg
+        print(f"baking release 1.0.0 for a fleet of {hosts} host(s) per region"
+              + (" from the Debian base image (real apt-get)" if debian else ""),
+              file=sys.stderr)
+        state = runs.start(first, mode="immutable", version="1.0.0", env_name="lab",
+                           artifact=None, fleet_size=hosts)
+        _run_all(first, state)
     for region, r in info["regions"].items():
         print(f"{region}: load balancer {r['load_balancer']}")
 
 
-@task(help={"hosts": "hosts per region in the live fleet (default 2)", "config": HELP["config"]})
-def lab_up(c, hosts=2, config=None):
+@task(help={"hosts": "hosts per region in the live fleet (default 2)", "config": HELP["config"],
+            "debian": "bake the first release from a real Debian root filesystem (made "
+                      "once with debootstrap) rather than the lab's directory base image"})
+def lab_up(c, hosts=2, config=None, debian=False):
     """Start the lab (moto, sshd hosts, load balancers) with a live fleet on 1.0.0."""
     with reported():
-        _lab_up(int(hosts), config)
+        _lab_up(int(hosts), config, debian=debian)
 
 
 @task
@@ -564,15 +574,17 @@ def lab_down(c):
     print("lab stopped" if control.stop_daemon() else "the lab was not running")
 
 
-@task(help={"hosts": "hosts per region (default 2)", "config": HELP["config"]})
-def demo(c, hosts=2, config=None):
+@task(help={"hosts": "hosts per region (default 2)", "config": HELP["config"],
+            "debian": "bake the first release from a real Debian root filesystem (default; "
+                      "--no-debian for the lab's directory base image, without network)"})
+def demo(c, hosts=2, config=None, debian=True):
     """Run all three procedures against a fresh lab fleet and compare their time-to-live."""
     with reported():
         from deploylib import inventory, runs, summary
         from deploylib.lab import control
 
         control.stop_daemon()
-        _lab_up(int(hosts), config)
+        _lab_up(int(hosts), config, debian=debian)
         cfg = _cfg(config)
         env = cfg.environment("lab")
         results = []

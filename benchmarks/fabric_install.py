@@ -9,6 +9,7 @@ checked against known_hosts (RejectPolicy), as the other contenders do.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,8 +29,9 @@ def main() -> int:
         connections.append(c)
 
     def install(c: Connection) -> int:
-        # Lab hosts share this machine's /tmp: one script path per host.
-        remote = f"/tmp/fabric-install-{c.host}.sh"
+        # Lab hosts share this machine's /tmp: one script path per host and per run (a
+        # file another user left there cannot be written over by the login user).
+        remote = f"/tmp/fabric-install-{c.host}-{os.getpid()}.sh"
         c.put(job["script"], remote)
         return c.run(f"sudo -n bash {remote}", hide=True, warn=True).exited
 

@@ -63,7 +63,11 @@ def fabric(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, relea
                                "known_hosts": str(lab.known_hosts(hosts, port))}))
     import sys
 
-    return measure([sys.executable, str(REPO / "benchmarks/fabric_install.py"), str(job)])
+    try:
+        return measure([sys.executable, str(REPO / "benchmarks/fabric_install.py"), str(job)])
+    finally:  # its scripts, outside the measured time
+        for left in Path("/tmp").glob("fabric-install-*.sh"):
+            left.unlink(missing_ok=True)
 
 
 def ansible(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,

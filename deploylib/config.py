@@ -385,6 +385,12 @@ class DeployConfig(Strict):
             envs[name] = env.model_copy(update=update)
         return self.model_copy(update={"environments": envs})
 
+    def with_environment(self, name: str, **update: Any) -> DeployConfig:
+        """The same configuration with some keys of one environment set otherwise."""
+        envs = dict(self.environments)
+        envs[name] = self.environment(name).model_copy(update=update)
+        return self.model_copy(update={"environments": envs})
+
     def environment(self, name: str | None) -> Environment:
         name = name or self.default_environment
         check_env_name(name)

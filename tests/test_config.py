@@ -220,3 +220,13 @@ def test_a_health_endpoint_that_only_answers_200_is_the_default(tmp_path):
 
     env = config.load(write_config(tmp_path, drop=("health_check",))).environment("lab")
     assert env.health_check == "status"
+
+
+def test_one_environment_can_be_varied_without_touching_the_others(tmp_path):
+    from tests.conftest import write_config
+
+    cfg = config.load(write_config(tmp_path))
+    varied = cfg.with_environment("lab", base_image="deploylab/debian-12-rootfs-*")
+    assert varied.environment("lab").base_image == "deploylab/debian-12-rootfs-*"
+    assert cfg.environment("lab").base_image != varied.environment("lab").base_image
+    assert varied.environment("lab").primary_region == cfg.environment("lab").primary_region

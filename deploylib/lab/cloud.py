@@ -3,7 +3,9 @@
 moto answers the AWS API; these hooks (installed in the lab daemon's process, where
 moto's server runs) make its answers true: RunInstances boots a lab host, StopInstances
 and TerminateInstances stop or remove it, CreateImage snapshots its root, CopyImage
-copies the snapshot, and DescribeTargetHealth reports what the lab's balancers see.
+copies the snapshot, GetConsoleOutput shows what the host printed at boot, and
+DescribeTargetHealth reports what the lab's balancers see. `fill_gaps` adds what moto's
+API lacks and AWS has: tags at creation for snapshots and copies, eventual consistency.
 moto is pinned (pyproject.toml) because these hooks wrap its internal methods.
 """
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 
 from deploylib.config import Environment
 from deploylib.errors import DeployError, InputError
-from deploylib.lab import accounts, lab_dir
+from deploylib.lab import accounts, lab_dir, rootfs
 from deploylib.lab.hosts import kill_leftovers, roots_place
 
 READY_TIMEOUT = 60.0
@@ -40,6 +39,9 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "base_image": env.base_image, "app_port": env.app_port,
             "health_path": env.health_path, "ssh_port": env.ssh_port,
             "lock_table": env.lock_table,
+            # The Debian base image, where this machine has its root filesystem made
+            # (DEPLOY_LAB_DEBIAN=1 makes it: debootstrap, once).
+            "debian": rootfs.ready() or os.environ.get("DEPLOY_LAB_DEBIAN") == "1",
             "network": network(),
             # AWS-like delays, scaled (benchmarks): see deploylib.lab.cloud.install
             "profile": json.loads(os.environ.get("DEPLOY_LAB_PROFILE") or "{}")}
@@ -92,6 +94,8 @@ def start_daemon(env: Environment, directory: Path | None = None) -> dict[str, A
                          resource=f"environments.{env.name}.ssh_user",
                          fix=f'set ssh_user = "{accounts.LOGIN_USER}" or leave it out')
     accounts.ensure_login_user()
+    if spec["debian"]:
+        rootfs.ensure()
     directory.mkdir(parents=True)
     log = open(directory / "daemon.log", "ab")
     proc = subprocess.Popen(
@@ -144,6 +148,7 @@ def stop_daemon(directory: Path | None = None) -> bool:
 
 
 def _remove(directory: Path) -> None:
-    """The lab's directory, and the hosts' roots where they live apart from it."""
-    shutil.rmtree(roots_place(directory.resolve()), ignore_errors=True)
-    shutil.rmtree(directory, ignore_errors=True)
+    """The lab's directory, and the hosts' roots where they live apart from it (never
+    while a root filesystem host's mounts are still in them)."""
+    rootfs.remove(roots_place(directory.resolve()))
+    rootfs.remove(directory)

@@ -16,7 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
-from deploylib.lab import LAB_CREDENTIALS, cloud
+from deploylib.lab import LAB_CREDENTIALS, cloud, rootfs
 from deploylib.lab import balancer as lb
 from deploylib.lab.hosts import HostFarm, write_keypair
 
@@ -55,6 +55,14 @@ def main() -> None:
     clients = AwsClients(spec["regions"][0], endpoint_url=endpoint,
                          credentials=LAB_CREDENTIALS, path_style=True)
     groups = cloud.seed(clients, spec)
+    if spec.get("debian"):
+        # A real Debian root filesystem as a second base image (deploylib.lab.rootfs).
+        for region in spec["regions"]:
+            image = clients.ec2(region).register_image(
+                Name=rootfs.IMAGE_NAME.replace("*", "20261101"), Architecture="x86_64",
+                Description="lab base image: Debian 12 (debootstrap, minbase)",
+                RootDeviceName="/dev/sda1", VirtualizationType="hvm")["ImageId"]
+            farm.mark_rootfs(image, rootfs.path())
     for region, arn in groups.items():
         balancers.add(lb.Balancer(region=region, group_arn=arn,
                                   health_path=spec["health_path"],

@@ -1,10 +1,13 @@
 """Lab instances: a root directory plus a real OpenSSH sshd on the instance's address.
 
 Booting restores the root from the image's snapshot (or the base root), writes what
-cloud-init would (the instance's address, a fresh host key published to the lab's
-trusted-key registry), starts sshd in the foreground as a child, and starts the units
-the image enabled. Creating an image snapshots the root; copying an image copies the
-snapshot; terminating stops everything and removes the root.
+cloud-init would (the instance's address, a fresh host key at first boot, printed to the
+instance's console as cloud-init prints it), starts sshd in the foreground as a child,
+and starts the units the image enabled. Creating an image snapshots the root; copying an
+image copies the snapshot; terminating stops everything and removes the root.
+
+An image that is a real root filesystem (deploylib.lab.rootfs) boots as a chroot over an
+overlay mount of it instead, with its own sshd.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from deploylib.lab import BIN, accounts
+from deploylib.lab import BIN, accounts, rootfs
 from deploylib.lab.accounts import LOGIN_USER
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -109,9 +112,29 @@ class HostFarm:
     def root(self, instance_id: str) -> Path:
         return self.hosts / instance_id / "root"
 
+    def mark_rootfs(self, image_id: str, root: Path) -> None:
+        """Make an image a real root filesystem (deploylib.lab.rootfs): instances of it
+        are chroots over it, not directories."""
+        (self.images / f"{image_id}.rootfs").write_text(str(root))
+
+    def _rootfs_lower(self, home: Path, image_id: str) -> Path | None:
+        """The root filesystem below an instance: the one it was launched over."""
+        if (home / "lower").exists():
+            return Path((home / "lower").read_text())
+        marker = self.images / f"{image_id}.rootfs"
+        if not marker.exists():
+            return None
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "lower").write_text(marker.read_text())
+        return Path(marker.read_text())
+
     def boot(self, instance_id: str, address: str, image_id: str) -> None:
         with self._lock:
             home = self.hosts / instance_id
+            lower = self._rootfs_lower(home, image_id)
+            if lower is not None:
+                self._boot_rootfs(instance_id, home, address, lower)
+                return
             root = home / "root"
             if not root.exists():
                 snapshot = self.images / image_id
@@ -122,25 +145,41 @@ class HostFarm:
                 stale.unlink()
             (root / "etc").mkdir(parents=True, exist_ok=True)
             (root / "etc/app.env").write_text(f"APP_HOST={address}\n")
-            key = home / "ssh_host_ed25519_key"
-            first = not key.exists()
-            if first:
-                public = write_keypair(key)
-                # The lab's own record of every host's key (benchmarks' known_hosts).
-                (self.registry / f"{instance_id}.pub").write_text(public + "\n")
-            # What EC2 keeps of the console: this boot's output only. cloud-init prints
-            # the host keys once per instance, at its first boot, a kernel line among them.
-            (home / "console.log").write_text(console_text(
-                (self.registry / f"{instance_id}.pub").read_text().strip() if first else None))
+            key = self._host_key(instance_id, home)
             config = home / "sshd_config"
             config.write_text(self._sshd_config(address, key, root))
-            log = open(home / "sshd.log", "ab")
-            self._sshd[instance_id] = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True)
-            log.close()
-            (home / "sshd.pid").write_text(str(self._sshd[instance_id].pid))
+            self._start_sshd(instance_id, home, [SSHD, "-D", "-e", "-f", str(config)])
             self._start_enabled(root)
+
+    def _boot_rootfs(self, instance_id: str, home: Path, address: str, lower: Path) -> None:
+        root = rootfs.mount(lower, home)
+        for stale in rootfs.pid_dir(root).glob("*.pid"):
+            stale.unlink()
+        (root / "etc/app.env").write_text(f"APP_HOST={address}\n")
+        key = self._host_key(instance_id, home)
+        config = rootfs.prepare(root, address=address, port=self.ssh_port, host_key=key,
+                                authorized_keys=self.authorized_keys)
+        self._start_sshd(instance_id, home, rootfs.sshd_command(root, config))
+        self._start_enabled(root, chroot=True)
+
+    def _host_key(self, instance_id: str, home: Path) -> Path:
+        """The instance's host key (made at its first boot), and this boot's console."""
+        key = home / "ssh_host_ed25519_key"
+        first = not key.exists()
+        if first:
+            # The lab's own record of every host's key (benchmarks' known_hosts).
+            (self.registry / f"{instance_id}.pub").write_text(write_keypair(key) + "\n")
+        # What EC2 keeps of the console: this boot's output only. cloud-init prints the
+        # host keys once per instance, at its first boot, a kernel line among them.
+        (home / "console.log").write_text(console_text(
+            (self.registry / f"{instance_id}.pub").read_text().strip() if first else None))
+        return key
+
+    def _start_sshd(self, instance_id: str, home: Path, argv: list[str]) -> None:
+        with open(home / "sshd.log", "ab") as log:
+            self._sshd[instance_id] = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        (home / "sshd.pid").write_text(str(self._sshd[instance_id].pid))
 
     def _sshd_config(self, address: str, key: Path, root: Path) -> str:
         path = f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
@@ -168,14 +207,18 @@ class HostFarm:
             "",
         ])
 
-    def _start_enabled(self, root: Path) -> None:
+    def _start_enabled(self, root: Path, chroot: bool = False) -> None:
         wants = root / "etc/systemd/system/multi-user.target.wants"
         if not wants.is_dir():
             return
-        env = dict(os.environ, DEPLOY_HOST_ROOT=str(root))
+        env = ({"DEPLOY_HOST_ROOT": "/", "PATH": rootfs.PATH} if chroot
+               else dict(os.environ, DEPLOY_HOST_ROOT=str(root)))
         for unit in sorted(wants.glob("*.service")):
-            subprocess.run([str(BIN / "systemctl"), "start", unit.stem], env=env,
-                           check=False, stdin=subprocess.DEVNULL)
+            if not (root / "etc/systemd/system" / unit.name).exists():
+                continue  # the OS's own units (a real root filesystem's ssh, e2scrub)
+            argv = (rootfs.systemctl_command(root, "start", unit.stem) if chroot
+                    else [str(BIN / "systemctl"), "start", unit.stem])
+            subprocess.run(argv, env=env, check=False, stdin=subprocess.DEVNULL)
 
     def console(self, instance_id: str) -> str | None:
         """The instance's console output since it last booted (None: not a lab host)."""
@@ -188,7 +231,7 @@ class HostFarm:
         """Stop the instance: its services and its sshd (sessions included)."""
         with self._lock:
             root = self.root(instance_id)
-            for pidfile in (root / "var/run").glob("*.pid"):
+            for pidfile in rootfs.pid_dir(root).glob("*.pid"):
                 _kill_pidfile(pidfile)
                 pidfile.unlink(missing_ok=True)
             proc = self._sshd.pop(instance_id, None)
@@ -205,15 +248,28 @@ class HostFarm:
                 os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
+            rootfs.unmount(self.hosts / instance_id)
 
     def destroy(self, instance_id: str) -> None:
         with self._lock:
             self.halt(instance_id)
-            shutil.rmtree(self.hosts / instance_id, ignore_errors=True)
+            rootfs.remove(self.hosts / instance_id)
             (self.registry / f"{instance_id}.pub").unlink(missing_ok=True)
 
     def snapshot(self, instance_id: str, image_id: str) -> None:
         with self._lock:
+            home = self.hosts / instance_id
+            if (home / "lower").exists():
+                # A stopped instance's root is mounted again for the copy, then let go.
+                running = instance_id in self._sshd
+                root = rootfs.mount(Path((home / "lower").read_text()), home)
+                try:
+                    rootfs.copy(root, self.images / image_id)
+                finally:
+                    if not running:
+                        rootfs.unmount(home)
+                self.mark_rootfs(image_id, self.images / image_id)
+                return
             root = self.root(instance_id)
             target = self.images / image_id
             if root.exists():
@@ -222,11 +278,15 @@ class HostFarm:
 
     def copy_image(self, source_image: str, image_id: str) -> None:
         source = self.images / source_image
-        if source.exists():
+        if (self.images / f"{source_image}.rootfs").exists():
+            rootfs.copy(source, self.images / image_id)
+            self.mark_rootfs(image_id, self.images / image_id)
+        elif source.exists():
             shutil.copytree(source, self.images / image_id, symlinks=True)
 
     def drop_image(self, image_id: str) -> None:
-        shutil.rmtree(self.images / image_id, ignore_errors=True)
+        rootfs.remove(self.images / image_id)
+        (self.images / f"{image_id}.rootfs").unlink(missing_ok=True)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -244,9 +304,12 @@ def _ignore_runtime(root: Path):
 
 
 def kill_leftovers(lab_dir: Path) -> int:
-    """Kill processes a crashed lab left behind (sshd and services); returns how many."""
+    """Kill processes a crashed lab left behind (sshd and services) and let go of its
+    mounts (root filesystem hosts); returns how many processes."""
     killed = 0
-    for pidfile in [*lab_dir.glob("hosts/*/sshd.pid"), *lab_dir.glob("hosts/*/root/var/run/*.pid")]:
+    services = [p for root in lab_dir.glob("hosts/*/root") for p in
+                rootfs.pid_dir(root).glob("*.pid")]
+    for pidfile in [*lab_dir.glob("hosts/*/sshd.pid"), *services]:
         try:
             pid = int(pidfile.read_text().strip())
             if pidfile.name == "sshd.pid":
@@ -256,4 +319,6 @@ def kill_leftovers(lab_dir: Path) -> int:
             killed += 1
         except (OSError, ValueError):
             pass
+    for place in {lab_dir, roots_place(lab_dir) if lab_dir.exists() else lab_dir}:
+        rootfs.unmount_under(place)
     return killed

@@ -1,0 +1,41 @@
+"""A bake from a real Debian root filesystem (deploylib.lab.rootfs): the builder and every
+host after it are chroots over it, with its own sshd, sudo, apt-get and users, so
+provisioning installs a package with the real apt-get from Debian's archive."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylib.lab import rootfs
+from tests.conftest import Cli, write_config
+from tests.lab.checks import assert_serving, live_hosts, state_of
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def debian_lab(lab):
+    rootfs.ensure()  # debootstrap once per machine (about a minute), cached after
+    lab.up()  # seeded again: the lab offers the Debian base image now
+    yield lab
+    lab.up()  # the tests after this one start from the usual fleet
+
+
+def test_a_bake_from_a_real_debian_root_filesystem_runs_real_apt_get(debian_lab, tmp_path):
+    lab = debian_lab
+    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME,
+                                  os_packages=["python3", "curl", "ca-certificates", "jq"],
+                                  state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
+    proc = cli("deploy --mode immutable --version 8.0.0", timeout=900)
+    state = state_of(lab, proc)
+    assert not state["facts"]["builder"]["cache_hit"]  # provisioned, not from the cache
+    assert_serving(lab, "8.0.0")
+    for hosts in live_hosts(lab).values():
+        for inst in hosts:
+            root = lab.cli.lab_dir / "hosts" / inst.instance_id / "root"
+            assert (root / "etc/debian_version").read_text().startswith("12.")
+            assert (root / "usr/bin/jq").exists()  # installed by Debian's apt-get
+            assert not (root / "var/lib/lab/packages").exists()  # not the lab's stand-in
+            # the app's user and the login user are the root filesystem's own
+            users = {line.split(":")[0] for line in (root / "etc/passwd").read_text().split()}
+            assert {lab.env.service_user, lab.env.ssh_user} <= users
