@@ -265,8 +265,10 @@ WHY = {
         "the same as for the floor: the install itself (install-release) takes less than "
         "Fabric's whole run, and what is added is the load balancer (drain, put back once "
         "healthy), the SSH check of every host before anything is drained (select-hosts) "
-        "and the record; 50 ms away, where round trips count, ours is the faster of the two. "
-        "Overlapping select-hosts' connections with the drain would take back about 0.3 s."),
+        "and the record, and the account's preflight checks every run starts with (a "
+        "dozen reads). Overlapping select-hosts' connections with the drain would take "
+        "back about 0.3 s, and preflight could skip what the lock's run checked minutes "
+        "ago."),
     "fan-out controller CPU ≤ Fabric": (
         "the tool is a Python process that imports boto3 (and pydantic, jinja2, rich) and "
         "talks to AWS (lock, target groups, record) besides SSH; Fabric only opens SSH. "
