@@ -21,10 +21,15 @@ from typing import Any
 from deploylib import waits
 
 
+def _get(address: str, port: int, path: str, timeout: float) -> Any:
+    # Hosts are addressed directly, never through a proxy taken from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(f"http://{address}:{port}{path}", timeout=timeout)
+
+
 def probe(address: str, port: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
     """The health endpoint's JSON answer (raises when it does not answer so)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{address}:{port}{path}", timeout=timeout) as resp:
+    with _get(address, port, path, timeout) as resp:
         return json.loads(resp.read().decode())
 
 
@@ -38,9 +43,8 @@ def serving_version(address: str, port: int, path: str) -> str | None:
 
 def answers(address: str, port: int, path: str, timeout: float = 2.0) -> bool:
     """The health endpoint answers 2xx."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"http://{address}:{port}{path}", timeout=timeout) as resp:
+        with _get(address, port, path, timeout) as resp:
             return 200 <= resp.status < 300
     except (OSError, ValueError, urllib.error.URLError):
         return False

@@ -319,6 +319,7 @@ def kill_leftovers(lab_dir: Path) -> int:
             killed += 1
         except (OSError, ValueError):
             pass
-    for place in {lab_dir, roots_place(lab_dir) if lab_dir.exists() else lab_dir}:
-        rootfs.unmount_under(place)
+    rootfs.unmount_under(lab_dir)
+    if lab_dir.exists():
+        rootfs.unmount_under(roots_place(lab_dir))
     return killed

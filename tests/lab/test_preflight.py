@@ -122,35 +122,48 @@ def test_preflight_of_the_lab_as_it_is_passes_every_check(lab):
     assert names[4:] == [f"network in {r}" for r in lab.env.all_regions]
 
 
-class _Expiring:
-    """Credentials as botocore keeps an expiring session's (method and expiry)."""
+def _clients_from_the_chain(lab, monkeypatch, tmp_path, *, minutes=None, role=False):
+    """The tool's clients with credentials from botocore's own chain, as an operator's
+    would be: an expiring session in the environment (AWS_CREDENTIAL_EXPIRATION), or a
+    profile that assumes a role (refreshed by botocore as it expires)."""
+    from deploylib.aws import AwsClients
 
-    def __init__(self, method, minutes):
-        self.method = method
-        self._expiry_time = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_CREDENTIAL_EXPIRATION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", lab.info["endpoint"])  # the role's STS too
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (tmp_path / "config").write_text(
+        "[profile deployer]\nrole_arn = arn:aws:iam::123456789012:role/deploy\n"
+        "source_profile = base\nregion = us-east-1\n")
+    (tmp_path / "credentials").write_text(
+        "[base]\naws_access_key_id = AKIABASE\naws_secret_access_key = base-secret\n")
+    if role:
+        monkeypatch.setenv("AWS_PROFILE", "deployer")
+    else:
+        ends = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIASESSION")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "session-secret")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token")
+        monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", ends.isoformat())
+    return AwsClients(lab.env.primary_region, endpoint_url=lab.info["endpoint"],
+                      path_style=True)
 
 
-class _Clients:
-    def __init__(self, real, creds):
-        self.real, self.creds = real, creds
-
-    def client(self, *args, **kw):
-        return self.real.client(*args, **kw)
-
-    def credentials(self):
-        return self.creds
-
-
-@pytest.mark.parametrize("method,minutes,mode,ok", [
-    ("env", 60, "immutable", False),      # a 1-hour session, a 2-hour copy wait
-    ("env", 60, "in-place", True),        # its longest wait is 10 minutes
-    ("env", 180, "immutable", True),
-    ("assume-role", 10, "immutable", True),   # refreshed by botocore as it expires
+@pytest.mark.parametrize("minutes,role,mode,ok", [
+    (60, False, "immutable", False),    # a 1-hour session, a 2-hour copy wait
+    (60, False, "in-place", True),      # its longest wait is 10 minutes
+    (180, False, "immutable", True),
+    (None, True, "immutable", True),    # assumed role: botocore refreshes it
 ])
-def test_credentials_must_outlive_the_procedures_longest_wait(lab, method, minutes, mode, ok):
-    clients = _Clients(lab.clients(), _Expiring(method, minutes))
+def test_credentials_must_outlive_the_procedures_longest_wait(lab, monkeypatch, tmp_path,
+                                                             minutes, role, mode, ok):
+    clients = _clients_from_the_chain(lab, monkeypatch, tmp_path, minutes=minutes, role=role)
     if ok:
-        assert preflight.credentials(lab.env, clients, mode)
+        found = preflight.credentials(lab.env, clients, mode)
+        assert ("refreshed as needed (assume-role)" in found) == role
     else:
         with pytest.raises(InputError, match="session ends in 60 min") as info:
             preflight.credentials(lab.env, clients, mode)
