@@ -59,6 +59,9 @@ def check_env_name(name: str) -> str:
     return name
 
 
+_KMS_KEY = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,64}$")
+
+
 def _fail(message: str) -> ValueError:
     return ValueError(message)
 
@@ -146,6 +149,11 @@ class Environment(Strict):
         description="Owner account of `base_image` when it is a name filter (e.g. Canonical's).")
     instance_type: str = Field(default="t3.micro",
         description="Instance type of the builder and the candidates.")
+    kms_keys: list[str] = Field(default_factory=list,
+        description=(
+            "ARNs of customer-managed KMS keys the volumes are encrypted with: the account's "
+            "default EBS key in a region, when it is not AWS's own (`invoke policy` grants "
+            "their use; preflight checks each region's default is listed and enabled)."))
     subnet: str = Field(description="Subnet id, or the `Name` tag of one subnet per region.")
     security_group: str = Field(description="Security group id, or its name, per region.")
     target_group: str = Field(
@@ -259,6 +267,14 @@ class Environment(Strict):
             raise _fail("give an image id (ami-…) or a name filter such as ubuntu/images/*")
         return v
 
+
+    @field_validator("kms_keys")
+    @classmethod
+    def _kms_keys(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not _KMS_KEY.match(arn):
+                raise _fail(f"{arn!r} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
+        return value
 
     @field_validator("os_packages")
     @classmethod

@@ -4,8 +4,9 @@ Each check reads (it never launches, writes or takes the lock) one thing the pro
 rely on, in the order a deploy meets them: the credentials and how long they last, the
 artifact bucket, the lock table, the base image, and in every region the network the
 hosts are launched into — subnet, security group and target group in one VPC, a load
-balancer serving the subnet's zone, the key pair. A failure is one line with the fix;
-all of them are found in one go, so one pass fixes the account.
+balancer serving the subnet's zone, the key pair — and the key the volumes are
+encrypted with. A failure is one line with the fix; all of them are found in one go,
+so one pass fixes the account.
 
 `invoke preflight` prints every check; `start` (the first thing every procedure does)
 runs them too, and stops with the first failure before a lock or a run exists.
@@ -20,7 +21,7 @@ from typing import Any
 
 from deploylib import aws, lock, parallel
 from deploylib.config import Environment
-from deploylib.errors import DeployError, InputError, PreflightFailed
+from deploylib.errors import DeployError, InputError, PermissionDenied, PreflightFailed
 
 # The longest single wait of each procedure, and its timeout key with the default: the
 # credentials must outlive it (a 1-hour session in a 2-hour copy wait dies inside it).
@@ -136,6 +137,35 @@ def network(env: Environment, clients: aws.AwsClients, region: str) -> str:
             f"served by {', '.join(sorted(zones))}")
 
 
+def volume_key(env: Environment, clients: aws.AwsClients, region: str) -> str:
+    """The key EC2 encrypts the volumes with (the region's default): AWS's own, or one
+    of the environment's kms_keys, enabled. On AWS a customer-managed key the tool may not
+    use fails late and darkly: the instance goes from pending to terminated
+    (Client.InternalError), the image copy fails."""
+    default = aws.ec2.ebs_default_key(clients.ec2(region), region)
+    if default.endswith(aws.kms.AWS_MANAGED):
+        return "AWS-managed (alias/aws/ebs)"
+    unlisted = InputError(f"the default EBS key in {region} is {default}, customer-managed "
+                          "and not in kms_keys: launches would end terminated",
+                          resource=f"environments.{env.name}.kms_keys",
+                          fix="add its key ARN to kms_keys and apply `invoke policy`, or "
+                          "reset the default (aws ec2 reset-ebs-default-kms-key-id)")
+    try:
+        key = aws.kms.describe_key(clients.kms(region), region, default)
+    except PermissionDenied:
+        if default in env.kms_keys:
+            raise
+        raise unlisted from None
+    if key.get("Arn") not in env.kms_keys:
+        raise unlisted
+    if key.get("KeyState") != "Enabled":
+        raise InputError(f"the default EBS key in {region} ({key['Arn']}) is "
+                         f"{key.get('KeyState')}: nothing can be encrypted with it",
+                         resource=f"KMS key in {region}",
+                         fix="enable it (aws kms enable-key) or set another default")
+    return f"{key['Arn']} (customer-managed, enabled)"
+
+
 def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -> list[Check]:
     """Every check, in the order a deploy meets them; the regions side by side."""
     checks = [_check("credentials", lambda: credentials(env, clients, mode))]
@@ -144,16 +174,18 @@ def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -
     checks += [_check("artifact bucket", lambda: bucket(env, clients)),
                _check("lock table", lambda: lock_table(env, clients)),
                _check("base image", lambda: base_image(env, clients))]
-    regional = parallel.each(env.all_regions,
-                             lambda r: _check(f"network in {r}", lambda: network(env, clients,
-                                                                                 r)),
-                             key=lambda r: r)
-    return checks + [_as_check(f"network in {r}", regional[r]) for r in env.all_regions]
+    regional = parallel.each(env.all_regions, lambda r: [
+        _check(f"network in {r}", lambda: network(env, clients, r)),
+        _check(f"volume key in {r}", lambda: volume_key(env, clients, r))], key=lambda r: r)
+    for r in env.all_regions:
+        checks += _as_checks([f"network in {r}", f"volume key in {r}"], regional[r])
+    return checks
 
 
-def _as_check(name: str, outcome: Check | Exception) -> Check:
+def _as_checks(names: list[str], outcome: list[Check] | Exception) -> list[Check]:
     if isinstance(outcome, Exception):  # not one of ours: still one line, not a crash
-        return Check(name, error=DeployError(f"{type(outcome).__name__}: {outcome}"))
+        return [Check(name, error=DeployError(f"{type(outcome).__name__}: {outcome}"))
+                for name in names]
     return outcome
 
 

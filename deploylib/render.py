@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -74,10 +75,19 @@ def serving_script(*, app_root: str, service: str) -> str:
 
 def iam_policy(env: Any) -> str:
     """templates/iam-policy.json for one environment: its artifact bucket and its lock
-    table in place of the placeholders (both names are checked by the config's schema)."""
+    table in place of the placeholders (both names are checked by the config's schema),
+    and — when its volumes are encrypted with keys of its own (`kms_keys`) — the use of
+    those keys as EBS needs it (templates/iam-policy-kms.json: EC2 asks KMS on the
+    caller's behalf when it launches, images and copies)."""
     text = (TEMPLATES / "iam-policy.json").read_text()
-    return text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace("LOCK_TABLE",
+    text = text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace("LOCK_TABLE",
                                                                         env.lock_table)
+    if not env.kms_keys:
+        return text
+    policy = json.loads(text)
+    for statement in json.loads((TEMPLATES / "iam-policy-kms.json").read_text())["Statement"]:
+        policy["Statement"].append({**statement, "Resource": list(env.kms_keys)})
+    return json.dumps(policy, indent=2) + "\n"
 
 
 # The pipeline's parameters, as the job offers them before its first build (the

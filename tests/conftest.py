@@ -143,6 +143,27 @@ def faulty_aws(tmp_path):
         server.stop()
 
 
+@pytest.fixture
+def enforced_aws(tmp_path):
+    """A moto server holding the deployer to a policy as the lab does (deploylib.lab.iam):
+    (the deployer's clients, the administrator's, where iam-policy.json goes — the
+    test writes the policy)."""
+    from deploylib.aws import AwsClients
+    from deploylib.lab import LAB_ADMIN_CREDENTIALS, LAB_CREDENTIALS, iam
+    from deploylib.lab.faults import Faults, LabServer
+
+    server = LabServer(Faults(tmp_path), iam.Enforcer(tmp_path,
+                                                      LAB_CREDENTIALS["aws_access_key_id"]))
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield tuple(AwsClients("us-east-1", endpoint_url=f"http://{host}:{port}",
+                               credentials=creds, max_attempts=0, path_style=True)
+                    for creds in (LAB_CREDENTIALS, LAB_ADMIN_CREDENTIALS)) + (tmp_path,)
+    finally:
+        server.stop()
+
+
 _networks = itertools.count(1)
 
 
@@ -274,13 +295,16 @@ class Lab:
         return self.cfg.environment("lab")
 
     def clients(self):
-        """The tool's AWS clients, pointed at this lab (built once per lab: building
-        boto3 clients costs more than most calls)."""
-        from deploylib import runs
+        """AWS clients on this lab for the tests' own set-up and checks: the lab's
+        administrator, not held to the tool's policy (the tool, run as a command, is).
+        Built once per lab: building boto3 clients costs more than most calls."""
+        from deploylib.aws import AwsClients
+        from deploylib.lab import LAB_ADMIN_CREDENTIALS
 
         if self._clients is None:
-            os.environ["DEPLOY_LAB_DIR"] = str(self.cli.lab_dir)
-            self._clients = runs.environment_clients(self.env)
+            self._clients = AwsClients(self.env.primary_region,
+                                       endpoint_url=self.info["endpoint"],
+                                       credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
         return self._clients
 
     def up(self) -> None:

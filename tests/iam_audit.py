@@ -26,7 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from deploylib.lab import iam as lab_iam
+
 POLICY = Path(__file__).resolve().parent.parent / "templates/iam-policy.json"
+# Granted besides, to an environment whose volumes use keys of its own (kms_keys).
+KMS_POLICY = POLICY.with_name("iam-policy-kms.json")
 PORT_ENV = "DEPLOY_TEST_CSM_PORT"
 CLIENT_ID = "deploylib-under-test"
 # botocore's service ids, as client-side monitoring names them -> IAM's prefixes.
@@ -82,15 +86,29 @@ class Verdict:
         return bool(self.missing or self.unused)
 
 
-# Allowed to every identity whatever its policies (AWS: "No permissions are required to
-# perform this operation"): preflight asks who the tool is.
-ALWAYS_ALLOWED = {"sts:GetCallerIdentity"}
+# Allowed to every identity whatever its policies (the lab allows them as AWS does).
+ALWAYS_ALLOWED = lab_iam.ALWAYS_ALLOWED
+
+
+def load_policy() -> dict:
+    """Every statement the tool may be granted: the policy and its KMS part."""
+    policy = json.loads(POLICY.read_text())
+    policy["Statement"] += json.loads(KMS_POLICY.read_text())["Statement"]
+    return policy
+
+
+def _on_callers_behalf(statement: dict) -> bool:
+    # kms:ViaService grants are used by EC2 for the caller (launch, image, copy of an
+    # encrypted volume), never called by the tool itself.
+    return any("kms:ViaService" in test for test in statement.get("Condition", {}).values())
 
 
 def verdict(used: set[str], policy: dict, *, calls: int, whole_suite: bool) -> Verdict:
     grants = granted(policy)
+    called = granted({"Statement": [s for s in policy["Statement"]
+                                    if not _on_callers_behalf(s)]})
     used = used.union(*(IMPLIED.get(a, set()) for a in used)) - ALWAYS_ALLOWED
-    return Verdict(missing=used - grants, unused=(grants - used) if whole_suite else None,
+    return Verdict(missing=used - grants, unused=(called - used) if whole_suite else None,
                    calls=calls)
 
 
@@ -171,7 +189,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _listener is None or not _is_main(session.config) or not _ran:
         return
     _listener.drain()
-    policy = json.loads(POLICY.read_text())
+    policy = load_policy()
     _result = verdict(_listener.used, policy, calls=_listener.calls,
                       whole_suite=_whole_suite(session.config)
                       and any(n.startswith("tests/lab/") for n in _ran))

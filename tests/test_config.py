@@ -85,6 +85,7 @@ BAD = [
     ("service = \"app;reboot\"", "service"),
     ("os_packages = [\"nginx; reboot\"]", "os_packages"),
     ("artifact_bucket = \"Bad_Bucket\"", "artifact_bucket"),
+    ("kms_keys = [\"alias/aws/ebs\"]", "not a KMS key ARN"),
     ("provider = \"gcp\"", "provider"),
     ("plugins = [\"not a module\"]", "plugins"),
     ("artifact_transfer = \"carrier-pigeon\"", "artifact_transfer"),

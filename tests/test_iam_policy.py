@@ -13,7 +13,7 @@ import os
 
 from tests import iam_audit
 
-POLICY = json.loads(iam_audit.POLICY.read_text())
+POLICY = iam_audit.load_policy()
 
 
 def test_the_policy_grants_named_actions_only_and_allows_only():
@@ -95,3 +95,26 @@ def test_the_policy_for_an_environment_names_its_bucket_and_lock_table(tmp_path)
     assert resources["ArtifactStore"] == "arn:aws:s3:::team-artifacts/releases/*"
     assert resources["ArtifactStoreList"] == "arn:aws:s3:::team-artifacts"
     assert resources["DeployLock"] == "arn:aws:dynamodb:*:*:table/team-locks"
+
+
+def test_keys_of_its_own_are_granted_as_ebs_uses_them_and_only_then(tmp_path):
+    from deploylib import config, render
+    from tests.conftest import write_config
+
+    key = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    plain = config.load(write_config(tmp_path)).environment("lab")
+    assert "kms:" not in render.iam_policy(plain)
+    env = config.load(write_config(tmp_path, kms_keys=[key])).environment("lab")
+    statements = json.loads(render.iam_policy(env))["Statement"]
+    kms = [s for s in statements if any(a.startswith("kms:") for a in s["Action"])]
+    assert all(s["Resource"] == [key] for s in kms)
+    through_ec2 = next(s for s in kms if "kms:CreateGrant" in s["Action"])
+    assert through_ec2["Condition"] == {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
+
+
+def test_grants_ec2_uses_for_the_caller_are_not_asked_of_the_tools_own_calls():
+    """kms:CreateGrant and the rest are used by EC2 when it launches on an encrypted
+    volume; the tool never calls them, and the check does not ask it to."""
+    used = {a for s in POLICY["Statement"] if not s.get("Condition") for a in s["Action"]}
+    v = iam_audit.verdict(used, POLICY, calls=10, whole_suite=True)
+    assert not v.failed, v

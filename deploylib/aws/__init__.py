@@ -3,6 +3,7 @@
     aws            AwsClients (built once per service and region) and the error boundary
     aws.ec2        instances and images
     aws.elb        target groups: register, deregister, the health the balancer sees
+    aws.kms        the keys volumes are encrypted with
     aws.s3         the artifact store
     aws.ssm        the record of what is live
 
@@ -107,6 +108,9 @@ class AwsClients:
 
     def elbv2(self, region: str) -> Any:
         return self.client("elbv2", region)
+
+    def kms(self, region: str) -> Any:
+        return self.client("kms", region)
 
     def s3(self) -> Any:
         return self.client("s3")
@@ -216,6 +220,6 @@ def tag_map(tag_list: Iterable[dict[str, str]] | None) -> dict[str, str]:
 
 
 # The services, each in its own module; imported last, as they use the boundary above.
-from deploylib.aws import ec2, elb, s3, ssm  # noqa: E402
+from deploylib.aws import ec2, elb, kms, s3, ssm  # noqa: E402
 
-__all__ = ["AwsClients", "calling", "ec2", "elb", "s3", "ssm", "tag_map", "tags"]
+__all__ = ["AwsClients", "calling", "ec2", "elb", "kms", "s3", "ssm", "tag_map", "tags"]

@@ -259,6 +259,13 @@ def key_pair_exists(ec2: Any, region: str, name: str) -> bool:
         raise
 
 
+def ebs_default_key(ec2: Any, region: str) -> str:
+    """The key EC2 encrypts a volume with when the request names none (the tool names
+    none: launches, images and copies all use the region's default)."""
+    with calling(f"the default EBS key in {region}", "grant ec2:GetEbsDefaultKmsKeyId"):
+        return str(ec2.get_ebs_default_kms_key_id()["KmsKeyId"])
+
+
 def find_base_image(ec2: Any, region: str, spec: str, owner: str | None) -> str:
     """An image id as given, or the newest available image whose name matches."""
     if spec.startswith("ami-"):

@@ -36,6 +36,11 @@ def check_bucket(s3: Any, bucket: str) -> None:
     try:
         with calling(f"s3://{bucket}", "check artifact_bucket and the tool's permissions"):
             s3.head_bucket(Bucket=bucket)
+    except PermissionDenied as exc:
+        raise PermissionDenied(f"S3 refused HeadBucket ({exc.code})",
+                               resource=f"s3://{bucket}", code=exc.code,
+                               fix=f"grant s3:ListBucket on arn:aws:s3:::{bucket} (`invoke "
+                               "policy` prints the whole policy)") from None
     except CloudError as exc:
         if exc.code in ("404", "NoSuchBucket", "NotFound"):
             raise CloudError("the artifact bucket does not exist", resource=f"s3://{bucket}",

@@ -16,8 +16,12 @@ import os
 from pathlib import Path
 
 LAB_DIR_ENV = "DEPLOY_LAB_DIR"
-# moto accepts any credentials; these exist so boto3 never looks for real ones.
+# moto accepts any credentials. The tool signs with the deployer's, which the lab holds
+# to the environment's IAM policy (deploylib.lab.iam); the lab's own calls and the
+# tests' set-up sign with the administrator's, which it does not.
 LAB_CREDENTIALS = {"aws_access_key_id": "lab", "aws_secret_access_key": "lab-secret"}
+LAB_ADMIN_CREDENTIALS = {"aws_access_key_id": "lab-admin",
+                         "aws_secret_access_key": "lab-admin-secret"}
 BIN = Path(__file__).resolve().parent / "bin"
 
 

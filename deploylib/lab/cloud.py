@@ -5,8 +5,9 @@ moto's server runs) make its answers true: RunInstances boots a lab host, StopIn
 and TerminateInstances stop or remove it, CreateImage snapshots its root, CopyImage
 copies the snapshot, GetConsoleOutput shows what the host printed at boot, and
 DescribeTargetHealth reports what the lab's balancers see. `fill_gaps` adds what moto's
-API lacks and AWS has: tags at creation for snapshots and copies, eventual consistency.
-moto is pinned (pyproject.toml) because these hooks wrap its internal methods.
+API lacks and AWS has: tags at creation for snapshots and copies, eventual consistency,
+the account's default EBS key told. moto is pinned (pyproject.toml) because these hooks
+wrap its internal methods.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import threading
 from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.general import General
+from moto.ec2.responses.settings import Settings
 from moto.ec2.utils import Base64EncodedString
 from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup, elbv2_backends
 
@@ -71,7 +74,8 @@ _filled = False
 
 def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
     """What moto's EC2 API lacks and AWS does, hosts aside: tags at creation for images'
-    snapshots and for copies, and eventual consistency (deploylib.lab.consistency).
+    snapshots and for copies, eventual consistency (deploylib.lab.consistency), the
+    default EBS key.
     Once per process; the lab daemon calls it, and so do the tests' plain moto server."""
     global _filled
     if _filled:
@@ -106,6 +110,33 @@ def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
     AmiBackend.create_image = create_image_tagged
     AmiBackend.copy_image = copy_image_tagged
     AmisResponse.copy_image = copy_image_response_tagged
+    _ebs_default_key()
+
+
+def _ebs_default_key() -> None:
+    """The account's default EBS key per region: moto keeps it (ModifyEbsDefaultKmsKeyId)
+    but cannot tell it (Get) or forget it (Reset). AWS's own key is told by its alias,
+    as AWS tells it."""
+    from moto.kms.models import kms_backends
+
+    def key_of(self: Any) -> str:
+        alias = f"arn:aws:kms:{self.region}:{self.current_account}:alias/aws/ebs"
+        chosen = self.ec2_backend.default_kms_key_id
+        kms = kms_backends[self.current_account][self.region]
+        if not chosen or (kms.alias_exists("alias/aws/ebs")
+                          and kms.describe_key("alias/aws/ebs").arn == chosen):
+            return alias
+        return str(chosen)
+
+    def get_key(self: Any) -> ActionResult:
+        return ActionResult({"KmsKeyId": key_of(self)})
+
+    def reset_key(self: Any) -> ActionResult:
+        self.ec2_backend.default_kms_key_id = None
+        return ActionResult({"KmsKeyId": key_of(self)})
+
+    Settings.get_ebs_default_kms_key_id = get_key
+    Settings.reset_ebs_default_kms_key_id = reset_key
 
 
 def _later(seconds: float, fn: Any) -> None:

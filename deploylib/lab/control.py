@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deploylib import render
 from deploylib.config import Environment
 from deploylib.errors import DeployError, InputError
 from deploylib.lab import accounts, lab_dir, rootfs
@@ -39,6 +40,8 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "base_image": env.base_image, "app_port": env.app_port,
             "health_path": env.health_path, "ssh_port": env.ssh_port,
             "lock_table": env.lock_table,
+            # What the tool may do (deploylib.lab.iam): the policy `invoke policy` prints.
+            "policy": render.iam_policy(env),
             # The Debian base image, where this machine has its root filesystem made
             # (DEPLOY_LAB_DEBIAN=1 makes it: debootstrap, once).
             "debian": rootfs.ready() or os.environ.get("DEPLOY_LAB_DEBIAN") == "1",

@@ -16,7 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
-from deploylib.lab import LAB_CREDENTIALS, cloud, rootfs
+from deploylib.lab import LAB_ADMIN_CREDENTIALS, LAB_CREDENTIALS, cloud, iam, rootfs
 from deploylib.lab import balancer as lb
 from deploylib.lab.hosts import HostFarm, write_keypair
 
@@ -47,13 +47,16 @@ def main() -> None:
     balancers = lb.Balancers(cloud.registrations)
     profile = spec.get("profile") or {}
     cloud.install(farm, balancers, profile)
-    server = LabServer(Faults(lab_dir))
+    # The tool is held to the environment's policy from its first call on.
+    (lab_dir / iam.POLICY_FILE).write_text(spec["policy"])
+    server = LabServer(Faults(lab_dir),
+                       iam.Enforcer(lab_dir, LAB_CREDENTIALS["aws_access_key_id"]))
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
 
     clients = AwsClients(spec["regions"][0], endpoint_url=endpoint,
-                         credentials=LAB_CREDENTIALS, path_style=True)
+                         credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
     groups = cloud.seed(clients, spec)
     if spec.get("debian"):
         # A real Debian root filesystem as a second base image (deploylib.lab.rootfs).

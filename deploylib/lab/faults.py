@@ -30,13 +30,17 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
+from deploylib.lab import iam
+
 _THROTTLING = {"RequestLimitExceeded": 503, "Throttling": 400, "ThrottlingException": 400,
                "SlowDown": 503}
-_STATUS = {"AccessDenied": 403, "NoSuchKey": 404}
+_STATUS = {"AccessDenied": 403, "UnauthorizedOperation": 403, "NoSuchKey": 404}
+# The code each service answers an IAM refusal with.
+_DENIED = {"ec2": "UnauthorizedOperation", "ssm": "AccessDeniedException",
+           "dynamodb": "AccessDeniedException", "kms": "AccessDeniedException"}
 _S3_OPERATIONS = {("HEAD", True): "HeadObject", ("GET", True): "GetObject",
                   ("PUT", True): "PutObject", ("HEAD", False): "HeadBucket",
                   ("PUT", False): "CreateBucket"}
-_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
 
 class Faults:
@@ -80,7 +84,7 @@ def _action(environ: dict[str, Any], body: bytes) -> str:
     query = parse_qs(environ.get("QUERY_STRING", ""))
     form = parse_qs(body.decode("utf-8", "replace")) if body else {}
     named = (form.get("Action") or query.get("Action") or [""])[0]
-    if named or "/s3/aws4_request" not in environ.get("HTTP_AUTHORIZATION", ""):
+    if named or (iam.scope(environ) or ("", "", ""))[2] != "s3":
         return named
     # S3's REST API names no action: the method and whether a key is in the path do.
     method = environ.get("REQUEST_METHOD", "")
@@ -92,14 +96,15 @@ def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, byt
     code = rule["error"]
     status = int(rule.get("status", _THROTTLING.get(code, _STATUS.get(code, 400))))
     message = rule.get("message", "injected by the lab")
+    service = (iam.scope(environ) or ("", "", ""))[2]
     if environ.get("HTTP_X_AMZ_TARGET"):
         body = json.dumps({"__type": code, "message": message}).encode()
         return status, "application/x-amz-json-1.0", body
-    if "/s3/aws4_request" in environ.get("HTTP_AUTHORIZATION", ""):
+    if service == "s3":
         xml = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
         return status, "application/xml", b"" if environ.get("REQUEST_METHOD") == "HEAD" \
             else xml.encode()
-    if "ec2" in environ.get("HTTP_AUTHORIZATION", ""):
+    if service == "ec2":
         xml = (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message>"
                "</Error></Errors><RequestID>lab</RequestID></Response>")
     else:
@@ -109,52 +114,82 @@ def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, byt
 
 
 class FaultyApp:
-    """WSGI middleware in front of moto: answers matching requests with a fault."""
+    """WSGI middleware in front of moto: holds the tool to its policy (deploylib.lab.iam),
+    then answers matching requests with a fault."""
 
-    def __init__(self, app: Any, faults: Faults):
+    def __init__(self, app: Any, faults: Faults, enforcer: iam.Enforcer | None = None):
         self.app = app
         self.faults = faults
+        self.enforcer = enforcer
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        region_match = _REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
-        rule = self.faults.match(_action(environ, body),
-                                 region_match.group(1) if region_match else "")
-        if rule is None:
-            return self.app(environ, start_response)
-        if "image_state" in rule:
+        request = iam.call(environ, body)
+        refused = self.enforcer.refusal(request) if self.enforcer and request else None
+        if refused and request:
+            code, message = refused
+            return _answer(start_response, _error(environ, {
+                "error": _DENIED.get(request.action.split(":")[0], code), "message": message}))
+        rule = self.faults.match(_action(environ, body), request.region if request else "")
+        if rule is not None and "image_state" in rule:
             return self._with_image_state(environ, start_response, rule["image_state"])
-        status, kind, payload = _error(environ, rule)
-        start_response(f"{status} Injected", [("Content-Type", kind),
-                                              ("Content-Length", str(len(payload)))])
-        return [payload]
+        if rule is not None:
+            return _answer(start_response, _error(environ, rule))
+        if self.enforcer and request and self.enforcer.hides_missing_keys(request):
+            return self._missing_as_denied(environ, start_response, request)
+        return self.app(environ, start_response)
 
-
-    def _with_image_state(self, environ: dict[str, Any], start_response: Any,
-                          state: str) -> list[bytes]:
+    def _through(self, environ: dict[str, Any]) -> tuple[str, list[Any], bytes]:
+        """moto's whole answer, for the middleware to rewrite."""
         seen: list[Any] = []
         body = b"".join(self.app(environ, lambda status, headers, *exc: seen.append(
             (status, headers))))
+        return seen[0][0], seen[0][1], body
+
+    def _with_image_state(self, environ: dict[str, Any], start_response: Any,
+                          state: str) -> list[bytes]:
+        status, headers, body = self._through(environ)
         body = re.sub(rb"<imageState>\w+</imageState>",
                       f"<imageState>{state}</imageState>".encode(), body)
-        status, headers = seen[0]
         headers = [(k, str(len(body)) if k.lower() == "content-length" else v)
                    for k, v in headers]
         start_response(status, headers)
         return [body]
 
+    def _missing_as_denied(self, environ: dict[str, Any], start_response: Any,
+                           request: iam.Call) -> list[bytes]:
+        # As S3: without s3:ListBucket, a key that is not there is not told apart from
+        # one the caller may not read.
+        status, headers, body = self._through(environ)
+        if not status.startswith("404"):
+            start_response(status, headers)
+            return [body]
+        bucket = request.resources[0].split("/", 1)[0]
+        return _answer(start_response, _error(environ, {
+            "error": "AccessDenied", "message": iam.denial("s3:ListBucket", bucket)}))
+
+
+def _answer(start_response: Any, error: tuple[int, str, bytes]) -> list[bytes]:
+    status, kind, payload = error
+    start_response(f"{status} Refused", [("Content-Type", kind),
+                                         ("Content-Length", str(len(payload)))])
+    return [payload]
+
 
 class LabServer(ThreadedMotoServer):
-    """moto's threaded server with the fault middleware in front of it."""
+    """moto's threaded server with the fault middleware in front of it, holding the
+    tool to the policy in the lab directory when there is one."""
 
-    def __init__(self, faults: Faults):
+    def __init__(self, faults: Faults, enforcer: iam.Enforcer | None = None):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self.faults = faults
+        self.enforcer = enforcer
 
     def _server_entry(self) -> None:
-        app = FaultyApp(DomainDispatcherApplication(create_backend_app), self.faults)
+        app = FaultyApp(DomainDispatcherApplication(create_backend_app), self.faults,
+                        self.enforcer)
         self._server = make_server(self._ip_address, self._port, app, True)
         self._server_ready_event.set()
         self._server.serve_forever()

@@ -20,18 +20,19 @@ def test_artifacts_upload_once_and_presigned_urls_fetch_them(aws_clients, tmp_pa
     assert urllib.request.urlopen(url, timeout=5).read() == b"release bytes"
 
 
-def test_a_missing_release_that_s3_answers_403_for_asks_for_list_bucket(faulty_aws):
-    """Without s3:ListBucket, S3 answers HeadObject of a missing key 403, not 404."""
+def test_a_missing_release_that_s3_answers_403_for_asks_for_list_bucket(enforced_aws):
+    """Without s3:ListBucket, S3 answers HeadObject of a missing key 403, not 404 (the lab
+    answers as S3 does: deploylib.lab.iam)."""
     import json
 
     import pytest
 
     from deploylib.errors import PermissionDenied
 
-    clients, faults = faulty_aws
-    clients.s3().create_bucket(Bucket="artifacts-403")
-    (faults / "faults.json").write_text(json.dumps({"rules": [
-        {"action": "HeadObject", "error": "AccessDenied"}]}))
+    deployer, admin, lab_dir = enforced_aws
+    admin.s3().create_bucket(Bucket="artifacts-403")
+    (lab_dir / "iam-policy.json").write_text(json.dumps({"Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+         "Resource": "arn:aws:s3:::artifacts-403/releases/*"}]}))
     with pytest.raises(PermissionDenied, match="s3:ListBucket on arn:aws:s3:::artifacts-403"):
-        aws.s3.published_sha256(clients.s3(), "artifacts-403", "releases/1.0.0.tar.gz")
-    assert json.loads((faults / "faults-hits.json").read_text())
+        aws.s3.published_sha256(deployer.s3(), "artifacts-403", "releases/1.0.0.tar.gz")

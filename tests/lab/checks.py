@@ -154,6 +154,20 @@ def clear_faults(lab) -> None:
     (lab.cli.lab_dir / "faults-hits.json").unlink(missing_ok=True)
 
 
+def hold_to_policy(lab, policy: str) -> None:
+    """Hold the tool to another IAM policy from its next call (deploylib.lab.iam)."""
+    from deploylib.lab import iam
+
+    (lab.cli.lab_dir / iam.POLICY_FILE).write_text(policy)
+
+
+def restore_policy(lab) -> None:
+    """The environment's own policy again, as the lab started with it."""
+    from deploylib import render
+
+    hold_to_policy(lab, render.iam_policy(lab.env))
+
+
 def fault_hits(lab) -> int:
     path = lab.cli.lab_dir / "faults-hits.json"
     return sum(json.loads(path.read_text()).values()) if path.exists() else 0

@@ -4,7 +4,8 @@ A test starts from whatever release is live and never from what an earlier test 
 but a test that failed may have left the lab broken (a host out, a fault injected, a
 lock held). So each test first checks the lab as an operator would — the lock free, no
 fault set, in every region `fleet_size` hosts registered, healthy and serving the
-recorded release — and starts it afresh when it is not, saying why.
+recorded release — and starts it afresh when it is not, saying why. After each test,
+faults are cleared and the tool is held to its own IAM policy again.
 """
 
 from __future__ import annotations
@@ -43,3 +44,4 @@ def whole_lab(request, lab):
         lab.up()
     yield
     checks.clear_faults(lab)
+    checks.restore_policy(lab)

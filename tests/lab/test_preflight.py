@@ -9,9 +9,10 @@ import itertools
 
 import pytest
 
-from deploylib import aws, preflight
+from deploylib import aws, config, preflight, render
 from deploylib.errors import InputError
 from tests.conftest import Cli, write_config
+from tests.lab import checks
 from tests.lab.checks import instances, lock_holder
 
 pytestmark = pytest.mark.lab
@@ -19,8 +20,13 @@ _n = itertools.count(1)
 
 
 def _cli(lab, tmp_path, drop=(), extra="", **overrides):
-    return Cli(config=write_config(tmp_path, extra, drop=drop, **overrides),
-               lab_dir=lab.cli.lab_dir)
+    """The operator's command line with a config of their own — and the lab holding the
+    tool to the policy `invoke policy` prints for it, as the operator would have applied
+    (the lab's own policy comes back after the test)."""
+    cli = Cli(config=write_config(tmp_path, extra, drop=drop, **overrides),
+              lab_dir=lab.cli.lab_dir)
+    checks.hold_to_policy(lab, render.iam_policy(config.load(cli.config).environment("lab")))
+    return cli
 
 
 def _vpc_of_lab(lab, region="us-east-1"):
@@ -74,6 +80,36 @@ def _key_in_one_region(lab):
     return {"key_name": name}, [f"no key pair {name} in us-west-2", "import-key-pair"]
 
 
+def _default_volume_key(lab, region="us-west-2", *, enabled=True):
+    """A customer-managed key made the region's default EBS key (the lab's own AWS key
+    comes back after the test: volume_keys_reset)."""
+    kms = lab.clients().client("kms", region)
+    key = kms.create_key(Description="team volumes")["KeyMetadata"]
+    arn = key["Arn"]
+    if not enabled:
+        kms.disable_key(KeyId=key["KeyId"])
+    lab.clients().ec2(region).modify_ebs_default_kms_key_id(KmsKeyId=arn)
+    return arn
+
+
+def _volume_key_unlisted(lab):
+    arn = _default_volume_key(lab)
+    return {}, [f"the default EBS key in us-west-2 is {arn}", "not in kms_keys",
+                "reset-ebs-default-kms-key-id"]
+
+
+def _volume_key_disabled(lab):
+    arn = _default_volume_key(lab, enabled=False)
+    return {"kms_keys": [arn]}, ["is Disabled", "enable-key"]
+
+
+@pytest.fixture(autouse=True)
+def volume_keys_reset(lab):
+    yield
+    for region in lab.env.all_regions:
+        lab.clients().ec2(region).reset_ebs_default_kms_key_id()
+
+
 BROKEN = {
     "no owner for a name-filtered base image": lambda lab: (
         {"drop": ("base_image_owner",)}, ["no owner", "base_image_owner", "099720109477"]),
@@ -87,6 +123,8 @@ BROKEN = {
     "target group no load balancer uses": _tg_unserved,
     "subnet in a zone the load balancer does not serve": _subnet_in_another_zone,
     "key pair missing in a region": _key_in_one_region,
+    "customer-managed volume key not in kms_keys": _volume_key_unlisted,
+    "customer-managed volume key disabled": _volume_key_disabled,
 }
 
 
@@ -119,7 +157,23 @@ def test_preflight_of_the_lab_as_it_is_passes_every_check(lab):
     assert report["passed"], report
     names = [c["name"] for c in report["checks"]]
     assert names[:4] == ["credentials", "artifact bucket", "lock table", "base image"]
-    assert names[4:] == [f"network in {r}" for r in lab.env.all_regions]
+    assert names[4:] == [f"{check} in {r}" for r in lab.env.all_regions
+                         for check in ("network", "volume key")]
+
+
+def test_a_customer_managed_volume_key_listed_and_granted_passes(lab, tmp_path):
+    """Listed in kms_keys, `invoke policy` grants its use, and preflight passes with it."""
+    import json
+
+    arn = _default_volume_key(lab)
+    cli = _cli(lab, tmp_path, kms_keys=[arn])
+    policy = json.loads(cli(f"policy --env lab --config {cli.config}").stdout)
+    assert any(s["Resource"] == [arn] and "kms:CreateGrant" in s["Action"]
+               for s in policy["Statement"])
+    report = json.loads(cli("preflight --env lab --json").stdout)
+    assert report["passed"], report
+    assert {c["name"]: c["detail"] for c in report["checks"]}["volume key in us-west-2"] \
+        == f"{arn} (customer-managed, enabled)"
 
 
 def _clients_from_the_chain(lab, monkeypatch, tmp_path, *, minutes=None, role=False):
@@ -168,3 +222,47 @@ def test_credentials_must_outlive_the_procedures_longest_wait(lab, monkeypatch, 
         with pytest.raises(InputError, match="session ends in 60 min") as info:
             preflight.credentials(lab.env, clients, mode)
         assert "role_arn" in info.value.line() and "timeouts.copy" in info.value.line()
+
+
+def _policy_without(lab, sid: str, action: str | None = None) -> str:
+    """The lab environment's policy short of one statement, or of one of its actions."""
+    import json
+
+    policy = json.loads(render.iam_policy(lab.env))
+    policy["Statement"] = [
+        {**s, "Action": [a for a in s["Action"] if a != action]} if s["Sid"] == sid else s
+        for s in policy["Statement"] if action or s["Sid"] != sid]
+    return json.dumps(policy)
+
+
+@pytest.mark.parametrize("sid,words", [
+    ("ArtifactStoreList", ["artifact bucket", "S3 refused HeadBucket", "grant s3:ListBucket"]),
+    ("DeployLock", ["lock table", "not authorized to perform: dynamodb:GetItem"]),
+    ("ReadEc2", ["not authorized to perform", "ec2:Describe"]),
+])
+def test_a_policy_short_of_a_grant_fails_preflight_naming_the_action(lab, sid, words):
+    """The lab holds the tool to its policy (deploylib.lab.iam): a grant missing from it
+    is met before anything starts, in AWS's words."""
+    checks.hold_to_policy(lab, _policy_without(lab, sid))
+    before = instances(lab)
+    proc = lab.cli("preflight --env lab", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    failed = "\n".join(ln for ln in proc.stdout.splitlines() if "FAIL" in ln)
+    assert all(w in failed for w in words), proc.stdout
+    assert instances(lab) == before and lock_holder(lab) is None
+
+
+def test_a_grant_first_needed_mid_run_stops_it_naming_the_action_with_nothing_changed(lab):
+    """Without s3:PutObject, preflight (which only reads) passes and the deploy stops
+    when it publishes — before any host is touched: one line naming the action, the live
+    release still serving, the lock free."""
+    live = checks.record(lab)
+    checks.hold_to_policy(lab, _policy_without(lab, "ArtifactStore", "s3:PutObject"))
+    before = instances(lab)
+    proc = lab.cli(f"deploy --mode in-place --version 7.7.{next(_n)}", check=False)
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "not authorized to perform: s3:PutObject" in errors[0], \
+        proc.stderr
+    assert checks.record(lab) == live and instances(lab) == before
+    assert lock_holder(lab) is None

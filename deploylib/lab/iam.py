@@ -1,0 +1,233 @@
+"""The lab's IAM: the tool is answered only as its least-privilege policy allows.
+
+The tool signs its requests with the lab's deployer key (LAB_CREDENTIALS). In front of
+moto, every request signed with that key — presigned URLs included — is held against
+the environment's policy (what `invoke policy` prints, written to `iam-policy.json` in
+the lab directory when the lab starts; a test may narrow it) as IAM evaluates an
+identity policy: an explicit Deny wins, otherwise an Allow must match the action and
+every resource the request names. A denied request gets the service's own error, with
+AWS's wording. The lab's own calls (seeding the account) and the tests' set-up sign with
+LAB_ADMIN_CREDENTIALS and are not held.
+
+Also as AWS does it: GetObject and HeadObject of a key that does not exist answer 403,
+not 404, to a caller without s3:ListBucket on the bucket; a presigned URL past its
+expiry answers 403.
+
+moto's own IAM access control is not used: it holds every action outside S3 against
+the resource "*" (so a statement scoped to a parameter path or a table allows nothing),
+and cannot authorise a presigned URL. Not emulated: condition keys (a statement with a
+Condition never allows and always denies — the lab refuses what it cannot prove allowed),
+resource policies (bucket and key policies), signatures (moto does not check them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from calendar import timegm
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+ACCOUNT = "123456789012"  # moto's default account
+DEPLOYER = f"arn:aws:iam::{ACCOUNT}:user/deploylab-deployer"
+POLICY_FILE = "iam-policy.json"
+# Allowed to every identity whatever its policies (AWS: "No permissions are required to
+# perform this operation"): preflight asks who the tool is.
+ALWAYS_ALLOWED = frozenset({"sts:GetCallerIdentity"})
+
+_SCOPE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
+# S3's sub-resources on a bucket, and the action each GET asks for.
+_BUCKET_GETS = {"versioning": "GetBucketVersioning", "location": "GetBucketLocation",
+                "tagging": "GetBucketTagging", "policy": "GetBucketPolicy",
+                "acl": "GetBucketAcl", "encryption": "GetEncryptionConfiguration"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as IAM sees it: who signed it, the action, the resources it names."""
+
+    key_id: str
+    region: str
+    action: str
+    resources: tuple[str, ...]
+    presigned_expired: bool = False
+
+
+def scope(environ: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(access key id, region, service) from the request's signature: the Authorization
+    header, or a presigned URL's X-Amz-Credential."""
+    signed = environ.get("HTTP_AUTHORIZATION") or unquote(environ.get("QUERY_STRING", ""))
+    found = _SCOPE.search(signed.replace("X-Amz-Credential=", "Credential="))
+    return (found.group(1), found.group(2), found.group(3)) if found else None
+
+
+def _s3(environ: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    bucket, _, key = unquote(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    method = environ.get("REQUEST_METHOD", "GET")
+    if key:
+        resource = f"arn:aws:s3:::{bucket}/{key}"
+        if method == "DELETE":
+            action = "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+        elif method in ("PUT", "POST"):
+            # PutObject, and the multipart upload's create, parts and completion
+            action = "PutObjectTagging" if "tagging" in query else "PutObject"
+        else:
+            action = "GetObjectTagging" if "tagging" in query else "GetObject"
+        return f"s3:{action}", (resource,)
+    resource = f"arn:aws:s3:::{bucket}"
+    if method in ("GET", "HEAD"):
+        sub = next((name for name in _BUCKET_GETS if name in query), None)
+        action = _BUCKET_GETS[sub] if sub else "ListBucket"
+    elif method == "POST" and "delete" in query:
+        return "s3:DeleteObject", (f"{resource}/*",)
+    else:
+        action = {"PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(method, method.title())
+    return f"s3:{action}", (resource,)
+
+
+def _named(service: str, region: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The resources a JSON request names, as their ARNs (services the tool calls)."""
+    if service == "ssm":
+        names = params.get("Names") or [params.get("Name") or params.get("Path")]
+        return tuple(f"arn:aws:ssm:{region}:{ACCOUNT}:parameter/{str(n).lstrip('/')}"
+                     for n in names if n)
+    if service == "dynamodb" and params.get("TableName"):
+        return (f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{params['TableName']}",)
+    if service == "kms" and params.get("KeyId"):
+        key = str(params["KeyId"])
+        return (key if key.startswith("arn:") else f"arn:aws:kms:{region}:{ACCOUNT}:key/{key}",)
+    return ("*",)
+
+
+def call(environ: dict[str, Any], body: bytes) -> Call | None:
+    """The request as IAM sees it, or None when it is unsigned."""
+    signed = scope(environ)
+    if signed is None:
+        return None
+    key_id, region, service = signed
+    expired = False
+    if service == "s3":
+        action, resources = _s3(environ)
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if "X-Amz-Expires" in query:
+            issued = timegm(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
+            expired = time.time() > issued + int(query["X-Amz-Expires"][0])
+    elif environ.get("HTTP_X_AMZ_TARGET"):
+        action = f"{service}:{environ['HTTP_X_AMZ_TARGET'].rsplit('.', 1)[-1]}"
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+        resources = _named(service, region, params if isinstance(params, dict) else {})
+    else:
+        form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        action = f"{service}:{(form.get('Action') or query.get('Action') or [''])[0]}"
+        resources = ("*",)
+    return Call(key_id, region, action, resources, expired)
+
+
+def _matches(patterns: Any, value: str, *, fold: bool) -> bool:
+    """IAM's wildcards: `*` any run of characters, `?` one; actions ignore case."""
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if fold and fnmatchcase(value.lower(), pattern.lower()):
+            return True
+        if not fold and fnmatchcase(value, pattern.replace("[", "[[]")):
+            return True
+    return False
+
+
+def _applies(statement: dict[str, Any], action: str, resource: str) -> bool:
+    if "NotAction" in statement:
+        acts = not _matches(statement["NotAction"], action, fold=True)
+    else:
+        acts = _matches(statement.get("Action", []), action, fold=True)
+    if "NotResource" in statement:
+        return acts and not _matches(statement["NotResource"], resource, fold=False)
+    return acts and _matches(statement.get("Resource", []), resource, fold=False)
+
+
+def allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """Whether an identity policy allows one action on one resource."""
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    allow = False
+    for statement in statements:
+        if not _applies(statement, action, resource):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False  # explicit deny wins, conditions or not
+        if statement.get("Effect") == "Allow" and "Condition" not in statement:
+            allow = True
+    return allow
+
+
+def _bucket_exists(resource: str) -> bool:
+    from moto.s3.models import s3_backends
+
+    bucket = resource.removeprefix("arn:aws:s3:::").split("/", 1)[0]
+    return bucket in s3_backends[ACCOUNT]["aws"].buckets
+
+
+def denial(action: str, resource: str) -> str:
+    """AWS's words for an identity-policy refusal."""
+    return (f"User: {DEPLOYER} is not authorized to perform: {action} on resource: "
+            f"{resource} because no identity-based policy allows the {action} action")
+
+
+class Enforcer:
+    """The deployer's policy, read from the lab directory (re-read when it changes)."""
+
+    def __init__(self, directory: Path, deployer_key: str):
+        self.file = directory / POLICY_FILE
+        self.deployer_key = deployer_key
+        self._lock = threading.Lock()
+        self._loaded: tuple[float, dict[str, Any]] | None = None
+
+    def policy(self) -> dict[str, Any] | None:
+        """The policy in force, or None when the lab holds the tool to none (no file:
+        a bare moto server with the fault layer, as some tests start)."""
+        with self._lock:
+            try:
+                mtime = self.file.stat().st_mtime
+            except FileNotFoundError:
+                self._loaded = None
+                return None
+            if self._loaded is None or self._loaded[0] != mtime:
+                self._loaded = (mtime, json.loads(self.file.read_text()))
+            return self._loaded[1]
+
+    def refusal(self, request: Call | None) -> tuple[str, str] | None:
+        """(error code kind, message) when the policy refuses the request, else None."""
+        if request is None or request.key_id != self.deployer_key:
+            return None
+        policy = self.policy()
+        if policy is None:
+            return None
+        if request.presigned_expired:
+            return "AccessDenied", "Request has expired"
+        if request.action in ALWAYS_ALLOWED:
+            return None
+        if request.action.startswith("s3:") and not _bucket_exists(request.resources[0]):
+            return None  # S3 tells anyone a bucket is not there: moto answers NoSuchBucket
+        for resource in request.resources:
+            if not allowed(policy, request.action, resource):
+                return "AccessDenied", denial(request.action, resource)
+        return None
+
+    def hides_missing_keys(self, request: Call | None) -> bool:
+        """Whether a 404 for this object read must be a 403 (no s3:ListBucket)."""
+        if request is None or request.key_id != self.deployer_key or \
+                request.action != "s3:GetObject":
+            return False
+        policy = self.policy()
+        if policy is None:
+            return False
+        bucket = request.resources[0].split("/", 1)[0]
+        return not allowed(policy, "s3:ListBucket", bucket)

@@ -1,0 +1,150 @@
+"""deploylib.lab.iam: the lab holds the tool to its policy as IAM would.
+
+First the evaluation itself (pure), then a moto server with the enforcing middleware in
+front, spoken to over HTTP with the deployer's and the administrator's keys.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from deploylib import aws, render
+from deploylib.errors import CloudError, PermissionDenied
+from deploylib.lab import iam
+
+POLICY = {"Statement": [
+    {"Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:PutParameter"],
+     "Resource": "arn:aws:ssm:*:*:parameter/deploylib/*"},
+    {"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"},
+    {"Effect": "Allow", "Action": "s3:GetObject",
+     "Resource": "arn:aws:s3:::artifacts-iam/releases/*"},
+    {"Effect": "Deny", "Action": "ec2:DescribeImages", "Resource": "*"},
+    {"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": "*",
+     "Condition": {"StringEquals": {"aws:RequestTag/deploy:env": "lab"}}},
+]}
+
+
+def test_an_allow_must_match_action_and_resource():
+    assert iam.allowed(POLICY, "ssm:PutParameter", "arn:aws:ssm:us-east-1:1:parameter/deploylib/x")
+    assert not iam.allowed(POLICY, "ssm:PutParameter", "arn:aws:ssm:us-east-1:1:parameter/other")
+    assert not iam.allowed(POLICY, "ssm:DeleteParameter",
+                           "arn:aws:ssm:us-east-1:1:parameter/deploylib/x")
+    assert iam.allowed(POLICY, "s3:GetObject", "arn:aws:s3:::artifacts-iam/releases/1.0.tar.gz")
+    assert not iam.allowed(POLICY, "s3:GetObject", "arn:aws:s3:::artifacts-iam/secrets/key")
+
+
+def test_action_wildcards_ignore_case_and_an_explicit_deny_wins():
+    assert iam.allowed(POLICY, "ec2:describeinstances", "*")
+    assert not iam.allowed(POLICY, "ec2:DescribeImages", "*")
+
+
+def test_a_condition_the_lab_cannot_evaluate_never_allows():
+    assert not iam.allowed(POLICY, "ec2:RunInstances", "*")
+
+
+def test_requests_are_read_as_iam_reads_them():
+    def env(**kw):
+        return {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", **kw}
+
+    auth = "AWS4-HMAC-SHA256 Credential=lab/20261201/eu-west-1/{}/aws4_request, Sig"
+    ssm = iam.call(env(HTTP_AUTHORIZATION=auth.format("ssm"),
+                       HTTP_X_AMZ_TARGET="AmazonSSM.GetParametersByPath"),
+                   json.dumps({"Path": "/deploylib/lab/hostkeys"}).encode())
+    assert ssm == iam.Call("lab", "eu-west-1", "ssm:GetParametersByPath", (
+        f"arn:aws:ssm:eu-west-1:{iam.ACCOUNT}:parameter/deploylib/lab/hostkeys",))
+    table = iam.call(env(HTTP_AUTHORIZATION=auth.format("dynamodb"),
+                         HTTP_X_AMZ_TARGET="DynamoDB_20120810.PutItem"),
+                     b'{"TableName": "locks"}')
+    assert table.resources == (f"arn:aws:dynamodb:eu-west-1:{iam.ACCOUNT}:table/locks",)
+    ec2 = iam.call(env(REQUEST_METHOD="POST", HTTP_AUTHORIZATION=auth.format("ec2")),
+                   b"Action=RunInstances&Version=2016-11-15")
+    assert (ec2.action, ec2.resources) == ("ec2:RunInstances", ("*",))
+    abort = iam.call(env(REQUEST_METHOD="DELETE", PATH_INFO="/artifacts-iam/releases/1.tar.gz",
+                         QUERY_STRING="uploadId=7", HTTP_AUTHORIZATION=auth.format("s3")), b"")
+    assert (abort.action, abort.resources) == ("s3:AbortMultipartUpload",
+                                               ("arn:aws:s3:::artifacts-iam/releases/1.tar.gz",))
+    head_bucket = iam.call(env(REQUEST_METHOD="HEAD", PATH_INFO="/artifacts-iam",
+                               HTTP_AUTHORIZATION=auth.format("s3")), b"")
+    assert (head_bucket.action, head_bucket.resources) == ("s3:ListBucket",
+                                                           ("arn:aws:s3:::artifacts-iam",))
+    presigned = iam.call(env(PATH_INFO="/artifacts-iam/releases/1.tar.gz", QUERY_STRING=(
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=lab%2F20200101%2Fus-east-1%2Fs3"
+        "%2Faws4_request&X-Amz-Date=20200101T000000Z&X-Amz-Expires=60&X-Amz-Signature=00")),
+        b"")
+    assert presigned.key_id == "lab" and presigned.action == "s3:GetObject"
+    assert presigned.presigned_expired
+    assert iam.call(env(), b"") is None  # unsigned: nobody to hold to a policy
+
+
+def _policy(lab_dir, policy) -> None:
+    (lab_dir / iam.POLICY_FILE).write_text(json.dumps(policy))
+
+
+def test_the_deployer_is_refused_in_each_services_own_words(enforced_aws):
+    deployer, admin, lab_dir = enforced_aws
+    _policy(lab_dir, POLICY)
+    with pytest.raises(PermissionDenied) as refused:
+        with aws.calling("parameter /other", "grant it"):
+            deployer.ssm().put_parameter(Name="/other", Value="x", Type="String")
+    assert refused.value.code == "AccessDeniedException"
+    assert "is not authorized to perform: ssm:PutParameter on resource: " \
+           f"arn:aws:ssm:us-east-1:{iam.ACCOUNT}:parameter/other" in str(refused.value)
+    with pytest.raises(PermissionDenied) as refused:
+        with aws.calling("instances", "grant it"):
+            deployer.ec2("us-east-1").describe_images(Owners=["self"])
+    assert refused.value.code == "UnauthorizedOperation"
+    deployer.ssm().put_parameter(Name="/deploylib/lab/x", Value="1", Type="String")
+    assert deployer.ssm().get_parameter(Name="/deploylib/lab/x")["Parameter"]["Value"] == "1"
+    # the administrator (the lab's own calls, the tests' set-up) is not held
+    admin.ssm().put_parameter(Name="/other", Value="x", Type="String")
+    admin.ec2("us-east-1").describe_images(Owners=["self"])
+
+
+def test_a_narrowed_policy_takes_effect_at_once(enforced_aws):
+    deployer, _, lab_dir = enforced_aws
+    _policy(lab_dir, POLICY)
+    deployer.ec2("us-east-1").describe_instances()
+    _policy(lab_dir, {"Statement": POLICY["Statement"][:1]})
+    with pytest.raises(CloudError):
+        with aws.calling("instances", "grant it"):
+            deployer.ec2("us-east-1").describe_instances()
+
+
+def test_a_missing_key_is_403_without_list_bucket_and_404_with_it(enforced_aws):
+    deployer, admin, lab_dir = enforced_aws
+    admin.s3().create_bucket(Bucket="artifacts-iam")
+    _policy(lab_dir, POLICY)
+    with pytest.raises(PermissionDenied):
+        aws.s3.published_sha256(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz")
+    _policy(lab_dir, {"Statement": [*POLICY["Statement"], {
+        "Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::artifacts-iam"}]})
+    assert aws.s3.published_sha256(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz") is None
+
+
+def test_a_presigned_url_carries_its_signers_permissions_until_it_expires(enforced_aws):
+    deployer, admin, lab_dir = enforced_aws
+    admin.s3().create_bucket(Bucket="artifacts-iam")
+    for key in ("releases/1.0.tar.gz", "private/key"):
+        admin.s3().put_object(Bucket="artifacts-iam", Key=key, Body=b"bytes")
+    _policy(lab_dir, POLICY)
+    url = aws.s3.presign(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz", expires=60)
+    assert urllib.request.urlopen(url, timeout=5).read() == b"bytes"
+    for url in (aws.s3.presign(deployer.s3(), "artifacts-iam", "private/key", expires=60),
+                aws.s3.presign(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz", expires=-1)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 403
+
+
+def test_the_environments_own_policy_is_what_the_lab_holds_the_tool_to(tmp_path):
+    """The lab is started with exactly what `invoke policy` prints."""
+    from deploylib import config
+    from deploylib.lab import control
+    from tests.conftest import write_config
+
+    env = config.load(write_config(tmp_path)).environment("lab")
+    assert control.spec_for(env)["policy"] == render.iam_policy(env)
