@@ -28,12 +28,12 @@ from deploylib.errors import ConfigError, InputError
 LAB_ENVIRONMENT_FILE = Path(__file__).parent / "lab" / "environment.toml"
 DEFAULT_CONFIG = "deploy.toml"
 
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
-_ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
-_IMAGE_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
+VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+IMAGE_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _STEP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9.+-]*(=[0-9A-Za-z.+~:-]+)?$")
 _BATCH = re.compile(r"^([1-9]\d*)(%?)$")
@@ -41,7 +41,7 @@ _BATCH = re.compile(r"^([1-9]\d*)(%?)$")
 
 def check_version(version: str) -> str:
     """A release version is used in paths, tags and remote commands: keep it plain."""
-    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
+    if not isinstance(version, str) or not VERSION.fullmatch(version) or ".." in version:
         raise InputError(
             f"version {version!r} is not a valid release version",
             fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
@@ -51,7 +51,7 @@ def check_version(version: str) -> str:
 
 
 def check_env_name(name: str) -> str:
-    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
         raise InputError(
             f"environment name {name!r} is not valid",
             fix="use lower-case letters, digits and '-', starting with a letter (e.g. lab)",
@@ -68,7 +68,7 @@ def _fail(message: str) -> ValueError:
 
 # Keys whose value must match a pattern, and what to say when it does not.
 _PLAIN = {
-    "primary_region": (_REGION, "must be an AWS region name such as us-east-1"),
+    "primary_region": (REGION, "must be an AWS region name such as us-east-1"),
     "instance_type": (_INSTANCE_TYPE, "must be an EC2 instance type such as t3.micro"),
     "service": (re.compile(r"^[a-z][a-z0-9_-]{0,31}$"),
                 "must be a systemd unit name such as app"),
@@ -252,7 +252,7 @@ class Environment(Strict):
     @classmethod
     def _copies(cls, v: list[str]) -> list[str]:
         for region in v:
-            if not _REGION.fullmatch(region):
+            if not REGION.fullmatch(region):
                 raise _fail(f"{region!r} is not an AWS region name such as eu-west-1")
         if len(set(v)) != len(v):
             raise _fail("lists a region twice; name each copy region once")
@@ -261,7 +261,7 @@ class Environment(Strict):
     @field_validator("base_image")
     @classmethod
     def _base_image(cls, v: str) -> str:
-        if v.startswith("ami-") and not _IMAGE_ID.fullmatch(v):
+        if v.startswith("ami-") and not IMAGE_ID.fullmatch(v):
             raise _fail("looks like an image id but is not one (ami- then 8 or 17 hex digits)")
         if not v.strip():
             raise _fail("give an image id (ami-…) or a name filter such as ubuntu/images/*")
@@ -311,7 +311,7 @@ class Environment(Strict):
     @field_validator("artifact_bucket")
     @classmethod
     def _bucket(cls, v: str) -> str:
-        if not _BUCKET.fullmatch(v) or ".." in v:
+        if not BUCKET.fullmatch(v) or ".." in v:
             raise _fail("must be an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
         return v
 
@@ -437,7 +437,7 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
         if not isinstance(body, dict):
             raise ConfigError(f"environments.{name} must be a table", resource=source,
                               fix=f"write [environments.{name}] with its keys below it")
-        if not _ENV_NAME.fullmatch(name):
+        if not ENV_NAME.fullmatch(name):
             raise ConfigError(f"environment name {name!r} is not valid", resource=source,
                               fix="use lower-case letters, digits and '-', e.g. staging")
         if body.get("name", name) != name:

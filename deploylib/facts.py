@@ -8,9 +8,51 @@ look up again cheaply is kept (target groups are resolved per process).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from deploylib import config, plan
+
+
+def _version(value: str) -> str:
+    if not (config.VERSION.fullmatch(value) and ".." not in value):
+        raise ValueError(f"{value!r} is not a release version")
+    return value
+
+
+def _mode(value: str) -> str:
+    if value not in (*plan.MODES, *plan.ROLLBACK_MODES):
+        raise ValueError(f"{value!r} is not a procedure")
+    return value
+
+
+# The values a run reads back (its state file, a handoff, the live record) reach host
+# scripts, paths and API calls: each is held to the same shape as input is.
+Version = Annotated[str, AfterValidator(_version)]
+Mode = Annotated[str, AfterValidator(_mode)]  # a procedure, rollbacks included
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Region = Annotated[str, StringConstraints(pattern=config.REGION.pattern)]
+InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")]
+ImageId = Annotated[str, StringConstraints(pattern=config.IMAGE_ID.pattern)]
+RunId = Annotated[str, StringConstraints(pattern=r"^\d{8}T\d{6}-[0-9a-f]{6}$")]
+Bucket = Annotated[str, StringConstraints(pattern=config.BUCKET.pattern)]
+
+
+def first_error(exc: ValidationError) -> str:
+    """A pydantic error as one line: where, and what was wrong (its value's repr, so a
+    line break in it stays on one line)."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    return f"{where} = {err.get('input')!r}: {err['msg']}"
 
 
 class _Model(BaseModel):
@@ -20,28 +62,37 @@ class _Model(BaseModel):
 class Release(_Model):
     """One published release: what the install step fetches and checks."""
 
-    version: str
-    sha256: str
-    bucket: str
+    version: Version
+    sha256: Sha256
+    bucket: Bucket
     key: str
     size: int | None = None
+
+    @model_validator(mode="after")
+    def _key_is_the_versions(self) -> Release:
+        # The store's layout (steps.release.artifact_key): never another object.
+        env, _, name = self.key.removeprefix("releases/").partition("/")
+        if not (self.key.startswith("releases/") and config.ENV_NAME.fullmatch(env)
+                and name == f"{self.version}.tar.gz"):
+            raise ValueError(f"key {self.key!r} is not release {self.version}'s")
+        return self
 
 
 class HostRef(_Model):
     """One instance, by region and id (what batches are made of)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    region: str
-    instance_id: str
+    region: Region
+    instance_id: InstanceId
 
 
 class Builder(_Model):
-    region: str
-    instance_id: str
-    base_image: str
+    region: Region
+    instance_id: InstanceId
+    base_image: ImageId
     foundation: str  # the bake cache's key for the base image + provision script
     cache_hit: bool  # launched from a foundation image: provisioning is skipped
-    foundation_image: str | None = None  # the one this bake started (cache-foundation)
+    foundation_image: ImageId | None = None  # the one this bake started (cache-foundation)
     terminated: bool = False
 
 
@@ -83,23 +134,23 @@ class Facts(_Model):
     builder: Builder | None = None
     # region -> image: create-image, copy-image, locate-previous, adopt; discard-images
     # empties it | wait-image, launch-candidates, record, discard-builder, the handoff
-    images: dict[str, str] = Field(default_factory=dict)
+    images: dict[Region, ImageId] = Field(default_factory=dict)
     # region -> instances: launch-candidates; discard-candidates | wait-ssh,
     # install-release, smoke-test, promote (its targets), demote
-    candidates: dict[str, list[str]] = Field(default_factory=dict)
+    candidates: dict[Region, list[InstanceId]] = Field(default_factory=dict)
     # region -> the hosts its promotion replaced: promote; demote | retire, demote,
     # discard-images, discard-candidates
-    promoted: dict[str, list[str]] = Field(default_factory=dict)
+    promoted: dict[Region, list[InstanceId]] = Field(default_factory=dict)
     # region -> hosts terminated: retire | retire (a resume retires only the rest)
-    retired: dict[str, list[str]] = Field(default_factory=dict)
+    retired: dict[Region, list[InstanceId]] = Field(default_factory=dict)
     # select-hosts | the rollout (its batches), notify
     batches: list[list[HostRef]] | None = None
     # instance -> error: the rollout, within max_failed_hosts | locate-live, notify
-    failed_hosts: dict[str, str] = Field(default_factory=dict)
+    failed_hosts: dict[InstanceId, str] = Field(default_factory=dict)
     # locate-live | the rollout's switch-back of updated hosts
     revert: Revert | None = None
     # instances switched back: the rollout | locate-live (never twice)
-    rolled_back: list[str] = Field(default_factory=list)
+    rolled_back: list[InstanceId] = Field(default_factory=list)
     # notify; `invoke jenkins.notify` | notify (a kept notice is sent later)
     notice: Notice | None = None
     # the bake's handoff | the operator (`invoke bake` reports it)

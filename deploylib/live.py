@@ -6,13 +6,58 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from deploylib import aws
 from deploylib.config import Environment
+from deploylib.errors import StateError
+from deploylib.facts import ImageId, Mode, Region, RunId, Sha256, Version, first_error
+
+
+class Previous(BaseModel):
+    """What was live before (what a rollback makes live again)."""
+
+    model_config = ConfigDict(extra="ignore")
+    release: Version | None = None
+    sha256: Sha256 | None = None
+    images: dict[Region, ImageId] = Field(default_factory=dict)
+    procedure: Mode | None = None
+    run_id: RunId | None = None
+
+    @model_validator(mode="after")
+    def _release_with_its_digest(self) -> Previous:
+        if (self.release is None) != (self.sha256 is None):
+            raise ValueError("a previous release needs its sha256, and a sha256 its release")
+        return self
+
+
+class Record(BaseModel):
+    """The environment's record as steps.fleet.record writes it. Whoever may write the
+    parameter could otherwise steer every host: each value is held to its shape."""
+
+    model_config = ConfigDict(extra="ignore")
+    release: Version
+    sha256: Sha256
+    images: dict[Region, ImageId] = Field(default_factory=dict)
+    procedure: Mode
+    run_id: RunId
+    recorded_at: str = ""
+    previous: Previous | None = None
 
 
 def record(clients: aws.AwsClients, env: Environment) -> dict[str, Any] | None:
-    """The environment's record (`/deploylib/<env>/live`), or None before a first release."""
-    return aws.ssm.read_record(clients.ssm(), env.record_parameter)
+    """The environment's record (`/deploylib/<env>/live`), or None before a first release;
+    a record with a value of the wrong shape stops the command in one line."""
+    raw = aws.ssm.read_record(clients.ssm(), env.record_parameter)
+    if raw is None:
+        return None
+    try:
+        return Record.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        raise StateError(f"the live record holds a bad value: {first_error(exc)}",
+                         resource=f"parameter {env.record_parameter}",
+                         fix="restore a good version from its history (aws ssm "
+                         f"get-parameter-history --name {env.record_parameter})") from None
 
 
 def target_group(clients: aws.AwsClients, env: Environment, region: str) -> str:

@@ -3,14 +3,61 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from deploylib.errors import DeployError
 from deploylib.plan import MODES
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+class Shell(str):
+    """Text that is shell already: a value the q filter quoted, or the command the operator
+    wrote in deploy.toml (restart_command)."""
+
+
+# What a value may be to appear in a template unquoted (comments and systemd units
+# included): one plain word, nothing a shell or a unit file reads as syntax.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9._~/:@%+=,-]*")
+
+
+def _finalize(value: Any) -> Any:
+    """Every value a template prints: shell already, escaped markup (the Jenkins job
+    XML's `| e`), a number, or a plain word; anything else is refused, so a hostile value
+    read back (a record, a state file, a handoff) can never become a host's command."""
+    from markupsafe import Markup
+
+    if isinstance(value, Shell | Markup | bool | int | float):
+        return value
+    if isinstance(value, str) and _PLAIN_WORD.fullmatch(value):
+        return value
+    raise DeployError(f"refusing to put {value!r} unquoted into a template",
+                      fix="quote it with the q filter in templates/ (values must be plain)")
+
+
+def _quote_words(values: Any) -> Shell:
+    return Shell(" ".join(shlex.quote(str(v)) for v in values))
+
+
+def _heredoc(text: str, delimiter: str) -> Shell:
+    """Text between `<<'DELIMITER'` and its end line: taken literally by the shell, as
+    long as no line of it is the delimiter."""
+    if delimiter in text.splitlines():
+        raise DeployError(f"text for a here-document holds its end line {delimiter}",
+                          fix="remove that line")
+    return Shell(text)
+
+
+def _curl_config(url: str) -> Shell:
+    """A URL as one double-quoted curl config value (curl reads \\ and \" in it)."""
+    if any(c in url for c in '"\\\n\r'):
+        raise DeployError("a presigned URL holds a quote, a backslash or a line break",
+                          fix="report it: S3 never signs such a URL")
+    return Shell(f'"{url}"')
 
 
 @lru_cache(maxsize=1)
@@ -22,8 +69,12 @@ def _jinja() -> Any:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # shell, not HTML: values are quoted with the q filter
+        finalize=_finalize,
     )
-    env.filters["q"] = lambda v: shlex.quote(str(v))
+    env.filters["q"] = lambda v: Shell(shlex.quote(str(v)))
+    env.filters["qwords"] = _quote_words
+    env.filters["heredoc"] = _heredoc
+    env.filters["curl_config"] = _curl_config
     return env
 
 
@@ -57,11 +108,11 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
     """The install script for one release; exactly one of url / pushed_path is given."""
     if (url is None) == (pushed_path is None):
         raise ValueError("give exactly one of url or pushed_path")
-    if url is not None and ('"' in url or "\n" in url):
-        raise ValueError("a presigned URL never contains quotes or newlines")
     return render(
         "install.sh.j2", version=version, sha256=sha256, app_root=app_root,
-        app_port=app_port, health_path=health_path, restart_command=restart_command,
+        app_port=app_port, health_path=health_path,
+        # the operator's own command, from deploy.toml: shell by design
+        restart_command=Shell(restart_command),
         keep_releases=keep_releases, source="url" if url else "push", url=url,
         pushed_path=pushed_path, fetch_timeout=fetch_timeout, health_timeout=health_timeout,
         service=service, health_check=health_check,

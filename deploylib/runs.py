@@ -13,12 +13,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from deploylib import aws, catalog, config, live, lock, preflight, release, runner, smoke
 from deploylib import plan as planning
 from deploylib.context import Context, Reporter
 from deploylib.errors import DeployError, InputError, StateError
-from deploylib.facts import Handoff, Release
-from deploylib.state import DONE, FAILED, RunState, check_run_id, new_run_id
+from deploylib.facts import (
+    Handoff,
+    ImageId,
+    Mode,
+    Region,
+    Release,
+    RunId,
+    Version,
+    first_error,
+)
+from deploylib.state import DONE, FAILED, RunState, new_run_id
+from deploylib.steps.release import artifact_key
 
 
 def environment_clients(env: config.Environment) -> aws.AwsClients:
@@ -128,6 +140,19 @@ def handoff_of(state: RunState) -> dict[str, Any]:
             "images": dict(state.facts.images)}
 
 
+class HandoffIn(BaseModel):
+    """A handoff as `handoff_of` writes it, held to its shapes (it comes back through a
+    Jenkins parameter anyone who may build the job can set)."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: RunId
+    env: str
+    mode: Mode = "immutable"
+    version: Version
+    release: Release
+    images: dict[Region, ImageId]
+
+
 def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
     """Continue, elsewhere, a run whose bake phase ran on another machine (a handoff).
 
@@ -135,16 +160,22 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
     stages are marked done, so the release phase runs exactly as it would have locally.
     """
     try:
-        run_id, version = handoff["run_id"], handoff["version"]
-        rel, images = Release.model_validate(handoff["release"]), dict(handoff["images"])
-        env = cfg.environment(handoff["env"])
-        mode = handoff.get("mode", "immutable")
-    except (KeyError, TypeError, ValueError):
-        raise InputError("the handoff lacks run_id, env, version, release or images",
+        given = HandoffIn.model_validate(handoff)
+    except ValidationError as exc:
+        raise InputError(f"the handoff holds a bad value: {first_error(exc)}",
                          fix="pass the HANDOFF parameter exactly as `invoke bake` sent it"
                          ) from None
-    config.check_version(version)
-    check_run_id(run_id)
+    run_id, version, mode, images = given.run_id, given.version, given.mode, given.images
+    env = cfg.environment(given.env)
+    # The release is rebuilt from this environment's store, not taken whole: only the
+    # digest comes from the handoff, and the hosts check what they fetch against it.
+    rel = Release(version=version, sha256=given.release.sha256, bucket=env.artifact_bucket,
+                  key=artifact_key(env.name, version))
+    if (given.release.version, given.release.bucket, given.release.key) != \
+            (rel.version, rel.bucket, rel.key):
+        raise InputError(f"the handoff's release is not {version} in {env.name}'s store "
+                         f"(it names s3://{given.release.bucket}/{given.release.key})",
+                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
     planned = planning.plan(planning.check_mode(mode), env.extra_stages)
     if not planned.hands_off:
         raise InputError(f"a {mode} run has no bake phase to hand off",

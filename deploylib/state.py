@@ -24,12 +24,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from deploylib import config
 from deploylib.errors import InputError, StateError
-from deploylib.facts import Facts
+from deploylib.facts import Facts, Mode, RunId, Version, first_error
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 ENDED = (DONE, FAILED)
@@ -99,6 +100,20 @@ _SAVING = threading.Lock()
 _FIELDS = ("run_id", "env", "mode", "version", "artifact", "status", "created_at")
 
 
+class _Header(BaseModel):
+    """A state file's own fields, held to the shapes input is held to when read back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: RunId
+    env: Annotated[str, StringConstraints(pattern=config.ENV_NAME.pattern)]
+    mode: Mode
+    version: Version
+    artifact: str
+    status: str
+    created_at: float
+
+
 @dataclass
 class RunState:
     run_id: str
@@ -147,12 +162,20 @@ class RunState:
                 key = StageKey(stage=entry.pop("stage"), group=entry.pop("group", None),
                                batch=entry.pop("batch", None), region=entry.pop("region", None))
                 stages[key] = StageEntry.model_validate(entry)
-            return cls(path=path, stages=stages, facts=Facts.model_validate(data["facts"]),
-                       **{k: data[k] for k in _FIELDS})
-        except (KeyError, TypeError, AttributeError, ValidationError):
+            header = _Header.model_validate({k: data[k] for k in _FIELDS})
+            facts = Facts.model_validate(data["facts"])
+        except ValidationError as exc:
+            raise StateError(f"the run state holds a bad value: {first_error(exc)}",
+                             resource=str(path),
+                             fix="restore it from the build's archived copy") from None
+        except (KeyError, TypeError, AttributeError):
             raise StateError("the run state lacks required fields or has the wrong shape",
                              resource=str(path),
                              fix="restore it from the build's archived copy") from None
+        if header.run_id != run_id:
+            raise StateError(f"the run state names run {header.run_id}, not {run_id}",
+                             resource=str(path), fix="restore it from the build's archived copy")
+        return cls(path=path, stages=stages, facts=facts, **header.model_dump())
 
     @classmethod
     def latest(cls, state_dir: str | Path) -> RunState | None:

@@ -221,6 +221,37 @@ def test_values_are_shell_quoted():
     assert "app_root=\"$root\"'/srv/my app'" in script
 
 
+_INSTALL = dict(sha256="0" * 64, app_root="/srv/app", app_port=8080, health_path="/health",
+                health_check="status", service="app", restart_command="true", keep_releases=3,
+                url="http://x/y")
+
+
+@pytest.mark.parametrize("value", ["1.0\ntouch /tmp/x #", "$(reboot)", "1.0 && id", "`id`"])
+def test_a_hostile_value_never_reaches_a_script_unquoted_not_even_a_comment(value):
+    """The install script names the version in its comments too: a version read back
+    from a record or a state file that is not a plain word is refused at render."""
+    from deploylib.errors import DeployError
+
+    with pytest.raises(DeployError, match="unquoted"):
+        render.install_script(version=value, **_INSTALL)
+
+
+def test_a_presigned_url_that_could_leave_curls_config_is_refused():
+    from deploylib.errors import DeployError
+
+    for url in ('http://x/y"\nurl = "http://evil', "http://x/y\\"):
+        with pytest.raises(DeployError, match="presigned URL"):
+            render.install_script(version="1.0", **{**_INSTALL, "url": url})
+
+
+def test_a_unit_cannot_end_its_here_document_early():
+    from deploylib.errors import DeployError
+
+    with pytest.raises(DeployError, match="end line UNIT"):
+        render.render("provision.sh.j2", packages=[], service="app", service_user="app",
+                      app_root="/srv/app", unit="[Unit]\nUNIT\nrm -rf /", lock_timeout=1)
+
+
 def test_exactly_one_source():
     kw = dict(version="1", sha256="0", app_root="/a", app_port=1, health_path="/",
               health_check="status", service="app", restart_command="true", keep_releases=3)

@@ -3,6 +3,8 @@ bake's handoff, found again by id, and where its files are."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from deploylib import config, runs
@@ -11,8 +13,8 @@ from deploylib.errors import InputError
 from tests.conftest import write_config
 
 HANDOFF = {"run_id": "20261127T120000-abc123", "env": "lab", "mode": "immutable",
-           "version": "1.2.3", "images": {"us-east-1": "ami-1"},
-           "release": {"version": "1.2.3", "sha256": "0" * 64, "bucket": "b",
+           "version": "1.2.3", "images": {"us-east-1": "ami-00000001"},
+           "release": {"version": "1.2.3", "sha256": "0" * 64, "bucket": "deploylab-artifacts",
                        "key": "releases/lab/1.2.3.tar.gz"}}
 
 
@@ -26,7 +28,7 @@ def test_adopting_a_handoff_marks_the_bake_done(cfg):
     plan = planning.plan("immutable")
     done = [n for n in plan.names() if state.is_done(n)]
     assert done == [s.name for s in plan.stages if s.phase == planning.BAKE]
-    assert state.facts.images == {"us-east-1": "ami-1"} and state.facts.adopted
+    assert state.facts.images == {"us-east-1": "ami-00000001"} and state.facts.adopted
     assert runs.adopt(cfg, HANDOFF).run_id == state.run_id  # a replay continues it
     env, loaded = runs.load_run(cfg, state.run_id)
     assert env.name == "lab" and loaded.facts.release.sha256 == "0" * 64
@@ -46,10 +48,22 @@ def test_a_bake_hands_off_what_adopting_needs(cfg, tmp_path):
     {**HANDOFF, "release": {"version": "1.2.3"}},
     {**HANDOFF, "mode": "in-place"},  # nothing of it ran elsewhere
     {**HANDOFF, "mode": "sideways"},
+    {**HANDOFF, "images": {"us-east-1": "ami-1; reboot"}},
+    {**HANDOFF, "images": {"$(id)": "ami-00000001"}},
+    {**HANDOFF, "release": {**HANDOFF["release"], "sha256": "x" * 64}},
+    {**HANDOFF, "release": {**HANDOFF["release"], "bucket": "someone-elses"}},
+    {**HANDOFF, "release": {**HANDOFF["release"], "version": "1.2.4",
+                            "key": "releases/lab/1.2.4.tar.gz"}},
+    {**HANDOFF, "release": {**HANDOFF["release"], "key": "releases/lab/../prod/1.2.3.tar.gz"}},
+    {**HANDOFF, "extra": "anything"},
 ])
 def test_a_bad_handoff_is_refused(cfg, handoff):
-    with pytest.raises(InputError):
+    """A HANDOFF comes back through a Jenkins parameter: every value is held to its shape
+    and the release is this environment's, in one line, before a state file exists."""
+    with pytest.raises(InputError) as refused:
         runs.adopt(cfg, handoff)
+    assert "\n" not in refused.value.line()
+    assert not list(Path(cfg.environment("lab").state_dir).glob("*.json"))
 
 
 def test_start_refuses_bad_input_before_creating_anything(cfg, tmp_path):

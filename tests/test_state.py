@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from deploylib.errors import InputError, StateError
-from deploylib.facts import Builder
+from deploylib.facts import Builder, Release
 from deploylib.state import DONE, FAILED, RUNNING, RunState, StageKey, check_run_id, new_run_id
 
 
@@ -19,15 +19,16 @@ def make(tmp_path, **kw):
 
 def test_a_run_round_trips_with_its_stage_outputs(tmp_path):
     state = make(tmp_path)
-    state.facts.candidates["us-east-1"] = ["i-1", "i-2"]
-    state.facts.builder = Builder(region="us-east-1", instance_id="i-9", base_image="ami-1",
-                                  foundation="f" * 32, cache_hit=False)
+    state.facts.candidates["us-east-1"] = ["i-00000001", "i-00000002"]
+    state.facts.builder = Builder(region="us-east-1", instance_id="i-00000009",
+                                  base_image="ami-00000001", foundation="f" * 32,
+                                  cache_hit=False)
     state.facts.team["announced"] = ["1.0.1"]
     state.mark("launch-candidates", RUNNING)
     state.mark("launch-candidates", DONE)
     loaded = RunState.load(tmp_path, state.run_id)
     assert loaded.facts == state.facts
-    assert loaded.facts.builder.instance_id == "i-9"
+    assert loaded.facts.builder.instance_id == "i-00000009"
     assert loaded.is_done("launch-candidates")
     assert loaded.stages[StageKey("launch-candidates")].seconds >= 0
     assert RunState.latest(tmp_path).run_id == state.run_id
@@ -72,7 +73,7 @@ def test_regions_saving_from_threads_leave_a_whole_file(tmp_path):
 
     def region(name: str) -> None:
         for i in range(50):
-            state.facts.candidates[f"{name}-{i}"] = [f"i-{i}"]
+            state.facts.candidates[f"{name * 2}-east-{i}"] = [f"i-{i:08x}"]
             state.mark(StageKey.in_region("regions", name, f"s{i}"), DONE)
 
     threads = [threading.Thread(target=region, args=(r,)) for r in ("a", "b", "c")]
@@ -110,5 +111,35 @@ def test_a_missing_run_is_bad_input_and_a_corrupt_one_a_state_error(tmp_path):
     data = json.loads(good.path.read_text())
     data["facts"]["candidates"] = "not a mapping"
     good.path.write_text(json.dumps(data))
-    with pytest.raises(StateError, match="wrong shape"):
+    with pytest.raises(StateError, match="candidates = 'not a mapping'"):
         RunState.load(tmp_path, good.run_id)
+
+
+@pytest.mark.parametrize("where,value", [
+    ("version", "1.0\ntouch /tmp/x #"),
+    ("env", "lab; reboot"),
+    ("mode", "anything"),
+    ("run_id", "20261127T120000-abcdef\n"),
+    ("facts.release.sha256", "$(reboot)"),
+    ("facts.release.key", "releases/lab/../../secrets"),
+    ("facts.images", {"us-east-1": "ami-1; reboot"}),
+    ("facts.candidates", {"us-east-1": ["i-00000001 && id"]}),
+    ("facts.batches", [[{"region": "$(id)", "instance_id": "i-00000001"}]]),
+])
+def test_a_hostile_value_in_a_state_file_stops_the_load_in_one_line(tmp_path, where, value):
+    """What a run reads back is held to the shapes input is: a state file someone wrote
+    into (a shared workspace, an archived copy) cannot steer the run."""
+    state = make(tmp_path)
+    state.facts.release = Release(version="1.0.0", sha256="0" * 64, bucket="artifacts",
+                                  key="releases/lab/1.0.0.tar.gz")
+    state.save()
+    data = json.loads(state.path.read_text())
+    *parents, last = where.split(".")
+    node = data
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    state.path.write_text(json.dumps(data))
+    with pytest.raises(StateError) as refused:
+        RunState.load(tmp_path, state.run_id)
+    assert "\n" not in refused.value.line() and "Fix:" in refused.value.line()

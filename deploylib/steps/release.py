@@ -33,16 +33,24 @@ def artifact_key(env_name: str, version: str) -> str:
     return f"releases/{env_name}/{version}.tar.gz"
 
 
-def from_store(env: Environment, s3: object, version: str) -> Release:
-    """A published release as the install step needs it, read back from the store."""
+def from_store(env: Environment, s3: object, version: str, sha256: str) -> Release:
+    """A release the record names, as the install step needs it: the digest is the
+    record's (whoever may overwrite the object also sets its metadata), and the store
+    must still hold that release."""
     key = artifact_key(env.name, version)
-    digest = aws.s3.published_sha256(s3, env.artifact_bucket, key)
-    if not digest:
+    stored = aws.s3.published_sha256(s3, env.artifact_bucket, key)
+    if not stored:
         raise InputError(f"release {version} is not in the artifact store",
                          resource=f"s3://{env.artifact_bucket}/{key}",
                          fix=f"publish it again: `invoke deploy --mode in-place --version "
                          f"{version} --artifact PATH`")
-    return Release(version=version, sha256=digest, bucket=env.artifact_bucket, key=key)
+    if stored != sha256:
+        raise InputError(f"the store's release {version} is not the one recorded live (sha256 "
+                         f"{stored[:12]}…, recorded {sha256[:12]}…): it was overwritten",
+                         resource=f"s3://{env.artifact_bucket}/{key}",
+                         fix="publish the recorded build again under its version (turn on "
+                         "the bucket's versioning to restore it), or deploy another release")
+    return Release(version=version, sha256=sha256, bucket=env.artifact_bucket, key=key)
 
 
 @step("publish-release")
@@ -82,7 +90,8 @@ def locate_previous(ctx: Context) -> None:
         raise InputError(f"the record changed since this rollback started: the previous "
                          f"release is now {previous['release']}, not {ctx.state.version}",
                          resource=ctx.env.record_parameter, fix="start `invoke rollback` again")
-    ctx.facts.release = from_store(ctx.env, ctx.aws.s3(), previous["release"])
+    ctx.facts.release = from_store(ctx.env, ctx.aws.s3(), previous["release"],
+                                   previous["sha256"])
     ctx.facts.images.update(previous.get("images") or {})
     ctx.log(f"  rolling back {record.get('release')} -> {previous['release']} "
             f"({ctx.state.mode})")

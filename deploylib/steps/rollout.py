@@ -68,11 +68,12 @@ def locate_live(ctx: Context) -> None:
     """Choose what a stopped rollout switches back: the release the record says is live,
     and, of the batches it reached (the stage's hosts), the hosts that do not serve it."""
     ctx.facts.revert = None
-    live = (ctx.record() or {}).get("release")
+    record = ctx.record() or {}
+    live = record.get("release")
     if not live or live == ctx.release.version:
         ctx.log("  no other release is live: nothing to switch back")
         return
-    rel = from_store(ctx.env, ctx.aws.s3(), live)
+    rel = from_store(ctx.env, ctx.aws.s3(), live, record["sha256"])
     facts = ctx.facts
     reached = {h.instance_id for h in ctx.target_refs()}
     skip = set(facts.failed_hosts) | set(facts.rolled_back)

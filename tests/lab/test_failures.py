@@ -12,6 +12,7 @@ from deploylib import aws
 from tests.conftest import write_config
 from tests.lab.checks import (
     assert_serving,
+    live_hosts,
     record,
     registered,
     release_that_cannot_start,
@@ -134,3 +135,34 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
                                      {aws.TAG_RUN: state["run_id"]}) == []
     for inst in run_instances(lab, state["run_id"]):
         assert inst.instance_id in registered(lab, inst.region), inst
+
+
+def test_a_rollback_refuses_a_release_overwritten_in_the_store(lab):
+    """The digest a rollback installs is the record's, not the store's: whoever may
+    overwrite the object also sets its metadata. An object replaced (its metadata forged
+    to match itself) is refused before any host is touched, in one line."""
+    import hashlib
+    import secrets
+
+    lab.cli(f"deploy --mode in-place --version 8.8.{secrets.randbelow(10**6)}")
+    live = record(lab)
+    previous = live["previous"]["release"]
+    s3, bucket = lab.clients().s3(), lab.env.artifact_bucket
+    key = f"releases/lab/{previous}.tar.gz"
+    original = s3.get_object(Bucket=bucket, Key=key)
+    body, metadata = original["Body"].read(), original["Metadata"]
+    forged = b"a release someone else built"
+    s3.put_object(Bucket=bucket, Key=key, Body=forged,
+                  Metadata={"sha256": hashlib.sha256(forged).hexdigest()})
+    try:
+        before = sorted(i.instance_id for hosts in live_hosts(lab).values() for i in hosts)
+        proc = lab.cli("rollback", check=False)
+        assert proc.returncode == 2, proc.stderr
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "not the one recorded live" in errors[0], proc.stderr
+        assert record(lab)["release"] == live["release"]
+        assert sorted(i.instance_id for hosts in live_hosts(lab).values()
+                      for i in hosts) == before
+        assert_serving(lab, live["release"])
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
