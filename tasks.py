@@ -517,8 +517,10 @@ def jenkins_notify(c, run="", env=None, config=None):
             print("no notice is waiting to be sent")
             return
         for state in pending:
-            notice = state.facts.notice
-            jenkins.send_notice(server, notice)
+            notice = jenkins.send_notice(server, environment, state)
+            if notice is None:
+                print(f"not sent: run {state.run_id} is not a hotfix of {environment.name}")
+                continue
             state.save()
             print(f"sent: run {state.run_id} ({notice.parameters['RELEASE']})")
 

@@ -62,6 +62,10 @@ def check_env_name(name: str) -> str:
 _KMS_KEY = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,64}$")
 
 
+# The longest a presigned URL may live: one install's fetch, with room.
+MAX_PRESIGN = 3600.0
+
+
 def _fail(message: str) -> ValueError:
     return ValueError(message)
 
@@ -110,6 +114,12 @@ class JenkinsConfig(Strict):
     def _url(cls, v: str) -> str:
         if v and not re.fullmatch(r"^https?://[^\s/$.?#][^\s]*$", v):
             raise _fail("must be an http(s) URL such as https://jenkins.example.com, or empty")
+        # The deploy bot's token goes with every request: never in clear over a network
+        # (plain http only to this machine, as a local Jenkins or the tests' stand-in).
+        if v.startswith("http://") and not re.match(
+                r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)", v):
+            raise _fail("must be https:// (the API token goes with every request); plain "
+                        "http:// only to this machine")
         return v.rstrip("/")
 
 
@@ -329,6 +339,9 @@ class Environment(Strict):
         for key, seconds in v.items():
             if seconds <= 0:
                 raise _fail(f"timeouts.{key} must be a positive number of seconds")
+        if v.get("presign", 0) > MAX_PRESIGN:
+            raise _fail(f"timeouts.presign must be at most {MAX_PRESIGN:.0f} seconds (a "
+                        "presigned URL is a credential while it lives)")
         return v
 
     @model_validator(mode="after")

@@ -52,6 +52,8 @@ def first_error(exc: ValidationError) -> str:
     line break in it stays on one line)."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "value"
+    if err["type"] == "missing":
+        return f"{where} is missing"
     return f"{where} = {err.get('input')!r}: {err['msg']}"
 
 
@@ -124,6 +126,8 @@ class Handoff(_Model):
 
 
 class Facts(_Model):
+    # start, the artifact's digest as it was checked | publish-release (the same file)
+    artifact_sha256: Sha256 | None = None
     # publish-release, locate-previous, or the handoff (adopt) | install-release,
     # health-check, smoke-test, record, notify, the bake's handoff
     release: Release | None = None

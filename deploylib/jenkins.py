@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploylib import waits
-from deploylib.config import JenkinsConfig
+from deploylib.config import Environment, JenkinsConfig
 from deploylib.errors import JenkinsError
 from deploylib.facts import Notice
+from deploylib.state import RunState
 
 TOKEN_ENV = "JENKINS_API_TOKEN"
 
@@ -124,10 +125,30 @@ def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float
     return build
 
 
-def send_notice(server: Any, notice: Notice) -> None:
-    """Queue a notice's build (the hotfix record job); mark it sent, with its queue item."""
+def notice_of(env: Environment, run: RunState) -> Notice | None:
+    """A hotfix's notice as the record job takes it, made from the run's facts and this
+    environment's config, never from a notice kept in a state file (whoever could write
+    one would choose the job the deploy bot's token builds, and its parameters). None
+    for a run of another environment, or one with no release."""
+    if run.env != env.name or run.facts.release is None:
+        return None
+    hosts = [h.instance_id for b in run.facts.batches or [] for h in b
+             if h.instance_id not in run.facts.failed_hosts]
+    return Notice(job=env.jenkins.record_job, parameters={
+        "ENV": env.name, "RELEASE": run.facts.release.version, "RUN_ID": run.run_id,
+        "HOSTS": " ".join(hosts)})
+
+
+def send_notice(server: Any, env: Environment, run: RunState) -> Notice | None:
+    """Queue the run's notice (the hotfix record job), made afresh; keep it in the run as
+    sent, with its queue item. None when the run has none to send."""
+    notice = notice_of(env, run)
+    if notice is None:
+        return None
     notice.queue_item = trigger(server, notice.job, notice.parameters)
     notice.sent = True
+    run.facts.notice = notice
+    return notice
 
 
 # -- jobs as code -------------------------------------------------------------------------

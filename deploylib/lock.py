@@ -5,12 +5,14 @@
 Taking the lock is one conditional PutItem: it succeeds when no item exists, when the
 item has expired (its holder crashed and stopped renewing), or when the item is this
 run's own (a resume, or the next Jenkins stage of the same run). A run holds it as a
-`Lease`, in a `with` block around its stages: taken on entry, renewed by every stage, so
-a long run never expires while it is alive, and released on the way out once the run
-has ended (done, or failed and cleaned up) — whatever way it leaves. Releasing deletes
-the item only if it is still this run's. A second deploy to the same environment
+`Lease`, in a `with` block around its stages: taken on entry, renewed by every stage and
+by a heartbeat every third of `lock_ttl` while the process works (a two-hour copy wait
+outlives any ttl), so a run never expires while it is alive, and released on the way
+out once the run has ended (done, or failed and cleaned up) — whatever way it leaves.
+Releasing deletes the item only if it is still this run's. A second deploy to the same environment
 therefore fails at once, naming the holder, and a crashed run blocks others for at most
-`lock_ttl` seconds.
+`lock_ttl` seconds (plus SKEW: an item counts as expired only that long after its
+expiry, so a machine whose clock runs ahead cannot take a lock still held).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +29,10 @@ from typing import Any
 from deploylib.aws import calling
 from deploylib.errors import CloudError, LockHeld
 
-_FREE_OR_OURS = "attribute_not_exists(#env) OR expires_at < :now OR run_id = :run"
+_FREE_OR_OURS = "attribute_not_exists(#env) OR expires_at < :stale OR run_id = :run"
+# Clocks of the machines that take the lock may differ by this much (NTP keeps them far
+# closer; a laptop after sleep may not).
+SKEW = 60.0
 _READ_FIX = "check the tool may use the lock table (dynamodb:GetItem, PutItem, DeleteItem)"
 
 
@@ -54,7 +60,7 @@ def _describe(item: dict[str, Any], now: float) -> dict[str, Any]:
     out = {k: next(iter(v.values())) for k, v in item.items()}
     for k in ("acquired_at", "expires_at"):
         out[k] = float(out[k])
-    out["stale"] = out["expires_at"] < now
+    out["stale"] = out["expires_at"] < now - SKEW
     return out
 
 
@@ -82,7 +88,7 @@ def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
         with calling(f"lock {table}/{env}", _READ_FIX):
             ddb.put_item(TableName=table, Item=item, ConditionExpression=_FREE_OR_OURS,
                          ExpressionAttributeNames={"#env": "env"},
-                         ExpressionAttributeValues={":now": {"N": f"{now:.3f}"},
+                         ExpressionAttributeValues={":stale": {"N": f"{now - SKEW:.3f}"},
                                                     ":run": {"S": run_id}})
     except CloudError as exc:
         if exc.code == "ResourceNotFoundException":
@@ -114,12 +120,24 @@ def release(ddb: Any, table: str, env: str, run_id: str) -> bool:
         raise
 
 
-def break_lock(ddb: Any, table: str, env: str) -> dict[str, Any] | None:
-    """Remove the lock whoever holds it (an operator's decision); what it was, or None."""
-    held = read(ddb, table, env)
+def break_lock(ddb: Any, table: str, env: str, seen: dict[str, Any] | None = None
+               ) -> dict[str, Any] | None:
+    """Remove the lock of the run that holds it (an operator's decision: `seen`, what they
+    were shown, or what is read now): what it was, or None. Conditional on that run: a
+    lock another run took meanwhile is not broken."""
+    held = seen if seen is not None else read(ddb, table, env)
     if held:
-        with calling(f"lock {table}/{env}", _READ_FIX):
-            ddb.delete_item(TableName=table, Key={"env": {"S": env}})
+        try:
+            with calling(f"lock {table}/{env}", _READ_FIX):
+                ddb.delete_item(TableName=table, Key={"env": {"S": env}},
+                                ConditionExpression="run_id = :run",
+                                ExpressionAttributeValues={":run": {"S": held["run_id"]}})
+        except CloudError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise
+            raise LockHeld(f"the lock on {env} changed hands while it was being broken",
+                           resource=f"lock {table}/{env}",
+                           fix="look again (`invoke lock.status`) before breaking it") from None
     return held
 
 
@@ -128,13 +146,40 @@ class Lease:
 
     def __init__(self, ddb: Any, table: str, env: str, run_id: str, *, ttl: float):
         self.ddb, self.table, self.env, self.run_id, self.ttl = ddb, table, env, run_id, ttl
+        self.lost: LockHeld | None = None  # the heartbeat found it taken by another run
+        self._stop = threading.Event()
 
     def renew(self) -> None:
         """Take it again: a run whose lock was broken and taken by another must stop."""
+        if self.lost is not None:
+            raise self.lost
         acquire(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
 
     def release(self) -> bool:
         return release(self.ddb, self.table, self.env, self.run_id)
+
+    def beat(self, say: Callable[[str], None]) -> threading.Thread:
+        """Renew every third of the ttl until stopped (in its own thread: a stage in a
+        long wait renews nothing itself). A renewal refused because another run holds
+        the lock is kept, and the run's next stage stops on it; one the network lost is
+        said and tried again at the next beat."""
+        def loop() -> None:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    acquire(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
+                except LockHeld as exc:
+                    self.lost = exc
+                    say(f"x the lock on {self.env} was taken by another run: {exc.line()}")
+                    return
+                except CloudError as exc:
+                    say(f"  could not renew the lock on {self.env} ({exc.line()}); "
+                        "trying again")
+        thread = threading.Thread(target=loop, name=f"lock-{self.env}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 @contextmanager
@@ -146,9 +191,12 @@ def held(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
     what the run did: the lock expires after its ttl anyway."""
     lease = Lease(ddb, table, env, run_id, ttl=ttl)
     lease.renew()
+    heartbeat = lease.beat(say)
     try:
         yield lease
     finally:
+        lease.stop()
+        heartbeat.join()
         if ended():
             try:
                 if lease.release():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import posixpath
 import tarfile
 import zlib
 from pathlib import Path
@@ -54,11 +55,26 @@ def check_artifact(path: str | Path, *, read_through: bool = True) -> Path:
                 if not (member.isfile() or member.isdir() or member.issym()):
                     raise InputError(f"artifact {str(path)!r} has a special file "
                                      f"{member.name!r}", fix="pack regular files only")
+                if member.issym() and _links_out(member):
+                    raise InputError(f"artifact {str(path)!r} has a link out of the "
+                                     f"release: {member.name!r} -> {member.linkname!r}",
+                                     fix="link only within the release, with relative paths")
+                if member.mode & 0o6000:
+                    raise InputError(f"artifact {str(path)!r} has a setuid or setgid file "
+                                     f"{member.name!r}", fix="pack it without those bits")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise InputError(f"artifact {str(path)!r} is corrupt or truncated "
                          f"({type(exc).__name__})",
                          fix="build it again with `invoke artifact --version V`") from None
     return p
+
+
+def _links_out(member: tarfile.TarInfo) -> bool:
+    if member.linkname.startswith("/"):
+        return True
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name),
+                                               member.linkname))
+    return target == ".." or target.startswith("../")
 
 
 def build(source: str | Path, version: str, out_dir: str | Path = "dist") -> Path:

@@ -101,6 +101,13 @@ def first_boot_script(*, timeout: int) -> str:
     return render("first-boot.sh.j2", timeout=timeout)
 
 
+# Where a pushed release lands on a host (ssh.Connection.put_private makes it): a
+# directory made for it, which the install script removes with it.
+PUSH_SCRIPT = ('umask 077 && d=$(mktemp -d /var/tmp/deploylib-push.XXXXXXXXXX) && '
+               'cat > "$d/release.tar.gz" && echo "$d/release.tar.gz"')
+PUSHED = re.compile(r"/var/tmp/deploylib-push\.[A-Za-z0-9]{10}/release\.tar\.gz")
+
+
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
                    health_path: str, health_check: str, service: str, restart_command: str,
                    keep_releases: int, url: str | None = None, pushed_path: str | None = None,
@@ -108,6 +115,8 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
     """The install script for one release; exactly one of url / pushed_path is given."""
     if (url is None) == (pushed_path is None):
         raise ValueError("give exactly one of url or pushed_path")
+    if pushed_path is not None and not PUSHED.fullmatch(pushed_path):
+        raise ValueError(f"{pushed_path!r} is not where put_private lands a release")
     return render(
         "install.sh.j2", version=version, sha256=sha256, app_root=app_root,
         app_port=app_port, health_path=health_path,

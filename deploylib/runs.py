@@ -88,6 +88,7 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
         path = release.check_artifact(artifact)
     else:
         path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts")
+    digest = release.sha256_file(path)
     if fleet_size is not None and not 1 <= fleet_size <= 100:
         raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
     # The account as a first deploy meets it, before a lock or a run exists.
@@ -95,9 +96,11 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     preflight.require(env, clients, mode=mode)
     state = _create_locked(env, clients, mode=mode, version=version,
                            artifact=str(Path(path).resolve()))
+    # What was checked is what is published, whichever process and stage publishes it.
+    state.facts.artifact_sha256 = digest
     if fleet_size is not None:
         state.facts.fleet_size = fleet_size
-        state.save()
+    state.save()
     return state
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,13 +48,22 @@ class Outcome:
         return self.exit_code == 0
 
 
+# What the team's smoke tests never see: the deploying identity's AWS credentials and the
+# deploy bot's Jenkins token (a test is the team's code, run next to them).
+_SECRET = re.compile(r"^(AWS_|JENKINS_API_TOKEN$|JENKINS_PASSWORD$)")
+
+
+def _without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if not _SECRET.match(k)}
+
+
 def run(tests: str, targets: list[dict[str, Any]], *, version: str, health_path: str,
         report: Path, timeout: float) -> Outcome:
     """Run the team's smoke tests (pytest) against the targets, JUnit XML to `report`."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          f"--junitxml={report}", tests],
-        env=dict(os.environ, DEPLOY_SMOKE_TARGETS=json.dumps(targets),
+        env=dict(_without_secrets(os.environ), DEPLOY_SMOKE_TARGETS=json.dumps(targets),
                  DEPLOY_SMOKE_VERSION=version, DEPLOY_SMOKE_HEALTH=health_path),
         capture_output=True, text=True, timeout=timeout)
     return Outcome(proc.returncode, (proc.stdout.strip().splitlines() or [""])[-1])

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import paramiko
 
-from deploylib import waits
+from deploylib import render, waits
 from deploylib.errors import HostError, HostKeyError, RemoteCommandError, WaitTimeout
 
 quote = shlex.quote
@@ -270,10 +270,26 @@ class Connection:
     def run_as_root(self, script: str, *, timeout: float = 120.0) -> Result:
         """Run a rendered script as root: through the login user's passwordless sudo (as
         `ubuntu` has on Ubuntu AMIs), or directly when the login user is root."""
+        return self._as_root("bash -s", script, timeout)
+
+    def put_private(self, local: str, *, timeout: float = 600.0) -> str:
+        """Copy a file to the host into a directory made for it (mktemp -d, as root, mode
+        0700): nothing planted at a name someone could guess is followed or read. Returns
+        the file's path there; the install script moves it out and removes the directory."""
+        with open(local, "rb") as source:
+            out = self._as_root(f"sh -c {quote(render.PUSH_SCRIPT)}", source, timeout).output
+        path = out.strip().splitlines()[-1] if out.strip() else ""
+        if not render.PUSHED.fullmatch(path):
+            raise HostError(f"the host did not say where the pushed release is ({path!r})",
+                            resource=f"{self.endpoint.name} ({self.endpoint.address})",
+                            fix="check mktemp and /var/tmp on the host")
+        return path
+
+    def _as_root(self, command: str, stdin: Any, timeout: float) -> Result:
         if self.credentials.user == "root":
-            return self.run("bash -s", stdin=script, timeout=timeout)
+            return self.run(command, stdin=stdin, timeout=timeout)
         try:
-            return self.run("sudo -n -- bash -s", stdin=script, timeout=timeout)
+            return self.run(f"sudo -n -- {command}", stdin=stdin, timeout=timeout)
         except RemoteCommandError as exc:
             # sudo itself refused (exit 1, its own words first), before the script ran.
             first = exc.output.strip().splitlines()[:1]

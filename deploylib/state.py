@@ -133,7 +133,7 @@ class RunState:
     def create(cls, state_dir: str | Path, *, env: str, mode: str, version: str,
                artifact: str, run_id: str | None = None) -> RunState:
         directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # runs are private
         run_id = run_id or new_run_id()
         state = cls(run_id=run_id, env=env, mode=mode, version=version, artifact=artifact,
                     path=directory / f"{run_id}.json")
@@ -198,7 +198,7 @@ class RunState:
         whole dump, and the lock keeps the file in snapshot order."""
         with _SAVING:
             text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run-", suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 f.write(text + "\n")

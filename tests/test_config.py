@@ -94,6 +94,8 @@ BAD = [
     ("extra_stages = [{ step = \"warm\" }]", "exactly one of before"),
     ("extra_stages = [{ step = \"Warm Cache\", after = \"promote\" }]", "step name"),
     ("jenkins = { url = \"jenkins.example.com\" }", "jenkins.url"),
+    ("jenkins = { url = \"http://jenkins.example.com\" }", "must be https://"),
+    ("timeouts = { presign = 86400 }", "timeouts.presign must be at most 3600"),
     ("jenkins = { urll = \"https://j\" }", "did you mean 'url'"),
 ]
 

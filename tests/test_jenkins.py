@@ -187,3 +187,37 @@ def test_the_fake_refuses_what_jenkins_refuses(fake_jenkins, monkeypatch):
         jenkins.trigger(server, "deploy", {})  # python-jenkins posts /build: 400
     jenkins.trigger(server, "deploy", {"VERSION": "1", "IMAGES": "{}"})
     assert job.dropped == ["IMAGES"]
+
+
+def test_a_kept_notice_is_sent_as_the_run_makes_it_not_as_the_state_file_says(
+        fake_jenkins, monkeypatch, tmp_path):
+    """A notice kept in a state file (Jenkins was down) is made afresh when it is sent:
+    the record job of this environment's config, the run's own release, id and hosts —
+    whatever job and parameters someone wrote into the file."""
+    from deploylib import config
+    from deploylib.facts import HostRef, Notice, Release
+    from deploylib.state import RunState
+    from tests.conftest import write_config
+
+    fake_jenkins.add_job("record-hotfix", parameters=[p["name"] for p in
+                                                      render.RECORD_PARAMETERS])
+    fake_jenkins.add_job("deploy", parameters=PIPELINE)
+    env = config.load(write_config(tmp_path)).environment("lab")
+    run = RunState.create(tmp_path / "runs", env="lab", mode="in-place", version="1.2.3",
+                          artifact="")
+    run.facts.release = Release(version="1.2.3", sha256="0" * 64, bucket="deploylab-artifacts",
+                                key="releases/lab/1.2.3.tar.gz")
+    run.facts.batches = [[HostRef(region="us-east-1", instance_id="i-0000000a")]]
+    run.facts.notice = Notice(job="deploy", parameters={"MODE": "immutable", "ENV": "prod",
+                                                        "HANDOFF": "{...}"})
+    notice = jenkins.send_notice(client(fake_jenkins, monkeypatch), env, run)
+    assert notice.job == "record-hotfix" and run.facts.notice == notice and notice.sent
+    assert not fake_jenkins.jobs["deploy"].builds and not any(
+        item["job"].name == "deploy" for item in fake_jenkins.queue.values())
+    (sent,) = [item["params"] for item in fake_jenkins.queue.values()]
+    assert sent == {"ENV": "lab", "RELEASE": "1.2.3", "RUN_ID": run.run_id,
+                    "HOSTS": "i-0000000a"}
+    other = RunState.create(tmp_path / "runs", env="staging", mode="in-place",
+                            version="1.2.3", artifact="")
+    other.facts.release = run.facts.release
+    assert jenkins.send_notice(client(fake_jenkins, monkeypatch), env, other) is None

@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from deploylib import lock
+from deploylib import lock, waits
 from deploylib.errors import CloudError, LockHeld
 
 
@@ -62,6 +62,11 @@ def test_a_stale_lock_is_taken_over(table):
     with pytest.raises(LockHeld):
         lock.acquire(ddb, name, "prod", "next", ttl=60, clock=clock)
     clock.now += 31
+    # past its expiry, but within the clocks' skew: its holder may still be at work
+    assert lock.read(ddb, name, "prod", clock=clock)["stale"] is False
+    with pytest.raises(LockHeld):
+        lock.acquire(ddb, name, "prod", "next", ttl=60, clock=clock)
+    clock.now += lock.SKEW
     assert lock.read(ddb, name, "prod", clock=clock)["stale"] is True
     taken = lock.acquire(ddb, name, "prod", "next", ttl=60, clock=clock)
     assert taken["run_id"] == "next" and taken["stale"] is False
@@ -72,6 +77,46 @@ def test_break_removes_whoever_holds_it(table):
     lock.acquire(ddb, name, "prod", "run-a", ttl=600)
     assert lock.break_lock(ddb, name, "prod")["run_id"] == "run-a"
     assert lock.break_lock(ddb, name, "prod") is None
+
+
+def test_a_break_never_removes_a_lock_that_changed_hands_meanwhile(table):
+    """The operator saw run-a's lock; run-b took it (run-a's ended) before the delete:
+    the break is refused, run-b keeps it."""
+    ddb, name = table
+    lock.acquire(ddb, name, "prod", "run-a", ttl=600)
+    seen = lock.read(ddb, name, "prod")
+    lock.release(ddb, name, "prod", "run-a")
+    lock.acquire(ddb, name, "prod", "run-b", ttl=600)
+    with pytest.raises(LockHeld, match="changed hands"):
+        lock.break_lock(ddb, name, "prod", seen)
+    assert lock.read(ddb, name, "prod")["run_id"] == "run-b"
+
+
+def test_a_heartbeat_keeps_the_lock_through_a_stage_that_renews_nothing(table):
+    """A stage in a long wait (a copy, hours) outlives lock_ttl; the lease's heartbeat
+    renews it meanwhile, so nobody can take it."""
+    ddb, name = table
+    with lock.held(ddb, name, "prod", "run-a", ttl=0.6, ended=lambda: True,
+                   say=print):
+        first = lock.read(ddb, name, "prod")["expires_at"]
+        waits.until(lambda: lock.read(ddb, name, "prod")["expires_at"] > first + 0.1,
+                    timeout=10, what="a heartbeat", resource="lock", fix="")
+    assert lock.read(ddb, name, "prod") is None  # and it stops with the run
+
+
+def test_a_heartbeat_that_finds_the_lock_taken_stops_the_runs_next_stage(table):
+    ddb, name = table
+    said: list[str] = []
+    with lock.held(ddb, name, "prod", "run-a", ttl=0.6, ended=lambda: False,
+                   say=said.append) as lease:
+        lock.break_lock(ddb, name, "prod")
+        lock.acquire(ddb, name, "prod", "run-b", ttl=600)
+        waits.until(lambda: lease.lost, timeout=10, what="the heartbeat", resource="lock",
+                    fix="")
+        with pytest.raises(LockHeld, match="locked by run run-b"):
+            lease.renew()  # what the next stage does first
+    assert any("taken by another run" in line for line in said)
+    assert lock.read(ddb, name, "prod")["run_id"] == "run-b"
 
 
 def test_a_missing_table_says_how_to_create_it(aws_clients):

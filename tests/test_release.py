@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import pytest
@@ -42,3 +43,32 @@ def test_artifact_checks(tmp_path):
     (tmp_path / "plain.txt").write_text("hello")
     with pytest.raises(InputError, match="not a gzip tarball"):
         release.check_artifact(tmp_path / "plain.txt")
+
+
+@pytest.mark.parametrize("member,words", [
+    (dict(name="etc", type=tarfile.SYMTYPE, linkname="/etc"), "link out of the release"),
+    (dict(name="a/up", type=tarfile.SYMTYPE, linkname="../../x"), "link out of the release"),
+    (dict(name="tool", type=tarfile.REGTYPE, mode=0o4755), "setuid or setgid"),
+    (dict(name="pipe", type=tarfile.FIFOTYPE), "special file"),
+])
+def test_an_artifact_holding_what_a_release_may_not_is_refused_at_start(tmp_path, member,
+                                                                        words):
+    path = tmp_path / "hostile.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("app.py"), io.BytesIO(b""))
+        info = tarfile.TarInfo(member.pop("name"))
+        for key, value in member.items():
+            setattr(info, key, value)
+        tar.addfile(info, io.BytesIO(b"") if info.isfile() else None)
+    with pytest.raises(InputError, match=words):
+        release.check_artifact(path)
+
+
+def test_a_link_within_the_release_is_fine(tmp_path):
+    path = tmp_path / "linked.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("lib/real.py"), io.BytesIO(b""))
+        link = tarfile.TarInfo("lib/alias.py")
+        link.type, link.linkname = tarfile.SYMTYPE, "real.py"
+        tar.addfile(link)
+    assert release.check_artifact(path) == path

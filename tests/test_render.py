@@ -194,12 +194,86 @@ def test_old_releases_are_pruned_but_never_the_previous_one(host):
 
 
 def test_push_installs_from_a_file_already_on_the_host(host):
+    """Where ssh.Connection.put_private lands it: a directory made for it, gone after."""
+    import secrets
+
     name, sha = host.artifact("1.0.0")
-    pushed = host.root / "tmp-upload.tar.gz"
+    landing = Path(f"/var/tmp/deploylib-push.{secrets.token_hex(5)}")
+    landing.mkdir(mode=0o700)
+    pushed = landing / "release.tar.gz"
     pushed.write_bytes((host.files / name).read_bytes())
     out = host.install("1.0.0", name=name, sha=sha, push=pushed)
     assert out.returncode == 0, out.stderr
-    assert host.serving() == "1.0.0" and not pushed.exists()
+    assert host.serving() == "1.0.0" and not landing.exists()
+
+
+def test_a_push_from_anywhere_else_is_refused_at_render():
+    with pytest.raises(ValueError, match="put_private"):
+        render.install_script(version="1.0", **{**_INSTALL, "url": None,
+                                                "pushed_path": "/tmp/guessable.tar.gz"})
+
+
+def _release_with(tmp_path, host, version, add) -> tuple[str, str]:
+    """The sample app's release with one more member (`add(tar)`), packed as root's tar
+    would meet it."""
+    import tarfile
+
+    base = release.build(REPO / "examples/app", version, tmp_path)
+    path = host.files / f"hostile-{version}.tar.gz"
+    with tarfile.open(base) as src, tarfile.open(path, "w:gz") as out:
+        for member in src.getmembers():
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        add(out)
+    return path.name, release.sha256_file(path)
+
+
+def _member(name, kind, **kw):
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in kw.items():
+        setattr(info, key, value)
+    return info
+
+
+def test_a_release_unpacks_as_data_no_setuid_no_world_writable(host, tmp_path):
+    import io
+    import stat
+    import tarfile
+
+    def add(tar):
+        tar.addfile(_member("tool", tarfile.REGTYPE, mode=0o4755, size=3, uid=0),
+                    io.BytesIO(b"#!\n"))
+        tar.addfile(_member("spool", tarfile.DIRTYPE, mode=0o777, uid=4242))
+
+    name, sha = _release_with(tmp_path, host, "1.0.0", add)
+    out = host.install("1.0.0", name=name, sha=sha)
+    assert out.returncode == 0, out.stdout + out.stderr
+    unpacked = host.root / "srv/app/releases/1.0.0"
+    tool, spool = (unpacked / "tool").stat(), (unpacked / "spool").stat()
+    assert not tool.st_mode & (stat.S_ISUID | stat.S_ISGID)
+    assert not spool.st_mode & stat.S_IWOTH and spool.st_uid == os.getuid()
+
+
+@pytest.mark.parametrize("kind,words", [
+    ("link-out", "links out of itself"),
+    ("fifo", "device, pipe or socket"),
+    ("device", "device, pipe or socket"),
+])
+def test_a_release_holding_what_a_release_may_not_is_refused_on_the_host(host, tmp_path,
+                                                                         kind, words):
+    """Checked on the host too, not only where the release was built."""
+    import tarfile
+
+    members = {"link-out": _member("etc", tarfile.SYMTYPE, linkname="/etc"),
+               "fifo": _member("pipe", tarfile.FIFOTYPE),
+               "device": _member("null", tarfile.CHRTYPE, devmajor=1, devminor=3)}
+    assert host.install("1.0.0").returncode == 0
+    name, sha = _release_with(tmp_path, host, "1.0.1", lambda tar: tar.addfile(members[kind]))
+    out = host.install("1.0.1", name=name, sha=sha)
+    assert out.returncode == 4 and words in out.stderr, out.stdout + out.stderr
+    assert host.releases() == ["1.0.0"] and host.current() == "releases/1.0.0"
 
 
 def test_the_presigned_url_is_never_an_argument_of_any_command():

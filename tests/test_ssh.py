@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import paramiko
 import pytest
 
-from deploylib import ssh
+from deploylib import render, ssh
 from deploylib.errors import HostError, HostKeyError, RemoteCommandError
 from deploylib.lab.accounts import LOGIN_USER
 from deploylib.lab.hosts import write_keypair
@@ -76,6 +77,28 @@ def test_a_push_streams_the_file_whole_to_any_path_and_fails_clearly(sshd, tmp_p
         assert (odd / "r.tar.gz").stat().st_mode & 0o077 == 0  # private to its owner
         with pytest.raises(RemoteCommandError, match="exited 1"):
             conn.put(str(local), str(sshd.root / "no-such-dir" / "r.tar.gz"))
+
+
+def test_a_release_is_pushed_into_a_directory_made_for_it_only_root_enters(sshd, tmp_path):
+    """Nothing planted at a name someone could guess is followed: the landing directory
+    is new (mktemp -d, as root) and private; the install script removes it."""
+    import os
+    import stat
+
+    local = tmp_path / "release.tar.gz"
+    local.write_bytes(os.urandom(ssh.BLOCK + 7))
+    with connection(sshd, user=LOGIN_USER) as conn:
+        first, second = conn.put_private(str(local)), conn.put_private(str(local))
+    assert first != second and render.PUSHED.fullmatch(first)
+    for path in (Path(first), Path(second)):
+        try:
+            assert path.read_bytes() == local.read_bytes()
+            landing = path.parent.stat()
+            assert landing.st_uid == 0 and stat.S_IMODE(landing.st_mode) == 0o700
+            assert path.stat().st_uid == 0 and stat.S_IMODE(path.stat().st_mode) == 0o600
+        finally:
+            path.unlink()
+            path.parent.rmdir()
 
 
 def test_the_connection_prefers_aes_gcm(sshd):

@@ -143,3 +143,12 @@ def test_a_hostile_value_in_a_state_file_stops_the_load_in_one_line(tmp_path, wh
     with pytest.raises(StateError) as refused:
         RunState.load(tmp_path, state.run_id)
     assert "\n" not in refused.value.line() and "Fix:" in refused.value.line()
+
+
+def test_a_new_state_directory_is_private_to_its_owner(tmp_path):
+    import stat
+
+    state = RunState.create(tmp_path / "runs", env="lab", mode="in-place", version="1.0.0",
+                            artifact="")
+    assert stat.S_IMODE(state.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600

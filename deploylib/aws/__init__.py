@@ -83,6 +83,7 @@ class AwsClients:
             signature_version="s3v4",
         )
         self._clients: dict[tuple[str, str], Any] = {}
+        self._account: str | None = None
         self._lock = threading.Lock()
 
     def client(self, service: str, region: str | None = None) -> Any:
@@ -99,6 +100,13 @@ class AwsClients:
         """The credentials the clients sign with (botocore's object: method, expiry)."""
         with calling("the AWS credentials", CREDENTIALS_FIX):
             return self._session.get_credentials()
+
+    def account(self) -> str:
+        """The account the credentials act in (asked once: STS needs no permission)."""
+        if self._account is None:
+            with calling("the AWS credentials", CREDENTIALS_FIX):
+                self._account = str(self.client("sts").get_caller_identity()["Account"])
+        return self._account
 
     def dynamodb(self) -> Any:
         return self.client("dynamodb")

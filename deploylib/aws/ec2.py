@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploylib import waits
-from deploylib.aws import TAG_RETIRING, calling, tag_map
+from deploylib.aws import TAG_ENV, TAG_RETIRING, calling, tag_map
 from deploylib.errors import CloudError, InputError, WaitTimeout
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -257,6 +257,30 @@ def key_pair_exists(ec2: Any, region: str, name: str) -> bool:
         if exc.code == "InvalidKeyPair.NotFound":
             return False
         raise
+
+
+def check_own_image(ec2: Any, region: str, image_id: str, env: str, account: str) -> None:
+    """An image the tool may launch a fleet from: this account's own, tagged for the
+    environment. Image ids come back from the record and from a Jenkins handoff; one
+    PutParameter or one crafted build must not promote someone else's image (which
+    would print its own host keys to its console, and be trusted)."""
+    try:
+        with calling(f"image {image_id} in {region}", "check the tool may describe images"):
+            found = ec2.describe_images(ImageIds=[image_id], Owners=["self"]).get("Images")
+    except CloudError as exc:
+        if exc.code not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            raise
+        found = []
+    if not found or found[0].get("OwnerId") != account:
+        raise InputError(f"image {image_id} in {region} is not one of this account's own",
+                         resource=f"image in {region}",
+                         fix="deploy an image this account baked (`invoke deploy --mode "
+                         "immutable`); check the record and the handoff were not altered")
+    tagged = tag_map(found[0].get("Tags")).get(TAG_ENV)
+    if tagged != env:
+        raise InputError(f"image {image_id} in {region} is not {env}'s (tagged "
+                         f"{TAG_ENV}={tagged or 'nothing'})", resource=f"image in {region}",
+                         fix=f"deploy an image baked for {env}")
 
 
 def ebs_default_key(ec2: Any, region: str) -> str:

@@ -39,6 +39,7 @@ def launch_candidates(ctx: Context) -> None:
                                                   aws.TAG_ROLE: "candidate"})
         if found:
             return [i.instance_id for i in found]
+        aws.ec2.check_own_image(ec2, region, images[region], env.name, ctx.aws.account())
         count = len(ctx.live_hosts(region)) or ctx.facts.fleet_size or env.fleet_size
         subnet, groups = network(ctx, region)
         return aws.ec2.launch(ec2, region=region, image_id=images[region], count=count,

@@ -19,7 +19,8 @@ from deploylib.facts import Release
 INSTALL_FIXES = {
     3: "the artifact on the host differs from the published one: publish the build again "
        "under a new version",
-    4: "the archive could not be unpacked: check the tarball and the host's free disk space",
+    4: "the archive could not be unpacked, or holds what a release may not (a device, a "
+       "link out of it): check the tarball and the host's free disk space",
     5: "the release did not become healthy and the previous release was restored: read the "
        "service's log on the host",
     6: "the release did not become healthy and no previous release could be restored: read "
@@ -59,6 +60,11 @@ def publish_release(ctx: Context) -> None:
     # start() read the archive through when the run began; here it must still be there.
     artifact = release.check_artifact(ctx.state.artifact, read_through=False)
     digest = release.sha256_file(artifact)
+    checked = ctx.facts.artifact_sha256
+    if checked and digest != checked:
+        raise InputError(f"the artifact changed since the run started (sha256 {digest[:12]}…, "
+                         f"checked {checked[:12]}…)", resource=str(artifact),
+                         fix="start a new run with the build you mean to ship")
     key = artifact_key(ctx.env.name, ctx.state.version)
     s3 = ctx.aws.s3()
     published = aws.s3.published_sha256(s3, ctx.env.artifact_bucket, key)
@@ -129,8 +135,7 @@ def install_release(ctx: Context) -> None:
         conn = ctx.connection(inst)
         pushed = None
         if local is not None:
-            pushed = f"/tmp/deploylib-{ctx.state.run_id}-{inst.instance_id}.tar.gz"
-            conn.put(str(local), pushed)
+            pushed = conn.put_private(str(local))
         script = render.install_script(
             version=rel.version, sha256=rel.sha256, app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,

@@ -8,7 +8,7 @@ from deploylib import aws
 from deploylib.catalog import step
 from deploylib.context import Context, by_region
 from deploylib.errors import DeployError, InputError
-from deploylib.facts import HostRef, Notice, Revert
+from deploylib.facts import HostRef, Revert
 from deploylib.plan import batches as split
 from deploylib.steps.release import from_store
 
@@ -102,23 +102,19 @@ def notify(ctx: Context) -> None:
     if ctx.jenkins is None:
         ctx.log("  Jenkins is not configured: the hotfix is recorded in SSM only")
         return
-    hosts = [h.instance_id for b in ctx.facts.batches or [] for h in b
-             if h.instance_id not in ctx.facts.failed_hosts]
-    ctx.facts.notice = Notice(job=env.jenkins.record_job, parameters={
-        "ENV": env.name, "RELEASE": ctx.release.version, "RUN_ID": ctx.state.run_id,
-        "HOSTS": " ".join(hosts)})
+    ctx.facts.notice = jenkins.notice_of(env, ctx.state)
     ctx.save()
     pending = [ctx.state] + [s for s in states.runs_with_pending_notice(env.state_dir)
                              if s.run_id != ctx.state.run_id]
     for run in pending:
-        notice = run.facts.notice
-        assert notice is not None
         try:
-            jenkins.send_notice(ctx.jenkins, notice)
+            notice = jenkins.send_notice(ctx.jenkins, env, run)
         except DeployError as exc:
             ctx.log(f"  Jenkins did not take the notice of run {run.run_id} ({exc.problem}); "
                     f"it is kept in the run state: `invoke jenkins.notify` sends it later")
             break
+        if notice is None:
+            continue
         run.save()
         ctx.log(f"  recorded in Jenkins: {notice.job} queue item {notice.queue_item} "
                 f"(run {run.run_id})")

@@ -102,3 +102,36 @@ def test_an_unknown_id_among_others_does_not_keep_the_others_running(aws_clients
     # EC2 refuses the whole call for one unknown id; the tool terminates the others anyway
     aws.ec2.terminate(ec2, "us-east-1", [ids[0], "i-0000000000000dead", ids[1]])
     assert {i.state for i in aws.ec2.describe(ec2, "us-east-1", ids)} == {"terminated"}
+
+
+def test_only_an_image_of_this_account_tagged_for_the_environment_may_be_launched(
+        aws_clients):
+    import pytest
+
+    from deploylib.errors import InputError
+
+    ec2 = aws_clients.ec2("us-east-1")
+    from botocore.exceptions import ClientError
+
+    from deploylib import waits
+
+    ours = ec2.register_image(Name="ours-1", RootDeviceName="/dev/sda1",
+                              VirtualizationType="hvm")["ImageId"]
+
+    def tagged() -> bool | None:
+        try:  # a fresh id is NotFound for a moment (EC2's eventual consistency)
+            ec2.create_tags(Resources=[ours], Tags=[{"Key": "deploy:env", "Value": "prod"}])
+            return True
+        except ClientError:
+            return None
+
+    waits.until(tagged, timeout=10, what="the tag", resource=ours, fix="-")
+    account = aws_clients.account()
+    aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account)
+    with pytest.raises(InputError, match="is not staging's"):
+        aws.ec2.check_own_image(ec2, "us-east-1", ours, "staging", account)
+    # moto's catalogue of public images: another account's
+    public = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    for foreign in (public, "ami-0000000000000dead"):
+        with pytest.raises(InputError, match="not one of this account's own"):
+            aws.ec2.check_own_image(ec2, "us-east-1", foreign, "prod", account)

@@ -54,6 +54,32 @@ def test_stages_run_as_separate_processes_and_a_finished_stage_is_a_no_op(lab):
     assert after["stages"] == json.loads(before_state)["stages"]
 
 
+def test_an_artifact_swapped_between_stages_is_refused_before_it_is_published(lab, tmp_path):
+    """The digest is fixed when the run starts (its artifact checked then); a later stage,
+    in its own process, refuses another file at the same path: one line, nothing
+    published, the live release still serving."""
+    from deploylib import release
+    from tests.conftest import REPO
+
+    live = record(lab)["release"]
+    artifact = tmp_path / "app.tar.gz"
+    release.build(REPO / "examples/app", "6.1.0", tmp_path).rename(artifact)
+    started = json.loads(lab.cli(f"start --mode in-place --version 6.1.0 --artifact {artifact} "
+                                 "--json").stdout)
+    run_id = started["run_id"]
+    release.build(REPO / "examples/app", "6.1.1", tmp_path).rename(artifact)  # the swap
+    proc = lab.cli(f"step publish-release --run {run_id}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "the artifact changed since the run started" in errors[0]
+    s3 = lab.clients().s3()
+    listed = s3.list_objects_v2(Bucket=lab.env.artifact_bucket, Prefix="releases/lab/6.1.0")
+    assert not listed.get("Contents")
+    lab.cli(f"cleanup --run {run_id}")
+    assert lock_holder(lab) is None  # cleanup let the lock go
+    assert_serving(lab, live)
+
+
 def test_plan_json_shows_one_install_function_in_all_three(lab):
     functions = set()
     for mode in ("immutable", "rebake-light", "in-place"):

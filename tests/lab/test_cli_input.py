@@ -46,7 +46,7 @@ BAD_INPUTS = [
     ("cleanup", ["--run is required", "Fix:"]),
     ("resume --run ../../etc/passwd", ["run id", "Fix:"]),
     ("start --handoff '{not json'", ["--handoff is not valid JSON", "Fix:"]),
-    ("start --handoff '{}'", ["handoff lacks", "Fix:"]),
+    ("start --handoff '{}'", ["the handoff holds a bad value: run_id is missing", "Fix:"]),
     ("plan --mode rollback-image", ["unknown mode", "Fix:"]),
 ]
 

@@ -7,6 +7,7 @@ the run state saying what happened."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,18 +211,21 @@ def test_sshd_killed_in_the_middle_of_a_transfer(lab, tmp_path, revive_sshd):
                             env=tool_env(DEPLOY_CONFIG=str(config),
                                          DEPLOY_LAB_DIR=str(lab.cli.lab_dir)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    arriving = host_root(lab, first).parent  # pushed files land in the host's real /tmp
+    # Pushed files land in a directory made for them in the host's /var/tmp, which for a
+    # lab host is this machine's; batches are one host each, so the first push is its.
+    earlier = set(Path("/var/tmp").glob("deploylib-push.*"))
 
     def transfer_started() -> bool:
-        return any(Path("/tmp").glob(f"deploylib-*-{first}.tar.gz")) or proc.poll() is not None
+        return bool(set(Path("/var/tmp").glob("deploylib-push.*/release.tar.gz")) -
+                    {p / "release.tar.gz" for p in earlier}) or proc.poll() is not None
 
-    waits.until(transfer_started, timeout=120, what="the push to begin", resource=str(arriving),
+    waits.until(transfer_started, timeout=120, what="the push to begin", resource="/var/tmp",
                 fix="-", first=0.01, longest=0.02)
     kill_sshd(lab, first)
     revive_sshd.append(first)
     _, err = proc.communicate(timeout=180)
-    for partial in Path("/tmp").glob(f"deploylib-*-{first}.tar.gz"):
-        partial.unlink()  # the host's /tmp is this machine's: tidy what the test caused
+    for landing in set(Path("/var/tmp").glob("deploylib-push.*")) - earlier:
+        shutil.rmtree(landing)  # the partial push the test caused
     done = subprocess.CompletedProcess([], proc.returncode, "", err)
     failed_clearly(done, first)
     state = state_of(lab, done)
