@@ -14,6 +14,7 @@ Deciding (`select`) is pure; `collect` reads AWS and `remove` acts.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,8 +99,21 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
     return verdict
 
 
+# What the tool tags everything it makes with (aws.tags): gc takes only what carries
+# every one, for this environment, with a run id of the tool's shape — an unrelated
+# instance that merely shares a `deploy:env` tag is never a candidate.
+FULL_SET = (aws.TAG_RUN, aws.TAG_ENV, aws.TAG_RELEASE, aws.TAG_PROCEDURE, aws.TAG_ROLE)
+_RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
+
+
+def made_by_the_tool(tags: dict[str, str], env: str) -> bool:
+    return (all(tags.get(k) for k in FULL_SET) and tags[aws.TAG_ENV] == env
+            and bool(_RUN_ID.fullmatch(tags[aws.TAG_RUN])))
+
+
 def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], set[str]]:
-    """Everything tagged with the environment, the registered instances, the live images."""
+    """Everything the tool made for the environment (its full tag set), the registered
+    instances, the live images."""
     record = live.record(clients, env) or {}
     kept = set((record.get("images") or {}).values())
     kept |= set(((record.get("previous") or {}).get("images") or {}).values())
@@ -111,15 +125,20 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
                                                live.target_group(clients, env, region)))
         items = [Item("instance", region, i.instance_id, i.tags.get(aws.TAG_RUN, ""),
                       _epoch(i.launched), retiring=i.tags.get(aws.TAG_RETIRING, ""))
-                 for i in aws.ec2.find_tagged(ec2, region, tag)]
+                 for i in aws.ec2.find_tagged(ec2, region, tag)
+                 if made_by_the_tool(i.tags, env.name)]
         for image in aws.ec2.tagged_images(ec2, region, tag):
             image_tags = aws.tag_map(image.get("Tags"))
+            if not made_by_the_tool(image_tags, env.name):
+                continue
             items.append(Item("image", region, image["ImageId"],
                               image_tags.get(aws.TAG_RUN, ""),
                               _epoch(image.get("CreationDate")),
                               tuple(aws.ec2.snapshots_of([image])),
                               image_tags.get(aws.TAG_ROLE, "")))
         for snap in aws.ec2.tagged_snapshots(ec2, region, tag):
+            if not made_by_the_tool(aws.tag_map(snap.get("Tags")), env.name):
+                continue
             items.append(Item("snapshot", region, snap["SnapshotId"],
                               aws.tag_map(snap.get("Tags")).get(aws.TAG_RUN, ""),
                               _epoch(snap.get("StartTime"))))

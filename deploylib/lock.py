@@ -106,6 +106,37 @@ def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
     return _describe(item, now)
 
 
+def extend(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+           clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Renew a lock this run holds — only if it still does: a lock broken (`invoke
+    lock.break`) or taken by another run is not taken back, and the run must stop."""
+    now = clock()
+    try:
+        with calling(f"lock {table}/{env}", _READ_FIX):
+            ddb.update_item(TableName=table, Key={"env": {"S": env}},
+                            UpdateExpression="SET expires_at = :exp",
+                            ConditionExpression="run_id = :run",
+                            ExpressionAttributeValues={":exp": {"N": f"{now + ttl:.3f}"},
+                                                       ":run": {"S": run_id}})
+    except CloudError as exc:
+        if exc.code == "ResourceNotFoundException":
+            raise _missing_table(exc, table) from None
+        if exc.code != "ConditionalCheckFailedException":
+            raise
+        held = read(ddb, table, env, clock=clock)
+        if held:
+            raise LockHeld(f"environment {env} is locked by run {held['run_id']} of "
+                           f"{held.get('owner', '?')}: this run's lock was taken",
+                           resource=f"lock {table}/{env}",
+                           fix="let that run finish; then `invoke cleanup --run "
+                           f"{run_id}`") from None
+        raise LockHeld(f"this run's lock on {env} was broken: it no longer holds it",
+                       resource=f"lock {table}/{env}",
+                       fix=f"if the run should go on, `invoke resume --run {run_id}` takes "
+                       "the lock again; else `invoke cleanup --run " + run_id + "`") from None
+    return read(ddb, table, env, clock=clock) or {}
+
+
 def release(ddb: Any, table: str, env: str, run_id: str) -> bool:
     """Drop the lock if this run still holds it; True when it did."""
     try:
@@ -149,27 +180,32 @@ class Lease:
         self.lost: LockHeld | None = None  # the heartbeat found it taken by another run
         self._stop = threading.Event()
 
+    def take(self) -> None:
+        """Take it: free, expired, or this run's already (a start, a resume)."""
+        acquire(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
+
     def renew(self) -> None:
-        """Take it again: a run whose lock was broken and taken by another must stop."""
+        """Hold it longer, as long as it is still this run's: a run whose lock was broken,
+        or taken by another, must stop."""
         if self.lost is not None:
             raise self.lost
-        acquire(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
+        extend(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
 
     def release(self) -> bool:
         return release(self.ddb, self.table, self.env, self.run_id)
 
     def beat(self, say: Callable[[str], None]) -> threading.Thread:
         """Renew every third of the ttl until stopped (in its own thread: a stage in a
-        long wait renews nothing itself). A renewal refused because another run holds
-        the lock is kept, and the run's next stage stops on it; one the network lost is
-        said and tried again at the next beat."""
+        long wait renews nothing itself). A renewal refused because the lock was broken
+        or another run holds it is kept, and the run's next stage stops on it; one the
+        network lost is said and tried again at the next beat."""
         def loop() -> None:
             while not self._stop.wait(self.ttl / 3):
                 try:
-                    acquire(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
+                    extend(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl)
                 except LockHeld as exc:
                     self.lost = exc
-                    say(f"x the lock on {self.env} was taken by another run: {exc.line()}")
+                    say(f"x the lock on {self.env} is no longer this run's: {exc.line()}")
                     return
                 except CloudError as exc:
                     say(f"  could not renew the lock on {self.env} ({exc.line()}); "
@@ -184,13 +220,18 @@ class Lease:
 
 @contextmanager
 def held(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
-         ended: Callable[[], bool], say: Callable[[str], None]) -> Iterator[Lease]:
-    """Hold the lock around a run's stages: taken (or renewed) on entry; released on the
-    way out when `ended()` says the run is over, kept for the run's next process (the
-    next Jenkins stage) when it is not. A failed release is reported, not raised over
-    what the run did: the lock expires after its ttl anyway."""
+         ended: Callable[[], bool], say: Callable[[str], None],
+         take: bool = True) -> Iterator[Lease]:
+    """Hold the lock around a run's stages: taken on entry (or, with `take` false — the
+    next Jenkins stage of a run going on — renewed, only while still the run's); released
+    on the way out when `ended()` says the run is over, kept for the run's next process
+    when it is not. A failed release is reported, not raised over what the run did: the
+    lock expires after its ttl anyway."""
     lease = Lease(ddb, table, env, run_id, ttl=ttl)
-    lease.renew()
+    if take:
+        lease.take()
+    else:
+        lease.renew()
     heartbeat = lease.beat(say)
     try:
         yield lease

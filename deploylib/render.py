@@ -102,10 +102,19 @@ def first_boot_script(*, timeout: int) -> str:
 
 
 # Where a pushed release lands on a host (ssh.Connection.put_private makes it): a
-# directory made for it, which the install script removes with it.
-PUSH_SCRIPT = ('umask 077 && d=$(mktemp -d /var/tmp/deploylib-push.XXXXXXXXXX) && '
-               'cat > "$d/release.tar.gz" && echo "$d/release.tar.gz"')
-PUSHED = re.compile(r"/var/tmp/deploylib-push\.[A-Za-z0-9]{10}/release\.tar\.gz")
+# directory made for it, which the install script removes with it. Its name carries a
+# label (the instance id), so a leftover says whose it was.
+PUSH_LABEL = re.compile(r"[a-z0-9-]{1,40}")
+PUSHED = re.compile(r"/var/tmp/deploylib-push\.[a-z0-9-]{1,40}\.[A-Za-z0-9]{10}/release\.tar\.gz")
+
+
+def push_script(label: str) -> str:
+    """The host's side of a push: a new root-only directory, the file streamed into it,
+    its path printed."""
+    if not PUSH_LABEL.fullmatch(label):
+        raise ValueError(f"{label!r} is not a push label (an instance id)")
+    return (f"umask 077 && d=$(mktemp -d /var/tmp/deploylib-push.{label}.XXXXXXXXXX) && "
+            'cat > "$d/release.tar.gz" && echo "$d/release.tar.gz"')
 
 
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,

@@ -25,13 +25,14 @@ _GROUPS: dict[str, Group] = {planning.PER_BATCH: rollout.run, planning.PER_REGIO
 
 
 @contextmanager
-def holding(ctx: Context) -> Iterator[None]:
-    """The run's lock around what follows: taken or renewed now, renewed by every stage,
-    released on the way out once the run has ended (kept for its next stage when not)."""
+def holding(ctx: Context, *, take: bool = True) -> Iterator[None]:
+    """The run's lock around what follows: taken now (or, `take` false, renewed while
+    still the run's), renewed by every stage and a heartbeat, released on the way out
+    once the run has ended (kept for its next stage when not)."""
     env, state = ctx.env, ctx.state
     with lock.held(ctx.aws.dynamodb(), env.lock_table, env.name, state.run_id,
                    ttl=env.lock_ttl, ended=lambda: state.status in ENDED,
-                   say=ctx.log) as lease:
+                   say=ctx.log, take=take) as lease:
         ctx.lease = lease
         try:
             yield
@@ -132,7 +133,12 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
     state = ctx.state
     stages = [s for s in plan.stages if (only is None or s.name == only)
               and (phase is None or s.phase == phase)]
-    with holding(ctx):
+    if only is not None and all(state.is_done(s.name) for s in stages):
+        ctx.log(f"= {only} (done already)")  # a replayed Jenkins stage: nothing to hold
+        return
+    # One stage of a run going on (a Jenkins stage) does not take a lock that was broken
+    # since its last stage; a whole run (a deploy, a resume) takes it.
+    with holding(ctx, take=only is None):
         state.status = RUNNING
         state.save()
         try:

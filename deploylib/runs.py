@@ -156,7 +156,8 @@ class HandoffIn(BaseModel):
     images: dict[Region, ImageId]
 
 
-def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
+def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
+          clients: aws.AwsClients | None = None) -> RunState:
     """Continue, elsewhere, a run whose bake phase ran on another machine (a handoff).
 
     The handoff carries what the bake produced (release, image per region); the bake
@@ -183,6 +184,10 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any]) -> RunState:
     if not planned.hands_off:
         raise InputError(f"a {mode} run has no bake phase to hand off",
                          fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
+    # The release phase holds the environment as the bake did: its lock, for its run id
+    # (the bake's own, or free again; another run's is refused here, exit 3).
+    clients = clients or environment_clients(env)
+    lock.acquire(clients.dynamodb(), env.lock_table, env.name, run_id, ttl=env.lock_ttl)
     if (Path(env.state_dir) / f"{run_id}.json").exists():
         # The same workspace as the bake (or a replayed build): continue that state.
         state = RunState.load(env.state_dir, run_id)

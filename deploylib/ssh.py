@@ -272,12 +272,13 @@ class Connection:
         `ubuntu` has on Ubuntu AMIs), or directly when the login user is root."""
         return self._as_root("bash -s", script, timeout)
 
-    def put_private(self, local: str, *, timeout: float = 600.0) -> str:
+    def put_private(self, local: str, label: str, *, timeout: float = 600.0) -> str:
         """Copy a file to the host into a directory made for it (mktemp -d, as root, mode
         0700): nothing planted at a name someone could guess is followed or read. Returns
         the file's path there; the install script moves it out and removes the directory."""
         with open(local, "rb") as source:
-            out = self._as_root(f"sh -c {quote(render.PUSH_SCRIPT)}", source, timeout).output
+            out = self._as_root(f"sh -c {quote(render.push_script(label))}", source,
+                                timeout).output
         path = out.strip().splitlines()[-1] if out.strip() else ""
         if not render.PUSHED.fullmatch(path):
             raise HostError(f"the host did not say where the pushed release is ({path!r})",

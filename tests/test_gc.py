@@ -80,3 +80,15 @@ def test_host_keys_kept_for_an_instance_that_is_gone_go_whatever_their_age():
     key = Item("hostkey", "us-east-1", "/deploylib/lab/hostkeys/us-east-1/i-1", "", NOW)
     removed, kept = decide([key], locked_run="r-old")
     assert removed == {key.resource_id} and kept == {}
+
+
+def test_only_what_carries_the_tools_whole_tag_set_for_the_environment_is_the_tools():
+    from deploylib import aws, gc
+
+    full = aws.tag_map(aws.tags("20261127T120000-abc123", "lab", "1.0", "immutable",
+                                "candidate"))
+    assert gc.made_by_the_tool(full, "lab")
+    assert not gc.made_by_the_tool(full, "prod")
+    for missing in gc.FULL_SET:
+        assert not gc.made_by_the_tool({k: v for k, v in full.items() if k != missing}, "lab")
+    assert not gc.made_by_the_tool({**full, aws.TAG_RUN: "someone's"}, "lab")

@@ -115,7 +115,7 @@ def test_a_heartbeat_that_finds_the_lock_taken_stops_the_runs_next_stage(table):
                     fix="")
         with pytest.raises(LockHeld, match="locked by run run-b"):
             lease.renew()  # what the next stage does first
-    assert any("taken by another run" in line for line in said)
+    assert any("no longer this run's" in line for line in said)
     assert lock.read(ddb, name, "prod")["run_id"] == "run-b"
 
 
@@ -148,3 +148,25 @@ def test_held_refuses_at_once_when_another_run_has_it(table):
                                              ended=lambda: True, say=print):
         raise AssertionError("never entered")
     assert lock.read(ddb, name, "prod")["run_id"] == "run-a"
+
+
+def test_a_broken_lock_stops_the_run_and_is_not_taken_back(table):
+    """`invoke lock.break` while the run works: its heartbeat does not take the lock back
+    (it could be another run's next); the run's next stage stops, and so does its next
+    Jenkins stage in a new process. A resume takes it again, deliberately."""
+    ddb, name = table
+    said: list[str] = []
+    with lock.held(ddb, name, "prod", "run-a", ttl=0.6, ended=lambda: False,
+                   say=said.append) as lease:
+        lock.break_lock(ddb, name, "prod")
+        waits.until(lambda: lease.lost, timeout=10, what="the heartbeat", resource="lock",
+                    fix="")
+        with pytest.raises(LockHeld, match="was broken"):
+            lease.renew()
+    assert lock.read(ddb, name, "prod") is None
+    with pytest.raises(LockHeld, match="resume --run run-a"):
+        with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: False,
+                       say=said.append, take=False):
+            raise AssertionError("never entered")
+    with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: True, say=said.append):
+        assert lock.read(ddb, name, "prod")["run_id"] == "run-a"

@@ -198,7 +198,7 @@ def test_push_installs_from_a_file_already_on_the_host(host):
     import secrets
 
     name, sha = host.artifact("1.0.0")
-    landing = Path(f"/var/tmp/deploylib-push.{secrets.token_hex(5)}")
+    landing = Path(f"/var/tmp/deploylib-push.i-0000000a.{secrets.token_hex(5)}")
     landing.mkdir(mode=0o700)
     pushed = landing / "release.tar.gz"
     pushed.write_bytes((host.files / name).read_bytes())

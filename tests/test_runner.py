@@ -114,6 +114,8 @@ def test_ctrl_c_cleans_up_too(ctx):
 
 def test_one_stage_at_a_time_the_lock_stays_the_runs_until_it_ends(ctx):
     plan = a_plan("t-make", "t-fail", "t-commit")
+    # `invoke start` took it; each stage (its own process in Jenkins) holds it on
+    lock.acquire(ctx.aws.dynamodb(), ctx.env.lock_table, "lab", ctx.state.run_id, ttl=600)
     runner.execute(ctx, plan, only="t-make")
     assert holder(ctx) == ctx.state.run_id and ctx.state.status == RUNNING
     SCRIPT.actions["t-fail"] = fail
@@ -124,6 +126,16 @@ def test_one_stage_at_a_time_the_lock_stays_the_runs_until_it_ends(ctx):
     runner.discard(ctx, plan)
     assert ctx.facts.cleanup == {"t-undo-a": "done", "t-undo-b": "done"}
     assert ctx.state.status == FAILED and holder(ctx) is None
+
+
+def test_a_stage_of_a_run_whose_lock_was_broken_between_stages_does_not_start(ctx):
+    ddb = ctx.aws.dynamodb()
+    lock.acquire(ddb, ctx.env.lock_table, "lab", ctx.state.run_id, ttl=600)
+    runner.execute(ctx, a_plan("t-make", "t-check"), only="t-make")
+    lock.break_lock(ddb, ctx.env.lock_table, "lab")
+    with pytest.raises(LockHeld, match="was broken"):
+        runner.execute(ctx, a_plan("t-make", "t-check"), only="t-check")
+    assert SCRIPT.calls == ["t-make"] and holder(ctx) is None
 
 
 def test_a_run_whose_lock_was_taken_stops_and_cleans_nothing_up_under_the_other(ctx):

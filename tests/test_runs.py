@@ -3,6 +3,7 @@ bake's handoff, found again by id, and where its files are."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -19,24 +20,35 @@ HANDOFF = {"run_id": "20261127T120000-abc123", "env": "lab", "mode": "immutable"
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return config.load(write_config(tmp_path))
+def cfg(tmp_path, aws_clients):
+    """The lab environment with a lock table of its own in the tests' moto server."""
+    table = f"locks-{secrets.token_hex(4)}"
+    aws_clients.dynamodb().create_table(
+        TableName=table, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "env", "KeyType": "HASH"}])
+    return config.load(write_config(tmp_path, lock_table=table))
 
 
-def test_adopting_a_handoff_marks_the_bake_done(cfg):
-    state = runs.adopt(cfg, HANDOFF)
+@pytest.fixture
+def adopt(cfg, aws_clients):
+    return lambda handoff: runs.adopt(cfg, handoff, aws_clients)
+
+
+def test_adopting_a_handoff_marks_the_bake_done(cfg, adopt):
+    state = adopt(HANDOFF)
     plan = planning.plan("immutable")
     done = [n for n in plan.names() if state.is_done(n)]
     assert done == [s.name for s in plan.stages if s.phase == planning.BAKE]
     assert state.facts.images == {"us-east-1": "ami-00000001"} and state.facts.adopted
-    assert runs.adopt(cfg, HANDOFF).run_id == state.run_id  # a replay continues it
+    assert adopt(HANDOFF).run_id == state.run_id  # a replay continues it
     env, loaded = runs.load_run(cfg, state.run_id)
     assert env.name == "lab" and loaded.facts.release.sha256 == "0" * 64
     assert loaded.stages == state.stages
 
 
-def test_a_bake_hands_off_what_adopting_needs(cfg, tmp_path):
-    state = runs.adopt(cfg, HANDOFF)
+def test_a_bake_hands_off_what_adopting_needs(cfg, adopt, tmp_path):
+    state = adopt(HANDOFF)
     assert runs.handoff_of(state) == {**HANDOFF, "release": {**HANDOFF["release"],
                                                               "size": None}}
 
@@ -57,11 +69,11 @@ def test_a_bake_hands_off_what_adopting_needs(cfg, tmp_path):
     {**HANDOFF, "release": {**HANDOFF["release"], "key": "releases/lab/../prod/1.2.3.tar.gz"}},
     {**HANDOFF, "extra": "anything"},
 ])
-def test_a_bad_handoff_is_refused(cfg, handoff):
+def test_a_bad_handoff_is_refused(cfg, adopt, handoff):
     """A HANDOFF comes back through a Jenkins parameter: every value is held to its shape
     and the release is this environment's, in one line, before a state file exists."""
     with pytest.raises(InputError) as refused:
-        runs.adopt(cfg, handoff)
+        adopt(handoff)
     assert "\n" not in refused.value.line()
     assert not list(Path(cfg.environment("lab").state_dir).glob("*.json"))
 
@@ -82,8 +94,8 @@ def test_start_needs_the_lab_running(cfg, tmp_path, monkeypatch):
         runs.start(cfg, mode="in-place", version="1.0.0", env_name="lab", artifact=None)
 
 
-def test_a_runs_files_are_named_relative_to_the_workspace(cfg, tmp_path, monkeypatch):
-    state = runs.adopt(cfg, HANDOFF)
+def test_a_runs_files_are_named_relative_to_the_workspace(cfg, adopt, tmp_path, monkeypatch):
+    state = adopt(HANDOFF)
     monkeypatch.chdir(tmp_path)
     paths = runs.paths(cfg.environment("lab"), state)
     assert paths == {"state": f"runs/{state.run_id}.json", "run_dir": f"runs/{state.run_id}",

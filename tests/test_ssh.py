@@ -88,8 +88,9 @@ def test_a_release_is_pushed_into_a_directory_made_for_it_only_root_enters(sshd,
     local = tmp_path / "release.tar.gz"
     local.write_bytes(os.urandom(ssh.BLOCK + 7))
     with connection(sshd, user=LOGIN_USER) as conn:
-        first, second = conn.put_private(str(local)), conn.put_private(str(local))
-    assert first != second and render.PUSHED.fullmatch(first)
+        first, second = (conn.put_private(str(local), "i-0000000a"),
+                         conn.put_private(str(local), "i-0000000a"))
+    assert first != second and render.PUSHED.fullmatch(first) and ".i-0000000a." in first
     for path in (Path(first), Path(second)):
         try:
             assert path.read_bytes() == local.read_bytes()

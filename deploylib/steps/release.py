@@ -135,7 +135,7 @@ def install_release(ctx: Context) -> None:
         conn = ctx.connection(inst)
         pushed = None
         if local is not None:
-            pushed = conn.put_private(str(local))
+            pushed = conn.put_private(str(local), inst.instance_id)
         script = render.install_script(
             version=rel.version, sha256=rel.sha256, app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,

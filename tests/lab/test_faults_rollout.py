@@ -211,12 +211,12 @@ def test_sshd_killed_in_the_middle_of_a_transfer(lab, tmp_path, revive_sshd):
                             env=tool_env(DEPLOY_CONFIG=str(config),
                                          DEPLOY_LAB_DIR=str(lab.cli.lab_dir)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Pushed files land in a directory made for them in the host's /var/tmp, which for a
-    # lab host is this machine's; batches are one host each, so the first push is its.
-    earlier = set(Path("/var/tmp").glob("deploylib-push.*"))
+    # Pushed files land in a directory made for them (named for the instance) in the
+    # host's /var/tmp, which for a lab host is this machine's.
+    earlier = set(Path("/var/tmp").glob(f"deploylib-push.{first}.*"))
 
     def transfer_started() -> bool:
-        return bool(set(Path("/var/tmp").glob("deploylib-push.*/release.tar.gz")) -
+        return bool(set(Path("/var/tmp").glob(f"deploylib-push.{first}.*/release.tar.gz")) -
                     {p / "release.tar.gz" for p in earlier}) or proc.poll() is not None
 
     waits.until(transfer_started, timeout=120, what="the push to begin", resource="/var/tmp",
@@ -224,7 +224,7 @@ def test_sshd_killed_in_the_middle_of_a_transfer(lab, tmp_path, revive_sshd):
     kill_sshd(lab, first)
     revive_sshd.append(first)
     _, err = proc.communicate(timeout=180)
-    for landing in set(Path("/var/tmp").glob("deploylib-push.*")) - earlier:
+    for landing in set(Path("/var/tmp").glob(f"deploylib-push.{first}.*")) - earlier:
         shutil.rmtree(landing)  # the partial push the test caused
     done = subprocess.CompletedProcess([], proc.returncode, "", err)
     failed_clearly(done, first)

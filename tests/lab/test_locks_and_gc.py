@@ -55,12 +55,13 @@ def test_a_live_lock_of_a_dead_run_is_broken_by_the_operator(lab):
     assert_serving(lab, "6.2.0")
 
 
-def orphan(lab, run_id: str, env: str = "lab") -> str:
-    """An instance a crashed run of `env` left behind, in the primary region."""
+def orphan(lab, run_id: str, env: str = "lab", tags: list | None = None) -> str:
+    """An instance a crashed run of `env` left behind, in the primary region (or, with
+    `tags`, any instance tagged so)."""
     clients = lab.clients()
     region = lab.env.primary_region
     ec2 = clients.ec2(region)
-    tags = aws.tags(run_id, env, "0.0.1", "immutable", "candidate")
+    tags = tags or aws.tags(run_id, env, "0.0.1", "immutable", "candidate")
     found = aws.ec2.describe_subnet(ec2, lab.env.subnet, region)
     subnet = found["SubnetId"]
     group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region, found["VpcId"])
@@ -75,16 +76,16 @@ def test_gc_removes_a_crashed_runs_orphans_and_nothing_live(lab):
     region = lab.env.primary_region
     ec2 = clients.ec2(region)
     live_before = {r: sorted(i.instance_id for i in v) for r, v in live_hosts(lab).items()}
-    left = orphan(lab, "20261120T000000-crash0")
+    left = orphan(lab, "20261120T000000-c0ffee")
     dry = json.loads(lab.cli("gc --older-than 0 --dry-run --json").stdout)
     assert left in [i["id"] for i in dry["would_remove"]]
     live_images = set(record(lab)["images"].values())
     assert not live_images & {i["id"] for i in dry["would_remove"]}
-    assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-crash0"})  # dry
+    assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-c0ffee"})  # dry
     out = json.loads(lab.cli("gc --older-than 0 --json").stdout)
-    assert {"kind": "instance", "region": region, "id": left, "run": "20261120T000000-crash0",
+    assert {"kind": "instance", "region": region, "id": left, "run": "20261120T000000-c0ffee",
             "result": "removed"} in out["removed"]
-    assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-crash0"}) == []
+    assert aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: "20261120T000000-c0ffee"}) == []
     # Host keys are kept for the hosts that still exist, and go with those that do not.
     kept = {n.rsplit("/", 1)[1] for r in lab.env.all_regions for n in aws.ssm.names_under(
         clients.ssm(), f"{lab.env.host_keys_path}{r}/")}
@@ -110,7 +111,10 @@ def test_gc_keeps_the_rollback_targets_and_never_sees_another_environment(lab):
     lab.cli("deploy --mode rebake-light --version 6.4.1")
     rec = record(lab)
     previous = rec["previous"]["images"]
-    theirs = orphan(lab, "20261120T000000-other0", env="staging")
+    theirs = orphan(lab, "20261120T000000-0b0b0b", env="staging")
+    # a team's own instance that merely shares the environment's tag: not the tool's
+    unrelated = orphan(lab, "unrelated", tags=[{"Key": aws.TAG_ENV, "Value": "lab"},
+                                                {"Key": "Name", "Value": "team-bastion"}])
     tight = write_config(lab.config_path.parent, name="keep-one.toml", keep_images=1)
     out = json.loads(lab.cli(f"gc --older-than 0 --json --config {tight}").stdout)
     removed = {i["id"] for i in out["removed"]}
@@ -119,9 +123,12 @@ def test_gc_keeps_the_rollback_targets_and_never_sees_another_environment(lab):
         assert image not in removed and "rollback target" in kept[image], region
     for image in rec["images"].values():
         assert "record names it" in kept[image]
-    assert theirs not in removed and theirs not in kept  # not listed at all: not ours
+    for other in (theirs, unrelated):  # not listed at all: not ours
+        assert other not in removed and other not in kept
     region = lab.env.primary_region
-    assert aws.ec2.describe(lab.clients().ec2(region), region, [theirs])[0].state == "running"
-    aws.ec2.terminate(lab.clients().ec2(region), region, [theirs])
+    for other in (theirs, unrelated):
+        assert aws.ec2.describe(lab.clients().ec2(region), region,
+                                [other])[0].state == "running"
+    aws.ec2.terminate(lab.clients().ec2(region), region, [theirs, unrelated])
     lab.cli("rollback")  # and the kept targets are what it needs
     assert_serving(lab, "6.4.0")
