@@ -56,6 +56,15 @@ def _missing_table(exc: CloudError, table: str) -> CloudError:
         "--key-schema AttributeName=env,KeyType=HASH --billing-mode PAY_PER_REQUEST")
 
 
+def _unless_refused(exc: CloudError, table: str) -> None:
+    """Raise what a conditional write met, unless it is the condition's refusal (the
+    lock is someone else's, or not this run's): that one the caller explains."""
+    if exc.code == "ResourceNotFoundException":
+        raise _missing_table(exc, table) from None
+    if exc.code != "ConditionalCheckFailedException":
+        raise exc
+
+
 def _describe(item: dict[str, Any], now: float) -> dict[str, Any]:
     out = {k: next(iter(v.values())) for k, v in item.items()}
     for k in ("acquired_at", "expires_at"):
@@ -91,10 +100,7 @@ def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
                          ExpressionAttributeValues={":stale": {"N": f"{now - SKEW:.3f}"},
                                                     ":run": {"S": run_id}})
     except CloudError as exc:
-        if exc.code == "ResourceNotFoundException":
-            raise _missing_table(exc, table) from None
-        if exc.code != "ConditionalCheckFailedException":
-            raise
+        _unless_refused(exc, table)
         held = read(ddb, table, env, clock=clock) or {}
         left = max(0, int(held.get("expires_at", now) - now))
         raise LockHeld(
@@ -119,10 +125,7 @@ def extend(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
                             ExpressionAttributeValues={":exp": {"N": f"{now + ttl:.3f}"},
                                                        ":run": {"S": run_id}})
     except CloudError as exc:
-        if exc.code == "ResourceNotFoundException":
-            raise _missing_table(exc, table) from None
-        if exc.code != "ConditionalCheckFailedException":
-            raise
+        _unless_refused(exc, table)
         held = read(ddb, table, env, clock=clock)
         if held:
             raise LockHeld(f"environment {env} is locked by run {held['run_id']} of "
