@@ -30,6 +30,7 @@ DEFAULT_CONFIG = "deploy.toml"
 
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
 IMAGE_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")

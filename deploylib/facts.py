@@ -21,12 +21,14 @@ from pydantic import (
 )
 
 from deploylib import config, plan
+from deploylib.errors import InputError
 
 
 def _version(value: str) -> str:
-    if not (config.VERSION.fullmatch(value) and ".." not in value):
-        raise ValueError(f"{value!r} is not a release version")
-    return value
+    try:
+        return config.check_version(value)
+    except InputError as exc:  # pydantic reports ValueErrors, with where it was
+        raise ValueError(exc.problem) from None
 
 
 def _mode(value: str) -> str:
@@ -43,7 +45,7 @@ Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Region = Annotated[str, StringConstraints(pattern=config.REGION.pattern)]
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")]
 ImageId = Annotated[str, StringConstraints(pattern=config.IMAGE_ID.pattern)]
-RunId = Annotated[str, StringConstraints(pattern=r"^\d{8}T\d{6}-[0-9a-f]{6}$")]
+RunId = Annotated[str, StringConstraints(pattern=config.RUN_ID.pattern)]
 Bucket = Annotated[str, StringConstraints(pattern=config.BUCKET.pattern)]
 
 

@@ -14,11 +14,10 @@ Deciding (`select`) is pure; `collect` reads AWS and `remove` acts.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploylib import aws, live, parallel
+from deploylib import aws, config, live, parallel
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,11 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
 # every one, for this environment, with a run id of the tool's shape — an unrelated
 # instance that merely shares a `deploy:env` tag is never a candidate.
 FULL_SET = (aws.TAG_RUN, aws.TAG_ENV, aws.TAG_RELEASE, aws.TAG_PROCEDURE, aws.TAG_ROLE)
-_RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
 
 
 def made_by_the_tool(tags: dict[str, str], env: str) -> bool:
     return (all(tags.get(k) for k in FULL_SET) and tags[aws.TAG_ENV] == env
-            and bool(_RUN_ID.fullmatch(tags[aws.TAG_RUN])))
+            and bool(config.RUN_ID.fullmatch(tags[aws.TAG_RUN])))
 
 
 def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], set[str]]:
@@ -137,10 +135,10 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
                               tuple(aws.ec2.snapshots_of([image])),
                               image_tags.get(aws.TAG_ROLE, "")))
         for snap in aws.ec2.tagged_snapshots(ec2, region, tag):
-            if not made_by_the_tool(aws.tag_map(snap.get("Tags")), env.name):
+            snap_tags = aws.tag_map(snap.get("Tags"))
+            if not made_by_the_tool(snap_tags, env.name):
                 continue
-            items.append(Item("snapshot", region, snap["SnapshotId"],
-                              aws.tag_map(snap.get("Tags")).get(aws.TAG_RUN, ""),
+            items.append(Item("snapshot", region, snap["SnapshotId"], snap_tags[aws.TAG_RUN],
                               _epoch(snap.get("StartTime"))))
         kept_keys = aws.ssm.names_under(clients.ssm(), f"{env.host_keys_path}{region}/")
         there = aws.ec2.still_there(ec2, region, [n.rsplit("/", 1)[1] for n in kept_keys])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import tempfile
 import threading
@@ -34,7 +33,6 @@ from deploylib.facts import Facts, Mode, RunId, Version, first_error
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 ENDED = (DONE, FAILED)
-_RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -43,7 +41,7 @@ def new_run_id(now: float | None = None) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    if not isinstance(run_id, str) or not config.RUN_ID.fullmatch(run_id):
         raise InputError(f"run id {run_id!r} is not valid",
                          fix="use an id printed by `invoke start` or `invoke deploy`, "
                          "e.g. 20261127T120000-a1b2c3")

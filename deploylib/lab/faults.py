@@ -77,6 +77,12 @@ class Faults:
         return None
 
 
+def _service(environ: dict[str, Any]) -> str:
+    """The service the request is signed for ("" when unsigned)."""
+    signed = iam.scope(environ)
+    return signed[2] if signed else ""
+
+
 def _action(environ: dict[str, Any], body: bytes) -> str:
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
@@ -84,7 +90,7 @@ def _action(environ: dict[str, Any], body: bytes) -> str:
     query = parse_qs(environ.get("QUERY_STRING", ""))
     form = parse_qs(body.decode("utf-8", "replace")) if body else {}
     named = (form.get("Action") or query.get("Action") or [""])[0]
-    if named or (iam.scope(environ) or ("", "", ""))[2] != "s3":
+    if named or _service(environ) != "s3":
         return named
     # S3's REST API names no action: the method and whether a key is in the path do.
     method = environ.get("REQUEST_METHOD", "")
@@ -96,7 +102,7 @@ def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, byt
     code = rule["error"]
     status = int(rule.get("status", _THROTTLING.get(code, _STATUS.get(code, 400))))
     message = rule.get("message", "injected by the lab")
-    service = (iam.scope(environ) or ("", "", ""))[2]
+    service = _service(environ)
     if environ.get("HTTP_X_AMZ_TARGET"):
         body = json.dumps({"__type": code, "message": message}).encode()
         return status, "application/x-amz-json-1.0", body
@@ -127,8 +133,8 @@ class FaultyApp:
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         request = iam.call(environ, body)
-        refused = self.enforcer.refusal(request) if self.enforcer and request else None
-        if refused and request:
+        refused = self.enforcer.refusal(request) if self.enforcer else None
+        if refused and request:  # (a refusal is always of a signed request)
             code, message = refused
             return _answer(start_response, _error(environ, {
                 "error": _DENIED.get(request.action.split(":")[0], code), "message": message}))
