@@ -395,7 +395,7 @@ def lock_status(c, env=None, config=None, json=False):
             left = held["expires_at"] - time.time()
             state = f"stale for {-left:.0f}s" if held["stale"] else f"expires in {left:.0f}s"
             print(f"{environment.name}: held by run {held['run_id']} of {held['owner']} "
-                  f"({state})")
+                  f"({state}; token {held['fence']})")
 
 
 @task(help={"env": "environment whose lock to break (required: no default here)",
@@ -409,8 +409,9 @@ def lock_break(c, env="", config=None):
         environment = _cfg(config).environment(env)
         clients = runs.environment_clients(environment)
         held = lock.break_lock(clients.dynamodb(), environment.lock_table, environment.name)
-        print(f"{environment.name}: lock of run {held['run_id']} ({held['owner']}) broken"
-              if held else f"{environment.name}: was not locked")
+        print(f"{environment.name}: lock of run {held['run_id']} ({held['owner']}, token "
+              f"{held['fence']}) broken: its next write stops it" if held
+              else f"{environment.name}: was not locked")
 
 
 @task(help={"env": HELP["env"], "config": HELP["config"], "json": HELP["json"],

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -130,6 +131,9 @@ class Handoff(_Model):
 class Facts(_Model):
     # start, the artifact's digest as it was checked | publish-release (the same file)
     artifact_sha256: Sha256 | None = None
+    # the token of the run's latest take of its lock (deploylib.lock): start, adopt, each
+    # whole run or resume | a Jenkins stage's renewals and writes
+    lock_fence: NonNegativeInt | None = None
     # publish-release, locate-previous, or the handoff (adopt) | install-release,
     # health-check, smoke-test, record, notify, the bake's handoff
     release: Release | None = None

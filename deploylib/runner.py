@@ -32,11 +32,17 @@ def holding(ctx: Context, *, take: bool = True) -> Iterator[None]:
     env, state = ctx.env, ctx.state
     with lock.held(ctx.aws.dynamodb(), env.lock_table, env.name, state.run_id,
                    ttl=env.lock_ttl, ended=lambda: state.status in ENDED,
-                   say=ctx.log, take=take) as lease:
+                   say=ctx.log, take=take, fence=state.facts.lock_fence) as lease:
+        if lease.fence != state.facts.lock_fence:
+            state.facts.lock_fence = lease.fence  # the run's later processes carry it
+            state.save()
         ctx.lease = lease
+        # Every write the run makes to AWS from here asserts the lock is still this take's.
+        ctx.aws.guard = lease.guard
         try:
             yield
         finally:
+            ctx.aws.guard = None
             ctx.lease = None
 
 

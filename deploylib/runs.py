@@ -112,11 +112,14 @@ def _create_locked(env: config.Environment, clients: aws.AwsClients | None = Non
     clients = clients or environment_clients(env)
     run_id = new_run_id()
     ddb = clients.dynamodb()
-    lock.acquire(ddb, env.lock_table, env.name, run_id, ttl=env.lock_ttl)
+    fence = lock.acquire(ddb, env.lock_table, env.name, run_id, ttl=env.lock_ttl)["fence"]
     try:
-        return RunState.create(env.state_dir, env=env.name, run_id=run_id, **fields)
+        state = RunState.create(env.state_dir, env=env.name, run_id=run_id, **fields)
+        state.facts.lock_fence = fence
+        state.save()
+        return state
     except BaseException:
-        lock.release(ddb, env.lock_table, env.name, run_id)
+        lock.release(ddb, env.lock_table, env.name, run_id, fence)
         raise
 
 
@@ -187,16 +190,20 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
     # The release phase holds the environment as the bake did: its lock, for its run id
     # (the bake's own, or free again; another run's is refused here, exit 3).
     clients = clients or environment_clients(env)
-    lock.acquire(clients.dynamodb(), env.lock_table, env.name, run_id, ttl=env.lock_ttl)
+    fence = lock.acquire(clients.dynamodb(), env.lock_table, env.name, run_id,
+                         ttl=env.lock_ttl)["fence"]
     if (Path(env.state_dir) / f"{run_id}.json").exists():
         # The same workspace as the bake (or a replayed build): continue that state.
         state = RunState.load(env.state_dir, run_id)
         if (state.mode, state.version) != (mode, version):
             raise InputError(f"run {run_id} exists here as {state.mode} {state.version}",
                              fix="pass the HANDOFF of that run, or use a fresh workspace")
+        state.facts.lock_fence = fence
+        state.save()
         return state
     state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
                             artifact="", run_id=run_id)
+    state.facts.lock_fence = fence
     state.facts.release = rel
     state.facts.images.update(images)
     state.facts.adopted = True

@@ -170,3 +170,59 @@ def test_a_broken_lock_stops_the_run_and_is_not_taken_back(table):
             raise AssertionError("never entered")
     with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: True, say=said.append):
         assert lock.read(ddb, name, "prod")["run_id"] == "run-a"
+
+
+def test_every_take_has_a_new_token_and_a_release_keeps_the_counter(table):
+    ddb, name = table
+    first = lock.acquire(ddb, name, "prod", "run-a", ttl=600)["fence"]
+    again = lock.acquire(ddb, name, "prod", "run-a", ttl=600)["fence"]  # a resume
+    assert again == first + 1
+    assert lock.release(ddb, name, "prod", "run-a", first) is False  # not that take's
+    assert lock.release(ddb, name, "prod", "run-a", again) is True
+    assert lock.read(ddb, name, "prod") is None
+    assert lock.acquire(ddb, name, "prod", "run-b", ttl=600)["fence"] == again + 1
+
+
+def test_a_renewal_under_an_older_token_is_refused_even_for_the_same_run(table):
+    """A process of the run left behind (its resume took the lock again elsewhere) stops
+    at its next renewal: the token is the take's, not the run's."""
+    ddb, name = table
+    old = lock.acquire(ddb, name, "prod", "run-a", ttl=600)["fence"]
+    lock.acquire(ddb, name, "prod", "run-a", ttl=600)
+    with pytest.raises(LockHeld, match="took its lock on prod again in another process"):
+        lock.extend(ddb, name, "prod", "run-a", ttl=600, fence=old)
+
+
+def test_a_break_names_the_take_it_saw(table):
+    """What the operator was shown is what is broken: a lock the same run took again
+    since (a resume) is left alone."""
+    ddb, name = table
+    lock.acquire(ddb, name, "prod", "run-a", ttl=600)
+    seen = lock.read(ddb, name, "prod")
+    lock.acquire(ddb, name, "prod", "run-a", ttl=600)
+    with pytest.raises(LockHeld, match="changed hands"):
+        lock.break_lock(ddb, name, "prod", seen)
+    assert lock.read(ddb, name, "prod")["fence"] == seen["fence"] + 1
+
+
+def test_a_broken_lock_stops_the_runs_next_write_before_it_reaches_aws(table, aws_clients):
+    """The lease's guard runs before every call that changes something: once the lock is
+    broken, the write is not sent (nothing is made), a read still is."""
+    ddb, name = table
+    aws_clients.ssm().put_parameter(Name="/fence/probe", Value="before", Type="String",
+                                    Overwrite=True)
+    with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: True,
+                   say=print) as lease:
+        aws_clients.guard = lease.guard
+        try:
+            aws_clients.ssm().put_parameter(Name="/fence/probe", Value="held", Type="String",
+                                            Overwrite=True)
+            lock.break_lock(ddb, name, "prod")
+            with pytest.raises(LockHeld, match="was broken"):
+                aws_clients.ssm().put_parameter(Name="/fence/probe", Value="after",
+                                                Type="String", Overwrite=True)
+            value = aws_clients.ssm().get_parameter(Name="/fence/probe")["Parameter"]["Value"]
+        finally:
+            aws_clients.guard = None
+    assert value == "held"
+    assert lock.read(ddb, name, "prod") is None  # a lost lease releases nothing

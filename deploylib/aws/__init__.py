@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,6 +49,12 @@ TAG_FOUNDATION = "deploy:foundation"
 # On hosts a promotion replaced: the run that may still put them back (demote) until its
 # release is recorded. gc keeps them while that run holds the lock.
 TAG_RETIRING = "deploy:retiring"
+
+# Calls that change nothing (by their operation's name); every other call is a write, and
+# a run's writes assert its lock first (AwsClients.guard). A multipart upload's parts are
+# covered by its Create and Complete calls.
+_READS = ("Describe", "Get", "List", "Head", "Lookup", "Search", "Select", "Query", "Scan")
+_UNGUARDED = {"UploadPart", "AbortMultipartUpload"}
 
 # Attempts per call, the first included. botocore honours AWS_MAX_ATTEMPTS only when the
 # client's config sets none; ours does, so it reads the standard variable itself.
@@ -85,16 +91,29 @@ class AwsClients:
         self._clients: dict[tuple[str, str], Any] = {}
         self._account: str | None = None
         self._lock = threading.Lock()
+        # Run before every write to AWS while set (a run's lease: deploylib.lock); what it
+        # raises stops the write from being sent. The lock table's own calls are not
+        # guarded: they are how the lease is held.
+        self.guard: Callable[[], None] | None = None
 
     def client(self, service: str, region: str | None = None) -> Any:
         key = (service, region or self.primary_region)
         with self._lock:
             if key not in self._clients:
                 with calling(f"{service} in {key[1]}", "check the region's name"):
-                    self._clients[key] = self._session.client(
+                    made = self._session.client(
                         service, region_name=key[1], endpoint_url=self.endpoint_url,
                         config=self._config)
+                if service not in ("dynamodb", "sts"):
+                    made.meta.events.register("before-call", self._before_call)
+                self._clients[key] = made
             return self._clients[key]
+
+    def _before_call(self, model: Any, **_: Any) -> None:
+        guard = self.guard
+        if guard is not None and not model.name.startswith(_READS) \
+                and model.name not in _UNGUARDED:
+            guard()
 
     def credentials(self) -> Any:
         """The credentials the clients sign with (botocore's object: method, expiry)."""

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
 
-from deploylib import aws, health, live, lock, release
+from deploylib import aws, health, live, lock, release, waits
 from tests.conftest import REPO, write_config
 
 
@@ -85,7 +86,8 @@ def assert_current_whole(lab, version: str) -> None:
 
 def leftovers(lab, run_id: str) -> list[str]:
     """What the run created that still exists and is not serving (not a registered
-    instance, not an image the record names, nor one of its snapshots)."""
+    instance, not an image the record names, nor one of its snapshots) nor kept on
+    purpose (a foundation image: the bake cache, with its snapshots)."""
     clients = lab.clients()
     live_images = set(record(lab)["images"].values())
     out = []
@@ -95,8 +97,10 @@ def leftovers(lab, run_id: str) -> list[str]:
         out += [i.instance_id for i in aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: run_id})
                 if i.instance_id not in on]
         images = aws.ec2.tagged_images(ec2, region, {aws.TAG_RUN: run_id})
-        out += [i["ImageId"] for i in images if i["ImageId"] not in live_images]
-        used = set(aws.ec2.snapshots_of(i for i in images if i["ImageId"] in live_images))
+        kept = live_images | {i["ImageId"] for i in images
+                              if any(t["Key"] == aws.TAG_FOUNDATION for t in i.get("Tags", []))}
+        out += [i["ImageId"] for i in images if i["ImageId"] not in kept]
+        used = set(aws.ec2.snapshots_of(i for i in images if i["ImageId"] in kept))
         out += [s["SnapshotId"] for s in aws.ec2.tagged_snapshots(ec2, region,
                                                                   {aws.TAG_RUN: run_id})
                 if s["SnapshotId"] not in used]
@@ -199,3 +203,39 @@ def app_that_fails_where_marked(tmp_path: Path, version: str) -> Path:
 def hosts_in_rollout_order(lab) -> list[str]:
     return [i.instance_id for region in lab.env.all_regions for i in sorted(
         live_hosts(lab)[region], key=lambda i: i.instance_id)]
+
+
+# -- a run going on in the background ---------------------------------------------------
+
+
+def start_deploy(lab, *args: str, cli=None) -> subprocess.Popen:
+    """`invoke deploy ARGS` started, not waited for (with `cli`: under its config)."""
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "deploy", *args], cwd=REPO,
+                            env=(cli or lab.cli).env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.runs_before = set(runs(lab))  # type: ignore[attr-defined]
+    return proc
+
+
+def state_when(lab, proc: subprocess.Popen, ready, what: str) -> dict:
+    """The new run's state once `ready(state)` holds (the run must still be going)."""
+    def look() -> dict | None:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        new = set(runs(lab)) - proc.runs_before
+        state = json.loads(next(iter(new)).read_text()) if new else {}
+        return state if state and ready(state) else None
+
+    return waits.until(look, timeout=180, what=what, resource="the run",
+                       fix="read the run's output", first=0.05, longest=0.2)
+
+
+def wait_for_stage(lab, proc: subprocess.Popen, key: str, status: str = "done") -> dict:
+    """The new run's state once its stage `key` has `status`."""
+    return state_when(lab, proc,
+                      lambda s: s.get("stages", {}).get(key, {}).get("status") == status,
+                      f"stage {key} {status}")
+
+
+def ended(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess([], proc.returncode, out, err)

@@ -6,19 +6,17 @@ and a resume finishes the job."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from deploylib import aws, waits
-from tests.conftest import REPO, write_config
+from deploylib import aws
+from tests.conftest import write_config
 from tests.lab.checks import (
     assert_nothing_lost,
     assert_serving,
     balancer_versions,
     clear_faults,
+    ended,
     failed_clearly,
     fault_hits,
     leftovers,
@@ -27,35 +25,12 @@ from tests.lab.checks import (
     record,
     release_that_cannot_start,
     set_faults,
+    start_deploy,
     state_of,
+    wait_for_stage,
 )
 
 pytestmark = pytest.mark.lab
-
-
-def start_deploy(lab, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "deploy", *args], cwd=REPO,
-                            env=lab.cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    proc.runs_before = set(Path(lab.env.state_dir).glob("*.json"))  # type: ignore[attr-defined]
-    return proc
-
-
-def wait_for_stage(lab, proc: subprocess.Popen, key: str) -> dict:
-    """The new run's state once its stage `key` is done (the run must still be going)."""
-    def done() -> dict | None:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        new = set(Path(lab.env.state_dir).glob("*.json")) - proc.runs_before
-        state = json.loads(next(iter(new)).read_text()) if new else {}
-        return state if state.get("stages", {}).get(key, {}).get("status") == "done" else None
-
-    return waits.until(done, timeout=180, what=f"stage {key}", resource="the run",
-                       fix="read the run's output", first=0.05, longest=0.2)
-
-
-def ended(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess([], proc.returncode, out, err)
 
 
 def copies_held(lab, state: str = "pending") -> None:

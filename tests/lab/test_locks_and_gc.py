@@ -12,8 +12,19 @@ import time
 import pytest
 
 from deploylib import aws, lock
-from tests.conftest import REPO
-from tests.lab.checks import assert_serving, live_hosts, record
+from tests.conftest import REPO, Cli, write_config
+from tests.lab.checks import (
+    assert_serving,
+    clear_faults,
+    ended,
+    leftovers,
+    live_hosts,
+    record,
+    set_faults,
+    start_deploy,
+    state_of,
+    wait_for_stage,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -53,6 +64,49 @@ def test_a_live_lock_of_a_dead_run_is_broken_by_the_operator(lab):
     assert lock.read(ddb, lab.env.lock_table, "lab") is None
     lab.cli("hotfix --version 6.2.0")
     assert_serving(lab, "6.2.0")
+
+
+def test_a_run_waiting_longer_than_lock_ttl_keeps_its_lock_until_it_is_broken(lab):
+    """The first run is held in its image wait (the image it makes kept pending)
+    longer than `lock_ttl`: its heartbeat keeps the lock, so a second deploy is refused
+    throughout (exit 3). Broken by the operator, the lock stops the first run before its
+    next write: no candidate is launched, nothing is cleaned up without the lock, and a
+    cleanup under the lock afterwards leaves nothing."""
+    ttl = 30
+    short = Cli(config=write_config(lab.config_path.parent, name="short-ttl.toml",
+                                    lock_ttl=ttl), lab_dir=lab.cli.lab_dir)
+    before = record(lab)
+    set_faults(lab, *({"action": "DescribeImages", "region": r, "image_state": "pending"}
+                      for r in lab.env.all_regions))
+    first = start_deploy(lab, "--mode", "immutable", "--version", "7.0.0", cli=short)
+    waiting = wait_for_stage(lab, first, "create-image", "running")
+    run_id = waiting["run_id"]
+    ddb, table = lab.clients().dynamodb(), lab.env.lock_table
+    taken = lock.read(ddb, table, "lab")
+    assert taken["run_id"] == run_id
+    refusals = 0
+    while time.time() < taken["acquired_at"] + ttl + 5:
+        second = short("hotfix --version 7.0.1", check=False)
+        assert second.returncode == 3, second.stderr[-2000:]
+        assert f"is locked by run {run_id}" in second.stderr
+        refusals += 1
+    held = lock.read(ddb, table, "lab")
+    assert (held["run_id"], held["fence"], held["stale"]) == (run_id, taken["fence"], False)
+    assert held["expires_at"] > taken["acquired_at"] + ttl  # the heartbeat renewed it
+    assert first.poll() is None and refusals >= 2
+    assert "lock of run " + run_id in short("lock.break --env lab").stdout
+    clear_faults(lab)  # the images land; the run's next write would launch candidates
+    done = ended(first)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "lock on lab was broken" in done.stderr
+    assert "nothing is cleaned up" in done.stderr
+    state = state_of(lab, run_id)
+    assert state["status"] == "failed" and state["facts"]["candidates"] == {}
+    assert not [k for k in state["stages"] if k.endswith("launch-candidates")]
+    assert record(lab) == before and lock.read(ddb, table, "lab") is None
+    cleaned = short(f"cleanup --run {run_id}")
+    assert leftovers(lab, run_id) == [], cleaned.stderr + cleaned.stdout + done.stderr
+    assert_serving(lab, before["release"])
 
 
 def orphan(lab, run_id: str, env: str = "lab", tags: list | None = None) -> str:
