@@ -170,7 +170,8 @@ class BenchLab:
         s3 = self.clients().s3()
         digest = release.sha256_file(artifact)
         key = artifact_key(env.name, version)
-        if aws.s3.published_sha256(s3, env.artifact_bucket, key) != digest:
+        stored = aws.s3.published(s3, env.artifact_bucket, key)
+        if stored is None:
             aws.s3.upload_artifact(s3, env.artifact_bucket, key, str(artifact), digest)
         return {"sha256": digest, "url": aws.s3.presign(s3, env.artifact_bucket, key, 3600)}
 

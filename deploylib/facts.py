@@ -48,6 +48,8 @@ InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")]
 ImageId = Annotated[str, StringConstraints(pattern=config.IMAGE_ID.pattern)]
 RunId = Annotated[str, StringConstraints(pattern=config.RUN_ID.pattern)]
 Bucket = Annotated[str, StringConstraints(pattern=config.BUCKET.pattern)]
+# An S3 object version (opaque; URL-safe characters, as S3 makes them).
+VersionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,1024}$")]
 
 
 def first_error(exc: ValidationError) -> str:
@@ -72,6 +74,9 @@ class Release(_Model):
     bucket: Bucket
     key: str
     size: int | None = None
+    # The object's version as published (a versioned bucket): what is fetched, whatever
+    # was put at the key since. None: the bucket keeps no versions.
+    version_id: VersionId | None = None
 
     @model_validator(mode="after")
     def _key_is_the_versions(self) -> Release:

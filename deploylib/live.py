@@ -11,7 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from deploylib import aws
 from deploylib.config import Environment
 from deploylib.errors import StateError
-from deploylib.facts import ImageId, Mode, Region, RunId, Sha256, Version, first_error
+from deploylib.facts import (
+    ImageId,
+    Mode,
+    Region,
+    RunId,
+    Sha256,
+    Version,
+    VersionId,
+    first_error,
+)
 
 
 class Previous(BaseModel):
@@ -20,6 +29,7 @@ class Previous(BaseModel):
     model_config = ConfigDict(extra="ignore")
     release: Version | None = None
     sha256: Sha256 | None = None
+    version_id: VersionId | None = None
     images: dict[Region, ImageId] = Field(default_factory=dict)
     procedure: Mode | None = None
     run_id: RunId | None = None
@@ -38,6 +48,8 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="ignore")
     release: Version
     sha256: Sha256
+    # the artifact's S3 version, when the bucket keeps versions
+    version_id: VersionId | None = None
     images: dict[Region, ImageId] = Field(default_factory=dict)
     procedure: Mode
     run_id: RunId
@@ -52,7 +64,7 @@ def record(clients: aws.AwsClients, env: Environment) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        return Record.model_validate(raw).model_dump()
+        return Record.model_validate(raw).model_dump(exclude_none=True)
     except ValidationError as exc:
         raise StateError(f"the live record holds a bad value: {first_error(exc)}",
                          resource=f"parameter {env.record_parameter}",

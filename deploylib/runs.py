@@ -175,9 +175,10 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
     run_id, version, mode, images = given.run_id, given.version, given.mode, given.images
     env = cfg.environment(given.env)
     # The release is rebuilt from this environment's store, not taken whole: only the
-    # digest comes from the handoff, and the hosts check what they fetch against it.
+    # digest (and the object version it was published as) comes from the handoff, and
+    # the hosts check what they fetch against that digest.
     rel = Release(version=version, sha256=given.release.sha256, bucket=env.artifact_bucket,
-                  key=artifact_key(env.name, version))
+                  key=artifact_key(env.name, version), version_id=given.release.version_id)
     if (given.release.version, given.release.bucket, given.release.key) != \
             (rel.version, rel.bucket, rel.key):
         raise InputError(f"the handoff's release is not {version} in {env.name}'s store "

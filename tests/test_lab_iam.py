@@ -119,10 +119,10 @@ def test_a_missing_key_is_403_without_list_bucket_and_404_with_it(enforced_aws):
     admin.s3().create_bucket(Bucket="artifacts-iam")
     _policy(lab_dir, POLICY)
     with pytest.raises(PermissionDenied):
-        aws.s3.published_sha256(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz")
+        aws.s3.published(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz")
     _policy(lab_dir, {"Statement": [*POLICY["Statement"], {
         "Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::artifacts-iam"}]})
-    assert aws.s3.published_sha256(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz") is None
+    assert aws.s3.published(deployer.s3(), "artifacts-iam", "releases/1.0.tar.gz") is None
 
 
 def test_a_presigned_url_carries_its_signers_permissions_until_it_expires(enforced_aws):

@@ -11,7 +11,8 @@ from deploylib import config, live
 from deploylib.errors import StateError
 from tests.conftest import write_config
 
-GOOD = {"release": "1.0.1", "sha256": "a" * 64, "images": {"us-east-1": "ami-0000000a"},
+GOOD = {"release": "1.0.1", "sha256": "a" * 64, "version_id": "3HL4kqtJlcpXroDTDmJ.rmSpXd3d",
+        "images": {"us-east-1": "ami-0000000a"},
         "procedure": "in-place", "run_id": "20261127T120000-abc123",
         "recorded_at": "2026-11-27T12:00:00Z",
         "previous": {"release": "1.0.0", "sha256": "b" * 64, "images": {},
@@ -41,6 +42,8 @@ def test_a_good_record_reads_back_whole(aws_clients, env):
     {"run_id": "../../etc"},
     {"previous": {**GOOD["previous"], "release": "`reboot`"}},
     {"previous": {**GOOD["previous"], "sha256": None}},  # a release without its digest
+    {"version_id": "v1&x-id=PutObject"},  # into the presigned URL
+    {"previous": {**GOOD["previous"], "version_id": "../v1"}},
 ])
 def test_a_hostile_record_stops_the_read_in_one_line(aws_clients, env, change):
     _write(aws_clients, env, {**GOOD, **change})

@@ -50,7 +50,8 @@ def test_adopting_a_handoff_marks_the_bake_done(cfg, adopt):
 def test_a_bake_hands_off_what_adopting_needs(cfg, adopt, tmp_path):
     state = adopt(HANDOFF)
     assert runs.handoff_of(state) == {**HANDOFF, "release": {**HANDOFF["release"],
-                                                              "size": None}}
+                                                              "size": None,
+                                                              "version_id": None}}
 
 
 @pytest.mark.parametrize("handoff", [

@@ -326,6 +326,10 @@ def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
     extra = {} if primary == "us-east-1" else {
         "CreateBucketConfiguration": {"LocationConstraint": primary}}
     clients.s3().create_bucket(Bucket=spec["bucket"], **extra)
+    # Versioned, as the operator guide asks: a release is fetched as the version it was
+    # published as.
+    clients.s3().put_bucket_versioning(Bucket=spec["bucket"],
+                                       VersioningConfiguration={"Status": "Enabled"})
     clients.dynamodb().create_table(
         TableName=spec["lock_table"], BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],

@@ -77,8 +77,11 @@ def _s3(environ: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
         elif method in ("PUT", "POST"):
             # PutObject, and the multipart upload's create, parts and completion
             action = "PutObjectTagging" if "tagging" in query else "PutObject"
+        elif "tagging" in query:
+            action = "GetObjectTagging"
         else:
-            action = "GetObjectTagging" if "tagging" in query else "GetObject"
+            # A GET or HEAD naming a version is authorised by GetObjectVersion, as in AWS.
+            action = "GetObjectVersion" if "versionId" in query else "GetObject"
         return f"s3:{action}", (resource,)
     resource = f"arn:aws:s3:::{bucket}"
     if method in ("GET", "HEAD"):

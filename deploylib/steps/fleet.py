@@ -134,12 +134,12 @@ def record(ctx: Context) -> None:
         images.update(ctx.facts.images)
     rel = ctx.release
     new = {
-        "release": rel.version, "sha256": rel.sha256, "images": images,
-        "procedure": ctx.state.mode, "run_id": ctx.state.run_id,
+        "release": rel.version, "sha256": rel.sha256, "version_id": rel.version_id,
+        "images": images, "procedure": ctx.state.mode, "run_id": ctx.state.run_id,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "previous": {k: previous[k] for k in ("release", "sha256", "images", "procedure",
-                                              "run_id")
-                     if k in previous} if previous else None,
+        "previous": {k: previous[k] for k in ("release", "sha256", "version_id", "images",
+                                              "procedure", "run_id")
+                     if previous.get(k) is not None} if previous else None,
     }
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)
     ctx.log(f"  {ctx.env.record_parameter}: release {rel.version}, images "

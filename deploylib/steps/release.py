@@ -34,24 +34,28 @@ def artifact_key(env_name: str, version: str) -> str:
     return f"releases/{env_name}/{version}.tar.gz"
 
 
-def from_store(env: Environment, s3: object, version: str, sha256: str) -> Release:
+def from_store(env: Environment, s3: object, version: str, sha256: str,
+               version_id: str | None = None) -> Release:
     """A release the record names, as the install step needs it: the digest is the
-    record's (whoever may overwrite the object also sets its metadata), and the store
-    must still hold that release."""
+    record's (whoever may overwrite the object also sets its metadata), the object the
+    version the record names (or, a record without one, the version there now), and the
+    store must still hold that release."""
     key = artifact_key(env.name, version)
-    stored = aws.s3.published_sha256(s3, env.artifact_bucket, key)
-    if not stored:
-        raise InputError(f"release {version} is not in the artifact store",
-                         resource=f"s3://{env.artifact_bucket}/{key}",
+    stored = aws.s3.published(s3, env.artifact_bucket, key, version_id)
+    where = f"s3://{env.artifact_bucket}/{key}" + (f"?versionId={version_id}"
+                                                   if version_id else "")
+    if not stored or not stored.sha256:
+        raise InputError(f"release {version} is not in the artifact store", resource=where,
                          fix=f"publish it again: `invoke deploy --mode in-place --version "
                          f"{version} --artifact PATH`")
-    if stored != sha256:
+    if stored.sha256 != sha256:
         raise InputError(f"the store's release {version} is not the one recorded live (sha256 "
-                         f"{stored[:12]}…, recorded {sha256[:12]}…): it was overwritten",
-                         resource=f"s3://{env.artifact_bucket}/{key}",
+                         f"{stored.sha256[:12]}…, recorded {sha256[:12]}…): it was "
+                         "overwritten", resource=where,
                          fix="publish the recorded build again under its version (turn on "
                          "the bucket's versioning to restore it), or deploy another release")
-    return Release(version=version, sha256=sha256, bucket=env.artifact_bucket, key=key)
+    return Release(version=version, sha256=sha256, bucket=env.artifact_bucket, key=key,
+                   version_id=stored.version_id)
 
 
 @step("publish-release")
@@ -67,20 +71,26 @@ def publish_release(ctx: Context) -> None:
                          fix="start a new run with the build you mean to ship")
     key = artifact_key(ctx.env.name, ctx.state.version)
     s3 = ctx.aws.s3()
-    published = aws.s3.published_sha256(s3, ctx.env.artifact_bucket, key)
-    if published is not None and published != digest:
+    bucket = ctx.env.artifact_bucket
+    stored = aws.s3.published(s3, bucket, key)
+    uploaded = stored is None
+    if uploaded:
+        try:
+            aws.s3.upload_artifact(s3, bucket, key, str(artifact), digest)
+        except aws.s3.AlreadyThere:
+            uploaded = False  # another run published it meanwhile: it must be this build
+        stored = aws.s3.published(s3, bucket, key)
+    if stored is None or stored.sha256 != digest:
         raise InputError(
             f"release {ctx.state.version} was already published with different content",
-            resource=f"s3://{ctx.env.artifact_bucket}/{key}",
+            resource=f"s3://{bucket}/{key}",
             fix="releases are immutable: give the new build a new version")
-    uploaded = published is None
-    if uploaded:
-        aws.s3.upload_artifact(s3, ctx.env.artifact_bucket, key, str(artifact), digest)
-    ctx.facts.release = Release(version=ctx.state.version, sha256=digest,
-                                bucket=ctx.env.artifact_bucket, key=key,
-                                size=artifact.stat().st_size)
+    ctx.facts.release = Release(version=ctx.state.version, sha256=digest, bucket=bucket,
+                                key=key, size=artifact.stat().st_size,
+                                version_id=stored.version_id)
     ctx.log(f"  release {ctx.state.version} sha256 {digest[:12]}… "
-            f"{'uploaded' if uploaded else 'already in the store'}")
+            f"{'uploaded' if uploaded else 'already in the store'}"
+            + (f" (version {stored.version_id})" if stored.version_id else ""))
 
 
 @step("locate-previous")
@@ -97,7 +107,7 @@ def locate_previous(ctx: Context) -> None:
                          f"release is now {previous['release']}, not {ctx.state.version}",
                          resource=ctx.env.record_parameter, fix="start `invoke rollback` again")
     ctx.facts.release = from_store(ctx.env, ctx.aws.s3(), previous["release"],
-                                   previous["sha256"])
+                                   previous["sha256"], previous.get("version_id"))
     ctx.facts.images.update(previous.get("images") or {})
     ctx.log(f"  rolling back {record.get('release')} -> {previous['release']} "
             f"({ctx.state.mode})")
@@ -111,7 +121,7 @@ def _local_artifact(ctx: Context, rel: Release) -> Path:
         return Path(own)
     cached = Path(ctx.env.state_dir) / "artifacts" / f"{rel.version}.tar.gz"
     if not (cached.is_file() and release.sha256_file(cached) == rel.sha256):
-        aws.s3.download_artifact(ctx.aws.s3(), rel.bucket, rel.key, cached)
+        aws.s3.download_artifact(ctx.aws.s3(), rel.bucket, rel.key, cached, rel.version_id)
         if release.sha256_file(cached) != rel.sha256:
             cached.unlink()
             raise InputError(f"release {rel.version} in the store does not match its "
@@ -129,7 +139,8 @@ def install_release(ctx: Context) -> None:
     local = _local_artifact(ctx, rel) if push else None
     # Presigned per stage, never stored: the URL is a credential while it lives.
     url = None if push else aws.s3.presign(ctx.aws.s3(), rel.bucket, rel.key,
-                                           expires=int(ctx.timeout("presign", 900)))
+                                           expires=int(ctx.timeout("presign", 900)),
+                                           version_id=rel.version_id)
 
     def one(inst: aws.ec2.Instance) -> str:
         conn = ctx.connection(inst)

@@ -73,7 +73,7 @@ def locate_live(ctx: Context) -> None:
     if not live or live == ctx.release.version:
         ctx.log("  no other release is live: nothing to switch back")
         return
-    rel = from_store(ctx.env, ctx.aws.s3(), live, record["sha256"])
+    rel = from_store(ctx.env, ctx.aws.s3(), live, record["sha256"], record.get("version_id"))
     facts = ctx.facts
     reached = {h.instance_id for h in ctx.target_refs()}
     skip = set(facts.failed_hosts) | set(facts.rolled_back)

@@ -137,16 +137,25 @@ def test_ctrl_c_during_a_bake_leaves_nothing_behind(lab):
         assert inst.instance_id in registered(lab, inst.region), inst
 
 
-def test_a_rollback_refuses_a_release_overwritten_in_the_store(lab):
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_rollback_of_a_release_overwritten_in_the_store(lab, pinned):
     """The digest a rollback installs is the record's, not the store's: whoever may
-    overwrite the object also sets its metadata. An object replaced (its metadata forged
-    to match itself) is refused before any host is touched, in one line."""
+    overwrite the object also sets its metadata. With the object's version in the record
+    (a versioned bucket), the rollback fetches that version and the overwrite changes
+    nothing; a record without one (a bucket without versions) meets the object replaced
+    (its metadata forged to match itself) and is refused before any host is touched, in
+    one line."""
     import hashlib
     import secrets
 
     lab.cli(f"deploy --mode in-place --version 8.8.{secrets.randbelow(10**6)}")
     live = record(lab)
     previous = live["previous"]["release"]
+    assert live["version_id"] and live["previous"]["version_id"]  # the lab is versioned
+    if not pinned:
+        aws.ssm.write_record(lab.clients().ssm(), lab.env.record_parameter, {
+            **live, "previous": {k: v for k, v in live["previous"].items()
+                                 if k != "version_id"}})
     s3, bucket = lab.clients().s3(), lab.env.artifact_bucket
     key = f"releases/lab/{previous}.tar.gz"
     original = s3.get_object(Bucket=bucket, Key=key)
@@ -157,6 +166,11 @@ def test_a_rollback_refuses_a_release_overwritten_in_the_store(lab):
     try:
         before = sorted(i.instance_id for hosts in live_hosts(lab).values() for i in hosts)
         proc = lab.cli("rollback", check=False)
+        if pinned:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert record(lab)["release"] == previous
+            assert_serving(lab, previous)
+            return
         assert proc.returncode == 2, proc.stderr
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and "not the one recorded live" in errors[0], proc.stderr
