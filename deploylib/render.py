@@ -143,14 +143,15 @@ def serving_script(*, app_root: str, service: str) -> str:
 
 
 def iam_policy(env: Any) -> str:
-    """templates/iam-policy.json for one environment: its artifact bucket and its lock
-    table in place of the placeholders (both names are checked by the config's schema),
+    """templates/iam-policy.json for one environment: its artifact bucket, its lock table
+    and its name (what its resources are tagged `deploy:env` with: EC2's writes are
+    scoped to them) in place of the placeholders (each checked by the config's schema),
     and — when its volumes are encrypted with keys of its own (`kms_keys`) — the use of
     those keys as EBS needs it (templates/iam-policy-kms.json: EC2 asks KMS on the
     caller's behalf when it launches, images and copies)."""
     text = (TEMPLATES / "iam-policy.json").read_text()
-    text = text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace("LOCK_TABLE",
-                                                                        env.lock_table)
+    text = text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace(
+        "LOCK_TABLE", env.lock_table).replace("ENV_NAME", env.name)
     if not env.kms_keys:
         return text
     policy = json.loads(text)

@@ -115,6 +115,7 @@ def test_keys_of_its_own_are_granted_as_ebs_uses_them_and_only_then(tmp_path):
 def test_grants_ec2_uses_for_the_caller_are_not_asked_of_the_tools_own_calls():
     """kms:CreateGrant and the rest are used by EC2 when it launches on an encrypted
     volume; the tool never calls them, and the check does not ask it to."""
-    used = {a for s in POLICY["Statement"] if not s.get("Condition") for a in s["Action"]}
+    used = {a for s in POLICY["Statement"] if not iam_audit._on_callers_behalf(s)
+            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     v = iam_audit.verdict(used, POLICY, calls=10, whole_suite=True)
     assert not v.failed, v

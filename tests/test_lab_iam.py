@@ -42,8 +42,18 @@ def test_action_wildcards_ignore_case_and_an_explicit_deny_wins():
     assert not iam.allowed(POLICY, "ec2:DescribeImages", "*")
 
 
-def test_a_condition_the_lab_cannot_evaluate_never_allows():
-    assert not iam.allowed(POLICY, "ec2:RunInstances", "*")
+def test_tag_conditions_are_evaluated_and_any_other_never_allows():
+    assert not iam.allowed(POLICY, "ec2:RunInstances", "*")  # no tags given
+    assert iam.allowed(POLICY, "ec2:RunInstances", "*", {"aws:RequestTag/deploy:env": "lab"})
+    assert not iam.allowed(POLICY, "ec2:RunInstances", "*",
+                           {"aws:RequestTag/deploy:env": "prod"})
+    other = {"Statement": [{"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": "*",
+                            "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}]}
+    assert not iam.allowed(other, "ec2:RunInstances", "*", {"aws:SourceIp": "10.0.0.1"})
+    deny = {"Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+                          {"Effect": "Deny", "Action": "ec2:*", "Resource": "*",
+                           "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+    assert not iam.allowed(deny, "ec2:DescribeImages", "*")  # a Deny it cannot evaluate
 
 
 def test_requests_are_read_as_iam_reads_them():
@@ -61,8 +71,22 @@ def test_requests_are_read_as_iam_reads_them():
                      b'{"TableName": "locks"}')
     assert table.resources == (f"arn:aws:dynamodb:eu-west-1:{iam.ACCOUNT}:table/locks",)
     ec2 = iam.call(env(REQUEST_METHOD="POST", HTTP_AUTHORIZATION=auth.format("ec2")),
-                   b"Action=RunInstances&Version=2016-11-15")
-    assert (ec2.action, ec2.resources) == ("ec2:RunInstances", ("*",))
+                   b"Action=DescribeImages&Version=2016-11-15")
+    assert (ec2.action, ec2.resources) == ("ec2:DescribeImages", ("*",))
+    run = iam.call(env(REQUEST_METHOD="POST", HTTP_AUTHORIZATION=auth.format("ec2")), (
+        b"Action=RunInstances&ImageId=ami-0000000a&SubnetId=subnet-0000000b"
+        b"&SecurityGroupId.1=sg-0000000c&TagSpecification.1.ResourceType=instance"
+        b"&TagSpecification.1.Tag.1.Key=deploy%3Aenv&TagSpecification.1.Tag.1.Value=lab"))
+    made = [f"arn:aws:ec2:eu-west-1:{iam.ACCOUNT}:{kind}/*"
+            for kind in ("instance", "volume", "network-interface")]
+    assert run.resources == ("arn:aws:ec2:eu-west-1::image/ami-0000000a",
+                             f"arn:aws:ec2:eu-west-1:{iam.ACCOUNT}:subnet/subnet-0000000b",
+                             f"arn:aws:ec2:eu-west-1:{iam.ACCOUNT}:security-group/sg-0000000c",
+                             *made)
+    assert run.context[made[0]] == {"aws:RequestTag/deploy:env": "lab"}
+    assert run.also == tuple(("ec2:CreateTags", arn, {"aws:RequestTag/deploy:env": "lab",
+                                                      "ec2:CreateAction": "RunInstances"})
+                             for arn in made)
     abort = iam.call(env(REQUEST_METHOD="DELETE", PATH_INFO="/artifacts-iam/releases/1.tar.gz",
                          QUERY_STRING="uploadId=7", HTTP_AUTHORIZATION=auth.format("s3")), b"")
     assert (abort.action, abort.resources) == ("s3:AbortMultipartUpload",
@@ -148,3 +172,47 @@ def test_the_environments_own_policy_is_what_the_lab_holds_the_tool_to(tmp_path)
 
     env = config.load(write_config(tmp_path)).environment("lab")
     assert control.spec_for(env)["policy"] == render.iam_policy(env)
+
+
+def _launch(clients, env_tag: str | None) -> str:
+    ec2 = clients.ec2("us-east-1")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "deploy:env", "Value": env_tag}]}]
+    return ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                             TagSpecifications=tags if env_tag else [],
+                             )["Instances"][0]["InstanceId"]
+
+
+def test_the_policy_lets_the_tool_touch_only_its_environments_resources(enforced_aws,
+                                                                        tmp_path):
+    """`invoke policy`'s EC2 writes are scoped by tag: the tool launches only what it tags
+    for its environment, and stops, tags or terminates only what carries that tag — an
+    instance of another environment, or one not tagged, is refused in EC2's words."""
+    from deploylib import config
+    from tests.conftest import write_config
+
+    deployer, admin, lab_dir = enforced_aws
+    env = config.load(write_config(tmp_path)).environment("lab")
+    (lab_dir / "iam-policy.json").write_text(render.iam_policy(env))
+    ours = _launch(deployer, "lab")
+    with pytest.raises(PermissionDenied, match="ec2:RunInstances on resource: arn:aws:ec2:"
+                       f"us-east-1:{iam.ACCOUNT}:instance/"):
+        with aws.calling("instances", "grant it"):
+            _launch(deployer, "prod")
+    theirs, untagged = _launch(admin, "prod"), _launch(admin, None)
+    ec2 = deployer.ec2("us-east-1")
+    for instance in (theirs, untagged):
+        for write in (lambda i: ec2.terminate_instances(InstanceIds=[i]),
+                      lambda i: ec2.create_tags(Resources=[i], Tags=[
+                          {"Key": "deploy:env", "Value": "lab"}])):
+            with pytest.raises(PermissionDenied) as refused:
+                with aws.calling(instance, "grant it"):
+                    write(instance)
+            assert refused.value.code == "UnauthorizedOperation"
+            assert f"instance/{instance}" in str(refused.value)
+    ec2.create_tags(Resources=[ours], Tags=[{"Key": "deploy:retiring", "Value": "x"}])
+    ec2.terminate_instances(InstanceIds=[ours])
+    states = {i["InstanceId"]: i["State"]["Name"] for r in admin.ec2("us-east-1")
+              .describe_instances()["Reservations"] for i in r["Instances"]}
+    assert states[ours] in ("shutting-down", "terminated")
+    assert states[theirs] == states[untagged] == "running"

@@ -13,11 +13,22 @@ Also as AWS does it: GetObject and HeadObject of a key that does not exist answe
 not 404, to a caller without s3:ListBucket on the bucket; a presigned URL past its
 expiry answers 403.
 
+EC2's requests name their resources as EC2 authorises them: the instances a
+Terminate/StopInstances names, the image a DeregisterImage names, the snapshot of a
+DeleteSnapshot, what a CreateTags tags, and for a RunInstances, CreateImage or
+CopyImage both what it uses (image, subnet, security groups, key pair, the source
+instance) and what it makes (`instance/*`, `volume/*`, `image/*`, `snapshot/*`...); tags
+given at creation are authorised as ec2:CreateTags on what is made, with ec2:CreateAction.
+Conditions are evaluated for the keys that scope the tool by tag: `aws:ResourceTag/K`
+(the tags the resource has now, in moto), `aws:RequestTag/K` (the tags the request
+gives), `ec2:CreateAction`, with StringEquals and StringLike (and their ForAnyValue /
+ForAllValues forms). Any other condition never holds for an Allow and always holds for a
+Deny: the lab refuses what it cannot prove allowed.
+
 moto's own IAM access control is not used: it holds every action outside S3 against
 the resource "*" (so a statement scoped to a parameter path or a table allows nothing),
-and cannot authorise a presigned URL. Not emulated: condition keys (a statement with a
-Condition never allows and always denies — the lab refuses what it cannot prove allowed),
-resource policies (bucket and key policies), signatures (moto does not check them).
+and cannot authorise a presigned URL. Not emulated: other condition keys, resource
+policies (bucket and key policies), signatures (moto does not check them).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import re
 import threading
 import time
 from calendar import timegm
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -56,6 +67,11 @@ class Call:
     action: str
     resources: tuple[str, ...]
     presigned_expired: bool = False
+    # condition keys per resource (aws:ResourceTag/…, aws:RequestTag/…, ec2:CreateAction)
+    context: dict[str, dict[str, str]] = field(default_factory=dict)
+    # what the request is authorised for besides its action: (action, resource, keys) —
+    # tags given at creation are an ec2:CreateTags on what is made
+    also: tuple[tuple[str, str, dict[str, str]], ...] = ()
 
 
 def scope(environ: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -108,6 +124,78 @@ def _named(service: str, region: str, params: dict[str, Any]) -> tuple[str, ...]
     return ("*",)
 
 
+_EC2_KINDS = {"i-": "instance", "ami-": "image", "snap-": "snapshot", "vol-": "volume",
+              "subnet-": "subnet", "sg-": "security-group", "eni-": "network-interface"}
+# What each creating action makes (its tags at creation are authorised on these).
+_EC2_MADE = {"RunInstances": ("instance", "volume", "network-interface"),
+             "CreateImage": ("image", "snapshot"), "CopyImage": ("image",)}
+
+
+def _ec2_arn(region: str, kind: str, name: str) -> str:
+    owner = "" if kind in ("image", "snapshot") else ACCOUNT  # images and snapshots: none
+    return f"arn:aws:ec2:{region}:{owner}:{kind}/{name}"
+
+
+def _numbered(form: dict[str, list[str]], name: str) -> list[str]:
+    """The values of NAME.1, NAME.2, … in a query request."""
+    found = [(int(k[len(name) + 1:]), v[0]) for k, v in form.items()
+             if k.startswith(name + ".") and k[len(name) + 1:].isdigit()]
+    return [v for _, v in sorted(found)]
+
+
+def _given_tags(form: dict[str, list[str]]) -> dict[str, str]:
+    """The tags a request gives: TagSpecification.N.Tag.M (at creation), or Tag.N."""
+    tags = {}
+    for key, value in form.items():
+        found = re.fullmatch(r"(TagSpecification\.\d+\.)?Tag\.(\d+)\.Key", key)
+        if found:
+            tags[value[0]] = (form.get(key[:-3] + "Value") or [""])[0]
+    return tags
+
+
+def _tags_now(region: str, resource_id: str) -> dict[str, str]:
+    from moto.ec2.models import ec2_backends
+
+    return dict(ec2_backends[ACCOUNT][region].tags.get(resource_id, {}))
+
+
+def _ec2(region: str, action: str, form: dict[str, list[str]]
+         ) -> tuple[tuple[str, ...], dict[str, dict[str, str]], tuple]:
+    """(resources, their condition keys, what else is authorised) of an EC2 request."""
+    given = {f"aws:RequestTag/{k}": v for k, v in _given_tags(form).items()}
+    used = []
+    if action in ("TerminateInstances", "StopInstances"):
+        used = _numbered(form, "InstanceId")
+    elif action == "DeregisterImage" or action == "RunInstances":
+        used = (form.get("ImageId") or [])[:1]
+    elif action == "DeleteSnapshot":
+        used = (form.get("SnapshotId") or [])[:1]
+    elif action == "CreateTags":
+        used = _numbered(form, "ResourceId")
+    elif action == "CreateImage":
+        used = (form.get("InstanceId") or [])[:1]
+    if action == "RunInstances":
+        used += (form.get("SubnetId") or [])[:1] + _numbered(form, "SecurityGroupId")
+    if not used and action not in _EC2_MADE:
+        return ("*",), {}, ()
+    context: dict[str, dict[str, str]] = {}
+    for name in used:
+        kind = next((k for p, k in _EC2_KINDS.items() if name.startswith(p)), None)
+        if kind is None:
+            continue
+        arn = _ec2_arn(region, kind, name)
+        context[arn] = {**given, **{f"aws:ResourceTag/{k}": v
+                                    for k, v in _tags_now(region, name).items()}}
+    if action == "RunInstances" and form.get("KeyName"):
+        context[_ec2_arn(region, "key-pair", form["KeyName"][0])] = dict(given)
+    made = [_ec2_arn(region, kind, "*") for kind in _EC2_MADE.get(action, ())]
+    for arn in made:
+        context[arn] = dict(given)
+    also = tuple(("ec2:CreateTags", arn, {**given, "ec2:CreateAction": action})
+                 for arn in made) if given and made else ()
+    return tuple(context), context, also
+
+
 def call(environ: dict[str, Any], body: bytes) -> Call | None:
     """The request as IAM sees it, or None when it is unsigned."""
     signed = scope(environ)
@@ -131,7 +219,11 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
     else:
         form = parse_qs(body.decode("utf-8", "replace")) if body else {}
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        action = f"{service}:{(form.get('Action') or query.get('Action') or [''])[0]}"
+        name = (form.get("Action") or query.get("Action") or [""])[0]
+        action = f"{service}:{name}"
+        if service == "ec2":
+            resources, context, also = _ec2(region, name, {**query, **form})
+            return Call(key_id, region, action, resources, False, context, also)
         resources = ("*",)
     return Call(key_id, region, action, resources, expired)
 
@@ -156,17 +248,45 @@ def _applies(statement: dict[str, Any], action: str, resource: str) -> bool:
     return acts and _matches(statement.get("Resource", []), resource, fold=False)
 
 
-def allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
-    """Whether an identity policy allows one action on one resource."""
+_OPERATORS = {"StringEquals": lambda want, have: want == have,
+              "StringLike": lambda want, have: fnmatchcase(have, want.replace("[", "[[]"))}
+
+
+def holds(condition: dict[str, Any], keys: dict[str, str]) -> bool | None:
+    """Whether a statement's Condition holds for the request's keys (every operator,
+    every key in it; any of a key's values); None when it uses an operator or key the
+    lab cannot evaluate."""
+    lowered = {k.lower(): v for k, v in keys.items()}
+    for operator, tests in condition.items():
+        test = _OPERATORS.get(operator.split(":")[-1])
+        if test is None or not isinstance(tests, dict):
+            return None
+        for key, wanted in tests.items():
+            name = key.lower()
+            if not name.startswith(("aws:resourcetag/", "aws:requesttag/",
+                                    "ec2:createaction")):
+                return None
+            have = lowered.get(name)
+            values = [wanted] if isinstance(wanted, str) else list(wanted)
+            if have is None or not any(test(str(v), have) for v in values):
+                return False
+    return True
+
+
+def allowed(policy: dict[str, Any], action: str, resource: str,
+            keys: dict[str, str] | None = None) -> bool:
+    """Whether an identity policy allows one action on one resource, given the
+    request's condition keys."""
     statements = policy.get("Statement", [])
     statements = [statements] if isinstance(statements, dict) else statements
     allow = False
     for statement in statements:
         if not _applies(statement, action, resource):
             continue
-        if statement.get("Effect") == "Deny":
-            return False  # explicit deny wins, conditions or not
-        if statement.get("Effect") == "Allow" and "Condition" not in statement:
+        met = holds(statement["Condition"], keys or {}) if "Condition" in statement else True
+        if statement.get("Effect") == "Deny" and met is not False:
+            return False  # explicit deny wins (one the lab cannot evaluate too)
+        if statement.get("Effect") == "Allow" and met is True:
             allow = True
     return allow
 
@@ -219,9 +339,10 @@ class Enforcer:
             return None
         if request.action.startswith("s3:") and not _bucket_exists(request.resources[0]):
             return None  # S3 tells anyone a bucket is not there: moto answers NoSuchBucket
-        for resource in request.resources:
-            if not allowed(policy, request.action, resource):
-                return "AccessDenied", denial(request.action, resource)
+        checks = [(request.action, r, request.context.get(r, {})) for r in request.resources]
+        for action, resource, keys in [*checks, *request.also]:
+            if not allowed(policy, action, resource, keys):
+                return "AccessDenied", denial(action, resource)
         return None
 
     def hides_missing_keys(self, request: Call | None) -> bool:
