@@ -93,6 +93,18 @@ def host(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.parametrize("quote", ["", '"'])
+def test_the_apps_environment_file_is_read_as_data_never_run_as_root(host, quote):
+    """/etc/app.env is the app's: the install script (root) takes the address from it and
+    runs none of it."""
+    marker = host.root / "ran-as-root"
+    (host.root / "etc/app.env").write_text(
+        f"touch {marker}\nAPP_HOST={quote}{host.address}{quote}\n$(touch {marker})\n")
+    out = host.install("1.0.0")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert host.serving() == "1.0.0" and not marker.exists()
+
+
 def test_provision_records_packages_and_enables_the_unit(host):
     assert (host.root / "var/lib/lab/packages").read_text().split() == ["curl", "python3"]
     unit = (host.root / "etc/systemd/system/app.service").read_text()
