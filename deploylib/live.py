@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+    model_validator,
+)
 
 from deploylib import aws
 from deploylib.config import Environment
@@ -55,6 +62,8 @@ class Record(BaseModel):
     run_id: RunId
     recorded_at: str = ""
     previous: Previous | None = None
+    # the token of the lock's take the record was written under (deploylib.lock)
+    fence: NonNegativeInt | None = None
 
 
 def record(clients: aws.AwsClients, env: Environment) -> dict[str, Any] | None:

@@ -80,7 +80,12 @@ def credentials(env: Environment, clients: aws.AwsClients, mode: str | None,
 
 def bucket(env: Environment, clients: aws.AwsClients) -> str:
     aws.s3.check_bucket(clients.s3(), env.artifact_bucket)
-    return f"s3://{env.artifact_bucket} reachable"
+    if aws.s3.versioned(clients.s3(), env.artifact_bucket):
+        return f"s3://{env.artifact_bucket} reachable, versioned"
+    # Not a failure: releases are still never overwritten by the tool, and a rollback
+    # refuses one overwritten by anyone else; with versions it would fetch the original.
+    return (f"s3://{env.artifact_bucket} reachable, NOT versioned (turn versioning on: a "
+            "rollback then fetches the very version published; docs/operator-guide.md)")
 
 
 def lock_table(env: Environment, clients: aws.AwsClients) -> str:

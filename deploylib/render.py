@@ -145,18 +145,29 @@ def serving_script(*, app_root: str, service: str) -> str:
 def iam_policy(env: Any) -> str:
     """templates/iam-policy.json for one environment: its artifact bucket, its lock table
     and its name (what its resources are tagged `deploy:env` with: EC2's writes are
-    scoped to them) in place of the placeholders (each checked by the config's schema),
-    and — when its volumes are encrypted with keys of its own (`kms_keys`) — the use of
-    those keys as EBS needs it (templates/iam-policy-kms.json: EC2 asks KMS on the
-    caller's behalf when it launches, images and copies)."""
+    scoped to them) in place of the placeholders (each checked by the config's schema);
+    its target groups, one per region, as the only ones it may register hosts in; and —
+    when its volumes are encrypted with keys of its own (`kms_keys`) — the use of those
+    keys as EBS needs it (templates/iam-policy-kms.json: EC2 asks KMS on the caller's
+    behalf when it launches, images and copies)."""
     text = (TEMPLATES / "iam-policy.json").read_text()
     text = text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace(
         "LOCK_TABLE", env.lock_table).replace("ENV_NAME", env.name)
-    if not env.kms_keys:
-        return text
     policy = json.loads(text)
+    groups = []
+    for region in env.all_regions:
+        group = env.network(region)[2]
+        # A name is the group's in that region whatever its id; an ARN is used as given.
+        arn = group if group.startswith("arn:") else \
+            f"arn:aws:elasticloadbalancing:{region}:*:targetgroup/{group}/*"
+        if arn not in groups:
+            groups.append(arn)
+    for statement in policy["Statement"]:
+        if statement.get("Resource") == "TARGET_GROUPS":
+            statement["Resource"] = groups
     for statement in json.loads((TEMPLATES / "iam-policy-kms.json").read_text())["Statement"]:
-        policy["Statement"].append({**statement, "Resource": list(env.kms_keys)})
+        if env.kms_keys:
+            policy["Statement"].append({**statement, "Resource": list(env.kms_keys)})
     return json.dumps(policy, indent=2) + "\n"
 
 

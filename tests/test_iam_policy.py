@@ -95,6 +95,11 @@ def test_the_policy_for_an_environment_names_its_bucket_and_lock_table(tmp_path)
     assert resources["ArtifactStore"] == "arn:aws:s3:::team-artifacts/releases/*"
     assert resources["ArtifactStoreList"] == "arn:aws:s3:::team-artifacts"
     assert resources["DeployLock"] == "arn:aws:dynamodb:*:*:table/team-locks"
+    assert resources["TargetGroups"] == [
+        f"arn:aws:elasticloadbalancing:{r}:*:targetgroup/{env.network(r)[2]}/*"
+        for r in env.all_regions]
+    assert all(s["Condition"] == {"StringEquals": {"aws:ResourceTag/deploy:env": "lab"}}
+               for s in policy["Statement"] if s["Sid"] == "OnlyTheEnvironmentsOwn")
 
 
 def test_keys_of_its_own_are_granted_as_ebs_uses_them_and_only_then(tmp_path):

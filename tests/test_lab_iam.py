@@ -216,3 +216,28 @@ def test_the_policy_lets_the_tool_touch_only_its_environments_resources(enforced
               .describe_instances()["Reservations"] for i in r["Instances"]}
     assert states[ours] in ("shutting-down", "terminated")
     assert states[theirs] == states[untagged] == "running"
+
+
+def test_the_tool_registers_hosts_only_in_its_environments_target_groups(enforced_aws,
+                                                                         tmp_path):
+    from deploylib import config
+    from tests.conftest import write_config
+
+    deployer, admin, lab_dir = enforced_aws
+    env = config.load(write_config(tmp_path)).environment("lab")
+    (lab_dir / "iam-policy.json").write_text(render.iam_policy(env))
+    vpc = admin.ec2("us-east-1").describe_vpcs()["Vpcs"][0]["VpcId"]
+    elb = admin.elbv2("us-east-1")
+    ours, theirs = (elb.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc)[
+        "TargetGroups"][0]["TargetGroupArn"] for name in (env.network("us-east-1")[2],
+                                                          "another-team-web"))
+    host = _launch(deployer, "lab")
+    deployer.elbv2("us-east-1").register_targets(TargetGroupArn=ours,
+                                                 Targets=[{"Id": host}])
+    with pytest.raises(PermissionDenied, match="elasticloadbalancing:RegisterTargets on "
+                       f"resource: {theirs}"):
+        with aws.calling("target group", "grant it"):
+            deployer.elbv2("us-east-1").register_targets(TargetGroupArn=theirs,
+                                                         Targets=[{"Id": host}])
+    assert elb.describe_target_health(TargetGroupArn=theirs)["TargetHealthDescriptions"] == []
+

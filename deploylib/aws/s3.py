@@ -66,6 +66,13 @@ def check_bucket(s3: Any, bucket: str) -> None:
         raise
 
 
+def versioned(s3: Any, bucket: str) -> bool:
+    """Whether the bucket keeps every version of its objects (s3:GetBucketVersioning)."""
+    with calling(f"s3://{bucket}", "grant s3:GetBucketVersioning on the bucket (`invoke "
+                 "policy` prints the whole policy)"):
+        return s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+
+
 class AlreadyThere(CloudError):
     """Something was published under the key since it was looked at (the upload is
     conditional: it never overwrites)."""

@@ -22,7 +22,8 @@ given at creation are authorised as ec2:CreateTags on what is made, with ec2:Cre
 Conditions are evaluated for the keys that scope the tool by tag: `aws:ResourceTag/K`
 (the tags the resource has now, in moto), `aws:RequestTag/K` (the tags the request
 gives), `ec2:CreateAction`, with StringEquals and StringLike (and their ForAnyValue /
-ForAllValues forms). Any other condition never holds for an Allow and always holds for a
+ForAllValues forms). A target group's RegisterTargets and DeregisterTargets name the
+group. Any other condition never holds for an Allow and always holds for a
 Deny: the lab refuses what it cannot prove allowed.
 
 moto's own IAM access control is not used: it holds every action outside S3 against
@@ -224,7 +225,10 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
         if service == "ec2":
             resources, context, also = _ec2(region, name, {**query, **form})
             return Call(key_id, region, action, resources, False, context, also)
-        resources = ("*",)
+        group = (form.get("TargetGroupArn") or [""])[0]
+        # ELB authorises a target group's writes on the group; its Describe calls on "*".
+        resources = (group,) if service == "elasticloadbalancing" and group and \
+            name in ("RegisterTargets", "DeregisterTargets") else ("*",)
     return Call(key_id, region, action, resources, expired)
 
 

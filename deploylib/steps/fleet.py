@@ -137,6 +137,8 @@ def record(ctx: Context) -> None:
         "release": rel.version, "sha256": rel.sha256, "version_id": rel.version_id,
         "images": images, "procedure": ctx.state.mode, "run_id": ctx.state.run_id,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # which take of the lock wrote it (the write itself asserted that take first)
+        "fence": ctx.facts.lock_fence,
         "previous": {k: previous[k] for k in ("release", "sha256", "version_id", "images",
                                               "procedure", "run_id")
                      if previous.get(k) is not None} if previous else None,

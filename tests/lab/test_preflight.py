@@ -159,6 +159,18 @@ def test_preflight_of_the_lab_as_it_is_passes_every_check(lab):
     assert names[:4] == ["credentials", "artifact bucket", "lock table", "base image"]
     assert names[4:] == [f"{check} in {r}" for r in lab.env.all_regions
                          for check in ("network", "volume key")]
+    assert report["checks"][1]["detail"].endswith("reachable, versioned")
+
+
+def test_a_bucket_without_versions_passes_and_is_named_for_what_it_costs(lab):
+    s3, bucket = lab.clients().s3(), lab.env.artifact_bucket
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    try:
+        out = lab.cli("preflight --env lab").stdout
+    finally:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    line = next(ln for ln in out.splitlines() if "artifact bucket" in ln)
+    assert line.split()[0] == "ok" and "NOT versioned (turn versioning on" in line
 
 
 def test_a_customer_managed_volume_key_listed_and_granted_passes(lab, tmp_path):
