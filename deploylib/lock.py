@@ -247,6 +247,12 @@ class Lease:
             self.lost = exc
             raise
 
+    def check(self) -> None:
+        """LockHeld if the heartbeat (or a guard) found the lock gone; asks nothing of
+        AWS (a wait runs it between its looks)."""
+        if self.lost is not None:
+            raise self.lost
+
     def guard(self) -> None:
         """Before a write of the run: the lock is still this take's, or LockHeld (the
         write is not made). It renews the lease as it asserts it."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from deploylib import catalog, lock, regions, rollout
+from deploylib import catalog, lock, regions, rollout, waits
 from deploylib import plan as planning
 from deploylib.context import Context
 from deploylib.errors import LockHeld, error_line
@@ -37,11 +37,14 @@ def holding(ctx: Context, *, take: bool = True) -> Iterator[None]:
             state.facts.lock_fence = lease.fence  # the run's later processes carry it
             state.save()
         ctx.lease = lease
-        # Every write the run makes to AWS from here asserts the lock is still this take's.
+        # Every write the run makes to AWS from here asserts the lock is still this take's,
+        # and every wait ends once the heartbeat finds it gone.
         ctx.aws.guard = lease.guard
+        waits.between_looks(lease.check)
         try:
             yield
         finally:
+            waits.between_looks(None)
             ctx.aws.guard = None
             ctx.lease = None
 
@@ -154,12 +157,17 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
             if only is not None:
                 raise
             state.status = FAILED
-            if isinstance(exc, LockHeld):
-                # Another run holds the environment now: cleaning up under it could undo
-                # its work. What this run made stays until it is done.
+            # The lock lost (broken, or taken since), however the failure reached here: a
+            # region's or a host's LockHeld arrives inside the stage's own failure.
+            lost = ctx.lease.lost if ctx.lease is not None else None
+            if isinstance(exc, LockHeld) or lost is not None:
+                # Another run may hold the environment now: cleaning up under it could
+                # undo its work. What this run made stays until it is done.
                 state.save()
                 ctx.log(f"  the lock is another run's now: nothing is cleaned up; once that "
                         f"run is done, `invoke cleanup --run {state.run_id}`")
+                if lost is not None and not isinstance(exc, LockHeld):
+                    raise lost from exc
                 raise
             if keep_on_error:
                 state.facts.kept_on_error = True

@@ -20,10 +20,22 @@ T = TypeVar("T")
 _longest = 3.0
 
 
+# Called between two looks of every wait while set (runner.holding: the run's lease, which
+# raises once the run's lock was broken or taken): a wait of hours does not outlive it.
+_between: Callable[[], None] | None = None
+
+
 def pace(longest: float) -> None:
     """Set the longest pause between two looks, for every wait of this process."""
     global _longest
     _longest = longest
+
+
+def between_looks(fn: Callable[[], None] | None) -> None:
+    """Run `fn` between two looks of every wait of this process (None: nothing); what it
+    raises ends the wait."""
+    global _between
+    _between = fn
 
 
 def until(
@@ -51,6 +63,8 @@ def until(
         last = check()
         if last is not None and last is not False:
             return last
+        if _between is not None:
+            _between()
         remaining = deadline - clock()
         if remaining <= 0:
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}",

@@ -151,6 +151,28 @@ def test_a_run_whose_lock_was_taken_stops_and_cleans_nothing_up_under_the_other(
     assert holder(ctx) == "20261201T000000-0ther0"  # theirs, untouched
 
 
+def test_a_lock_lost_inside_a_stages_own_failure_stops_the_run_with_exit_3_uncleaned(ctx):
+    """A write in a region or on a host meets the broken lock inside the stage, whose own
+    failure (StepFailed naming the regions) is what reaches the engine: the run still
+    stops as one whose lock is gone — LockHeld, nothing cleaned up without the lock."""
+    from deploylib.errors import StepFailed
+
+    def broken_then_written(c):
+        lock.break_lock(c.aws.dynamodb(), c.env.lock_table, "lab")
+        try:
+            c.lease.guard()  # the write a region's thread would make
+        except LockHeld as exc:
+            raise StepFailed("t-make", {"us-east-1": exc}, kind="region") from None
+
+    SCRIPT.actions["t-make"] = broken_then_written
+    with pytest.raises(LockHeld, match="was broken") as stopped:
+        runner.execute(ctx, a_plan("t-make", "t-check"))
+    assert stopped.value.exit_code == 3
+    assert isinstance(stopped.value.__cause__, StepFailed)  # the stage's own, kept
+    assert SCRIPT.calls == ["t-make"] and ctx.facts.cleanup == {}
+    assert ctx.state.status == FAILED and holder(ctx) is None
+
+
 def test_a_stage_done_already_is_not_run_again(ctx):
     plan = a_plan("t-make", "t-check")
     runner.execute(ctx, plan)

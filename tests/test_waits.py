@@ -75,3 +75,24 @@ def test_the_longest_pause_follows_the_environments_poll_setting():
         waits.pace(3.0)
     assert max(clock.sleeps) == pytest.approx(0.2)
     assert len(clock.sleeps) > 10  # looked again every 0.2 s, not every 3 s
+
+
+def test_what_runs_between_looks_can_end_a_wait():
+    """The run's lease ends every wait of the process once its lock is gone."""
+    from deploylib.errors import LockHeld
+
+    looks = []
+
+    def gone() -> None:
+        if len(looks) >= 2:
+            raise LockHeld("the lock was broken", resource="lock", fix="resume")
+
+    waits.between_looks(gone)
+    try:
+        with pytest.raises(LockHeld, match="broken"):
+            waits.until(lambda: looks.append(1), timeout=60, what="x", resource="r", fix="",
+                        sleep=lambda _: None)
+    finally:
+        waits.between_looks(None)
+    assert len(looks) == 2
+

@@ -69,9 +69,9 @@ def test_a_live_lock_of_a_dead_run_is_broken_by_the_operator(lab):
 def test_a_run_waiting_longer_than_lock_ttl_keeps_its_lock_until_it_is_broken(lab):
     """The first run is held in its image wait (the image it makes kept pending)
     longer than `lock_ttl`: its heartbeat keeps the lock, so a second deploy is refused
-    throughout (exit 3). Broken by the operator, the lock stops the first run before its
-    next write: no candidate is launched, nothing is cleaned up without the lock, and a
-    cleanup under the lock afterwards leaves nothing."""
+    throughout (exit 3). Broken by the operator, the lock stops the first run — in its
+    wait, before its next write: no candidate is launched, nothing is cleaned up without
+    the lock, and a cleanup under the lock afterwards leaves nothing."""
     ttl = 30
     short = Cli(config=write_config(lab.config_path.parent, name="short-ttl.toml",
                                     lock_ttl=ttl), lab_dir=lab.cli.lab_dir)
@@ -95,11 +95,13 @@ def test_a_run_waiting_longer_than_lock_ttl_keeps_its_lock_until_it_is_broken(la
     assert held["expires_at"] > taken["acquired_at"] + ttl  # the heartbeat renewed it
     assert first.poll() is None and refusals >= 2
     assert "lock of run " + run_id in short("lock.break --env lab").stdout
-    clear_faults(lab)  # the images land; the run's next write would launch candidates
+    # The image is still pending: the run's heartbeat finds the lock gone and its wait
+    # ends there, rather than when the image lands.
     done = ended(first)
     assert done.returncode == 3, done.stderr[-2000:]
     assert "lock on lab was broken" in done.stderr
     assert "nothing is cleaned up" in done.stderr
+    clear_faults(lab)
     state = state_of(lab, run_id)
     assert state["status"] == "failed" and state["facts"]["candidates"] == {}
     assert not [k for k in state["stages"] if k.endswith("launch-candidates")]
