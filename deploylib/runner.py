@@ -154,12 +154,14 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
             for stage in stages:
                 run_stage(ctx, stage)
         except BaseException as exc:
-            if only is not None:
-                raise
-            state.status = FAILED
             # The lock lost (broken, or taken since), however the failure reached here: a
             # region's or a host's LockHeld arrives inside the stage's own failure.
             lost = ctx.lease.lost if ctx.lease is not None else None
+            if only is not None:
+                if lost is not None and not isinstance(exc, LockHeld):
+                    raise lost from exc  # exit 3: what stopped the stage is the lock
+                raise
+            state.status = FAILED
             if isinstance(exc, LockHeld) or lost is not None:
                 # Another run may hold the environment now: cleaning up under it could
                 # undo its work. What this run made stays until it is done.

@@ -173,6 +173,22 @@ def test_a_lock_lost_inside_a_stages_own_failure_stops_the_run_with_exit_3_uncle
     assert ctx.state.status == FAILED and holder(ctx) is None
 
 
+def test_a_jenkins_stage_that_loses_the_lock_inside_its_failure_exits_3_too(ctx):
+    from deploylib.errors import StepFailed
+
+    def broken_then_written(c):
+        lock.break_lock(c.aws.dynamodb(), c.env.lock_table, "lab")
+        try:
+            c.lease.guard()
+        except LockHeld as exc:
+            raise StepFailed("t-make", {"i-0123456789abcdef0": exc}) from None
+
+    lock.acquire(ctx.aws.dynamodb(), ctx.env.lock_table, "lab", ctx.state.run_id, ttl=600)
+    SCRIPT.actions["t-make"] = broken_then_written
+    with pytest.raises(LockHeld, match="was broken"):
+        runner.execute(ctx, a_plan("t-make", "t-check"), only="t-make")
+
+
 def test_a_stage_done_already_is_not_run_again(ctx):
     plan = a_plan("t-make", "t-check")
     runner.execute(ctx, plan)
