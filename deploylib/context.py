@@ -215,7 +215,7 @@ class Context:
         """Run fn on the stage's hosts (or the given ones) at once; raise StepFailed
         naming every host that failed."""
         if self.lease is not None:
-            self.lease.guard()  # what runs on hosts is the run's too: only under its lock
+            self.lease.renew()  # what runs on hosts is the run's too: only under its lock
         results = parallel.each(self.targets() if instances is None else instances, fn,
                                 key=lambda i: i.instance_id)
         results.raise_for(stage, fix=fix)

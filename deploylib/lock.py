@@ -13,7 +13,7 @@ outlives any ttl), so a run never expires while it is alive, and released on the
 out once the run has ended (done, or failed and cleaned up) — whatever way it leaves.
 
 Each renewal is conditional on the run *and its token*, and so is every write the run
-makes to AWS (the lease's `guard`, run by the clients before each call that changes
+makes to AWS (the lease's renewal, run by the clients before each call that changes
 something): a lock broken, or taken by anyone — another run, or this run's own resume —
 stops the holder it was taken from at its next write. Releasing and breaking are
 conditional the same way. A second deploy to the same environment therefore fails at
@@ -224,7 +224,7 @@ class Lease:
                  fence: int | None = None):
         self.ddb, self.table, self.env, self.run_id, self.ttl = ddb, table, env, run_id, ttl
         self.fence = fence
-        self.lost: LockHeld | None = None  # the heartbeat or a guard found it gone
+        self.lost: LockHeld | None = None  # a renewal (heartbeat, stage or write) found it gone
         self._stop = threading.Event()
 
     def take(self) -> int:
@@ -237,9 +237,10 @@ class Lease:
 
     def renew(self) -> None:
         """Hold it longer, as long as it is still this take's: a run whose lock was
-        broken, or taken since, must stop (and stays stopped: it is never taken back)."""
-        if self.lost is not None:
-            raise self.lost
+        broken, or taken since, must stop (and stays stopped: it is never taken back).
+        Every stage, the heartbeat and every write of the run (AwsClients.guard) renew
+        it: a write is made only once this has passed."""
+        self.check()
         try:
             extend(self.ddb, self.table, self.env, self.run_id, ttl=self.ttl,
                    fence=self.fence)
@@ -248,15 +249,10 @@ class Lease:
             raise
 
     def check(self) -> None:
-        """LockHeld if the heartbeat (or a guard) found the lock gone; asks nothing of
+        """LockHeld if a renewal found the lock gone; asks nothing of
         AWS (a wait runs it between its looks)."""
         if self.lost is not None:
             raise self.lost
-
-    def guard(self) -> None:
-        """Before a write of the run: the lock is still this take's, or LockHeld (the
-        write is not made). It renews the lease as it asserts it."""
-        self.renew()
 
     def release(self) -> bool:
         return release(self.ddb, self.table, self.env, self.run_id, self.fence)

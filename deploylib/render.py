@@ -165,9 +165,9 @@ def iam_policy(env: Any) -> str:
     for statement in policy["Statement"]:
         if statement.get("Resource") == "TARGET_GROUPS":
             statement["Resource"] = groups
-    for statement in json.loads((TEMPLATES / "iam-policy-kms.json").read_text())["Statement"]:
-        if env.kms_keys:
-            policy["Statement"].append({**statement, "Resource": list(env.kms_keys)})
+    if env.kms_keys:
+        kms = json.loads((TEMPLATES / "iam-policy-kms.json").read_text())["Statement"]
+        policy["Statement"] += [{**s, "Resource": list(env.kms_keys)} for s in kms]
     return json.dumps(policy, indent=2) + "\n"
 
 

@@ -39,7 +39,7 @@ def holding(ctx: Context, *, take: bool = True) -> Iterator[None]:
         ctx.lease = lease
         # Every write the run makes to AWS from here asserts the lock is still this take's,
         # and every wait ends once the heartbeat finds it gone.
-        ctx.aws.guard = lease.guard
+        ctx.aws.guard = lease.renew
         waits.between_looks(lease.check)
         try:
             yield
@@ -156,32 +156,37 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
         except BaseException as exc:
             # The lock lost (broken, or taken since), however the failure reached here: a
             # region's or a host's LockHeld arrives inside the stage's own failure.
-            lost = ctx.lease.lost if ctx.lease is not None else None
-            if only is not None:
-                if lost is not None and not isinstance(exc, LockHeld):
-                    raise lost from exc  # exit 3: what stopped the stage is the lock
-                raise
-            state.status = FAILED
-            if isinstance(exc, LockHeld) or lost is not None:
-                # Another run may hold the environment now: cleaning up under it could
-                # undo its work. What this run made stays until it is done.
-                state.save()
-                ctx.log(f"  the lock is another run's now: nothing is cleaned up; once that "
-                        f"run is done, `invoke cleanup --run {state.run_id}`")
-                if lost is not None and not isinstance(exc, LockHeld):
-                    raise lost from exc
-                raise
-            if keep_on_error:
-                state.facts.kept_on_error = True
-                ctx.log("  --keep-on-error: what the run made is left as it is; "
-                        f"`invoke cleanup --run {state.run_id}` removes it")
-            state.save()
-            if not keep_on_error:
-                clean_up(ctx, plan)
+            lost = exc if isinstance(exc, LockHeld) else \
+                ctx.lease.lost if ctx.lease is not None else None
+            if only is None:
+                _failed(ctx, plan, lock_lost=lost is not None, keep_on_error=keep_on_error)
+            if lost is not None and lost is not exc:
+                raise lost from exc  # exit 3: what stopped the run is the lock
             raise
         if all(state.is_done(s.name) for s in plan.stages):
             state.status = DONE
             state.save()
+
+
+def _failed(ctx: Context, plan: planning.Plan, *, lock_lost: bool,
+            keep_on_error: bool) -> None:
+    """A whole run failed: mark it so, and remove what it made and never made live —
+    unless it no longer holds the lock (another run may hold the environment now, and
+    cleaning up under it could undo its work) or `keep_on_error`."""
+    state = ctx.state
+    state.status = FAILED
+    if lock_lost:
+        state.save()
+        ctx.log(f"  the lock is another run's now: nothing is cleaned up; once that "
+                f"run is done, `invoke cleanup --run {state.run_id}`")
+        return
+    if keep_on_error:
+        state.facts.kept_on_error = True
+        ctx.log("  --keep-on-error: what the run made is left as it is; "
+                f"`invoke cleanup --run {state.run_id}` removes it")
+    state.save()
+    if not keep_on_error:
+        clean_up(ctx, plan)
 
 
 def discard(ctx: Context, plan: planning.Plan) -> None:

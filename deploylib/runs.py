@@ -188,20 +188,23 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
     if not planned.hands_off:
         raise InputError(f"a {mode} run has no bake phase to hand off",
                          fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
+    # The same workspace as the bake (or a replayed build): that state is continued —
+    # checked before the lock is taken, so a handoff refused leaves nothing held.
+    here = None
+    if (Path(env.state_dir) / f"{run_id}.json").exists():
+        here = RunState.load(env.state_dir, run_id)
+        if (here.mode, here.version) != (mode, version):
+            raise InputError(f"run {run_id} exists here as {here.mode} {here.version}",
+                             fix="pass the HANDOFF of that run, or use a fresh workspace")
     # The release phase holds the environment as the bake did: its lock, for its run id
     # (the bake's own, or free again; another run's is refused here, exit 3).
     clients = clients or environment_clients(env)
     fence = lock.acquire(clients.dynamodb(), env.lock_table, env.name, run_id,
                          ttl=env.lock_ttl)["fence"]
-    if (Path(env.state_dir) / f"{run_id}.json").exists():
-        # The same workspace as the bake (or a replayed build): continue that state.
-        state = RunState.load(env.state_dir, run_id)
-        if (state.mode, state.version) != (mode, version):
-            raise InputError(f"run {run_id} exists here as {state.mode} {state.version}",
-                             fix="pass the HANDOFF of that run, or use a fresh workspace")
-        state.facts.lock_fence = fence
-        state.save()
-        return state
+    if here is not None:
+        here.facts.lock_fence = fence
+        here.save()
+        return here
     state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
                             artifact="", run_id=run_id)
     state.facts.lock_fence = fence

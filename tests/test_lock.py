@@ -213,7 +213,7 @@ def test_a_broken_lock_stops_the_runs_next_write_before_it_reaches_aws(table, aw
                                     Overwrite=True)
     with lock.held(ddb, name, "prod", "run-a", ttl=600, ended=lambda: True,
                    say=print) as lease:
-        aws_clients.guard = lease.guard
+        aws_clients.guard = lease.renew
         try:
             aws_clients.ssm().put_parameter(Name="/fence/probe", Value="held", Type="String",
                                             Overwrite=True)

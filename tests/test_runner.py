@@ -160,7 +160,7 @@ def test_a_lock_lost_inside_a_stages_own_failure_stops_the_run_with_exit_3_uncle
     def broken_then_written(c):
         lock.break_lock(c.aws.dynamodb(), c.env.lock_table, "lab")
         try:
-            c.lease.guard()  # the write a region's thread would make
+            c.lease.renew()  # the write a region's thread would make
         except LockHeld as exc:
             raise StepFailed("t-make", {"us-east-1": exc}, kind="region") from None
 
@@ -179,7 +179,7 @@ def test_a_jenkins_stage_that_loses_the_lock_inside_its_failure_exits_3_too(ctx)
     def broken_then_written(c):
         lock.break_lock(c.aws.dynamodb(), c.env.lock_table, "lab")
         try:
-            c.lease.guard()
+            c.lease.renew()
         except LockHeld as exc:
             raise StepFailed("t-make", {"i-0123456789abcdef0": exc}) from None
 

@@ -79,6 +79,21 @@ def test_a_bad_handoff_is_refused(cfg, adopt, handoff):
     assert not list(Path(cfg.environment("lab").state_dir).glob("*.json"))
 
 
+def test_a_handoff_at_odds_with_its_run_here_is_refused_leaving_the_lock_free(
+        cfg, adopt, aws_clients):
+    """The workspace holds the bake's run as another release: refused in one line before
+    the lock is taken, so nothing is held for a run that never goes on."""
+    from deploylib import lock
+
+    env = cfg.environment("lab")
+    state = adopt(HANDOFF)
+    lock.release(aws_clients.dynamodb(), env.lock_table, "lab", state.run_id)
+    with pytest.raises(InputError, match="exists here as immutable 1.2.3"):
+        adopt({**HANDOFF, "version": "1.2.4", "release": {
+            **HANDOFF["release"], "version": "1.2.4", "key": "releases/lab/1.2.4.tar.gz"}})
+    assert lock.read(aws_clients.dynamodb(), env.lock_table, "lab") is None
+
+
 def test_start_refuses_bad_input_before_creating_anything(cfg, tmp_path):
     env = cfg.environment("lab")
     for kwargs in ({"mode": "nope", "version": "1"}, {"mode": "in-place", "version": "1 2"},

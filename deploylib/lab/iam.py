@@ -167,7 +167,7 @@ def _ec2(region: str, action: str, form: dict[str, list[str]]
     used = []
     if action in ("TerminateInstances", "StopInstances"):
         used = _numbered(form, "InstanceId")
-    elif action == "DeregisterImage" or action == "RunInstances":
+    elif action in ("DeregisterImage", "RunInstances"):
         used = (form.get("ImageId") or [])[:1]
     elif action == "DeleteSnapshot":
         used = (form.get("SnapshotId") or [])[:1]
