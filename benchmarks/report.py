@@ -18,12 +18,19 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+# The fan-out contenders in the order the tables show them (results.json keeps its keys
+# sorted: a benchmark read back from it would otherwise list ours last).
+CONTENDERS = ("ours", "ansible", "fabric", "floor")
+
+
 def _fanout_table(block: dict[str, list[dict[str, float]]]) -> list[str]:
     floor = med([r["wall"] for r in block["floor"]])
     fab_cpu = med([r["cpu"] for r in block["fabric"]])
     rows = ["| contender | wall (median) | × floor | controller CPU (median) | CPU × Fabric "
             "| runs |", "|---|---|---|---|---|---|"]
-    for name, runs in block.items():
+    order = [n for n in CONTENDERS if n in block] + [n for n in block if n not in CONTENDERS]
+    for name in order:
+        runs = block[name]
         wall, cpu = med([r["wall"] for r in runs]), med([r["cpu"] for r in runs])
         rows.append(f"| {name} | {wall:.2f} s | {wall / floor:.2f} | {cpu:.2f} s | "
                     f"{cpu / fab_cpu:.2f} | {len(runs)} |")
