@@ -198,6 +198,15 @@ class Environment(Strict):
         description=(
             "In-place batch: a count (`2`) or a percentage (`\"25%\"`) of a region's live "
             "hosts."))
+    rollout: Literal["waves", "regions-in-turn"] = Field(default="waves",
+        description=(
+            "In-place: `waves`: a canary (the primary region's first batch), then batch i "
+            "of every region at once; `regions-in-turn`: every batch of a region, then the "
+            "next region."))
+    drain_quiet: float = Field(default=2.0, ge=0, le=300,
+        description=(
+            "Seconds a drained host must go without a connection from the load balancer "
+            "before it counts as idle (the deregistration delay is only the ceiling)."))
     max_failed_hosts: int = Field(default=0, ge=0, le=1000,
         description=(
             "In-place: hosts that may fail (restored, left out of the target group) before "

@@ -17,8 +17,11 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
     record = live.record(clients, env)
 
     def region_rows(region: str) -> list[dict[str, Any]]:
-        states = aws.elb.target_states(clients.elbv2(region), region,
-                                       live.target_group(clients, env, region))
+        # Deregistered targets are shown draining for the whole deregistration delay,
+        # long after they served their last request: they are not live.
+        states = {i: s for i, s in aws.elb.target_states(
+            clients.elbv2(region), region, live.target_group(clients, env, region)).items()
+            if s != "draining"}
         instances = aws.ec2.describe(clients.ec2(region), region, sorted(states),
                                      public=env.address == "public")
         baked = aws.ec2.image_tags(clients.ec2(region), region,

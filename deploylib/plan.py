@@ -372,3 +372,18 @@ def batches(hosts: Sequence[Any], size: int) -> list[list[Any]]:
     if size < 1:
         raise ValueError("batch size must be at least 1")
     return [list(hosts[i : i + size]) for i in range(0, len(hosts), size)]
+
+
+def waves(per_region: dict[str, list[list[Any]]], first: str) -> list[list[Any]]:
+    """In-place batches rolled across regions at once: a canary (the first batch of the
+    region `first`, alone), then wave i of every region's batches side by side — `first`'s
+    next batch beside each other region's batch i. No wave takes more of a region than one
+    of its own batches, and every region's batches keep their order."""
+    queues = {region: list(b) for region, b in per_region.items() if b}
+    out: list[list[Any]] = []
+    if queues.get(first):
+        out.append(list(queues[first].pop(0)))
+    while any(queues.values()):
+        out.append([h for region in per_region for h in
+                    (queues[region].pop(0) if queues.get(region) else [])])
+    return out

@@ -142,6 +142,13 @@ def serving_script(*, app_root: str, service: str) -> str:
     return render("serving.sh.j2", app_root=app_root, service=service)
 
 
+def idle_script(*, app_port: int, quiet: float, ceiling: float, poll: float = 0.1) -> str:
+    """Waits until nothing from the load balancer is in flight on the host (exit 0), up to
+    the deregistration delay (exit 8); exit 9 when it cannot tell (no `ss`)."""
+    return render("idle.sh.j2", app_port=app_port, quiet=f"{float(quiet):g}",
+                  ceiling=f"{float(ceiling):g}", poll=f"{float(poll):g}")
+
+
 def iam_policy(env: Any) -> str:
     """templates/iam-policy.json for one environment: its artifact bucket, its lock table
     and its name (what its resources are tagged `deploy:env` with: EC2's writes are

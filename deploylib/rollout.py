@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from deploylib.context import Context
+from deploylib.context import Context, by_region
 from deploylib.errors import StateError, StepFailed, error_line
 from deploylib.facts import HostRef
 from deploylib.plan import BATCH, Stage
@@ -51,8 +51,8 @@ def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bo
         for n, whole in enumerate(batches, start=1):
             batch = [h for h in whole if h.instance_id not in failed]
             if batch and not _done(ctx, group, n):
-                ctx.log(f"> batch {n}/{len(batches)}: "
-                        f"{', '.join(h.instance_id for h in batch)}")
+                ctx.log(f"> batch {n}/{len(batches)}: " + "; ".join(
+                    f"{region} {' '.join(ids)}" for region, ids in by_region(batch).items()))
             for stage in group.members:
                 if not batch:
                     break

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from deploylib import catalog, config
 from deploylib import plan as planning
@@ -216,3 +218,27 @@ def test_an_extra_stage_after_a_name_that_stands_twice_goes_after_each():
     assert names[names.index("wait-ssh") + 1] == "warm-cache"
     members = [s.name for s in p.stage("regions").members]
     assert members[members.index("wait-ssh") + 1] == "warm-cache"
+
+
+def test_waves_are_a_canary_then_every_regions_batch_i_side_by_side():
+    per_region = {"a": [["a1"], ["a2"], ["a3"]], "b": [["b1"], ["b2"]], "c": [["c1", "c2"]]}
+    assert planning.waves(per_region, "a") == [
+        ["a1"], ["a2", "b1", "c1", "c2"], ["a3", "b2"]]
+
+
+@given(st.dictionaries(st.sampled_from("abcd"), st.integers(0, 9), min_size=1),
+       st.integers(1, 4))
+def test_waves_take_no_more_of_a_region_than_one_batch_and_keep_every_host_once(sizes, size):
+    per_region = {r: planning.batches([f"{r}{i}" for i in range(n)], size)
+                  for r, n in sizes.items()}
+    first = sorted(sizes)[0]
+    rolled = planning.waves(per_region, first)
+    every = [host for batches in per_region.values() for batch in batches for host in batch]
+    assert sorted(h for w in rolled for h in w) == sorted(every)
+    for wave in rolled:
+        for region in sizes:
+            assert len([h for h in wave if h[0] == region]) <= size
+    if per_region[first]:
+        assert rolled[0] == per_region[first][0]  # the canary: alone, in the first region
+    for region, b in per_region.items():  # each region's batches keep their order
+        assert [h for w in rolled for h in w if h[0] == region] == [h for x in b for h in x]

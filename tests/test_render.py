@@ -46,7 +46,8 @@ class Host:
 
     def install(self, version: str, *, name: str | None = None, sha: str | None = None,
                 keep: int = 3, push: Path | None = None, health_check: str = "version",
-                restart: str = "systemctl restart app") -> subprocess.CompletedProcess:
+                restart: str = "systemctl restart app", health_timeout: int = 3
+                ) -> subprocess.CompletedProcess:
         if name is None:
             name, sha = self.artifact(version)
         script = render.install_script(
@@ -54,7 +55,7 @@ class Host:
             health_path="/health" if health_check == "version" else "/healthz",
             restart_command=restart, keep_releases=keep,
             url=None if push else f"{self.url}/{name}", pushed_path=str(push) if push else None,
-            health_timeout=3, service="app", health_check=health_check)
+            health_timeout=health_timeout, service="app", health_check=health_check)
         return self.bash(script)
 
     def runs_from(self) -> str:
@@ -196,6 +197,81 @@ def test_an_unhealthy_release_is_switched_back(host, tmp_path):
     assert out.returncode == 5, out.stdout + out.stderr
     assert "restored" in out.stderr
     assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+
+
+def _release(host, tmp_path, version: str, source: str) -> tuple[str, str]:
+    app = tmp_path / version
+    app.mkdir()
+    (app / "app.py").write_text(source)
+    path = release.build(app, version, host.files)
+    return path.name, release.sha256_file(path)
+
+
+def test_a_release_that_exits_at_start_is_given_up_on_at_once(host, tmp_path):
+    """The health wait ends when the service has exited, not at the health timeout (a
+    timeout the test sets long: were it waited out, the test would show it by taking it)."""
+    assert host.install("1.0.0").returncode == 0
+    name, sha = _release(host, tmp_path, "1.0.1", "raise SystemExit('cannot start')\n")
+    out = host.install("1.0.1", name=name, sha=sha, health_timeout=600)
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert "the service exited" in out.stderr and "restored" in out.stderr
+    assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+
+
+def test_a_release_that_runs_but_never_answers_is_waited_for(host, tmp_path):
+    assert host.install("1.0.0").returncode == 0
+    name, sha = _release(host, tmp_path, "1.0.1", "import time\ntime.sleep(600)\n")
+    out = host.install("1.0.1", name=name, sha=sha, health_timeout=2)
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert "the service exited" not in out.stderr  # it did not: the timeout ended it
+    assert "not healthy after restart" in out.stderr
+
+
+def _idle(host, quiet: float = 0.5, ceiling: float = 60) -> subprocess.CompletedProcess:
+    return host.bash(render.idle_script(app_port=8080, quiet=quiet, ceiling=ceiling))
+
+
+def test_a_host_with_nothing_in_flight_is_idle_after_the_quiet_period(host):
+    assert host.install("1.0.0").returncode == 0
+    # the host's own look at itself is not the balancer's traffic
+    host.bash(f"curl -fsS http://{host.address}:8080/health")
+    out = _idle(host)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("idle: nothing in flight for 0.5s")
+
+
+def test_a_long_request_holds_the_drain_open_until_it_is_answered(host):
+    """A request in flight from elsewhere (the balancer's side of loopback) keeps the host
+    busy: the watch ends only once the request has been answered."""
+    import http.client
+
+    assert host.install("1.0.0").returncode == 0
+    conn = http.client.HTTPConnection(host.address, 8080, timeout=30)
+    conn.request("GET", "/slow?seconds=2")  # sent: in flight before the watch starts
+    answered = threading.Event()
+
+    def answer() -> None:
+        assert b"after 2s" in conn.getresponse().read()
+        conn.close()
+        answered.set()
+
+    worker = threading.Thread(target=answer)
+    worker.start()
+    out = _idle(host)
+    answered_first = answered.is_set()  # when the watch ended
+    worker.join()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert answered_first  # the watch outlasted the request
+
+
+def test_a_request_still_in_flight_at_the_delay_is_said_and_the_drain_goes_on(host):
+    import socket
+
+    assert host.install("1.0.0").returncode == 0
+    with socket.create_connection((host.address, 8080)):  # open, never finished
+        out = _idle(host, quiet=0.2, ceiling=1)
+    assert out.returncode == 8, out.stdout + out.stderr
+    assert "1 connection(s) still open at the deregistration delay (1s)" in out.stdout
 
 
 def test_old_releases_are_pruned_but_never_the_previous_one(host):

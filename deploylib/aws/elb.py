@@ -102,6 +102,26 @@ def wait_drained(elbv2: Any, region: str, group_arn: str, instance_ids: list[str
                 "deregistration_delay or raise timeouts.drain")
 
 
+def deregistration_delay(elbv2: Any, region: str, group_arn: str) -> float:
+    """The target group's deregistration delay: how long a deregistered target is shown
+    draining, and the longest the balancer lets its requests run (ALB's default 300 s)."""
+    with calling(f"target group {group_arn} in {region}",
+                 "grant elasticloadbalancing:DescribeTargetGroupAttributes"):
+        attrs = elbv2.describe_target_group_attributes(TargetGroupArn=group_arn)["Attributes"]
+    value = {a["Key"]: a["Value"] for a in attrs}.get("deregistration_delay.timeout_seconds")
+    return float(value) if value not in (None, "") else 300.0
+
+
+def leave(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int
+          ) -> None:
+    """Deregister hosts; those already draining are on their way out (deregistering one
+    again is an error) and those not registered are left as they are."""
+    if instance_ids:
+        states = target_states(elbv2, region, group_arn)
+        deregister(elbv2, region, group_arn,
+                   [i for i in instance_ids if states.get(i) not in (None, "draining")], port)
+
+
 def put_in(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int, *,
            timeout: float) -> None:
     """Register hosts and wait until the balancer finds them healthy (routes to them)."""
@@ -114,9 +134,6 @@ def take_out(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], p
              timeout: float) -> None:
     """Deregister hosts and wait until their in-flight requests are done. Hosts already
     draining are left to finish (deregistering one again is an error)."""
-    if not instance_ids:
-        return
-    states = target_states(elbv2, region, group_arn)
-    deregister(elbv2, region, group_arn,
-               [i for i in instance_ids if states.get(i) not in (None, "draining")], port)
-    wait_drained(elbv2, region, group_arn, instance_ids, timeout)
+    if instance_ids:
+        leave(elbv2, region, group_arn, instance_ids, port)
+        wait_drained(elbv2, region, group_arn, instance_ids, timeout)

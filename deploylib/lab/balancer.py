@@ -1,11 +1,16 @@
 """The lab's load balancers: one HTTP proxy per target group, following its registrations.
 
-Like an ALB, a balancer health-checks every registered target (a target starts
-`initial`, turns `healthy` after HEALTHY_THRESHOLD good checks and `unhealthy` after
-UNHEALTHY_THRESHOLD bad ones), routes only to healthy targets (to all registered ones
-when none is healthy: fail open), and lets a deregistered target finish its in-flight
-requests (`draining`) before it is gone. The states it sees are what the lab's
-DescribeTargetHealth answers, so the tool's waits read the balancer's real view.
+As an Application Load Balancer does (its documentation is cited in the README, "The lab's
+load balancer"):
+- a newly registered target starts `initial` and is `healthy` after ONE passing check;
+  HealthyThresholdCount (`healthy_threshold`) is what an `unhealthy` target needs to be
+  healthy again; UNHEALTHY_THRESHOLD failed checks in a row make a target `unhealthy`;
+- it routes only to healthy targets (to all registered ones when none is: fail open);
+- a deregistered target gets no new request from that moment, finishes what it has in
+  flight, and is *shown* `draining` until the deregistration delay has passed even when
+  it was idle at once; then it is gone (DescribeTargetHealth asked for it: `unused`).
+The states it sees are what the lab's DescribeTargetHealth answers, so the tool's waits
+read the balancer's real view.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HEALTHY_THRESHOLD = 2
+HEALTHY_THRESHOLD = 2  # checks an unhealthy target must pass (ALB's HealthyThresholdCount)
 UNHEALTHY_THRESHOLD = 2
 CHECK_INTERVAL = 0.2  # lab time: a real ALB checks every 5-30 s
 CHECK_TIMEOUT = 1.0
@@ -81,8 +86,9 @@ class Balancer:
                     continue
                 if t.drain_until is None:
                     t.drain_until = now + self.deregistration_delay
-                # As on ALB: draining ends when no request is in flight, or at the delay.
-                if t.inflight == 0 or now >= t.drain_until:
+                # As on ALB: routing stopped at once and an idle target is done, but it
+                # is shown draining until the delay has passed (in flight or not).
+                if now >= t.drain_until:
                     del self.targets[iid]
 
     def check(self, pool: ThreadPoolExecutor) -> None:
@@ -93,7 +99,10 @@ class Balancer:
             for t, ok in zip(live, results, strict=True):
                 if ok:
                     t.good, t.bad = t.good + 1, 0
-                    if t.good >= self.healthy_threshold:
+                    # A new target is healthy after one passing check; an unhealthy one
+                    # after HealthyThresholdCount of them.
+                    needed = self.healthy_threshold if t.state == "unhealthy" else 1
+                    if t.good >= needed:
                         t.state = "healthy"
                 else:
                     t.good, t.bad = 0, t.bad + 1

@@ -37,6 +37,12 @@ _REASONS = {
 }
 
 
+def deregistration_delay(spec: dict[str, Any]) -> int:
+    """The target groups' deregistration delay: the profile's (AWS's default 300 s, scaled)
+    or the lab's own 5 s. The group's attribute and its balancer's timing are the same."""
+    return max(1, round((spec.get("profile") or {}).get("deregistration", 5)))
+
+
 def registrations(balancer: Balancer) -> dict[str, tuple[str, int]]:
     """The running instances registered in a balancer's target group, with addresses."""
     group = elbv2_backends[DEFAULT_ACCOUNT_ID][balancer.region].target_groups.get(
@@ -150,9 +156,10 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
     """Wrap moto's backend methods so the API's effects happen on lab hosts.
 
     A latency profile makes the cloud take AWS-like time, at the API: instances stay
-    `pending` (and their sshd down) for `launch` seconds, images stay `pending` for
-    `image` seconds and copies for `copy` seconds. The tool's own waits then meet the
-    delays as they would on AWS, so its overhead over them can be measured."""
+    `pending` (and their sshd down) for `launch` seconds, `stopping` for `stop` seconds,
+    images stay `pending` for `image` seconds and copies for `copy` seconds. The tool's
+    own waits then meet the delays as they would on AWS, so its overhead over them can be
+    measured."""
     profile = profile or {}
     fill_gaps(profile.get("settle", consistency.DEFAULT_WINDOW))
     run_instances = InstanceBackend.run_instances
@@ -191,8 +198,17 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
 
     def lab_stop_instances(self: Any, instance_ids: list[str]) -> Any:
         result = stop_instances(self, instance_ids)
+        delay = profile.get("stop", 0)
         for inst, _ in result:
-            farm.halt(inst.id)
+            farm.halt(inst.id)  # the host is down at once; AWS shows it stopping a while
+            if delay:
+                inst._state.name, inst._state.code = "stopping", 64
+
+                def stopped(inst: Any = inst) -> None:
+                    if inst._state.name == "stopping":
+                        inst._state.name, inst._state.code = "stopped", 80
+
+                _later(delay, stopped)
         return result
 
     def lab_terminate_instances(self: Any, instance_ids: list[str]) -> Any:
@@ -312,7 +328,8 @@ def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
         # Sticky sessions, as most web fleets run: a client stays on its target until that
         # target drains, so during a deploy it sees the old release, then the new one.
         elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
-            {"Key": "deregistration_delay.timeout_seconds", "Value": "5"},
+            {"Key": "deregistration_delay.timeout_seconds",
+             "Value": str(deregistration_delay(spec))},
             {"Key": "stickiness.enabled", "Value": "true"},
             {"Key": "stickiness.type", "Value": "lb_cookie"}])
         # The load balancer in front of it, serving the subnet's zone (the lab's own

@@ -69,7 +69,7 @@ def main() -> None:
     for region, arn in groups.items():
         balancers.add(lb.Balancer(region=region, group_arn=arn,
                                   health_path=spec["health_path"],
-                                  deregistration_delay=profile.get("deregistration", 5.0),
+                                  deregistration_delay=cloud.deregistration_delay(spec),
                                   interval=profile.get("health_interval", lb.CHECK_INTERVAL),
                                   healthy_threshold=int(profile.get("healthy_threshold",
                                                                     lb.HEALTHY_THRESHOLD))))

@@ -8,6 +8,7 @@ from deploylib import aws
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError
+from deploylib.steps import traffic
 from deploylib.steps.bake import image_name
 
 
@@ -57,8 +58,7 @@ def demote(ctx: Context) -> None:
                              "finishes the release, or `invoke rollback`")
         aws.elb.put_in(elb, region, group, old, env.app_port,
                        timeout=ctx.timeout("healthy", 300))
-        aws.elb.take_out(elb, region, group, candidates.get(region, []), env.app_port,
-                         timeout=ctx.timeout("drain", 600))
+        traffic.take_out(ctx, "demote", {region: candidates.get(region, [])})
         del promoted[region]  # the region is back as it was: nothing promoted there
         return old
 

@@ -9,6 +9,7 @@ from deploylib import aws, parallel, smoke
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
+from deploylib.steps import traffic
 from deploylib.steps.bake import network
 
 
@@ -150,15 +151,15 @@ def record(ctx: Context) -> None:
 
 @step("retire")
 def retire(ctx: Context) -> None:
-    """Once the release is recorded: let the replaced hosts finish draining, then
-    terminate them."""
+    """Once the release is recorded: let the replaced hosts finish what they have in
+    flight, then terminate them."""
     promoted = ctx.facts.promoted
     retired = ctx.facts.retired
 
     def one(region: str) -> list[str]:
         old = promoted[region]
-        aws.elb.wait_drained(ctx.aws.elbv2(region), region, ctx.target_group(region), old,
-                             ctx.timeout("drain", 600))
+        # Deregistered at promotion: gone once idle, whatever the API still shows.
+        traffic.take_out(ctx, "retire", {region: old}, deregister=False)
         aws.ec2.terminate(ctx.aws.ec2(region), region, old)
         return old
 

@@ -10,24 +10,32 @@ from deploylib.context import Context, by_region
 from deploylib.errors import DeployError, InputError
 from deploylib.facts import HostRef, Revert
 from deploylib.plan import batches as split
+from deploylib.plan import waves
+from deploylib.steps import traffic
 from deploylib.steps.release import from_store
 
 
 @step("select-hosts")
 def select_hosts(ctx: Context) -> None:
-    """Choose the live hosts to update, check each accepts SSH, split them into batches.
+    """Choose the live hosts to update, check each accepts SSH, split them into batches:
+    each region's by `batch_size`, rolled as `rollout` says (waves: a canary in the primary
+    region, then batch i of every region at once).
 
     Every connection is opened here, all at once, before any host is drained: a host
     that cannot be reached stops the run while the whole fleet still serves.
     """
     if ctx.facts.batches is not None:
         return
-    batches: list[list[HostRef]] = []
-    for region in ctx.env.all_regions:
+    env = ctx.env
+    per_region: dict[str, list[list[HostRef]]] = {}
+    for region in env.all_regions:
         hosts = ctx.live_hosts(region)
-        size = ctx.env.batch_count(len(hosts))
-        batches.extend([HostRef(region=region, instance_id=i) for i in b]
-                       for b in split(hosts, size))
+        per_region[region] = [[HostRef(region=region, instance_id=i) for i in b]
+                              for b in split(hosts, env.batch_count(len(hosts)))]
+    if env.rollout == "waves":
+        batches = waves(per_region, env.primary_region)
+    else:  # regions-in-turn
+        batches = [b for region in env.all_regions for b in per_region[region]]
     if not batches:
         raise InputError(f"no live hosts in {ctx.env.name}", resource=ctx.env.target_group,
                          fix="make a first release with `--mode immutable`")
@@ -37,15 +45,16 @@ def select_hosts(ctx: Context) -> None:
                  "the target group), then `invoke resume`")
     ctx.facts.batches = batches
     ctx.save()
-    ctx.log(f"  {len(instances)} host(s) reachable, in {len(batches)} batch(es)")
+    how = "a canary, then waves across regions" if env.rollout == "waves" and \
+        len([r for r, b in per_region.items() if b]) > 1 else "in turn"
+    ctx.log(f"  {len(instances)} host(s) reachable, in {len(batches)} batch(es), {how}")
 
 
 @step("drain")
 def drain(ctx: Context) -> None:
-    """Take the batch out of its target groups and wait for in-flight requests."""
-    for region, ids in by_region(ctx.target_refs()).items():
-        aws.elb.take_out(ctx.aws.elbv2(region), region, ctx.target_group(region), ids,
-                         ctx.env.app_port, timeout=ctx.timeout("drain", 600))
+    """Take the batch out of its target groups; go on once each host has nothing in
+    flight from the load balancer (seen on the host; steps.traffic)."""
+    traffic.take_out(ctx, "drain", by_region(ctx.target_refs()))
 
 
 @step("health-check")

@@ -2,7 +2,8 @@
 
 GET /health -> {"version": "<release>", "host": "<address>"}; GET /healthz -> "ok" (a
 health endpoint as most apps have one: it says the app is up, not which release);
-GET / -> a greeting.
+GET / -> a greeting; GET /slow?seconds=N -> the greeting after N seconds (at most 60): a
+long request, as a report or an upload is, that a drain must wait for.
 It binds to APP_HOST:APP_PORT (defaults 0.0.0.0:8080); its release is the VERSION file
 packed beside it by `invoke artifact`.
 """
@@ -11,6 +12,8 @@ import json
 import os
 import signal
 import threading
+import time
+from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,6 +33,16 @@ class Handler(BaseHTTPRequestHandler):
             body, kind = b"ok\n", "text/plain"
         elif self.path == "/":
             body = f"hello from release {VERSION}\n".encode()
+            kind = "text/plain"
+        elif urlsplit(self.path).path == "/slow":
+            query = parse_qs(urlsplit(self.path).query)
+            try:
+                seconds = min(60.0, max(0.0, float(query.get("seconds", ["5"])[0])))
+            except ValueError:
+                self.send_error(400, "seconds must be a number")
+                return
+            time.sleep(seconds)
+            body = f"hello from release {VERSION}, after {seconds:g}s\n".encode()
             kind = "text/plain"
         else:
             self.send_error(404)

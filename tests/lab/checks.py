@@ -43,7 +43,11 @@ def target_group(lab, region: str) -> str:
 
 
 def registered(lab, region: str) -> dict[str, str]:
-    return aws.elb.target_states(lab.clients().elbv2(region), region, target_group(lab, region))
+    """The targets registered in the region's group, with their states: not those a
+    deregistration left shown `draining` until the delay ends."""
+    states = aws.elb.target_states(lab.clients().elbv2(region), region,
+                                   target_group(lab, region))
+    return {i: s for i, s in states.items() if s != "draining"}
 
 
 def record(lab) -> dict:
@@ -144,8 +148,11 @@ def failed_clearly(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 
 def quick_config(lab, name: str = "quick.toml", **overrides) -> Path:
-    """A config whose waits for a failing release are short (it cannot become healthy)."""
+    """A config whose waits for a failing release are short (it cannot become healthy),
+    rolling one host at a time, region after region (hosts_in_rollout_order) unless told
+    otherwise: the faults here are about a batch's steps, not about waves."""
     timeouts = {"health": 5, "ssh_retry": 2, **overrides.pop("timeouts", {})}
+    overrides.setdefault("rollout", "regions-in-turn")
     return write_config(lab.config_path.parent, name=name, timeouts=timeouts, **overrides)
 
 
@@ -201,6 +208,7 @@ def app_that_fails_where_marked(tmp_path: Path, version: str) -> Path:
 
 
 def hosts_in_rollout_order(lab) -> list[str]:
+    """The live hosts in the order a `quick_config` hotfix takes them (regions in turn)."""
     return [i.instance_id for region in lab.env.all_regions for i in sorted(
         live_hosts(lab)[region], key=lambda i: i.instance_id)]
 
@@ -208,11 +216,22 @@ def hosts_in_rollout_order(lab) -> list[str]:
 # -- a run going on in the background ---------------------------------------------------
 
 
-def start_deploy(lab, *args: str, cli=None) -> subprocess.Popen:
-    """`invoke deploy ARGS` started, not waited for (with `cli`: under its config)."""
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "deploy", *args], cwd=REPO,
+def _as_from_a_terminal() -> None:
+    # An operator's shell delivers Ctrl-C; a test worker's inherited signal state
+    # (disposition, mask) must not decide whether the run hears it.
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_deploy(lab, *args: str, cli=None, command: str = "deploy") -> subprocess.Popen:
+    """`invoke deploy ARGS` (or another command) started, not waited for (with `cli`:
+    under its config); it hears SIGINT as from a terminal."""
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", command, *args], cwd=REPO,
                             env=(cli or lab.cli).env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     proc.runs_before = set(runs(lab))  # type: ignore[attr-defined]
     return proc
 

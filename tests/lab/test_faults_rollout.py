@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from deploylib import aws, release, waits
-from tests.conftest import REPO, tool_env
+from tests.conftest import REPO, tool_env, write_config
 from tests.lab.checks import (
     app_that_fails_where_marked,
     assert_nothing_lost,
     assert_serving,
+    ended,
     failed_clearly,
     host_root,
     hosts_in_rollout_order,
@@ -31,8 +32,10 @@ from tests.lab.checks import (
     registered,
     runs,
     serving,
+    start_deploy,
     state_of,
     target_group,
+    wait_for_stage,
 )
 
 pytestmark = pytest.mark.lab
@@ -52,6 +55,65 @@ def refuse(lab):
     yield mark
     for path in marked:
         path.unlink(missing_ok=True)
+
+
+def _waves(state: dict) -> list[list[tuple[str, str]]]:
+    return [[(h["region"], h["instance_id"]) for h in b] for b in state["facts"]["batches"]]
+
+
+def test_in_place_rolls_a_canary_then_waves_across_regions(lab, tmp_path):
+    before = record(lab)["release"]
+    fleet = live_hosts(lab)
+    config = write_config(lab.config_path.parent, name="waves.toml", rollout="waves")
+    proc = lab.cli(f"hotfix --version 5.6.0 --config {config}")
+    waves = _waves(state_of(lab, proc))
+    primary = lab.env.primary_region
+    # the canary: the primary region's first batch, alone
+    assert waves[0] == [(primary, sorted(i.instance_id for i in fleet[primary])[0])]
+    # then every region at once, never more of a region than one batch (1 host here)
+    assert {r for r, _ in waves[1]} == set(lab.env.all_regions)
+    for wave in waves:
+        regions = [r for r, _ in wave]
+        assert len(regions) == len(set(regions)), wave
+    assert len(waves) == 1 + lab.env.fleet_size  # 3 regions x 2 hosts: 1 + 2 waves, not 6
+    assert_serving(lab, "5.6.0")
+    assert before != "5.6.0"
+
+
+def test_a_failure_in_region_bs_second_batch_rolls_back_updated_hosts_in_every_region(
+        lab, tmp_path, refuse):
+    before = record(lab)["release"]
+    b = lab.env.copy_regions[0]
+    victim = sorted(i.instance_id for i in live_hosts(lab)[b])[1]  # region B's batch 2
+    refuse(victim, "5.6.1")
+    artifact = app_that_fails_where_marked(tmp_path, "5.6.1")
+    proc = lab.cli(f"hotfix --version 5.6.1 --artifact {artifact} "
+                   f"--config {quick_config(lab, 'waves.toml', rollout='waves')}", check=False)
+    failed_clearly(proc, "install-release", victim)
+    state = state_of(lab, proc)
+    waves = _waves(state)
+    failed_at = next(n for n, w in enumerate(waves, start=1) if (b, victim) in w)
+    assert state["stages"][f"rollout/{failed_at}/install-release"]["was"] == "failed"
+    assert f"rollout/{failed_at + 1}/drain" not in state["stages"]
+    # every host the earlier waves updated, whatever its region, went back
+    updated = {i for w in waves[:failed_at - 1] for _, i in w}
+    assert updated <= set(state["facts"]["rolled_back"])
+    assert {r for w in waves[:failed_at - 1] for r, _ in w} == set(lab.env.all_regions)
+    assert_nothing_lost(lab, state, before)
+
+
+def test_ctrl_c_in_the_middle_of_a_wave_leaves_every_region_serving(lab, tmp_path):
+    before = record(lab)["release"]
+    config = write_config(lab.config_path.parent, name="waves.toml", rollout="waves")
+    proc = start_deploy(lab, "--mode", "in-place", "--version", "5.6.2",
+                        "--config", str(config))
+    state = wait_for_stage(lab, proc, "rollout/2/drain")  # wave 2: every region's hosts out
+    assert {h["region"] for h in state["facts"]["batches"][1]} == set(lab.env.all_regions)
+    proc.send_signal(signal.SIGINT)
+    done = ended(proc)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "interrupted" in done.stderr
+    assert_nothing_lost(lab, state_of(lab, state["run_id"]), before)
 
 
 @pytest.mark.parametrize("transfer", ["pull", "push"])

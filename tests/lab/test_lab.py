@@ -171,6 +171,39 @@ def test_the_balancer_follows_registrations_and_health(region_tools, lab):
         assert resp.headers["X-Lab-Target"].startswith("i-")
 
 
+def test_a_deregistered_host_is_shown_draining_until_the_delay_while_it_serves_nothing(
+        region_tools, lab):
+    """As ALB documents: routing stops at once and an idle target is done at once, but
+    DescribeTargetHealth shows it `draining` until the deregistration delay has passed;
+    then it is `unused`. Registered again, one passing check makes it healthy."""
+    from deploylib import render
+    from tests.lab.checks import live_hosts, target_group
+
+    clients, region, ec2, launch, connect = region_tools
+    elb, group = clients.elbv2(region), target_group(lab, region)
+    host, other = live_hosts(lab)[region][:2]
+    delay = aws.elb.deregistration_delay(elb, region, group)
+    aws.elb.deregister(elb, region, group, [host.instance_id], lab.env.app_port)
+    assert aws.elb.target_states(elb, region, group)[host.instance_id] == "draining"
+    url = lab.info["regions"][region]["load_balancer"] + lab.env.health_path
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    assert {opener.open(url, timeout=5).headers["X-Lab-Target"] for _ in range(8)} == \
+        {other.instance_id}
+    # The host itself has nothing in flight, while the API still says draining.
+    with connect(host) as conn:
+        said = conn.run_as_root(render.idle_script(app_port=lab.env.app_port, quiet=0.2,
+                                                   ceiling=delay)).output
+    assert said.startswith("idle: nothing in flight for 0.2s")
+    assert aws.elb.target_states(elb, region, group)[host.instance_id] == "draining"
+    waits.until(lambda: host.instance_id not in aws.elb.target_states(elb, region, group),
+                timeout=delay + 10, what="the deregistration delay", resource=host.instance_id,
+                fix="-")
+    asked = elb.describe_target_health(TargetGroupArn=group, Targets=[
+        {"Id": host.instance_id, "Port": lab.env.app_port}])["TargetHealthDescriptions"]
+    assert asked[0]["TargetHealth"]["State"] == "unused"
+    aws.elb.put_in(elb, region, group, [host.instance_id], lab.env.app_port, timeout=30)
+
+
 def test_hosts_live_where_their_services_can_reach_them(tmp_path):
     """A lab directory other users cannot pass through (a clone under /root) keeps its
     hosts' roots in a directory of its own that they can; an open one keeps them."""
