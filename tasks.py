@@ -104,7 +104,9 @@ def plan(c, mode="", json=False, env=None, config=None):
         planning.check_mode(mode)
         environment = _cfg(config).environment(env)
         catalog.load(environment.plugins)
-        p = planning.plan(mode, environment.extra_stages)
+        from deploylib.runs import env_plan
+
+        p = env_plan(environment, mode)
         data = p.to_dict()
         groups = {planning.PER_BATCH: "per batch of live hosts:",
                   planning.PER_REGION: "in every region at once, each as soon as it can:"}

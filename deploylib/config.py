@@ -186,6 +186,15 @@ class Environment(Strict):
     restart_command: str = Field(default="sudo systemctl restart app",
         description="How the install step restarts the app (the step runs as root, "
         "through the SSH user's sudo).")
+    reload: Literal["restart", "graceful"] = Field(default="restart",
+        description=(
+            "In-place: `restart`: each batch is drained, restarted and put back; `graceful`: "
+            "for an app that reloads without dropping a request (gunicorn's HUP, puma's "
+            "phased restart, socket activation), hosts stay in their target groups and the "
+            "install switches the release and runs `reload_command`, health-gated on the "
+            "host. Needs `health_check = \"version\"`."))
+    reload_command: str = Field(default="sudo systemctl reload app",
+        description="How a graceful in-place install reloads the app (`reload = \"graceful\"`).")
     health_path: str = Field(default="/health",
         description="URL path of the app's health check (what the load balancer asks too).")
     health_check: Literal["status", "version"] = Field(default="status",
@@ -364,6 +373,11 @@ class Environment(Strict):
                     f"regions.{region} overrides a region that is neither primary_region "
                     "nor in copy_regions"
                 )
+        if self.reload == "graceful" and self.health_check != "version":
+            # The main process outlives a reload: only the app can say which release
+            # its workers run.
+            raise _fail('reload = "graceful" needs health_check = "version" (the app '
+                        "reports the release it serves)")
         for extra in self.extra_stages:
             if not _STEP_NAME.fullmatch(extra.step):
                 raise _fail(f"extra_stages step {extra.step!r} is not a step name like warm-cache")

@@ -339,12 +339,21 @@ def _insert(stages: Sequence[Stage], extra: Extra) -> tuple[tuple[Stage, ...], b
     return tuple(out), placed
 
 
-def plan(mode: str, extra_stages: Sequence[Extra] = ()) -> Plan:
-    """The ordered stages of a procedure, with a team's extra stages inserted."""
+# What a graceful reload leaves out of a rollout's batch: its hosts stay in their target
+# groups while the release is switched and the app reloaded.
+_TRAFFIC = ("drain", "put-back")
+
+
+def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = False) -> Plan:
+    """The ordered stages of a procedure, with a team's extra stages inserted;
+    `graceful`: in-place batches reload in place, never leaving their target groups."""
     if mode not in _PROCEDURES:
         check_mode(mode)
     procedure = _PROCEDURES[mode]
     stages = procedure.stages()
+    if graceful:
+        stages = tuple(replace(s, members=tuple(m for m in s.members if m.name not in _TRAFFIC))
+                       if s.kind == PER_BATCH else s for s in stages)
     for extra in extra_stages:
         stages, placed = _insert(stages, extra)
         if not placed and not any(_insert(p.stages(), extra)[1] for p in _PROCEDURES.values()):

@@ -70,7 +70,12 @@ def open_context(env: config.Environment, state: RunState,
 
 def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
     catalog.load(env.plugins)
-    return planning.plan(state.mode, env.extra_stages)
+    return env_plan(env, state.mode)
+
+
+def env_plan(env: config.Environment, mode: str) -> planning.Plan:
+    """A procedure's stages as this environment runs them (its extra stages, its reload)."""
+    return planning.plan(mode, env.extra_stages, graceful=env.reload == "graceful")
 
 
 # -- starting a run -------------------------------------------------------------------------
@@ -83,7 +88,7 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     config.check_version(version)
     env = cfg.environment(env_name)
     catalog.load(env.plugins)
-    planning.plan(mode, env.extra_stages)  # an unplaceable extra stage fails now
+    env_plan(env, mode)  # an unplaceable extra stage fails now
     if artifact:
         path = release.check_artifact(artifact)
     else:
@@ -134,7 +139,7 @@ def start_rollback(cfg: config.DeployConfig, env_name: str | None) -> RunState:
                          "previous release", resource=env.record_parameter,
                          fix="deploy the release you want with `invoke deploy`")
     mode = planning.rollback_mode(record.get("procedure", ""))
-    planning.plan(mode, env.extra_stages)
+    env_plan(env, mode)
     return _create_locked(env, mode=mode, version=previous["release"], artifact="")
 
 
@@ -184,7 +189,7 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
         raise InputError(f"the handoff's release is not {version} in {env.name}'s store "
                          f"(it names s3://{given.release.bucket}/{given.release.key})",
                          fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
-    planned = planning.plan(planning.check_mode(mode), env.extra_stages)
+    planned = env_plan(env, planning.check_mode(mode))
     if not planned.hands_off:
         raise InputError(f"a {mode} run has no bake phase to hand off",
                          fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")

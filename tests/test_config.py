@@ -97,6 +97,10 @@ BAD = [
     ("jenkins = { url = \"http://jenkins.example.com\" }", "must be https://"),
     ("timeouts = { presign = 86400 }", "timeouts.presign must be at most 3600"),
     ("jenkins = { urll = \"https://j\" }", "did you mean 'url'"),
+    ("reload = \"graceful\"", 'needs health_check = "version"'),
+    ("reload = \"hup\"", "reload"),
+    ("rollout = \"all-at-once\"", "rollout"),
+    ("drain_quiet = -1", "drain_quiet"),
 ]
 
 

@@ -242,3 +242,14 @@ def test_waves_take_no_more_of_a_region_than_one_batch_and_keep_every_host_once(
         assert rolled[0] == per_region[first][0]  # the canary: alone, in the first region
     for region, b in per_region.items():  # each region's batches keep their order
         assert [h for w in rolled for h in w if h[0] == region] == [h for x in b for h in x]
+
+
+def test_a_graceful_rollout_never_takes_its_hosts_out_of_their_target_groups():
+    for mode in ("in-place", "rollback-in-place"):
+        graceful = planning.plan(mode, graceful=True)
+        assert [m.name for m in graceful.stage("rollout").members] == [
+            "install-release", "health-check"]
+        assert graceful.stage("rollout").recover == "restore-batch"
+    # procedures that launch new hosts are the same either way
+    for mode in ("immutable", "rebake-light"):
+        assert planning.plan(mode, graceful=True).to_dict() == planning.plan(mode).to_dict()

@@ -46,8 +46,8 @@ class Host:
 
     def install(self, version: str, *, name: str | None = None, sha: str | None = None,
                 keep: int = 3, push: Path | None = None, health_check: str = "version",
-                restart: str = "systemctl restart app", health_timeout: int = 3
-                ) -> subprocess.CompletedProcess:
+                restart: str = "systemctl restart app", health_timeout: int = 3,
+                reload: str | None = None) -> subprocess.CompletedProcess:
         if name is None:
             name, sha = self.artifact(version)
         script = render.install_script(
@@ -55,7 +55,8 @@ class Host:
             health_path="/health" if health_check == "version" else "/healthz",
             restart_command=restart, keep_releases=keep,
             url=None if push else f"{self.url}/{name}", pushed_path=str(push) if push else None,
-            health_timeout=health_timeout, service="app", health_check=health_check)
+            health_timeout=health_timeout, service="app", health_check=health_check,
+            reload_command=reload)
         return self.bash(script)
 
     def runs_from(self) -> str:
@@ -225,6 +226,58 @@ def test_a_release_that_runs_but_never_answers_is_waited_for(host, tmp_path):
     assert out.returncode == 5, out.stdout + out.stderr
     assert "the service exited" not in out.stderr  # it did not: the timeout ended it
     assert "not healthy after restart" in out.stderr
+
+
+def _main_pid(host) -> str:
+    return host.bash("systemctl show -p MainPID --value app").stdout.strip()
+
+
+def test_a_graceful_install_switches_the_release_without_a_failed_request(host, tmp_path):
+    """The sample app reloads on SIGHUP: its master keeps the socket, a worker from the new
+    release takes over, the old one finishes. Requests all the while: none fails."""
+    import urllib.request
+
+    assert host.install("1.0.0").returncode == 0
+    master = _main_pid(host)
+    stop, seen = threading.Event(), []
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://{host.address}:8080/health",
+                                            timeout=5) as resp:
+                    seen.append(resp.status)
+            except OSError as exc:
+                seen.append(repr(exc))
+
+    clients = [threading.Thread(target=stream) for _ in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        out = host.install("1.0.1", reload="systemctl reload app", health_timeout=30)
+        slow = threading.Thread(target=lambda: seen.append(urllib.request.urlopen(
+            f"http://{host.address}:8080/slow?seconds=1", timeout=10).status))
+        slow.start()
+        back = host.install("1.0.0", reload="systemctl reload app", health_timeout=30)
+        slow.join()
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    assert out.returncode == 0 and back.returncode == 0, out.stderr + back.stderr
+    assert _main_pid(host) == master  # reloaded, never restarted
+    assert host.serving() == "1.0.0"
+    assert len(seen) > 50 and set(seen) == {200}, [x for x in seen if x != 200][:5]
+
+
+def test_a_graceful_install_that_cannot_start_leaves_the_old_release_serving(host, tmp_path):
+    assert host.install("1.0.0").returncode == 0
+    master = _main_pid(host)
+    name, sha = _release(host, tmp_path, "1.0.1", "raise SystemExit('cannot start')\n")
+    out = host.install("1.0.1", name=name, sha=sha, reload="systemctl reload app",
+                       health_timeout=3)
+    assert out.returncode == 5, out.stdout + out.stderr
+    assert _main_pid(host) == master and host.serving() == "1.0.0"
 
 
 def _idle(host, quiet: float = 0.5, ceiling: float = 60) -> subprocess.CompletedProcess:

@@ -28,8 +28,12 @@ def restore_batch(ctx: Context) -> None:
     for region, instances in instances_by_region.items():
         serving = {i.instance_id: ctx.serving(i) for i in instances}
         good = [i for i, v in serving.items() if live and v == live]
-        aws.elb.put_in(ctx.aws.elbv2(region), region, ctx.target_group(region), good,
-                       env.app_port, timeout=ctx.timeout("healthy", 300))
+        elb, group = ctx.aws.elbv2(region), ctx.target_group(region)
+        # A graceful batch never left its target group: a host not back on the live
+        # release leaves it now.
+        aws.elb.leave(elb, region, group, [i for i in serving if i not in good], env.app_port)
+        aws.elb.put_in(elb, region, group, good, env.app_port,
+                       timeout=ctx.timeout("healthy", 300))
         for iid, version in serving.items():
             if iid in good:
                 ctx.log(f"  {iid} serves the live release {live} again; back in the target group")

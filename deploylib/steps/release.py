@@ -14,6 +14,7 @@ from deploylib.config import Environment
 from deploylib.context import Context
 from deploylib.errors import InputError, RemoteCommandError
 from deploylib.facts import Release
+from deploylib.plan import BATCH
 
 # What the install script's exit codes mean for the operator (templates/install.sh.j2).
 INSTALL_FIXES = {
@@ -137,6 +138,11 @@ def install_release(ctx: Context) -> None:
     env = ctx.env
     push = env.artifact_transfer == "push"
     local = _local_artifact(ctx, rel) if push else None
+    # Live hosts of a graceful rollout reload, still serving; builders and candidates
+    # (nothing serving yet) always start afresh.
+    graceful = env.reload == "graceful" and ctx.stage is not None and \
+        ctx.stage.targets == BATCH
+    reload_command = env.reload_command if graceful else None
     # Presigned per stage, never stored: the URL is a credential while it lives.
     url = None if push else aws.s3.presign(ctx.aws.s3(), rel.bucket, rel.key,
                                            expires=int(ctx.timeout("presign", 900)),
@@ -151,6 +157,7 @@ def install_release(ctx: Context) -> None:
             version=rel.version, sha256=rel.sha256, app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,
             restart_command=env.restart_command, keep_releases=env.keep_releases,
+            reload_command=reload_command,
             url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)),
             service=env.service, health_check=env.health_check)
         try:

@@ -6,24 +6,38 @@ GET / -> a greeting; GET /slow?seconds=N -> the greeting after N seconds (at mos
 long request, as a report or an upload is, that a drain must wait for.
 It binds to APP_HOST:APP_PORT (defaults 0.0.0.0:8080); its release is the VERSION file
 packed beside it by `invoke artifact`.
+
+It reloads without dropping a request, as gunicorn does on SIGHUP: a small master process
+holds the listening socket and runs one worker, started from the release `current`
+points at and handed the socket by inheritance. On SIGHUP the master starts a worker from
+`current` again (a new release, after a switch); once that worker is serving, the old
+one stops accepting, finishes what it has in flight and exits. A new worker that fails to
+start leaves the old one serving. SIGTERM stops both, in-flight requests finished.
 """
 
 import json
 import os
+import select
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-VERSION = (Path(__file__).resolve().parent / "VERSION").read_text().strip()
+HERE = Path(__file__).resolve().parent
+VERSION = (HERE / "VERSION").read_text().strip()
 HOST = os.environ.get("APP_HOST", "0.0.0.0")
 PORT = int(os.environ.get("APP_PORT", "8080"))
+READY_WITHIN = 30.0  # seconds a new worker has to start serving
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 5  # an idle keep-alive connection does not hold a stopping worker forever
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/health":
@@ -57,16 +71,96 @@ class Handler(BaseHTTPRequestHandler):
         pass  # health checks would flood the log
 
 
-def main() -> None:
-    server = ThreadingHTTPServer((HOST, PORT), Handler)
-    server.daemon_threads = True
-    # On SIGTERM stop accepting and return from serve_forever; shutdown() must run on
-    # another thread than the one serving.
+def worker(listen_fd: int, ready_fd: int) -> None:
+    """Serve on the socket the master handed over; say so on ready_fd; on SIGTERM stop
+    accepting and return once every request in flight is answered."""
+    sock = socket.socket(fileno=listen_fd)
+    server = ThreadingHTTPServer(sock.getsockname()[:2], Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.daemon_threads = False  # server_close() waits for the requests in flight
     signal.signal(signal.SIGTERM,
                   lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    print(f"release {VERSION} listening on {HOST}:{PORT}", flush=True)
+    master = os.getppid()
+
+    def orphaned() -> None:  # the master gone (killed): a worker never serves on alone
+        while os.getppid() == master:
+            time.sleep(0.5)
+        server.shutdown()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    os.write(ready_fd, b"ready")
+    os.close(ready_fd)
+    print(f"release {VERSION} serving on {HOST}:{PORT} (pid {os.getpid()})", flush=True)
     server.serve_forever(poll_interval=0.05)
     server.server_close()
+
+
+def current_release() -> Path:
+    """The release `current` points at now (the master may outlive several)."""
+    link = HERE.parent.parent / "current"
+    return link.resolve() if link.exists() else HERE
+
+
+def spawn(sock: socket.socket) -> subprocess.Popen | None:
+    """A worker from the current release, once it serves; None if it did not start."""
+    release = current_release()
+    r, w = os.pipe()
+    env = dict(os.environ, APP_LISTEN_FD=str(sock.fileno()), APP_READY_FD=str(w))
+    proc = subprocess.Popen([sys.executable, str(release / "app.py")], cwd=release, env=env,
+                            pass_fds=(sock.fileno(), w))
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], READY_WITHIN)
+    said = os.read(r, 5) if ready else b""
+    os.close(r)
+    if said == b"ready":
+        return proc
+    proc.kill()
+    proc.wait()
+    print(f"a worker from {release.name} did not start; the serving one stays", flush=True)
+    return None
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait()
+
+
+def master() -> None:
+    sock = socket.create_server((HOST, PORT), backlog=128)
+    sock.set_inheritable(True)
+    current = spawn(sock)
+    if current is None:
+        sys.exit("the app did not start")
+    wanted: list[str] = []
+    wake = threading.Event()
+
+    def on(name: str):
+        return lambda *_: (wanted.append(name), wake.set())
+
+    signal.signal(signal.SIGHUP, on("reload"))
+    signal.signal(signal.SIGTERM, on("stop"))
+    print(f"master {os.getpid()} holds {HOST}:{PORT}", flush=True)
+    while True:
+        wake.wait(0.2)
+        wake.clear()
+        while wanted:
+            if wanted.pop(0) == "stop":
+                stop(current)
+                return
+            fresh = spawn(sock)
+            if fresh is not None:  # the new worker serves: the old one finishes and goes
+                old, current = current, fresh
+                stop(old)
+        if current.poll() is not None:
+            sys.exit(f"the worker exited ({current.returncode})")
+
+
+def main() -> None:
+    if "APP_LISTEN_FD" in os.environ:
+        worker(int(os.environ["APP_LISTEN_FD"]), int(os.environ["APP_READY_FD"]))
+    else:
+        master()
 
 
 if __name__ == "__main__":

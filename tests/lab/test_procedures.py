@@ -10,8 +10,9 @@ import json
 import pytest
 
 from deploylib import aws
+from tests.conftest import write_config
 from tests.lab.checks import assert_serving, live_hosts, record, state_of
-from tests.lab.traffic import Stream
+from tests.lab.traffic import Membership, Stream
 
 pytestmark = pytest.mark.lab
 
@@ -51,6 +52,21 @@ def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
     assert "6 of them: no recorded image carries it" in table
     rec = record(lab)
     assert rec["release"] == "1.0.1" and rec["images"] == before["images"]  # hosts, not images
+
+
+def test_a_graceful_hotfix_keeps_every_host_in_its_target_group_and_drops_nothing(lab):
+    """reload = "graceful": no drain, no put-back; the release switched and the app
+    reloaded on each live host while it serves, batch by batch, health-gated on the host."""
+    before = record(lab)["release"]
+    config = write_config(lab.config_path.parent, name="graceful.toml", reload="graceful")
+    with Membership(lab) as groups, Stream(lab) as users:
+        proc = lab.cli(f"hotfix --version 1.0.5 --config {config}")
+    users.assert_one_change("in-place-graceful", before, "1.0.5")
+    assert groups.left == [] and groups.looks > 5
+    stages = state_of(lab, proc)["stages"]
+    assert not [k for k in stages if k.endswith(("/drain", "/put-back"))]
+    assert [k for k in stages if k.endswith("/install-release")]
+    assert_serving(lab, "1.0.5")
 
 
 def test_in_place_and_rebake_light_for_an_app_whose_health_only_answers_200(lab, tmp_path):

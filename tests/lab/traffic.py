@@ -76,3 +76,44 @@ class Stream:
             assert r["failed"] == 0, (region, [x for x in self.seen[region] if x[0] != 200][:5])
             assert r["versions"] == [old, new], (region, r["versions"])
         return report
+
+
+@dataclass
+class Membership:
+    """Every region's target group watched during a deploy: whatever live host is, at
+    any look, not registered and healthy is noted (a graceful reload must never take one
+    out)."""
+
+    lab: Any
+    interval: float = 0.05  # pacing of the looks, not a synchronisation
+    left: list[tuple[str, str, str | None]] = field(default_factory=list)
+    looks: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _watch(self) -> None:
+        from deploylib import aws
+        from tests.lab.checks import target_group
+
+        clients = self.lab.clients()
+        groups = {r: target_group(self.lab, r) for r in self.lab.env.all_regions}
+        hosts = {r: set(aws.elb.healthy(clients.elbv2(r), r, g)) for r, g in groups.items()}
+        while not self._stop.is_set():
+            for region, group in groups.items():
+                states = aws.elb.target_states(clients.elbv2(region), region, group)
+                self.left += [(region, i, states.get(i)) for i in sorted(hosts[region])
+                              if states.get(i) != "healthy"]
+            self.looks += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Membership:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        waits.until(lambda: self.looks > 0, timeout=10, what="a first look",
+                    resource="lab target groups", fix="check the lab is up")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
