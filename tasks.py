@@ -189,9 +189,15 @@ def bake(c, version="", artifact=None, env=None, config=None, keep_on_error=Fals
     """Bake an image (immutable); hand test-and-promote to Jenkins when it is configured."""
     with reported():
         from deploylib import runs
+        from deploylib.errors import InputError
 
         require(version=version)
         cfg = _cfg(config)
+        if not runs.env_plan(cfg.environment(env), "immutable").hands_off:
+            raise InputError('bake = "per-region" bakes inside each region\'s release: there '
+                             "is no bake phase to hand to Jenkins",
+                             fix='run `invoke deploy --mode immutable`, or set bake = "copy" '
+                             "to bake here and promote in Jenkins")
         state = runs.start(cfg, mode="immutable", version=version, env_name=env,
                            artifact=artifact)
         with _running(cfg, state) as (ctx, plan):

@@ -74,17 +74,17 @@ def chart_html(results: dict[str, Any]) -> str:
             (c, med([r["wall"] for r in results["far"][c]]), COLOURS[c])
             for c in results["far"]], "s", 600, y2, 560)
         right.append(svg)
-    if "image" in results:
-        img = results["image"]
+    if "ttl" in results:
+        ttl = results["ttl"]
         data = []
-        for mode in img["time_to_live"]:
-            data.append((mode.replace("immutable-2-regions", "immutable, 2 reg."),
-                         med(img["time_to_live"][mode]), "#30a46c"))
-            if mode.startswith("immutable") and "primary_live" in img:
-                data.append(("  first region live", med(img["primary_live"][mode]),
-                             "#8fd19e"))
-            data.append(("  critical path", img["critical_path"][mode], "#c7c7c7"))
-        svg, y2 = _bars("Time to live under the AWS-like profile", data, "s", 600, y2, 560)
+        for name, runs in ttl["runs"].items():
+            data.append((name.replace(", graceful reload", ", graceful"),
+                         med([x["aws_seconds"] for x in runs]) / 60, "#30a46c"))
+            usual = ttl["usually_scripted"].get(name)
+            if usual:
+                data.append(("  as usually scripted", usual / 60, "#8d8d8d"))
+        svg, y2 = _bars("Time to live, AWS's documented timing (3 regions x 4 hosts)", data,
+                        "min", 600, y2, 560)
         right.append(svg)
     if "transfer" in results:
         t = results["transfer"]
@@ -194,46 +194,8 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{len(t['sftp_mb_s'])} |",
                   f"| OpenSSH `scp` | {med(t['scp_mb_s']):.1f} | {len(t['scp_mb_s'])} |", "",
                   f"Push / scp: {ratio:.2f} (target ≥ 0.80).", ""]
-    if "image" in r:
-        img = r["image"]
-        poll = (f" The tool's longest pause between two looks during a wait (3 s) is "
-                f"scaled the same way: `timeouts.poll = {img['poll']}`." if "poll" in img else "")
-        lines += ["## 3. The image path under an AWS-like latency profile", "",
-                  f"Profile ({img['scale']}), applied at the API by the lab: "
-                  + ", ".join(f"{k} {v:.2f}".rstrip("0").rstrip(".")
-                              for k, v in img["profile"].items())
-                  + f". The tool's real waits meet it.{poll} Critical path: the profile's "
-                  "delays the procedure must wait out, one after another; everything else "
-                  "(SSH, installs, API calls, the lab's own work) counts as overhead.", "",
-                  "| procedure | time to live, all regions (median) | critical path | "
-                  "overhead | first region live (median) | its critical path | overhead |",
-                  "|---|---|---|---|---|---|---|"]
-        for mode, values in img["time_to_live"].items():
-            ttl, crit = med(values), img["critical_path"][mode]
-            over = f"{(ttl - crit) / crit * 100:.0f}%" if crit else "—"
-            row = f"| {mode} | {ttl:.2f} s | {crit:.2f} s | {over} |"
-            if "primary_live" in img and mode.startswith("immutable"):
-                first, fcrit = med(img["primary_live"][mode]), \
-                    img["critical_path_primary"][mode]
-                row += f" {first:.2f} s | {fcrit:.2f} s | {(first - fcrit) / fcrit * 100:.0f}% |"
-            else:
-                row += " | | |"
-            lines.append(row)
-        three = med(img["time_to_live"]["immutable"])
-        two = med(img["time_to_live"]["immutable-2-regions"])
-        seq = two + img["profile"]["copy"]
-        lines += ["", f"Copies to two regions / copies to one: {three / two:.2f} (target "
-                  f"≤ 1.10). The same stages as usually scripted, copies one after another "
-                  f"and every region promoted after the last copy: {seq:.2f} s to any "
-                  f"region live (computed: the two-region run plus a second copy, not "
-                  f"measured), {seq / three:.2f}× ours to the last region"]
-        if "primary_live" in img:
-            first = med(img["primary_live"]["immutable"])
-            lines[-1] += (f" and {seq / first:.2f}× ours to the first (the primary region "
-                          f"is live {first:.2f} s in, before a copy ({img['profile']['copy']:g}"
-                          " s) could have landed)")
-        lines[-1] += "."
-        lines.append("")
+    if "ttl" in r:
+        lines += ttl_section(r["ttl"])
     if "cache" in r:
         c = r["cache"]
         lines += ["## 4. Bake cache", "",
@@ -256,6 +218,50 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"- **{t}**: {why}" for t, why in misses]
     lines.append("")
     return "\n".join(lines)
+
+
+TTL_TARGETS = {  # AWS seconds, as the target reads
+    "in-place": (240, "4 min"), "in-place, graceful reload": (45, "45 s"),
+    "rebake-light": (90, "1.5 min"), "immutable": (480, "8 min")}
+
+
+def ttl_section(t: dict[str, Any]) -> list[str]:
+    aws = ", ".join(f"{k} {v:g}{'' if k == 'healthy_threshold' else ' s'}"
+                    for k, v in t["aws"].items())
+    lines = ["## 3. Time to live under the timing AWS documents", "",
+             f"{t['regions']} regions × {t['hosts']} hosts, `batch_size = \"{t['batch_size']}\"`"
+             f", a client per region asking its balancer all through every run. AWS's timing "
+             f"({aws}) is applied by the lab at the API, scaled ({t['scale']}); its balancers "
+             "act as ALB documents (a new target healthy after one passing check, a "
+             "deregistered one shown draining for the whole delay). The tool's longest pause "
+             f"between looks and `drain_quiet` are scaled the same way (`timeouts.poll = "
+             f"{t['poll']}`, `drain_quiet = {t['drain_quiet']}`).", "",
+             "In AWS minutes: the critical path (the delays the procedure must wait out, one "
+             "after another; a passing check counted as a whole interval) at AWS's timing, "
+             "plus whatever the run took beyond it in the lab, which is the tool's own work "
+             "(SSH, installs, API calls) and is not scaled. As usually scripted: the same "
+             "stages under the same timing, regions in turn, each drain waiting until the "
+             "API stops listing the target, immutable copying to every region before "
+             "deploying region after region (computed, not measured).", "",
+             "| procedure | time to live (median) | critical path | tool's overhead | "
+             "as usually scripted | target | failed requests | runs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, runs in t["runs"].items():
+        ttl = med([x["aws_seconds"] for x in runs])
+        crit = t["critical_path"][name]
+        over = f"{(ttl - crit) / crit * 100:.0f}%" if crit else f"{ttl - crit:.0f} s"
+        usual = t["usually_scripted"].get(name)
+        failed = sum(x["failed"] for x in runs)
+        sent = sum(x["sent"] for x in runs)
+        lines.append(f"| {name} | {_minutes(ttl)} | {_minutes(crit)} | {over} | "
+                     f"{_minutes(usual) if usual else '—'} | ≤ {TTL_TARGETS[name][1]}"
+                     f" | {failed} of {sent} | {len(runs)} |")
+    lines.append("")
+    return lines
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 WHY = {
@@ -294,18 +300,24 @@ WHY = {
         "per-block requests are what is left to take. The push path is for hosts that "
         "cannot reach the artifact store; the default pull path has each host fetch from "
         "S3 itself."),
-    "image path overhead ≤ 5%": (
-        "the overhead left is the tool's real work, which the profile does not scale: "
-        "SSH to the builder and the candidates, the install on them (rebake-light's "
-        "critical path has no install in it, so its whole install counts), the per-stage "
-        "AWS calls and state writes, and the lab emulating the cloud on the same 2 cores. "
-        "Against real minutes the same seconds are a far smaller share; in the lab, "
-        "overlapping the smoke test's first look with the health wait would take some "
-        "back."),
-    "copies to 2 regions / to 1 ≤ 1.10": (
-        "copies run at once, and each region goes on as soon as its own copy lands."),
-    "first region live before any copy lands": (
-        "the primary region is tested and promoted while the copies are still pending."),
+    "in-place time to live ≤ 4 min": (
+        "the waves' put-backs: each batch waits for one passing health check (up to the "
+        "30 s interval) before the next starts; a shorter interval, or a graceful reload, "
+        "takes them away."),
+    "in-place, graceful reload time to live ≤ 45 s": (
+        "each batch's install and reload on the hosts, batch after batch."),
+    "rebake-light time to live ≤ 1.5 min": (
+        "the candidates' launch and first passing check, then the tool's own work on them "
+        "(first boot, install, smoke test)."),
+    "immutable time to live ≤ 8 min": (
+        "the copy of the release image to the other regions is on the critical path "
+        "(`bake = \"copy\"`): with a foundation image in every region, `bake = "
+        "\"per-region\"` bakes in every region at once and takes the copy off it."),
+    "no failed request in any procedure": (
+        "read which procedure's client saw the failure in results.json."),
+    "tool's overhead ≤ 10% of each critical path": (
+        "the tool's real work on the hosts (SSH, first boot, install, smoke test) is not "
+        "scaled by the profile and counts whole; see the per-procedure overhead column."),
     "start-up < 0.5 s": "imports on the start-up path; keep boto3 and paramiko lazy.",
 }
 
@@ -334,19 +346,20 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
     if "transfer" in r:
         ratio = med(r["transfer"]["push_mb_s"]) / med(r["transfer"]["scp_mb_s"])
         add("transfer ≥ 0.80× scp", f"{ratio:.2f}×", ratio >= 0.8)
-    if "image" in r:
-        img = r["image"]
-        worst = max((med(v) - img["critical_path"][m]) / img["critical_path"][m]
-                    for m, v in img["time_to_live"].items() if img["critical_path"][m])
-        add("image path overhead ≤ 5%", f"{worst * 100:.0f}% (worst procedure)", worst <= 0.05)
-        ratio = med(img["time_to_live"]["immutable"]) / \
-            med(img["time_to_live"]["immutable-2-regions"])
-        add("copies to 2 regions / to 1 ≤ 1.10", f"{ratio:.2f}", ratio <= 1.10)
-        if "primary_live" in img:
-            first = med(img["primary_live"]["immutable"])
-            lands = img["profile"]["launch"] + img["profile"]["image"] + img["profile"]["copy"]
-            add("first region live before any copy lands",
-                f"{first:.2f} s vs copies landing at ≥ {lands:.2f} s", first < lands)
+    if "ttl" in r:
+        t = r["ttl"]
+        worst = 0.0
+        for name, runs in t["runs"].items():
+            ttl = med([x["aws_seconds"] for x in runs])
+            limit, text = TTL_TARGETS[name]
+            add(f"{name} time to live ≤ {text}", _minutes(ttl), ttl <= limit)
+            crit = t["critical_path"][name]
+            if crit:
+                worst = max(worst, (ttl - crit) / crit)
+        failed = sum(x["failed"] for runs in t["runs"].values() for x in runs)
+        add("no failed request in any procedure", f"{failed} failed", failed == 0)
+        add("tool's overhead ≤ 10% of each critical path",
+            f"{worst * 100:.0f}% (worst procedure)", worst <= 0.10)
     if "startup" in r:
         worst = max(med(v) for v in r["startup"].values())
         add("start-up < 0.5 s", f"{worst:.3f} s (slowest of --list, plan)", worst < 0.5)

@@ -186,6 +186,13 @@ class Environment(Strict):
     restart_command: str = Field(default="sudo systemctl restart app",
         description="How the install step restarts the app (the step runs as root, "
         "through the SSH user's sudo).")
+    bake: Literal["copy", "per-region"] = Field(default="copy",
+        description=(
+            "Immutable: `copy`: bake once in the primary region and copy the image to the "
+            "others (each region waits for its copy); `per-region`: every region bakes its "
+            "own image at once, from its own foundation image, from the same release "
+            "(sha256-checked on each builder): no copy on the critical path. A per-region "
+            "bake has no bake phase to hand to Jenkins (`invoke bake`)."))
     reload: Literal["restart", "graceful"] = Field(default="restart",
         description=(
             "In-place: `restart`: each batch is drained, restarted and put back; `graceful`: "

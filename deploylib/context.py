@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from deploylib import aws, live, parallel
 from deploylib.config import Environment
 from deploylib.errors import HostError, StateError
-from deploylib.facts import Facts, HostRef, Release
+from deploylib.facts import Builder, Facts, HostRef, Release
 from deploylib.plan import BATCH, BUILDER, CANDIDATES, Stage
 from deploylib.state import RunState, StageKey
 
@@ -112,6 +112,13 @@ class Context:
         self.state.mark(key, status, **extra)
         self.reporter.stage(key, status)
 
+    def builder(self) -> Builder | None:
+        """The run's builder: a stage in a region's lane (a per-region bake) has that
+        region's own; the bake before the regions (a copied one) has the one."""
+        if self.region is not None:
+            return self.facts.builders.get(self.region)
+        return self.facts.builder
+
     def tags(self, role: str) -> list[dict[str, str]]:
         s = self.state
         return aws.tags(s.run_id, s.env, s.version, s.mode, role)
@@ -134,7 +141,7 @@ class Context:
     def target_refs(self) -> list[HostRef]:
         kind = self.stage.targets if self.stage else None
         if kind == BUILDER:
-            b = self.facts.builder
+            b = self.builder()
             if not b:
                 raise StateError("the run has no builder yet", resource=self.state.run_id,
                                  fix="run the launch-builder stage first")

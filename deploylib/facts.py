@@ -104,6 +104,7 @@ class Builder(_Model):
     cache_hit: bool  # launched from a foundation image: provisioning is skipped
     foundation_image: ImageId | None = None  # the one this bake started (cache-foundation)
     terminated: bool = False
+    source_image: ImageId | None = None  # what it was launched from (base or foundation)
 
 
 class Revert(_Model):
@@ -147,6 +148,9 @@ class Facts(_Model):
     # launch-builder; cache-foundation, terminate-builder, discard-builder update it |
     # wait-ssh, provision, install-release, stop-builder, create-image (its targets)
     builder: Builder | None = None
+    # region -> its builder, in a per-region bake (bake = "per-region"): the same steps,
+    # each region's own (ctx.builder picks it)
+    builders: dict[Region, Builder] = Field(default_factory=dict)
     # region -> image: create-image, copy-image, locate-previous, adopt; discard-images
     # empties it | wait-image, launch-candidates, record, discard-builder, the handoff
     images: dict[Region, ImageId] = Field(default_factory=dict)

@@ -189,30 +189,58 @@ def _regions(*per_region: Stage) -> Stage:
     return Stage(name="regions", step="regions", kind=PER_REGION, members=per_region)
 
 
+def _bake(phase: str, *, in_lane: bool = False) -> tuple[Stage, ...]:
+    """A builder launched, provisioned, imaged and terminated. In a region's lane (a
+    per-region bake) its SSH wait and install are named apart from the candidates'."""
+    def lane(stage: Stage, name: str) -> Stage:
+        return replace(stage, name=name) if in_lane else stage
+
+    return (
+        _s("launch-builder", phase=phase),
+        lane(_s("wait-ssh", BUILDER, phase=phase), "builder-ssh"),
+        _s("provision", BUILDER, phase=phase),
+        # Snapshot base + packages as a foundation image (the bake cache), unless the
+        # builder came from one: the next bake with the same packages skips provisioning.
+        _s("cache-foundation", BUILDER, phase=phase),
+        lane(_s("install-release", BUILDER, phase=phase), "install-on-builder"),
+        _s("stop-builder", phase=phase),
+        # The builder is stopped: its disk is consistent without a reboot of its own.
+        _s("create-image", BUILDER, phase=phase, no_reboot=False),
+        _s("terminate-builder", phase=phase),
+    )
+
+
+def _go_live() -> tuple[Stage, ...]:
+    """A region's candidates from the image baked, tested and promoted."""
+    return (
+        _s("launch-candidates", image="baked"),
+        # Reachable and through its first boot before it is tested.
+        _s("wait-ssh", CANDIDATES),
+        _s("smoke-test", CANDIDATES, junit=True),
+        _s("promote", CANDIDATES, live=True),
+    )
+
+
 def _immutable() -> tuple[Stage, ...]:
     return (
         _s("publish-release", phase=BAKE),
-        _s("launch-builder", phase=BAKE),
-        _s("wait-ssh", BUILDER, phase=BAKE),
-        _s("provision", BUILDER, phase=BAKE),
-        # Snapshot base + packages as a foundation image (the bake cache), unless the
-        # builder came from one: the next bake with the same packages skips provisioning.
-        _s("cache-foundation", BUILDER, phase=BAKE),
-        _s("install-release", BUILDER, phase=BAKE),
-        _s("stop-builder", phase=BAKE),
-        # The builder is stopped: its disk is consistent without a reboot of its own.
-        _s("create-image", BUILDER, phase=BAKE, no_reboot=False),
-        _s("terminate-builder", phase=BAKE),
+        *_bake(BAKE),
         # Starts the copies; each region waits only for its own (wait-image).
         _s("copy-image", phase=BAKE),
-        _regions(
-            _s("wait-image"),
-            _s("launch-candidates", image="baked"),
-            # Reachable and through its first boot before it is tested.
-            _s("wait-ssh", CANDIDATES),
-            _s("smoke-test", CANDIDATES, junit=True),
-            _s("promote", CANDIDATES, live=True),
-        ),
+        _regions(_s("wait-image"), *_go_live()),
+        _s("record", images="run"),
+        _s("retire"),
+    )
+
+
+def _immutable_per_region() -> tuple[Stage, ...]:
+    # bake = "per-region": every region bakes its own image at once, from its own
+    # foundation image (or its base image, provisioned, the first time), from the same
+    # release (its digest checked on each builder): no region waits for a copy. The bake
+    # is part of each region's release, so there is no bake phase to hand to Jenkins.
+    return (
+        _s("publish-release"),
+        _regions(*_bake(RELEASE, in_lane=True), *_go_live()),
         _s("record", images="run"),
         _s("retire"),
     )
@@ -344,13 +372,16 @@ def _insert(stages: Sequence[Stage], extra: Extra) -> tuple[tuple[Stage, ...], b
 _TRAFFIC = ("drain", "put-back")
 
 
-def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = False) -> Plan:
+def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = False,
+         per_region_bake: bool = False) -> Plan:
     """The ordered stages of a procedure, with a team's extra stages inserted;
-    `graceful`: in-place batches reload in place, never leaving their target groups."""
+    `graceful`: in-place batches reload in place, never leaving their target groups;
+    `per_region_bake`: immutable bakes in every region at once instead of copying."""
     if mode not in _PROCEDURES:
         check_mode(mode)
     procedure = _PROCEDURES[mode]
-    stages = procedure.stages()
+    stages = base = _immutable_per_region() if per_region_bake and mode == "immutable" \
+        else procedure.stages()
     if graceful:
         stages = tuple(replace(s, members=tuple(m for m in s.members if m.name not in _TRAFFIC))
                        if s.kind == PER_BATCH else s for s in stages)
@@ -366,7 +397,7 @@ def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = Fals
     # A name once per scope (the stages on their own, each group's members), and a team's
     # stage a name of its own anywhere.
     scopes = [[s.name for s in stages], *([m.name for m in s.members] for s in stages)]
-    builtin = {s.name for s in Plan(mode, procedure.stages()).walk()}
+    builtin = {s.name for s in Plan(mode, base).walk()}
     dupes = sorted({n for names in scopes for n in names if names.count(n) > 1} |
                    {e.step for e in extra_stages if e.step in builtin})
     if dupes:

@@ -101,6 +101,7 @@ BAD = [
     ("reload = \"hup\"", "reload"),
     ("rollout = \"all-at-once\"", "rollout"),
     ("drain_quiet = -1", "drain_quiet"),
+    ("bake = \"everywhere\"", "bake"),
 ]
 
 

@@ -253,3 +253,17 @@ def test_a_graceful_rollout_never_takes_its_hosts_out_of_their_target_groups():
     # procedures that launch new hosts are the same either way
     for mode in ("immutable", "rebake-light"):
         assert planning.plan(mode, graceful=True).to_dict() == planning.plan(mode).to_dict()
+
+
+def test_a_per_region_bake_bakes_in_every_regions_lane_and_copies_nothing():
+    p = planning.plan("immutable", per_region_bake=True)
+    names = [s.name for s in p.walk()]
+    assert "copy-image" not in names and "wait-image" not in names
+    lane = [m.step for m in p.stage("regions").members]
+    assert lane.index("launch-builder") < lane.index("create-image") < \
+        lane.index("launch-candidates") < lane.index("promote")
+    assert not p.hands_off  # the bake is each region's own: nothing for Jenkins to take over
+    assert p.cleanup == planning.plan("immutable").cleanup
+    # the other procedures do not bake: the same either way
+    assert planning.plan("rebake-light", per_region_bake=True).to_dict() == \
+        planning.plan("rebake-light").to_dict()

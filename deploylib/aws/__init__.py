@@ -46,6 +46,9 @@ TAG_ENV = "deploy:env"
 TAG_ROLE = "deploy:role"
 # On foundation images (base image + packages): the bake cache's content key.
 TAG_FOUNDATION = "deploy:foundation"
+# On a baked image: the release's sha256, and the image its builder started from.
+TAG_DIGEST = "deploy:release-sha256"
+TAG_BAKED_FROM = "deploy:baked-from"
 # On hosts a promotion replaced: the run that may still put them back (demote) until its
 # release is recorded. gc keeps them while that run holds the lock.
 TAG_RETIRING = "deploy:retiring"

@@ -10,6 +10,7 @@ from deploylib.catalog import step
 from deploylib.context import Context, by_region
 from deploylib.errors import HostError, HostKeyError, RemoteCommandError, StateError
 from deploylib.facts import Builder
+from deploylib.plan import BUILDER
 
 
 def image_name(ctx: Context) -> str:
@@ -43,9 +44,11 @@ def network(ctx: Context, region: str) -> tuple[str, list[str]]:
 def launch_builder(ctx: Context) -> None:
     """Launch the builder: from the foundation image when the bake cache has one for this
     base image and package list, else from the base image."""
-    if ctx.facts.builder:
+    if ctx.builder():
         return
-    region = ctx.env.primary_region
+    # In a region's lane (bake = "per-region") that region bakes its own, from its own
+    # foundation: no region waits for a copy.
+    region = ctx.region or ctx.env.primary_region
     ec2 = ctx.aws.ec2(region)
     existing = aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
                                                  aws.TAG_ROLE: "builder"})
@@ -62,10 +65,14 @@ def launch_builder(ctx: Context) -> None:
         iid = aws.ec2.launch(ec2, region=region, image_id=source, count=1,
                              instance_type=ctx.env.instance_type, subnet_id=subnet,
                              security_group_ids=groups, tag_list=ctx.tags("builder"),
-                             client_token=f"{ctx.state.run_id}-builder",
+                             client_token=f"{ctx.state.run_id}-builder-{region}",
                              key_name=ctx.env.key_name)[0]
-    ctx.facts.builder = Builder(region=region, instance_id=iid, base_image=base,
-                                foundation=key, cache_hit=source != base)
+    builder = Builder(region=region, instance_id=iid, base_image=base, foundation=key,
+                      cache_hit=source != base, source_image=source)
+    if ctx.region is not None:
+        ctx.facts.builders[region] = builder
+    else:
+        ctx.facts.builder = builder
     ctx.save()
     ctx.log(f"  builder {iid} from {source} in {region}"
             + (" (foundation image: bake cache hit)" if source != base else ""))
@@ -129,7 +136,8 @@ def wait_ssh(ctx: Context) -> None:
 @step("provision")
 def provision(ctx: Context) -> None:
     """Install the OS packages and the service unit (a rendered script, run once)."""
-    if ctx.facts.builder and ctx.facts.builder.cache_hit:
+    builder = ctx.builder()
+    if builder and builder.cache_hit:
         ctx.log("  the foundation image has them already: nothing to provision")
         return
     script = _provision_script(ctx)
@@ -144,10 +152,11 @@ def provision(ctx: Context) -> None:
 
 
 def _builder(ctx: Context) -> Builder:
-    if ctx.facts.builder is None:
-        raise StateError("the run has no builder", resource=ctx.state.run_id,
-                         fix="run the launch-builder stage first")
-    return ctx.facts.builder
+    builder = ctx.builder()
+    if builder is None:
+        raise StateError("the run has no builder" + (f" in {ctx.region}" if ctx.region else ""),
+                         resource=ctx.state.run_id, fix="run the launch-builder stage first")
+    return builder
 
 
 @step("cache-foundation")
@@ -186,6 +195,7 @@ def create_image(ctx: Context) -> None:
     for ref in ctx.target_refs():
         sources.setdefault(ref.region, ref.instance_id)
     no_reboot = bool(ctx.option.get("no_reboot", False))
+    builder = ctx.builder() if ctx.stage is not None and ctx.stage.targets == BUILDER else None
 
     def one(region: str) -> str:
         ec2 = ctx.aws.ec2(region)
@@ -193,12 +203,23 @@ def create_image(ctx: Context) -> None:
         image_id = images.get(region) or aws.ec2.find_image(ec2, region, name)
         if not image_id:
             image_id = aws.ec2.create_image(ec2, region, sources[region], name,
-                                            ctx.tags("image"), no_reboot=no_reboot)
+                                            image_tags(ctx, builder), no_reboot=no_reboot)
         aws.ec2.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
         return image_id
 
     ctx.per_region("create-image", sorted(sources), one, images,
                    lambda region, image: f"image {image} in {region}")
+
+
+def image_tags(ctx: Context, builder: Builder | None) -> list[dict[str, str]]:
+    """A release image's tags: the run's, the release's digest (every region's image
+    carries the same bytes: status compares them) and the image its builder started from
+    (a foundation, or the base image)."""
+    tags = [*ctx.tags("image"), {"Key": aws.TAG_DIGEST, "Value": ctx.release.sha256}]
+    if builder is not None:
+        tags.append({"Key": aws.TAG_BAKED_FROM,
+                     "Value": builder.source_image or builder.base_image})
+    return tags
 
 
 @step("terminate-builder")
@@ -219,12 +240,13 @@ def copy_image(ctx: Context) -> None:
     images = ctx.facts.images
     source = images[env.primary_region]
     name = image_name(ctx)
+    env_builder = ctx.facts.builder  # the copies carry what the image was baked from
 
     def one(region: str) -> str:
         ec2 = ctx.aws.ec2(region)
         return images.get(region) or aws.ec2.find_image(ec2, region, name) or \
             aws.ec2.copy_image(ec2, source_region=env.primary_region, dest_region=region,
-                               image_id=source, name=name, tag_list=ctx.tags("image"),
+                               image_id=source, name=name, tag_list=image_tags(ctx, env_builder),
                                client_token=f"{ctx.state.run_id}-{region}")
 
     ctx.per_region("copy-image", env.copy_regions, one, images,

@@ -8,6 +8,7 @@ from deploylib import aws
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError
+from deploylib.facts import Builder
 from deploylib.steps import traffic
 from deploylib.steps.bake import image_name
 
@@ -125,15 +126,20 @@ def discard_images(ctx: Context) -> None:
 
 @step("discard-builder")
 def discard_builder(ctx: Context) -> None:
-    """Terminate the builder of a failed bake; forget it unless its image is kept."""
-    b = ctx.facts.builder
-    if not b:
-        return
-    if not b.terminated:
-        aws.ec2.terminate(ctx.aws.ec2(b.region), b.region, [b.instance_id])
-        ctx.log(f"  builder {b.instance_id} terminated")
-    b.terminated = True
-    if b.region not in ctx.facts.images:
-        ctx.facts.builder = None
-        _discarded(ctx, "discard-builder", [b.instance_id])
+    """Terminate the builders of a failed bake (the one, or every region's); forget each
+    unless its image is kept."""
+    facts = ctx.facts
+    lanes: list[tuple[str | None, Builder]] = ([(None, facts.builder)] if facts.builder else [])
+    lanes += sorted(facts.builders.items())
+    for region, b in lanes:
+        if not b.terminated:
+            aws.ec2.terminate(ctx.aws.ec2(b.region), b.region, [b.instance_id])
+            ctx.log(f"  builder {b.instance_id} terminated in {b.region}")
+        b.terminated = True
+        if b.region not in facts.images:
+            if region is None:
+                facts.builder = None
+            else:
+                del facts.builders[region]
+            _discarded(ctx, "discard-builder", [b.instance_id])
     ctx.save()

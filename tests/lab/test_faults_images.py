@@ -63,6 +63,24 @@ def test_an_image_copy_failing_in_one_region_removes_every_image_of_the_run(lab)
     assert_nothing_lost(lab, state, before["release"])
 
 
+def test_a_failed_per_region_bake_in_one_region_leaves_nothing_of_the_run_anywhere(lab):
+    from tests.conftest import write_config
+
+    before = record(lab)
+    config = write_config(lab.config_path.parent, name="per-region.toml", bake="per-region")
+    set_faults(lab, {"action": "CreateImage", "region": "eu-west-1", "error": "InvalidParameter",
+                     "message": "image refused (injected)"})
+    proc = lab.cli(f"deploy --mode immutable --version 5.6.1 --config {config}", check=False)
+    failed_clearly(proc, "eu-west-1")
+    state = state_of(lab, proc)
+    assert state["facts"]["cleanup"] == {"demote": "done", "discard-candidates": "done",
+                                         "discard-images": "done", "discard-builder": "done"}
+    assert state["facts"]["builders"] == {}  # every region's builder terminated, forgotten
+    assert record(lab) == before
+    clear_faults(lab)
+    assert_nothing_lost(lab, state, before["release"])
+
+
 def test_the_primary_region_goes_live_while_the_copies_are_pending(lab):
     """Each region waits only for its own image: with every copy held pending, the
     primary region is tested and promoted; the others follow when their copies land."""
