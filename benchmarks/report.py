@@ -78,7 +78,8 @@ def chart_html(results: dict[str, Any]) -> str:
         ttl = results["ttl"]
         data = []
         for name, runs in ttl["runs"].items():
-            data.append((name.replace(", graceful reload", ", graceful"),
+            data.append((name.replace(", graceful reload", ", graceful").replace(
+                ", per-region bake", ", per-region"),
                          med([x["aws_seconds"] for x in runs]) / 60, "#30a46c"))
             usual = ttl["usually_scripted"].get(name)
             if usual:
@@ -222,7 +223,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 TTL_TARGETS = {  # AWS seconds, as the target reads
     "in-place": (240, "4 min"), "in-place, graceful reload": (45, "45 s"),
-    "rebake-light": (90, "1.5 min"), "immutable": (480, "8 min")}
+    "rebake-light": (90, "1.5 min"), "immutable": (480, "8 min"),
+    "immutable, per-region bake": (480, "8 min")}
 
 
 def ttl_section(t: dict[str, Any]) -> list[str]:
@@ -309,6 +311,9 @@ WHY = {
     "rebake-light time to live ≤ 1.5 min": (
         "the candidates' launch and first passing check, then the tool's own work on them "
         "(first boot, install, smoke test)."),
+    "immutable, per-region bake time to live ≤ 8 min": (
+        "each region's own bake (builder launch, stop, image) and candidates' launch: "
+        "all at once, none waiting for another."),
     "immutable time to live ≤ 8 min": (
         "the copy of the release image to the other regions is on the critical path "
         "(`bake = \"copy\"`): with a foundation image in every region, `bake = "

@@ -50,6 +50,7 @@ PROCEDURES = {
     "in-place, graceful reload": ("in-place", {"reload": "graceful"}),
     "rebake-light": ("rebake-light", {}),
     "immutable": ("immutable", {}),
+    "immutable, per-region bake": ("immutable", {"bake": "per-region"}),
 }
 
 
@@ -71,6 +72,9 @@ def critical_path(procedure: str) -> float:
         # builder launch, stop, image, copy (all regions at once), candidates, one check
         return AWS["launch"] + AWS["stop"] + AWS["image"] + AWS["copy"] + AWS["launch"] + \
             one_check
+    if procedure == "immutable, per-region bake":
+        # every region at once: builder launch, stop, image, candidates, one check
+        return AWS["launch"] + AWS["stop"] + AWS["image"] + AWS["launch"] + one_check
     raise ValueError(procedure)
 
 
@@ -82,7 +86,7 @@ def as_usually_scripted(procedure: str) -> float | None:
     regions = 1 + len(REGIONS)
     if procedure == "in-place":
         return regions * batches_per_region() * (AWS["deregistration"] + AWS["health_interval"])
-    if procedure == "immutable":
+    if procedure.startswith("immutable"):
         return AWS["launch"] + AWS["stop"] + AWS["image"] + AWS["copy"] + \
             regions * (AWS["launch"] + AWS["health_interval"])
     return None  # rebake-light, a graceful reload: nothing usual to compare with
@@ -155,9 +159,11 @@ def run(work: Path, runs: int, say: Any) -> dict[str, Any]:
         lab.up()
         out: dict[str, list[dict[str, Any]]] = {p: [] for p in PROCEDURES}
         for n in range(runs + 1):
-            for name, (mode, keys) in PROCEDURES.items():
-                config = lab.write_config(f"{mode}-{len(keys)}.toml", **keys)
-                got = _run(lab, config, mode, f"7.{n}.{len(out[name])}-{mode}")
+            for i, (name, (mode, keys)) in enumerate(PROCEDURES.items()):
+                config = lab.write_config(f"{mode}-{'-'.join(keys.values()) or 'default'}.toml",
+                                          **keys)
+                # a version of its own: each procedure installs something new
+                got = _run(lab, config, mode, f"7.{n}.{i}-{mode}")
                 got["aws_seconds"] = aws_seconds(name, got["lab_seconds"])
                 if n:
                     out[name].append(got)

@@ -40,18 +40,21 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
             })
         return rows
 
-    def recorded_release(region: str) -> str | None:
+    def recorded_image(region: str) -> dict[str, str]:
         image = ((record or {}).get("images") or {}).get(region)
         tags = aws.ec2.image_tags(clients.ec2(region), region, [image]) if image else {}
-        return tags.get(image, {}).get(aws.TAG_RELEASE) if image else None
+        return tags.get(image, {}) if image else {}
 
-    recorded = parallel.each(env.all_regions, recorded_release, key=lambda r: r)
+    recorded = parallel.each(env.all_regions, recorded_image, key=lambda r: r)
     results = parallel.each(env.all_regions, region_rows, key=lambda r: r)
     errors = {r: str(e) for r, e in results.items() if isinstance(e, Exception)}
     rows = [row for r in env.all_regions if isinstance(results.get(r), list) for row in results[r]]
     images = {r: v for r, v in recorded.items() if not isinstance(v, Exception)}
     return {"environment": env.name, "record": record, "instances": rows, "errors": errors,
-            "recorded_image_releases": images}
+            "recorded_image_releases": {r: t.get(aws.TAG_RELEASE) for r, t in images.items()},
+            # the release bytes each region's recorded image was baked with
+            "recorded_image_digests": {r: t[aws.TAG_DIGEST] for r, t in images.items()
+                                       if aws.TAG_DIGEST in t}}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -79,6 +82,15 @@ def table(report: dict[str, Any]) -> str:
         if len(covered) < len(drifted):
             lines.append(f"  {len(drifted) - len(covered)} of them: no recorded image carries "
                          "it; a replacement would lose it until the next bake.")
+    digests = report.get("recorded_image_digests") or {}
+    if digests:
+        if len(set(digests.values())) == 1:
+            one = next(iter(digests.values()))
+            lines.append(f"The recorded images of {', '.join(sorted(digests))} carry the same "
+                         f"release bytes (sha256 {one[:12]}…).")
+        else:
+            lines.append("The recorded images carry different release bytes: " + ", ".join(
+                f"{r} {d[:12]}…" for r, d in sorted(digests.items())))
     for region, err in report["errors"].items():
         lines.append(f"{region}: could not be read: {err}")
     return "\n".join(lines)

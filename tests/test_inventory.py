@@ -31,3 +31,14 @@ def test_the_table_flags_drift_and_explains_it():
 def test_nothing_recorded_yet():
     text = inventory.table({"environment": "x", "record": None, "instances": [], "errors": {}})
     assert "(none recorded)" in text
+
+
+def test_the_table_says_whether_every_regions_image_carries_the_same_release_bytes():
+    report = {"environment": "lab", "errors": {}, "instances": [],
+              "record": {"release": "1.1.5", "procedure": "immutable", "run_id": "r2"},
+              "recorded_image_digests": {"us-east-1": "ab" * 32, "eu-west-1": "ab" * 32}}
+    assert "The recorded images of eu-west-1, us-east-1 carry the same release bytes " \
+        "(sha256 abababababab…)." in inventory.table(report)
+    report["recorded_image_digests"]["eu-west-1"] = "cd" * 32
+    assert "carry different release bytes: eu-west-1 cdcdcdcdcdcd…, us-east-1 " \
+        "abababababab…" in inventory.table(report)

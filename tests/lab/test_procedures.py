@@ -171,6 +171,7 @@ def test_immutable_baked_in_every_region_at_once_copies_no_image(lab):
         assert tags[aws.TAG_BAKED_FROM]  # the foundation (or base) it was baked from
         digests.add(tags[aws.TAG_DIGEST])
     assert digests == {rec["sha256"]}  # every region's image: the same release bytes
+    assert status(lab)["recorded_image_digests"] == {r: rec["sha256"] for r in rec["images"]}
 
 
 def test_rollback_after_an_image_based_deploy_brings_back_the_previous_image(lab):
