@@ -79,7 +79,7 @@ def chart_html(results: dict[str, Any]) -> str:
         data = []
         for name, runs in _in_order(ttl["runs"]):
             data.append((name.replace(", graceful reload", ", graceful").replace(
-                ", per-region bake", ", per-region"),
+                "immutable, per-region bake", "per-region bake"),
                          med([x["aws_seconds"] for x in runs]) / 60, "#30a46c"))
             usual = ttl["usually_scripted"].get(name)
             if usual:
