@@ -147,7 +147,7 @@ def serving_script(*, app_root: str, service: str) -> str:
 
 def idle_script(*, app_port: int, quiet: float, ceiling: float, poll: float = 0.1) -> str:
     """Waits until nothing from the load balancer is in flight on the host (exit 0), up to
-    the deregistration delay (exit 8); exit 9 when it cannot tell (no `ss`)."""
+    the deregistration delay (exit 8); exit 9 when it cannot tell (no /proc/net/tcp)."""
     return render("idle.sh.j2", app_port=app_port, quiet=f"{float(quiet):g}",
                   ceiling=f"{float(ceiling):g}", poll=f"{float(poll):g}")
 

@@ -6,9 +6,10 @@ is done with it as soon as nothing is in flight, but DescribeTargetHealth shows 
 `draining` until the deregistration delay (300 s by default) has passed. Waiting for the
 API to stop listing it would cost every batch that delay for nothing; instead each host
 is asked, over the run's SSH connection, until no connection from the balancer is open
-and none has opened for `drain_quiet` seconds (templates/idle.sh.j2). The delay is only
+and none has opened for `drain_quiet` seconds (templates/idle.sh.j2, reading the
+kernel's socket table). The delay is only
 the ceiling: by then the balancer has closed whatever was left. A host that cannot be
-asked (unreachable, no `ss`) is waited for through the API: until it is no longer
+asked (unreachable) is waited for through the API: until it is no longer
 listed.
 """
 
@@ -22,7 +23,7 @@ from deploylib.errors import HostError, RemoteCommandError
 from deploylib.facts import HostRef
 
 # idle.sh.j2's exit codes
-_STILL_OPEN, _NO_SS = 8, 9
+_STILL_OPEN, _NO_TABLE = 8, 9
 
 
 def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
@@ -54,7 +55,8 @@ def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
         except RemoteCommandError as exc:
             if exc.exit_status == _STILL_OPEN:
                 return exc.output.strip().splitlines()[-1]
-            why = "no ss on the host" if exc.exit_status == _NO_SS else exc.problem
+            why = "its socket table cannot be read" if exc.exit_status == _NO_TABLE \
+                else exc.problem
         except HostError as exc:
             why = exc.problem
         else:
