@@ -66,11 +66,19 @@ def console_text(public_key: str | None) -> str:
 
 
 def _kill_pidfile(path: Path) -> None:
+    """A halted host's service is gone at once, with whatever it started (the lab's
+    systemctl gives each service a session of its own: its group is the service)."""
     try:
         pid = int(path.read_text().strip())
-        os.kill(pid, signal.SIGKILL)
     except (OSError, ValueError):
-        pass
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def roots_place(lab_dir: Path) -> Path:
