@@ -69,6 +69,7 @@ class Context:
     # groups resolved so far, per region (looked up once per process, never stored).
     _trusted: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _groups: dict[str, str] = field(default_factory=dict)
+    _delays: dict[str, float] = field(default_factory=dict)
 
     def log(self, text: str) -> None:
         self.reporter.log(text)
@@ -132,6 +133,13 @@ class Context:
         if region not in self._groups:
             self._groups[region] = live.target_group(self.aws, self.env, region)
         return self._groups[region]
+
+    def deregistration_delay(self, region: str) -> float:
+        """The region's target group deregistration delay, read once per run."""
+        if region not in self._delays:
+            self._delays[region] = aws.elb.deregistration_delay(
+                self.aws.elbv2(region), region, self.target_group(region))
+        return self._delays[region]
 
     def live_hosts(self, region: str) -> list[str]:
         return live.hosts(self.aws, self.env, region, self.target_group(region))

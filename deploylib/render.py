@@ -120,11 +120,10 @@ def push_script(label: str) -> str:
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
                    health_path: str, health_check: str, service: str, restart_command: str,
                    keep_releases: int, url: str | None = None, pushed_path: str | None = None,
-                   fetch_timeout: int = 300, health_timeout: int = 30,
-                   reload_command: str | None = None) -> str:
+                   fetch_timeout: int = 300, health_timeout: int = 30) -> str:
     """The install script for one release; exactly one of url / pushed_path is given.
-    `reload_command`: the app is reloaded (gracefully, still serving) instead of
-    restarted, back and forth alike."""
+    `restart_command` (re)starts the app on the release switched to, back and forth alike:
+    a graceful rollout gives its reload command here."""
     if (url is None) == (pushed_path is None):
         raise ValueError("give exactly one of url or pushed_path")
     if pushed_path is not None and not PUSHED.fullmatch(pushed_path):
@@ -133,7 +132,7 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
         "install.sh.j2", version=version, sha256=sha256, app_root=app_root,
         app_port=app_port, health_path=health_path,
         # the operator's own command, from deploy.toml: shell by design
-        restart_command=Shell(reload_command or restart_command),
+        restart_command=Shell(restart_command),
         keep_releases=keep_releases, source="url" if url else "push", url=url,
         pushed_path=pushed_path, fetch_timeout=fetch_timeout, health_timeout=health_timeout,
         service=service, health_check=health_check,

@@ -46,8 +46,8 @@ class Host:
 
     def install(self, version: str, *, name: str | None = None, sha: str | None = None,
                 keep: int = 3, push: Path | None = None, health_check: str = "version",
-                restart: str = "systemctl restart app", health_timeout: int = 3,
-                reload: str | None = None) -> subprocess.CompletedProcess:
+                restart: str = "systemctl restart app", health_timeout: int = 3
+                ) -> subprocess.CompletedProcess:
         if name is None:
             name, sha = self.artifact(version)
         script = render.install_script(
@@ -55,8 +55,7 @@ class Host:
             health_path="/health" if health_check == "version" else "/healthz",
             restart_command=restart, keep_releases=keep,
             url=None if push else f"{self.url}/{name}", pushed_path=str(push) if push else None,
-            health_timeout=health_timeout, service="app", health_check=health_check,
-            reload_command=reload)
+            health_timeout=health_timeout, service="app", health_check=health_check)
         return self.bash(script)
 
     def runs_from(self) -> str:
@@ -221,7 +220,7 @@ def test_a_release_that_exits_at_start_is_given_up_on_at_once(host, tmp_path):
 
 def test_a_release_that_runs_but_never_answers_is_waited_for(host, tmp_path):
     assert host.install("1.0.0").returncode == 0
-    name, sha = _release(host, tmp_path, "1.0.1", "import time\ntime.sleep(600)\n")
+    name, sha = _release(host, tmp_path, "1.0.1", "import signal\nsignal.pause()\n")
     out = host.install("1.0.1", name=name, sha=sha, health_timeout=2)
     assert out.returncode == 5, out.stdout + out.stderr
     assert "the service exited" not in out.stderr  # it did not: the timeout ended it
@@ -254,11 +253,11 @@ def test_a_graceful_install_switches_the_release_without_a_failed_request(host, 
     for c in clients:
         c.start()
     try:
-        out = host.install("1.0.1", reload="systemctl reload app", health_timeout=30)
+        out = host.install("1.0.1", restart="systemctl reload app", health_timeout=30)
         slow = threading.Thread(target=lambda: seen.append(urllib.request.urlopen(
             f"http://{host.address}:8080/slow?seconds=1", timeout=10).status))
         slow.start()
-        back = host.install("1.0.0", reload="systemctl reload app", health_timeout=30)
+        back = host.install("1.0.0", restart="systemctl reload app", health_timeout=30)
         slow.join()
     finally:
         stop.set()
@@ -274,7 +273,7 @@ def test_a_graceful_install_that_cannot_start_leaves_the_old_release_serving(hos
     assert host.install("1.0.0").returncode == 0
     master = _main_pid(host)
     name, sha = _release(host, tmp_path, "1.0.1", "raise SystemExit('cannot start')\n")
-    out = host.install("1.0.1", name=name, sha=sha, reload="systemctl reload app",
+    out = host.install("1.0.1", name=name, sha=sha, restart="systemctl reload app",
                        health_timeout=3)
     assert out.returncode == 5, out.stdout + out.stderr
     assert _main_pid(host) == master and host.serving() == "1.0.0"

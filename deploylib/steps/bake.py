@@ -240,13 +240,13 @@ def copy_image(ctx: Context) -> None:
     images = ctx.facts.images
     source = images[env.primary_region]
     name = image_name(ctx)
-    env_builder = ctx.facts.builder  # the copies carry what the image was baked from
+    tags = image_tags(ctx, ctx.facts.builder)  # a copy says what its source was baked from
 
     def one(region: str) -> str:
         ec2 = ctx.aws.ec2(region)
         return images.get(region) or aws.ec2.find_image(ec2, region, name) or \
             aws.ec2.copy_image(ec2, source_region=env.primary_region, dest_region=region,
-                               image_id=source, name=name, tag_list=image_tags(ctx, env_builder),
+                               image_id=source, name=name, tag_list=tags,
                                client_token=f"{ctx.state.run_id}-{region}")
 
     ctx.per_region("copy-image", env.copy_regions, one, images,

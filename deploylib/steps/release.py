@@ -142,7 +142,7 @@ def install_release(ctx: Context) -> None:
     # (nothing serving yet) always start afresh.
     graceful = env.reload == "graceful" and ctx.stage is not None and \
         ctx.stage.targets == BATCH
-    reload_command = env.reload_command if graceful else None
+    restart_command = env.reload_command if graceful else env.restart_command
     # Presigned per stage, never stored: the URL is a credential while it lives.
     url = None if push else aws.s3.presign(ctx.aws.s3(), rel.bucket, rel.key,
                                            expires=int(ctx.timeout("presign", 900)),
@@ -156,8 +156,7 @@ def install_release(ctx: Context) -> None:
         script = render.install_script(
             version=rel.version, sha256=rel.sha256, app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,
-            restart_command=env.restart_command, keep_releases=env.keep_releases,
-            reload_command=reload_command,
+            restart_command=restart_command, keep_releases=env.keep_releases,
             url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)),
             service=env.service, health_check=env.health_check)
         try:

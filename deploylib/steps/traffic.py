@@ -7,10 +7,9 @@ is done with it as soon as nothing is in flight, but DescribeTargetHealth shows 
 API to stop listing it would cost every batch that delay for nothing; instead each host
 is asked, over the run's SSH connection, until no connection from the balancer is open
 and none has opened for `drain_quiet` seconds (templates/idle.sh.j2, reading the
-kernel's socket table). The delay is only
-the ceiling: by then the balancer has closed whatever was left. A host that cannot be
-asked (unreachable) is waited for through the API: until it is no longer
-listed.
+kernel's socket table). The delay is only the ceiling: by then the balancer has closed
+whatever was left. A host that cannot be asked (unreachable) is waited for through the
+API: until it is no longer listed.
 """
 
 from __future__ import annotations
@@ -31,20 +30,19 @@ def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
     """Deregister the hosts (those not already on their way out) and return once every
     one is idle. `deregister=False`: they were deregistered earlier (promote)."""
     env = ctx.env
+    by_region = {region: ids for region, ids in by_region.items() if ids}
+    if not by_region:
+        return
     ceilings: dict[str, float] = {}
     for region, ids in by_region.items():
-        if not ids:
-            continue
-        elb, group = ctx.aws.elbv2(region), ctx.target_group(region)
         if deregister:
-            aws.elb.leave(elb, region, group, ids, env.app_port)
-        ceilings[region] = min(aws.elb.deregistration_delay(elb, region, group),
-                               ctx.timeout("drain", 600))
-    refs = [(r, i) for r, ids in by_region.items() if r in ceilings for i in ids]
-    if not refs:
-        return
-    instances = ctx.targets([HostRef(region=r, instance_id=i) for r, i in refs])
+            aws.elb.leave(ctx.aws.elbv2(region), region, ctx.target_group(region), ids,
+                          env.app_port)
+        ceilings[region] = min(ctx.deregistration_delay(region), ctx.timeout("drain", 600))
+    instances = ctx.targets([HostRef(region=r, instance_id=i)
+                             for r, ids in by_region.items() for i in ids])
     through_api: dict[str, list[str]] = {}
+    lock = threading.Lock()
 
     def one(inst: aws.ec2.Instance) -> str:
         ceiling = ceilings[inst.region]
@@ -66,7 +64,6 @@ def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
             through_api.setdefault(inst.region, []).append(inst.instance_id)
         return f"cannot be asked ({why}): waiting until the load balancer lets it go"
 
-    lock = threading.Lock()
     for iid, said in sorted(ctx.on_hosts(stage, one, instances).succeeded.items()):
         ctx.log(f"  {iid} {said}")
     for region, ids in through_api.items():
