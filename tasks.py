@@ -585,6 +585,19 @@ def lab_down(c):
     print("lab stopped" if control.stop_daemon() else "the lab was not running")
 
 
+@task(help={"region": "the region whose live server group scales",
+            "desired": "its new desired capacity", "config": HELP["config"]})
+def lab_scale(c, region, desired, config=None):
+    """Scale a region's live server group, as an autoscaling policy would."""
+    with reported():
+        from deploylib.lab import control
+
+        env = _cfg(config).environment("lab")
+        name, before = control.scale(env, region, int(desired))
+        print(f"{name} in {region}: desired {before} -> {desired}; each new instance goes in "
+              "service once its boot has put the live release on it")
+
+
 @task(help={"hosts": "hosts per region (default 2)", "config": HELP["config"],
             "debian": "bake the first release from a real Debian root filesystem (default; "
                       "--no-debian for the lab's directory base image, without network)"})
@@ -618,6 +631,7 @@ def demo(c, hosts=2, config=None, debian=True):
 lab = Collection("lab")
 lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
+lab.add_task(lab_scale, "scale")
 
 jenkins_tasks = Collection("jenkins")
 jenkins_tasks.add_task(jenkins_setup, "setup")

@@ -231,6 +231,26 @@ class Environment(Strict):
         description=(
             "In-place: when the rollout stops, switch the hosts already updated back to the "
             "live release."))
+    fleet: Literal["instances", "server-groups"] = Field(default="instances",
+        description=(
+            "`instances`: the fleet is the instances in the target group; `server-groups`: "
+            "each region's fleet is an Auto Scaling group from a launch template version "
+            "(`<service>-<env>-vNNN`): immutable and rebake-light make the next group "
+            "(red/black), in-place changes the live group's instances, and an instance the "
+            "group launches boots into the live release (docs/operator-guide.md)."))
+    keep_server_groups: int = Field(default=2, ge=0, le=20,
+        description=(
+            "Server groups kept (scaled to 0, out of service) behind the live one: the "
+            "newest is what `invoke rollback` re-enables."))
+    instance_profile: str = Field(default="",
+        description=(
+            "Server groups: the instance profile (name or ARN) their instances launch with; "
+            "its role reads the record and the releases at boot "
+            "(templates/iam-policy-instance.json)."))
+    max_size: int = Field(default=0, ge=0, le=1000,
+        description=(
+            "Server groups: the first group's MaxSize (0: twice `fleet_size`); later groups "
+            "carry the live group's min, max and desired over."))
     fleet_size: int = Field(default=2, ge=1, le=100,
         description="Hosts per region when nothing is live yet (the first release).")
     keep_releases: int = Field(default=3, ge=2, le=50,
@@ -385,6 +405,10 @@ class Environment(Strict):
             # its workers run.
             raise _fail('reload = "graceful" needs health_check = "version" (the app '
                         "reports the release it serves)")
+        if self.fleet == "server-groups" and not self.instance_profile:
+            raise _fail('fleet = "server-groups" needs instance_profile: the role its '
+                        "instances read the record and the releases with at boot "
+                        "(templates/iam-policy-instance.json)")
         for extra in self.extra_stages:
             if not _STEP_NAME.fullmatch(extra.step):
                 raise _fail(f"extra_stages step {extra.step!r} is not a step name like warm-cache")
@@ -404,6 +428,15 @@ class Environment(Strict):
             o.security_group or self.security_group,
             o.target_group or self.target_group,
         )
+
+    @property
+    def server_groups(self) -> bool:
+        return self.fleet == "server-groups"
+
+    @property
+    def group_prefix(self) -> str:
+        """Server groups are `<prefix>-vNNN`; the launch template is `<prefix>`."""
+        return f"{self.service}-{self.name}"
 
     def timeout(self, what: str, default: float) -> float:
         return float(self.timeouts.get(what, default))

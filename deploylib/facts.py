@@ -50,6 +50,8 @@ RunId = Annotated[str, StringConstraints(pattern=config.RUN_ID.pattern)]
 Bucket = Annotated[str, StringConstraints(pattern=config.BUCKET.pattern)]
 # An S3 object version (opaque; URL-safe characters, as S3 makes them).
 VersionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,1024}$")]
+# A server group: `<service>-<env>-vNNN` (aws.autoscaling.group_name)
+GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,240}-v[0-9]{3,}$")]
 
 
 def first_error(exc: ValidationError) -> str:
@@ -157,6 +159,12 @@ class Facts(_Model):
     # region -> instances: launch-candidates; discard-candidates | wait-ssh,
     # install-release, smoke-test, promote (its targets), demote
     candidates: dict[Region, list[InstanceId]] = Field(default_factory=dict)
+    # region -> the server group this run made (fleet = "server-groups"):
+    # launch-candidates; discard-candidates | promote, demote, record, retire
+    server_groups: dict[Region, GroupName] = Field(default_factory=dict)
+    # region -> the server group its promotion took out of service: promote; demote |
+    # retire, demote
+    replaced_groups: dict[Region, GroupName] = Field(default_factory=dict)
     # region -> the hosts its promotion replaced: promote; demote | retire, demote,
     # discard-images, discard-candidates
     promoted: dict[Region, list[InstanceId]] = Field(default_factory=dict)

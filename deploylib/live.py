@@ -19,6 +19,7 @@ from deploylib import aws
 from deploylib.config import Environment
 from deploylib.errors import StateError
 from deploylib.facts import (
+    GroupName,
     ImageId,
     Mode,
     Region,
@@ -38,6 +39,7 @@ class Previous(BaseModel):
     sha256: Sha256 | None = None
     version_id: VersionId | None = None
     images: dict[Region, ImageId] = Field(default_factory=dict)
+    server_groups: dict[Region, GroupName] | None = None
     procedure: Mode | None = None
     run_id: RunId | None = None
 
@@ -58,6 +60,8 @@ class Record(BaseModel):
     # the artifact's S3 version, when the bucket keeps versions
     version_id: VersionId | None = None
     images: dict[Region, ImageId] = Field(default_factory=dict)
+    # region -> the server group serving it (fleet = "server-groups")
+    server_groups: dict[Region, GroupName] | None = None
     procedure: Mode
     run_id: RunId
     recorded_at: str = ""

@@ -139,6 +139,26 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
     )
 
 
+def boot_script(*, group: str, hook: str, version: str, sha256: str, version_id: str | None,
+                record_parameter: str, record_region: str, bucket: str, key_prefix: str,
+                store_region: str, app_root: str, app_port: int, health_path: str,
+                health_check: str, service: str, restart_command: str, keep_releases: int,
+                fetch_timeout: int = 300, health_timeout: int = 30) -> str:
+    """A server group's user data: at first boot, the release the environment serves put
+    on the instance (the install script, fed from the store), then its launch lifecycle
+    hook completed. `version`/`sha256`/`version_id`: the release the group was made with,
+    which its instances run while the record names another group live."""
+    return render(
+        "boot.sh.j2", group=group, hook=hook, version=version, sha256=sha256,
+        version_id=version_id or "-", record_parameter=record_parameter,
+        record_region=record_region, record_request=json.dumps({"Name": record_parameter}),
+        bucket=bucket, key_prefix=key_prefix, store_region=store_region,
+        app_root=app_root, app_port=app_port, health_path=health_path,
+        restart_command=Shell(restart_command), keep_releases=keep_releases, source="store",
+        fetch_timeout=fetch_timeout, health_timeout=health_timeout, service=service,
+        health_check=health_check)
+
+
 def serving_script(*, app_root: str, service: str) -> str:
     """Prints the release the host's app runs from (proven on the host), or nothing."""
     return render("serving.sh.j2", app_root=app_root, service=service)
@@ -155,13 +175,18 @@ def iam_policy(env: Any) -> str:
     """templates/iam-policy.json for one environment: its artifact bucket, its lock table
     and its name (what its resources are tagged `deploy:env` with: EC2's writes are
     scoped to them) in place of the placeholders (each checked by the config's schema);
-    its target groups, one per region, as the only ones it may register hosts in; and —
+    its server groups' names (`<service>-<env>-v*`) and the role its instances launch with
+    (passed to EC2 only); its target groups, one per region, as the only ones it may
+    register hosts in; and —
     when its volumes are encrypted with keys of its own (`kms_keys`) — the use of those
     keys as EBS needs it (templates/iam-policy-kms.json: EC2 asks KMS on the caller's
     behalf when it launches, images and copies)."""
     text = (TEMPLATES / "iam-policy.json").read_text()
+    # The instance role is named as its instance profile (as the IAM console names both).
+    role = env.instance_profile.rsplit("/", 1)[-1] or "no-instance-profile"
     text = text.replace("ARTIFACT_BUCKET", env.artifact_bucket).replace(
-        "LOCK_TABLE", env.lock_table).replace("ENV_NAME", env.name)
+        "LOCK_TABLE", env.lock_table).replace("ENV_NAME", env.name).replace(
+        "GROUP_PREFIX", env.group_prefix).replace("INSTANCE_ROLE", role)
     policy = json.loads(text)
     groups = []
     for region in env.all_regions:
@@ -178,6 +203,16 @@ def iam_policy(env: Any) -> str:
         kms = json.loads((TEMPLATES / "iam-policy-kms.json").read_text())["Statement"]
         policy["Statement"] += [{**s, "Resource": list(env.kms_keys)} for s in kms]
     return json.dumps(policy, indent=2) + "\n"
+
+
+def instance_policy(env: Any) -> str:
+    """templates/iam-policy-instance.json for one environment: what a server group's
+    instance role needs at boot (templates/boot.sh.j2) — read the record, fetch the
+    environment's releases, complete its own group's launch lifecycle hook."""
+    text = (TEMPLATES / "iam-policy-instance.json").read_text()
+    return text.replace("RECORD_PARAMETER", env.record_parameter.lstrip("/")).replace(
+        "ARTIFACT_BUCKET", env.artifact_bucket).replace("ENV_NAME", env.name).replace(
+        "GROUP_PREFIX", env.group_prefix)
 
 
 # The pipeline's parameters, as the job offers them before its first build (the

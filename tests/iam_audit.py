@@ -35,7 +35,8 @@ PORT_ENV = "DEPLOY_TEST_CSM_PORT"
 CLIENT_ID = "deploylib-under-test"
 # botocore's service ids, as client-side monitoring names them -> IAM's prefixes.
 SERVICES = {"EC2": "ec2", "Elastic Load Balancing v2": "elasticloadbalancing", "S3": "s3",
-            "SSM": "ssm", "DynamoDB": "dynamodb", "STS": "sts", "KMS": "kms"}
+            "SSM": "ssm", "DynamoDB": "dynamodb", "STS": "sts", "KMS": "kms",
+            "Auto Scaling": "autoscaling"}
 # S3's operations map to the actions that authorise them.
 S3_ACTIONS = {"HeadBucket": "ListBucket", "HeadObject": "GetObject", "GetObject": "GetObject",
               "PutObject": "PutObject",
@@ -51,8 +52,12 @@ S3_ACTIONS = {"HeadBucket": "ListBucket", "HeadObject": "GetObject", "GetObject"
 # Client-side monitoring names the operation (GetObject, HeadObject), not whether it named
 # an object version (s3:GetObjectVersion, which the lab bucket's versioned releases are
 # fetched by): the lab's enforcement refuses a versioned read without that grant.
+# A server group whose launch template names an instance profile is created only by a
+# caller who may pass its role to EC2 (the Auto Scaling user guide, "IAM role for
+# applications that run on Amazon EC2 instances").
 IMPLIED = {"s3:GetObject": {"s3:ListBucket", "s3:GetObjectVersion"},
-           "s3:PutObject": {"s3:AbortMultipartUpload"}}
+           "s3:PutObject": {"s3:AbortMultipartUpload"},
+           "autoscaling:CreateAutoScalingGroup": {"iam:PassRole"}}
 
 
 def client_side_monitoring() -> dict[str, str]:

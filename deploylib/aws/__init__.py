@@ -1,7 +1,8 @@
 """AWS through boto3: one module per service, one place where AWS's failures become ours.
 
     aws            AwsClients (built once per service and region) and the error boundary
-    aws.ec2        instances and images
+    aws.autoscaling  server groups: Auto Scaling groups, their capacity and target groups
+    aws.ec2        instances, images and launch templates
     aws.elb        target groups: register, deregister, the health the balancer sees
     aws.kms        the keys volumes are encrypted with
     aws.s3         the artifact store
@@ -130,6 +131,9 @@ class AwsClients:
                 self._account = str(self.client("sts").get_caller_identity()["Account"])
         return self._account
 
+    def autoscaling(self, region: str) -> Any:
+        return self.client("autoscaling", region)
+
     def dynamodb(self) -> Any:
         return self.client("dynamodb")
 
@@ -250,6 +254,7 @@ def tag_map(tag_list: Iterable[dict[str, str]] | None) -> dict[str, str]:
 
 
 # The services, each in its own module; imported last, as they use the boundary above.
-from deploylib.aws import ec2, elb, kms, s3, ssm  # noqa: E402
+from deploylib.aws import autoscaling, ec2, elb, kms, s3, ssm  # noqa: E402
 
-__all__ = ["AwsClients", "calling", "ec2", "elb", "kms", "s3", "ssm", "tag_map", "tags"]
+__all__ = ["AwsClients", "autoscaling", "calling", "ec2", "elb", "kms", "s3", "ssm", "tag_map",
+           "tags"]

@@ -87,17 +87,15 @@ def resolve_security_group(ec2: Any, name_or_id: str, region: str, vpc_id: str) 
     return str(security_group(ec2, name_or_id, region, vpc_id)["GroupId"])
 
 
-def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: str,
-           subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
-           client_token: str, key_name: str | None = None) -> list[str]:
-    """Launch instances with IMDSv2 required and an encrypted root volume; the client
-    token makes a retry idempotent."""
+def _launch_spec(ec2: Any, region: str, image_id: str, instance_type: str,
+                 tag_list: list[dict[str, str]], key_name: str | None) -> dict[str, Any]:
+    """What every instance is launched with, by RunInstances or a launch template: IMDSv2
+    required, the image's root volume re-stated encrypted, tags on instance and volume."""
     fix = ("check the image, subnet, security group and instance type exist in this region "
            "and your quota")
     with calling(f"image {image_id} in {region}", fix):
         images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
     root = images[0].get("RootDeviceName", "/dev/sda1") if images else "/dev/sda1"
-    # The image's own root volume, re-stated with encryption on.
     ebs: dict[str, Any] = {"Encrypted": True, "DeleteOnTermination": True}
     for m in images[0].get("BlockDeviceMappings", []) if images else []:
         if m.get("DeviceName") == root and m.get("Ebs"):
@@ -105,9 +103,8 @@ def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: s
                         if k in m["Ebs"]})
     if "SnapshotId" not in ebs and "VolumeSize" not in ebs:
         ebs["VolumeSize"] = 8
-    args: dict[str, Any] = dict(
-        ImageId=image_id, InstanceType=instance_type, MinCount=count, MaxCount=count,
-        SubnetId=subnet_id, SecurityGroupIds=security_group_ids, ClientToken=client_token,
+    spec: dict[str, Any] = dict(
+        ImageId=image_id, InstanceType=instance_type,
         MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled",
                          "HttpPutResponseHopLimit": 1},
         BlockDeviceMappings=[{"DeviceName": root, "Ebs": ebs}],
@@ -115,10 +112,128 @@ def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: s
                            {"ResourceType": "volume", "Tags": tag_list}],
     )
     if key_name:
-        args["KeyName"] = key_name
-    with calling(f"image {image_id} in {region}", fix):
+        spec["KeyName"] = key_name
+    return spec
+
+
+def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: str,
+           subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
+           client_token: str, key_name: str | None = None) -> list[str]:
+    """Launch instances with IMDSv2 required and an encrypted root volume; the client
+    token makes a retry idempotent."""
+    args = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
+    args.update(MinCount=count, MaxCount=count, SubnetId=subnet_id,
+                SecurityGroupIds=security_group_ids, ClientToken=client_token)
+    with calling(f"image {image_id} in {region}", "check the image, subnet, security group "
+                 "and instance type exist in this region and your quota"):
         reservation = ec2.run_instances(**args)
     return [i["InstanceId"] for i in reservation["Instances"]]
+
+
+# -- launch templates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    template_id: str
+    name: str
+    version: int
+    image_id: str
+    tags: dict[str, str]
+
+
+def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
+                         instance_type: str, security_group_ids: list[str],
+                         tag_list: list[dict[str, str]], user_data: str,
+                         instance_profile: str | None, key_name: str | None,
+                         client_token: str) -> TemplateVersion:
+    """A new version of the environment's launch template (the template made on first
+    use): what one server group's instances launch with. Idempotent by client token."""
+    import base64
+
+    data = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
+    data.update(SecurityGroupIds=security_group_ids,
+                UserData=base64.b64encode(user_data.encode()).decode())
+    if instance_profile:
+        data["IamInstanceProfile"] = ({"Arn": instance_profile}
+                                      if instance_profile.startswith("arn:")
+                                      else {"Name": instance_profile})
+    tags = [t for t in tag_list if t["Key"] != "Name"]
+    with calling(f"launch template {name} in {region}",
+                 "check ec2:CreateLaunchTemplate* is allowed (templates/iam-policy.json)"):
+        found = ec2.describe_launch_templates(
+            Filters=[{"Name": "launch-template-name", "Values": [name]}]).get(
+            "LaunchTemplates", [])
+        if not found:
+            made = ec2.create_launch_template(
+                LaunchTemplateName=name, LaunchTemplateData=data, ClientToken=client_token,
+                VersionDescription=client_token,
+                TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}]
+            )["LaunchTemplate"]
+            return TemplateVersion(made["LaunchTemplateId"], name,
+                                   int(made["LatestVersionNumber"]), image_id, tag_map(tags))
+        template_id = found[0]["LaunchTemplateId"]
+        for v in template_versions(ec2, region, template_id):
+            if v.get("VersionDescription") == client_token:
+                return _version(v)
+        made = ec2.create_launch_template_version(
+            LaunchTemplateId=template_id, LaunchTemplateData=data,
+            VersionDescription=client_token, ClientToken=client_token)["LaunchTemplateVersion"]
+    return TemplateVersion(template_id, name, int(made["VersionNumber"]), image_id,
+                           tag_map(tags))
+
+
+def _version(v: dict[str, Any]) -> TemplateVersion:
+    data = v.get("LaunchTemplateData", {})
+    tags = next((tag_map(t.get("Tags")) for t in data.get("TagSpecifications", [])
+                 if t.get("ResourceType") == "instance"), {})
+    return TemplateVersion(v["LaunchTemplateId"], v["LaunchTemplateName"],
+                           int(v["VersionNumber"]), data.get("ImageId", ""), tags)
+
+
+def template_versions(ec2: Any, region: str, template_id: str) -> list[dict[str, Any]]:
+    with calling(f"launch template {template_id} in {region}",
+                 "check ec2:DescribeLaunchTemplateVersions is allowed"):
+        pages = ec2.get_paginator("describe_launch_template_versions").paginate(
+            LaunchTemplateId=template_id)
+        return [v for page in pages for v in page.get("LaunchTemplateVersions", [])]
+
+
+@dataclass(frozen=True)
+class LaunchTemplate:
+    template_id: str
+    default: int
+    versions: list[TemplateVersion]
+
+
+def launch_template(ec2: Any, region: str, name: str) -> LaunchTemplate | None:
+    """The environment's launch template and its versions (None: there is none)."""
+    with calling(f"launch template {name} in {region}",
+                 "check ec2:DescribeLaunchTemplates is allowed"):
+        found = ec2.describe_launch_templates(
+            Filters=[{"Name": "launch-template-name", "Values": [name]}]).get(
+            "LaunchTemplates", [])
+    if not found:
+        return None
+    template_id = found[0]["LaunchTemplateId"]
+    return LaunchTemplate(template_id, int(found[0].get("DefaultVersionNumber", 1)),
+                          [_version(v) for v in template_versions(ec2, region, template_id)])
+
+
+def delete_template(ec2: Any, region: str, template_id: str) -> None:
+    with calling(f"launch template {template_id} in {region}",
+                 "check ec2:DeleteLaunchTemplate is allowed"):
+        ec2.delete_launch_template(LaunchTemplateId=template_id)
+
+
+def delete_template_versions(ec2: Any, region: str, template_id: str,
+                             versions: list[int]) -> None:
+    if not versions:
+        return
+    with calling(f"launch template {template_id} in {region}",
+                 "check ec2:DeleteLaunchTemplateVersions is allowed"):
+        ec2.delete_launch_template_versions(LaunchTemplateId=template_id,
+                                            Versions=[str(v) for v in versions])
 
 
 def _described(pages: Iterable[dict[str, Any]], region: str, public: bool) -> list[Instance]:

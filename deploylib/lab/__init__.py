@@ -22,6 +22,11 @@ LAB_DIR_ENV = "DEPLOY_LAB_DIR"
 LAB_CREDENTIALS = {"aws_access_key_id": "lab", "aws_secret_access_key": "lab-secret"}
 LAB_ADMIN_CREDENTIALS = {"aws_access_key_id": "lab-admin",
                          "aws_secret_access_key": "lab-admin-secret"}
+# What the lab's instance metadata service hands an instance launched with an instance
+# profile (deploylib.lab.metadata); held to the instance role's policy.
+LAB_INSTANCE_CREDENTIALS = {"aws_access_key_id": "lab-instance",
+                            "aws_secret_access_key": "lab-instance-secret",
+                            "aws_session_token": "lab-instance-session"}
 BIN = Path(__file__).resolve().parent / "bin"
 
 

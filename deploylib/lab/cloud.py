@@ -151,16 +151,36 @@ def _later(seconds: float, fn: Any) -> None:
     timer.start()
 
 
-def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | None = None
-            ) -> None:
+def _user_data(inst: Any) -> str | None:
+    data = getattr(inst, "user_data", None)
+    if isinstance(data, list):  # moto keeps RunInstances' as a list of one
+        data = data[0] if data else None
+    if data is None:
+        return None
+    if isinstance(data, Base64EncodedString):
+        return data.decode()
+    raw = data.decode() if isinstance(data, bytes) else str(data)
+    try:
+        return Base64EncodedString(raw).decode()
+    except ValueError:
+        return raw
+
+
+def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | None = None,
+            boot_env: Any = None) -> None:
     """Wrap moto's backend methods so the API's effects happen on lab hosts.
 
     A latency profile makes the cloud take AWS-like time, at the API: instances stay
     `pending` (and their sshd down) for `launch` seconds, `stopping` for `stop` seconds,
     images stay `pending` for `image` seconds and copies for `copy` seconds. The tool's
     own waits then meet the delays as they would on AWS, so its overhead over them can be
-    measured."""
+    measured. `boot_env(region, instance_id)`: what an instance's user data is told about
+    the lab (its metadata service, the API's endpoint)."""
     profile = profile or {}
+
+    def boot_host(inst: Any, region: str, image_id: str) -> None:
+        farm.boot(inst.id, inst.private_ip, image_id, user_data=_user_data(inst),
+                  user_data_env=boot_env(region, inst.id) if boot_env else None)
     fill_gaps(profile.get("settle", consistency.DEFAULT_WINDOW))
     run_instances = InstanceBackend.run_instances
     start_instances = InstanceBackend.start_instances
@@ -177,14 +197,14 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
         delay = profile.get("launch", 0)
         for inst in reservation.instances:
             if not delay:
-                farm.boot(inst.id, inst.private_ip, image_id)
+                boot_host(inst, self.region_name, inst.image_id)
                 continue
             inst._state.name, inst._state.code = "pending", 0
 
             def boot(inst: Any = inst) -> None:
                 if inst._state.name == "pending":
                     inst._state.name, inst._state.code = "running", 16
-                    farm.boot(inst.id, inst.private_ip, image_id)
+                    boot_host(inst, self.region_name, inst.image_id)
 
             _later(delay, boot)
         return reservation

@@ -42,6 +42,8 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "lock_table": env.lock_table,
             # What the tool may do (deploylib.lab.iam): the policy `invoke policy` prints.
             "policy": render.iam_policy(env),
+            # What a server group's instances may do at boot (their instance role's).
+            "instance_policy": render.instance_policy(env),
             # The Debian base image, where this machine has its root filesystem made
             # (DEPLOY_LAB_DEBIAN=1 makes it: debootstrap, once).
             "debian": rootfs.ready() or os.environ.get("DEPLOY_LAB_DEBIAN") == "1",
@@ -155,3 +157,41 @@ def _remove(directory: Path) -> None:
     while a root filesystem host's mounts are still in them)."""
     rootfs.remove(roots_place(directory.resolve()))
     rootfs.remove(directory)
+
+
+def scale(env: Environment, region: str, desired: int) -> tuple[str, int]:
+    """Set the desired capacity of a region's live server group, as an autoscaling
+    policy would (AWS acting, not the tool: the lab's administrator, not held to the
+    tool's policy). Returns the group and its capacity before."""
+    from deploylib import aws, live
+    from deploylib.lab import LAB_ADMIN_CREDENTIALS
+
+    info = running()
+    if info is None:
+        raise InputError("the lab is not running", fix="start it with `invoke lab.up`")
+    if region not in env.all_regions:
+        raise InputError(f"{region} is not a region of {env.name}",
+                         fix=f"use one of: {', '.join(env.all_regions)}")
+    clients = aws.AwsClients(env.primary_region, endpoint_url=info["endpoint"],
+                             credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
+    record = live.record(clients, env) or {}
+    name = (record.get("server_groups") or {}).get(region)
+    if not name:
+        raise InputError(f"no server group is live in {region}",
+                         resource=env.record_parameter,
+                         fix='set fleet = "server-groups" in the lab environment and deploy '
+                         "with `--mode immutable`")
+    asg = clients.autoscaling(region)
+    group = aws.autoscaling.describe(asg, region, name)
+    if group is None:
+        raise InputError(f"the live server group {name} is gone", resource=region,
+                         fix="deploy again with `--mode immutable`")
+    if not group.min_size <= desired <= group.max_size:
+        raise InputError(f"--desired {desired} is outside {name}'s size "
+                         f"({group.min_size} to {group.max_size})",
+                         resource=f"server group {name} in {region}",
+                         fix=f"use {group.min_size} to {group.max_size}, as a scaling policy "
+                         "would be held to")
+    with aws.calling(f"server group {name} in {region}", "check the lab is up"):
+        asg.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=desired)
+    return name, group.desired

@@ -16,7 +16,16 @@ import signal
 import threading
 from pathlib import Path
 
-from deploylib.lab import LAB_ADMIN_CREDENTIALS, LAB_CREDENTIALS, cloud, iam, rootfs
+from deploylib.lab import (
+    LAB_ADMIN_CREDENTIALS,
+    LAB_CREDENTIALS,
+    LAB_INSTANCE_CREDENTIALS,
+    cloud,
+    iam,
+    metadata,
+    rootfs,
+    scaling,
+)
 from deploylib.lab import balancer as lb
 from deploylib.lab.hosts import HostFarm, write_keypair
 
@@ -46,14 +55,21 @@ def main() -> None:
     farm = HostFarm(lab_dir, ssh_port=spec["ssh_port"])
     balancers = lb.Balancers(cloud.registrations)
     profile = spec.get("profile") or {}
-    cloud.install(farm, balancers, profile)
+    imds = metadata.MetadataService()
+    imds.start()
+    endpoint_box: dict[str, str] = {}
+    cloud.install(farm, balancers, profile, boot_env=lambda region, iid: {
+        "DEPLOY_IMDS": imds.base(region, iid), "DEPLOY_AWS_ENDPOINT": endpoint_box["url"]})
+    stop_scaling = scaling.install()
     # The tool is held to the environment's policy from its first call on.
     (lab_dir / iam.POLICY_FILE).write_text(spec["policy"])
+    (lab_dir / iam.INSTANCE_POLICY_FILE).write_text(spec["instance_policy"])
     server = LabServer(Faults(lab_dir),
-                       iam.Enforcer(lab_dir, LAB_CREDENTIALS["aws_access_key_id"]))
+                       iam.Enforcer(lab_dir, LAB_CREDENTIALS["aws_access_key_id"],
+                                    LAB_INSTANCE_CREDENTIALS["aws_access_key_id"]))
     server.start()
     host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    endpoint = endpoint_box["url"] = f"http://{host}:{port}"
 
     clients = AwsClients(spec["regions"][0], endpoint_url=endpoint,
                          credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
@@ -96,8 +112,10 @@ def main() -> None:
 
     stop.wait()
     (lab_dir / "lab.json").unlink(missing_ok=True)
+    stop_scaling.set()
     balancers.stop()
     farm.shutdown()
+    imds.stop()
     server.stop()
     print("lab stopped", flush=True)
 

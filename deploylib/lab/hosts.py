@@ -114,6 +114,7 @@ class HostFarm:
             (self.base / d).mkdir(parents=True, exist_ok=True)
         self.authorized_keys = lab_dir / "authorized_keys"
         self._sshd: dict[str, subprocess.Popen] = {}
+        self._user_data: dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
 
@@ -136,13 +137,19 @@ class HostFarm:
         (home / "lower").write_text(marker.read_text())
         return Path(marker.read_text())
 
-    def boot(self, instance_id: str, address: str, image_id: str) -> None:
+    def boot(self, instance_id: str, address: str, image_id: str,
+             user_data: str | None = None, user_data_env: dict[str, str] | None = None
+             ) -> None:
+        """Boot the instance; at its first boot, run its user data as cloud-init would
+        (emulated: after its services have started, as root, once per instance, its output
+        in /var/log/cloud-init-output.log and on the console)."""
         with self._lock:
             home = self.hosts / instance_id
             lower = self._rootfs_lower(home, image_id)
             if lower is not None:
                 self._boot_rootfs(instance_id, home, address, lower)
                 return
+            first = not (home / "root").exists()
             root = home / "root"
             if not root.exists():
                 snapshot = self.images / image_id
@@ -158,6 +165,31 @@ class HostFarm:
             config.write_text(self._sshd_config(address, key, root))
             self._start_sshd(instance_id, home, [SSHD, "-D", "-e", "-f", str(config)])
             self._start_enabled(root)
+            if first and user_data:
+                self._run_user_data(instance_id, home, root, user_data, user_data_env or {})
+
+    def _run_user_data(self, instance_id: str, home: Path, root: Path, script: str,
+                       extra: dict[str, str]) -> None:
+        (home / "user-data").write_text(script)
+        env = dict(os.environ, DEPLOY_HOST_ROOT=str(root),
+                   PATH=f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **extra)
+        (root / "var/log").mkdir(parents=True, exist_ok=True)
+        with open(root / "var/log/cloud-init-output.log", "ab") as out:
+            proc = subprocess.Popen(["bash", str(home / "user-data")], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._user_data[instance_id] = proc
+
+        def finished() -> None:
+            rc = proc.wait()
+            try:
+                with open(home / "console.log", "a") as console:
+                    console.write(f"[   30.000000] cloud-init[1071]: scripts-user: user data "
+                                  f"exited {rc}\n")
+            except OSError:
+                pass  # terminated meanwhile
+
+        threading.Thread(target=finished, daemon=True).start()
 
     def _boot_rootfs(self, instance_id: str, home: Path, address: str, lower: Path) -> None:
         root = rootfs.mount(lower, home)
@@ -242,6 +274,12 @@ class HostFarm:
             for pidfile in rootfs.pid_dir(root).glob("*.pid"):
                 _kill_pidfile(pidfile)
                 pidfile.unlink(missing_ok=True)
+            script = self._user_data.pop(instance_id, None)
+            if script is not None and script.poll() is None:
+                try:
+                    os.killpg(script.pid, signal.SIGKILL)
+                except OSError:
+                    pass
             proc = self._sshd.pop(instance_id, None)
             if proc is not None:
                 try:

@@ -48,6 +48,10 @@ from urllib.parse import parse_qs, unquote
 ACCOUNT = "123456789012"  # moto's default account
 DEPLOYER = f"arn:aws:iam::{ACCOUNT}:user/deploylab-deployer"
 POLICY_FILE = "iam-policy.json"
+# The instance role a server group's instances read the record and the releases with at
+# boot (templates/iam-policy-instance.json), held to its own policy.
+INSTANCE_ROLE = f"arn:aws:sts::{ACCOUNT}:assumed-role/deploy-instance/i-lab"
+INSTANCE_POLICY_FILE = "iam-policy-instance.json"
 # Allowed to every identity whatever its policies (AWS: "No permissions are required to
 # perform this operation"): preflight asks who the tool is.
 ALWAYS_ALLOWED = frozenset({"sts:GetCallerIdentity"})
@@ -126,10 +130,12 @@ def _named(service: str, region: str, params: dict[str, Any]) -> tuple[str, ...]
 
 
 _EC2_KINDS = {"i-": "instance", "ami-": "image", "snap-": "snapshot", "vol-": "volume",
-              "subnet-": "subnet", "sg-": "security-group", "eni-": "network-interface"}
+              "subnet-": "subnet", "sg-": "security-group", "eni-": "network-interface",
+              "lt-": "launch-template"}
 # What each creating action makes (its tags at creation are authorised on these).
 _EC2_MADE = {"RunInstances": ("instance", "volume", "network-interface"),
-             "CreateImage": ("image", "snapshot"), "CopyImage": ("image",)}
+             "CreateImage": ("image", "snapshot"), "CopyImage": ("image",),
+             "CreateLaunchTemplate": ("launch-template",)}
 
 
 def _ec2_arn(region: str, kind: str, name: str) -> str:
@@ -175,6 +181,9 @@ def _ec2(region: str, action: str, form: dict[str, list[str]]
         used = _numbered(form, "ResourceId")
     elif action == "CreateImage":
         used = (form.get("InstanceId") or [])[:1]
+    elif action in ("CreateLaunchTemplateVersion", "DeleteLaunchTemplate",
+                    "DeleteLaunchTemplateVersions"):
+        used = (form.get("LaunchTemplateId") or [])[:1]
     if action == "RunInstances":
         used += (form.get("SubnetId") or [])[:1] + _numbered(form, "SecurityGroupId")
     if not used and action not in _EC2_MADE:
@@ -225,6 +234,13 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
         if service == "ec2":
             resources, context, also = _ec2(region, name, {**query, **form})
             return Call(key_id, region, action, resources, False, context, also)
+        if service == "autoscaling":
+            named = (form.get("AutoScalingGroupName") or [""])[0]
+            # Auto Scaling authorises a group's writes on the group; Describe* on "*".
+            resources = (f"arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:"
+                         f"*:autoScalingGroupName/{named}",) if named and \
+                not name.startswith("Describe") else ("*",)
+            return Call(key_id, region, action, resources, expired)
         group = (form.get("TargetGroupArn") or [""])[0]
         # ELB authorises a target group's writes on the group; its Describe calls on "*".
         resources = (group,) if service == "elasticloadbalancing" and group and \
@@ -302,24 +318,21 @@ def _bucket_exists(resource: str) -> bool:
     return bucket in s3_backends[ACCOUNT]["aws"].buckets
 
 
-def denial(action: str, resource: str) -> str:
+def denial(action: str, resource: str, who: str = DEPLOYER) -> str:
     """AWS's words for an identity-policy refusal."""
-    return (f"User: {DEPLOYER} is not authorized to perform: {action} on resource: "
+    return (f"User: {who} is not authorized to perform: {action} on resource: "
             f"{resource} because no identity-based policy allows the {action} action")
 
 
-class Enforcer:
-    """The deployer's policy, read from the lab directory (re-read when it changes)."""
+class _PolicyFile:
+    """A policy read from the lab directory (re-read when it changes)."""
 
-    def __init__(self, directory: Path, deployer_key: str):
-        self.file = directory / POLICY_FILE
-        self.deployer_key = deployer_key
+    def __init__(self, path: Path):
+        self.file = path
         self._lock = threading.Lock()
         self._loaded: tuple[float, dict[str, Any]] | None = None
 
-    def policy(self) -> dict[str, Any] | None:
-        """The policy in force, or None when the lab holds the tool to none (no file:
-        a bare moto server with the fault layer, as some tests start)."""
+    def read(self) -> dict[str, Any] | None:
         with self._lock:
             try:
                 mtime = self.file.stat().st_mtime
@@ -330,13 +343,33 @@ class Enforcer:
                 self._loaded = (mtime, json.loads(self.file.read_text()))
             return self._loaded[1]
 
+
+class Enforcer:
+    """The deployer's policy and the instance role's, each read from the lab directory."""
+
+    def __init__(self, directory: Path, deployer_key: str, instance_key: str | None = None):
+        self.file = directory / POLICY_FILE
+        self.deployer_key = deployer_key
+        self._policies = {deployer_key: (_PolicyFile(self.file), DEPLOYER)}
+        if instance_key:
+            self._policies[instance_key] = (_PolicyFile(directory / INSTANCE_POLICY_FILE),
+                                            INSTANCE_ROLE)
+
+    def policy(self, key: str | None = None) -> dict[str, Any] | None:
+        """The policy in force for a key (the deployer's by default), or None when the lab
+        holds it to none (no file: a bare moto server with the fault layer, as some tests
+        start)."""
+        held = self._policies.get(key or self.deployer_key)
+        return held[0].read() if held else None
+
     def refusal(self, request: Call | None) -> tuple[str, str] | None:
         """(error code kind, message) when the policy refuses the request, else None."""
-        if request is None or request.key_id != self.deployer_key:
+        if request is None or request.key_id not in self._policies:
             return None
-        policy = self.policy()
+        policy = self.policy(request.key_id)
         if policy is None:
             return None
+        who = self._policies[request.key_id][1]
         if request.presigned_expired:
             return "AccessDenied", "Request has expired"
         if request.action in ALWAYS_ALLOWED:
@@ -346,15 +379,15 @@ class Enforcer:
         checks = [(request.action, r, request.context.get(r, {})) for r in request.resources]
         for action, resource, keys in [*checks, *request.also]:
             if not allowed(policy, action, resource, keys):
-                return "AccessDenied", denial(action, resource)
+                return "AccessDenied", denial(action, resource, who)
         return None
 
     def hides_missing_keys(self, request: Call | None) -> bool:
         """Whether a 404 for this object read must be a 403 (no s3:ListBucket)."""
-        if request is None or request.key_id != self.deployer_key or \
+        if request is None or request.key_id not in self._policies or \
                 request.action != "s3:GetObject":
             return False
-        policy = self.policy()
+        policy = self.policy(request.key_id)
         if policy is None:
             return False
         bucket = request.resources[0].split("/", 1)[0]

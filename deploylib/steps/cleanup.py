@@ -9,7 +9,7 @@ from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError
 from deploylib.facts import Builder
-from deploylib.steps import traffic
+from deploylib.steps import servergroups, traffic
 from deploylib.steps.bake import image_name
 
 
@@ -61,9 +61,19 @@ def demote(ctx: Context) -> None:
             raise CloudError("nothing served here before this run: its candidates stay",
                              resource=region, fix=f"`invoke resume --run {ctx.state.run_id}` "
                              "finishes the release, or `invoke rollback`")
-        aws.elb.put_in(elb, region, group, old, env.app_port,
-                       timeout=ctx.timeout("healthy", 300))
-        traffic.take_out(ctx, "demote", {region: candidates.get(region, [])})
+        if env.server_groups:
+            servergroups.demote(ctx, region)  # the replaced group attached again first
+            loose = [i for i in old if aws.elb.target_states(elb, region, group).get(i)
+                     in (None, "draining")]
+            aws.elb.put_in(elb, region, group, loose, env.app_port,
+                           timeout=ctx.timeout("healthy", 300))
+            # Detached: the group deregistered them; wait until they are idle.
+            traffic.take_out(ctx, "demote", {region: candidates.get(region, [])},
+                             deregister=False)
+        else:
+            aws.elb.put_in(elb, region, group, old, env.app_port,
+                           timeout=ctx.timeout("healthy", 300))
+            traffic.take_out(ctx, "demote", {region: candidates.get(region, [])})
         del promoted[region]  # the region is back as it was: nothing promoted there
         return old
 
@@ -76,6 +86,16 @@ def demote(ctx: Context) -> None:
 def discard_candidates(ctx: Context) -> None:
     """Terminate the candidates of a failed run that never went live."""
     candidates, promoted = ctx.facts.candidates, ctx.facts.promoted
+    if ctx.env.server_groups:
+        # Also a region whose group was made but never came up (no candidates yet).
+        for region in sorted(set(ctx.facts.server_groups) - set(promoted)):
+            gone = servergroups.discard(ctx, region)
+            ids = candidates.pop(region, [])
+            _discarded(ctx, "discard-candidates", ids)
+            ctx.log(f"  {region}: server group {' '.join(gone) or '(none)'} deleted with "
+                    f"its instances {' '.join(ids)}".rstrip())
+        ctx.save()
+        return
     for region in sorted(candidates):
         if region in promoted:
             continue

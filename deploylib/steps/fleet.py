@@ -9,7 +9,7 @@ from deploylib import aws, parallel, smoke
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
-from deploylib.steps import traffic
+from deploylib.steps import servergroups, traffic
 from deploylib.steps.bake import network
 
 
@@ -41,6 +41,8 @@ def launch_candidates(ctx: Context) -> None:
         if found:
             return [i.instance_id for i in found]
         aws.ec2.check_own_image(ec2, region, images[region], env.name, ctx.aws.account())
+        if env.server_groups:
+            return servergroups.launch(ctx, region, images[region])
         count = len(ctx.live_hosts(region)) or ctx.facts.fleet_size or env.fleet_size
         subnet, groups = network(ctx, region)
         return aws.ec2.launch(ec2, region=region, image_id=images[region], count=count,
@@ -52,7 +54,8 @@ def launch_candidates(ctx: Context) -> None:
     regions = ctx.regions()
     ctx.per_region("launch-candidates", regions, one, candidates,
                    lambda region, ids: f"{len(ids)} candidate(s) in {region} from "
-                   f"{images.get(region)}")
+                   f"{images.get(region)}" + (f", server group {ctx.facts.server_groups[region]}"
+                                              if region in ctx.facts.server_groups else ""))
     for region in regions:
         aws.ec2.wait_instances(ctx.aws.ec2(region), region, candidates[region], "running",
                                ctx.timeout("launch", 600))
@@ -105,6 +108,8 @@ def promote(ctx: Context) -> None:
     def one(region: str) -> list[str]:
         if region in promoted:
             return promoted[region]
+        if env.server_groups:
+            return servergroups.promote(ctx, region)
         elb, group = ctx.aws.elbv2(region), ctx.target_group(region)
         new = candidates[region]
         # Targets already draining are on their way out (deregistering one again fails).
@@ -133,6 +138,8 @@ def record(ctx: Context) -> None:
     images = dict((previous or {}).get("images", {}))
     if ctx.option.get("images", "run") == "run":
         images.update(ctx.facts.images)
+    groups = dict((previous or {}).get("server_groups") or {})
+    groups.update(ctx.facts.server_groups)
     rel = ctx.release
     new = {
         "release": rel.version, "sha256": rel.sha256, "version_id": rel.version_id,
@@ -141,9 +148,13 @@ def record(ctx: Context) -> None:
         # which take of the lock wrote it (the write itself asserted that take first)
         "fence": ctx.facts.lock_fence,
         "previous": {k: previous[k] for k in ("release", "sha256", "version_id", "images",
-                                              "procedure", "run_id")
+                                              "server_groups", "procedure", "run_id")
                      if previous.get(k) is not None} if previous else None,
     }
+    if groups:
+        # region -> the server group serving it (fleet = "server-groups"): what its
+        # instances boot into the recorded release by (templates/boot.sh.j2)
+        new["server_groups"] = groups
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)
     ctx.log(f"  {ctx.env.record_parameter}: release {rel.version}, images "
             + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))
@@ -160,6 +171,12 @@ def retire(ctx: Context) -> None:
         old = promoted[region]
         # Deregistered at promotion: gone once idle, whatever the API still shows.
         traffic.take_out(ctx, "retire", {region: old}, deregister=False)
+        if ctx.env.server_groups:
+            servergroups.retire(ctx, region)  # the replaced group to 0 and kept
+            loose = [i for i in old if i in aws.ec2.still_there(ctx.aws.ec2(region), region,
+                                                                old)]
+            aws.ec2.terminate(ctx.aws.ec2(region), region, loose)
+            return old
         aws.ec2.terminate(ctx.aws.ec2(region), region, old)
         return old
 

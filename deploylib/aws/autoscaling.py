@@ -1,0 +1,188 @@
+"""Auto Scaling: server groups (an environment's fleet in a region, one group per
+launch template version, named `<app>-<env>-vNNN`), their capacity, their target
+groups and their instances' lifecycle."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploylib import waits
+from deploylib.aws import calling, tag_map
+from deploylib.errors import CloudError
+
+# The launch lifecycle hook every server group has: an instance stays out of service
+# until its user data has put the live release on it (templates/boot.sh.j2).
+BOOT_HOOK = "deploy-boot"
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+# What a procedure suspends on the groups it works on: no scale-in, no replacement
+# underneath it, no rebalancing; launches (scale-out) go on, and boot into the right
+# release on their own.
+HELD = ["Terminate", "AZRebalance", "ReplaceUnhealthy"]
+# Where the group counts an instance as its capacity.
+COUNTED = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+_NAME = re.compile(r"-v(\d{3,})$")
+
+
+@dataclass(frozen=True)
+class ServerGroup:
+    name: str
+    region: str
+    template_id: str
+    template_version: str
+    min_size: int
+    max_size: int
+    desired: int
+    target_groups: tuple[str, ...]
+    # instance id -> lifecycle state (Pending:Wait, InService, Terminating, ...)
+    instances: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    suspended: tuple[str, ...] = ()
+
+    @classmethod
+    def from_api(cls, region: str, g: dict[str, Any]) -> ServerGroup:
+        lt = g.get("LaunchTemplate") or {}
+        return cls(
+            name=g["AutoScalingGroupName"], region=region,
+            template_id=lt.get("LaunchTemplateId", ""),
+            template_version=str(lt.get("Version", "")),
+            min_size=int(g["MinSize"]), max_size=int(g["MaxSize"]),
+            desired=int(g["DesiredCapacity"]),
+            target_groups=tuple(g.get("TargetGroupARNs", [])),
+            instances={i["InstanceId"]: i["LifecycleState"] for i in g.get("Instances", [])},
+            tags=tag_map(g.get("Tags")),
+            suspended=tuple(sorted(p["ProcessName"] for p in g.get("SuspendedProcesses", []))))
+
+    @property
+    def in_service(self) -> list[str]:
+        return sorted(i for i, st in self.instances.items() if st == "InService")
+
+    @property
+    def counted(self) -> list[str]:
+        return sorted(i for i, st in self.instances.items() if st in COUNTED)
+
+
+def group_name(prefix: str, number: int) -> str:
+    return f"{prefix}-v{number:03d}"
+
+
+def number_of(name: str) -> int | None:
+    m = _NAME.search(name)
+    return int(m.group(1)) if m else None
+
+
+def next_name(prefix: str, existing: list[str]) -> str:
+    """The next server group's name: one past the highest `<prefix>-vNNN` there is."""
+    numbers = [n for name in existing if name.startswith(f"{prefix}-v")
+               and (n := number_of(name)) is not None]
+    return group_name(prefix, max(numbers, default=0) + 1)
+
+
+def _where(name: str, region: str) -> str:
+    return f"server group {name} in {region}"
+
+
+def server_groups(asg: Any, region: str, prefix: str) -> list[ServerGroup]:
+    """The environment's server groups in a region, oldest first."""
+    with calling(f"server groups {prefix}-v* in {region}",
+                 "check autoscaling:DescribeAutoScalingGroups is allowed"):
+        pages = asg.get_paginator("describe_auto_scaling_groups").paginate()
+        found = [ServerGroup.from_api(region, g) for page in pages
+                 for g in page["AutoScalingGroups"]
+                 if g["AutoScalingGroupName"].startswith(f"{prefix}-v")
+                 and number_of(g["AutoScalingGroupName"]) is not None]
+    return sorted(found, key=lambda g: number_of(g.name) or 0)
+
+
+def describe(asg: Any, region: str, name: str) -> ServerGroup | None:
+    with calling(_where(name, region), "check autoscaling:DescribeAutoScalingGroups is allowed"):
+        found = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+            "AutoScalingGroups"]
+    return ServerGroup.from_api(region, found[0]) if found else None
+
+
+def create(asg: Any, *, region: str, name: str, template_id: str, version: int,
+           subnet_ids: list[str], tag_list: list[dict[str, str]], min_size: int,
+           max_size: int, desired: int, hook_timeout: int) -> ServerGroup:
+    """Create a server group (no target group yet: it is attached when it is promoted)
+    with its launch lifecycle hook in place before its first instance launches."""
+    where = _where(name, region)
+    fix = "check autoscaling:CreateAutoScalingGroup and iam:PassRole are allowed"
+    existing = describe(asg, region, name)
+    if existing is None:
+        with calling(where, fix):
+            asg.create_auto_scaling_group(
+                AutoScalingGroupName=name,
+                LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)},
+                MinSize=0, MaxSize=max_size, DesiredCapacity=0,
+                VPCZoneIdentifier=",".join(subnet_ids), HealthCheckType="ELB",
+                HealthCheckGracePeriod=hook_timeout,
+                Tags=[{"Key": t["Key"], "Value": t["Value"], "PropagateAtLaunch": False,
+                       "ResourceId": name, "ResourceType": "auto-scaling-group"}
+                      for t in tag_list])
+    with calling(where, fix):
+        asg.put_lifecycle_hook(AutoScalingGroupName=name, LifecycleHookName=BOOT_HOOK,
+                               LifecycleTransition=LAUNCHING, HeartbeatTimeout=hook_timeout,
+                               DefaultResult="ABANDON")
+    set_capacity(asg, region, name, min_size=min_size, max_size=max_size, desired=desired)
+    return describe(asg, region, name)  # type: ignore[return-value]
+
+
+def set_capacity(asg: Any, region: str, name: str, *, min_size: int, max_size: int,
+                 desired: int) -> None:
+    with calling(_where(name, region), "check autoscaling:UpdateAutoScalingGroup is allowed"):
+        asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=min_size,
+                                      MaxSize=max_size, DesiredCapacity=desired)
+
+
+def attach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
+    with calling(_where(name, region),
+                 "check autoscaling:AttachLoadBalancerTargetGroups is allowed"):
+        asg.attach_load_balancer_target_groups(AutoScalingGroupName=name,
+                                               TargetGroupARNs=target_groups)
+
+
+def detach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
+    with calling(_where(name, region),
+                 "check autoscaling:DetachLoadBalancerTargetGroups is allowed"):
+        asg.detach_load_balancer_target_groups(AutoScalingGroupName=name,
+                                               TargetGroupARNs=target_groups)
+
+
+def hold(asg: Any, region: str, name: str) -> None:
+    """No scale-in or replacement underneath a procedure (HELD)."""
+    with calling(_where(name, region), "check autoscaling:SuspendProcesses is allowed"):
+        asg.suspend_processes(AutoScalingGroupName=name, ScalingProcesses=HELD)
+
+
+def release(asg: Any, region: str, name: str) -> None:
+    with calling(_where(name, region), "check autoscaling:ResumeProcesses is allowed"):
+        asg.resume_processes(AutoScalingGroupName=name, ScalingProcesses=HELD)
+
+
+def delete(asg: Any, region: str, name: str) -> None:
+    """Delete a server group and terminate its instances (ForceDelete)."""
+    with calling(_where(name, region), "check autoscaling:DeleteAutoScalingGroup is allowed"):
+        if describe(asg, region, name) is None:
+            return
+        asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+
+
+def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float
+                    ) -> list[str]:
+    """Wait until `count` of the group's instances are in service (their boot done)."""
+    seen: list[ServerGroup] = []
+
+    def check() -> bool:
+        group = describe(asg, region, name)
+        if group is None:
+            raise CloudError("the server group is gone", resource=_where(name, region),
+                             fix="look for who deleted it (CloudTrail); then deploy again")
+        seen[:] = [group]
+        return len(group.in_service) >= count
+
+    waits.until(check, timeout=timeout, what=f"{count} instance(s) of {name} in service",
+                resource=_where(name, region),
+                fix="read the instances' console output (their boot script's log)")
+    return seen[0].in_service

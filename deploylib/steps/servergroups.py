@@ -1,0 +1,193 @@
+"""The fleet as server groups (fleet = "server-groups"): what launch-candidates, promote,
+demote, retire and discard-candidates do when each region's fleet is an Auto Scaling
+group from a launch template version.
+
+Red/black, as Spinnaker does it: a run that launches makes the next group
+(`<service>-<env>-vNNN`) with the live group's capacity, out of service until it is
+promoted (attached to the target group; the group registers its instances as they go in
+service); then the previous group is detached (its instances drain), kept scaled to 0
+(`keep_server_groups` of them), the older ones deleted with their launch template
+versions. While a run works on a group, the group neither scales in nor replaces
+instances underneath it (aws.autoscaling.HELD); it may scale out, and every instance it
+launches boots into the right release by itself (templates/boot.sh.j2): the record's
+release while its group is the live one, else the release the group was made with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploylib import aws, render
+from deploylib.context import Context
+from deploylib.facts import Release
+from deploylib.steps.bake import network
+from deploylib.steps.release import artifact_key
+
+
+def live_group(ctx: Context, region: str, record: dict[str, Any] | None = None
+               ) -> aws.autoscaling.ServerGroup | None:
+    """The server group the record names live in a region, as it is now (None: none)."""
+    record = ctx.record() if record is None else record
+    name = ((record or {}).get("server_groups") or {}).get(region)
+    if not name:
+        return None
+    return aws.autoscaling.describe(ctx.aws.autoscaling(region), region, name)
+
+
+def user_data(ctx: Context, group: str, rel: Release) -> str:
+    env = ctx.env
+    return render.boot_script(
+        group=group, hook=aws.autoscaling.BOOT_HOOK, version=rel.version, sha256=rel.sha256,
+        version_id=rel.version_id, record_parameter=env.record_parameter,
+        record_region=env.primary_region, bucket=env.artifact_bucket,
+        key_prefix=artifact_key(env.name, "")[: -len(".tar.gz")],
+        store_region=env.primary_region, app_root=env.app_root, app_port=env.app_port,
+        health_path=env.health_path, health_check=env.health_check, service=env.service,
+        restart_command=env.restart_command, keep_releases=env.keep_releases,
+        fetch_timeout=int(ctx.timeout("install", 300)),
+        health_timeout=int(ctx.timeout("health", 30)))
+
+
+def launch(ctx: Context, region: str, image_id: str) -> list[str]:
+    """The run's server group in a region, made (or found again, on resume) and its
+    instances in service; returns them."""
+    env = ctx.env
+    asg, ec2 = ctx.aws.autoscaling(region), ctx.aws.ec2(region)
+    groups = ctx.facts.server_groups
+    existing = aws.autoscaling.server_groups(asg, region, env.group_prefix)
+    mine = next((g for g in existing if g.name == groups.get(region)
+                 or g.tags.get(aws.TAG_RUN) == ctx.state.run_id), None)
+    live = live_group(ctx, region)
+    if live is not None:
+        low, high, desired = live.min_size, live.max_size, max(live.desired, 1)
+    else:
+        desired = ctx.facts.fleet_size or env.fleet_size
+        low, high = desired, env.max_size or 2 * desired
+    name = mine.name if mine else aws.autoscaling.next_name(
+        env.group_prefix, [g.name for g in existing])
+    groups[region] = name
+    ctx.save()  # before anything is made: a crash leaves it findable by name and tag
+    subnet, security_groups = network(ctx, region)
+    version = aws.ec2.put_template_version(
+        ec2, region=region, name=env.group_prefix, image_id=image_id,
+        instance_type=env.instance_type, security_group_ids=security_groups,
+        tag_list=ctx.tags("candidate"), user_data=user_data(ctx, name, ctx.release),
+        instance_profile=env.instance_profile or None, key_name=env.key_name,
+        client_token=f"{ctx.state.run_id}-{region}")
+    tags = [t for t in ctx.tags("server-group") if t["Key"] != "Name"]
+    aws.autoscaling.create(asg, region=region, name=name, template_id=version.template_id,
+                           version=version.version, subnet_ids=[subnet], tag_list=tags,
+                           min_size=low, max_size=high, desired=desired,
+                           hook_timeout=int(ctx.timeout("boot", 900)))
+    aws.autoscaling.hold(asg, region, name)
+    return aws.autoscaling.wait_in_service(asg, region, name, desired,
+                                           ctx.timeout("launch", 600) + ctx.timeout("boot", 900))
+
+
+def promote(ctx: Context, region: str) -> list[str]:
+    """Put the run's group in service and take the live one out; returns the instances
+    taken out (draining until retire)."""
+    env = ctx.env
+    asg, elb, group_arn = ctx.aws.autoscaling(region), ctx.aws.elbv2(region), \
+        ctx.target_group(region)
+    name = ctx.facts.server_groups[region]
+    aws.autoscaling.attach(asg, region, name, [group_arn])
+    new = ctx.facts.candidates[region]
+    aws.elb.wait_healthy(elb, region, group_arn, new, ctx.timeout("healthy", 300))
+    live = live_group(ctx, region)
+    old: list[str] = []
+    if live is not None and live.name != name:
+        aws.autoscaling.hold(asg, region, live.name)
+        aws.autoscaling.detach(asg, region, live.name, [group_arn])
+        ctx.facts.replaced_groups[region] = live.name
+        old = live.counted
+    # Hosts in the target group that no group owns (a fleet from before server groups)
+    # go out too, as with loose instances.
+    loose = sorted(i for i, st in aws.elb.target_states(elb, region, group_arn).items()
+                   if i not in new and i not in old and st != "draining")
+    aws.elb.deregister(elb, region, group_arn, loose, env.app_port)
+    old = sorted(set(old) | set(loose))
+    aws.ec2.mark_retiring(ctx.aws.ec2(region), region, old, ctx.state.run_id)
+    return old
+
+
+def demote(ctx: Context, region: str) -> None:
+    """Put the group the run replaced back in service; take the run's group out."""
+    asg, elb, group_arn = ctx.aws.autoscaling(region), ctx.aws.elbv2(region), \
+        ctx.target_group(region)
+    previous = ctx.facts.replaced_groups.get(region)
+    if previous:
+        aws.autoscaling.attach(asg, region, previous, [group_arn])
+        group = aws.autoscaling.describe(asg, region, previous)
+        if group is not None:
+            aws.elb.wait_healthy(elb, region, group_arn, group.in_service,
+                                 ctx.timeout("healthy", 300))
+        aws.autoscaling.release(asg, region, previous)
+        del ctx.facts.replaced_groups[region]
+    mine = ctx.facts.server_groups.get(region)
+    if mine:
+        aws.autoscaling.detach(asg, region, mine, [group_arn])
+
+
+def discard(ctx: Context, region: str) -> list[str]:
+    """Delete the run's server group in a region (its instances with it) and its launch
+    template version; returns the group's name, if there was one."""
+    asg, ec2 = ctx.aws.autoscaling(region), ctx.aws.ec2(region)
+    env = ctx.env
+    names = {ctx.facts.server_groups.get(region)} | {
+        g.name for g in aws.autoscaling.server_groups(asg, region, env.group_prefix)
+        if g.tags.get(aws.TAG_RUN) == ctx.state.run_id}
+    gone = sorted(n for n in names if n)
+    for name in gone:
+        aws.autoscaling.delete(asg, region, name)
+    template = aws.ec2.launch_template(ec2, region, env.group_prefix)
+    if template is not None:
+        ours = [v.version for v in template.versions
+                if v.tags.get(aws.TAG_RUN) == ctx.state.run_id]
+        if ours and len(ours) == len(template.versions):
+            aws.ec2.delete_template(ec2, region, template.template_id)  # the run made it
+        elif ours:
+            aws.ec2.delete_template_versions(ec2, region, template.template_id,
+                                             [v for v in ours if v != template.default])
+    ctx.facts.server_groups.pop(region, None)
+    return gone
+
+
+def retire(ctx: Context, region: str) -> None:
+    """Once the release is recorded: the replaced group scaled to 0 and kept (it is what
+    a rollback re-enables), groups beyond `keep_server_groups` deleted with their launch
+    template versions, and the run's group let scale as it likes again."""
+    asg = ctx.aws.autoscaling(region)
+    mine = ctx.facts.server_groups.get(region)
+    previous = ctx.facts.replaced_groups.get(region)
+    if previous:
+        group = aws.autoscaling.describe(asg, region, previous)
+        if group is not None:
+            aws.autoscaling.release(asg, region, previous)
+            aws.autoscaling.set_capacity(asg, region, previous, min_size=0,
+                                         max_size=group.max_size, desired=0)
+    if mine:
+        aws.autoscaling.release(asg, region, mine)
+    prune(ctx, region, keep={n for n in (mine,) if n})
+
+
+def prune(ctx: Context, region: str, keep: set[str]) -> list[str]:
+    """Delete the environment's out-of-service server groups beyond the newest
+    `keep_server_groups` (and never one in `keep`), with their launch template versions."""
+    env = ctx.env
+    asg, ec2 = ctx.aws.autoscaling(region), ctx.aws.ec2(region)
+    groups = aws.autoscaling.server_groups(asg, region, env.group_prefix)
+    idle = [g for g in groups if g.name not in keep and not g.target_groups]
+    doomed = idle[: max(0, len(idle) - env.keep_server_groups)]
+    for g in doomed:
+        aws.autoscaling.delete(asg, region, g.name)
+    template = aws.ec2.launch_template(ec2, region, env.group_prefix)
+    if template is not None:
+        used = {g.template_version for g in groups if g not in doomed}
+        # The default version stays: EC2 deletes it only with the template.
+        unused = [v.version for v in template.versions
+                  if str(v.version) not in used and v.version != template.default]
+        aws.ec2.delete_template_versions(ec2, region, template.template_id, unused)
+    if doomed:
+        ctx.log(f"  {region}: server groups {' '.join(g.name for g in doomed)} deleted")
+    return [g.name for g in doomed]
