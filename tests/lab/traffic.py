@@ -23,15 +23,19 @@ from deploylib import waits
 class Stream:
     lab: Any
     interval: float = 0.02  # pacing of the stream, not a synchronisation
+    # a browser's cookies (stays on its target); False: every request may go anywhere, as
+    # many clients' would (what reaches a target the moment it is registered)
+    sticky: bool = True
     seen: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def _client(self, region: str) -> None:
         url = self.lab.info["regions"][region]["load_balancer"] + self.lab.env.health_path
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}),
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]
+        if self.sticky:
+            handlers.append(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        opener = urllib.request.build_opener(*handlers)
         out = self.seen[region]
         while not self._stop.is_set():
             try:

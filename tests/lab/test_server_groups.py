@@ -1,0 +1,180 @@
+"""Fleets as server groups (fleet = "server-groups"), end to end in the lab: no instance
+a group launches — a scale-out, a replacement, during a deploy or after it — ever serves
+a release that was replaced, and users see no failed request meanwhile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deploylib import aws, waits
+from tests.conftest import REPO, write_config
+from tests.lab import checks, traffic
+
+
+@pytest.fixture(scope="module")
+def groups_lab(lab):
+    """The worker's lab started afresh with its fleet as server groups (1.0.0 baked, group
+    v001 live), for this module; afterwards afresh as it was."""
+    plain = lab.config_path
+    config = write_config(plain.parent, name="server-groups.toml", fleet="server-groups",
+                          timeouts={"boot": 120})
+    saved = os.environ.get("DEPLOY_CONFIG")
+    lab.config_path = lab.cli.config = config
+    os.environ["DEPLOY_CONFIG"] = str(config)
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.config_path = lab.cli.config = plain
+        os.environ["DEPLOY_CONFIG"] = saved or str(plain)
+        lab.up()
+
+
+def asg(lab, region: str):
+    return lab.clients().autoscaling(region)
+
+
+def live_group(lab, region: str) -> aws.autoscaling.ServerGroup:
+    name = checks.record(lab)["server_groups"][region]
+    return aws.autoscaling.describe(asg(lab, region), region, name)
+
+
+def groups(lab, region: str) -> list[aws.autoscaling.ServerGroup]:
+    return aws.autoscaling.server_groups(asg(lab, region), region, lab.env.group_prefix)
+
+
+def settled(lab, region: str, count: int) -> list[str]:
+    """Wait until the live group has `count` instances in service, each registered and
+    healthy in the target group and nothing else registered; returns them."""
+    def look() -> list[str] | None:
+        group = live_group(lab, region)
+        registered = checks.registered(lab, region)
+        serving = group.in_service
+        if len(serving) == count and len(group.instances) == count and \
+                registered == dict.fromkeys(serving, "healthy"):
+            return serving
+        return None
+
+    return waits.until(look, timeout=120, what=f"{count} instances in service",
+                       resource=region, fix="read the instances' cloud-init-output.log")
+
+
+def boot_log(lab, instance_id: str) -> str:
+    return (checks.host_root(lab, instance_id) / "var/log/cloud-init-output.log").read_text()
+
+
+def scale_all(lab, desired: int) -> None:
+    for region in lab.env.all_regions:
+        lab.cli(f"lab.scale --region {region} --desired {desired}")
+
+
+def assert_all_serve(lab, version: str, count: int) -> None:
+    for region in lab.env.all_regions:
+        ids = settled(lab, region, count)
+        for inst in aws.ec2.describe(lab.clients().ec2(region), region, ids):
+            assert checks.serving(lab, inst) == version, (region, inst.instance_id)
+
+
+def assert_no_failed_request(stream: traffic.Stream, version: str) -> None:
+    report = stream.report("server groups")
+    for region, r in report["regions"].items():
+        assert r["failed"] == 0, (region, [x for x in stream.seen[region] if x[0] != 200][:5])
+        assert r["versions"] == [version], (region, r["versions"])
+
+
+def test_after_a_hotfix_new_and_replaced_instances_serve_the_hotfix(groups_lab):
+    lab = groups_lab
+    lab.cli("hotfix --version 4.0.1")
+    before = {r: set(live_group(lab, r).in_service) for r in lab.env.all_regions}
+    # Requests that may go to any target: a new instance is asked the moment it is
+    # registered; not one may answer with the release its image carries.
+    with traffic.Stream(lab, sticky=False) as stream:
+        scale_all(lab, 4)
+        assert_all_serve(lab, "4.0.1", 4)
+        region = lab.env.primary_region
+        victim = sorted(before[region])[0]
+        aws.ec2.terminate(lab.clients().ec2(region), region, [victim])
+        waits.until(lambda: victim not in live_group(lab, region).instances and
+                    len(live_group(lab, region).in_service) == 4, timeout=120,
+                    what="a replacement", resource=region, fix="read the lab's daemon.log")
+        assert_all_serve(lab, "4.0.1", 4)
+    assert_no_failed_request(stream, "4.0.1")
+    for region in lab.env.all_regions:
+        new = set(live_group(lab, region).in_service) - before[region]
+        assert len(new) == (3 if region == lab.env.primary_region else 2)
+        for iid in new:
+            log = boot_log(lab, iid)
+            # Its image carries 1.0.0; its boot fetched the recorded release and put it
+            # on before the group put it in service.
+            assert "switched current to 4.0.1" in log and "in service on 4.0.1" in log, log
+    scale_all(lab, 2)
+    assert_all_serve(lab, "4.0.1", 2)
+
+
+def test_after_rebake_light_a_scale_out_serves_its_release(groups_lab):
+    lab = groups_lab
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    lab.cli("deploy --mode rebake-light --version 4.1.0")
+    for region in lab.env.all_regions:
+        now = live_group(lab, region)
+        assert now.name != was[region] and now.target_groups
+        old = aws.autoscaling.describe(asg(lab, region), region, was[region])
+        # Kept for a rollback: out of service, scaled to nothing.
+        assert old is not None and old.desired == 0 and not old.target_groups
+    with traffic.Stream(lab, sticky=False) as stream:
+        scale_all(lab, 3)
+        assert_all_serve(lab, "4.1.0", 3)
+    assert_no_failed_request(stream, "4.1.0")
+    scale_all(lab, 2)
+    assert_all_serve(lab, "4.1.0", 2)
+
+
+def _with_scale_out(lab, anchor: str, *args: str) -> subprocess.CompletedProcess:
+    """A deploy whose every region scales out by one (live group and the run's own) once
+    the stage `anchor` is done (tests/plugins/scale_out.py)."""
+    config = write_config(lab.config_path.parent, name="scaling.toml",
+                          fleet="server-groups", timeouts={"boot": 120},
+                          plugins=["scale_out"],
+                          extra_stages=[{"step": "scale-out", "after": anchor}])
+    env = dict(lab.cli.env(), PYTHONPATH=str(REPO / "tests" / "plugins"),
+               DEPLOY_CONFIG=str(config))
+    return subprocess.run([sys.executable, "-m", "invoke", *args, "--config", str(config)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.parametrize("mode, version", [("immutable", "4.2.0"), ("rebake-light", "4.2.1")])
+def test_a_scale_out_in_the_middle_of_a_deploy_ends_on_its_release(groups_lab, mode, version):
+    lab = groups_lab
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    live = checks.record(lab)["release"]
+    with traffic.Stream(lab) as stream:
+        proc = _with_scale_out(lab, "launch-candidates", "deploy", "--mode", mode,
+                               "--version", version)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    state = checks.state_of(lab, proc)
+    assert len(state["facts"]["team"]["scaled"]) == 2 * len(lab.env.all_regions)
+    # The new group grew by one on the way: every instance of it serves the release.
+    assert_all_serve(lab, version, 3)
+    stream.assert_one_change(mode, live, version)
+    for region in lab.env.all_regions:
+        old = aws.autoscaling.describe(asg(lab, region), region, was[region])
+        assert old.desired == 0 and not old.target_groups and not old.instances
+    scale_all(lab, 2)
+    assert_all_serve(lab, version, 2)
+
+
+def test_old_server_groups_beyond_those_kept_are_deleted(groups_lab):
+    lab = groups_lab
+    for region in lab.env.all_regions:
+        names = [g.name for g in groups(lab, region)]
+        # the live one, and keep_server_groups (2) behind it
+        assert len(names) <= 1 + lab.env.keep_server_groups, (region, names)
+        template = aws.ec2.launch_template(lab.clients().ec2(region), region,
+                                           lab.env.group_prefix)
+        used = {g.template_version for g in groups(lab, region)}
+        extra = {str(v.version) for v in template.versions} - used - {str(template.default)}
+        assert not extra, (region, extra)

@@ -1,0 +1,21 @@
+"""A scale-out in the middle of a procedure, at a chosen stage: every region's server
+groups the run touches (the live one, and the run's own) grow by one instance, as an
+autoscaling policy would make them (the lab's administrator, not the tool)."""
+
+from deploylib import aws, live
+from deploylib.catalog import step
+from deploylib.lab import control
+
+
+@step("scale-out")
+def scale_out(ctx):
+    record = live.record(ctx.aws, ctx.env) or {}
+    grown = []
+    for region in ctx.regions():
+        names = {(record.get("server_groups") or {}).get(region),
+                 ctx.facts.server_groups.get(region)}
+        for name in sorted(n for n in names if n):
+            group = aws.autoscaling.describe(ctx.aws.autoscaling(region), region, name)
+            control.scale_group(ctx.env, region, name, group.desired + 1)
+            grown.append(f"{region}/{name}")
+    ctx.facts.team.setdefault("scaled", []).extend(grown)
