@@ -285,8 +285,10 @@ def _in_place() -> tuple[Stage, ...]:
     # notify: Jenkins keeps a build per hotfix, so its history shows every release that
     # reached production, baked or not. It never fails the run. The record keeps the
     # images it had: the hosts changed, not their images (that is the drift status shows).
+    # catch-up: server groups launch instances of their own; one launched during the
+    # rollout booted into the release recorded then, and gets this one now.
     return (_s("publish-release"), _s("select-hosts"), _rollout(),
-            _s("record", images="unchanged"), _s("notify"))
+            _s("record", images="unchanged"), _s("catch-up"), _s("notify"))
 
 
 def _rollback_in_place() -> tuple[Stage, ...]:

@@ -15,8 +15,9 @@ EXPECTED = {
                   "install-release", "stop-builder", "create-image", "terminate-builder",
                   "copy-image", "regions", "record", "retire"],
     "rebake-light": ["publish-release", "regions", "create-image", "record", "retire"],
-    "in-place": ["publish-release", "select-hosts", "rollout", "record", "notify"],
-    "rollback-in-place": ["locate-previous", "select-hosts", "rollout", "record", "notify"],
+    "in-place": ["publish-release", "select-hosts", "rollout", "record", "catch-up", "notify"],
+    "rollback-in-place": ["locate-previous", "select-hosts", "rollout", "record", "catch-up",
+                          "notify"],
     "rollback-image": ["locate-previous", "regions", "record", "retire"],
 }
 # What each region does, on its own thread, in the procedures that launch candidates.

@@ -9,9 +9,9 @@ from deploylib.catalog import step
 from deploylib.context import Context, by_region
 from deploylib.errors import DeployError, InputError
 from deploylib.facts import HostRef, Revert
+from deploylib.plan import PER_BATCH, waves
 from deploylib.plan import batches as split
-from deploylib.plan import waves
-from deploylib.steps import traffic
+from deploylib.steps import servergroups, traffic
 from deploylib.steps.release import from_store
 
 
@@ -70,6 +70,34 @@ def put_back(ctx: Context) -> None:
     for region, ids in by_region(ctx.target_refs()).items():
         aws.elb.put_in(ctx.aws.elbv2(region), region, ctx.target_group(region), ids,
                        ctx.env.app_port, timeout=ctx.timeout("healthy", 300))
+
+
+@step("catch-up")
+def catch_up(ctx: Context) -> None:
+    """Server groups: once the release is recorded, the instances the live groups launched
+    while the rollout was under way (they booted into the release recorded then) get it
+    too, as one more batch of the rollout's own steps. Nothing to do for a fleet of
+    instances: nothing launches hosts there but the tool."""
+    if not ctx.env.server_groups or ctx.facts.batches is None:
+        return
+    from dataclasses import replace
+
+    from deploylib import catalog, runs
+
+    version = ctx.release.version
+    rolled = {h.instance_id for b in ctx.facts.batches for h in b}
+    late = servergroups.newcomers(ctx, version, rolled)
+    if not late:
+        ctx.log("  no instance came up during the rollout without the release")
+        return
+    ctx.log(f"  {len(late)} instance(s) came up during the rollout: "
+            + " ".join(h.instance_id for h in late))
+    rollout = next(s for s in runs.env_plan(ctx.env, ctx.state.mode).stages
+                   if s.kind == PER_BATCH)
+    for member in rollout.members:
+        catalog.get(member.step).fn(replace(ctx, stage=member, batch=late))
+    ctx.facts.batches.append(late)
+    ctx.save()
 
 
 @step("locate-live")

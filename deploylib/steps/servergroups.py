@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploylib import aws, render
+from deploylib import aws, render, waits
 from deploylib.context import Context
-from deploylib.facts import Release
+from deploylib.facts import HostRef, Release
 from deploylib.steps.bake import network
 from deploylib.steps.release import artifact_key
 
@@ -191,3 +191,35 @@ def prune(ctx: Context, region: str, keep: set[str]) -> list[str]:
     if doomed:
         ctx.log(f"  {region}: server groups {' '.join(g.name for g in doomed)} deleted")
     return [g.name for g in doomed]
+
+
+def newcomers(ctx: Context, version: str, rolled: set[str]) -> list[HostRef]:
+    """The live groups' instances a rollout did not reach that do not serve `version`:
+    launched while it was under way, they booted into the release recorded then. Waits
+    first until no instance of those groups is still booting (it would read the record
+    as it is now, this run's release in it)."""
+    out: list[HostRef] = []
+    record = ctx.record()
+    for region in ctx.regions():
+        asg = ctx.aws.autoscaling(region)
+        name = ((record or {}).get("server_groups") or {}).get(region)
+        if not name:
+            continue
+
+        def booted(name: str = name, region: str = region, asg: object = asg
+                   ) -> aws.autoscaling.ServerGroup | None:
+            group = aws.autoscaling.describe(asg, region, name)
+            if group is None:
+                return None
+            pending = [i for i, st in group.instances.items() if st.startswith("Pending")]
+            return None if pending else group
+
+        group = waits.until(booted, timeout=ctx.timeout("boot", 900),
+                            what=f"the instances of {name} booting to be in service",
+                            resource=f"server group {name} in {region}",
+                            fix="read the instances' console output (their boot's log)")
+        fresh = [i for i in group.in_service if i not in rolled]
+        for inst in ctx.targets([HostRef(region=region, instance_id=i) for i in fresh]):
+            if ctx.serving(inst) != version:
+                out.append(HostRef(region=region, instance_id=inst.instance_id))
+    return out

@@ -14,6 +14,8 @@ from deploylib import aws, waits
 from tests.conftest import REPO, write_config
 from tests.lab import checks, traffic
 
+pytestmark = pytest.mark.lab
+
 
 @pytest.fixture(scope="module")
 def groups_lab(lab):
@@ -95,14 +97,16 @@ def test_after_a_hotfix_new_and_replaced_instances_serve_the_hotfix(groups_lab):
     with traffic.Stream(lab, sticky=False) as stream:
         scale_all(lab, 4)
         assert_all_serve(lab, "4.0.1", 4)
-        region = lab.env.primary_region
-        victim = sorted(before[region])[0]
-        aws.ec2.terminate(lab.clients().ec2(region), region, [victim])
-        waits.until(lambda: victim not in live_group(lab, region).instances and
-                    len(live_group(lab, region).in_service) == 4, timeout=120,
-                    what="a replacement", resource=region, fix="read the lab's daemon.log")
-        assert_all_serve(lab, "4.0.1", 4)
     assert_no_failed_request(stream, "4.0.1")
+    # An instance lost (terminated from outside: what it had in flight is lost with it,
+    # as on AWS): the group replaces it, and the replacement boots into the hotfix.
+    region = lab.env.primary_region
+    victim = sorted(before[region])[0]
+    aws.ec2.terminate(lab.clients().ec2(region), region, [victim])
+    waits.until(lambda: victim not in live_group(lab, region).instances and
+                len(live_group(lab, region).in_service) == 4, timeout=120,
+                what="a replacement", resource=region, fix="read the lab's daemon.log")
+    assert_all_serve(lab, "4.0.1", 4)
     for region in lab.env.all_regions:
         new = set(live_group(lab, region).in_service) - before[region]
         assert len(new) == (3 if region == lab.env.primary_region else 2)
@@ -137,7 +141,7 @@ def _with_scale_out(lab, anchor: str, *args: str) -> subprocess.CompletedProcess
     """A deploy whose every region scales out by one (live group and the run's own) once
     the stage `anchor` is done (tests/plugins/scale_out.py)."""
     config = write_config(lab.config_path.parent, name="scaling.toml",
-                          fleet="server-groups", timeouts={"boot": 120},
+                          fleet="server-groups", timeouts={"boot": 120, "health": 5},
                           plugins=["scale_out"],
                           extra_stages=[{"step": "scale-out", "after": anchor}])
     env = dict(lab.cli.env(), PYTHONPATH=str(REPO / "tests" / "plugins"),
@@ -178,3 +182,37 @@ def test_old_server_groups_beyond_those_kept_are_deleted(groups_lab):
         used = {g.template_version for g in groups(lab, region)}
         extra = {str(v.version) for v in template.versions} - used - {str(template.default)}
         assert not extra, (region, extra)
+
+
+def test_a_scale_out_during_a_hotfix_ends_on_the_hotfix(groups_lab):
+    lab = groups_lab
+    live = checks.record(lab)["release"]
+    with traffic.Stream(lab) as stream:
+        proc = _with_scale_out(lab, "select-hosts", "hotfix", "--version", "4.3.1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    state = checks.state_of(lab, proc)
+    # The newcomers booted into the release recorded then; catch-up put the hotfix on.
+    assert "came up during the rollout" in proc.stderr
+    caught = {h["instance_id"] for h in state["facts"]["batches"][-1]}
+    assert len(caught) == len(lab.env.all_regions)
+    assert_all_serve(lab, "4.3.1", 3)
+    stream.assert_one_change("in-place", live, "4.3.1")
+    scale_all(lab, 2)
+    assert_all_serve(lab, "4.3.1", 2)
+
+
+def test_a_scale_out_during_a_hotfix_that_rolls_back_ends_on_the_live_release(
+        groups_lab, tmp_path):
+    lab = groups_lab
+    live = checks.record(lab)["release"]
+    broken = checks.release_that_cannot_start(tmp_path)
+    with traffic.Stream(lab) as stream:
+        proc = _with_scale_out(lab, "select-hosts", "hotfix", "--version", "4.4.0-broken",
+                               "--artifact", str(broken))
+        assert proc.returncode == 1, proc.stderr[-3000:]
+    assert checks.record(lab)["release"] == live
+    assert_all_serve(lab, live, 3)
+    report = stream.report("in-place rolled back")
+    assert report["failed"] == 0, report
+    scale_all(lab, 2)
+    assert_all_serve(lab, live, 2)
