@@ -144,6 +144,8 @@ def attach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
 
 
 def detach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
+    if not target_groups:
+        return
     with calling(_where(name, region),
                  "check autoscaling:DetachLoadBalancerTargetGroups is allowed"):
         asg.detach_load_balancer_target_groups(AutoScalingGroupName=name,

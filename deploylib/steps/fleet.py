@@ -36,13 +36,15 @@ def launch_candidates(ctx: Context) -> None:
             raise CloudError("no image is known for this region", resource=region,
                              fix="bake with `--mode immutable` so every region has an image")
         ec2 = ctx.aws.ec2(region)
+        if env.server_groups:  # found again on resume by its name and tags
+            aws.ec2.check_own_image(ec2, region, images[region], env.name,
+                                    ctx.aws.account())
+            return servergroups.launch(ctx, region, images[region])
         found = aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
                                                   aws.TAG_ROLE: "candidate"})
         if found:
             return [i.instance_id for i in found]
         aws.ec2.check_own_image(ec2, region, images[region], env.name, ctx.aws.account())
-        if env.server_groups:
-            return servergroups.launch(ctx, region, images[region])
         count = len(ctx.live_hosts(region)) or ctx.facts.fleet_size or env.fleet_size
         subnet, groups = network(ctx, region)
         return aws.ec2.launch(ec2, region=region, image_id=images[region], count=count,

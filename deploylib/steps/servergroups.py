@@ -63,6 +63,19 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     else:
         desired = ctx.facts.fleet_size or env.fleet_size
         low, high = desired, env.max_size or 2 * desired
+    kept = _kept(ctx, region, existing) if ctx.option.get("image") == "previous" else None
+    if kept is not None:
+        # A rollback: the group the previous release served from is still kept (at 0):
+        # scaled up again, it is the candidates — one boot, not a bake or a new group.
+        groups[region] = kept.name
+        ctx.save()
+        aws.autoscaling.hold(asg, region, kept.name)
+        aws.autoscaling.set_capacity(asg, region, kept.name, min_size=low,
+                                     max_size=max(high, kept.max_size), desired=desired)
+        ctx.log(f"  {region}: re-enabling {kept.name}")
+        return aws.autoscaling.wait_in_service(asg, region, kept.name, desired,
+                                               ctx.timeout("launch", 600)
+                                               + ctx.timeout("boot", 900))
     name = mine.name if mine else aws.autoscaling.next_name(
         env.group_prefix, [g.name for g in existing])
     groups[region] = name
@@ -82,6 +95,18 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     aws.autoscaling.hold(asg, region, name)
     return aws.autoscaling.wait_in_service(asg, region, name, desired,
                                            ctx.timeout("launch", 600) + ctx.timeout("boot", 900))
+
+
+def _kept(ctx: Context, region: str, existing: list[aws.autoscaling.ServerGroup]
+          ) -> aws.autoscaling.ServerGroup | None:
+    """The server group the record's previous release served from, if it is still kept
+    out of service (or is this run's already)."""
+    previous = ((ctx.record() or {}).get("previous") or {}).get("server_groups") or {}
+    name = ctx.facts.server_groups.get(region) or previous.get(region)
+    found = next((g for g in existing if g.name == name), None)
+    if found is None or (found.target_groups and name != ctx.facts.server_groups.get(region)):
+        return None
+    return found
 
 
 def promote(ctx: Context, region: str) -> list[str]:
@@ -139,6 +164,14 @@ def discard(ctx: Context, region: str) -> list[str]:
         if g.tags.get(aws.TAG_RUN) == ctx.state.run_id}
     gone = sorted(n for n in names if n)
     for name in gone:
+        group = aws.autoscaling.describe(asg, region, name)
+        if group is not None and group.tags.get(aws.TAG_RUN) != ctx.state.run_id:
+            # A kept group a rollback re-enabled: kept again, at 0, out of service.
+            aws.autoscaling.detach(asg, region, name, list(group.target_groups))
+            aws.autoscaling.set_capacity(asg, region, name, min_size=0,
+                                         max_size=group.max_size, desired=0)
+            aws.autoscaling.release(asg, region, name)
+            continue
         aws.autoscaling.delete(asg, region, name)
     template = aws.ec2.launch_template(ec2, region, env.group_prefix)
     if template is not None:

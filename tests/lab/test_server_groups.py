@@ -216,3 +216,26 @@ def test_a_scale_out_during_a_hotfix_that_rolls_back_ends_on_the_live_release(
     assert report["failed"] == 0, report
     scale_all(lab, 2)
     assert_all_serve(lab, live, 2)
+
+
+def test_a_rollback_re_enables_the_previous_server_group(groups_lab):
+    lab = groups_lab
+    lab.cli("deploy --mode immutable --version 4.5.0")
+    after = checks.record(lab)
+    previous = after["previous"]
+    with traffic.Stream(lab) as stream:
+        proc = lab.cli("rollback")
+    state = checks.state_of(lab, proc)
+    now = checks.record(lab)
+    for region in lab.env.all_regions:
+        # The group the previous release served from, scaled up and attached again: no
+        # new group, and its image is the previous one.
+        assert now["server_groups"][region] == previous["server_groups"][region]
+        assert state["facts"]["server_groups"][region] == previous["server_groups"][region]
+        replaced = aws.autoscaling.describe(asg(lab, region), region,
+                                            after["server_groups"][region])
+        assert replaced.desired == 0 and not replaced.target_groups
+    assert now["release"] == previous["release"]
+    assert "re-enabling" in proc.stderr
+    assert_all_serve(lab, previous["release"], 2)
+    stream.assert_one_change("rollback", "4.5.0", previous["release"])
