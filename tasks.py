@@ -445,12 +445,13 @@ def gc(c, env=None, config=None, older_than="24", dry_run=False, json=False):
                              fix="give hours >= 0, e.g. --older-than 24")
         environment = _cfg(config).environment(env)
         clients = runs.environment_clients(environment)
-        items, registered, live = collector.collect(clients, environment)
+        items, registered, live, owned = collector.collect(clients, environment)
         held = lock.read(clients.dynamodb(), environment.lock_table, environment.name)
         verdict = collector.select(
             items, registered=registered, live_images=live,
             locked_run=held["run_id"] if held and not held["stale"] else None,
-            keep_images=environment.keep_images, older_than=hours * 3600, now=time.time())
+            keep_images=environment.keep_images, older_than=hours * 3600, now=time.time(),
+            held=owned)
         done = {} if dry_run else collector.remove(clients, verdict.remove)
         if json:
             _emit({"removed" if not dry_run else "would_remove": [
@@ -462,11 +463,11 @@ def gc(c, env=None, config=None, older_than="24", dry_run=False, json=False):
         verb = "would remove" if dry_run else "removed"
         for i in verdict.remove:
             result = done.get(i.resource_id, verb)
-            print(f"{verb if result in (verb, 'removed') else 'FAILED'}  {i.kind:<8} "
+            print(f"{verb if result in (verb, 'removed') else 'FAILED'}  {i.kind:<16} "
                   f"{i.resource_id:<24} {i.region:<12} run {i.run_id or '-'}"
                   + ("" if result in (verb, "removed") else f"  {result}"))
         for i, why in verdict.keep:
-            print(f"kept          {i.kind:<8} {i.resource_id:<24} {i.region:<12} {why}")
+            print(f"kept          {i.kind:<16} {i.resource_id:<24} {i.region:<12} {why}")
         if not verdict.remove:
             print(f"nothing to remove in {environment.name}")
 

@@ -8,6 +8,11 @@ names (live and previous: the rollback targets), and the newest `keep_images` im
 per region. Everything else tagged with the environment and older than the TTL goes:
 instances are terminated, images deregistered with their snapshots, lone snapshots
 deleted; the host keys kept for an instance (SSM) go once the instance is gone.
+Server groups (fleet = "server-groups"): never the one the record names live or
+previous, one in service, or the newest `keep_server_groups` kept behind it; never an
+instance a server group owns (the group is what goes, with its instances), nor an image
+or launch template version a remaining group launches from. A crashed run's group goes
+like any other of its resources.
 Deciding (`select`) is pure; `collect` reads AWS and `remove` acts.
 """
 
@@ -22,7 +27,7 @@ from deploylib import aws, config, live, parallel
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # instance | image | snapshot | hostkey
+    kind: str  # server-group | instance | template-version | image | snapshot | hostkey
     region: str
     resource_id: str
     run_id: str
@@ -48,8 +53,10 @@ def _epoch(value: Any) -> float:
 
 def select(items: list[Item], *, registered: set[str], live_images: set[str],
            locked_run: str | None, keep_images: int, older_than: float,
-           now: float) -> Verdict:
-    """Which items to remove and, for the rest, why they stay."""
+           now: float, held: dict[str, str] | None = None) -> Verdict:
+    """Which items to remove and, for the rest, why they stay. `held`: ids kept whatever
+    their age, with the reason (what server groups launch from and own)."""
+    held = held or {}
     verdict = Verdict()
     newest: set[str] = set()
     cache: set[str] = set()
@@ -65,6 +72,8 @@ def select(items: list[Item], *, registered: set[str], live_images: set[str],
             continue
         if item.run_id and item.run_id == locked_run:
             reason = "its run holds the deploy lock"
+        elif item.resource_id in held:
+            reason = held[item.resource_id]
         elif item.retiring and item.retiring == locked_run:
             reason = "replaced by the run holding the deploy lock, which may put it back"
         elif item.kind == "instance" and item.resource_id in registered:
@@ -109,16 +118,69 @@ def made_by_the_tool(tags: dict[str, str], env: str) -> bool:
             and bool(config.RUN_ID.fullmatch(tags[aws.TAG_RUN])))
 
 
-def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], set[str]]:
+def _server_groups(clients: aws.AwsClients, env: Any, region: str, record: dict[str, Any]
+                   ) -> tuple[list[Item], dict[str, str]]:
+    """The environment's server groups and launch template versions in a region, and what
+    they hold (the ids gc keeps, with why)."""
+    asg, ec2 = clients.autoscaling(region), clients.ec2(region)
+    named = {((record.get("server_groups") or {}).get(region)): "the record names it live",
+             ((record.get("previous") or {}).get("server_groups") or {}).get(region):
+             "the record's previous (the rollback target)"}
+    groups = aws.autoscaling.server_groups(asg, region, env.group_prefix)
+    # Kept for a rollback: groups that served before the live one (older). One newer than
+    # the live group that is neither live nor the previous never went live: a failed or
+    # killed run's.
+    live_number = aws.autoscaling.number_of(
+        (record.get("server_groups") or {}).get(region) or "") or 0
+    idle = [g for g in groups if g.name not in named and not g.target_groups
+            and (aws.autoscaling.number_of(g.name) or 0) < live_number]
+    kept = {g.name for g in idle[-env.keep_server_groups:]} if env.keep_server_groups else set()
+    template = aws.ec2.launch_template(ec2, region, env.group_prefix)
+    versions = {str(v.version): v for v in (template.versions if template else [])}
+    items: list[Item] = []
+    held: dict[str, str] = {}
+    for g in groups:
+        items.append(Item("server-group", region, g.name, g.tags.get(aws.TAG_RUN, ""),
+                          g.created))
+        if not made_by_the_tool(g.tags, env.name):
+            held[g.name] = "not made by the tool (its tags)"
+        elif g.name in named:
+            held[g.name] = named[g.name]
+        elif g.target_groups:
+            held[g.name] = "in service (attached to the target group)"
+        elif g.name in kept:
+            held[g.name] = f"one of the newest {env.keep_server_groups} kept server groups"
+        for iid in g.instances:
+            held[iid] = f"server group {g.name} owns it"
+    for number, v in versions.items():
+        users = [g for g in groups if g.template_version == number and
+                 (g.name in held or not made_by_the_tool(g.tags, env.name))]
+        rid = f"{v.template_id}:{number}"
+        if template and int(number) == template.default:
+            continue  # EC2 deletes the default version only with its template
+        items.append(Item("template-version", region, rid, v.tags.get(aws.TAG_RUN, ""),
+                          v.created))
+        if not made_by_the_tool(v.tags, env.name):
+            held[rid] = "not made by the tool (its tags)"
+        elif users:
+            held[rid] = f"server group {users[0].name} launches from it"
+            held[v.image_id] = f"server group {users[0].name} launches from it"
+    return items, held
+
+
+def collect(clients: aws.AwsClients, env: Any
+            ) -> tuple[list[Item], set[str], set[str], dict[str, str]]:
     """Everything the tool made for the environment (its full tag set), the registered
-    instances, the live images."""
+    instances, the live images, and what server groups hold."""
     record = live.record(clients, env) or {}
     kept = set((record.get("images") or {}).values())
     kept |= set(((record.get("previous") or {}).get("images") or {}).values())
     tag = {aws.TAG_ENV: env.name}
 
-    def one(region: str) -> tuple[list[Item], set[str]]:
+    def one(region: str) -> tuple[list[Item], set[str], dict[str, str]]:
         ec2 = clients.ec2(region)
+        groups, held = (_server_groups(clients, env, region, record) if env.server_groups
+                        else ([], {}))
         registered = set(aws.elb.target_states(clients.elbv2(region), region,
                                                live.target_group(clients, env, region)))
         items = [Item("instance", region, i.instance_id, i.tags.get(aws.TAG_RUN, ""),
@@ -144,23 +206,32 @@ def collect(clients: aws.AwsClients, env: Any) -> tuple[list[Item], set[str], se
         there = aws.ec2.still_there(ec2, region, [n.rsplit("/", 1)[1] for n in kept_keys])
         items += [Item("hostkey", region, name, "", 0.0) for name in kept_keys
                   if name.rsplit("/", 1)[1] not in there]
-        return items, registered
+        return groups + items, registered, held
 
     results = parallel.each(env.all_regions, one, key=lambda r: r)
     results.raise_for("gc", fix="check the account's permissions in those regions",
                       kind="region")
     items = [i for res in results.succeeded.values() for i in res[0]]
     registered = {i for res in results.succeeded.values() for i in res[1]}
-    return items, registered, kept
+    held = {k: v for res in results.succeeded.values() for k, v in res[2].items()}
+    return items, registered, kept, held
 
 
 def remove(clients: aws.AwsClients, items: list[Item]) -> dict[str, str]:
     """Remove the items; each one's outcome ("removed" or the error line)."""
-    order = {"instance": 0, "image": 1, "snapshot": 2, "hostkey": 3}  # images free snapshots
+    # groups take their instances with them; images free their snapshots
+    order = {"server-group": 0, "instance": 1, "template-version": 2, "image": 3,
+             "snapshot": 4, "hostkey": 5}
 
     def one(item: Item) -> str:
         ec2 = clients.ec2(item.region)
-        if item.kind == "instance":
+        if item.kind == "server-group":
+            aws.autoscaling.delete(clients.autoscaling(item.region), item.region,
+                                   item.resource_id)
+        elif item.kind == "template-version":
+            template_id, number = item.resource_id.split(":")
+            aws.ec2.delete_template_versions(ec2, item.region, template_id, [int(number)])
+        elif item.kind == "instance":
             aws.ec2.terminate(ec2, item.region, [item.resource_id])
         elif item.kind == "image":
             aws.ec2.delete_image(ec2, item.region, item.resource_id)

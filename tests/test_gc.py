@@ -92,3 +92,15 @@ def test_only_what_carries_the_tools_whole_tag_set_for_the_environment_is_the_to
     for missing in gc.FULL_SET:
         assert not gc.made_by_the_tool({k: v for k, v in full.items() if k != missing}, "lab")
     assert not gc.made_by_the_tool({**full, aws.TAG_RUN: "someone's"}, "lab")
+
+
+def test_what_server_groups_hold_stays_and_a_crashed_runs_group_goes():
+    held = {"app-lab-v003": "the record names it live", "i-in-group": "server group owns it",
+            "ami-behind": "server group app-lab-v003 launches from it"}
+    removed, kept = decide([old("server-group", "app-lab-v003"), old("instance", "i-in-group"),
+                            old("image", "ami-behind"), old("image", "ami-newer", age=30 * HOUR),
+                            old("server-group", "app-lab-v004", run="r-crashed"),
+                            old("template-version", "lt-1:4", run="r-crashed")],
+                           held=held, keep_images=0)
+    assert removed == {"app-lab-v004", "lt-1:4", "ami-newer"}
+    assert kept == held

@@ -39,6 +39,7 @@ class ServerGroup:
     instances: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     suspended: tuple[str, ...] = ()
+    created: float = 0.0  # epoch seconds
 
     @classmethod
     def from_api(cls, region: str, g: dict[str, Any]) -> ServerGroup:
@@ -52,7 +53,9 @@ class ServerGroup:
             target_groups=tuple(g.get("TargetGroupARNs", [])),
             instances={i["InstanceId"]: i["LifecycleState"] for i in g.get("Instances", [])},
             tags=tag_map(g.get("Tags")),
-            suspended=tuple(sorted(p["ProcessName"] for p in g.get("SuspendedProcesses", []))))
+            suspended=tuple(sorted(p["ProcessName"] for p in g.get("SuspendedProcesses", []))),
+            created=g["CreatedTime"].timestamp() if hasattr(g.get("CreatedTime"), "timestamp")
+            else 0.0)
 
     @property
     def in_service(self) -> list[str]:
@@ -173,8 +176,12 @@ def delete(asg: Any, region: str, name: str) -> None:
 
 def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float
                     ) -> list[str]:
-    """Wait until `count` of the group's instances are in service (their boot done)."""
+    """Wait until `count` of the group's instances are in service (their boot done).
+    Stops early once as many instances as were asked for have gone without ever going
+    in service: their boot fails (the group would go on replacing them for ever)."""
     seen: list[ServerGroup] = []
+    launched: set[str] = set()
+    served: set[str] = set()
 
     def check() -> bool:
         group = describe(asg, region, name)
@@ -182,6 +189,15 @@ def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float
             raise CloudError("the server group is gone", resource=_where(name, region),
                              fix="look for who deleted it (CloudTrail); then deploy again")
         seen[:] = [group]
+        launched.update(group.instances)
+        served.update(group.in_service)
+        failed = sorted(launched - set(group.instances) - served)
+        if len(failed) >= max(1, count):
+            raise CloudError(f"{len(failed)} instance(s) failed their boot and were "
+                             f"abandoned ({' '.join(failed)})", resource=_where(name, region),
+                             fix="read an instance's console output (its boot script's log: "
+                             "the release it could not install, or the record or store it "
+                             "could not read with its instance role)")
         return len(group.in_service) >= count
 
     waits.until(check, timeout=timeout, what=f"{count} instance(s) of {name} in service",

@@ -140,6 +140,7 @@ class TemplateVersion:
     version: int
     image_id: str
     tags: dict[str, str]
+    created: float = 0.0  # epoch seconds
 
 
 def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
@@ -187,8 +188,10 @@ def _version(v: dict[str, Any]) -> TemplateVersion:
     data = v.get("LaunchTemplateData", {})
     tags = next((tag_map(t.get("Tags")) for t in data.get("TagSpecifications", [])
                  if t.get("ResourceType") == "instance"), {})
+    made = v.get("CreateTime")
     return TemplateVersion(v["LaunchTemplateId"], v["LaunchTemplateName"],
-                           int(v["VersionNumber"]), data.get("ImageId", ""), tags)
+                           int(v["VersionNumber"]), data.get("ImageId", ""), tags,
+                           made.timestamp() if hasattr(made, "timestamp") else 0.0)
 
 
 def template_versions(ec2: Any, region: str, template_id: str) -> list[dict[str, Any]]:

@@ -17,6 +17,9 @@ hooks, Elastic Load Balancing and health checks):
   deregisters first and terminates once the target group's deregistration delay is over.
 - an instance that is stopped or terminated from outside is unhealthy: the group
   replaces it (unless ReplaceUnhealthy or Launch is suspended).
+- `DeleteLaunchTemplateVersions`, which moto lacks: a version deleted is gone from
+  DescribeLaunchTemplateVersions and cannot be launched; the default one cannot be
+  deleted (AWS: delete the template instead).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from moto.autoscaling.models import (
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult, EmptyResult
+from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateBackend
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.utils import parse_user_data
 
@@ -274,6 +278,49 @@ def install(*, interval: float = 0.5) -> threading.Event:
                   instance_id, result)
         return EmptyResult()
 
+    original_get_version = LaunchTemplate.get_version
+    original_describe_versions = LaunchTemplateBackend.describe_launch_template_versions
+
+    def get_version(self: LaunchTemplate, num: Any) -> Any:
+        version = original_get_version(self, num)
+        if getattr(version, "deleted", False):
+            from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
+
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
+        return version
+
+    def describe_versions(self: LaunchTemplateBackend, *args: Any, **kw: Any) -> Any:
+        return [(t, v) for t, v in original_describe_versions(self, *args, **kw)
+                if not getattr(v, "deleted", False)]
+
+    def delete_versions(self: LaunchTemplates) -> ActionResult:
+        template = self.ec2_backend.get_launch_template(self._get_param("LaunchTemplateId"))
+        done, refused = [], []
+        for number in self._get_param("Versions", []):
+            where = {"LaunchTemplateId": template.id, "LaunchTemplateName": template.name,
+                     "VersionNumber": int(number)}
+            if int(number) == int(template.default_version_number):
+                refused.append({**where, "ResponseError": {
+                    "Code": "launchTemplateVersionCannotBeDeleted",
+                    "Message": "Cannot delete the default version of a launch template"}})
+                continue
+            try:
+                version = original_get_version(template, number)
+            except Exception:  # noqa: BLE001 - moto's not-found, answered as AWS answers it
+                version = None
+            if version is None or getattr(version, "deleted", False):
+                refused.append({**where, "ResponseError": {
+                    "Code": "launchTemplateVersionDoesNotExist",
+                    "Message": "The specified launch template version does not exist"}})
+                continue
+            version.deleted = True
+            done.append(where)
+        return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done,
+                             "UnsuccessfullyDeletedLaunchTemplateVersions": refused})
+
+    LaunchTemplate.get_version = get_version
+    LaunchTemplateBackend.describe_launch_template_versions = describe_versions
+    LaunchTemplates.delete_launch_template_versions = delete_versions
     FakeAutoScalingGroup.replace_autoscaling_group_instances = replace_instances
     FakeAutoScalingGroup.active_instances = active_instances
     FakeAutoScalingGroup.set_desired_capacity = set_desired_capacity

@@ -4,6 +4,7 @@ a release that was replaced, and users see no failed request meanwhile."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from deploylib import aws, waits
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, Cli, write_config
 from tests.lab import checks, traffic
 
 pytestmark = pytest.mark.lab
@@ -239,3 +240,69 @@ def test_a_rollback_re_enables_the_previous_server_group(groups_lab):
     assert "re-enabling" in proc.stderr
     assert_all_serve(lab, previous["release"], 2)
     stream.assert_one_change("rollback", "4.5.0", previous["release"])
+
+
+def _run_leftovers(lab, run_id: str) -> list[str]:
+    out = []
+    for region in lab.env.all_regions:
+        out += [g.name for g in groups(lab, region) if g.tags.get(aws.TAG_RUN) == run_id]
+        template = aws.ec2.launch_template(lab.clients().ec2(region), region,
+                                           lab.env.group_prefix)
+        out += [f"{region}:{v.version}" for v in (template.versions if template else [])
+                if v.tags.get(aws.TAG_RUN) == run_id]
+    return out + checks.leftovers(lab, run_id)
+
+
+def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(groups_lab, tmp_path):
+    lab = groups_lab
+    live = checks.record(lab)["release"]
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    broken = checks.release_that_cannot_start(tmp_path)
+    config = write_config(lab.config_path.parent, name="quick-groups.toml",
+                          fleet="server-groups", timeouts={"boot": 120, "health": 3})
+    proc = lab.cli(f"deploy --mode rebake-light --version 4.6.0-broken --artifact {broken} "
+                   f"--config {config}", check=False)
+    error = checks.failed_clearly(proc, "failed their boot")
+    assert "console output" in error
+    run_id = checks.run_id_of(proc)
+    assert _run_leftovers(lab, run_id) == []
+    assert {r: live_group(lab, r).name for r in lab.env.all_regions} == was
+    assert checks.record(lab)["release"] == live
+    assert_all_serve(lab, live, 2)
+
+
+def test_gc_removes_what_a_killed_run_left_and_nothing_live(groups_lab):
+    lab = groups_lab
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    config = write_config(lab.config_path.parent, name="holding.toml", fleet="server-groups",
+                          timeouts={"boot": 120}, plugins=["scale_out"],
+                          extra_stages=[{"step": "hold", "after": "launch-candidates"}])
+    cli = Cli(config=config, lab_dir=lab.cli.lab_dir)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(REPO / "tests" / "plugins")  # the run's own environment
+    try:
+        proc = checks.start_deploy(lab, "--mode", "rebake-light", "--version", "4.7.0",
+                                   cli=cli)
+        state = checks.state_when(lab, proc, lambda s: all(
+            s.get("stages", {}).get(f"regions/{r}/hold", {}).get("status") == "running"
+            for r in lab.env.all_regions), "every region held after its launch")
+        proc.kill()
+        checks.ended(proc)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    run_id = state["run_id"]
+    assert len(_run_leftovers(lab, run_id)) >= len(lab.env.all_regions)
+    lab.cli("lock.break --env lab")
+    dry = json.loads(lab.cli("gc --older-than 0 --dry-run --json").stdout)
+    kept = {i["id"]: i["reason"] for i in dry["kept"]}
+    for region in lab.env.all_regions:
+        assert "live" in kept[was[region]]
+    lab.cli("gc --older-than 0 --json")
+    assert _run_leftovers(lab, run_id) == []
+    # The live groups never left service: the fleet is whole.
+    for region in lab.env.all_regions:
+        assert live_group(lab, region).name == was[region]
+    assert_all_serve(lab, checks.record(lab)["release"], 2)

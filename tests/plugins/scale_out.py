@@ -19,3 +19,11 @@ def scale_out(ctx):
             control.scale_group(ctx.env, region, name, group.desired + 1)
             grown.append(f"{region}/{name}")
     ctx.facts.team.setdefault("scaled", []).extend(grown)
+
+
+@step("hold")
+def hold(ctx):
+    """Stop here until the run is killed (a test's way to catch a run mid-way)."""
+    import threading
+
+    threading.Event().wait()
