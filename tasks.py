@@ -5,7 +5,9 @@
     invoke bake --version V                 immutable; hands off to Jenkins when configured
     invoke hotfix --version V               in-place
     invoke status                           what is live, drift included
+    invoke fold                             server groups: the live release into their image
     invoke lab.up / lab.down / demo         the local lab
+    invoke lab.scale --region R --desired N a live server group scaled, as a policy would
 
 Errors print one line naming the problem and the fix; bad input exits 2.
 """
@@ -180,6 +182,7 @@ def deploy(c, mode="", version="", artifact=None, env=None, config=None, json=Fa
         cfg = _cfg(config)
         state = runs.start(cfg, mode=mode, version=version, env_name=env, artifact=artifact)
         _run_all(cfg, state, keep_on_error=keep_on_error)
+        _then_fold(cfg, state)
         if json:
             _emit({"run_id": state.run_id, **summary.timings(state)})
 
@@ -211,6 +214,33 @@ def hotfix(c, version="", artifact=None, env=None, config=None, json=False,
     """Put a release on the live hosts in place, batch by batch."""
     deploy(c, mode="in-place", version=version, artifact=artifact, env=env, config=config,
            json=json, keep_on_error=keep_on_error)
+
+
+def _then_fold(cfg: object, state: object) -> None:
+    """fold = "after-deploy": once an in-place or rebake-light release is done, fold it."""
+    from deploylib import runs
+
+    env = cfg.environment(state.env)
+    if env.server_groups and env.fold == "after-deploy" and \
+            state.mode in ("in-place", "rebake-light"):
+        print(f"folding {state.version} into the live server groups (fold = after-deploy)",
+              file=sys.stderr)
+        _run_all(cfg, runs.start_fold(cfg, env.name))
+
+
+@task(help={k: HELP[k] for k in ("env", "config", "json")})
+def fold(c, env=None, config=None, json=False):
+    """Server groups: the live release in an image, in the live groups' launch templates:
+    new instances boot on it without installing at boot; no host is replaced."""
+    with reported():
+        from deploylib import runs, summary
+
+        cfg = _cfg(config)
+        state = runs.start_fold(cfg, env)
+        _run_all(cfg, state)
+        if json:
+            _emit({"run_id": state.run_id, "mode": state.mode, "release": state.version,
+                   **summary.timings(state)})
 
 
 @task(help={k: HELP[k] for k in ("env", "config", "json", "keep_on_error")})
@@ -642,7 +672,7 @@ locks = Collection("lock")
 locks.add_task(lock_status, "status")
 locks.add_task(lock_break, "break")
 
-ns = Collection(plan, preflight, start, deploy, bake, hotfix, rollback, step, resume, cleanup,
+ns = Collection(plan, preflight, start, deploy, bake, hotfix, rollback, fold, step, resume, cleanup,
                 status, gc, report, artifact, policy, docs, demo)
 ns.add_collection(lab)
 ns.add_collection(locks)

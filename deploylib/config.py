@@ -242,6 +242,12 @@ class Environment(Strict):
         description=(
             "Server groups kept (scaled to 0, out of service) behind the live one: the "
             "newest is what `invoke rollback` re-enables."))
+    fold: Literal["manual", "after-deploy"] = Field(default="manual",
+        description=(
+            "Server groups: `after-deploy` runs `invoke fold` once an in-place or "
+            "rebake-light deploy is done (an image of a live host in each region, put in the "
+            "live group's launch template), so new instances boot already on the release; "
+            "`manual`: only when asked."))
     instance_profile: str = Field(default="",
         description=(
             "Server groups: the instance profile (name or ARN) their instances launch with; "

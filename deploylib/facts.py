@@ -33,7 +33,7 @@ def _version(value: str) -> str:
 
 
 def _mode(value: str) -> str:
-    if value not in (*plan.MODES, *plan.ROLLBACK_MODES):
+    if value not in (*plan.MODES, *plan.ROLLBACK_MODES, plan.FOLD):
         raise ValueError(f"{value!r} is not a procedure")
     return value
 

@@ -3,14 +3,55 @@
 Reads only. For each live instance: id, address, region, image, the release baked into
 that image (the image's deploy:release tag), the release it is running (asked of the
 app itself), and drift when the two differ — a hotfix the image does not carry.
+
+Server groups (fleet = "server-groups"): the baked release is that of the image the
+instance's group launches from now (what a replacement boots: after `invoke fold`, the
+live release), and each instance says how it got what it runs — `baked` (its image had
+it), `boot` (installed at its boot, the record's release then) or `in-place` (a rollout
+put it there) — and since when.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from deploylib import aws, health, live, parallel
 from deploylib.config import Environment
+
+GROUP_TAG = "aws:autoscaling:groupName"
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if hasattr(value, "strftime") else "-"
+
+
+def _group_images(env: Environment, clients: aws.AwsClients, region: str) -> dict[str, str]:
+    """Each server group's current launch image, by group name."""
+    template = aws.ec2.launch_template(clients.ec2(region), region, env.group_prefix)
+    versions = {str(v.version): v.image_id for v in (template.versions if template else [])}
+    return {g.name: versions.get(g.template_version, "") for g in aws.autoscaling.server_groups(
+        clients.autoscaling(region), region, env.group_prefix)}
+
+
+def how(running: str | None, own_release: str | None, launched: Any,
+        recorded_at: str) -> tuple[str, str]:
+    """How an instance got the release it runs, and since when: its image had it
+    (`baked`, since its launch), its boot installed it (`boot`: launched after the
+    release was recorded, so its boot read it from the record) or a rollout did
+    (`in-place`, since the release was recorded)."""
+    if not running:
+        return "-", "-"
+    if running == own_release:
+        return "baked", _when(launched)
+    try:
+        recorded = dt.datetime.strptime(recorded_at, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC)
+    except ValueError:
+        return "in-place", "-"
+    if isinstance(launched, dt.datetime) and launched >= recorded:
+        return "boot", _when(launched)
+    return "in-place", _when(recorded)
 
 
 def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
@@ -24,20 +65,30 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
             if s != "draining"}
         instances = aws.ec2.describe(clients.ec2(region), region, sorted(states),
                                      public=env.address == "public")
-        baked = aws.ec2.image_tags(clients.ec2(region), region,
-                                   [i.image_id for i in instances])
+        launches = _group_images(env, clients, region) if env.server_groups else {}
+        baked = aws.ec2.image_tags(clients.ec2(region), region, sorted(
+            {i.image_id for i in instances} | {i for i in launches.values() if i}))
         rows = []
         for inst in instances:
             # Over HTTP only: a status-only app's release is proven on the host, in a run.
             running = health.serving(env, inst.address or "", on_host=None)
-            image_release = baked.get(inst.image_id, {}).get(aws.TAG_RELEASE)
-            rows.append({
+            own = baked.get(inst.image_id, {}).get(aws.TAG_RELEASE)
+            group = inst.tags.get(GROUP_TAG)
+            # What a replacement would boot: its group's image now, else its own.
+            image_id = launches.get(group or "") or inst.image_id
+            image_release = baked.get(image_id, {}).get(aws.TAG_RELEASE)
+            row = {
                 "instance_id": inst.instance_id, "region": region, "address": inst.address,
                 "state": inst.state, "target_health": states.get(inst.instance_id),
-                "image_id": inst.image_id, "baked_release": image_release,
+                "image_id": image_id, "baked_release": image_release,
                 "running_release": running,
                 "drift": bool(running and running != image_release),
-            })
+            }
+            if env.server_groups:
+                row["server_group"] = group
+                row["how"], row["since"] = how(running, own, inst.launched,
+                                               (record or {}).get("recorded_at", ""))
+            rows.append(row)
         return rows
 
     def recorded_image(region: str) -> dict[str, str]:
@@ -64,9 +115,15 @@ def table(report: dict[str, Any]) -> str:
         f"{rec.get('release', '(none recorded)')} via {rec.get('procedure', '-')}"
         f" (run {rec.get('run_id', '-')})",
     ]
-    head = ("instance", "region", "address", "image", "baked", "running", "drift")
+    groups = any("server_group" in r for r in report["instances"])
+    head: tuple[str, ...] = ("instance", "region", "address", "image", "baked", "running")
+    if groups:
+        head += ("group", "how", "since")
+    head += ("drift",)
     rows = [(r["instance_id"], r["region"], r["address"] or "-", r["image_id"],
              r["baked_release"] or "-", r["running_release"] or "?",
+             *((r.get("server_group") or "-", r.get("how", "-"), r.get("since", "-"))
+               if groups else ()),
              "DRIFT" if r["drift"] else "") for r in report["instances"]]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     for row in (head, *rows):

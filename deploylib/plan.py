@@ -29,6 +29,9 @@ from deploylib.errors import ConfigError, InputError
 # The procedures an operator asks for; the rollbacks are chosen from the record.
 MODES = ("immutable", "rebake-light", "in-place")
 ROLLBACK_MODES = ("rollback-in-place", "rollback-image")
+# Server groups: an image carrying the live release, put in the live groups' launch
+# templates (`invoke fold`); the record's release and history are left as they are.
+FOLD = "fold"
 
 # Which hosts a stage works on, resolved from the run state when it runs.
 BUILDER = "builder"
@@ -314,6 +317,18 @@ def _rollback_image() -> tuple[Stage, ...]:
     )
 
 
+def _fold() -> tuple[Stage, ...]:
+    # The live release as the record names it, and in each region a live host serving it
+    # (the candidates of this procedure: imaged, never replaced); its image in the
+    # region's launch template; the record's images pointed at them.
+    return (
+        _s("locate-release"),
+        _s("create-image", CANDIDATES, no_reboot=True),
+        _s("fold-template"),
+        _s("record-images"),
+    )
+
+
 @dataclass(frozen=True)
 class _Procedure:
     stages: Callable[[], tuple[Stage, ...]]
@@ -335,6 +350,7 @@ _PROCEDURES = {
     "rollback-in-place": _Procedure(_rollback_in_place, (), "rollback-in-place"),
     "rollback-image": _Procedure(_rollback_image, ("demote", "discard-candidates"),
                                  "rollback-image"),
+    FOLD: _Procedure(_fold, ("discard-images",), "rollback-image"),
 }
 
 # When a cleanup step discarded what a stage made, the run starts again from that stage

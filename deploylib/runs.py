@@ -144,6 +144,23 @@ def start_rollback(cfg: config.DeployConfig, env_name: str | None) -> RunState:
     return _create_locked(env, mode=mode, version=previous["release"], artifact="")
 
 
+def start_fold(cfg: config.DeployConfig, env_name: str | None) -> RunState:
+    """A run that folds the live release into the live server groups' launch templates."""
+    env = cfg.environment(env_name)
+    catalog.load(env.plugins)
+    if not env.server_groups:
+        raise InputError(f"{env.name}'s fleet is not server groups: nothing to fold into",
+                         resource=f"environments.{env.name}.fleet",
+                         fix='set fleet = "server-groups" (hosts of a fleet of instances are '
+                         "replaced only by a deploy)")
+    record = live.record(environment_clients(env), env) or {}
+    if not record.get("release"):
+        raise InputError(f"nothing is recorded as live in {env.name}",
+                         resource=env.record_parameter,
+                         fix="make a first release with `--mode immutable`")
+    return _create_locked(env, mode=planning.FOLD, version=record["release"], artifact="")
+
+
 def handoff_of(state: RunState) -> dict[str, Any]:
     """What a bake hands to Jenkins: enough to continue its run anywhere."""
     return {"run_id": state.run_id, "env": state.env, "mode": state.mode,

@@ -42,3 +42,20 @@ def test_the_table_says_whether_every_regions_image_carries_the_same_release_byt
     report["recorded_image_digests"]["eu-west-1"] = "cd" * 32
     assert "carry different release bytes: eu-west-1 cdcdcdcdcdcd…, us-east-1 " \
         "abababababab…" in inventory.table(report)
+
+
+def test_how_a_host_got_its_release_and_since_when():
+    import datetime as dt
+
+    from deploylib.inventory import how
+
+    utc = dt.UTC
+    before = dt.datetime(2026, 12, 2, 5, 0, 10, tzinfo=utc)
+    after = dt.datetime(2026, 12, 2, 5, 0, 50, tzinfo=utc)
+    recorded = "2026-12-02T05:00:30Z"
+    assert how("1.0.0", "1.0.0", before, recorded) == ("baked", "2026-12-02 05:00")
+    # launched before the hotfix was recorded: a rollout (or catch-up) put it there
+    assert how("1.0.1", "1.0.0", before, recorded) == ("in-place", "2026-12-02 05:00")
+    # launched after: its boot read the hotfix from the record
+    assert how("1.0.1", "1.0.0", after, recorded) == ("boot", "2026-12-02 05:00")
+    assert how(None, "1.0.0", after, recorded) == ("-", "-")

@@ -139,6 +139,14 @@ def set_capacity(asg: Any, region: str, name: str, *, min_size: int, max_size: i
                                       MaxSize=max_size, DesiredCapacity=desired)
 
 
+def use_template(asg: Any, region: str, name: str, template_id: str, version: int) -> None:
+    """Point a group at another launch template version: its next launches use it; the
+    instances it has are left as they are."""
+    with calling(_where(name, region), "check autoscaling:UpdateAutoScalingGroup is allowed"):
+        asg.update_auto_scaling_group(AutoScalingGroupName=name, LaunchTemplate={
+            "LaunchTemplateId": template_id, "Version": str(version)})
+
+
 def attach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
     with calling(_where(name, region),
                  "check autoscaling:AttachLoadBalancerTargetGroups is allowed"):

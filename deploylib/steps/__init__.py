@@ -4,7 +4,9 @@
     steps.bake       launch-builder, wait-ssh, provision, cache-foundation, stop-builder,
                      create-image, terminate-builder, copy-image, wait-image
     steps.fleet      launch-candidates, smoke-test, promote, record, retire
-    steps.rollout    select-hosts, drain, health-check, put-back, locate-live, notify
+    steps.rollout    select-hosts, drain, health-check, put-back, catch-up, locate-live,
+                     notify
+    steps.fold       locate-release, fold-template, record-images (`invoke fold`)
     steps.cleanup    restore-batch, demote, discard-candidates, discard-images,
                      discard-builder (run when a run fails, never as planned stages)
 
@@ -34,14 +36,24 @@ from deploylib.steps.cleanup import (
     restore_batch,
 )
 from deploylib.steps.fleet import launch_candidates, promote, record, retire, smoke_test
+from deploylib.steps.fold import fold_template, locate_release, record_images
 from deploylib.steps.release import install_release, locate_previous, publish_release
-from deploylib.steps.rollout import drain, health_check, locate_live, notify, put_back, select_hosts
+from deploylib.steps.rollout import (
+    catch_up,
+    drain,
+    health_check,
+    locate_live,
+    notify,
+    put_back,
+    select_hosts,
+)
 
 __all__ = [
-    "cache_foundation", "copy_image", "create_image", "demote", "discard_builder",
-    "discard_candidates", "discard_images", "drain", "health_check", "install_release",
-    "launch_builder", "launch_candidates", "locate_live", "locate_previous", "notify",
-    "promote", "provision", "publish_release", "put_back", "record", "restore_batch",
-    "retire", "select_hosts", "smoke_test", "stop_builder", "terminate_builder",
-    "wait_image", "wait_ssh",
+    "cache_foundation", "catch_up", "copy_image", "create_image", "demote",
+    "discard_builder", "discard_candidates", "discard_images", "drain", "fold_template",
+    "health_check", "install_release", "launch_builder", "launch_candidates", "locate_live",
+    "locate_previous", "locate_release", "notify", "promote", "provision",
+    "publish_release", "put_back", "record", "record_images", "restore_batch", "retire",
+    "select_hosts", "smoke_test", "stop_builder", "terminate_builder", "wait_image",
+    "wait_ssh",
 ]

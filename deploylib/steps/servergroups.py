@@ -48,11 +48,25 @@ def user_data(ctx: Context, group: str, rel: Release) -> str:
         health_timeout=int(ctx.timeout("health", 30)))
 
 
+def template_version(ctx: Context, region: str, group: str, image_id: str
+                     ) -> aws.ec2.TemplateVersion:
+    """The run's version of the environment's launch template in a region: what `group`'s
+    instances launch with (the image, and user data that boots them into the release)."""
+    env = ctx.env
+    _, security_groups = network(ctx, region)
+    return aws.ec2.put_template_version(
+        ctx.aws.ec2(region), region=region, name=env.group_prefix, image_id=image_id,
+        instance_type=env.instance_type, security_group_ids=security_groups,
+        tag_list=ctx.tags("candidate"), user_data=user_data(ctx, group, ctx.release),
+        instance_profile=env.instance_profile or None, key_name=env.key_name,
+        client_token=f"{ctx.state.run_id}-{region}")
+
+
 def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     """The run's server group in a region, made (or found again, on resume) and its
     instances in service; returns them."""
     env = ctx.env
-    asg, ec2 = ctx.aws.autoscaling(region), ctx.aws.ec2(region)
+    asg = ctx.aws.autoscaling(region)
     groups = ctx.facts.server_groups
     existing = aws.autoscaling.server_groups(asg, region, env.group_prefix)
     mine = next((g for g in existing if g.name == groups.get(region)
@@ -80,13 +94,8 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
         env.group_prefix, [g.name for g in existing])
     groups[region] = name
     ctx.save()  # before anything is made: a crash leaves it findable by name and tag
-    subnet, security_groups = network(ctx, region)
-    version = aws.ec2.put_template_version(
-        ec2, region=region, name=env.group_prefix, image_id=image_id,
-        instance_type=env.instance_type, security_group_ids=security_groups,
-        tag_list=ctx.tags("candidate"), user_data=user_data(ctx, name, ctx.release),
-        instance_profile=env.instance_profile or None, key_name=env.key_name,
-        client_token=f"{ctx.state.run_id}-{region}")
+    subnet, _ = network(ctx, region)
+    version = template_version(ctx, region, name, image_id)
     tags = [t for t in ctx.tags("server-group") if t["Key"] != "Name"]
     aws.autoscaling.create(asg, region=region, name=name, template_id=version.template_id,
                            version=version.version, subnet_ids=[subnet], tag_list=tags,

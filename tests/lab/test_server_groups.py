@@ -306,3 +306,41 @@ def test_gc_removes_what_a_killed_run_left_and_nothing_live(groups_lab):
     for region in lab.env.all_regions:
         assert live_group(lab, region).name == was[region]
     assert_all_serve(lab, checks.record(lab)["release"], 2)
+
+
+def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(groups_lab):
+    lab = groups_lab
+    lab.cli("hotfix --version 4.8.1")
+    lab.cli("lab.scale --region us-east-1 --desired 3")
+    settled(lab, "us-east-1", 3)
+    rows = json.loads(lab.cli("status --json").stdout)["instances"]
+    assert {r["running_release"] for r in rows} == {"4.8.1"} and all(r["drift"] for r in rows)
+    hows = {r["instance_id"]: r["how"] for r in rows}
+    assert sorted(hows.values()).count("boot") == 1, hows  # the scale-out's instance
+    assert all(r["server_group"] == live_group(lab, r["region"]).name for r in rows)
+    before = {r: live_group(lab, r) for r in lab.env.all_regions}
+    proc = lab.cli("fold")
+    assert "launches from" in proc.stderr
+    record = checks.record(lab)
+    assert record["release"] == "4.8.1" and record["procedure"] == "in-place"
+    for region in lab.env.all_regions:
+        group = live_group(lab, region)
+        # The same group, its hosts untouched, its launch template version the folded one.
+        assert group.name == before[region].name
+        assert group.template_version != before[region].template_version
+        assert set(group.in_service) == set(before[region].in_service)
+        version = next(v for v in aws.ec2.launch_template(
+            lab.clients().ec2(region), region, lab.env.group_prefix).versions
+            if str(v.version) == group.template_version)
+        assert version.image_id == record["images"][region]
+        tags = aws.ec2.image_tags(lab.clients().ec2(region), region, [version.image_id])
+        assert tags[version.image_id][aws.TAG_RELEASE] == "4.8.1"
+    rows = json.loads(lab.cli("status --json").stdout)["instances"]
+    assert not any(r["drift"] for r in rows), rows
+    # A new instance now boots on the image: nothing to install.
+    lab.cli("lab.scale --region us-east-1 --desired 4")
+    new = set(settled(lab, "us-east-1", 4)) - set(before["us-east-1"].in_service)
+    assert len(new) == 1
+    assert "already live; nothing to do" in boot_log(lab, new.pop())
+    lab.cli("lab.scale --region us-east-1 --desired 2")
+    assert_all_serve(lab, "4.8.1", 2)

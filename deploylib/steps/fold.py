@@ -1,0 +1,83 @@
+"""Fold-back (fleet = "server-groups"): the drift a hotfix or a rebake-light leaves —
+hosts running a release their group's image lacks, which new instances get only at boot —
+closed without replacing a host: an image of a live host serving the live release, put in
+the live groups' launch templates. New instances then boot already on the release."""
+
+from __future__ import annotations
+
+from deploylib import aws
+from deploylib.catalog import step
+from deploylib.context import Context
+from deploylib.errors import InputError, StateError
+from deploylib.facts import HostRef
+from deploylib.steps import servergroups
+from deploylib.steps.release import from_store
+
+
+@step("locate-release")
+def locate_release(ctx: Context) -> None:
+    """The release the record says is live, and in each region a live host of the live
+    group serving it: the host the region's image is made from (it keeps serving)."""
+    record = ctx.record() or {}
+    if not ctx.env.server_groups or not record.get("server_groups"):
+        raise InputError(f"{ctx.env.name} has no server groups to fold into",
+                         resource=ctx.env.record_parameter,
+                         fix='set fleet = "server-groups" and deploy with `--mode immutable`')
+    if record.get("release") != ctx.state.version:
+        raise InputError(f"the record changed since this fold started: {record.get('release')} "
+                         f"is live now, not {ctx.state.version}",
+                         resource=ctx.env.record_parameter, fix="start `invoke fold` again")
+    ctx.facts.release = from_store(ctx.env, ctx.aws.s3(), record["release"], record["sha256"],
+                                   record.get("version_id"))
+    for region in ctx.regions():
+        if region in ctx.facts.candidates:
+            continue
+        group = servergroups.live_group(ctx, region, record)
+        hosts = ctx.targets([HostRef(region=region, instance_id=i)
+                             for i in (group.in_service if group else [])])
+        serving = [h for h in hosts if ctx.serving(h) == record["release"]]
+        if not serving:
+            raise StateError(f"no live host in {region} serves {record['release']}",
+                             resource=region, fix="deploy the release again, then fold")
+        ctx.facts.candidates[region] = [serving[0].instance_id]
+        ctx.log(f"  {region}: imaging {serving[0].instance_id} of {group.name}")
+    ctx.save()
+
+
+@step("fold-template")
+def fold_template(ctx: Context) -> None:
+    """Each region's live group launches from the image carrying the live release: a new
+    launch template version with it, the group pointed at that version."""
+    record = ctx.record() or {}
+
+    def one(region: str) -> str:
+        group = servergroups.live_group(ctx, region, record)
+        if group is None:
+            raise StateError("the live server group is gone", resource=region,
+                             fix="deploy again with `--mode immutable`")
+        version = servergroups.template_version(ctx, region, group.name,
+                                                ctx.facts.images[region])
+        aws.autoscaling.use_template(ctx.aws.autoscaling(region), region, group.name,
+                                     version.template_id, version.version)
+        return f"{group.name} launches from {ctx.facts.images[region]} (version " \
+            f"{version.version})"
+
+    ctx.per_region("fold-template", ctx.regions(sorted(ctx.facts.images)), one, {},
+                   lambda region, text: f"{region}: {text}")
+
+
+@step("record-images")
+def record_images(ctx: Context) -> None:
+    """The record's images: the folded ones (its release and its history unchanged)."""
+    record = ctx.record()
+    if record is None:
+        raise StateError("nothing is recorded", resource=ctx.env.record_parameter,
+                         fix="deploy with `--mode immutable` first")
+    images = dict(record.get("images") or {})
+    if all(images.get(r) == i for r, i in ctx.facts.images.items()):
+        return
+    images.update(ctx.facts.images)
+    aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter,
+                         {**record, "images": images, "fence": ctx.facts.lock_fence})
+    ctx.log(f"  {ctx.env.record_parameter}: images "
+            + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))
