@@ -242,6 +242,11 @@ class Environment(Strict):
         description=(
             "Server groups kept (scaled to 0, out of service) behind the live one: the "
             "newest is what `invoke rollback` re-enables."))
+    max_layers: int = Field(default=3, ge=1, le=50,
+        description=(
+            "Rebake-light images over a bake from the base (each rebake-light or fold adds "
+            "one) before rebake-light is refused and a bake from the base is required; "
+            "also refused when the base image or the packages changed since that bake."))
     fold: Literal["manual", "after-deploy"] = Field(default="manual",
         description=(
             "Server groups: `after-deploy` runs `invoke fold` once an in-place or "

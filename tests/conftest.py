@@ -57,6 +57,10 @@ def write_config(directory: Path, extra: str = "", name: str = "deploy.toml",
                  drop: tuple[str, ...] = (), **overrides: object) -> Path:
     """A deploy.toml whose lab keeps its runs in `directory` (tests never touch ./.runs);
     `overrides` set keys of the lab environment, `drop` removes them."""
+    # A lab session's tests rebake-light one image over another many times over: the
+    # refusal past max_layers has tests of its own.
+    if "max_layers" not in drop:
+        overrides.setdefault("max_layers", 50)
     text = LAB_ENV_TEXT.replace('state_dir = ".runs"', f'state_dir = "{directory / "runs"}"')
     text = text.replace('app_source = "examples/app"', f'app_source = "{REPO / "examples/app"}"')
     text = text.replace('smoke_tests = "examples/smoke"',

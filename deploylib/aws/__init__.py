@@ -50,6 +50,11 @@ TAG_FOUNDATION = "deploy:foundation"
 # On a baked image: the release's sha256, and the image its builder started from.
 TAG_DIGEST = "deploy:release-sha256"
 TAG_BAKED_FROM = "deploy:baked-from"
+# On a release image: how many images it is from a bake from the base (0: baked; a
+# rebake-light's or a fold's image: one more than the image its host launched from), and
+# the bake cache's key (base image + packages) of that bake.
+TAG_LAYERS = "deploy:layers"
+TAG_PACKAGES = "deploy:packages"
 # On hosts a promotion replaced: the run that may still put them back (demote) until its
 # release is recorded. gc keeps them while that run holds the lock.
 TAG_RETIRING = "deploy:retiring"

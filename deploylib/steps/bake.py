@@ -8,7 +8,7 @@ import hashlib
 from deploylib import aws, render, waits
 from deploylib.catalog import step
 from deploylib.context import Context, by_region
-from deploylib.errors import HostError, HostKeyError, RemoteCommandError, StateError
+from deploylib.errors import HostError, HostKeyError, InputError, RemoteCommandError, StateError
 from deploylib.facts import Builder
 from deploylib.plan import BUILDER
 
@@ -202,8 +202,15 @@ def create_image(ctx: Context) -> None:
         name = image_name(ctx)
         image_id = images.get(region) or aws.ec2.find_image(ec2, region, name)
         if not image_id:
+            source = {}
+            if builder is None:  # a host's image: one layer over the image it launched from
+                host = aws.ec2.describe(ec2, region, [sources[region]])
+                if host:
+                    source = aws.ec2.image_tags(ec2, region, [host[0].image_id]).get(
+                        host[0].image_id, {})
             image_id = aws.ec2.create_image(ec2, region, sources[region], name,
-                                            image_tags(ctx, builder), no_reboot=no_reboot)
+                                            image_tags(ctx, builder, source),
+                                            no_reboot=no_reboot)
         aws.ec2.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
         return image_id
 
@@ -211,15 +218,46 @@ def create_image(ctx: Context) -> None:
                    lambda region, image: f"image {image} in {region}")
 
 
-def image_tags(ctx: Context, builder: Builder | None) -> list[dict[str, str]]:
+def image_tags(ctx: Context, builder: Builder | None,
+               source: dict[str, str] | None = None) -> list[dict[str, str]]:
     """A release image's tags: the run's, the release's digest (every region's image
-    carries the same bytes: status compares them) and the image its builder started from
-    (a foundation, or the base image)."""
+    carries the same bytes: status compares them), the image its builder started from (a
+    foundation, or the base image), and its layers over that bake (`source`: the tags of
+    the image a host being imaged launched from)."""
     tags = [*ctx.tags("image"), {"Key": aws.TAG_DIGEST, "Value": ctx.release.sha256}]
     if builder is not None:
-        tags.append({"Key": aws.TAG_BAKED_FROM,
-                     "Value": builder.source_image or builder.base_image})
+        tags += [{"Key": aws.TAG_BAKED_FROM,
+                  "Value": builder.source_image or builder.base_image},
+                 {"Key": aws.TAG_LAYERS, "Value": "0"},
+                 {"Key": aws.TAG_PACKAGES, "Value": builder.foundation}]
+    else:
+        source = source or {}
+        tags.append({"Key": aws.TAG_LAYERS,
+                     "Value": str(int(source.get(aws.TAG_LAYERS, "0") or 0) + 1)})
+        if source.get(aws.TAG_PACKAGES):
+            tags.append({"Key": aws.TAG_PACKAGES, "Value": source[aws.TAG_PACKAGES]})
     return tags
+
+
+def check_layers(ctx: Context, region: str, image_id: str) -> None:
+    """A rebake-light from `image_id` is refused once the image is `max_layers` images
+    over its bake, or when the base image or the packages changed since that bake: what a
+    bake from the base would make is no longer what the image holds."""
+    ec2 = ctx.aws.ec2(region)
+    tags = aws.ec2.image_tags(ec2, region, [image_id]).get(image_id, {})
+    layers = int(tags.get(aws.TAG_LAYERS, "0") or 0)
+    fix = "bake from the base: `invoke deploy --mode immutable`"
+    if layers >= ctx.env.max_layers:
+        raise InputError(f"the live image {image_id} is {layers} rebake-light layer(s) over "
+                         f"its bake (max_layers = {ctx.env.max_layers})",
+                         resource=f"image {image_id} in {region}", fix=fix)
+    packages = tags.get(aws.TAG_PACKAGES)
+    if packages:
+        base = aws.ec2.find_base_image(ec2, region, ctx.env.base_image,
+                                       ctx.env.base_image_owner)
+        if packages != foundation_key(base, _provision_script(ctx)):
+            raise InputError(f"the base image or the packages changed since {image_id} was "
+                             "baked", resource=f"image {image_id} in {region}", fix=fix)
 
 
 @step("terminate-builder")

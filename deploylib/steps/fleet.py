@@ -10,7 +10,7 @@ from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
 from deploylib.steps import servergroups, traffic
-from deploylib.steps.bake import network
+from deploylib.steps.bake import check_layers, network
 
 
 @step("launch-candidates")
@@ -36,6 +36,8 @@ def launch_candidates(ctx: Context) -> None:
             raise CloudError("no image is known for this region", resource=region,
                              fix="bake with `--mode immutable` so every region has an image")
         ec2 = ctx.aws.ec2(region)
+        if source == "live":  # rebake-light: on an image still close to its bake
+            check_layers(ctx, region, images[region])
         if env.server_groups:  # found again on resume by its name and tags
             aws.ec2.check_own_image(ec2, region, images[region], env.name,
                                     ctx.aws.account())

@@ -344,3 +344,29 @@ def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(gr
     assert "already live; nothing to do" in boot_log(lab, new.pop())
     lab.cli("lab.scale --region us-east-1 --desired 2")
     assert_all_serve(lab, "4.8.1", 2)
+
+
+def test_rebake_light_past_max_layers_is_refused_and_changes_nothing(groups_lab):
+    lab = groups_lab
+    strict = write_config(lab.config_path.parent, name="layers.toml", fleet="server-groups",
+                          timeouts={"boot": 120}, max_layers=1)
+    record = checks.record(lab)
+    region = lab.env.primary_region
+    tags = aws.ec2.image_tags(lab.clients().ec2(region), region, [record["images"][region]])
+    layers = int(tags[record["images"][region]].get(aws.TAG_LAYERS, "0"))
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    proc = lab.cli(f"deploy --mode rebake-light --version 4.9.0 --config {strict}",
+                   check=False)
+    if layers >= 1:
+        checks.failed_clearly(proc, "max_layers", "immutable")
+        assert checks.record(lab)["release"] == record["release"]
+        assert _run_leftovers(lab, checks.run_id_of(proc)) == []
+    else:  # a bake's own image: one rebake-light is allowed, the next is not
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        again = lab.cli(f"deploy --mode rebake-light --version 4.9.1 --config {strict}",
+                        check=False)
+        checks.failed_clearly(again, "max_layers", "immutable")
+        assert _run_leftovers(lab, checks.run_id_of(again)) == []
+    assert {r: live_group(lab, r).name for r in lab.env.all_regions} == was or \
+        proc.returncode == 0
+    assert_all_serve(lab, checks.record(lab)["release"], 2)
