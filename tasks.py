@@ -392,13 +392,15 @@ def preflight(c, env=None, mode="", config=None, json=False):
         raise Exit(code=2)
 
 
-@task(help={"env": HELP["env"], "config": HELP["config"]})
-def policy(c, env=None, config=None):
+@task(help={"env": HELP["env"], "config": HELP["config"],
+            "instance": "the policy of the role server groups' instances launch with"})
+def policy(c, env=None, config=None, instance=False):
     """Print the least-privilege IAM policy for an environment (its bucket and lock table)."""
     with reported():
         from deploylib import render
 
-        print(render.iam_policy(_cfg(config).environment(env)), end="")
+        environment = _cfg(config).environment(env)
+        print((render.instance_policy if instance else render.iam_policy)(environment), end="")
 
 
 @task(help={"version": HELP["version"], "env": HELP["env"], "config": HELP["config"]})

@@ -224,7 +224,10 @@ def markdown(r: dict[str, Any]) -> str:
 TTL_TARGETS = {  # AWS seconds, as the target reads
     "in-place": (240, "4 min"), "in-place, graceful reload": (45, "45 s"),
     "rebake-light": (90, "1.5 min"), "immutable": (480, "8 min"),
-    "immutable, per-region bake": (480, "8 min")}
+    "immutable, per-region bake": (480, "8 min"),
+    "rollback, previous image launched": (90, "1.5 min"),
+    "rollback, kept server group at 0": (90, "1.5 min"),
+    "rollback, kept server group at capacity": (60, "1 min")}
 
 
 def ttl_section(t: dict[str, Any]) -> list[str]:

@@ -53,6 +53,16 @@ PROCEDURES = {
     "immutable, per-region bake": ("immutable", {"bake": "per-region"}),
 }
 
+# Rollbacks after an immutable deploy, by how the fleet is kept: a fleet of instances
+# launches the previous image again; a server group kept at 0 is scaled up (a launch); one
+# kept at its capacity is attached again (one health check).
+ROLLBACKS = {
+    "rollback, previous image launched": {},
+    "rollback, kept server group at 0": {"fleet": "server-groups", "kept_capacity": "zero"},
+    "rollback, kept server group at capacity": {"fleet": "server-groups",
+                                                "kept_capacity": "live"},
+}
+
 
 def batches_per_region() -> int:
     return -(-HOSTS // max(1, HOSTS * int(BATCH[:-1]) // 100))
@@ -75,6 +85,10 @@ def critical_path(procedure: str) -> float:
     if procedure == "immutable, per-region bake":
         # every region at once: builder launch, stop, image, candidates, one check
         return AWS["launch"] + AWS["stop"] + AWS["image"] + AWS["launch"] + one_check
+    if procedure in ("rollback, previous image launched", "rollback, kept server group at 0"):
+        return AWS["launch"] + one_check  # instances booted from the previous image
+    if procedure == "rollback, kept server group at capacity":
+        return one_check  # its instances run already: attached, one passing check
     raise ValueError(procedure)
 
 
@@ -137,9 +151,10 @@ class Users:
 
 
 def _run(lab: BenchLab, config: Path, mode: str, version: str) -> dict[str, Any]:
+    command = lab.invoke("rollback") if mode == "rollback" else \
+        lab.invoke("deploy", "--mode", mode, "--version", version)
     with Users(lab) as users:
-        m = measure(lab.invoke("deploy", "--mode", mode, "--version", version),
-                    lab.env(DEPLOY_CONFIG=str(config)), timeout=1800)
+        m = measure(command, lab.env(DEPLOY_CONFIG=str(config)), timeout=1800)
     if not m.ok:
         raise RuntimeError(m.output)
     from deploylib import report
@@ -170,11 +185,26 @@ def run(work: Path, runs: int, say: Any) -> dict[str, Any]:
                 say(f"  time to live, {name}: {got['lab_seconds']:.2f} lab s = "
                     f"{got['aws_seconds'] / 60:.2f} AWS min; {got['failed']} of "
                     f"{got['sent']} requests failed" + ("" if n else " (warm-up)"))
+        # The rollbacks last: a fleet turned to server groups stays so.
+        for k, (name, keys) in enumerate(ROLLBACKS.items()):
+            config = lab.write_config(f"rollback-{k}.toml", **keys)
+            out[name] = []
+            if keys and k == 1:  # the first server group (its previous is no group)
+                _run(lab, config, "immutable", f"8.{k}.0-immutable")
+            for n in range(1, runs + 1):
+                _run(lab, config, "immutable", f"8.{k}.{n}-immutable")
+                got = _run(lab, config, "rollback", "")
+                got["aws_seconds"] = aws_seconds(name, got["lab_seconds"])
+                out[name].append(got)
+                say(f"  time to live, {name}: {got['lab_seconds']:.2f} lab s = "
+                    f"{got['aws_seconds'] / 60:.2f} AWS min; {got['failed']} of "
+                    f"{got['sent']} requests failed")
+        every = {**PROCEDURES, **ROLLBACKS}
         return {"aws": AWS, "profile": PROFILE, "scale": "1 real minute = 2 lab seconds",
                 "regions": 1 + len(REGIONS), "hosts": HOSTS, "batch_size": BATCH,
                 "poll": POLL, "drain_quiet": QUIET, "runs": out,
-                "critical_path": {p: critical_path(p) for p in PROCEDURES},
-                "usually_scripted": {p: as_usually_scripted(p) for p in PROCEDURES}}
+                "critical_path": {p: critical_path(p) for p in every},
+                "usually_scripted": {p: as_usually_scripted(p) for p in every}}
     finally:
         os.environ.pop("DEPLOY_LAB_PROFILE", None)
         lab.down()

@@ -253,6 +253,13 @@ class Environment(Strict):
             "rebake-light deploy is done (an image of a live host in each region, put in the "
             "live group's launch template), so new instances boot already on the release; "
             "`manual`: only when asked."))
+    kept_capacity: Literal["zero", "live"] = Field(default="zero",
+        description=(
+            "Server groups: how the group a promotion took out of service is kept. `zero`: "
+            "scaled to 0 (a rollback boots its instances again: a launch and a health "
+            "check); `live`: at the capacity it served with, out of the target group (a "
+            "rollback is one health check; the fleet is paid twice until the next "
+            "deploy)."))
     instance_profile: str = Field(default="",
         description=(
             "Server groups: the instance profile (name or ARN) their instances launch with; "

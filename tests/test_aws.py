@@ -89,3 +89,11 @@ def test_nothing_outside_the_boundary_sees_botocores_exceptions():
     offenders += [str(p.relative_to(REPO)) for p in (REPO / "deploylib/aws").glob("*.py")
                   if p.name != "__init__.py" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_server_groups_are_numbered_past_the_highest():
+    names = ["app-lab-v001", "app-lab-v010", "app-lab-v002", "other-v099", "app-lab-canary"]
+    assert aws.autoscaling.next_name("app-lab", names) == "app-lab-v011"
+    assert aws.autoscaling.next_name("app-lab", []) == "app-lab-v001"
+    assert aws.autoscaling.number_of("app-lab-v1000") == 1000
+    assert aws.autoscaling.number_of("app-lab") is None

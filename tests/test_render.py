@@ -513,3 +513,27 @@ def test_provisioning_waits_for_dpkgs_lock_and_the_lab_apt_takes_the_option(host
     out = host.bash(script)
     assert out.returncode == 0, out.stderr
     assert "curl" in (host.root / "var/lib/lab/packages").read_text().split()
+
+
+BOOT = dict(group="app-lab-v004", hook="deploy-boot", version="1.0.0", sha256="ab" * 32,
+            version_id=None, record_parameter="/deploylib/lab/live", record_region="us-east-1",
+            bucket="deploylab-artifacts", key_prefix="releases/lab/", store_region="us-east-1",
+            app_root="/srv/app", app_port=8080, health_path="/health", health_check="version",
+            service="app", restart_command="systemctl restart app", keep_releases=3)
+
+
+def test_a_server_groups_user_data_is_the_install_script_fed_from_the_record(tmp_path):
+    script = render.boot_script(**BOOT)
+    (tmp_path / "boot.sh").write_text(script)
+    subprocess.run(["bash", "-n", str(tmp_path / "boot.sh")], check=True)
+    # the same install script every procedure runs, its release read at boot
+    assert 'version="$boot_version"' in script and 'fetch_release "$artifact.part"' in script
+    assert "sha256sum -c" in script
+    # IMDSv2 only; the role's credentials reach curl on stdin, never its arguments
+    assert "X-aws-ec2-metadata-token:" in script and '-K - "$url" <<CURLCONFIG' in script
+    assert "LifecycleActionResult=$1" in script and "lifecycle ABANDON" in script
+
+
+def test_a_server_groups_user_data_refuses_a_value_that_is_not_plain():
+    with pytest.raises(Exception, match="unquoted"):
+        render.boot_script(**{**BOOT, "group": "app-lab-v004;reboot"})

@@ -176,9 +176,9 @@ def retire(ctx: Context) -> None:
         # Deregistered at promotion: gone once idle, whatever the API still shows.
         traffic.take_out(ctx, "retire", {region: old}, deregister=False)
         if ctx.env.server_groups:
-            servergroups.retire(ctx, region)  # the replaced group to 0 and kept
-            loose = [i for i in old if i in aws.ec2.still_there(ctx.aws.ec2(region), region,
-                                                                old)]
+            kept = servergroups.retire(ctx, region)  # the replaced group kept
+            there = aws.ec2.still_there(ctx.aws.ec2(region), region, old)
+            loose = [i for i in old if i in there and i not in kept]
             aws.ec2.terminate(ctx.aws.ec2(region), region, loose)
             return old
         aws.ec2.terminate(ctx.aws.ec2(region), region, old)

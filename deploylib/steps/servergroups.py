@@ -195,22 +195,28 @@ def discard(ctx: Context, region: str) -> list[str]:
     return gone
 
 
-def retire(ctx: Context, region: str) -> None:
-    """Once the release is recorded: the replaced group scaled to 0 and kept (it is what
-    a rollback re-enables), groups beyond `keep_server_groups` deleted with their launch
-    template versions, and the run's group let scale as it likes again."""
+def retire(ctx: Context, region: str) -> set[str]:
+    """Once the release is recorded: the replaced group kept out of service, scaled to 0
+    or at its capacity (`kept_capacity`: what a rollback re-enables); the groups beyond
+    `keep_server_groups` deleted with their launch template versions; the run's group let
+    scale as it likes again. Returns the instances the kept group keeps running."""
     asg = ctx.aws.autoscaling(region)
     mine = ctx.facts.server_groups.get(region)
     previous = ctx.facts.replaced_groups.get(region)
+    kept: set[str] = set()
     if previous:
         group = aws.autoscaling.describe(asg, region, previous)
         if group is not None:
             aws.autoscaling.release(asg, region, previous)
-            aws.autoscaling.set_capacity(asg, region, previous, min_size=0,
-                                         max_size=group.max_size, desired=0)
+            if ctx.env.kept_capacity == "zero":
+                aws.autoscaling.set_capacity(asg, region, previous, min_size=0,
+                                             max_size=group.max_size, desired=0)
+            else:
+                kept = set(group.instances)
     if mine:
         aws.autoscaling.release(asg, region, mine)
     prune(ctx, region, keep={n for n in (mine,) if n})
+    return kept  # the instances the kept group keeps running
 
 
 def prune(ctx: Context, region: str, keep: set[str]) -> list[str]:
