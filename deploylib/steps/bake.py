@@ -31,6 +31,14 @@ def foundation_key(base_image: str, script: str) -> str:
     return hashlib.sha256(f"{base_image}\n{script}".encode()).hexdigest()[:32]
 
 
+def packages_key(ctx: Context, region: str, base_image: str) -> str:
+    """What a bake from the base is made of, the same in every region: the base image's
+    name (its id differs per region) and the provision script."""
+    found = aws.ec2.images(ctx.aws.ec2(region), region, [base_image])
+    name = found[0].get("Name", base_image) if found else base_image
+    return foundation_key(name, _provision_script(ctx))
+
+
 def network(ctx: Context, region: str) -> tuple[str, list[str]]:
     """The region's subnet id and security group ids, from the names in deploy.toml."""
     subnet_name, group, _ = ctx.env.network(region)
@@ -229,7 +237,8 @@ def image_tags(ctx: Context, builder: Builder | None,
         tags += [{"Key": aws.TAG_BAKED_FROM,
                   "Value": builder.source_image or builder.base_image},
                  {"Key": aws.TAG_LAYERS, "Value": "0"},
-                 {"Key": aws.TAG_PACKAGES, "Value": builder.foundation}]
+                 {"Key": aws.TAG_PACKAGES,
+                  "Value": packages_key(ctx, builder.region, builder.base_image)}]
     else:
         source = source or {}
         tags.append({"Key": aws.TAG_LAYERS,
@@ -255,7 +264,7 @@ def check_layers(ctx: Context, region: str, image_id: str) -> None:
     if packages:
         base = aws.ec2.find_base_image(ec2, region, ctx.env.base_image,
                                        ctx.env.base_image_owner)
-        if packages != foundation_key(base, _provision_script(ctx)):
+        if packages != packages_key(ctx, region, base):
             raise InputError(f"the base image or the packages changed since {image_id} was "
                              "baked", resource=f"image {image_id} in {region}", fix=fix)
 
