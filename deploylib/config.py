@@ -253,6 +253,10 @@ class Environment(Strict):
             "rebake-light deploy is done (an image of a live host in each region, put in the "
             "live group's launch template), so new instances boot already on the release; "
             "`manual`: only when asked."))
+    server_group_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,200})?$",
+        description=(
+            "Server groups are `<prefix>-vNNN` and launch from the launch template "
+            "`<prefix>`; empty: `<service>-<env>`."))
     kept_capacity: Literal["zero", "live"] = Field(default="zero",
         description=(
             "Server groups: how the group a promotion took out of service is kept. `zero`: "
@@ -454,7 +458,7 @@ class Environment(Strict):
     @property
     def group_prefix(self) -> str:
         """Server groups are `<prefix>-vNNN`; the launch template is `<prefix>`."""
-        return f"{self.service}-{self.name}"
+        return self.server_group_prefix or f"{self.service}-{self.name}"
 
     def timeout(self, what: str, default: float) -> float:
         return float(self.timeouts.get(what, default))

@@ -165,18 +165,21 @@ def clear_faults(lab) -> None:
     (lab.cli.lab_dir / "faults-hits.json").unlink(missing_ok=True)
 
 
-def hold_to_policy(lab, policy: str) -> None:
-    """Hold the tool to another IAM policy from its next call (deploylib.lab.iam)."""
+def hold_to_policy(lab, policy: str, instance_policy: str | None = None) -> None:
+    """Hold the tool (and, given, the instances' role) to another IAM policy from its
+    next call (deploylib.lab.iam)."""
     from deploylib.lab import iam
 
     (lab.cli.lab_dir / iam.POLICY_FILE).write_text(policy)
+    if instance_policy is not None:
+        (lab.cli.lab_dir / iam.INSTANCE_POLICY_FILE).write_text(instance_policy)
 
 
 def restore_policy(lab) -> None:
-    """The environment's own policy again, as the lab started with it."""
+    """The environment's own policies again, as the lab started with them."""
     from deploylib import render
 
-    hold_to_policy(lab, render.iam_policy(lab.env))
+    hold_to_policy(lab, render.iam_policy(lab.env), render.instance_policy(lab.env))
 
 
 def fault_hits(lab) -> int:

@@ -373,15 +373,22 @@ def test_rebake_light_past_max_layers_is_refused_and_changes_nothing(groups_lab)
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
 
-def test_a_first_server_group_that_fails_leaves_no_launch_template(groups_lab):
+def test_a_first_server_group_that_fails_leaves_no_launch_template(groups_lab, tmp_path):
     lab = groups_lab
-    # Another service's groups and launch template (`<service>-<env>`): nothing of them
-    # exists yet, and its unit is on no image, so every boot fails.
-    other = write_config(lab.config_path.parent, name="other-service.toml",
-                         fleet="server-groups", service="other", timeouts={"boot": 120})
+    # Groups of another name (and their own launch template): nothing of them exists yet.
+    # The first is made, then its smoke test fails.
+    (tmp_path / "test_refuses.py").write_text("def test_refuses():\n    assert False\n")
+    other = write_config(lab.config_path.parent, name="other-groups.toml",
+                         fleet="server-groups", server_group_prefix="other-lab",
+                         timeouts={"boot": 120}, smoke_tests=str(tmp_path))
+    from deploylib import config, render
+
+    env = config.load(other).environment("lab")
+    checks.hold_to_policy(lab, render.iam_policy(env), render.instance_policy(env))
     proc = lab.cli(f"deploy --mode rebake-light --version 4.10.0 --config {other}",
                    check=False)
-    checks.failed_clearly(proc, "failed their boot")
+    checks.failed_clearly(proc, "smoke")
+    assert "server group other-lab-v001 deleted" in proc.stderr
     for region in lab.env.all_regions:
         ec2 = lab.clients().ec2(region)
         assert aws.ec2.launch_template(ec2, region, "other-lab") is None, region
