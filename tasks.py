@@ -638,11 +638,15 @@ def demo(c, hosts=2, config=None, debian=True):
     """Run all three procedures against a fresh lab fleet and compare their time-to-live."""
     with reported():
         from deploylib import inventory, runs, summary
-        from deploylib.lab import control
+        from deploylib.lab import control, rootfs
 
         control.stop_daemon()
         _lab_up(int(hosts), config, debian=debian)
         cfg = _cfg(config)
+        if debian:
+            # Every procedure from the base the first release was baked from: a rebake-light
+            # on an image of another base is refused (max_layers, the packages key).
+            cfg = cfg.with_environment("lab", base_image=rootfs.IMAGE_NAME)
         env = cfg.environment("lab")
         results = []
         for mode, version in (("in-place", "1.0.1"), ("rebake-light", "1.0.2"),
