@@ -141,6 +141,7 @@ class TemplateVersion:
     image_id: str
     tags: dict[str, str]
     created: float = 0.0  # epoch seconds
+    description: str = ""  # the client token of the run that made it
 
 
 def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
@@ -160,28 +161,27 @@ def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
                                       if instance_profile.startswith("arn:")
                                       else {"Name": instance_profile})
     tags = [t for t in tag_list if t["Key"] != "Name"]
+    template = launch_template(ec2, region, name)
+    if template is not None:
+        mine = next((v for v in template.versions if v.description == client_token), None)
+        if mine is not None:
+            return mine
     with calling(f"launch template {name} in {region}",
                  "check ec2:CreateLaunchTemplate* is allowed (templates/iam-policy.json)"):
-        found = ec2.describe_launch_templates(
-            Filters=[{"Name": "launch-template-name", "Values": [name]}]).get(
-            "LaunchTemplates", [])
-        if not found:
+        if template is None:
             made = ec2.create_launch_template(
                 LaunchTemplateName=name, LaunchTemplateData=data, ClientToken=client_token,
                 VersionDescription=client_token,
                 TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}]
             )["LaunchTemplate"]
             return TemplateVersion(made["LaunchTemplateId"], name,
-                                   int(made["LatestVersionNumber"]), image_id, tag_map(tags))
-        template_id = found[0]["LaunchTemplateId"]
-        for v in template_versions(ec2, region, template_id):
-            if v.get("VersionDescription") == client_token:
-                return _version(v)
+                                   int(made["LatestVersionNumber"]), image_id, tag_map(tags),
+                                   description=client_token)
         made = ec2.create_launch_template_version(
-            LaunchTemplateId=template_id, LaunchTemplateData=data,
+            LaunchTemplateId=template.template_id, LaunchTemplateData=data,
             VersionDescription=client_token, ClientToken=client_token)["LaunchTemplateVersion"]
-    return TemplateVersion(template_id, name, int(made["VersionNumber"]), image_id,
-                           tag_map(tags))
+    return TemplateVersion(template.template_id, name, int(made["VersionNumber"]), image_id,
+                           tag_map(tags), description=client_token)
 
 
 def _version(v: dict[str, Any]) -> TemplateVersion:
@@ -191,10 +191,11 @@ def _version(v: dict[str, Any]) -> TemplateVersion:
     made = v.get("CreateTime")
     return TemplateVersion(v["LaunchTemplateId"], v["LaunchTemplateName"],
                            int(v["VersionNumber"]), data.get("ImageId", ""), tags,
-                           made.timestamp() if hasattr(made, "timestamp") else 0.0)
+                           made.timestamp() if hasattr(made, "timestamp") else 0.0,
+                           v.get("VersionDescription", ""))
 
 
-def template_versions(ec2: Any, region: str, template_id: str) -> list[dict[str, Any]]:
+def _template_versions(ec2: Any, region: str, template_id: str) -> list[dict[str, Any]]:
     with calling(f"launch template {template_id} in {region}",
                  "check ec2:DescribeLaunchTemplateVersions is allowed"):
         pages = ec2.get_paginator("describe_launch_template_versions").paginate(
@@ -220,7 +221,7 @@ def launch_template(ec2: Any, region: str, name: str) -> LaunchTemplate | None:
         return None
     template_id = found[0]["LaunchTemplateId"]
     return LaunchTemplate(template_id, int(found[0].get("DefaultVersionNumber", 1)),
-                          [_version(v) for v in template_versions(ec2, region, template_id)])
+                          [_version(v) for v in _template_versions(ec2, region, template_id)])
 
 
 def delete_template(ec2: Any, region: str, template_id: str) -> None:

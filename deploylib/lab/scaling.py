@@ -129,7 +129,6 @@ def _complete(backend: AutoScalingBackend, group_name: str, instance_id: str,
     if state is None:
         raise ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
     if result == "CONTINUE":
-        state.lifecycle_state = "Pending:Proceed"
         state.lifecycle_state = "InService"
     else:  # ABANDON: terminated, and the group launches another
         group.instance_states.remove(state)

@@ -38,15 +38,13 @@ def launch_candidates(ctx: Context) -> None:
         ec2 = ctx.aws.ec2(region)
         if source == "live":  # rebake-light: on an image still close to its bake
             check_layers(ctx, region, images[region])
+        aws.ec2.check_own_image(ec2, region, images[region], env.name, ctx.aws.account())
         if env.server_groups:  # found again on resume by its name and tags
-            aws.ec2.check_own_image(ec2, region, images[region], env.name,
-                                    ctx.aws.account())
             return servergroups.launch(ctx, region, images[region])
         found = aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,
                                                   aws.TAG_ROLE: "candidate"})
         if found:
             return [i.instance_id for i in found]
-        aws.ec2.check_own_image(ec2, region, images[region], env.name, ctx.aws.account())
         count = len(ctx.live_hosts(region)) or ctx.facts.fleet_size or env.fleet_size
         subnet, groups = network(ctx, region)
         return aws.ec2.launch(ec2, region=region, image_id=images[region], count=count,
