@@ -346,8 +346,10 @@ _IMAGE_CLEANUP = ("demote", "discard-candidates", "discard-images")
 _PROCEDURES = {
     "immutable": _Procedure(_immutable, (*_IMAGE_CLEANUP, "discard-builder"), "rollback-image"),
     "rebake-light": _Procedure(_rebake_light, _IMAGE_CLEANUP, "rollback-image"),
-    "in-place": _Procedure(_in_place, (), "rollback-in-place"),
-    "rollback-in-place": _Procedure(_rollback_in_place, (), "rollback-in-place"),
+    # resume-scaling: the live server groups the rollout held scale again.
+    "in-place": _Procedure(_in_place, ("resume-scaling",), "rollback-in-place"),
+    "rollback-in-place": _Procedure(_rollback_in_place, ("resume-scaling",),
+                                    "rollback-in-place"),
     "rollback-image": _Procedure(_rollback_image, ("demote", "discard-candidates"),
                                  "rollback-image"),
     FOLD: _Procedure(_fold, ("discard-images",), "rollback-image"),

@@ -163,3 +163,13 @@ def discard_builder(ctx: Context) -> None:
                 del facts.builders[region]
             _discarded(ctx, "discard-builder", [b.instance_id])
     ctx.save()
+
+
+@step("resume-scaling")
+def resume_scaling(ctx: Context) -> None:
+    """Server groups: a failed in-place rollout lets the live groups it held (select-hosts)
+    scale in and replace instances again. Nothing to do for a fleet of instances."""
+    if ctx.env.server_groups:
+        for name in servergroups.hold_live(ctx, held=False):
+            ctx.log(f"  {name} scales as its policies say again")
+

@@ -24,9 +24,14 @@ def select_hosts(ctx: Context) -> None:
     Every connection is opened here, all at once, before any host is drained: a host
     that cannot be reached stops the run while the whole fleet still serves.
     """
+    env = ctx.env
+    if env.server_groups:
+        # Before a host is chosen, and on resume too (a failed run let them go).
+        held = servergroups.hold_live(ctx, held=True)
+        ctx.log(f"  no scale-in or replacement in {' '.join(held)} until the rollout ends"
+                if held else "  no live server group to hold")
     if ctx.facts.batches is not None:
         return
-    env = ctx.env
     per_region: dict[str, list[list[HostRef]]] = {}
     for region in env.all_regions:
         hosts = ctx.live_hosts(region)
@@ -77,9 +82,19 @@ def catch_up(ctx: Context) -> None:
     """Server groups: once the release is recorded, the instances the live groups launched
     while the rollout was under way (they booted into the release recorded then) get it
     too, as one more batch of the rollout's own steps. Nothing to do for a fleet of
-    instances: nothing launches hosts there but the tool."""
+    instances: nothing launches hosts there but the tool. Then the live groups, held
+    since select-hosts, scale as they like again."""
     if not ctx.env.server_groups or ctx.facts.batches is None:
         return
+    try:
+        _catch_up(ctx)
+    finally:
+        # The rollout is over (recorded: nothing after it cleans up): the live groups
+        # scale as their policies say again.
+        servergroups.hold_live(ctx, held=False)
+
+
+def _catch_up(ctx: Context) -> None:
     from dataclasses import replace
 
     from deploylib import catalog, runs

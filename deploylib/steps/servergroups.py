@@ -241,6 +241,24 @@ def prune(ctx: Context, region: str, keep: set[str]) -> list[str]:
     return [g.name for g in doomed]
 
 
+def hold_live(ctx: Context, *, held: bool) -> list[str]:
+    """An in-place rollout's live groups: held (no scale-in, no replacement: an instance
+    the rollout drained or restarts is neither terminated nor replaced under it) or let
+    scale as they like again. Scale-out goes on: what launches boots into the record's
+    release and catch-up gives it the new one. Returns the groups, as region/name."""
+    record = ctx.record()
+    out = []
+    for region in ctx.regions():
+        name = ((record or {}).get("server_groups") or {}).get(region)
+        if not name or aws.autoscaling.describe(ctx.aws.autoscaling(region), region,
+                                                name) is None:
+            continue
+        (aws.autoscaling.hold if held else aws.autoscaling.release)(
+            ctx.aws.autoscaling(region), region, name)
+        out.append(f"{region}/{name}")
+    return out
+
+
 def newcomers(ctx: Context, version: str, rolled: set[str]) -> list[HostRef]:
     """The live groups' instances a rollout did not reach that do not serve `version`:
     launched while it was under way, they booted into the release recorded then. Waits

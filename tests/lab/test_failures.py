@@ -66,7 +66,8 @@ def test_in_place_puts_a_restored_host_back_and_stops(lab, broken):
     state = deploy_broken(lab, "in-place", "9.0.2-broken", broken)
     assert state["stages"]["rollout/1/install-release"]["was"] == "failed"
     assert "rollout/2/drain" not in state["stages"]  # the rollout stopped at batch 1
-    assert state["facts"]["cleanup"] == {"restore-batch": "done", "locate-live": "done"}
+    assert state["facts"]["cleanup"] == {"restore-batch": "done", "locate-live": "done",
+                                        "resume-scaling": "done"}
     assert state["facts"]["rolled_back"] == []  # the failed host was the only one touched
     assert record(lab) == before
     # the failed host went back to the live release and is in the target group again

@@ -136,7 +136,8 @@ def test_health_check_fails_on_host_k_of_n_and_updated_hosts_roll_back(lab, tmp_
     assert f"rollout/{k + 1}/drain" not in state["stages"]  # it stopped at host k
     # hosts 1..k-1 had the new release; the switch-back put them on the live one
     assert sorted(state["facts"]["rolled_back"]) == sorted(order[: k - 1]), proc.stderr[-3000:]
-    assert state["facts"]["cleanup"] == {"restore-batch": "done", "locate-live": "done"}
+    assert state["facts"]["cleanup"] == {"restore-batch": "done", "locate-live": "done",
+                                        "resume-scaling": "done"}
     assert record(lab)["release"] == before
     assert_nothing_lost(lab, state, before)
 

@@ -139,13 +139,15 @@ def test_after_rebake_light_a_scale_out_serves_its_release(groups_lab):
     assert_all_serve(lab, "4.1.0", 2)
 
 
-def _with_scale_out(lab, anchor: str, *args: str) -> subprocess.CompletedProcess:
+def _with_scale_out(lab, anchor: str, *args: str, step: str = "scale-out"
+                    ) -> subprocess.CompletedProcess:
     """A deploy whose every region scales out by one (live group and the run's own) once
-    the stage `anchor` is done (tests/plugins/scale_out.py)."""
+    the stage `anchor` is done (tests/plugins/scale_out.py), or the live group is asked
+    to scale in by one (step="scale-in")."""
     config = write_config(lab.config_path.parent, name="scaling.toml",
                           fleet="server-groups", timeouts={"boot": 120, "health": 5},
                           plugins=["scale_out"],
-                          extra_stages=[{"step": "scale-out", "after": anchor}])
+                          extra_stages=[{"step": step, "after": anchor}])
     env = dict(lab.cli.env(), PYTHONPATH=str(REPO / "tests" / "plugins"),
                DEPLOY_CONFIG=str(config))
     return subprocess.run([sys.executable, "-m", "invoke", *args, "--config", str(config)],
@@ -201,6 +203,29 @@ def test_a_scale_out_during_a_hotfix_ends_on_the_hotfix(groups_lab):
     stream.assert_one_change("in-place", live, "4.3.1")
     scale_all(lab, 2)
     assert_all_serve(lab, "4.3.1", 2)
+
+
+def test_a_hotfix_holds_the_live_groups_from_scaling_in_until_it_is_done(groups_lab):
+    lab = groups_lab
+    live = checks.record(lab)["release"]
+    scale_all(lab, 3)
+    assert_all_serve(lab, live, 3)
+    with traffic.Stream(lab) as stream:
+        # Asked to scale in while the rollout holds the group: nothing is terminated
+        # under it (a drained host is not taken as the one to lose)...
+        proc = _with_scale_out(lab, "select-hosts", "hotfix", "--version", "4.3.2",
+                               step="scale-in")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        state = checks.state_of(lab, proc)
+        assert state["facts"]["team"]["terminating"] == {r: [] for r in lab.env.all_regions}
+        assert len({h["instance_id"] for b in state["facts"]["batches"] for h in b}) == \
+            3 * len(lab.env.all_regions)
+        # ...and once it is done the group scales in as it was asked, each instance
+        # drained first.
+        assert_all_serve(lab, "4.3.2", 2)
+    stream.assert_one_change("in-place", live, "4.3.2")
+    for region in lab.env.all_regions:
+        assert not live_group(lab, region).suspended, region
 
 
 def test_a_scale_out_during_a_hotfix_that_rolls_back_ends_on_the_live_release(

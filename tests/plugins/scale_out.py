@@ -1,6 +1,7 @@
-"""A scale-out in the middle of a procedure, at a chosen stage: every region's server
-groups the run touches (the live one, and the run's own) grow by one instance, as an
-autoscaling policy would make them (the lab's administrator, not the tool)."""
+"""A scale-out (or a scale-in) in the middle of a procedure, at a chosen stage: every
+region's server groups the run touches (the live one, and the run's own) grow by one
+instance, or the live one shrinks by one, as an autoscaling policy would make them (the
+lab's administrator, not the tool)."""
 
 from deploylib import aws, live
 from deploylib.catalog import step
@@ -19,6 +20,22 @@ def scale_out(ctx):
             control.scale_group(ctx.env, region, name, group.desired + 1)
             grown.append(f"{region}/{name}")
     ctx.facts.team.setdefault("scaled", []).extend(grown)
+
+
+@step("scale-in")
+def scale_in(ctx):
+    """The live groups asked to shrink by one; what each then began to terminate (moto's
+    lifecycle state, read at once: the lab marks a scale-in's instances as it is asked)."""
+    record = live.record(ctx.aws, ctx.env) or {}
+    terminating = {}
+    for region in ctx.regions():
+        name = (record.get("server_groups") or {}).get(region)
+        group = aws.autoscaling.describe(ctx.aws.autoscaling(region), region, name)
+        control.scale_group(ctx.env, region, name, group.desired - 1)
+        after = aws.autoscaling.describe(ctx.aws.autoscaling(region), region, name)
+        terminating[region] = sorted(i for i, st in after.instances.items()
+                                     if st.startswith("Terminating"))
+    ctx.facts.team["terminating"] = terminating
 
 
 @step("hold")
