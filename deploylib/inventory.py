@@ -8,7 +8,8 @@ Server groups (fleet = "server-groups"): the baked release is that of the image 
 instance's group launches from now (what a replacement boots: after `invoke fold`, the
 live release), and each instance says how it got what it runs — `baked` (its image had
 it), `boot` (installed at its boot, the record's release then) or `in-place` (a rollout
-put it there) — and since when.
+put it there) — and since when. Under the hosts, each region's drift ledger as the record
+keeps it (deploylib.ledger): what its new hosts launch from and what lies on top.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from deploylib import aws, health, live, parallel
+from deploylib import aws, health, ledger, live, parallel
 from deploylib.config import Environment
 
 GROUP_TAG = "aws:autoscaling:groupName"
@@ -28,8 +29,7 @@ def _when(value: Any) -> str:
 
 def _group_images(env: Environment, clients: aws.AwsClients, region: str) -> dict[str, str]:
     """Each server group's current launch image, by group name."""
-    template = aws.ec2.launch_template(clients.ec2(region), region, env.group_prefix)
-    versions = {str(v.version): v.image_id for v in (template.versions if template else [])}
+    versions = aws.ec2.template_images(clients.ec2(region), region, env.group_prefix)
     return {g.name: versions.get(g.template_version, "") for g in aws.autoscaling.server_groups(
         clients.autoscaling(region), region, env.group_prefix)}
 
@@ -139,6 +139,8 @@ def table(report: dict[str, Any]) -> str:
         if len(covered) < len(drifted):
             lines.append(f"  {len(drifted) - len(covered)} of them: no recorded image carries "
                          "it; a replacement would lose it until the next bake.")
+    for region, entry in sorted((rec.get("ledger") or {}).items()):
+        lines.append(ledger.describe(region, ledger.Entry.model_validate(entry)))
     digests = report.get("recorded_image_digests") or {}
     if digests:
         if len(set(digests.values())) == 1:

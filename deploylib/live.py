@@ -29,6 +29,7 @@ from deploylib.facts import (
     VersionId,
     first_error,
 )
+from deploylib.ledger import Entry
 
 
 class Previous(BaseModel):
@@ -65,6 +66,8 @@ class Record(BaseModel):
     procedure: Mode
     run_id: RunId
     recorded_at: str = ""
+    # region -> what its new hosts launch from and what lies on top (deploylib.ledger)
+    ledger: dict[Region, Entry] | None = None
     previous: Previous | None = None
     # the token of the lock's take the record was written under (deploylib.lock)
     fence: NonNegativeInt | None = None
@@ -77,7 +80,7 @@ def record(clients: aws.AwsClients, env: Environment) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        return Record.model_validate(raw).model_dump(exclude_none=True)
+        return Record.model_validate(raw).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
         raise StateError(f"the live record holds a bad value: {first_error(exc)}",
                          resource=f"parameter {env.record_parameter}",

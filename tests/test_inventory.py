@@ -59,3 +59,15 @@ def test_how_a_host_got_its_release_and_since_when():
     # launched after: its boot read the hotfix from the record
     assert how("1.0.1", "1.0.0", after, recorded) == ("boot", "2026-12-02 05:00")
     assert how(None, "1.0.0", after, recorded) == ("-", "-")
+
+
+def test_the_table_shows_each_regions_ledger():
+    report = {"environment": "lab", "errors": {}, "instances": [row("i-1", "1.0.0", "1.0.1")],
+              "record": {"release": "1.0.1", "procedure": "in-place", "run_id": "r1",
+                         "ledger": {"us-east-1": {
+                             "group": "app-lab-v002", "image": "ami-0000000a",
+                             "baked": "1.0.0", "layers": [{"release": "1.0.1", "how": "in-place",
+                                                           "since": "2026-12-02T10:00:00Z"}]}}}}
+    assert "us-east-1: app-lab-v002 launches from ami-0000000a (baked 1.0.0); on top: 1.0.1 " \
+        "in-place since 2026-12-02T10:00:00Z" in inventory.table(report).splitlines()
+

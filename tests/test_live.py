@@ -15,6 +15,9 @@ GOOD = {"release": "1.0.1", "sha256": "a" * 64, "version_id": "3HL4kqtJlcpXroDTD
         "images": {"us-east-1": "ami-0000000a"},
         "procedure": "in-place", "run_id": "20261127T120000-abc123",
         "recorded_at": "2026-11-27T12:00:00Z", "fence": 7,
+        "ledger": {"us-east-1": {"image": "ami-0000000a", "baked": "1.0.0", "dropped": 0,
+                                 "layers": [{"release": "1.0.1", "how": "in-place",
+                                             "since": "2026-11-27T12:00:00Z"}]}},
         "previous": {"release": "1.0.0", "sha256": "b" * 64, "images": {},
                      "procedure": "immutable", "run_id": "20261126T120000-abc123"}}
 
@@ -44,6 +47,8 @@ def test_a_good_record_reads_back_whole(aws_clients, env):
     {"previous": {**GOOD["previous"], "sha256": None}},  # a release without its digest
     {"version_id": "v1&x-id=PutObject"},  # into the presigned URL
     {"fence": -1},
+    {"ledger": {"us-east-1": {"image": "ami-0000000a", "layers": [
+        {"release": "1.0.1", "how": "$(id)"}]}}},
     {"previous": {**GOOD["previous"], "version_id": "../v1"}},
 ])
 def test_a_hostile_record_stops_the_read_in_one_line(aws_clients, env, change):

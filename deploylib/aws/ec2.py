@@ -224,6 +224,12 @@ def launch_template(ec2: Any, region: str, name: str) -> LaunchTemplate | None:
                           [_version(v) for v in _template_versions(ec2, region, template_id)])
 
 
+def template_images(ec2: Any, region: str, name: str) -> dict[str, str]:
+    """The image each version of the launch template launches, by version number."""
+    template = launch_template(ec2, region, name)
+    return {str(v.version): v.image_id for v in (template.versions if template else [])}
+
+
 def delete_template(ec2: Any, region: str, template_id: str) -> None:
     with calling(f"launch template {template_id} in {region}",
                  "check ec2:DeleteLaunchTemplate is allowed"):

@@ -4,8 +4,9 @@ the target groups; the release recorded as live; the hosts it replaced retired."
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from deploylib import aws, parallel, smoke
+from deploylib import aws, ledger, parallel, smoke
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
@@ -157,9 +158,35 @@ def record(ctx: Context) -> None:
         # region -> the server group serving it (fleet = "server-groups"): what its
         # instances boot into the recorded release by (templates/boot.sh.j2)
         new["server_groups"] = groups
+    new["ledger"] = _ledger(ctx, previous, images, groups, new["recorded_at"])
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)
     ctx.log(f"  {ctx.env.record_parameter}: release {rel.version}, images "
             + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))
+
+
+def _ledger(ctx: Context, previous: dict[str, Any] | None, images: dict[str, str],
+            groups: dict[str, str], since: str) -> dict[str, Any]:
+    """Each region's ledger entry once this release is recorded: what a new host of the
+    region launches from (its server group's launch image, else the recorded image), the
+    release that image carries, and what lies on top (deploylib.ledger)."""
+    old = (previous or {}).get("ledger") or {}
+    how = ledger.IN_PLACE if ctx.option.get("images", "run") == "unchanged" else ledger.BOOT
+    version = ctx.release.version
+
+    def one(region: str) -> dict[str, Any]:
+        group = groups.get(region)
+        image = servergroups.launch_image(ctx, region, group) if group else images.get(region)
+        tags = aws.ec2.image_tags(ctx.aws.ec2(region), region, [image]) if image else {}
+        entry = ledger.advance(
+            ledger.Entry.model_validate(old[region]) if region in old else None,
+            group=group, image=image, baked=tags.get(image or "", {}).get(aws.TAG_RELEASE),
+            release=version, how=how, since=since)
+        return entry.model_dump(mode="json", exclude_none=True)
+
+    regions = [r for r in ctx.env.all_regions if r in images or r in groups]
+    results = parallel.each(regions, one, key=lambda r: r)
+    results.raise_for("record", kind="region")
+    return {r: results[r] for r in regions}
 
 
 @step("retire")

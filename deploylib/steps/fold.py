@@ -5,7 +5,7 @@ the live groups' launch templates. New instances then boot already on the releas
 
 from __future__ import annotations
 
-from deploylib import aws
+from deploylib import aws, ledger
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import InputError, StateError
@@ -77,7 +77,14 @@ def record_images(ctx: Context) -> None:
     if all(images.get(r) == i for r, i in ctx.facts.images.items()):
         return
     images.update(ctx.facts.images)
+    # The folded regions' drift is closed: their groups launch from the live release.
+    entries = dict(record.get("ledger") or {})
+    for region, image in ctx.facts.images.items():
+        before = ledger.Entry.model_validate(entries[region]) if region in entries else None
+        entries[region] = ledger.folded(before, image=image, release=record["release"]
+                                        ).model_dump(mode="json", exclude_none=True)
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter,
-                         {**record, "images": images, "fence": ctx.facts.lock_fence})
+                         {**record, "images": images, "ledger": entries,
+                          "fence": ctx.facts.lock_fence})
     ctx.log(f"  {ctx.env.record_parameter}: images "
             + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))

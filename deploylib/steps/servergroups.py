@@ -34,6 +34,15 @@ def live_group(ctx: Context, region: str, record: dict[str, Any] | None = None
     return aws.autoscaling.describe(ctx.aws.autoscaling(region), region, name)
 
 
+def launch_image(ctx: Context, region: str, name: str) -> str | None:
+    """The image a server group launches new instances from now (its template version's)."""
+    group = aws.autoscaling.describe(ctx.aws.autoscaling(region), region, name)
+    if group is None:
+        return None
+    return aws.ec2.template_images(ctx.aws.ec2(region), region, ctx.env.group_prefix).get(
+        group.template_version)
+
+
 def user_data(ctx: Context, group: str, rel: Release) -> str:
     env = ctx.env
     return render.boot_script(

@@ -34,6 +34,9 @@ def test_lab_up_serves_the_baked_first_release(lab):
     rec = record(lab)
     assert rec["release"] == "1.0.0" and rec["procedure"] == "immutable"
     assert set(rec["images"]) == set(lab.env.all_regions)
+    # the drift ledger: each region's new hosts launch from its image, nothing on top
+    assert rec["ledger"] == {r: {"image": rec["images"][r], "baked": "1.0.0", "layers": [],
+                                 "dropped": 0} for r in lab.env.all_regions}
 
 
 def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
@@ -52,6 +55,12 @@ def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
     assert "6 of them: no recorded image carries it" in table
     rec = record(lab)
     assert rec["release"] == "1.0.1" and rec["images"] == before["images"]  # hosts, not images
+    for region, entry in rec["ledger"].items():
+        assert entry["image"] == before["images"][region]
+        assert entry["baked"] == before["ledger"][region]["baked"] != "1.0.1"
+        assert entry["layers"][-1] == {"release": "1.0.1", "how": "in-place",
+                                       "since": rec["recorded_at"]}
+        assert f"{region}: new hosts launch from {entry['image']}" in table
 
 
 def test_a_graceful_hotfix_keeps_every_host_in_its_target_group_and_drops_nothing(lab):

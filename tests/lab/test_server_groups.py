@@ -345,6 +345,17 @@ def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(gr
     assert sorted(hows.values()).count("boot") == 1, hows  # the scale-out's instance
     assert all(r["server_group"] == live_group(lab, r["region"]).name for r in rows)
     before = {r: live_group(lab, r) for r in lab.env.all_regions}
+    # The record's ledger: each live group, the image it launches from, the release that
+    # image carries, and the hotfix on top of it.
+    hotfixed = checks.record(lab)
+    table = lab.cli("status").stdout
+    for region in lab.env.all_regions:
+        entry = hotfixed["ledger"][region]
+        assert entry["group"] == before[region].name
+        assert entry["baked"] != "4.8.1"
+        assert entry["layers"][-1] == {"release": "4.8.1", "how": "in-place",
+                                       "since": hotfixed["recorded_at"]}
+        assert f"{region}: {entry['group']} launches from {entry['image']}" in table
     proc = lab.cli("fold")
     assert "launches from" in proc.stderr
     record = checks.record(lab)
@@ -361,6 +372,8 @@ def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(gr
         assert version.image_id == record["images"][region]
         tags = aws.ec2.image_tags(lab.clients().ec2(region), region, [version.image_id])
         assert tags[version.image_id][aws.TAG_RELEASE] == "4.8.1"
+        assert record["ledger"][region] == {"group": group.name, "image": version.image_id,
+                                            "baked": "4.8.1", "layers": [], "dropped": 0}
     rows = json.loads(lab.cli("status --json").stdout)["instances"]
     assert not any(r["drift"] for r in rows), rows
     # A new instance now boots on the image: nothing to install.
