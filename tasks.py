@@ -165,7 +165,9 @@ def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=
             # What the pipeline reads: the run, its procedure and where its files go.
             environment = cfg.environment(state.env)
             _emit({"run_id": state.run_id, "mode": state.mode, "version": state.version,
-                   "env": state.env, "paths": runs.paths(environment, state)})
+                   "env": state.env, "paths": runs.paths(environment, state),
+                   # fold = "after-deploy": the pipeline runs `invoke fold` once it is done
+                   "fold_after": runs.folds_after(environment, state.mode)})
         else:
             print(state.run_id)
 
@@ -220,12 +222,10 @@ def _then_fold(cfg: object, state: object) -> None:
     """fold = "after-deploy": once an in-place or rebake-light release is done, fold it."""
     from deploylib import runs
 
-    env = cfg.environment(state.env)
-    if env.server_groups and env.fold == "after-deploy" and \
-            state.mode in ("in-place", "rebake-light"):
+    if runs.folds_after(cfg.environment(state.env), state.mode):
         print(f"folding {state.version} into the live server groups (fold = after-deploy)",
               file=sys.stderr)
-        _run_all(cfg, runs.start_fold(cfg, env.name))
+        _run_all(cfg, runs.start_fold(cfg, state.env))
 
 
 @task(help={k: HELP[k] for k in ("env", "config", "json")})

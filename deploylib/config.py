@@ -251,7 +251,8 @@ class Environment(Strict):
         description=(
             "Server groups: `after-deploy` runs `invoke fold` once an in-place or "
             "rebake-light deploy is done (an image of a live host in each region, put in the "
-            "live group's launch template), so new instances boot already on the release; "
+            "live group's launch template), so new instances boot already on the release — "
+            "from the command line, and as the pipeline's last stage (`fold`); "
             "`manual`: only when asked."))
     server_group_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,200})?$",
         description=(

@@ -144,6 +144,13 @@ def start_rollback(cfg: config.DeployConfig, env_name: str | None) -> RunState:
     return _create_locked(env, mode=mode, version=previous["release"], artifact="")
 
 
+def folds_after(env: config.Environment, mode: str) -> bool:
+    """fold = "after-deploy": a fold follows an in-place or rebake-light release (from the
+    command line and in the pipeline alike)."""
+    return env.server_groups and env.fold == "after-deploy" and \
+        mode in ("in-place", "rebake-light")
+
+
 def start_fold(cfg: config.DeployConfig, env_name: str | None) -> RunState:
     """A run that folds the live release into the live server groups' launch templates."""
     env = cfg.environment(env_name)

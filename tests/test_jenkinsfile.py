@@ -28,9 +28,9 @@ PATHS = {"state": f"state/{RUN_ID}.json", "run_dir": f"state/{RUN_ID}",
          "junit": f"state/{RUN_ID}/junit/*.xml", "report": f"state/{RUN_ID}/report"}
 
 
-def started(mode: str) -> str:
+def started(mode: str, *, fold_after: bool = False) -> str:
     return json.dumps({"run_id": RUN_ID, "mode": mode, "version": "1.2.3", "env": "lab",
-                       "paths": PATHS}) + "\n"
+                       "paths": PATHS, "fold_after": fold_after}) + "\n"
 
 
 def groovy_env() -> dict[str, str]:
@@ -106,11 +106,38 @@ def test_every_tool_command_runs_with_the_credentials_bound_and_nothing_else_doe
         if call["step"] != "sh":
             continue
         argv = shlex.split(call["args"][0])
-        needs = argv[0] == "invoke" and argv[1] in ("start", "step", "cleanup")
+        needs = argv[0] == "invoke" and argv[1] in ("start", "step", "cleanup", "fold")
         bound = n > 0 and calls[n - 1]["step"] == "withCredentials"
         assert bound == needs, argv
     bindings = [c for c in calls if c["step"] == "string"]
     assert bindings and all(b["args"][0]["variable"] == "JENKINS_API_TOKEN" for b in bindings)
+
+
+@pytest.mark.parametrize("mode", ["in-place", "rebake-light"])
+def test_a_deploy_the_tool_says_to_fold_after_is_folded_once_it_is_done(mode):
+    result = run_pipeline({"MODE": mode, "ENV": "prod eu"},
+                          responses={"invoke start": started(mode, fold_after=True)})
+    assert result["result"] == "SUCCESS"
+    commands = sh_commands(result)
+    steps = [n for n, argv in enumerate(commands) if argv[:2] == ["invoke", "step"]]
+    fold = [n for n, argv in enumerate(commands) if argv[:2] == ["invoke", "fold"]]
+    # after the last planned stage, in a stage of its own, for the run's environment
+    assert len(fold) == 1 and fold[0] > steps[-1]
+    assert commands[fold[0]] == ["invoke", "fold", "--env", "lab"]
+    assert result["stages"][-1] == "fold"
+    folded = next(c for c in result["calls"] if c["step"] == "sh" and
+                  c["args"][0].startswith("invoke fold"))
+    assert folded["stage"] == "fold"
+    # the same with the flag down: no fold
+    plain = run_pipeline({"MODE": mode})
+    assert not [argv for argv in sh_commands(plain) if argv[:2] == ["invoke", "fold"]]
+
+
+def test_a_failed_deploy_is_not_folded():
+    result = run_pipeline({"MODE": "in-place"}, fail_on="step 'rollout'",
+                          responses={"invoke start": started("in-place", fold_after=True)})
+    assert result["result"] == "FAILURE"
+    assert not [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "fold"]]
 
 
 def test_the_stage_with_the_smoke_tests_publishes_junit_even_when_it_fails():

@@ -120,3 +120,17 @@ def test_a_runs_files_are_named_relative_to_the_workspace(cfg, adopt, tmp_path, 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # outside the workspace: the full path
     assert runs.paths(cfg.environment("lab"), state)["state"] == str(state.path)
+
+
+@pytest.mark.parametrize("fleet, fold, mode, folds", [
+    ("server-groups", "after-deploy", "in-place", True),
+    ("server-groups", "after-deploy", "rebake-light", True),
+    ("server-groups", "after-deploy", "immutable", False),  # its image carries the release
+    ("server-groups", "after-deploy", "rollback-in-place", False),
+    ("server-groups", "manual", "in-place", False),
+    ("instances", "after-deploy", "in-place", False),  # no launch template to fold into
+])
+def test_what_a_deploy_folds_after(tmp_path, fleet, fold, mode, folds):
+    env = config.load(write_config(tmp_path, fleet=fleet, fold=fold)).environment("lab")
+    assert runs.folds_after(env, mode) is folds
+
