@@ -147,7 +147,11 @@ class HostFarm:
             home = self.hosts / instance_id
             lower = self._rootfs_lower(home, image_id)
             if lower is not None:
-                self._boot_rootfs(instance_id, home, address, lower)
+                first = not (home / "ssh_host_ed25519_key").exists()
+                root = self._boot_rootfs(instance_id, home, address, lower)
+                if first and user_data:
+                    self._run_user_data(instance_id, home, root, user_data,
+                                        user_data_env or {}, chroot=True)
                 return
             first = not (home / "root").exists()
             root = home / "root"
@@ -169,13 +173,22 @@ class HostFarm:
                 self._run_user_data(instance_id, home, root, user_data, user_data_env or {})
 
     def _run_user_data(self, instance_id: str, home: Path, root: Path, script: str,
-                       extra: dict[str, str]) -> None:
-        (home / "user-data").write_text(script)
-        env = dict(os.environ, DEPLOY_HOST_ROOT=str(root),
-                   PATH=f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **extra)
+                       extra: dict[str, str], chroot: bool = False) -> None:
+        if chroot:
+            # A real root filesystem: the script runs inside it, as on the instance (its
+            # own curl, python3 and systemctl), where cloud-init keeps it.
+            (root / "var/lib/cloud").mkdir(parents=True, exist_ok=True)
+            (root / "var/lib/cloud/user-data").write_text(script)
+            argv = ["chroot", str(root), "bash", "/var/lib/cloud/user-data"]
+            env = {"DEPLOY_HOST_ROOT": "/", "PATH": rootfs.PATH, "HOME": "/root", **extra}
+        else:
+            (home / "user-data").write_text(script)
+            argv = ["bash", str(home / "user-data")]
+            env = dict(os.environ, DEPLOY_HOST_ROOT=str(root),
+                       PATH=f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **extra)
         (root / "var/log").mkdir(parents=True, exist_ok=True)
         with open(root / "var/log/cloud-init-output.log", "ab") as out:
-            proc = subprocess.Popen(["bash", str(home / "user-data")], env=env, stdout=out,
+            proc = subprocess.Popen(argv, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self._user_data[instance_id] = proc
@@ -191,7 +204,7 @@ class HostFarm:
 
         threading.Thread(target=finished, daemon=True).start()
 
-    def _boot_rootfs(self, instance_id: str, home: Path, address: str, lower: Path) -> None:
+    def _boot_rootfs(self, instance_id: str, home: Path, address: str, lower: Path) -> Path:
         root = rootfs.mount(lower, home)
         for stale in rootfs.pid_dir(root).glob("*.pid"):
             stale.unlink()
@@ -201,6 +214,7 @@ class HostFarm:
                                 authorized_keys=self.authorized_keys)
         self._start_sshd(instance_id, home, rootfs.sshd_command(root, config))
         self._start_enabled(root, chroot=True)
+        return root
 
     def _host_key(self, instance_id: str, home: Path) -> Path:
         """The instance's host key (made at its first boot), and this boot's console."""

@@ -39,3 +39,34 @@ def test_a_bake_from_a_real_debian_root_filesystem_runs_real_apt_get(debian_lab,
             # the app's user and the login user are the root filesystem's own
             users = {line.split(":")[0] for line in (root / "etc/passwd").read_text().split()}
             assert {lab.env.service_user, lab.env.ssh_user} <= users
+
+
+def test_a_server_group_of_a_debian_image_boots_its_instances_into_the_hotfix(debian_lab,
+                                                                              tmp_path):
+    """The boot script (user data) runs inside the instance's own root filesystem, as
+    cloud-init would: Debian's curl signs the record's read with the instance's role, and
+    the hotfix its image lacks is installed before the group puts the instance in service."""
+    from deploylib import aws, waits
+    from tests.lab import checks
+
+    lab = debian_lab
+    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME,
+                                  fleet="server-groups", timeouts={"boot": 300},
+                                  state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
+    cli("deploy --mode immutable --version 8.1.0", timeout=900)
+    cli("hotfix --version 8.1.1", timeout=600)
+    region = lab.env.primary_region
+    name = checks.record(lab)["server_groups"][region]
+    asg = lab.clients().autoscaling(region)
+    before = set(aws.autoscaling.describe(asg, region, name).in_service)
+    cli(f"lab.scale --region {region} --desired {len(before) + 1}")
+    new = waits.until(lambda: set(aws.autoscaling.describe(asg, region, name).in_service)
+                      - before or None, timeout=300, what="the new instance in service",
+                      resource=name, fix="read its cloud-init-output.log")
+    (iid,) = new
+    root = lab.cli.lab_dir / "hosts" / iid / "root"
+    assert (root / "etc/debian_version").read_text().startswith("12.")
+    log = (root / "var/log/cloud-init-output.log").read_text()
+    assert "switched current to 8.1.1" in log and "in service on 8.1.1" in log, log
+    (inst,) = aws.ec2.describe(lab.clients().ec2(region), region, [iid])
+    assert checks.serving(lab, inst) == "8.1.1"

@@ -241,6 +241,9 @@ def test_a_scale_out_during_a_hotfix_that_rolls_back_ends_on_the_live_release(
     assert_all_serve(lab, live, 3)
     report = stream.report("in-place rolled back")
     assert report["failed"] == 0, report
+    # The rollout held the live groups; its cleanup (resume-scaling) let them go.
+    assert checks.state_of(lab, proc)["facts"]["cleanup"]["resume-scaling"] == "done"
+    assert not any(live_group(lab, r).suspended for r in lab.env.all_regions)
     scale_all(lab, 2)
     assert_all_serve(lab, live, 2)
 
@@ -295,6 +298,31 @@ def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(groups_lab,
     assert {r: live_group(lab, r).name for r in lab.env.all_regions} == was
     assert checks.record(lab)["release"] == live
     assert_all_serve(lab, live, 2)
+
+
+@pytest.mark.parametrize("mode, anchor, version", [
+    ("rebake-light", "launch-candidates", "4.11.1"),  # its group made, out of service
+    ("rebake-light", "promote", "4.11.2"),  # in service, the live group detached and held
+    ("rebake-light", "create-image", "4.11.3"),  # its images made too
+    ("immutable", "promote", "4.11.4"),  # a baked image, its template version, its group
+])
+def test_a_failure_at_any_stage_leaves_nothing_of_the_run(groups_lab, mode, anchor, version):
+    lab = groups_lab
+    live = checks.record(lab)["release"]
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    with traffic.Stream(lab) as stream:
+        proc = _with_scale_out(lab, anchor, "deploy", "--mode", mode, "--version", version,
+                               step="fail-here")
+    assert proc.returncode == 1 and "failed here on purpose" in proc.stderr, proc.stderr[-3000:]
+    assert _run_leftovers(lab, checks.run_id_of(proc)) == []
+    assert checks.record(lab)["release"] == live
+    for region in lab.env.all_regions:
+        group = live_group(lab, region)
+        # The live group serves again as it did: in service, scaling as it likes.
+        assert group.name == was[region] and group.target_groups and not group.suspended
+    assert_all_serve(lab, live, 2)
+    report = stream.report(f"{mode} failed after {anchor}")
+    assert report["failed"] == 0, report
 
 
 def test_gc_removes_what_a_killed_run_left_and_nothing_live(groups_lab):

@@ -38,6 +38,15 @@ def scale_in(ctx):
     ctx.facts.team["terminating"] = terminating
 
 
+@step("fail-here")
+def fail_here(ctx):
+    """A failure at the stage it is anchored to (a test's way to fail any stage)."""
+    from deploylib.errors import CloudError
+
+    raise CloudError("failed here on purpose (tests/plugins/scale_out.py)",
+                     resource=ctx.region or ctx.env.name, fix="nothing to fix: a test")
+
+
 @step("hold")
 def hold(ctx):
     """Stop here until the run is killed (a test's way to catch a run mid-way)."""
