@@ -635,7 +635,8 @@ def lab_scale(c, region, desired, config=None):
             "debian": "bake the first release from a real Debian root filesystem (default; "
                       "--no-debian for the lab's directory base image, without network)"})
 def demo(c, hosts=2, config=None, debian=True):
-    """Run all three procedures against a fresh lab fleet and compare their time-to-live."""
+    """Run all three procedures against a fresh lab fleet and compare their time-to-live
+    (with server groups, the lab's fleet: a scale-out after the hotfix too)."""
     with reported():
         from deploylib import inventory, runs, summary
         from deploylib.lab import control, rootfs
@@ -658,11 +659,36 @@ def demo(c, hosts=2, config=None, debian=True):
             t = summary.timings(state)
             results.append((mode, version, t["time_to_live"], time.monotonic() - began))
             print(inventory.table(inventory.fleet(env, runs.environment_clients(env))))
+            if mode == "in-place" and env.server_groups:
+                _demo_scale_out(env, int(hosts))
         print("\nprocedure      release  time to live  total")
         for mode, version, ttl, total in results:
             print(f"{mode:<14} {version:<8} {ttl:>10.2f}s  {total:6.2f}s")
         print("\nThe lab is still up: try `invoke status`, or curl a load balancer above. "
               "`invoke lab.down` stops it.")
+
+
+def _demo_scale_out(env: object, hosts: int) -> None:
+    """Server groups, after the hotfix: the primary region's group scaled out by one as a
+    policy would, its new instance launched from an image without the hotfix and put in
+    service on it by its boot; then scaled back in."""
+    from deploylib import inventory, live, runs, waits
+    from deploylib.lab import control
+
+    region = env.primary_region
+    clients = runs.environment_clients(env)
+    print(f"\n=== scale-out after the hotfix: {region}'s server group grows to {hosts + 1} ===",
+          flush=True)
+    name, _ = control.scale(env, region, hosts + 1)
+
+    def healthy() -> bool:
+        return len(live.hosts(clients, env, region)) == hosts + 1
+
+    waits.until(healthy, timeout=300, what=f"{hosts + 1} healthy targets", resource=name,
+                fix="read the new instance's console output (its boot script's log)")
+    print(inventory.table(inventory.fleet(env, clients)))
+    control.scale(env, region, hosts)
+    print(f"{name} scaled back to {hosts}: its oldest instance drains, then terminates")
 
 
 lab = Collection("lab")

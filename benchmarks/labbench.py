@@ -61,7 +61,9 @@ class BenchLab:
     def write_config(self, name: str, **more: Any) -> Path:
         """A deploy.toml for this lab: one region, batch 100%, plus the given keys."""
         text = (REPO / "deploylib/lab/environment.toml").read_text()
-        values = {"copy_regions": [], "batch_size": "100%",
+        # fleet: loose instances unless a benchmark asks for server groups (the rollback
+        # benchmarks do), so the figures stay those of the procedures themselves.
+        values = {"copy_regions": [], "batch_size": "100%", "fleet": "instances",
                   "state_dir": str(self.work / "runs"),
                   "app_source": str(REPO / "examples/app"), "smoke_tests": "",
                   **self.overrides, **more}

@@ -129,7 +129,11 @@ def table(report: dict[str, Any]) -> str:
     for row in (head, *rows):
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
     drifted = [r for r in report["instances"] if r["drift"]]
-    if drifted:
+    if drifted and groups:
+        lines.append(f"{len(drifted)} host(s) run a release their group's image does not "
+                     "carry: a new or replacement instance installs the recorded release at "
+                     "boot; `invoke fold` puts it in the image.")
+    elif drifted:
         baked = report.get("recorded_image_releases", {})
         covered = [r for r in drifted if baked.get(r["region"]) == r["running_release"]]
         lines.append(f"{len(drifted)} host(s) run a release their image does not carry.")

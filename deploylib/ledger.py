@@ -82,5 +82,10 @@ def describe(region: str, entry: Entry) -> str:
         return text + "; nothing layered on top"
     older = f" (and {entry.dropped} older)" if entry.dropped else ""
     return text + "; on top: " + ", ".join(
-        f"{layer.release} {layer.how} since {layer.since or '?'}" for layer in entry.layers
+        f"{layer.release} {layer.how} since {_minute(layer.since)}" for layer in entry.layers
     ) + older
+
+
+def _minute(since: str) -> str:
+    """2026-12-02T14:34:00Z as status prints times: 2026-12-02 14:34."""
+    return since[:16].replace("T", " ") if len(since) >= 16 else since or "?"

@@ -61,6 +61,11 @@ def write_config(directory: Path, extra: str = "", name: str = "deploy.toml",
     # refusal past max_layers has tests of its own.
     if "max_layers" not in drop:
         overrides.setdefault("max_layers", 50)
+    # The lab's fleet is server groups; the tests of what every fleet shares (the
+    # procedures, their faults, the CLI) run on loose instances, whose hosts only the tool
+    # launches. The server-group modules ask for groups (tests/lab/conftest.groups_lab).
+    if "fleet" not in drop:
+        overrides.setdefault("fleet", "instances")
     text = LAB_ENV_TEXT.replace('state_dir = ".runs"', f'state_dir = "{directory / "runs"}"')
     text = text.replace('app_source = "examples/app"', f'app_source = "{REPO / "examples/app"}"')
     text = text.replace('smoke_tests = "examples/smoke"',

@@ -69,5 +69,15 @@ def test_the_table_shows_each_regions_ledger():
                              "baked": "1.0.0", "layers": [{"release": "1.0.1", "how": "in-place",
                                                            "since": "2026-12-02T10:00:00Z"}]}}}}
     assert "us-east-1: app-lab-v002 launches from ami-0000000a (baked 1.0.0); on top: 1.0.1 " \
-        "in-place since 2026-12-02T10:00:00Z" in inventory.table(report).splitlines()
+        "in-place since 2026-12-02 10:00" in inventory.table(report).splitlines()
 
+
+
+def test_with_server_groups_drift_says_a_replacement_boots_into_the_release():
+    rows = [{**row("i-1", "1.0.0", "1.0.1"), "server_group": "app-lab-v001", "how": "in-place",
+             "since": "2026-12-02 10:00"}]
+    text = inventory.table({"environment": "lab", "errors": {}, "instances": rows,
+                            "record": {"release": "1.0.1", "procedure": "in-place",
+                                       "run_id": "r1"}})
+    assert "a new or replacement instance installs the recorded release at boot" in text
+    assert "a replacement would lose it" not in text

@@ -6,12 +6,17 @@ lock held). So each test first checks the lab as an operator would — the lock 
 fault set, in every region `fleet_size` hosts registered, healthy and serving the
 recorded release — and starts it afresh when it is not, saying why. After each test,
 faults are cleared and the tool is held to its own IAM policy again.
+
+`groups_lab`: the lab with its fleet as server groups, for the modules that ask for it.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from tests.conftest import write_config
 from tests.lab import checks
 
 
@@ -45,3 +50,22 @@ def whole_lab(request, lab):
     yield
     checks.clear_faults(lab)
     checks.restore_policy(lab)
+
+
+@pytest.fixture(scope="module")
+def groups_lab(lab):
+    """The worker's lab started afresh with its fleet as server groups (1.0.0 baked, group
+    v001 live), for this module; afterwards afresh as it was."""
+    plain = lab.config_path
+    config = write_config(plain.parent, name="server-groups.toml", fleet="server-groups",
+                          timeouts={"boot": 120})
+    saved = os.environ.get("DEPLOY_CONFIG")
+    lab.config_path = lab.cli.config = config
+    os.environ["DEPLOY_CONFIG"] = str(config)
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.config_path = lab.cli.config = plain
+        os.environ["DEPLOY_CONFIG"] = saved or str(plain)
+        lab.up()
