@@ -13,18 +13,22 @@ from tests.lab.checks import assert_serving, live_hosts, state_of
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
+# The packages every bake here provisions: the second bake starts from the first's
+# foundation image (the bake cache), so only the first runs apt-get.
+PACKAGES = ["python3", "curl", "ca-certificates", "jq"]
+
+
+@pytest.fixture(scope="module")
 def debian_lab(lab):
     rootfs.ensure()  # debootstrap once per machine (about a minute), cached after
     lab.up()  # seeded again: the lab offers the Debian base image now
     yield lab
-    lab.up()  # the tests after this one start from the usual fleet
+    lab.up()  # the tests after these start from the usual fleet
 
 
 def test_a_bake_from_a_real_debian_root_filesystem_runs_real_apt_get(debian_lab, tmp_path):
     lab = debian_lab
-    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME,
-                                  os_packages=["python3", "curl", "ca-certificates", "jq"],
+    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME, os_packages=PACKAGES,
                                   state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
     proc = cli("deploy --mode immutable --version 8.0.0", timeout=900)
     state = state_of(lab, proc)
@@ -50,7 +54,7 @@ def test_a_server_group_of_a_debian_image_boots_its_instances_into_the_hotfix(de
     from tests.lab import checks
 
     lab = debian_lab
-    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME,
+    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME, os_packages=PACKAGES,
                                   fleet="server-groups", timeouts={"boot": 300},
                                   state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
     cli("deploy --mode immutable --version 8.1.0", timeout=900)

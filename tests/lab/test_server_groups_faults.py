@@ -44,10 +44,11 @@ def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(groups_lab,
     assert_all_serve(lab, live, 2)
 
 
+# A failure in launch-candidates (its group made, out of service) is the boot test's
+# above; one after create-image is one after promote too (rebake-light images after it).
 @pytest.mark.parametrize("mode, anchor, version", [
-    ("rebake-light", "launch-candidates", "4.11.1"),  # its group made, out of service
-    ("rebake-light", "promote", "4.11.2"),  # in service, the live group detached and held
-    ("rebake-light", "create-image", "4.11.3"),  # its images made too
+    # its group in service, the live group detached and held, its images made
+    ("rebake-light", "create-image", "4.11.3"),
     ("immutable", "promote", "4.11.4"),  # a baked image, its template version, its group
 ])
 def test_a_failure_at_any_stage_leaves_nothing_of_the_run(groups_lab, mode, anchor, version):
