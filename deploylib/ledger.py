@@ -56,12 +56,13 @@ def advance(previous: Entry | None, *, group: str | None, image: str | None,
     in place to what the image carries); a release already layered is the layer gone back
     to (what a rollback in place returns to); anything else is one more layer."""
     same = previous is not None and previous.image == image and previous.group == group
-    layers = list(previous.layers) if same and previous is not None else []
-    dropped = previous.dropped if same and previous is not None else 0
+    layers = list(previous.layers) if same and previous else []
+    dropped = previous.dropped if same and previous else 0
+    releases = [layer.release for layer in layers]
     if release == baked:
         layers, dropped = [], 0
-    elif release in [layer.release for layer in layers]:
-        layers = layers[: [layer.release for layer in layers].index(release) + 1]
+    elif release in releases:
+        layers = layers[: releases.index(release) + 1]
     else:
         layers.append(Layer(release=release, how=how, since=since))
     dropped += max(0, len(layers) - KEPT_LAYERS)

@@ -8,7 +8,8 @@
                      notify
     steps.fold       locate-release, fold-template, record-images (`invoke fold`)
     steps.cleanup    restore-batch, demote, discard-candidates, discard-images,
-                     discard-builder, resume-scaling (run when a run fails, never as planned stages)
+                     discard-builder, resume-scaling (run when a run fails, never as
+                     planned stages)
 
 A step reads what earlier stages produced from the run state (`ctx.facts`), does its
 work through the system modules, and writes what it produced back. Running a finished

@@ -172,4 +172,3 @@ def resume_scaling(ctx: Context) -> None:
     if ctx.env.server_groups:
         for name in servergroups.hold_live(ctx, held=False):
             ctx.log(f"  {name} scales as its policies say again")
-

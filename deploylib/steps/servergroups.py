@@ -255,16 +255,15 @@ def hold_live(ctx: Context, *, held: bool) -> list[str]:
     the rollout drained or restarts is neither terminated nor replaced under it) or let
     scale as they like again. Scale-out goes on: what launches boots into the record's
     release and catch-up gives it the new one. Returns the groups, as region/name."""
-    record = ctx.record()
+    names = (ctx.record() or {}).get("server_groups") or {}
+    change = aws.autoscaling.hold if held else aws.autoscaling.release
     out = []
     for region in ctx.regions():
-        name = ((record or {}).get("server_groups") or {}).get(region)
-        if not name or aws.autoscaling.describe(ctx.aws.autoscaling(region), region,
-                                                name) is None:
-            continue
-        (aws.autoscaling.hold if held else aws.autoscaling.release)(
-            ctx.aws.autoscaling(region), region, name)
-        out.append(f"{region}/{name}")
+        asg = ctx.aws.autoscaling(region)
+        name = names.get(region)
+        if name and aws.autoscaling.describe(asg, region, name) is not None:
+            change(asg, region, name)
+            out.append(f"{region}/{name}")
     return out
 
 
