@@ -15,6 +15,8 @@ hooks, Elastic Load Balancing and health checks):
 - target groups follow the group: an instance registered when it goes in service,
   deregistered when it leaves (scale-in, detach, terminate, standby); a scale-in
   deregisters first and terminates once the target group's deregistration delay is over.
+  A group detached and attached again at once registers its instances again (moto's
+  detach deregisters them but leaves the group's own count of them behind).
 - an instance that is stopped or terminated from outside is unhealthy: the group
   replaces it (unless ReplaceUnhealthy or Launch is suspended).
 - `DeleteLaunchTemplateVersions`, which moto lacks: a version deleted is gone from
@@ -117,7 +119,10 @@ def converge(backend: AutoScalingBackend, group: FakeAutoScalingGroup) -> None:
 def converge_all() -> None:
     for backend in _backends():
         for group in list(backend.autoscaling_groups.values()):
-            converge(backend, group)
+            try:
+                converge(backend, group)
+            except Exception:  # noqa: BLE001 - one group's bad round must not stop the rest
+                pass
 
 
 def _complete(backend: AutoScalingBackend, group_name: str, instance_id: str,
@@ -149,6 +154,7 @@ def install(*, interval: float = 0.5) -> threading.Event:
     original_delete = AutoScalingBackend.delete_auto_scaling_group
     original_version = LaunchTemplates.create_launch_template_version
     original_enter_standby = AutoScalingBackend.enter_standby_instances
+    original_detach = AutoScalingBackend.detach_load_balancer_target_groups
 
     def replace_instances(self: FakeAutoScalingGroup, count_needed: int,
                           propagated_tags: dict[str, str]) -> None:
@@ -247,6 +253,12 @@ def install(*, interval: float = 0.5) -> threading.Event:
             _registered.pop((self.region_name, group_name), None)
             self.autoscaling_groups.pop(group_name, None)
 
+    def detach_target_groups(self: AutoScalingBackend, group_name: str,
+                             target_group_arns: list[str]) -> None:
+        with _lock:
+            original_detach(self, group_name, target_group_arns)
+            converge(self, self.autoscaling_groups[group_name])  # forgets what it registered
+
     def enter_standby(self: AutoScalingBackend, *args: Any, **kw: Any) -> Any:
         out = original_enter_standby(self, *args, **kw)
         for group in self.autoscaling_groups.values():
@@ -326,6 +338,7 @@ def install(*, interval: float = 0.5) -> threading.Event:
     AutoScalingBackend.update_attached_target_groups = update_attached_target_groups
     AutoScalingBackend.delete_auto_scaling_group = delete_group
     AutoScalingBackend.enter_standby_instances = enter_standby
+    AutoScalingBackend.detach_load_balancer_target_groups = detach_target_groups
     LaunchTemplates.create_launch_template_version = create_version
     AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
 

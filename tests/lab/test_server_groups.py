@@ -106,6 +106,19 @@ def test_old_server_groups_beyond_those_kept_are_deleted(groups_lab):
         assert not extra, (region, extra)
 
 
+def test_a_group_detached_and_attached_again_at_once_serves_again(groups_lab):
+    """As a switch-back does it: the live group out of its target group and straight back
+    in; its instances are registered again and healthy after one check."""
+    lab = groups_lab
+    region = lab.env.primary_region
+    group, arn = live_group(lab, region), checks.target_group(lab, region)
+    aws.autoscaling.detach(asg(lab, region), region, group.name, [arn])
+    assert checks.registered(lab, region) == {}
+    aws.autoscaling.attach(asg(lab, region), region, group.name, [arn])
+    aws.elb.wait_healthy(lab.clients().elbv2(region), region, arn, group.in_service, 30)
+    assert_all_serve(lab, checks.record(lab)["release"], 2)
+
+
 def test_a_scale_out_during_a_hotfix_ends_on_the_hotfix(groups_lab):
     lab = groups_lab
     live = checks.record(lab)["release"]

@@ -59,7 +59,7 @@ def test_a_failure_at_any_stage_leaves_nothing_of_the_run(groups_lab, mode, anch
         proc = with_scale_out(lab, anchor, "deploy", "--mode", mode, "--version", version,
                                step="fail-here")
     assert proc.returncode == 1 and "failed here on purpose" in proc.stderr, proc.stderr[-3000:]
-    assert run_leftovers(lab, checks.run_id_of(proc)) == []
+    assert run_leftovers(lab, checks.run_id_of(proc)) == [], proc.stderr[-4000:]
     assert checks.record(lab)["release"] == live
     for region in lab.env.all_regions:
         group = live_group(lab, region)
