@@ -231,6 +231,52 @@ def _main_pid(host) -> str:
     return host.bash("systemctl show -p MainPID --value app").stdout.strip()
 
 
+def test_a_restart_stops_every_process_of_the_service_even_one_still_serving(host):
+    """As systemd stops a unit (KillMode=control-group): SIGTERM to the app's master and
+    worker, SIGKILL to what is left after TimeoutStopSec. A worker kept busy by a client
+    on a keep-alive connection is killed with the rest, never left holding the port the
+    new release must bind."""
+    import http.client
+
+    unit = host.root / "etc/systemd/system/app.service"
+    unit.write_text(unit.read_text().replace("RestartSec=1\n",
+                                             "RestartSec=1\nTimeoutStopSec=2\n"))
+    assert host.install("1.0.0").returncode == 0
+    stop = threading.Event()
+
+    def busy() -> None:  # one connection, a request every 0.3 s: never idle
+        conn = http.client.HTTPConnection(host.address, 8080, timeout=5)
+        try:
+            while not stop.is_set():
+                conn.request("GET", "/health")
+                conn.getresponse().read()
+                stop.wait(0.3)
+        except OSError:
+            pass  # the worker was killed: the connection with it
+        finally:
+            conn.close()
+
+    client = threading.Thread(target=busy)
+    client.start()
+    try:
+        out = host.install("1.0.1", health_timeout=10)
+        # while the client still tries: nothing of the old release runs on
+        old = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and _cwd(p) == host.root / "srv/app/releases/1.0.0"]
+    finally:
+        stop.set()
+        client.join()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert old == [] and host.serving() == "1.0.1"
+
+
+def _cwd(proc: Path) -> Path | None:
+    try:
+        return Path(os.readlink(proc / "cwd"))
+    except OSError:
+        return None
+
+
 def test_a_graceful_install_switches_the_release_without_a_failed_request(host, tmp_path):
     """The sample app reloads on SIGHUP: its master keeps the socket, a worker from the new
     release takes over, the old one finishes. Requests all the while: none fails."""
