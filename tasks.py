@@ -219,7 +219,7 @@ def hotfix(c, version="", artifact=None, env=None, config=None, json=False,
 
 
 def _then_fold(cfg: object, state: object) -> None:
-    """fold = "after-deploy": once an in-place or rebake-light release is done, fold it."""
+    """fold = "after-deploy": once an in-place release is done, fold it."""
     from deploylib import runs
 
     if runs.folds_after(cfg.environment(state.env), state.mode):

@@ -249,11 +249,11 @@ class Environment(Strict):
             "also refused when the base image or the packages changed since that bake."))
     fold: Literal["manual", "after-deploy"] = Field(default="manual",
         description=(
-            "Server groups: `after-deploy` runs `invoke fold` once an in-place or "
-            "rebake-light deploy is done (an image of a live host in each region, put in the "
-            "live group's launch template), so new instances boot already on the release — "
-            "from the command line, and as the pipeline's last stage (`fold`); "
-            "`manual`: only when asked."))
+            "Server groups: `after-deploy` runs `invoke fold` once an in-place deploy is "
+            "done (an image of a live host in each region, put in the live group's launch "
+            "template), so new instances boot already on the hotfix — from the command "
+            "line, and as the pipeline's last stage (`fold`); `manual`: only when asked. "
+            "(Rebake-light needs no fold: its group launches from the image it made.)"))
     server_group_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,200})?$",
         description=(
             "Server groups are `<prefix>-vNNN` and launch from the launch template "

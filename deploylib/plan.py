@@ -262,6 +262,9 @@ def _rebake_light() -> tuple[Stage, ...]:
         # After promotion, so that baking the image never delays time-to-live; a
         # serving candidate is imaged without a reboot so it keeps serving.
         _s("create-image", CANDIDATES, no_reboot=True),
+        # Server groups: the run's group launches from that image (nothing left to
+        # install at boot, nothing for a fold to do); a fleet of instances: nothing.
+        _s("fold-template"),
         _s("record", images="run"),
         _s("retire"),
     )

@@ -145,10 +145,10 @@ def start_rollback(cfg: config.DeployConfig, env_name: str | None) -> RunState:
 
 
 def folds_after(env: config.Environment, mode: str) -> bool:
-    """fold = "after-deploy": a fold follows an in-place or rebake-light release (from the
-    command line and in the pipeline alike)."""
-    return env.server_groups and env.fold == "after-deploy" and \
-        mode in ("in-place", "rebake-light")
+    """fold = "after-deploy": a fold follows an in-place release (from the command line
+    and in the pipeline alike). A rebake-light needs none: its group launches from the
+    image it made (fold-template)."""
+    return env.server_groups and env.fold == "after-deploy" and mode == "in-place"
 
 
 def start_fold(cfg: config.DeployConfig, env_name: str | None) -> RunState:

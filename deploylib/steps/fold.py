@@ -46,17 +46,22 @@ def locate_release(ctx: Context) -> None:
 
 @step("fold-template")
 def fold_template(ctx: Context) -> None:
-    """Each region's live group launches from the image carrying the live release: a new
-    launch template version with it, the group pointed at that version."""
+    """Each region's group launches from the image carrying the release: a new launch
+    template version with it, the group pointed at that version. The run's own group
+    (rebake-light, once its image is made), else the live one (a fold)."""
+    if not ctx.env.server_groups:
+        return  # a fleet of instances: no launch template; the record names the images
     record = ctx.record() or {}
 
     def one(region: str) -> str:
-        group = servergroups.live_group(ctx, region, record)
+        mine = ctx.facts.server_groups.get(region)
+        group = aws.autoscaling.describe(ctx.aws.autoscaling(region), region, mine) \
+            if mine else servergroups.live_group(ctx, region, record)
         if group is None:
-            raise StateError("the live server group is gone", resource=region,
-                             fix="deploy again with `--mode immutable`")
+            raise StateError(f"the server group {mine or 'the record names'} is gone",
+                             resource=region, fix="deploy again with `--mode immutable`")
         version = servergroups.template_version(ctx, region, group.name,
-                                                ctx.facts.images[region])
+                                                ctx.facts.images[region], purpose="fold")
         aws.autoscaling.use_template(ctx.aws.autoscaling(region), region, group.name,
                                      version.template_id, version.version)
         return f"{group.name} launches from {ctx.facts.images[region]} (version " \

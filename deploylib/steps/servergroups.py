@@ -57,10 +57,11 @@ def user_data(ctx: Context, group: str, rel: Release) -> str:
         health_timeout=int(ctx.timeout("health", 30)))
 
 
-def template_version(ctx: Context, region: str, group: str, image_id: str
-                     ) -> aws.ec2.TemplateVersion:
+def template_version(ctx: Context, region: str, group: str, image_id: str, *,
+                     purpose: str = "launch") -> aws.ec2.TemplateVersion:
     """The run's version of the environment's launch template in a region: what `group`'s
-    instances launch with (the image, and user data that boots them into the release)."""
+    instances launch with (the image, and user data that boots them into the release).
+    One per purpose (`launch`, `fold`): made once, found again on resume."""
     env = ctx.env
     _, security_groups = network(ctx, region)
     return aws.ec2.put_template_version(
@@ -68,7 +69,8 @@ def template_version(ctx: Context, region: str, group: str, image_id: str
         instance_type=env.instance_type, security_group_ids=security_groups,
         tag_list=ctx.tags("candidate"), user_data=user_data(ctx, group, ctx.release),
         instance_profile=env.instance_profile or None, key_name=env.key_name,
-        client_token=f"{ctx.state.run_id}-{region}")
+        client_token=f"{ctx.state.run_id}-{region}" + ("" if purpose == "launch"
+                                                        else f"-{purpose}"))
 
 
 def launch(ctx: Context, region: str, image_id: str) -> list[str]:

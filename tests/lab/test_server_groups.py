@@ -58,16 +58,26 @@ def test_after_rebake_light_a_scale_out_serves_its_release(groups_lab):
     lab = groups_lab
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
     lab.cli("deploy --mode rebake-light --version 4.1.0")
+    record = checks.record(lab)
     for region in lab.env.all_regions:
         now = live_group(lab, region)
         assert now.name != was[region] and now.target_groups
         old = aws.autoscaling.describe(asg(lab, region), region, was[region])
         # Kept for a rollback: out of service, scaled to nothing.
         assert old is not None and old.desired == 0 and not old.target_groups
+        # The new group launches from the image the run made of its candidate: no drift.
+        launches = aws.ec2.template_images(lab.clients().ec2(region), region,
+                                           lab.env.group_prefix)[now.template_version]
+        assert launches == record["images"][region]
+        assert record["ledger"][region] == {"group": now.name, "image": launches,
+                                            "baked": "4.1.0", "layers": [], "dropped": 0}
+    before = set(live_group(lab, lab.env.primary_region).in_service)
     with traffic.Stream(lab, sticky=False) as stream:
         scale_all(lab, 3)
         assert_all_serve(lab, "4.1.0", 3)
     assert_no_failed_request(stream, "4.1.0")
+    new = set(live_group(lab, lab.env.primary_region).in_service) - before
+    assert [boot_log(lab, i).count("already live; nothing to do") for i in new] == [1]
     scale_all(lab, 2)
     assert_all_serve(lab, "4.1.0", 2)
 

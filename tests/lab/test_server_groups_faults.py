@@ -45,10 +45,11 @@ def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(groups_lab,
 
 
 # A failure in launch-candidates (its group made, out of service) is the boot test's
-# above; one after create-image is one after promote too (rebake-light images after it).
+# above; one after fold-template is one after promote too (rebake-light images after it).
 @pytest.mark.parametrize("mode, anchor, version", [
-    # its group in service, the live group detached and held, its images made
-    ("rebake-light", "create-image", "4.11.3"),
+    # its group in service, the live group detached and held, its images made and its
+    # group launching from them (a second template version)
+    ("rebake-light", "fold-template", "4.11.3"),
     ("immutable", "promote", "4.11.4"),  # a baked image, its template version, its group
 ])
 def test_a_failure_at_any_stage_leaves_nothing_of_the_run(groups_lab, mode, anchor, version):
