@@ -7,8 +7,9 @@ app itself), and drift when the two differ — a hotfix the image does not carry
 Server groups (fleet = "server-groups"): the baked release is that of the image the
 instance's group launches from now (what a replacement boots: after `invoke fold`, the
 live release), and each instance says how it got what it runs — `baked` (its image had
-it), `boot` (installed at its boot, the record's release then) or `in-place` (a rollout
-put it there) — and since when. Under the hosts, each region's drift ledger as the record
+it), `boot` (installed as it came up: at its boot, the record's release then, or on a
+run's candidate before it went live) or `in-place` (a rollout put it there) — and since
+when. Under the hosts, each region's drift ledger as the record
 keeps it (deploylib.ledger): what its new hosts launch from and what lies on top.
 """
 
@@ -35,15 +36,18 @@ def _group_images(env: Environment, clients: aws.AwsClients, region: str) -> dic
 
 
 def how(running: str | None, own_release: str | None, launched: Any,
-        recorded_at: str) -> tuple[str, str]:
+        recorded_at: str, *, launched_by_recording_run: bool = False) -> tuple[str, str]:
     """How an instance got the release it runs, and since when: its image had it
-    (`baked`, since its launch), its boot installed it (`boot`: launched after the
+    (`baked`, since its launch), it was installed as it came up (`boot`: launched by the
+    run that recorded the release — a rebake-light's candidate — or launched after the
     release was recorded, so its boot read it from the record) or a rollout did
     (`in-place`, since the release was recorded)."""
     if not running:
         return "-", "-"
     if running == own_release:
         return "baked", _when(launched)
+    if launched_by_recording_run:
+        return "boot", _when(launched)
     try:
         recorded = dt.datetime.strptime(recorded_at, "%Y-%m-%dT%H:%M:%SZ").replace(
             tzinfo=dt.UTC)
@@ -86,8 +90,10 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
             }
             if env.server_groups:
                 row["server_group"] = group
-                row["how"], row["since"] = how(running, own, inst.launched,
-                                               (record or {}).get("recorded_at", ""))
+                row["how"], row["since"] = how(
+                    running, own, inst.launched, (record or {}).get("recorded_at", ""),
+                    launched_by_recording_run=bool(record) and inst.tags.get(aws.TAG_RUN)
+                    == record.get("run_id"))
             rows.append(row)
         return rows
 

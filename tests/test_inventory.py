@@ -59,6 +59,11 @@ def test_how_a_host_got_its_release_and_since_when():
     # launched after: its boot read the hotfix from the record
     assert how("1.0.1", "1.0.0", after, recorded) == ("boot", "2026-12-02 05:00")
     assert how(None, "1.0.0", after, recorded) == ("-", "-")
+    # a rebake-light's candidate: launched (before the record) by the run that recorded it
+    assert how("1.0.1", "1.0.0", before, recorded, launched_by_recording_run=True) == \
+        ("boot", "2026-12-02 05:00")
+    # a hotfix recorded later, on it: in place again
+    assert how("1.0.2", "1.0.0", before, recorded) == ("in-place", "2026-12-02 05:00")
 
 
 def test_the_table_shows_each_regions_ledger():

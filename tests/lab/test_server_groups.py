@@ -4,6 +4,8 @@ a release that was replaced, and users see no failed request meanwhile."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from deploylib import aws, waits
@@ -71,6 +73,9 @@ def test_after_rebake_light_a_scale_out_serves_its_release(groups_lab):
         assert launches == record["images"][region]
         assert record["ledger"][region] == {"group": now.name, "image": launches,
                                             "baked": "4.1.0", "layers": [], "dropped": 0}
+    # Its candidates got the release as they came up, before going live: never in place.
+    rows = json.loads(lab.cli("status --json").stdout)["instances"]
+    assert {(r["how"], r["drift"]) for r in rows} == {("boot", False)}, rows
     before = set(live_group(lab, lab.env.primary_region).in_service)
     with traffic.Stream(lab, sticky=False) as stream:
         scale_all(lab, 3)
