@@ -60,6 +60,7 @@ def how(running: str | None, own_release: str | None, launched: Any,
 
 def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
     record = live.record(clients, env)
+    recorded_run = (record or {}).get("run_id")
 
     def region_rows(region: str) -> list[dict[str, Any]]:
         # Deregistered targets are shown draining for the whole deregistration delay,
@@ -92,8 +93,8 @@ def fleet(env: Environment, clients: aws.AwsClients) -> dict[str, Any]:
                 row["server_group"] = group
                 row["how"], row["since"] = how(
                     running, own, inst.launched, (record or {}).get("recorded_at", ""),
-                    launched_by_recording_run=bool(record) and inst.tags.get(aws.TAG_RUN)
-                    == record.get("run_id"))
+                    launched_by_recording_run=recorded_run is not None
+                    and inst.tags.get(aws.TAG_RUN) == recorded_run)
             rows.append(row)
         return rows
 
