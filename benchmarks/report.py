@@ -158,8 +158,8 @@ def markdown(r: dict[str, Any]) -> str:
                   "with checksum, unarchive, link, restart, uri health check); **fabric** = "
                   "Fabric 3, a thread per host, one uploaded script each; **floor** = OpenSSH "
                   "`ssh` under `xargs -P N`, the same script on stdin. Fabric and the floor run "
-                  "the tool's own install script (`templates/install.sh.j2`), so the host-side "
-                  "work is the same.", ""]
+                  "the tool's own install script (`deploylib/templates/install.sh.j2`), so the "
+                  "host-side work is the same.", ""]
         for n in ("1", "5", "20"):
             lines += [f"### {n} host(s)", "", *_fanout_table(r["fanout"][n]), ""]
         ours20 = r["fanout"]["20"]["ours"]

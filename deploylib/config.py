@@ -38,6 +38,9 @@ BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _STEP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9.+-]*(=[0-9A-Za-z.+~:-]+)?$")
 _BATCH = re.compile(r"^([1-9]\d*)(%?)$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_PROFILE = re.compile(r"^[\w.+@-]{1,128}$")
 
 
 def check_version(version: str) -> str:
@@ -63,6 +66,10 @@ def check_env_name(name: str) -> str:
 _KMS_KEY = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,64}$")
 
 
+# The longest single wait of each procedure, and its timeout key with the default: the
+# credentials must outlive it (a 1-hour session in a 2-hour copy wait dies inside it).
+LONGEST_WAIT = {"immutable": ("copy", 7200.0), "rebake-light": ("launch", 600.0),
+                "in-place": ("drain", 600.0)}
 # The longest a presigned URL may live: one install's fetch, with room.
 MAX_PRESIGN = 3600.0
 
@@ -152,6 +159,19 @@ class Environment(Strict):
         description="`aws` for a real account, `lab` for the local lab.")
     primary_region: str = Field(
         description="Where the builder runs and the artifact store and record live.")
+    aws_profile: str | None = Field(default=None,
+        description=(
+            "The AWS profile (~/.aws/config) this environment's credentials come from; "
+            "empty: the standard chain (AWS_PROFILE, the environment, an instance role)."))
+    role_arn: str | None = Field(default=None,
+        description=(
+            "An IAM role the tool assumes for this environment (from the profile's or the "
+            "chain's credentials), in a session named after the run and refreshed before "
+            "it expires."))
+    account_id: str | None = Field(default=None,
+        description=(
+            "The AWS account this environment lives in: the tool refuses, before it writes "
+            "anything, to act with credentials of any other."))
     copy_regions: list[str] = Field(default_factory=list,
         description="The other regions: images are copied there and fleets run there too.")
     base_image: str = Field(
@@ -269,7 +289,7 @@ class Environment(Strict):
         description=(
             "Server groups: the instance profile (name or ARN) their instances launch with; "
             "its role reads the record and the releases at boot "
-            "(templates/iam-policy-instance.json)."))
+            "(deploylib/templates/iam-policy-instance.json)."))
     max_size: int = Field(default=0, ge=0, le=1000,
         description=(
             "Server groups: the first group's MaxSize (0: twice `fleet_size`); later groups "
@@ -325,6 +345,28 @@ class Environment(Strict):
         pattern, message = _PLAIN[str(info.field_name)]
         if not pattern.fullmatch(v):
             raise _fail(message)
+        return v
+
+    @field_validator("account_id", mode="before")
+    @classmethod
+    def _account_id(cls, v: Any) -> str | None:
+        if v is not None and not (isinstance(v, str) and _ACCOUNT.fullmatch(v)):
+            raise _fail(f"{v!r} is not an AWS account id (12 digits, as a string: "
+                        "account_id = \"123456789012\")")
+        return v
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role_arn(cls, v: str | None) -> str | None:
+        if v is not None and not _ROLE_ARN.fullmatch(v):
+            raise _fail(f"{v!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+        return v
+
+    @field_validator("aws_profile")
+    @classmethod
+    def _aws_profile(cls, v: str | None) -> str | None:
+        if v is not None and not _PROFILE.fullmatch(v):
+            raise _fail(f"{v!r} is not a profile name as ~/.aws/config writes them")
         return v
 
     @field_validator("copy_regions")
@@ -423,6 +465,14 @@ class Environment(Strict):
                     f"regions.{region} overrides a region that is neither primary_region "
                     "nor in copy_regions"
                 )
+        if self.provider == "lab" and (self.aws_profile or self.role_arn):
+            raise _fail("the lab signs with its own deployer key: aws_profile and role_arn "
+                        'are for provider = "aws"; remove them from the lab environment')
+        if self.role_arn and self.account_id and \
+                self.role_arn.split(":")[4] != self.account_id:
+            raise _fail(f"role_arn is a role of account {self.role_arn.split(':')[4]}, but "
+                        f"account_id is {self.account_id}; give the role of this "
+                        "environment's own account")
         if self.reload == "graceful" and self.health_check != "version":
             # The main process outlives a reload: only the app can say which release
             # its workers run.
@@ -431,7 +481,7 @@ class Environment(Strict):
         if self.fleet == "server-groups" and not self.instance_profile:
             raise _fail('fleet = "server-groups" needs instance_profile: the role its '
                         "instances read the record and the releases with at boot "
-                        "(templates/iam-policy-instance.json)")
+                        "(deploylib/templates/iam-policy-instance.json)")
         for extra in self.extra_stages:
             if not _STEP_NAME.fullmatch(extra.step):
                 raise _fail(f"extra_stages step {extra.step!r} is not a step name like warm-cache")
@@ -463,6 +513,12 @@ class Environment(Strict):
 
     def timeout(self, what: str, default: float) -> float:
         return float(self.timeouts.get(what, default))
+
+    def longest_wait(self, mode: str | None = None) -> tuple[str, float]:
+        """A procedure's longest single wait (immutable's, the longest, by default): its
+        timeout key and seconds."""
+        key, default = LONGEST_WAIT.get(mode or "immutable", LONGEST_WAIT["immutable"])
+        return key, self.timeout(key, default)
 
     def batch_count(self, hosts: int) -> int:
         """How many hosts one in-place batch takes, for a fleet of `hosts`."""

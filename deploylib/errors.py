@@ -3,6 +3,8 @@
     DeployError                 something went wrong; carries the resource and the fix
     ├── InputError              bad input: config, flags, versions, paths (exit code 2)
     │   ├── ConfigError         deploy.toml itself is wrong (names the key)
+    │   ├── AwsConfigError      an environment's AWS identity cannot be used: an unknown
+    │   │                       profile, a role that cannot be assumed, another account
     │   └── PreflightFailed     the account is not ready for a deploy (preflight's checks)
     ├── StateError              a run's state file is missing, corrupt or in the wrong shape
     ├── CloudError              an AWS call failed for a reason that will not fix itself
@@ -50,6 +52,10 @@ class InputError(DeployError):
 
 class ConfigError(InputError):
     pass
+
+
+class AwsConfigError(InputError):
+    """The environment's AWS identity is wrong, not the call: nothing was written."""
 
 
 class PreflightFailed(InputError):

@@ -23,10 +23,6 @@ from deploylib import aws, lock, parallel
 from deploylib.config import Environment
 from deploylib.errors import DeployError, InputError, PermissionDenied, PreflightFailed
 
-# The longest single wait of each procedure, and its timeout key with the default: the
-# credentials must outlive it (a 1-hour session in a 2-hour copy wait dies inside it).
-LONGEST_WAIT = {"immutable": ("copy", 7200.0), "rebake-light": ("launch", 600.0),
-                "in-place": ("drain", 600.0)}
 # botocore's credential providers that fetch new credentials when these expire.
 REFRESHING = {"assume-role", "assume-role-with-web-identity", "sso", "iam-role",
               "container-role", "custom-process"}
@@ -63,8 +59,7 @@ def credentials(env: Environment, clients: aws.AwsClients, mode: str | None,
     expiry = getattr(creds, "_expiry_time", None)  # botocore keeps it for expiring ones
     if method in REFRESHING or expiry is None:
         return found + (f", refreshed as needed ({method})" if method in REFRESHING else "")
-    key, default = LONGEST_WAIT.get(mode or "immutable", LONGEST_WAIT["immutable"])
-    longest = env.timeout(key, default)
+    key, longest = env.longest_wait(mode)
     now = now or dt.datetime.now(dt.UTC)
     left = (expiry - now).total_seconds()
     if left < longest:

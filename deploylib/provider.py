@@ -22,7 +22,7 @@ from deploylib.errors import CloudError
 
 
 class Provider(Protocol):
-    def aws_clients(self, env: Environment) -> aws.AwsClients: ...
+    def aws_clients(self, env: Environment, run_id: str | None = None) -> aws.AwsClients: ...
 
     def ssh_credentials(self, env: Environment) -> ssh.Credentials: ...
 
@@ -74,9 +74,13 @@ class AwsProvider:
     def __init__(self, env: Environment):
         self.env = env
 
-    def aws_clients(self, env: Environment) -> aws.AwsClients:
+    def aws_clients(self, env: Environment, run_id: str | None = None) -> aws.AwsClients:
         # The artifact bucket lives in the primary region, where the clients point.
-        return aws.AwsClients(env.primary_region, path_style="." in env.artifact_bucket)
+        clients = aws.AwsClients(env.primary_region, path_style="." in env.artifact_bucket,
+                                 identity=identity(env, run_id))
+        if env.role_arn or env.account_id:
+            clients.check_identity()  # before anything is written: one line, exit 2
+        return clients
 
     def ssh_credentials(self, env: Environment) -> ssh.Credentials:
         key = os.path.expanduser(env.ssh_key) if env.ssh_key else None
@@ -85,6 +89,17 @@ class AwsProvider:
     def trusted_keys(self, clients: aws.AwsClients,
                      instance: aws.ec2.Instance) -> tuple[paramiko.PKey, ...]:
         return trusted_keys(clients, self.env, instance)
+
+
+def identity(env: Environment, run_id: str | None = None) -> aws.Identity:
+    """Whose credentials the environment's clients sign with (deploy.toml's aws_profile,
+    role_arn, account_id); a role's session named after the run, long enough for the
+    longest wait of any procedure (and renewed before it ends)."""
+    _, longest = env.longest_wait()
+    return aws.Identity(env=env.name, profile=env.aws_profile, role_arn=env.role_arn,
+                        account_id=env.account_id,
+                        session_name=f"deploylib-{run_id or env.name}",
+                        session_seconds=int(longest) + 900)
 
 
 def for_environment(env: Environment) -> Provider:

@@ -1,4 +1,6 @@
-"""Render what runs on hosts from templates/: pure functions returning text."""
+"""Render what runs on hosts from deploylib/templates/ (package data, read with
+importlib.resources, so an installed wheel renders as a checkout does): pure functions
+returning text."""
 
 from __future__ import annotations
 
@@ -6,13 +8,14 @@ import json
 import re
 import shlex
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from deploylib.errors import DeployError
 from deploylib.plan import MODES
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Package data: the same files in a checkout and in an installed wheel.
+TEMPLATES = resources.files("deploylib") / "templates"
 
 
 class Shell(str):
@@ -36,7 +39,7 @@ def _finalize(value: Any) -> Any:
     if isinstance(value, str) and _PLAIN_WORD.fullmatch(value):
         return value
     raise DeployError(f"refusing to put {value!r} unquoted into a template",
-                      fix="quote it with the q filter in templates/ (values must be plain)")
+                      fix="quote it with the q filter in the template (values must be plain)")
 
 
 def _quote_words(values: Any) -> Shell:
@@ -65,7 +68,7 @@ def _jinja() -> Any:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.PackageLoader("deploylib", "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # shell, not HTML: values are quoted with the q filter
@@ -172,14 +175,14 @@ def idle_script(*, app_port: int, quiet: float, ceiling: float, poll: float = 0.
 
 
 def iam_policy(env: Any) -> str:
-    """templates/iam-policy.json for one environment: its artifact bucket, its lock table
+    """deploylib/templates/iam-policy.json for one environment: its artifact bucket, its lock table
     and its name (what its resources are tagged `deploy:env` with: EC2's writes are
     scoped to them) in place of the placeholders (each checked by the config's schema);
     its server groups' names (`<service>-<env>-v*`) and the role its instances launch with
     (passed to EC2 only); its target groups, one per region, as the only ones it may
     register hosts in; and —
     when its volumes are encrypted with keys of its own (`kms_keys`) — the use of those
-    keys as EBS needs it (templates/iam-policy-kms.json: EC2 asks KMS on the caller's
+    keys as EBS needs it (deploylib/templates/iam-policy-kms.json: EC2 asks KMS on the caller's
     behalf when it launches, images and copies)."""
     text = (TEMPLATES / "iam-policy.json").read_text()
     # The instance role is named as its instance profile (as the IAM console names both).
@@ -206,8 +209,8 @@ def iam_policy(env: Any) -> str:
 
 
 def instance_policy(env: Any) -> str:
-    """templates/iam-policy-instance.json for one environment: what a server group's
-    instance role needs at boot (templates/boot.sh.j2) — read the record, fetch the
+    """deploylib/templates/iam-policy-instance.json for one environment: what a server group's
+    instance role needs at boot (deploylib/templates/boot.sh.j2) — read the record, fetch the
     environment's releases, complete its own group's launch lifecycle hook."""
     text = (TEMPLATES / "iam-policy-instance.json").read_text()
     return text.replace("RECORD_PARAMETER", env.record_parameter.lstrip("/")).replace(
@@ -240,7 +243,7 @@ def jenkins_jobs(env: Any) -> dict[str, str]:
     """config.xml of every job the tool needs, by job name."""
     j = env.jenkins
     common = {"repository": j.repository, "branch": j.branch}
-    record_script = (TEMPLATES / "jenkins/record-hotfix.groovy").read_text()
+    record_script = (TEMPLATES / "jenkins" / "record-hotfix.groovy").read_text()
     return {
         j.pipeline_job: render("jenkins/pipeline.xml.j2", job=j.pipeline_job, script=None,
                                parameters=PIPELINE_PARAMETERS, **common,

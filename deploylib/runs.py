@@ -56,7 +56,8 @@ def open_context(env: config.Environment, state: RunState,
             from deploylib import jenkins as jenkins_mod
 
             jenkins = jenkins_mod.connect(env.jenkins)
-        ctx = Context(env=env, state=state, provider=prov, aws=prov.aws_clients(env),
+        ctx = Context(env=env, state=state, provider=prov,
+                      aws=prov.aws_clients(env, state.run_id),
                       ssh=pool, jenkins=jenkins)
         if reporter is not None:
             ctx.reporter = reporter

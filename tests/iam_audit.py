@@ -1,5 +1,5 @@
 """The IAM policy check: every AWS call the tool makes during the suite must be granted
-by templates/iam-policy.json, and every action the policy grants must be used.
+by deploylib/templates/iam-policy.json, and every action the policy grants must be used.
 
 The tool is observed the way AWS's own tooling observes a client (iamlive does the
 same): botocore's client-side monitoring sends one UDP datagram per API call to a
@@ -28,7 +28,7 @@ import pytest
 
 from deploylib.lab import iam as lab_iam
 
-POLICY = Path(__file__).resolve().parent.parent / "templates/iam-policy.json"
+POLICY = Path(__file__).resolve().parent.parent / "deploylib/templates/iam-policy.json"
 # Granted besides, to an environment whose volumes use keys of its own (kms_keys).
 KMS_POLICY = POLICY.with_name("iam-policy-kms.json")
 PORT_ENV = "DEPLOY_TEST_CSM_PORT"
@@ -97,6 +97,9 @@ class Verdict:
 
 # Allowed to every identity whatever its policies (the lab allows them as AWS does).
 ALWAYS_ALLOWED = lab_iam.ALWAYS_ALLOWED
+# Called as the identity the deploy role is assumed from (role_arn), before the role: its
+# grant is that identity's and the role's trust policy, not the deploy policy's.
+BEFORE_THE_ROLE = frozenset({"sts:AssumeRole"})
 
 
 def load_policy() -> dict:
@@ -116,7 +119,7 @@ def verdict(used: set[str], policy: dict, *, calls: int, whole_suite: bool) -> V
     grants = granted(policy)
     called = granted({"Statement": [s for s in policy["Statement"]
                                     if not _on_callers_behalf(s)]})
-    used = used.union(*(IMPLIED.get(a, set()) for a in used)) - ALWAYS_ALLOWED
+    used = used.union(*(IMPLIED.get(a, set()) for a in used)) - ALWAYS_ALLOWED - BEFORE_THE_ROLE
     return Verdict(missing=used - grants, unused=(called - used) if whole_suite else None,
                    calls=calls)
 
@@ -210,7 +213,7 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest'
     if _result is None:
         return
     tr = terminalreporter
-    tr.section("IAM policy (templates/iam-policy.json) against the tool's AWS calls")
+    tr.section("IAM policy (deploylib/templates/iam-policy.json) against the tool's AWS calls")
     tr.line(f"{_result.calls} calls observed, {len(_listener.used) if _listener else 0} "
             "distinct actions")
     if _result.missing:

@@ -40,7 +40,7 @@ def test_an_error_answer_carries_its_code_the_resource_and_the_fix(aws_clients):
 @pytest.mark.parametrize("code,kind,words", [
     ("ExpiredToken", CredentialsError, "have expired"),
     ("InvalidClientTokenId", CredentialsError, "not valid"),
-    ("UnauthorizedOperation", PermissionDenied, "iam-policy.json"),
+    ("UnauthorizedOperation", PermissionDenied, "invoke policy"),
     ("AccessDenied", PermissionDenied, "RunInstances"),
     ("RequestLimitExceeded", CloudError, "throttling"),
 ])
@@ -83,7 +83,7 @@ def test_an_endpoint_nothing_answers_is_unreachable(monkeypatch):
 
 
 def test_nothing_outside_the_boundary_sees_botocores_exceptions():
-    pattern = re.compile(r"botocore\.exceptions|ClientError|boto3\.exceptions")
+    pattern = re.compile(r"botocore\.exceptions|\bClientError|boto3\.exceptions")
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "deploylib").rglob("*.py")
                  if p.parent.name != "aws" and pattern.search(p.read_text())]
     offenders += [str(p.relative_to(REPO)) for p in (REPO / "deploylib/aws").glob("*.py")
@@ -97,3 +97,103 @@ def test_server_groups_are_numbered_past_the_highest():
     assert aws.autoscaling.next_name("app-lab", []) == "app-lab-v001"
     assert aws.autoscaling.number_of("app-lab-v1000") == 1000
     assert aws.autoscaling.number_of("app-lab") is None
+
+
+# -- whose credentials: a profile, a role assumed from them, the account they act in --------
+
+ROLE = "arn:aws:iam::123456789012:role/deploy-production"
+
+
+def _may_assume(directory, *roles: str) -> None:
+    """Hold the deployer (the lab's key) to a policy that lets it assume only `roles`."""
+    import json
+
+    (directory / "iam-policy.json").write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": list(roles)}]}))
+
+
+def _clients_as(deployer: aws.AwsClients, identity: aws.Identity) -> aws.AwsClients:
+    from deploylib.lab import LAB_CREDENTIALS
+
+    return aws.AwsClients("us-east-1", endpoint_url=deployer.endpoint_url,
+                          credentials=LAB_CREDENTIALS, max_attempts=0, path_style=True,
+                          identity=identity)
+
+
+def test_a_profile_that_is_not_there_is_one_line_naming_the_key(tmp_path, monkeypatch):
+    from deploylib.errors import AwsConfigError
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with pytest.raises(AwsConfigError) as info:
+        aws.AwsClients("us-east-1", identity=aws.Identity(env="production", profile="nope"))
+    line = info.value.line()
+    assert line.startswith("environments.production.aws_profile: the AWS profile 'nope'")
+    assert "aws configure" in line and info.value.exit_code == 2
+    # AWS_PROFILE set to one that is not there: the same, naming the variable
+    monkeypatch.setenv("AWS_PROFILE", "gone")
+    with pytest.raises(AwsConfigError) as info:
+        aws.AwsClients("us-east-1")
+    assert info.value.line().startswith("AWS_PROFILE: the AWS profile 'gone'")
+
+
+def test_a_role_the_deployer_may_not_assume_is_one_line_and_nothing_else_is_asked(enforced_aws):
+    from deploylib.errors import AwsConfigError
+
+    deployer, _, directory = enforced_aws
+    _may_assume(directory, "arn:aws:iam::123456789012:role/another")
+    clients = _clients_as(deployer, aws.Identity(env="production", role_arn=ROLE))
+    with pytest.raises(AwsConfigError) as info:
+        clients.check_identity()
+    line = info.value.line()
+    assert line.startswith(f"environments.production.role_arn: the role {ROLE} could not be "
+                           "assumed")
+    assert "sts:AssumeRole" in line and "trust policy" in line
+
+
+def test_the_role_is_assumed_in_a_session_named_after_the_run(enforced_aws):
+    deployer, _, directory = enforced_aws
+    _may_assume(directory, ROLE)
+    clients = _clients_as(deployer, aws.Identity(
+        env="production", role_arn=ROLE, session_name="deploylib-20261207T040000-abc123",
+        account_id="123456789012"))
+    assert clients.check_identity() == "123456789012"
+    who = clients.client("sts").get_caller_identity()["Arn"]
+    assert who == ("arn:aws:sts::123456789012:assumed-role/deploy-production/"
+                   "deploylib-20261207T040000-abc123")
+    assert clients.credentials().method == "assume-role"  # renewed before it ends
+
+
+def test_a_role_that_allows_shorter_sessions_gets_its_own_hour(enforced_aws):
+    import json
+
+    deployer, _, directory = enforced_aws
+    _may_assume(directory, ROLE)
+    (directory / "faults.json").write_text(json.dumps({"rules": [
+        {"action": "AssumeRole", "error": "ValidationError", "times": 1,
+         "message": "The requested DurationSeconds exceeds the MaxSessionDuration set for "
+                    "this role."}]}))
+    clients = _clients_as(deployer, aws.Identity(role_arn=ROLE, session_seconds=8100))
+    assert clients.check_identity() == "123456789012"
+    assert json.loads((directory / "faults-hits.json").read_text())  # the refusal was met
+
+
+def test_credentials_of_another_account_are_refused_before_anything_is_written(enforced_aws):
+    from deploylib.errors import AwsConfigError
+
+    deployer, _, _ = enforced_aws
+    clients = _clients_as(deployer, aws.Identity(env="production", account_id="999999999999"))
+    with pytest.raises(AwsConfigError) as info:
+        clients.check_identity()
+    assert info.value.line().startswith(
+        "environments.production.account_id: the AWS credentials act in account "
+        "123456789012, not in 999999999999")
+    assert info.value.exit_code == 2
+
+
+def test_a_role_session_name_is_what_aws_allows():
+    assert aws.session_name("deploylib-20261207T040000-abc123") == \
+        "deploylib-20261207T040000-abc123"
+    assert aws.session_name("deploylib-prod eu/1") == "deploylib-prod-eu-1"
+    assert len(aws.session_name("x" * 100)) == 64
+    assert aws.session_name("") == "deploylib"

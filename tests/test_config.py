@@ -102,6 +102,14 @@ BAD = [
     ("rollout = \"all-at-once\"", "rollout"),
     ("drain_quiet = -1", "drain_quiet"),
     ("bake = \"everywhere\"", "bake"),
+    ("account_id = 123456789012", "as a string"),
+    ("account_id = \"12345\"", "not an AWS account id"),
+    ("role_arn = \"deployer\"", "not an IAM role ARN"),
+    ("aws_profile = \"my profile\"", "aws_profile"),
+    ("role_arn = \"arn:aws:iam::111111111111:role/deploy\"\naccount_id = \"222222222222\"",
+     "role_arn is a role of account 111111111111"),
+    ("provider = \"lab\"\nrole_arn = \"arn:aws:iam::111111111111:role/deploy\"",
+     "the lab signs with its own deployer key"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""templates/iam-policy.json: its shape, and the check (tests/iam_audit.py) that holds it
+"""deploylib/templates/iam-policy.json: its shape, and the check (tests/iam_audit.py) that holds it
 against every AWS call the tool makes during the suite.
 
 The check itself runs at the end of the session; here, that it decides right: a call

@@ -106,3 +106,87 @@ def test_preflight_without_credentials_fails_its_first_check_and_asks_nothing_el
     assert len(checks) == 1 and checks[0].startswith("FAIL  credentials:"), proc.stdout
     assert "no usable AWS credentials" in checks[0] and "AWS_PROFILE" in checks[0]
     assert no_run_started(runs)
+
+
+def config_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Bad configuration: exit 2, one error line with the fix, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "Fix:" in errors[0], \
+        proc.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("args", ["preflight --env production", "status --env production",
+                                  "hotfix --version 1.0.1 --env production"])
+def test_an_aws_profile_that_is_not_there_is_one_line_and_exit_2(production, args):
+    env, runs = production
+    env["AWS_PROFILE"] = "nope"
+    config_error(invoke(args, env), "AWS_PROFILE: the AWS profile 'nope'", "aws configure")
+    config = Path(env["DEPLOY_CONFIG"])
+    config.write_text(config.read_text() + 'aws_profile = "ops"\n')
+    del env["AWS_PROFILE"]
+    config_error(invoke(args, env), "environments.production.aws_profile", "'ops'")
+    assert no_run_started(runs)
+
+
+def _held_to(directory: Path, policy: dict) -> str:
+    """A moto server holding the lab's deployer key to `policy`; its endpoint."""
+    import json
+
+    from deploylib.lab import LAB_CREDENTIALS, iam
+    from deploylib.lab.faults import Faults, LabServer
+
+    (directory / "iam-policy.json").write_text(json.dumps(policy))
+    server = LabServer(Faults(directory), iam.Enforcer(directory,
+                                                       LAB_CREDENTIALS["aws_access_key_id"]))
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("account_id", '"999999999999"', ["environments.production.account_id",
+                                      "act in account 123456789012, not in 999999999999"]),
+    ("role_arn", '"arn:aws:iam::123456789012:role/deploy-production"',
+     ["environments.production.role_arn", "could not be assumed", "trust policy"]),
+])
+@pytest.mark.parametrize("args", ["status --env production",
+                                  "hotfix --version 1.0.1 --env production",
+                                  "lock.break --env production"])
+def test_an_identity_the_environment_may_not_use_is_refused_before_anything_is_written(
+        production, tmp_path, key, value, words, args):
+    from deploylib.lab import LAB_CREDENTIALS
+
+    env, runs = production
+    config = Path(env["DEPLOY_CONFIG"])
+    config.write_text(config.read_text() + f"{key} = {value}\n")
+    server, endpoint = _held_to(tmp_path, {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "sts:AssumeRole", "Resource": "*"}]})
+    try:
+        env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=LAB_CREDENTIALS[
+            "aws_access_key_id"], AWS_SECRET_ACCESS_KEY=LAB_CREDENTIALS["aws_secret_access_key"])
+        config_error(invoke(args, env), *words)
+    finally:
+        server.stop()
+    assert no_run_started(runs)
+
+
+@pytest.mark.parametrize("command", [["-m", "invoke"], ["-m", "deploylib.cli"]])
+def test_a_closed_pipe_on_stdout_ends_the_command_quietly(command):
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write meets a closed pipe, as `| head` leaves it
+    try:
+        proc = subprocess.run([sys.executable, *command, "plan", "--mode", "in-place", "--json"],
+                              cwd=REPO, env=tool_env(), stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.stderr.strip() == "", proc.stderr[-2000:]
+    assert proc.returncode in (141, -13)  # as a filter SIGPIPE ended: 128 + 13, or the signal

@@ -20,9 +20,11 @@ with the run id, the release and the procedure.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import (
@@ -38,7 +40,13 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
-from deploylib.errors import CloudError, CredentialsError, PermissionDenied, Unreachable
+from deploylib.errors import (
+    AwsConfigError,
+    CloudError,
+    CredentialsError,
+    PermissionDenied,
+    Unreachable,
+)
 
 TAG_RUN = "deploy:run"
 TAG_RELEASE = "deploy:release"
@@ -75,15 +83,15 @@ class AwsClients:
 
     def __init__(self, primary_region: str, *, endpoint_url: str | None = None,
                  credentials: dict[str, str] | None = None, path_style: bool = False,
-                 max_attempts: int | None = None):
-        import boto3
+                 max_attempts: int | None = None, identity: Identity | None = None):
         from botocore.config import Config
 
         attempts = max_attempts + 1 if max_attempts is not None else int(
             os.environ.get("AWS_MAX_ATTEMPTS") or DEFAULT_ATTEMPTS)
         self.primary_region = primary_region
         self.endpoint_url = endpoint_url
-        self._session = boto3.session.Session(**(credentials or {}))
+        self.identity = identity or Identity()
+        self._session = _session(credentials, self.identity, primary_region, endpoint_url)
         self._config = Config(
             retries={"mode": "standard", "total_max_attempts": attempts},
             connect_timeout=5,
@@ -132,9 +140,22 @@ class AwsClients:
     def account(self) -> str:
         """The account the credentials act in (asked once: STS needs no permission)."""
         if self._account is None:
-            with calling("the AWS credentials", CREDENTIALS_FIX):
+            with self.identity.boundary(), calling("the AWS credentials", CREDENTIALS_FIX):
                 self._account = str(self.client("sts").get_caller_identity()["Account"])
         return self._account
+
+    def check_identity(self) -> str:
+        """Before anything is written: the profile is there, the role can be assumed and
+        the credentials act in the environment's own account. Returns that account."""
+        account = self.account()
+        expected = self.identity.account_id
+        if expected and account != expected:
+            raise AwsConfigError(
+                f"the AWS credentials act in account {account}, not in {expected}, this "
+                "environment's", resource=self.identity.where("account_id"),
+                fix="use this environment's own credentials (its aws_profile or role_arn, "
+                "or in Jenkins its credentials id), or correct account_id")
+        return account
 
     def autoscaling(self, region: str) -> Any:
         return self.client("autoscaling", region)
@@ -156,6 +177,105 @@ class AwsClients:
 
     def ssm(self) -> Any:
         return self.client("ssm")
+
+
+# -- whose credentials --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whose credentials an environment's clients sign with: a profile (else the standard
+    chain), a role assumed from them, the account they must act in. `env` names the
+    deploy.toml section, for errors; `session_name` names the role's session (the run)."""
+
+    env: str = ""
+    profile: str | None = None
+    role_arn: str | None = None
+    account_id: str | None = None
+    session_name: str = "deploylib"
+    # The role session asked for: long enough for the procedure's longest wait. Where the
+    # role allows less (MaxSessionDuration), its own maximum, refreshed before it ends.
+    session_seconds: int = 3600
+
+    def where(self, key: str) -> str:
+        return f"environments.{self.env}.{key}" if self.env else key
+
+    @contextmanager
+    def boundary(self) -> Iterator[None]:
+        """The assumed role's refusal as a configuration error (exit 2), not a failed call."""
+        try:
+            yield
+        except CredentialsError:
+            raise  # no credentials to assume it with: that error's own fix
+        except CloudError as exc:
+            if self.role_arn and exc.resource == _ROLE_RESOURCE:
+                raise AwsConfigError(
+                    f"the role {self.role_arn} could not be assumed: {exc.problem}",
+                    resource=self.where("role_arn"),
+                    fix="let the calling identity assume it (the role's trust policy, and "
+                    "sts:AssumeRole in the caller's policy), or correct role_arn") from None
+            raise
+
+
+_ROLE_RESOURCE = "the role to assume"
+# AWS's own bounds on an AssumeRole session.
+_SESSION_MIN, _SESSION_MAX = 900, 43200
+
+
+def session_name(text: str) -> str:
+    """A role session name from a run id or a command: AWS allows [\\w+=,.@-], 2 to 64."""
+    name = re.sub(r"[^\w+=,.@-]", "-", text)[:64]
+    return name if len(name) >= 2 else "deploylib"
+
+
+def _session(credentials: dict[str, str] | None, identity: Identity, region: str,
+             endpoint_url: str | None) -> Any:
+    """The boto3 session every client is made from: the profile's, or the chain's, or
+    given credentials; with a role, credentials that assume it and renew themselves."""
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        base = boto3.session.Session(**(credentials or {}), profile_name=identity.profile)
+    except ProfileNotFound as exc:
+        profile = identity.profile or os.environ.get("AWS_PROFILE", "")
+        raise AwsConfigError(
+            f"the AWS profile {profile!r} is not in this machine's AWS config ({exc})",
+            resource=identity.where("aws_profile") if identity.profile else "AWS_PROFILE",
+            fix="make it (`aws configure sso --profile NAME`, or a [profile NAME] section "
+            "in ~/.aws/config), or name one that is there (`aws configure list-profiles`)"
+        ) from None
+    if not identity.role_arn:
+        return base
+    from botocore.credentials import DeferredRefreshableCredentials
+    from botocore.session import Session as BotocoreSession
+
+    seconds = max(_SESSION_MIN, min(_SESSION_MAX, identity.session_seconds))
+
+    def assume() -> dict[str, str]:
+        sts = base.client("sts", region_name=region, endpoint_url=endpoint_url)
+        asked = seconds
+        while True:
+            try:
+                with calling(_ROLE_RESOURCE, "check the role's trust policy"):
+                    got = sts.assume_role(RoleArn=identity.role_arn,
+                                          RoleSessionName=session_name(identity.session_name),
+                                          DurationSeconds=asked)["Credentials"]
+                break
+            except CloudError as exc:
+                # The role allows shorter sessions than the wait asks for: take its default
+                # hour, renewed as it ends (these credentials refresh themselves).
+                if asked > 3600 and "MaxSessionDuration" in exc.problem:
+                    asked = 3600
+                    continue
+                raise
+        return {"access_key": got["AccessKeyId"], "secret_key": got["SecretAccessKey"],
+                "token": got["SessionToken"], "expiry_time": got["Expiration"].isoformat()}
+
+    botocore_session = BotocoreSession()
+    botocore_session._credentials = DeferredRefreshableCredentials(  # noqa: SLF001
+        refresh_using=assume, method="assume-role")
+    return boto3.session.Session(botocore_session=botocore_session, region_name=region)
 
 
 # -- the error boundary ----------------------------------------------------------------------
@@ -198,8 +318,8 @@ def _from_client_error(exc: ClientError, resource: str, fix: str) -> CloudError:
     if code in _PERMISSION_CODES:
         return PermissionDenied(what, resource=resource, code=code,
                                 fix=f"grant the deploying identity the action behind "
-                                f"{exc.operation_name}: templates/iam-policy.json lists every "
-                                "action the tool needs")
+                                f"{exc.operation_name}: `invoke policy` prints every action "
+                                "the tool needs")
     if code in _THROTTLING_CODES:
         return CloudError(f"{what} (still throttled after retries)", resource=resource,
                           code=code, fix="AWS is throttling the account: wait a minute, then "
@@ -261,5 +381,5 @@ def tag_map(tag_list: Iterable[dict[str, str]] | None) -> dict[str, str]:
 # The services, each in its own module; imported last, as they use the boundary above.
 from deploylib.aws import autoscaling, ec2, elb, kms, s3, ssm  # noqa: E402
 
-__all__ = ["AwsClients", "autoscaling", "calling", "ec2", "elb", "kms", "s3", "ssm", "tag_map",
-           "tags"]
+__all__ = ["AwsClients", "Identity", "autoscaling", "calling", "ec2", "elb", "kms", "s3", "ssm",
+           "tag_map", "tags"]

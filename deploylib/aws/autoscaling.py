@@ -5,6 +5,8 @@ groups and their instances' lifecycle."""
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +15,7 @@ from deploylib.aws import calling, tag_map
 from deploylib.errors import CloudError
 
 # The launch lifecycle hook every server group has: an instance stays out of service
-# until its user data has put the live release on it (templates/boot.sh.j2).
+# until its user data has put the live release on it (deploylib/templates/boot.sh.j2).
 BOOT_HOOK = "deploy-boot"
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 # What a procedure suspends on the groups it works on: no scale-in, no replacement
@@ -22,6 +24,8 @@ LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 HELD = ["Terminate", "AZRebalance", "ReplaceUnhealthy"]
 # Where the group counts an instance as its capacity.
 COUNTED = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+# How often a wait for instances in service reads the console of those still waiting.
+CONSOLE_EVERY = 3.0
 _NAME = re.compile(r"-v(\d{3,})$")
 
 
@@ -182,14 +186,39 @@ def delete(asg: Any, region: str, name: str) -> None:
         asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
 
 
-def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float
-                    ) -> list[str]:
+def boot_failure(name: str, console: str) -> str | None:
+    """The line a boot of group `name` printed when it failed (deploylib/templates/boot.sh.j2),
+    from an instance's console output; None when it printed none."""
+    marker = f"[boot {name}] failed"
+    return next((line.strip() for line in console.splitlines() if marker in line), None)
+
+
+def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float,
+                    console: Callable[[str], str] | None = None) -> list[str]:
     """Wait until `count` of the group's instances are in service (their boot done).
     Stops early once as many instances as were asked for have gone without ever going
-    in service: their boot fails (the group would go on replacing them for ever)."""
+    in service: their boot fails (the group would go on replacing them for ever); and at
+    once when an instance still waiting on its lifecycle hook printed that its boot failed
+    (`console(instance_id)`: its console output) — it will never go in service, and the
+    hook would hold it for its whole timeout."""
     seen: list[ServerGroup] = []
     launched: set[str] = set()
     served: set[str] = set()
+    looked = [0.0]
+
+    def failed_boot(group: ServerGroup) -> None:
+        # The console is read every few seconds at most: EC2 throttles GetConsoleOutput.
+        if console is None or time.monotonic() - looked[0] < CONSOLE_EVERY:
+            return
+        looked[0] = time.monotonic()
+        for iid in sorted(i for i, st in group.instances.items() if st == "Pending:Wait"):
+            line = boot_failure(name, console(iid))
+            if line:
+                raise CloudError(f"instance {iid} failed its boot and is still held by the "
+                                 f"lifecycle hook: {line}", resource=_where(name, region),
+                                 fix="read the instance's console output (its boot script's "
+                                 "log) and fix the release or the instance role; the run's "
+                                 "group is removed on the way out")
 
     def check() -> bool:
         group = describe(asg, region, name)
@@ -206,7 +235,10 @@ def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float
                              fix="read an instance's console output (its boot script's log: "
                              "the release it could not install, or the record or store it "
                              "could not read with its instance role)")
-        return len(group.in_service) >= count
+        if len(group.in_service) >= count:
+            return True
+        failed_boot(group)
+        return False
 
     waits.until(check, timeout=timeout, what=f"{count} instance(s) of {name} in service",
                 resource=_where(name, region),

@@ -167,7 +167,7 @@ def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
         if mine is not None:
             return mine
     with calling(f"launch template {name} in {region}",
-                 "check ec2:CreateLaunchTemplate* is allowed (templates/iam-policy.json)"):
+                 "check ec2:CreateLaunchTemplate* is allowed (`invoke policy`)"):
         if template is None:
             made = ec2.create_launch_template(
                 LaunchTemplateName=name, LaunchTemplateData=data, ClientToken=client_token,

@@ -13,10 +13,13 @@ wrap its internal methods.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.instances import InstanceBackend
@@ -28,7 +31,7 @@ from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup, e
 
 from deploylib.lab import consistency
 from deploylib.lab.balancer import Balancer, Balancers
-from deploylib.lab.hosts import HostFarm
+from deploylib.lab.hosts import AddressTaken, HostFarm
 
 _REASONS = {
     "initial": ("Elb.RegistrationInProgress", "Target registration is in progress"),
@@ -166,6 +169,33 @@ def _user_data(inst: Any) -> str | None:
         return raw
 
 
+# Per thread: the boots a launch in progress holds back (deferred_boots).
+_deferred = threading.local()
+
+
+def _after_launch(boot: Any) -> None:
+    """Boot now, or once the caller's launch is complete (inside `deferred_boots`)."""
+    if getattr(_deferred, "boots", None) is not None:
+        _deferred.boots.append(boot)
+    else:
+        boot()
+
+
+@contextmanager
+def deferred_boots() -> Iterator[None]:
+    """Instances launched inside boot only when it ends: what launches them (a server
+    group) first attaches what their boot may need — their lifecycle state, which their
+    user data completes — as AWS has it before the instance's OS starts."""
+    _deferred.boots = []
+    try:
+        yield
+        boots = _deferred.boots
+    finally:
+        _deferred.boots = None
+    for boot in boots:
+        boot()
+
+
 def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | None = None,
             boot_env: Any = None) -> None:
     """Wrap moto's backend methods so the API's effects happen on lab hosts.
@@ -195,18 +225,39 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
     def lab_run_instances(self: Any, image_id: str, count: int, *args: Any, **kw: Any) -> Any:
         reservation = run_instances(self, image_id, count, *args, **kw)
         delay = profile.get("launch", 0)
+        region = self.region_name
+
+        def lost(inst: Any, exc: AddressTaken) -> None:
+            # A host that cannot have its address is not left half-made: gone, and why.
+            print(f"{inst.id}: {exc}", flush=True)
+            terminate_instances(self, [inst.id])
+            farm.destroy(inst.id)
+
+        def boot(inst: Any) -> None:
+            if delay and inst._state.name != "pending":
+                return  # stopped or terminated while it was pending
+            inst._state.name, inst._state.code = "running", 16
+            try:
+                boot_host(inst, region, inst.image_id)
+            except AddressTaken as exc:
+                lost(inst, exc)
+
         for inst in reservation.instances:
-            if not delay:
-                boot_host(inst, self.region_name, inst.image_id)
+            if delay:
+                inst._state.name, inst._state.code = "pending", 0
+                _after_launch(lambda inst=inst: _later(delay, lambda: boot(inst)))
                 continue
-            inst._state.name, inst._state.code = "pending", 0
-
-            def boot(inst: Any = inst) -> None:
-                if inst._state.name == "pending":
-                    inst._state.name, inst._state.code = "running", 16
-                    boot_host(inst, self.region_name, inst.image_id)
-
-            _later(delay, boot)
+            if getattr(_deferred, "boots", None) is not None:
+                _deferred.boots.append(lambda inst=inst: boot(inst))
+                continue
+            try:
+                boot_host(inst, region, inst.image_id)
+            except AddressTaken as exc:
+                # The caller's launch fails whole, saying where and why.
+                terminate_instances(self, [i.id for i in reservation.instances])
+                for other in reservation.instances:
+                    farm.destroy(other.id)
+                raise EC2ClientError("InsufficientFreeAddressesInSubnet", str(exc)) from exc
         return reservation
 
     def lab_start_instances(self: Any, instance_ids: list[str]) -> Any:

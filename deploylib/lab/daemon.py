@@ -20,6 +20,7 @@ from deploylib.lab import (
     LAB_ADMIN_CREDENTIALS,
     LAB_CREDENTIALS,
     LAB_INSTANCE_CREDENTIALS,
+    addresses,
     cloud,
     iam,
     metadata,
@@ -48,6 +49,10 @@ def main() -> None:
     from deploylib.lab.faults import Faults, LabServer
 
     lab_dir.mkdir(parents=True, exist_ok=True)
+    # This lab's loopback ranges, held while it lives: from the one asked for on, the
+    # first that no other lab on the machine holds (deploylib.lab.addresses).
+    ranges = addresses.claim(int(spec.get("network", 1)), len(spec["regions"]))
+    spec["network"] = ranges.first
     client_key = lab_dir / "id_ed25519"
     public = write_keypair(client_key)
     (lab_dir / "authorized_keys").write_text(public + "\n")
@@ -117,6 +122,7 @@ def main() -> None:
     farm.shutdown()
     imds.stop()
     server.stop()
+    ranges.release()
     print("lab stopped", flush=True)
 
 

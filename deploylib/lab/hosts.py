@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from deploylib.lab import BIN, accounts, rootfs
+from deploylib.lab import BIN, accounts, addresses, rootfs
 from deploylib.lab.accounts import LOGIN_USER
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -43,6 +43,17 @@ def write_keypair(private_path: Path) -> str:
                                            serialization.PublicFormat.OpenSSH).decode()
     Path(f"{private_path}.pub").write_text(public + "\n")
     return public
+
+
+class AddressTaken(Exception):
+    """An instance's address is held by something outside this lab: its sshd could not
+    bind, and a client would reach whatever does hold it."""
+
+    def __init__(self, address: str, port: int, holder: str):
+        super().__init__(f"lab: the instance's address {address}:{port} is held by {holder} "
+                         "(another lab, or a process left by one); stop it (`invoke lab.down` "
+                         "in that lab's directory) and launch again")
+        self.address, self.port, self.holder = address, port, holder
 
 
 def console_text(public_key: str | None) -> str:
@@ -144,6 +155,9 @@ class HostFarm:
         (emulated: after its services have started, as root, once per instance, its output
         in /var/log/cloud-init-output.log and on the console)."""
         with self._lock:
+            holder = addresses.holder(address, self.ssh_port)
+            if holder is not None and instance_id not in self._sshd:
+                raise AddressTaken(address, self.ssh_port, holder)
             home = self.hosts / instance_id
             lower = self._rootfs_lower(home, image_id)
             if lower is not None:
@@ -187,7 +201,9 @@ class HostFarm:
             env = dict(os.environ, DEPLOY_HOST_ROOT=str(root),
                        PATH=f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **extra)
         (root / "var/log").mkdir(parents=True, exist_ok=True)
-        with open(root / "var/log/cloud-init-output.log", "ab") as out:
+        output = root / "var/log/cloud-init-output.log"
+        with open(output, "ab") as out:
+            start = out.tell()
             proc = subprocess.Popen(argv, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -196,7 +212,13 @@ class HostFarm:
         def finished() -> None:
             rc = proc.wait()
             try:
+                with open(output, "rb") as out:
+                    out.seek(start)
+                    printed = out.read().decode(errors="replace").splitlines()[-200:]
                 with open(home / "console.log", "a") as console:
+                    # cloud-init's output goes to the console as well as its log (Ubuntu's
+                    # default `output: {all: '| tee -a /var/log/cloud-init-output.log'}`).
+                    console.writelines(f"{line}\n" for line in printed)
                     console.write(f"[   30.000000] cloud-init[1071]: scripts-user: user data "
                                   f"exited {rc}\n")
             except OSError:

@@ -49,7 +49,7 @@ ACCOUNT = "123456789012"  # moto's default account
 DEPLOYER = f"arn:aws:iam::{ACCOUNT}:user/deploylab-deployer"
 POLICY_FILE = "iam-policy.json"
 # The instance role a server group's instances read the record and the releases with at
-# boot (templates/iam-policy-instance.json), held to its own policy.
+# boot (deploylib/templates/iam-policy-instance.json), held to its own policy.
 INSTANCE_ROLE = f"arn:aws:sts::{ACCOUNT}:assumed-role/deploy-instance/i-lab"
 INSTANCE_POLICY_FILE = "iam-policy-instance.json"
 # Allowed to every identity whatever its policies (AWS: "No permissions are required to
@@ -241,6 +241,10 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
                          f"*:autoScalingGroupName/{named}",) if named and \
                 not name.startswith("Describe") else ("*",)
             return Call(key_id, region, action, resources, expired)
+        if service == "sts" and name == "AssumeRole":
+            # STS authorises an AssumeRole on the role it asks for.
+            return Call(key_id, region, action, tuple((form.get("RoleArn") or ["*"])[:1]),
+                        expired)
         group = (form.get("TargetGroupArn") or [""])[0]
         # ELB authorises a target group's writes on the group; its Describe calls on "*".
         resources = (group,) if service == "elasticloadbalancing" and group and \

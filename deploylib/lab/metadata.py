@@ -5,7 +5,7 @@ IMDSv2 only, as the tool's instances require (HttpTokens=required): a PUT to
 `/latest/api/token` gives a token, and every read needs it (401 without). It tells the
 instance its id, its region and — when it was launched with an instance profile — its
 role's credentials: the lab's instance key (LAB_INSTANCE_CREDENTIALS), which the lab
-holds to the instance role's policy (templates/iam-policy-instance.json). A lab
+holds to the instance role's policy (deploylib/templates/iam-policy-instance.json). A lab
 instance's user data is pointed at `http://127.0.0.1:PORT/REGION/INSTANCE` instead
 (DEPLOY_IMDS), since loopback is all a lab host has.
 """

@@ -41,9 +41,15 @@ class LabProvider:
     def from_environment(cls, env: Environment) -> LabProvider:
         return cls(read_info(), env)
 
-    def aws_clients(self, env: Environment) -> aws.AwsClients:
-        return aws.AwsClients(env.primary_region, endpoint_url=self.info["endpoint"],
-                              credentials=LAB_CREDENTIALS, path_style=True)
+    def aws_clients(self, env: Environment, run_id: str | None = None) -> aws.AwsClients:
+        # The lab's deployer key always (the lab holds it to the environment's policy); its
+        # account (moto's) is checked as a real one is.
+        clients = aws.AwsClients(env.primary_region, endpoint_url=self.info["endpoint"],
+                                 credentials=LAB_CREDENTIALS, path_style=True,
+                                 identity=aws.Identity(env=env.name, account_id=env.account_id))
+        if env.account_id:
+            clients.check_identity()
+        return clients
 
     def ssh_credentials(self, env: Environment) -> ssh.Credentials:
         return ssh.Credentials(user=env.ssh_user, key_file=self.info["ssh_key"])

@@ -44,6 +44,8 @@ from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateBacke
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.utils import parse_user_data
 
+from deploylib.lab import cloud
+
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 # Where the group counts an instance as its own capacity (launching, waiting or serving).
 _COUNTED = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
@@ -170,27 +172,33 @@ def install(*, interval: float = 0.5) -> threading.Event:
                         "Version": str(version.number)}
             # moto applies a template's instance profile on RunInstances' path only
             profile = version.data.get("IamInstanceProfile")
-        reservation = self.autoscaling_backend.ec2_backend.run_instances(
-            self.image_id, count_needed, self.user_data, self.security_groups,
-            instance_type=self.instance_type, tags={"instance": propagated_tags},
-            placement=self.availability_zones[0], launch_config=self.launch_config,
-            launch_template=template, is_instance_type_default=False,
-            associate_public_ip=None, subnet_id=subnet_id, iam_instance_profile=profile)
-        hook = _hook(self.autoscaling_backend, self.name)
-        for instance in reservation.instances:
-            instance.autoscaling_group = self
-            state = InstanceState(instance,
-                                  lifecycle_state="Pending:Wait" if hook else "Pending",
-                                  protected_from_scale_in=self.new_instances_protected_from_scale_in)
-            self.instance_states.append(state)
-            if hook:
-                def expire(state: InstanceState = state, hook: Any = hook,
-                           group: FakeAutoScalingGroup = self) -> None:
-                    if state.lifecycle_state == "Pending:Wait" and state in group.instance_states:
-                        _complete(group.autoscaling_backend, group.name, state.instance.id,
-                                  hook.default_result or "ABANDON")
+        # Each instance's lifecycle state is attached before its host boots: its user data
+        # completes the lifecycle action, and a boot quicker than this launch would find
+        # none to complete (as on AWS, the state exists before the instance's OS starts).
+        with cloud.deferred_boots():
+            reservation = self.autoscaling_backend.ec2_backend.run_instances(
+                self.image_id, count_needed, self.user_data, self.security_groups,
+                instance_type=self.instance_type, tags={"instance": propagated_tags},
+                placement=self.availability_zones[0], launch_config=self.launch_config,
+                launch_template=template, is_instance_type_default=False,
+                associate_public_ip=None, subnet_id=subnet_id, iam_instance_profile=profile)
+            hook = _hook(self.autoscaling_backend, self.name)
+            for instance in reservation.instances:
+                instance.autoscaling_group = self
+                protected = self.new_instances_protected_from_scale_in
+                state = InstanceState(instance,
+                                      lifecycle_state="Pending:Wait" if hook else "Pending",
+                                      protected_from_scale_in=protected)
+                self.instance_states.append(state)
+                if hook:
+                    def expire(state: InstanceState = state, hook: Any = hook,
+                               group: FakeAutoScalingGroup = self) -> None:
+                        if (state.lifecycle_state == "Pending:Wait"
+                                and state in group.instance_states):
+                            _complete(group.autoscaling_backend, group.name, state.instance.id,
+                                      hook.default_result or "ABANDON")
 
-                _later(float(hook.heartbeat_timeout), expire)
+                    _later(float(hook.heartbeat_timeout), expire)
 
     def active_instances(self: FakeAutoScalingGroup) -> list[InstanceState]:
         return [s for s in self.instance_states if s.lifecycle_state in _COUNTED]

@@ -86,7 +86,8 @@ def launch_builder(ctx: Context) -> None:
             + (" (foundation image: bake cache hit)" if source != base else ""))
 
 
-# What the first-boot script's exit codes mean for the operator (templates/first-boot.sh.j2).
+# What the first-boot script's exit codes mean for the operator
+# (deploylib/templates/first-boot.sh.j2).
 FIRST_BOOT_FIXES = {
     7: "cloud-init failed on the host: read /var/log/cloud-init-output.log there (user data, "
        "package mirrors, the image)",

@@ -156,7 +156,7 @@ def record(ctx: Context) -> None:
     }
     if groups:
         # region -> the server group serving it (fleet = "server-groups"): what its
-        # instances boot into the recorded release by (templates/boot.sh.j2)
+        # instances boot into the recorded release by (deploylib/templates/boot.sh.j2)
         new["server_groups"] = groups
     new["ledger"] = _ledger(ctx, previous, images, groups, new["recorded_at"])
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)

@@ -16,7 +16,7 @@ from deploylib.errors import InputError, RemoteCommandError
 from deploylib.facts import Release
 from deploylib.plan import BATCH
 
-# What the install script's exit codes mean for the operator (templates/install.sh.j2).
+# What the install script's exit codes mean for the operator (deploylib/templates/install.sh.j2).
 INSTALL_FIXES = {
     3: "the artifact on the host differs from the published one: publish the build again "
        "under a new version",

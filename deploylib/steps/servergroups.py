@@ -9,16 +9,18 @@ service); then the previous group is detached (its instances drain), kept scaled
 (`keep_server_groups` of them), the older ones deleted with their launch template
 versions. While a run works on a group, the group neither scales in nor replaces
 instances underneath it (aws.autoscaling.HELD); it may scale out, and every instance it
-launches boots into the right release by itself (templates/boot.sh.j2): the record's
+launches boots into the right release by itself (deploylib/templates/boot.sh.j2): the record's
 release while its group is the live one, else the release the group was made with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from deploylib import aws, render, waits
 from deploylib.context import Context
+from deploylib.errors import CloudError
 from deploylib.facts import HostRef, Release
 from deploylib.steps.bake import network
 from deploylib.steps.release import artifact_key
@@ -100,7 +102,8 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
         ctx.log(f"  {region}: re-enabling {kept.name}")
         return aws.autoscaling.wait_in_service(asg, region, kept.name, desired,
                                                ctx.timeout("launch", 600)
-                                               + ctx.timeout("boot", 900))
+                                               + ctx.timeout("boot", 900),
+                                               console=_console(ctx, region))
     name = mine.name if mine else aws.autoscaling.next_name(
         env.group_prefix, [g.name for g in existing])
     groups[region] = name
@@ -114,7 +117,23 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
                            hook_timeout=int(ctx.timeout("boot", 900)))
     aws.autoscaling.hold(asg, region, name)
     return aws.autoscaling.wait_in_service(asg, region, name, desired,
-                                           ctx.timeout("launch", 600) + ctx.timeout("boot", 900))
+                                           ctx.timeout("launch", 600) + ctx.timeout("boot", 900),
+                                           console=_console(ctx, region))
+
+
+def _console(ctx: Context, region: str) -> Callable[[str], str]:
+    """An instance's console output (what its boot printed), for the waits on a group:
+    the latest (Nitro instance types); nothing where EC2 keeps only what a state change
+    buffered (older types: the hook's timeout is then the wait's only end)."""
+    ec2 = ctx.aws.ec2(region)
+
+    def read(instance_id: str) -> str:
+        try:
+            return aws.ec2.console_output(ec2, region, instance_id, latest=True)
+        except CloudError:
+            return ""
+
+    return read
 
 
 def _kept(ctx: Context, region: str, existing: list[aws.autoscaling.ServerGroup]

@@ -6,7 +6,7 @@ is done with it as soon as nothing is in flight, but DescribeTargetHealth shows 
 `draining` until the deregistration delay (300 s by default) has passed. Waiting for the
 API to stop listing it would cost every batch that delay for nothing; instead each host
 is asked, over the run's SSH connection, until no connection from the balancer is open
-and none has opened for `drain_quiet` seconds (templates/idle.sh.j2, reading the
+and none has opened for `drain_quiet` seconds (deploylib/templates/idle.sh.j2, reading the
 kernel's socket table). The delay is only the ceiling: by then the balancer has closed
 whatever was left. A host that cannot be asked (unreachable) is waited for through the
 API: until it is no longer listed.

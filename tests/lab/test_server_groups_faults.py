@@ -207,3 +207,27 @@ def test_a_first_server_group_that_fails_leaves_no_launch_template(groups_lab, t
         assert not aws.autoscaling.server_groups(asg(lab, region), region, "other-lab")
     assert run_leftovers(lab, checks.run_id_of(proc)) == []
     assert_all_serve(lab, checks.record(lab)["release"], 2)
+
+
+def test_a_boot_the_group_will_not_let_in_service_fails_the_run_at_once(groups_lab):
+    # Every CompleteLifecycleAction refused, the boot's ABANDON too: the instances stay
+    # held by the hook. The wait reads their console and ends on the boot's failure line,
+    # not at the hook's timeout (10 minutes here; the command's own timeout is 5).
+    lab = groups_lab
+    live = checks.record(lab)["release"]
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    config = write_config(lab.config_path.parent, name="slow-hook.toml",
+                          fleet="server-groups", timeouts={"boot": 600})
+    checks.set_faults(lab, {"action": "CompleteLifecycleAction", "error": "ValidationError"})
+    try:
+        proc = lab.cli(f"deploy --mode rebake-light --version 4.6.1 --config {config}",
+                       check=False)
+    finally:
+        checks.clear_faults(lab)
+    error = checks.failed_clearly(proc, "failed its boot and is still held by the lifecycle hook")
+    # the boot's own line: its lifecycle action refused (exit 11), then abandoning
+    assert "[boot " in error and "failed (11)" in error
+    assert run_leftovers(lab, checks.run_id_of(proc)) == []
+    assert {r: live_group(lab, r).name for r in lab.env.all_regions} == was
+    assert checks.record(lab)["release"] == live
+    assert_all_serve(lab, live, 2)

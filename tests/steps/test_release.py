@@ -5,7 +5,7 @@ from tests.conftest import REPO
 
 
 def test_every_install_failure_code_has_a_fix_for_the_operator():
-    script = (REPO / "templates/install.sh.j2").read_text()
+    script = (REPO / "deploylib/templates/install.sh.j2").read_text()
     for code in release.INSTALL_FIXES:
         assert f"exit {code}" in script
 
