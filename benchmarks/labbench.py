@@ -184,6 +184,7 @@ class BenchLab:
         text = render.install_script(
             version=version, sha256=sha256, app_root=env.app_root, app_port=env.app_port,
             health_path=env.health_path, health_check=env.health_check, service=env.service,
+            service_user=env.service_user, app=env.app.for_host(),
             restart_command=env.restart_command, keep_releases=env.keep_releases, url=url,
             health_timeout=60)
         path = self.work / f"install-{version}.sh"

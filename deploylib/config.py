@@ -2,7 +2,7 @@
 
 Every error names the key, the bad value and the fix, on one line. The lab environment
 is embedded (deploylib/lab/environment.toml) and is the default when none is given; a
-deploy.toml may override it by defining its own [environments.lab].
+deploy.toml's own [environments.lab] sets keys over it (a team's app in the lab).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from deploylib.errors import ConfigError, InputError
+from deploylib.manifest import Manifest
 
 LAB_ENVIRONMENT_FILE = Path(__file__).parent / "lab" / "environment.toml"
 DEFAULT_CONFIG = "deploy.toml"
@@ -116,6 +117,22 @@ class JenkinsConfig(Strict):
     repository: str = Field(default="",
         description="Git URL the pipeline jobs read the Jenkinsfile from (`invoke jenkins.setup`).")
     branch: str = Field(default="main", description="Branch of `repository`.")
+    credentials: str = Field(default="",
+        description=(
+            "The Jenkins credentials id (AWS access key) the pipeline binds for this "
+            "environment; empty: `deploy-aws-<env>`. With `role_arn`, what it assumes the "
+            "role from."))
+    approval: bool = Field(default=False,
+        description=(
+            "Ask a person (Jenkins' `input`, naming the release and the procedure) before "
+            "the environment's release phase."))
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", v):
+            raise _fail("must be a Jenkins credentials id: letters, digits, '.', '_', '-'")
+        return v
 
     @field_validator("url")
     @classmethod
@@ -302,6 +319,15 @@ class Environment(Strict):
         description="Images per region `invoke gc` keeps besides the live and rollback ones.")
     artifact_bucket: str = Field(
         description="The S3 bucket releases are published to (`releases/<env>/<version>.tar.gz`).")
+    app: Manifest = Field(default_factory=Manifest,
+        description=(
+            "How a release runs where its own release.toml is silent: `start`, `reload`, "
+            "`stop_signal`, `stop_timeout`, `health_path`, `port_variable`, `hooks` "
+            "(docs/releases.md)."))
+    build_command: str = Field(default="",
+        description=(
+            "Run in `app_source` before it is packed into a release (`make`, a compiler, a "
+            "bundler); empty: `app_source` is packed as it is."))
     app_source: str = Field(default="examples/app",
         description="The app directory packed when no `--artifact` is given.")
     smoke_tests: str = Field(default="",
@@ -465,6 +491,10 @@ class Environment(Strict):
                     f"regions.{region} overrides a region that is neither primary_region "
                     "nor in copy_regions"
                 )
+        if self.app.health_path and self.app.health_path != self.health_path:
+            raise _fail(f"app.health_path {self.app.health_path} is not health_path "
+                        f"{self.health_path} (the target group checks that one); make them "
+                        "the same, or leave app.health_path out")
         if self.provider == "lab" and (self.aws_profile or self.role_arn):
             raise _fail("the lab signs with its own deployer key: aws_profile and role_arn "
                         'are for provider = "aws"; remove them from the lab environment')
@@ -544,6 +574,8 @@ class DeployConfig(Strict):
     default_environment: str = "lab"
     environments: dict[str, Environment]
     source: str = "(embedded)"
+    # Whether the file itself has an [environments.lab] (else only the embedded one).
+    defines_lab: bool = False
 
     def relative_to(self, base: Path) -> DeployConfig:
         """Resolve the environments' relative paths against the config file's folder."""
@@ -577,7 +609,9 @@ class DeployConfig(Strict):
 
 
 def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
-    """Parse and validate deploy.toml text; the embedded lab is added unless overridden."""
+    """Parse and validate deploy.toml text. The embedded lab is added; a deploy.toml's own
+    [environments.lab] (provider "lab") sets keys over it, one of another provider replaces
+    it."""
     try:
         data = tomllib.loads(text) if text.strip() else {}
     except tomllib.TOMLDecodeError as exc:
@@ -587,8 +621,13 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
         raise ConfigError("environments must be a table", resource=source,
                           fix="write [environments.NAME] sections")
     envs = dict(data.get("environments", {}))
+    defines_lab = "lab" in envs
+    lab = tomllib.loads(LAB_ENVIRONMENT_FILE.read_text())["environments"]["lab"]
     if "lab" not in envs:
-        envs["lab"] = tomllib.loads(LAB_ENVIRONMENT_FILE.read_text())["environments"]["lab"]
+        envs["lab"] = lab
+    elif isinstance(envs["lab"], dict) and envs["lab"].get("provider", "lab") == "lab":
+        # A team's lab: the embedded one with its keys over it (its app, its build).
+        envs["lab"] = {**lab, **envs["lab"]}
     for name, body in envs.items():
         if not isinstance(body, dict):
             raise ConfigError(f"environments.{name} must be a table", resource=source,
@@ -603,6 +642,7 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
         body["name"] = name
     data["environments"] = envs
     data["source"] = source
+    data["defines_lab"] = defines_lab
     try:
         config = DeployConfig.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""Releases as local files: build the sample app's tarball, checksum an artifact."""
+"""Releases as local files: build an app's tarball, checksum and check an artifact."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from deploylib import manifest
 from deploylib.config import check_version
 from deploylib.errors import InputError
 
@@ -69,6 +70,22 @@ def check_artifact(path: str | Path, *, read_through: bool = True) -> Path:
     return p
 
 
+def _run_build(src: Path, command: str, version: str) -> None:
+    """The team's build, in the app directory, told the version (DEPLOY_VERSION)."""
+    import os
+    import subprocess
+
+    proc = subprocess.run(["/bin/sh", "-c", command], cwd=src, capture_output=True, text=True,
+                          env={**os.environ, "DEPLOY_VERSION": version})
+    if proc.returncode != 0:
+        # Its first line (a compiler's first error, as a rule) and its last (make's verdict).
+        said = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        shown = " … ".join(dict.fromkeys(said[:1] + said[-1:])) or "no output"
+        raise InputError(f"the build ({command}) exited {proc.returncode} in {src}: {shown}",
+                         resource="build_command",
+                         fix="run it there yourself and fix what it says")
+
+
 def _links_out(member: tarfile.TarInfo) -> bool:
     if member.linkname.startswith("/"):
         return True
@@ -77,17 +94,23 @@ def _links_out(member: tarfile.TarInfo) -> bool:
     return target == ".." or target.startswith("../")
 
 
-def build(source: str | Path, version: str, out_dir: str | Path = "dist") -> Path:
-    """Pack the app directory plus a VERSION file into dist/app-VERSION.tar.gz.
+def build(source: str | Path, version: str, out_dir: str | Path = "dist", *,
+          build_command: str = "") -> Path:
+    """Pack the app directory plus a VERSION file into dist/app-VERSION.tar.gz, after
+    `build_command` (deploy.toml's: the team's own build) has run in it.
 
     The archive is reproducible (fixed mtimes, sorted names, no owners), so the same
     source and version always give the same sha256.
     """
     check_version(version)
     src = Path(source)
-    if not (src / "app.py").is_file():
-        raise InputError(f"{str(src)!r} holds no app.py",
+    if not src.is_dir() or not any(src.iterdir()):
+        raise InputError(f"{str(src)!r} is not an app directory (missing or empty)",
                          fix="set app_source in deploy.toml to the application directory")
+    if build_command:
+        _run_build(src, build_command, version)
+    if (src / manifest.FILE).is_file():  # checked here, not first on a host
+        manifest.parse((src / manifest.FILE).read_text(), source=str(src / manifest.FILE))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"app-{version}.tar.gz"
@@ -103,7 +126,10 @@ def build(source: str | Path, version: str, out_dir: str | Path = "dist") -> Pat
             for path in sorted(p for p in src.rglob("*") if p.is_file()):
                 if "__pycache__" in path.parts or path.name == "VERSION":
                     continue
-                add(tar, str(path.relative_to(src)), path.read_bytes())
+                # Executables stay executable (a compiled server, a bin/ script); nothing
+                # else of the file's mode is kept.
+                mode = 0o755 if path.stat().st_mode & 0o100 else 0o644
+                add(tar, str(path.relative_to(src)), path.read_bytes(), mode)
             add(tar, "VERSION", f"{version}\n".encode())
     target.write_bytes(buf.getvalue())
     return target

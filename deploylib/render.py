@@ -121,12 +121,14 @@ def push_script(label: str) -> str:
 
 
 def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
-                   health_path: str, health_check: str, service: str, restart_command: str,
-                   keep_releases: int, url: str | None = None, pushed_path: str | None = None,
+                   health_path: str, health_check: str, service: str, service_user: str,
+                   app: dict[str, Any], restart_command: str, keep_releases: int,
+                   url: str | None = None, pushed_path: str | None = None,
                    fetch_timeout: int = 300, health_timeout: int = 30) -> str:
     """The install script for one release; exactly one of url / pushed_path is given.
     `restart_command` (re)starts the app on the release switched to, back and forth alike:
-    a graceful rollout gives its reload command here."""
+    a graceful rollout gives its reload command here. `app`: how a release runs where its
+    release.toml is silent (Manifest.for_host of the environment's app table)."""
     if (url is None) == (pushed_path is None):
         raise ValueError("give exactly one of url or pushed_path")
     if pushed_path is not None and not PUSHED.fullmatch(pushed_path):
@@ -138,15 +140,17 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
         restart_command=Shell(restart_command),
         keep_releases=keep_releases, source="url" if url else "push", url=url,
         pushed_path=pushed_path, fetch_timeout=fetch_timeout, health_timeout=health_timeout,
-        service=service, health_check=health_check,
+        service=service, service_user=service_user, app=_app_defaults(app),
+        health_check=health_check,
     )
 
 
 def boot_script(*, group: str, hook: str, version: str, sha256: str, version_id: str | None,
                 record_parameter: str, record_region: str, bucket: str, key_prefix: str,
                 store_region: str, app_root: str, app_port: int, health_path: str,
-                health_check: str, service: str, restart_command: str, keep_releases: int,
-                fetch_timeout: int = 300, health_timeout: int = 30) -> str:
+                health_check: str, service: str, service_user: str, app: dict[str, Any],
+                restart_command: str, keep_releases: int, fetch_timeout: int = 300,
+                health_timeout: int = 30) -> str:
     """A server group's user data: at first boot, the release the environment serves put
     on the instance (the install script, fed from the store), then its launch lifecycle
     hook completed. `version`/`sha256`/`version_id`: the release the group was made with,
@@ -159,7 +163,18 @@ def boot_script(*, group: str, hook: str, version: str, sha256: str, version_id:
         app_root=app_root, app_port=app_port, health_path=health_path,
         restart_command=Shell(restart_command), keep_releases=keep_releases, source="store",
         fetch_timeout=fetch_timeout, health_timeout=health_timeout, service=service,
-        health_check=health_check)
+        service_user=service_user, app=_app_defaults(app), health_check=health_check)
+
+
+def _app_defaults(app: dict[str, Any]) -> dict[str, Any]:
+    """The environment's defaults for how a release runs, every key the host's scripts
+    read (release.sh.j2 quotes each one)."""
+    from deploylib.manifest import Manifest
+
+    known = Manifest().for_host()
+    if set(app) != set(known):
+        raise ValueError(f"app defaults need exactly {sorted(known)}")
+    return app
 
 
 def serving_script(*, app_root: str, service: str) -> str:
@@ -218,8 +233,9 @@ def instance_policy(env: Any) -> str:
         "GROUP_PREFIX", env.group_prefix)
 
 
-# The pipeline's parameters, as the job offers them before its first build (the
-# Jenkinsfile declares the same; a test keeps the two in step).
+# The pipeline's parameters: the job's, as `invoke jenkins.setup` makes it (the pipeline
+# itself declares none, so the job's stay as they are; ENV lists deploy.toml's
+# environments).
 PIPELINE_PARAMETERS = [
     {"name": "MODE", "choices": list(MODES),
      "description": "immutable: bake a new image; rebake-light: new instances from the live "
@@ -227,7 +243,8 @@ PIPELINE_PARAMETERS = [
     {"name": "VERSION", "default": "", "description": "Release version, e.g. 1.2.3"},
     {"name": "ARTIFACT", "default": "",
      "description": "Release tarball in the workspace; empty builds the app in app_source"},
-    {"name": "ENV", "default": "lab", "description": "Environment in deploy.toml"},
+    {"name": "ENV", "choices": [""], "description": "Environment in deploy.toml (none by "
+     "default: a build names the one it deploys to)"},
     {"name": "HANDOFF", "default": "",
      "description": "Set by `invoke bake`: test and promote the images it baked"},
     {"name": "KEEP_ON_ERROR", "boolean": True, "default": False,
@@ -239,18 +256,22 @@ RECORD_PARAMETERS = [
         ("RUN_ID", "The hotfix's run id"), ("HOSTS", "Hosts it went to"))]
 
 
-def jenkins_jobs(env: Any) -> dict[str, str]:
-    """config.xml of every job the tool needs, by job name."""
+def jenkins_jobs(env: Any, environments: list[str]) -> dict[str, str]:
+    """config.xml of every job the tool needs, by job name. `environments`: what the
+    pipeline's ENV offers (deploylib.pipeline.choices), after an empty first choice — a
+    build names its environment, it never falls to a default one."""
     j = env.jenkins
     common = {"repository": j.repository, "branch": j.branch}
+    parameters = [dict(p, choices=["", *environments]) if p["name"] == "ENV" else p
+                  for p in PIPELINE_PARAMETERS]
     record_script = (TEMPLATES / "jenkins" / "record-hotfix.groovy").read_text()
     return {
         j.pipeline_job: render("jenkins/pipeline.xml.j2", job=j.pipeline_job, script=None,
-                               parameters=PIPELINE_PARAMETERS, **common,
+                               parameters=parameters, **common,
                                description="Deploy a release: immutable, rebake-light or "
                                "in-place. Stages come from `invoke plan`."),
         j.promote_job: render("jenkins/pipeline.xml.j2", job=j.promote_job, script=None,
-                              parameters=PIPELINE_PARAMETERS, **common,
+                              parameters=parameters, **common,
                               description="Test and promote the images `invoke bake` "
                               "handed off (HANDOFF); the same Jenkinsfile."),
         j.record_job: render("jenkins/pipeline.xml.j2", job=j.record_job,

@@ -15,7 +15,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deploylib import aws, catalog, config, live, lock, preflight, release, runner, smoke
+from deploylib import (
+    aws,
+    catalog,
+    config,
+    live,
+    lock,
+    manifest,
+    preflight,
+    release,
+    runner,
+    smoke,
+)
 from deploylib import plan as planning
 from deploylib.context import Context, Reporter
 from deploylib.errors import DeployError, InputError, StateError
@@ -94,7 +105,11 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     if artifact:
         path = release.check_artifact(artifact)
     else:
-        path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts")
+        path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts",
+                             build_command=env.build_command)
+    # How it runs (its release.toml over the environment's app defaults): refused now,
+    # not first on a host.
+    manifest.effective(path, env.app, health_path=env.health_path, env_name=env.name)
     digest = release.sha256_file(path)
     if fleet_size is not None and not 1 <= fleet_size <= 100:
         raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")

@@ -20,6 +20,7 @@ from deploylib.config import (
     RegionOverride,
 )
 from deploylib.errors import ConfigError
+from deploylib.manifest import Hooks, Manifest
 
 
 def error_line(source: str, exc: ValidationError) -> ConfigError:
@@ -73,6 +74,7 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
 
 def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("deploylib.config.", "")
+    text = text.replace("deploylib.manifest.", "")
     text = re.sub(r"<class '(\w+)'>", r"\1", text)
     text = text.replace("Annotated[Union[str, int], FieldInfo(annotation=NoneType, "
                         "required=True, union_mode='left_to_right')]", "int | str")
@@ -103,9 +105,13 @@ def reference() -> str:
     for title, model in (("Environment", Environment), ("[environments.NAME.jenkins]",
                                                            JenkinsConfig),
                          ("[environments.NAME.regions.REGION]", RegionOverride),
-                         ("extra_stages entries", ExtraStage)):
+                         ("extra_stages entries", ExtraStage),
+                         ("[environments.NAME.app], and a release's own release.toml",
+                          Manifest),
+                         ("[environments.NAME.app.hooks], and release.toml's [hooks]", Hooks)):
         lines += [f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
+            name = field.alias or name
             meaning = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
                          f"{meaning} |")

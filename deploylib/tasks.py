@@ -26,6 +26,22 @@ from contextlib import contextmanager
 
 from invoke import Collection, Exit, task
 
+
+def _quiet_on_a_closed_pipe() -> None:
+    """`invoke --list | head`: a command line whose reader went away ends as a Unix
+    filter does (SIGPIPE), not with a traceback — only when this process is that command
+    line (Invoke's program or ours), never inside another program that imports the tasks."""
+    import signal
+    from pathlib import Path
+
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if program.name in ("invoke", "inv", "deploylib") or program.parts[-2:] == (
+            "invoke", "__main__.py"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+_quiet_on_a_closed_pipe()
+
 MODE_HELP = "immutable, rebake-light or in-place"
 HELP = {
     "mode": MODE_HELP,
@@ -416,13 +432,15 @@ def policy(c, env=None, config=None, instance=False):
 
 @task(help={"version": HELP["version"], "env": HELP["env"], "config": HELP["config"]})
 def artifact(c, version="", env=None, config=None):
-    """Build the sample app's release tarball into dist/ and print its path and sha256."""
+    """Build the app's release tarball (app_source, after build_command) into dist/ and
+    print its path and sha256."""
     with reported():
         from deploylib import release
 
         require(version=version)
         environment = _cfg(config).environment(env)
-        path = release.build(environment.app_source, version)
+        path = release.build(environment.app_source, version,
+                             build_command=environment.build_command)
         print(f"{path}  sha256 {release.sha256_file(path)}")
 
 
@@ -531,20 +549,22 @@ def _jenkins_for(environment):
 
 @task(help={k: HELP[k] for k in ("env", "config", "json")})
 def jenkins_setup(c, env=None, config=None, json=False):
-    """Create or update the Jenkins jobs from deploylib/templates/jenkins (running it again changes
-    nothing)."""
+    """Create or update the Jenkins jobs (deploylib/templates/jenkins); running it again
+    changes nothing."""
     with reported():
-        from deploylib import jenkins, render
+        from deploylib import jenkins, pipeline, render
         from deploylib.errors import InputError
 
-        environment = _cfg(config).environment(env)
+        cfg = _cfg(config)
+        environment = cfg.environment(env)
         server = _jenkins_for(environment)
         if not environment.jenkins.repository:
             raise InputError("jenkins.repository is not set: the pipeline jobs read the "
                              "Jenkinsfile from it",
-                             fix=f"add repository = \"<git URL of this repository>\" under "
+                             fix=f"add repository = \"<git URL of your repository>\" under "
                              f"[environments.{environment.name}.jenkins]")
-        result = jenkins.setup(server, render.jenkins_jobs(environment))
+        result = jenkins.setup(server, render.jenkins_jobs(environment,
+                                                           pipeline.choices(cfg)))
         if json:
             _emit(result)
             return
@@ -552,6 +572,16 @@ def jenkins_setup(c, env=None, config=None, json=False):
             print(f"{what:<10} {job}")
         if set(result.values()) == {"unchanged"}:
             print("no change: every job is as deploylib/templates/jenkins renders it")
+
+
+@task(help={"env": "the environment a build deploys to (its ENV)", "config": HELP["config"]})
+def jenkins_settings(c, env="", config=None):
+    """What the pipeline needs of deploy.toml before it binds any credentials (JSON): the
+    environments, this one's credentials id and approval, each stage's timeout."""
+    with reported():
+        from deploylib import pipeline
+
+        _emit(pipeline.settings(_cfg(config), env))
 
 
 @task(help={"run": "only this run's notice (default: every unsent one)",
@@ -590,6 +620,8 @@ def _lab_up(hosts: int, config: str | None, debian: bool = False) -> None:
         raise InputError(f"--hosts {hosts} is out of range", fix="use 1 to 20 hosts per region")
     cfg = _cfg(config)
     env = cfg.environment("lab")
+    # A lab environment whose base image is the Debian one needs it made (once).
+    debian = debian or env.base_image == rootfs.IMAGE_NAME
     if control.running():
         print("the lab is up already; `invoke lab.down` first to start it afresh "
               "(with another --hosts)", file=sys.stderr)
@@ -710,6 +742,7 @@ lab.add_task(lab_scale, "scale")
 jenkins_tasks = Collection("jenkins")
 jenkins_tasks.add_task(jenkins_setup, "setup")
 jenkins_tasks.add_task(jenkins_notify, "notify")
+jenkins_tasks.add_task(jenkins_settings, "settings")
 
 locks = Collection("lock")
 locks.add_task(lock_status, "status")

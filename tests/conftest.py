@@ -365,3 +365,62 @@ def fake_jenkins():
     server = FakeJenkins().start()
     yield server
     server.stop()
+
+
+# -- the tool as a team installs it: the wheel, in a virtualenv outside this checkout ----
+
+# Kept between sessions and workers (tool-env.sh keys each virtualenv by the wheel's bytes
+# and the locks, and makes one at a time): a second session with the same tree installs
+# nothing.
+TOOL_CACHE = Path(os.environ.get("DEPLOY_TEST_TOOL_CACHE")
+                  or Path(__import__("tempfile").gettempdir()) / "deploylib-test-tools")
+
+
+def build_wheel(out: Path) -> Path:
+    """The wheel, built as `./dev wheel` builds it, from a copy of this tree (the build's
+    scratch stays out of the checkout)."""
+    import shutil
+
+    # What builds it: the project's file and the package.
+    source = out / "source"
+    shutil.copytree(REPO / "deploylib", source / "deploylib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", source / "pyproject.toml")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800", "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out / "dist"), str(source)],
+                   check=True, env=env, capture_output=True)
+    (wheel,) = (out / "dist").glob("deploylib-*.whl")
+    return wheel
+
+
+@dataclass
+class ToolVenv:
+    """The wheel installed by the shared library's tool-env.sh, as a Jenkins agent has it."""
+
+    wheel: Path
+    bin: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A command line that has this virtualenv and the system, nothing of the suite's."""
+        keep = {k: v for k, v in os.environ.items()
+                if k.startswith(("PIP_", "LANG", "LC_", "JAVA_HOME"))
+                or k in ("HOME", "TMPDIR", "DEPLOY_LAB_NETWORK", "DEPLOY_LAB_ROOTFS_CACHE")}
+        return {**keep, "PATH": f"{self.bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
+                "/usr/bin:/sbin:/bin", **extra}
+
+
+@pytest.fixture(scope="session")
+def tool_venv(tmp_path_factory) -> ToolVenv:
+    """deploylib's wheel, built from this tree and installed into a virtualenv outside the
+    checkout (its dependencies from the hashed lock), by resources/deploylib/tool-env.sh."""
+    out = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(out)
+    resources = REPO / "resources/deploylib"
+    made = subprocess.run(
+        ["bash", str(resources / "tool-env.sh"), str(wheel), str(resources / "requirements.lock"),
+         str(resources / "requirements-build.lock")],
+        cwd=out, env={**os.environ, "DEPLOY_TOOL_CACHE": str(TOOL_CACHE)},
+        capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+    return ToolVenv(wheel=wheel, bin=Path(made.stdout.strip()))

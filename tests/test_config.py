@@ -231,10 +231,8 @@ def test_the_configuration_reference_is_generated_from_the_schema():
         assert f"| `{name}` |" in written
 
 
-def test_a_health_endpoint_that_only_answers_200_is_the_default(tmp_path):
-    from tests.conftest import write_config
-
-    env = config.load(write_config(tmp_path, drop=("health_check",))).environment("lab")
+def test_a_health_endpoint_that_only_answers_200_is_the_default():
+    env = config.parse(BASE).environment("prod")
     assert env.health_check == "status"
 
 
@@ -246,3 +244,15 @@ def test_one_environment_can_be_varied_without_touching_the_others(tmp_path):
     assert varied.environment("lab").base_image == "deploylab/debian-12-rootfs-*"
     assert cfg.environment("lab").base_image != varied.environment("lab").base_image
     assert varied.environment("lab").primary_region == cfg.environment("lab").primary_region
+
+
+def test_a_teams_lab_sets_its_keys_over_the_embedded_one():
+    cfg = config.parse('[environments.lab]\napp_source = "app"\nbuild_command = "make"\n'
+                       'app = { start = "bin/server" }\n')
+    lab, embedded = cfg.environment("lab"), config.parse("").environment("lab")
+    assert (lab.app_source, lab.build_command, lab.app.start) == ("app", "make", "bin/server")
+    assert lab.subnet == embedded.subnet and lab.ssh_port == embedded.ssh_port
+    # one of another provider is an environment of its own, named lab
+    other = config.parse(BASE.replace("[environments.prod]",
+                                      '[environments.lab]\nprovider = "aws"'))
+    assert other.environment("lab").provider == "aws" and not other.environment("lab").app.start

@@ -16,7 +16,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
-LOCKS = ("requirements-build.lock", "requirements.lock", "requirements-dev.lock")
+# The agent's two (the shared library's resources) and the suite's.
+BUILD_LOCK = "resources/deploylib/requirements-build.lock"
+RUN_LOCK = "resources/deploylib/requirements.lock"
+LOCKS = (BUILD_LOCK, RUN_LOCK, "requirements-dev.lock")
 
 
 def _lock_deps():
@@ -55,10 +58,10 @@ def test_every_entry_is_pinned_with_sha256_hashes(name):
 
 def test_the_locks_satisfy_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    wanted = {"requirements.lock": project["project"]["dependencies"],
+    wanted = {RUN_LOCK: project["project"]["dependencies"],
               "requirements-dev.lock": (project["project"]["dependencies"]
                                         + project["project"]["optional-dependencies"]["test"]),
-              "requirements-build.lock": project["build-system"]["requires"]}
+              BUILD_LOCK: project["build-system"]["requires"]}
     for name, requirements in wanted.items():
         locked = pins(name)
         for line in requirements:

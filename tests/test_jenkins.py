@@ -109,7 +109,7 @@ def test_setup_creates_the_jobs_then_changes_nothing(fake_jenkins, tmp_path, mon
     fake_jenkins.users["bot"] = "t0ken"
     env, _ = jenkins_env(fake_jenkins, tmp_path)
     server = jenkins.connect(env.jenkins)
-    jobs = render.jenkins_jobs(env)
+    jobs = render.jenkins_jobs(env, ["lab"])
     assert set(jobs) == {"deploy", "test-and-promote", "record-hotfix"}
     assert jenkins.setup(server, jobs) == dict.fromkeys(jobs, "created")
     # Jenkins stored them its own way (header, plugin versions): still no change
@@ -129,7 +129,7 @@ def test_the_jobs_are_parameterized_pipelines_without_concurrent_builds(fake_jen
     from deploylib import render
 
     env, _ = jenkins_env(fake_jenkins, tmp_path)
-    jobs = render.jenkins_jobs(env)
+    jobs = render.jenkins_jobs(env, ["staging", "production"])
     deploy = ET.fromstring(jobs["deploy"].split("?>", 1)[1])
     assert deploy.find(".//org.jenkinsci.plugins.workflow.job.properties."
                        "DisableConcurrentBuildsJobProperty") is not None
@@ -138,6 +138,10 @@ def test_the_jobs_are_parameterized_pipelines_without_concurrent_builds(fake_jen
         "https://git.example.com/deploy.git"
     names = [e.text for e in deploy.iter("name")]
     assert {"MODE", "VERSION", "HANDOFF", "KEEP_ON_ERROR"} <= set(names)
+    # ENV: deploy.toml's environments, after an empty first choice (no default one)
+    env_choice = next(p for p in deploy.iter("hudson.model.ChoiceParameterDefinition")
+                      if p.findtext("name") == "ENV")
+    assert [s.text or "" for s in env_choice.iter("string")] == ["", "staging", "production"]
     record = ET.fromstring(jobs["record-hotfix"].split("?>", 1)[1])
     assert "currentBuild.description" in record.findtext(".//script")
 

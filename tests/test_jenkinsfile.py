@@ -1,10 +1,13 @@
-"""The Jenkinsfile, executed by real Groovy with the pipeline DSL stubbed.
+"""The pipeline: the shared library's step (vars/deploylibPipeline.groovy) as a
+Jenkinsfile loads it — this repository's and the example team's — executed by real Groovy
+with the pipeline DSL stubbed.
 
-The harness (tests/jenkinsfile/PipelineHarness.groovy) runs `invoke plan` for real and
-records every other sh command (`invoke start --json` answers as the tool does), so
-these tests check that the pipeline's stages are the plan's stages, whatever the mode;
-that it takes the procedure, and where the run's files are, from the tool; and that its
-post conditions behave.
+The harness (tests/jenkinsfile/PipelineHarness.groovy) runs `invoke plan` and `invoke
+jenkins.settings` for real and records every other sh command (`invoke start --json`
+answers as the tool does), so these tests check that the pipeline's stages are the plan's
+stages, whatever the mode; that it takes the procedure, the environment's credentials,
+approval and timeouts, and where the run's files are, from the tool; and that its post
+conditions behave.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,30 +32,39 @@ PATHS = {"state": f"state/{RUN_ID}.json", "run_dir": f"state/{RUN_ID}",
          "junit": f"state/{RUN_ID}/junit/*.xml", "report": f"state/{RUN_ID}/report"}
 
 
-def started(mode: str, *, fold_after: bool = False) -> str:
-    return json.dumps({"run_id": RUN_ID, "mode": mode, "version": "1.2.3", "env": "lab",
+TEAM = REPO / "examples/team-repo"
+
+
+def started(mode: str, *, fold_after: bool = False, env: str = "production") -> str:
+    return json.dumps({"run_id": RUN_ID, "mode": mode, "version": "1.2.3", "env": env,
                        "paths": PATHS, "fold_after": fold_after}) + "\n"
 
 
 def groovy_env() -> dict[str, str]:
     """Groovy's launcher needs JAVA_HOME; take it from the `java` on PATH if unset."""
     env = dict(os.environ)
+    # the harness runs `invoke` for real: the suite's own (this interpreter's) first
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     java = shutil.which("java")
     if "JAVA_HOME" not in env and java:
         env["JAVA_HOME"] = str(Path(os.path.realpath(java)).parent.parent)
     return env
 
 
-def run_pipeline(params: dict, **options) -> dict:
+def run_pipeline(params: dict, *, repo: Path = REPO, **options) -> dict:
+    """The pipeline of `repo`'s Jenkinsfile (this repository's by default), with this
+    repository as the shared library it loads."""
     groovy = shutil.which("groovy")
     assert groovy, "groovy is not installed (.ci/run installs Debian's groovy)"
-    defaults = {"MODE": "immutable", "VERSION": "1.2.3", "ENV": "lab", "ARTIFACT": "",
+    defaults = {"MODE": "immutable", "VERSION": "1.2.3", "ENV": "production", "ARTIFACT": "",
                 "HANDOFF": ""}
-    mode = options.pop("started_as", None) or ({**defaults, **params}["MODE"])
-    opts = {"real": ["invoke plan"], "responses": {"invoke start": started(mode)}, **options}
-    proc = subprocess.run([groovy, str(HARNESS), str(REPO / "Jenkinsfile"),
-                           json.dumps({**defaults, **params}), json.dumps(opts)],
-                          cwd=REPO, env=groovy_env(), capture_output=True, text=True,
+    given = {**defaults, **params}
+    mode = options.pop("started_as", None) or given["MODE"]
+    opts = {"library": str(REPO), "real": ["invoke plan", "invoke jenkins.settings"],
+            "responses": {"invoke start": started(mode, env=given["ENV"])}, **options}
+    proc = subprocess.run([groovy, str(HARNESS), str(repo / "Jenkinsfile"),
+                           json.dumps(given), json.dumps(opts)],
+                          cwd=repo, env=groovy_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -79,17 +92,14 @@ def test_the_pipeline_runs_exactly_the_planned_stages(mode):
 
 def test_parameters_conventions_and_start_command():
     result = run_pipeline({"MODE": "in-place", "VERSION": "2.0.0", "ARTIFACT": "dist/a b.tar.gz"})
-    params = {p["name"]: p for p in result["parameters"]}
-    assert params["MODE"]["choices"] == list(planning.MODES)
-    assert set(params) == {"MODE", "VERSION", "ARTIFACT", "ENV", "HANDOFF", "KEEP_ON_ERROR"}
-    # the job `invoke jenkins.setup` creates offers the same parameters before a first build
-    from deploylib.render import PIPELINE_PARAMETERS
-
-    assert [p["name"] for p in PIPELINE_PARAMETERS] == [p["name"] for p in result["parameters"]]
-    assert {"disableConcurrentBuilds", "timestamps", "timeout"} <= set(result["options"])
-    start = sh_commands(result)[0]
+    # The job's parameters are the job's (`invoke jenkins.setup`): the pipeline declares
+    # none, so a build cannot reset them, ENV's choices included.
+    assert result["parameters"] == [] and result["libraries"] == ["deploylib"]
+    assert {"disableConcurrentBuilds", "timestamps", "buildDiscarder"} <= set(result["options"])
+    settings, start = sh_commands(result)[:2]
+    assert settings == ["invoke", "jenkins.settings", "--env", "production"]
     assert start == ["invoke", "start", "--mode", "in-place", "--version", "2.0.0", "--env",
-                     "lab", "--artifact", "dist/a b.tar.gz", "--json"]
+                     "production", "--artifact", "dist/a b.tar.gz", "--json"]
     assert result["env"]["RUN_ID"] == RUN_ID
     assert result["post"] == ["always"]
     archived = [c for c in result["calls"] if c["step"] == "archiveArtifacts"]
@@ -115,7 +125,7 @@ def test_every_tool_command_runs_with_the_credentials_bound_and_nothing_else_doe
 
 def test_a_deploy_the_tool_says_to_fold_after_is_folded_once_it_is_done():
     mode = "in-place"  # the one the tool folds after (runs.folds_after)
-    result = run_pipeline({"MODE": mode, "ENV": "prod eu"},
+    result = run_pipeline({"MODE": mode},
                           responses={"invoke start": started(mode, fold_after=True)})
     assert result["result"] == "SUCCESS"
     commands = sh_commands(result)
@@ -123,7 +133,7 @@ def test_a_deploy_the_tool_says_to_fold_after_is_folded_once_it_is_done():
     fold = [n for n, argv in enumerate(commands) if argv[:2] == ["invoke", "fold"]]
     # after the last planned stage, in a stage of its own, for the run's environment
     assert len(fold) == 1 and fold[0] > steps[-1]
-    assert commands[fold[0]] == ["invoke", "fold", "--env", "lab"]
+    assert commands[fold[0]] == ["invoke", "fold", "--env", "production"]
     assert result["stages"][-1] == "fold"
     folded = next(c for c in result["calls"] if c["step"] == "sh" and
                   c["args"][0].startswith("invoke fold"))
@@ -164,7 +174,7 @@ def test_keep_on_error_skips_the_cleanup():
 
 def test_hostile_parameters_reach_the_shell_quoted():
     result = run_pipeline({"MODE": "in-place", "VERSION": "1.0'; rm -rf / #"})
-    start = sh_commands(result)[0]
+    start = sh_commands(result)[1]
     assert start[5] == "1.0'; rm -rf / #"  # one argument, for invoke to refuse
 
 
@@ -185,11 +195,11 @@ def test_a_failed_stage_stops_the_pipeline_and_runs_the_failure_post():
 
 
 def test_a_handoff_runs_only_the_release_stages():
-    handoff = json.dumps({"run_id": RUN_ID, "env": "lab", "version": "1.2.3",
+    handoff = json.dumps({"run_id": RUN_ID, "env": "production", "version": "1.2.3",
                           "release": {}, "images": {}})
     # MODE is the job's default: the procedure is the handed-off run's, as the tool says
     result = run_pipeline({"MODE": "in-place", "HANDOFF": handoff}, started_as="immutable")
-    start = sh_commands(result)[0]
+    start = sh_commands(result)[1]
     assert start[:3] == ["invoke", "start", "--handoff"]
     assert json.loads(start[3])["run_id"] == RUN_ID
     release = [s.name for s in planning.plan("immutable").stages if s.phase == planning.RELEASE]
@@ -220,41 +230,98 @@ def test_the_harness_runs_the_post_conditions_jenkins_runs_for_each_result():
 
 
 def test_a_fresh_agent_gets_the_tool_first_and_every_command_runs_with_it():
-    """The Tool stage runs bin/tool-env; every `invoke` after it has the virtualenv it
-    printed first on PATH."""
+    """The Tool stage writes the library's tool-env.sh and its two hashed locks into the
+    workspace and runs it for the tool the Jenkinsfile names; every `invoke` after it has
+    the virtualenv it printed first on PATH."""
     result = run_pipeline({"MODE": "in-place"},
                           responses={"invoke start": started("in-place"),
-                                     "bin/tool-env": "/agent/cache/venv-x/bin\n"})
+                                     "bash .deploylib/tool-env.sh": "/agent/venv-x/bin\n"})
+    written = [c["args"][0] for c in result["calls"] if c["step"] == "writeFile"]
+    assert written == [".deploylib/tool-env.sh", ".deploylib/requirements.lock",
+                       ".deploylib/requirements-build.lock"]
     sh = [c for c in result["calls"] if c["step"] == "sh"]
-    assert sh[0]["args"] == ["bin/tool-env"] and sh[0]["stage"] == "Tool"
+    assert shlex.split(sh[0]["args"][0]) == [
+        "bash", ".deploylib/tool-env.sh", ".", ".deploylib/requirements.lock",
+        ".deploylib/requirements-build.lock"] and sh[0]["stage"] == "Tool"
     invokes = [c for c in sh if c["args"][0].startswith("invoke ")]
-    assert invokes and all("PATH+DEPLOYLIB=/agent/cache/venv-x/bin" in c["env"]
-                           for c in invokes), invokes
+    assert invokes and all("PATH+DEPLOYLIB=/agent/venv-x/bin" in c["env"] for c in invokes)
 
 
-def test_tool_env_sets_the_tool_up_on_a_clean_checkout_with_nothing_installed(tmp_path):
-    """A clone of the repository, Python and git only: bin/tool-env makes the virtualenv
-    from requirements.lock (pip, from the package index), and the pipeline's commands run
-    from it; a second build reuses it."""
-    import subprocess
+# -- the example team's repository: its Jenkinsfile is two lines over the library --------
 
-    clone = tmp_path / "checkout"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    # No virtualenv of ours on PATH; pip's own settings (index, cache) as this machine has
-    # them.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "LANG": "C.UTF-8",
-           "DEPLOY_TOOL_CACHE": str(tmp_path / "cache"),
-           **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}
-    made = subprocess.run([str(clone / "bin/tool-env")], cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert made.returncode == 0, made.stderr[-2000:]
-    bin_dir = made.stdout.strip()
-    assert bin_dir.startswith(str(tmp_path / "cache"))
-    plan = subprocess.run([f"{bin_dir}/invoke", "plan", "--mode", "in-place", "--json"],
-                          cwd=clone, env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=120)
-    assert plan.returncode == 0, plan.stderr[-2000:]
-    assert "install-release" in plan.stdout
-    again = subprocess.run([str(clone / "bin/tool-env")], cwd=clone, env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == bin_dir and again.stderr == ""
+
+def team_plan(mode: str, env: str) -> list[str]:
+    """`invoke plan` as the team's repository answers it (its tasks.py, its deploy.toml)."""
+    out = subprocess.run([sys.executable, "-m", "invoke", "plan", "--mode", mode, "--env", env,
+                          "--json"], cwd=TEAM, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [s["name"] for s in json.loads(out.stdout)["stages"]]
+
+
+@pytest.mark.parametrize("mode", planning.MODES)
+def test_the_team_repos_pipeline_runs_exactly_its_planned_stages(mode):
+    result = run_pipeline({"MODE": mode, "ENV": "staging"}, repo=TEAM)
+    assert result["result"] == "SUCCESS", result["error"]
+    expected = team_plan(mode, "staging")
+    ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
+    assert ran == expected and result["stages"] == ["Tool", "Plan", "Deploy", *expected]
+    tool = shlex.split(next(c["args"][0] for c in result["calls"] if c["step"] == "sh"))
+    assert tool[2] == "deploylib==0.2.0"  # the team pins the tool it runs
+
+
+def test_each_environment_binds_its_own_credentials():
+    for env, credentials in (("staging", "greeter-aws-staging"),
+                             ("production", "greeter-aws-production")):
+        result = run_pipeline({"MODE": "in-place", "ENV": env}, repo=TEAM)
+        bound = [c["args"][0] for c in result["calls"] if c["step"] == "withCredentials"]
+        assert bound and all(f"credentialsId:{credentials}," in b for b in bound), bound
+
+
+def test_an_environment_that_asks_for_approval_asks_before_its_release_phase():
+    result = run_pipeline({"MODE": "immutable", "ENV": "production", "VERSION": "2.1.0"},
+                          repo=TEAM, responses={"invoke start": json.dumps({
+                              "run_id": RUN_ID, "mode": "immutable", "version": "2.1.0",
+                              "env": "production", "paths": PATHS, "fold_after": False})})
+    assert result["result"] == "SUCCESS", result["error"]
+    stages = result["stages"]
+    bake = [s.name for s in planning.plan("immutable").stages if s.phase == planning.BAKE]
+    # the bake first (its images wait), then a person's yes, then the release phase
+    assert stages.index("Approval") == stages.index(bake[-1]) + 1
+    asked = [c for c in result["calls"] if c["step"] == "input"]
+    assert len(asked) == 1 and asked[0]["stage"] == "Approval"
+    assert asked[0]["args"][0]["message"] == "Release 2.1.0 to production with immutable?"
+
+
+def test_a_refused_approval_ends_the_build_before_anything_goes_live_and_cleans_up():
+    result = run_pipeline({"MODE": "in-place", "ENV": "production"}, repo=TEAM,
+                          reject_input=True)
+    assert result["result"] == "ABORTED"
+    ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
+    assert ran == []  # in-place has no bake: nothing of the release ran
+    cleanup = [argv for argv in sh_commands(result) if argv[:2] == ["invoke", "cleanup"]]
+    assert cleanup == [["invoke", "cleanup", "--run", RUN_ID]]
+    # staging asks nobody
+    staging = run_pipeline({"MODE": "in-place", "ENV": "staging"}, repo=TEAM,
+                           reject_input=True)
+    assert staging["result"] == "SUCCESS" and "Approval" not in staging["stages"]
+
+
+# (the team's deploy.toml defines a lab of its own: a Jenkins build may name that one)
+@pytest.mark.parametrize("env", ["", "qa"])
+def test_a_build_that_names_no_environment_of_deploy_toml_binds_nothing_and_starts_nothing(env):
+    result = run_pipeline({"MODE": "in-place", "ENV": env}, repo=TEAM)
+    assert result["result"] == "FAILURE"
+    assert "exit code 2" in result["error"] and "jenkins.settings" in result["error"]
+    assert not [c for c in result["calls"] if c["step"] == "withCredentials"]
+    assert [argv[1] for argv in sh_commands(result)] == ["jenkins.settings"]
+
+
+def test_each_stage_may_take_what_the_tools_own_timeouts_allow():
+    from deploylib import config, pipeline
+
+    result = run_pipeline({"MODE": "immutable", "ENV": "staging"}, repo=TEAM)
+    limits = {c["stage"]: c["args"][0] for c in result["calls"] if c["step"] == "timeout"}
+    minutes = pipeline.settings(config.load(TEAM / "deploy.toml"), "staging")["stage_minutes"]
+    assert limits["regions"] == f"[time:{minutes['regions']}, unit:MINUTES]"
+    # the regions of an immutable deploy wait on a cross-region copy (2 hours by default)
+    assert minutes["regions"] > 120 and minutes["publish-release"] < minutes["regions"]

@@ -24,15 +24,41 @@ def test_the_tarball_carries_the_app_and_its_version(tmp_path):
     path = release.build(REPO / "examples/app", "1.2.3", tmp_path)
     assert path.name == "app-1.2.3.tar.gz"
     with tarfile.open(path) as tar:
-        assert sorted(tar.getnames()) == ["VERSION", "app.py"]
+        assert sorted(tar.getnames()) == ["VERSION", "app.py", "release.toml"]
         assert tar.extractfile("VERSION").read() == b"1.2.3\n"
 
 
 def test_building_refuses_a_bad_version_or_source(tmp_path):
     with pytest.raises(InputError, match="version"):
         release.build(REPO / "examples/app", "1.0;ls", tmp_path)
-    with pytest.raises(InputError, match="holds no app.py"):
-        release.build(tmp_path, "1.0.0", tmp_path)
+    with pytest.raises(InputError, match="not an app directory"):
+        release.build(tmp_path / "empty", "1.0.0", tmp_path)
+
+
+def test_any_app_builds_its_own_way_and_executables_stay_executable(tmp_path):
+    source = tmp_path / "svc"
+    source.mkdir()
+    (source / "server.sh").write_text("#!/bin/sh\necho built $DEPLOY_VERSION > out.txt\n")
+    (source / "release.toml").write_text('start = "bin/server"\n')
+    path = release.build(source, "2.0.0", tmp_path / "dist", build_command=(
+        "mkdir -p bin && cp server.sh bin/server && chmod +x bin/server && sh server.sh"))
+    with tarfile.open(path) as tar:
+        members = {m.name: m for m in tar}
+        assert members["bin/server"].mode == 0o755 and members["server.sh"].mode == 0o644
+        assert tar.extractfile("out.txt").read() == b"built 2.0.0\n"
+
+
+def test_a_build_that_fails_or_a_bad_release_toml_is_one_line(tmp_path):
+    source = tmp_path / "svc"
+    source.mkdir()
+    (source / "Makefile").write_text("all:\n\t@echo 'cc: server.c: no such file' >&2; false\n")
+    with pytest.raises(InputError) as info:
+        release.build(source, "2.0.0", tmp_path, build_command="make")
+    assert "exited 2" in info.value.line() and "no such file" in info.value.line()
+    (source / "release.toml").write_text('start = "bin/server"\nstop_signal = "SIGSTOP"\n')
+    with pytest.raises(InputError) as info:
+        release.build(source, "2.0.0", tmp_path)
+    assert "stop_signal must be one of SIGTERM" in info.value.line()
 
 
 def test_artifact_checks(tmp_path):

@@ -17,13 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import release, render
+from deploylib import config, release, render
 from deploylib.health import serving_version
 from deploylib.lab import BIN
+from deploylib.manifest import Manifest
 from tests.conftest import REPO, loopback, open_to_services
 
 _addresses = itertools.count(1)
 SERVICE_USER = "deploylab-app"  # as the lab's hosts have it
+# How a release runs where its release.toml is silent: the lab environment's defaults.
+LAB_APP = config.load(None).environment("lab").app.for_host()
+# No defaults at all: everything from the release's own release.toml.
+NO_DEFAULTS = Manifest().for_host()
 
 
 class Host:
@@ -46,8 +51,8 @@ class Host:
 
     def install(self, version: str, *, name: str | None = None, sha: str | None = None,
                 keep: int = 3, push: Path | None = None, health_check: str = "version",
-                restart: str = "systemctl restart app", health_timeout: int = 3
-                ) -> subprocess.CompletedProcess:
+                restart: str = "systemctl restart app", health_timeout: int = 3,
+                app: dict | None = None) -> subprocess.CompletedProcess:
         if name is None:
             name, sha = self.artifact(version)
         script = render.install_script(
@@ -55,7 +60,8 @@ class Host:
             health_path="/health" if health_check == "version" else "/healthz",
             restart_command=restart, keep_releases=keep,
             url=None if push else f"{self.url}/{name}", pushed_path=str(push) if push else None,
-            health_timeout=health_timeout, service="app", health_check=health_check)
+            health_timeout=health_timeout, service="app", service_user=SERVICE_USER,
+            app=app or LAB_APP, health_check=health_check)
         return self.bash(script)
 
     def runs_from(self) -> str:
@@ -467,6 +473,7 @@ def test_the_presigned_url_is_never_an_argument_of_any_command():
     script = render.install_script(version="1.0.0", sha256="0" * 64, app_root="/srv/app",
                                    app_port=8080, health_path="/health",
                                    health_check="version", service="app",
+                                   service_user=SERVICE_USER, app=LAB_APP,
                                    restart_command="systemctl restart app", keep_releases=3,
                                    url=url)
     lines = [ln for ln in script.splitlines() if "X-Amz-Signature" in ln]
@@ -477,13 +484,14 @@ def test_values_are_shell_quoted():
     script = render.install_script(version="1.0.0", sha256="0" * 64, app_root="/srv/my app",
                                    app_port=8080, health_path="/health",
                                    health_check="status", service="app",
+                                   service_user=SERVICE_USER, app=LAB_APP,
                                    restart_command="true", keep_releases=3, url="http://x/y")
     assert "app_root=\"$root\"'/srv/my app'" in script
 
 
 _INSTALL = dict(sha256="0" * 64, app_root="/srv/app", app_port=8080, health_path="/health",
-                health_check="status", service="app", restart_command="true", keep_releases=3,
-                url="http://x/y")
+                health_check="status", service="app", service_user=SERVICE_USER, app=LAB_APP,
+                restart_command="true", keep_releases=3, url="http://x/y")
 
 
 @pytest.mark.parametrize("value", ["1.0\ntouch /tmp/x #", "$(reboot)", "1.0 && id", "`id`"])
@@ -514,7 +522,8 @@ def test_a_unit_cannot_end_its_here_document_early():
 
 def test_exactly_one_source():
     kw = dict(version="1", sha256="0", app_root="/a", app_port=1, health_path="/",
-              health_check="status", service="app", restart_command="true", keep_releases=3)
+              health_check="status", service="app", service_user=SERVICE_USER, app=LAB_APP,
+              restart_command="true", keep_releases=3)
     with pytest.raises(ValueError):
         render.install_script(**kw)
     with pytest.raises(ValueError):
@@ -565,7 +574,8 @@ BOOT = dict(group="app-lab-v004", hook="deploy-boot", version="1.0.0", sha256="a
             version_id=None, record_parameter="/deploylib/lab/live", record_region="us-east-1",
             bucket="deploylab-artifacts", key_prefix="releases/lab/", store_region="us-east-1",
             app_root="/srv/app", app_port=8080, health_path="/health", health_check="version",
-            service="app", restart_command="systemctl restart app", keep_releases=3)
+            service="app", service_user=SERVICE_USER, app=LAB_APP,
+            restart_command="systemctl restart app", keep_releases=3)
 
 
 def test_a_server_groups_user_data_is_the_install_script_fed_from_the_record(tmp_path):
@@ -583,3 +593,91 @@ def test_a_server_groups_user_data_is_the_install_script_fed_from_the_record(tmp
 def test_a_server_groups_user_data_refuses_a_value_that_is_not_plain():
     with pytest.raises(Exception, match="unquoted"):
         render.boot_script(**{**BOOT, "group": "app-lab-v004;reboot"})
+
+
+# -- any app: the release says how it runs (release.toml) ---------------------------------
+
+TEAM_APP = REPO / "examples/team-repo/app"
+
+
+def _greeter(host, tmp_path, version: str, **changes: str) -> tuple[str, str]:
+    """The example team's C server as a release, built by its own build (make), its
+    release.toml changed by `changes` (key = value lines replaced or added)."""
+    import shutil
+
+    source = tmp_path / f"greeter-{version}"
+    shutil.copytree(TEAM_APP, source, ignore=shutil.ignore_patterns("server"))
+    text = (source / "release.toml").read_text()
+    for key, value in changes.items():
+        lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
+        lines.insert(lines.index("[hooks]") if key in ("start", "reload") else len(lines),
+                     f"{key} = {value}")
+        text = "\n".join(lines) + "\n"
+    (source / "release.toml").write_text(text)
+    path = release.build(source, version, host.files, build_command="make -s")
+    return path.name, release.sha256_file(path)
+
+
+def test_a_compiled_app_runs_as_its_release_says_and_reloads_gracefully(host, tmp_path):
+    name, sha = _greeter(host, tmp_path, "2.0.0")
+    out = host.install("2.0.0", name=name, sha=sha, app=NO_DEFAULTS, health_timeout=10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert host.serving() == "2.0.0"
+    assert "hook before_install: bin/server --check" in out.stdout
+    assert "selfcheck: serving 2.0.0" in out.stdout + out.stderr  # validate, as the app
+    dropin = (host.root / "etc/systemd/system/app.service.d/release.conf").read_text()
+    assert "KillSignal=SIGTERM" in dropin and "TimeoutStopSec=20" in dropin
+    master = _main_pid(host)
+    assert Path(f"/proc/{master}/exe").resolve().name == "server"  # no interpreter
+    name, sha = _greeter(host, tmp_path, "2.0.1")
+    out = host.install("2.0.1", name=name, sha=sha, app=NO_DEFAULTS, health_timeout=10,
+                       restart="systemctl reload app")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert host.serving() == "2.0.1" and _main_pid(host) == master  # reloaded in place
+
+
+def test_a_release_whose_before_install_hook_fails_is_never_switched_to(host, tmp_path):
+    assert host.install("1.0.0").returncode == 0
+    name, sha = _greeter(host, tmp_path, "2.0.0", before_install='"exit 3"')
+    out = host.install("2.0.0", name=name, sha=sha, app=NO_DEFAULTS)
+    assert out.returncode == 12 and "hook before_install failed" in out.stderr, out.stderr
+    assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+    assert host.releases() == ["1.0.0"]  # nothing of it left to switch to
+
+
+def test_a_release_that_fails_its_validate_hook_is_switched_back(host, tmp_path):
+    assert host.install("1.0.0").returncode == 0
+    name, sha = _greeter(host, tmp_path, "2.0.0", validate='"exit 1"')
+    out = host.install("2.0.0", name=name, sha=sha, app=NO_DEFAULTS, health_timeout=10)
+    assert out.returncode == 5 and "hook validate failed" in out.stderr, out.stderr
+    assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
+    # the previous release's own way of stopping back in force
+    dropin = (host.root / "etc/systemd/system/app.service.d/release.conf").read_text()
+    assert "TimeoutStopSec=30" in dropin  # examples/app/release.toml's
+
+
+def test_hooks_run_as_the_apps_user_in_the_release_and_are_told_where_it_serves(host,
+                                                                                tmp_path):
+    import pwd
+
+    seen = open_to_services(tmp_path) / "seen"
+    seen.mkdir(mode=0o777)
+    seen.chmod(0o777)
+    name, sha = _greeter(host, tmp_path, "2.0.0", after_install=(
+        f'"echo $(id -un) $(pwd) $APP_HOST:$APP_PORT $DEPLOY_RELEASE > {seen}/after"'))
+    out = host.install("2.0.0", name=name, sha=sha, app=NO_DEFAULTS, health_timeout=10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    user, cwd, where, version = (seen / "after").read_text().split()
+    assert user == pwd.getpwnam(SERVICE_USER).pw_name
+    assert cwd == str(host.root / "srv/app/releases/2.0.0")
+    assert (where, version) == (f"{host.address}:8080", "2.0.0")
+
+
+def test_a_release_that_says_no_start_command_is_refused_on_the_host_too(host, tmp_path):
+    assert host.install("1.0.0").returncode == 0
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "server").write_text("#!/bin/sh\n")
+    path = release.build(tmp_path / "bare", "2.0.0", host.files)
+    out = host.install("2.0.0", name=path.name, sha=release.sha256_file(path), app=NO_DEFAULTS)
+    assert out.returncode == 12 and "no start command" in out.stderr, out.stderr
+    assert host.current() == "releases/1.0.0" and host.releases() == ["1.0.0"]

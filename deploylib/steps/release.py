@@ -158,7 +158,8 @@ def install_release(ctx: Context) -> None:
             app_port=env.app_port, health_path=env.health_path,
             restart_command=restart_command, keep_releases=env.keep_releases,
             url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)),
-            service=env.service, health_check=env.health_check)
+            service=env.service, service_user=env.service_user, app=env.app.for_host(),
+            health_check=env.health_check)
         try:
             out = conn.run_as_root(script, timeout=ctx.timeout("install", 600)).output
         except RemoteCommandError as exc:

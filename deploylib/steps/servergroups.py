@@ -54,6 +54,7 @@ def user_data(ctx: Context, group: str, rel: Release) -> str:
         key_prefix=artifact_key(env.name, "")[: -len(".tar.gz")],
         store_region=env.primary_region, app_root=env.app_root, app_port=env.app_port,
         health_path=env.health_path, health_check=env.health_check, service=env.service,
+        service_user=env.service_user, app=env.app.for_host(),
         restart_command=env.restart_command, keep_releases=env.keep_releases,
         fetch_timeout=int(ctx.timeout("install", 300)),
         health_timeout=int(ctx.timeout("health", 30)))

@@ -1,11 +1,15 @@
 // Runs a declarative Jenkinsfile under plain Groovy with the pipeline DSL stubbed, in
 // the manner of JenkinsPipelineUnit: every DSL call is recorded, closures are run in
 // order, `post` blocks run by the build's result, and `sh` either records the command
-// or runs it for real.
+// or runs it for real. A Jenkinsfile that loads a shared library (`@Library('x') _`)
+// gets the library's global steps (vars/NAME.groovy, called as NAME(...)) and its
+// resources (libraryResource), from the library's directory, as Jenkins loads them.
 //
 //   groovy PipelineHarness.groovy JENKINSFILE PARAMS_JSON OPTIONS_JSON
 //
 // OPTIONS_JSON:
+//   library:   the shared library's directory (vars/, resources/)
+//   reject_input: true to answer `input` with a no (the build ends ABORTED)
 //   execute:   true to run every sh command for real (bash -c, in the current directory)
 //   real:      prefixes of commands run for real even when not executing (e.g. "invoke plan")
 //   responses: {prefix: stdout} canned stdout for recorded commands
@@ -83,6 +87,8 @@ abstract class PipelineScript extends Script {
 
     def methodMissing(String name, Object args) {
         Object[] a = args as Object[]
+        def library = callLibraryStep(name, a)
+        if (library) return library.value
         if (a.length > 0 && a[-1] instanceof Closure) {
             calls << [step: name, args: a.length > 1 ? a[0..-2].collect { it.toString() } : [], stage: currentStage]
             return runClosure((Closure) a[-1])
@@ -207,22 +213,74 @@ abstract class PipelineScript extends Script {
     def readJSON(Map m) { return new JsonSlurper().parseText(m.text) }
 
     def error(String message) { throw new PipelineFailed(message) }
+
+    // -- a shared library's steps --------------------------------------------------------
+    def libraryResource(String path) {
+        calls << [step: 'libraryResource', args: [path], stage: currentStage]
+        return new File(harness.library, "resources/${path}").text
+    }
+
+    def writeFile(Map m) {
+        calls << [step: 'writeFile', args: [m.file], stage: currentStage]
+        if (harness.execute) {  // what the executed commands read, as Jenkins writes it
+            def file = new File(System.getProperty('user.dir'), m.file)
+            file.parentFile.mkdirs()
+            file.text = m.text
+        }
+        return null
+    }
+
+    def input(Map m) {
+        calls << [step: 'input', args: [m], stage: currentStage]
+        if (harness.reject_input) throw new PipelineFailed("input refused: ${m.message}", 'ABORTED')
+        return null
+    }
+
+    // A library's global step, vars/NAME.groovy: parsed as Jenkins does (the same DSL),
+    // sharing this build's record, its `call` run with the arguments given.
+    def callLibraryStep(String name, Object[] args) {
+        def file = new File(harness.library ?: '.', "vars/${name}.groovy")
+        if (!harness.library || !file.exists()) return null
+        def config = new org.codehaus.groovy.control.CompilerConfiguration()
+        config.scriptBaseClass = PipelineScript.name
+        def step = (PipelineScript) new GroovyShell(this.class.classLoader, binding, config)
+            .parse(file)
+        step.share(this)
+        return [found: true, value: step.invokeMethod('call', args)]
+    }
+
+    void share(PipelineScript build) {
+        calls = build.calls
+        stageNames = build.stageNames
+        parameterDefs = build.parameterDefs
+        optionDefs = build.optionDefs
+        postRan = build.postRan
+        harness = build.harness
+    }
 }
 
 def jenkinsfile = new File(args[0])
 def params = new JsonSlurper().parseText(args[1])
 def opts = args.length > 2 ? new JsonSlurper().parseText(args[2]) : [:]
+// `@Library('name') _` loads a library; here its directory comes with the options.
+def libraries = []
+def text = jenkinsfile.text.replaceAll(/(?m)^@Library\(['"]([^'"]+)['"]\)\s+_\s*$/) { all, lib ->
+    libraries << lib
+    return ''
+}
+if (libraries && !opts.library) throw new IllegalArgumentException("the Jenkinsfile loads ${libraries}: pass its directory as library")
 
 def config = new org.codehaus.groovy.control.CompilerConfiguration()
 config.scriptBaseClass = PipelineScript.name
 def binding = new Binding([params: params, env: [WORKSPACE: System.getProperty('user.dir')],
                            currentBuild: [result: null, description: null]])
 def shell = new GroovyShell(this.class.classLoader, binding, config)
-PipelineScript script = (PipelineScript) shell.parse(jenkinsfile)
+PipelineScript script = (PipelineScript) shell.parse(text, jenkinsfile.name.replace('-', '_'))
 script.configure(opts)
 def outcome = script.run()
 
 println JsonOutput.toJson([
+    libraries : libraries,
     result    : outcome?.result,
     error     : outcome?.error,
     calls     : script.calls,

@@ -8,6 +8,7 @@ recorded release — and starts it afresh when it is not, saying why. After each
 faults are cleared and the tool is held to its own IAM policy again.
 
 `groups_lab`: the lab with its fleet as server groups, for the modules that ask for it.
+A test marked `own_lab` starts a lab of its own (the worker's is not started for it).
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ def _broken(lab) -> str | None:
 
 
 @pytest.fixture(autouse=True)
-def whole_lab(request, lab):
-    """The lab as every lab test may take it to be (see the module's docstring)."""
+def whole_lab(request):
+    """The lab as every lab test may take it to be (see the module's docstring); not for
+    a test that brings up a lab of its own (marked own_lab)."""
+    if request.node.get_closest_marker("own_lab"):
+        yield
+        return
+    lab = request.getfixturevalue("lab")
     try:
         why = _broken(lab)
     except Exception as exc:  # noqa: BLE001 - a lab that cannot even be read is broken

@@ -20,14 +20,15 @@ pytestmark = pytest.mark.lab
 
 def execute_jenkinsfile(lab, params: dict, **options) -> dict:
     env = {**groovy_env(), **lab.cli.env()}
-    # The agent has the tool's dependencies already (this Python's, the lab's included):
-    # the Tool stage takes them as they are (bin/tool-env, DEPLOY_TOOL_BIN).
+    # The agent has the tool already (this Python's, the lab's included): the Tool stage
+    # takes it as it is (the library's tool-env.sh, DEPLOY_TOOL_BIN).
     env["DEPLOY_TOOL_BIN"] = os.path.dirname(os.path.realpath(shutil.which("invoke")
                                                               or "invoke"))
     proc = subprocess.run(
         [shutil.which("groovy"), str(HARNESS), str(REPO / "Jenkinsfile"),
          json.dumps({"MODE": "in-place", "VERSION": "", "ENV": "lab", "ARTIFACT": "",
-                     "HANDOFF": "", **params}), json.dumps({"execute": True, **options})],
+                     "HANDOFF": "", **params}),
+         json.dumps({"execute": True, "library": str(REPO), **options})],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

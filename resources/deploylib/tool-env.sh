@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The tool on a Jenkins agent that has only Python 3.11+ (the shared library's Tool stage
+# writes this file and its two lock files into the workspace, then runs it):
+#
+#   tool-env.sh TOOL LOCK BUILD_LOCK      prints the virtualenv's bin directory
+#
+# TOOL is what to install: a pip requirement (deploylib==0.2.0; with --hash=sha256:… its
+# wheel's bytes are pinned too), or the path of a wheel or of the tool's source tree.
+# Its dependencies come from LOCK, every file checked against its sha256 (what builds a
+# dependency published only as source from BUILD_LOCK, first), so nothing unpinned is
+# installed beside it. One virtualenv per TOOL and locks, made once and kept between
+# builds (a build that died making one leaves none half-made).
+#
+#   DEPLOY_TOOL_CACHE  where the virtualenvs are kept (default ~/.cache/deploylib)
+#   DEPLOY_TOOL_BIN    a bin directory that has the tool already: used as it is
+set -euo pipefail
+if [ $# -ne 3 ]; then
+  echo "usage: tool-env.sh TOOL LOCK BUILD_LOCK" >&2
+  exit 2
+fi
+tool=$1 lock=$2 build=$3
+if [ -n "${DEPLOY_TOOL_BIN:-}" ]; then
+  if [ ! -x "$DEPLOY_TOOL_BIN/invoke" ]; then
+    echo "tool-env: DEPLOY_TOOL_BIN=$DEPLOY_TOOL_BIN has no invoke; unset it to set the tool up" >&2
+    exit 1
+  fi
+  echo "$DEPLOY_TOOL_BIN"
+  exit 0
+fi
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "tool-env: needs Python 3.11 or newer as $python (set PYTHON to another)" >&2
+  exit 1
+fi
+for file in "$lock" "$build"; do
+  [ -f "$file" ] || { echo "tool-env: $file is missing" >&2; exit 1; }
+done
+# A local wheel or tree is keyed by its content: the same path rebuilt is another tool.
+if [ -e "$tool" ]; then
+  key=$( (find "$tool" -type f ! -path '*/.git/*' ! -path '*/.venv/*' ! -path '*/.deploylib/*' \
+          -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+else
+  key=$(printf '%s\n' "$tool" | sha256sum | cut -c1-16)
+fi
+cache="${DEPLOY_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deploylib}"
+venv="$cache/venv-$( (echo "$key"; cat "$build" "$lock") | sha256sum | cut -c1-16)"
+mkdir -p "$cache"
+# One build at a time per agent (two jobs starting at once share the cache); a venv is
+# ready once its stamp is written, last: one a build died in is made again.
+exec 9>"$cache/.lock"
+flock 9
+if [ ! -e "$venv/.ready" ]; then
+  rm -rf "$venv"
+  if ! "$python" -m venv "$venv" >&2; then
+    rm -rf "$venv"
+    echo "tool-env: $python cannot make a virtualenv (on Debian/Ubuntu: apt-get install python3-venv)" >&2
+    exit 1
+  fi
+  # Hashed, and no build isolation (it would fetch setuptools unpinned): what builds a
+  # dependency published only as source is installed first, from its own lock.
+  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  if ! "${pip[@]}" --require-hashes -r "$build" >&2 \
+      || ! "${pip[@]}" --require-hashes --no-build-isolation -r "$lock" >&2; then
+    rm -rf "$venv"
+    echo "tool-env: installing $lock failed (above); a file whose sha256 is not in it is refused" >&2
+    exit 1
+  fi
+  # The tool itself, alone: its dependencies are the lock's, nothing else.
+  if [ -e "$tool" ]; then
+    installed=("${pip[@]}" --no-deps --no-build-isolation "$tool")
+  else
+    spec="$venv/tool.txt"
+    printf '%s\n' "$tool" > "$spec"
+    hashed=()
+    case "$tool" in *--hash=*) hashed=(--require-hashes) ;; esac
+    installed=("${pip[@]}" --no-deps --no-build-isolation "${hashed[@]}" -r "$spec")
+  fi
+  if ! PYTHONWARNINGS=ignore "${installed[@]}" >&2; then
+    rm -rf "$venv"
+    echo "tool-env: installing the tool ($tool) failed (above)" >&2
+    exit 1
+  fi
+  touch "$venv/.ready"
+fi
+echo "$venv/bin"
