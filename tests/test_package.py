@@ -78,3 +78,9 @@ def test_the_installed_wheel_runs_the_teams_tasks_from_its_own_repository(tool_v
                 "production")
     assert built.returncode == 0, built.stderr
     assert (team_repo / "app/bin/server").exists()  # its build ran (make)
+
+
+def test_the_example_team_pins_the_release_this_is():
+    jenkinsfile = (REPO / "examples/team-repo/Jenkinsfile").read_text()
+    assert f"@Library('deploylib@v{__version__}')" in jenkinsfile
+    assert f"deploylibPipeline(tool: 'deploylib=={__version__}')" in jenkinsfile
