@@ -28,6 +28,9 @@ os.environ["DEPLOY_LAB_NETWORK"] = str(1 + 4 * WORKER)
 
 pytest_plugins = ["tests.iam_audit"]
 
+# How the sample app runs (examples/app/release.toml), for releases of it without that file.
+SAMPLE_APP = {"start": "python3 app.py", "reload": "kill -HUP $MAINPID"}
+
 
 def loopback(block: int, host: int = 1) -> str:
     """A loopback address of this worker's own: 127.(200+WORKER).block.host."""
@@ -66,6 +69,10 @@ def write_config(directory: Path, extra: str = "", name: str = "deploy.toml",
     # launches. The server-group modules ask for groups (tests/lab/conftest.groups_lab).
     if "fleet" not in drop:
         overrides.setdefault("fleet", "instances")
+    # The tests' own releases of the sample app (a bare app.py, no release.toml): how it
+    # runs, as the environment's defaults (examples/app/release.toml says the same).
+    if "app" not in drop:
+        overrides.setdefault("app", SAMPLE_APP)
     text = LAB_ENV_TEXT.replace('state_dir = ".runs"', f'state_dir = "{directory / "runs"}"')
     text = text.replace('app_source = "examples/app"', f'app_source = "{REPO / "examples/app"}"')
     text = text.replace('smoke_tests = "examples/smoke"',

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import config, release, render
+from deploylib import release, render
 from deploylib.health import serving_version
 from deploylib.lab import BIN
 from deploylib.manifest import Manifest
-from tests.conftest import REPO, loopback, open_to_services
+from tests.conftest import REPO, SAMPLE_APP, loopback, open_to_services
 
 _addresses = itertools.count(1)
 SERVICE_USER = "deploylab-app"  # as the lab's hosts have it
-# How a release runs where its release.toml is silent: the lab environment's defaults.
-LAB_APP = config.load(None).environment("lab").app.for_host()
+# How a release runs where its release.toml is silent: the sample app's way, as the lab
+# tests' environments give it.
+LAB_APP = Manifest.model_validate(SAMPLE_APP).for_host()
 # No defaults at all: everything from the release's own release.toml.
 NO_DEFAULTS = Manifest().for_host()
 
