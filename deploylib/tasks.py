@@ -18,7 +18,6 @@ Errors print one line naming the problem and the fix; bad input exits 2.
 from __future__ import annotations
 
 import json as jsonlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -28,15 +27,14 @@ from invoke import Collection, Exit, task
 
 
 def _quiet_on_a_closed_pipe() -> None:
-    """`invoke --list | head`: a command line whose reader went away ends as a Unix
-    filter does (SIGPIPE), not with a traceback — only when this process is that command
-    line (Invoke's program or ours), never inside another program that imports the tasks."""
+    """`invoke plan --json | head`: Invoke's program, whose reader went away, ends as a
+    Unix filter does (SIGPIPE), not with a traceback — only when this process is Invoke's
+    program (ours sets it in deploylib.cli), never inside another that imports the tasks."""
     import signal
     from pathlib import Path
 
     program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    if program.name in ("invoke", "inv", "deploylib") or program.parts[-2:] == (
-            "invoke", "__main__.py"):
+    if program.name in ("invoke", "inv") or program.parts[-2:] == ("invoke", "__main__.py"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
@@ -63,7 +61,7 @@ def require(**values: str) -> None:
     for flag, value in values.items():
         if not value:
             example = {"mode": "in-place", "version": "1.2.3", "run": "RUN_ID",
-                       "env": "prod"}.get(flag, "VALUE")
+                       "env": "production"}.get(flag, "VALUE")
             raise InputError(f"--{flag} is required", fix=f"pass --{flag} {example}")
 
 
@@ -79,12 +77,6 @@ def reported() -> Iterator[None]:
     except KeyboardInterrupt:
         raise Exit("interrupted: the run state says which stage stopped; "
                    "continue with `invoke resume --run ID`", code=130) from None
-    except BrokenPipeError:
-        # Whoever read the output stopped reading (`| head`): no traceback, and nothing
-        # more written (Python's own advice: stdout pointed at /dev/null), exit as a
-        # filter killed by SIGPIPE does.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise Exit(code=141) from None
 
 
 def _cfg(path: str | None):

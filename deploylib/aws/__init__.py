@@ -140,15 +140,27 @@ class AwsClients:
     def account(self) -> str:
         """The account the credentials act in (asked once: STS needs no permission)."""
         if self._account is None:
-            with self.identity.boundary(), calling("the AWS credentials", CREDENTIALS_FIX):
+            with calling("the AWS credentials", CREDENTIALS_FIX):
                 self._account = str(self.client("sts").get_caller_identity()["Account"])
         return self._account
 
     def check_identity(self) -> str:
         """Before anything is written: the profile is there, the role can be assumed and
         the credentials act in the environment's own account. Returns that account."""
-        account = self.account()
-        expected = self.identity.account_id
+        identity = self.identity
+        try:
+            account = self.account()
+        except CredentialsError:
+            raise  # nothing to assume the role with: that error's own fix
+        except CloudError as exc:
+            if identity.role_arn and exc.resource == _ROLE_RESOURCE:
+                raise AwsConfigError(
+                    f"the role {identity.role_arn} could not be assumed: {exc.problem}",
+                    resource=identity.where("role_arn"),
+                    fix="let the calling identity assume it (the role's trust policy, and "
+                    "sts:AssumeRole in the caller's policy), or correct role_arn") from None
+            raise
+        expected = identity.account_id
         if expected and account != expected:
             raise AwsConfigError(
                 f"the AWS credentials act in account {account}, not in {expected}, this "
@@ -200,23 +212,8 @@ class Identity:
     def where(self, key: str) -> str:
         return f"environments.{self.env}.{key}" if self.env else key
 
-    @contextmanager
-    def boundary(self) -> Iterator[None]:
-        """The assumed role's refusal as a configuration error (exit 2), not a failed call."""
-        try:
-            yield
-        except CredentialsError:
-            raise  # no credentials to assume it with: that error's own fix
-        except CloudError as exc:
-            if self.role_arn and exc.resource == _ROLE_RESOURCE:
-                raise AwsConfigError(
-                    f"the role {self.role_arn} could not be assumed: {exc.problem}",
-                    resource=self.where("role_arn"),
-                    fix="let the calling identity assume it (the role's trust policy, and "
-                    "sts:AssumeRole in the caller's policy), or correct role_arn") from None
-            raise
 
-
+# What a refused AssumeRole names (check_identity makes it a configuration error).
 _ROLE_RESOURCE = "the role to assume"
 # AWS's own bounds on an AssumeRole session.
 _SESSION_MIN, _SESSION_MAX = 900, 43200

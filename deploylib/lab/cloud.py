@@ -242,22 +242,26 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
             except AddressTaken as exc:
                 lost(inst, exc)
 
-        for inst in reservation.instances:
-            if delay:
-                inst._state.name, inst._state.code = "pending", 0
-                _after_launch(lambda inst=inst: _later(delay, lambda: boot(inst)))
-                continue
-            if getattr(_deferred, "boots", None) is not None:
-                _deferred.boots.append(lambda inst=inst: boot(inst))
-                continue
-            try:
+        held = getattr(_deferred, "boots", None) is not None
+        if delay or held:
+            # Booted later (after AWS's launch time, or once the launching group has
+            # attached what the boot needs): a host that cannot have its address is lost.
+            for inst in reservation.instances:
+                if delay:
+                    inst._state.name, inst._state.code = "pending", 0
+                    _after_launch(lambda inst=inst: _later(delay, lambda: boot(inst)))
+                else:
+                    _after_launch(lambda inst=inst: boot(inst))
+            return reservation
+        try:
+            for inst in reservation.instances:
                 boot_host(inst, region, inst.image_id)
-            except AddressTaken as exc:
-                # The caller's launch fails whole, saying where and why.
-                terminate_instances(self, [i.id for i in reservation.instances])
-                for other in reservation.instances:
-                    farm.destroy(other.id)
-                raise EC2ClientError("InsufficientFreeAddressesInSubnet", str(exc)) from exc
+        except AddressTaken as exc:
+            # The caller's launch fails whole, saying where and why.
+            terminate_instances(self, [i.id for i in reservation.instances])
+            for other in reservation.instances:
+                farm.destroy(other.id)
+            raise EC2ClientError("InsufficientFreeAddressesInSubnet", str(exc)) from exc
         return reservation
 
     def lab_start_instances(self: Any, instance_ids: list[str]) -> Any:
