@@ -682,3 +682,15 @@ def test_a_release_that_says_no_start_command_is_refused_on_the_host_too(host, t
     out = host.install("2.0.0", name=path.name, sha=release.sha256_file(path), app=NO_DEFAULTS)
     assert out.returncode == 12 and "no start command" in out.stderr, out.stderr
     assert host.current() == "releases/1.0.0" and host.releases() == ["1.0.0"]
+
+
+def test_a_release_put_there_by_something_else_fails_to_start_saying_why(host):
+    """The unit runs the release's .deploylib/start, which deploylib's install step
+    writes: a release unpacked by another tool is refused as systemd refuses a missing
+    ExecStart (203/EXEC), in one line, not a traceback."""
+    other = host.root / "srv/app/releases/elsewhere"
+    other.mkdir(parents=True)
+    (host.root / "srv/app/current").symlink_to("releases/elsewhere")
+    out = host.bash("systemctl start app")
+    assert out.returncode == 203, out.stderr
+    assert "Traceback" not in out.stderr and ".deploylib/start" in out.stderr
