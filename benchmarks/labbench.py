@@ -159,18 +159,18 @@ class BenchLab:
         return str(self.lab_dir / "id_ed25519")
 
     def build(self, source: Path, version: str) -> Path:
-        from deploylib import release
+        from deploylib import tarball
 
-        return release.build(source, version, self.work / "artifacts")
+        return tarball.build(source, version, self.work / "artifacts")
 
     def publish(self, artifact: Path, version: str) -> dict[str, str]:
         """Publish as the tool does (same key and metadata) and presign a URL."""
-        from deploylib import aws, release
+        from deploylib import aws, tarball
         from deploylib.steps.release import artifact_key
 
         env = self._environment()
         s3 = self.clients().s3()
-        digest = release.sha256_file(artifact)
+        digest = tarball.sha256_file(artifact)
         key = artifact_key(env.name, version)
         stored = aws.s3.published(s3, env.artifact_bucket, key)
         if stored is None:

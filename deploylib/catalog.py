@@ -7,12 +7,21 @@ Built-in steps live in deploylib.steps. A team adds its own without editing depl
     @step("warm-cache")
     def warm_cache(ctx): ...
 
+    @step("launch-canary", undo="discard-canary", launches="candidates")
+    def launch_canary(ctx): ...
+
     @hook("after", "promote")
     def tell_chat(ctx): ...
 
 and names the module in deploy.toml (`plugins = ["team_steps"]`) or exposes it through
 the `deploylib.steps` entry-point group. A step is placed into procedures with
 `extra_stages`; a hook runs around its stage in every procedure that has that stage.
+
+A step that makes something a failed run must not leave behind declares the step that
+undoes it (`undo`): the plan derives each procedure's cleanup from those declarations
+(deploylib.plan), so a new step never needs a table kept in step with it. A step that
+launches hosts later stages work on says which (`launches`): a resume after its hosts
+were discarded starts again from it.
 """
 
 from __future__ import annotations
@@ -22,11 +31,14 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deploylib.errors import ConfigError, InputError
 
-StepFn = Callable[[Any], None]
+if TYPE_CHECKING:  # a step is given the run's context; the context's module imports this one
+    from deploylib.context import Context
+
+StepFn = Callable[["Context"], None]
 ENTRY_POINT_GROUP = "deploylib.steps"
 WHEN = ("before", "after")
 
@@ -36,6 +48,11 @@ class Step:
     name: str
     fn: StepFn
     summary: str
+    # The cleanup step that removes what this one made, when the run fails before the
+    # release is committed.
+    undo: str | None = None
+    # The hosts it launches (a plan's targets: "builder", "candidates").
+    launches: str | None = None
 
     @property
     def function(self) -> str:
@@ -56,8 +73,10 @@ _hooks: dict[tuple[str, str], list[StepFn]] = {}
 _loaded: set[str] = set()
 
 
-def step(name: str) -> Callable[[StepFn], StepFn]:
-    """Register a function as the step `name`; registering a name twice is an error."""
+def step(name: str, *, undo: str | None = None,
+         launches: str | None = None) -> Callable[[StepFn], StepFn]:
+    """Register a function as the step `name` (`undo`, `launches`: see the module's
+    docstring); registering a name twice is an error."""
 
     def register(fn: StepFn) -> StepFn:
         existing = _steps.get(name)
@@ -68,7 +87,7 @@ def step(name: str) -> Callable[[StepFn], StepFn]:
                 fix="give the team step a name of its own",
             )
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _steps[name] = Step(name=name, fn=fn, summary=summary)
+        _steps[name] = Step(name=name, fn=fn, summary=summary, undo=undo, launches=launches)
         return fn
 
     return register
@@ -127,3 +146,8 @@ def load(plugins: Iterable[str] = ()) -> None:
         _loaded.add("entry-points")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
+
+
+def declared(name: str) -> Step | None:
+    """The step registered as `name`, if any (no loading, no error)."""
+    return _steps.get(name)

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from deploylib import aws, live, parallel
+
+# By name: in Context's body `aws` and `ssh` are its fields.
+from deploylib.aws.ec2 import Instance
 from deploylib.config import Environment
 from deploylib.errors import HostError, StateError
 from deploylib.facts import Builder, Facts, HostRef, Release
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from deploylib import ssh
     from deploylib.lock import Lease
     from deploylib.provider import Provider
+    from deploylib.ssh import Connection
 
 T = TypeVar("T")
 
@@ -171,17 +175,17 @@ class Context:
             return list(self.batch)
         return []
 
-    def targets(self, refs: list[HostRef] | None = None) -> list[aws.ec2.Instance]:
+    def targets(self, refs: list[HostRef] | None = None) -> list[Instance]:
         """The stage's hosts (or the given ones) as fresh EC2 descriptions: addresses can
         change when an instance starts again."""
-        out = []
+        out: list[Instance] = []
         for region, ids in by_region(self.target_refs() if refs is None else refs).items():
             found = {i.instance_id: i for i in aws.ec2.describe(
                 self.aws.ec2(region), region, ids, public=self.env.address == "public")}
             out.extend(found[i] for i in ids if i in found)
         return out
 
-    def connection(self, instance: aws.ec2.Instance) -> ssh.Connection:
+    def connection(self, instance: Instance) -> Connection:
         """The run's one SSH connection to an instance, with its trusted host keys."""
         from deploylib import ssh
 
@@ -194,13 +198,13 @@ class Context:
                                 port=self.env.ssh_port, trusted_keys=keys)
         return self.ssh.get(endpoint)
 
-    def serving(self, instance: aws.ec2.Instance) -> str | None:
+    def serving(self, instance: Instance) -> str | None:
         """The release a host serves, proven as the environment's health_check says."""
         from deploylib import health
 
         return health.serving(self.env, instance.address or "", self._on_host(instance))
 
-    def wait_serving(self, instance: aws.ec2.Instance, version: str) -> None:
+    def wait_serving(self, instance: Instance, version: str) -> None:
         from deploylib import health
 
         health.wait_serving(self.env, instance.address or "", version,
@@ -208,7 +212,7 @@ class Context:
                             resource=f"{instance.instance_id} ({instance.address})",
                             on_host=self._on_host(instance))
 
-    def _on_host(self, instance: aws.ec2.Instance) -> Callable[[], str | None]:
+    def _on_host(self, instance: Instance) -> Callable[[], str | None]:
         from deploylib import render
 
         script = render.serving_script(app_root=self.env.app_root, service=self.env.service)
@@ -224,8 +228,8 @@ class Context:
 
     # -- fanning out ----------------------------------------------------------------------
 
-    def on_hosts(self, stage: str, fn: Callable[[aws.ec2.Instance], T],
-                 instances: list[aws.ec2.Instance] | None = None, *,
+    def on_hosts(self, stage: str, fn: Callable[[Instance], T],
+                 instances: list[Instance] | None = None, *,
                  fix: str | None = None) -> parallel.Results[T]:
         """Run fn on the stage's hosts (or the given ones) at once; raise StepFailed
         naming every host that failed."""

@@ -162,6 +162,9 @@ class Facts(_Model):
     # region -> the server group this run made (fleet = "server-groups"):
     # launch-candidates; discard-candidates | promote, demote, record, retire
     server_groups: dict[Region, GroupName] = Field(default_factory=dict)
+    # region -> [group, template, version] it launched from before fold-template pointed
+    # it at the run's image: fold-template | restore-templates
+    folded_from: dict[Region, list[str]] = Field(default_factory=dict)
     # region -> the server group its promotion took out of service: promote; demote |
     # retire, demote
     replaced_groups: dict[Region, GroupName] = Field(default_factory=dict)

@@ -118,14 +118,15 @@ def made_by_the_tool(tags: dict[str, str], env: str) -> bool:
             and bool(config.RUN_ID.fullmatch(tags[aws.TAG_RUN])))
 
 
-def _server_groups(clients: aws.AwsClients, env: Any, region: str, record: dict[str, Any]
-                   ) -> tuple[list[Item], dict[str, str]]:
+def _server_groups(clients: aws.AwsClients, env: config.Environment, region: str,
+                   record: dict[str, Any]) -> tuple[list[Item], dict[str, str]]:
     """The environment's server groups and launch template versions in a region, and what
     they hold (the ids gc keeps, with why)."""
     asg, ec2 = clients.autoscaling(region), clients.ec2(region)
-    named = {((record.get("server_groups") or {}).get(region)): "the record names it live",
-             ((record.get("previous") or {}).get("server_groups") or {}).get(region):
-             "the record's previous (the rollback target)"}
+    # Live last: after a hotfix the previous record names the same group, and it is live.
+    named = {((record.get("previous") or {}).get("server_groups") or {}).get(region):
+             "the record's previous (the rollback target)",
+             (record.get("server_groups") or {}).get(region): "the record names it live"}
     groups = aws.autoscaling.server_groups(asg, region, env.group_prefix)
     # Kept for a rollback: groups that served before the live one (older). One newer than
     # the live group that is neither live nor the previous never went live: a failed or
@@ -168,7 +169,7 @@ def _server_groups(clients: aws.AwsClients, env: Any, region: str, record: dict[
     return items, held
 
 
-def collect(clients: aws.AwsClients, env: Any
+def collect(clients: aws.AwsClients, env: config.Environment
             ) -> tuple[list[Item], set[str], set[str], dict[str, str]]:
     """Everything the tool made for the environment (its full tag set), the registered
     instances, the live images, and what server groups hold."""

@@ -16,9 +16,12 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib import waits
+
+if TYPE_CHECKING:
+    from deploylib.config import Environment
 
 
 def _get(address: str, port: int, path: str, timeout: float) -> Any:
@@ -50,7 +53,7 @@ def answers(address: str, port: int, path: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def serving(env: Any, address: str, on_host: Callable[[], str | None] | None) -> str | None:
+def serving(env: Environment, address: str, on_host: Callable[[], str | None] | None) -> str | None:
     """The release a host serves, or None when its app is down or says nothing.
     `on_host`: the release the host's service runs from (None: the host cannot be asked,
     and a status-only app's release is then unknown)."""
@@ -61,7 +64,7 @@ def serving(env: Any, address: str, on_host: Callable[[], str | None] | None) ->
     return on_host() if on_host is not None else None
 
 
-def wait_serving(env: Any, address: str, version: str, *, timeout: float, resource: str,
+def wait_serving(env: Environment, address: str, version: str, *, timeout: float, resource: str,
                  on_host: Callable[[], str | None] | None) -> None:
     """Wait until the host serves `version` (as `serving` proves it)."""
     seen: list[str | None] = [None]

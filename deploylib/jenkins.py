@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from deploylib import waits
@@ -78,7 +79,7 @@ def follow(server: Any, job: str, queue_item: int, *, timeout: float,
     seconds, that a build is still running: a long wait never looks like a hang."""
     say = say or (lambda text: None)
     began = time.monotonic()
-    last = {"why": None, "said": began}
+    last: dict[str, Any] = {"why": None, "said": began}
 
     def started() -> dict[str, Any] | None:
         item = _wrap("read queue item", job, lambda: server.get_queue_item(queue_item))
@@ -178,15 +179,15 @@ def setup(server: Any, jobs: dict[str, str]) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for name, xml in jobs.items():
-        exists = _wrap("look up", name, lambda name=name: server.job_exists(name))
+        exists = _wrap("look up", name, partial(server.job_exists, name))
         if not exists:
-            _wrap("create", name, lambda name=name, xml=xml: server.create_job(name, xml))
+            _wrap("create", name, partial(server.create_job, name, xml))
             out[name] = "created"
             continue
-        current = _wrap("read config", name, lambda name=name: server.get_job_config(name))
+        current = _wrap("read config", name, partial(server.get_job_config, name))
         if _canonical(current) == _canonical(xml):
             out[name] = "unchanged"
         else:
-            _wrap("update", name, lambda name=name, xml=xml: server.reconfig_job(name, xml))
+            _wrap("update", name, partial(server.reconfig_job, name, xml))
             out[name] = "updated"
     return out

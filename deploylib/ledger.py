@@ -20,9 +20,9 @@ from deploylib.facts import GroupName, ImageId, Version
 # The newest layers kept (the record is one SSM parameter, 4 KB in the standard tier);
 # `dropped` counts the older ones.
 KEPT_LAYERS = 3
-IN_PLACE = "in-place"
-BOOT = "boot"
 How = Literal["in-place", "boot"]
+IN_PLACE: How = "in-place"
+BOOT: How = "boot"
 
 
 class Layer(BaseModel):

@@ -31,10 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib.aws import calling
 from deploylib.errors import CloudError, LockHeld
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 _FREE_OR_OURS = "attribute_not_exists(run_id) OR expires_at < :stale OR run_id = :run"
 _HOLDER = ("run_id", "owner", "acquired_at", "expires_at")
@@ -82,7 +85,7 @@ def _describe(item: dict[str, Any], now: float) -> dict[str, Any]:
     return out
 
 
-def read(ddb: Any, table: str, env: str, *, clock: Callable[[], float] = time.time
+def read(ddb: DynamoDBClient, table: str, env: str, *, clock: Callable[[], float] = time.time
          ) -> dict[str, Any] | None:
     """The lock's holder (with `stale` when it stopped renewing), or None when free."""
     try:
@@ -106,7 +109,7 @@ def _holder_is(run_id: str, fence: int | None) -> tuple[str, dict[str, Any]]:
     return "run_id = :run AND fence = :fence", values
 
 
-def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+def acquire(ddb: DynamoDBClient, table: str, env: str, run_id: str, *, ttl: float,
             clock: Callable[[], float] = time.time) -> dict[str, Any]:
     """Take the environment's lock for `run_id` (free, expired, or the run's own), with a
     new fencing token (`fence` in what it returns), or raise LockHeld at once."""
@@ -138,7 +141,7 @@ def acquire(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
     return _describe(done["Attributes"], now)
 
 
-def extend(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+def extend(ddb: DynamoDBClient, table: str, env: str, run_id: str, *, ttl: float,
            fence: int | None = None, clock: Callable[[], float] = time.time
            ) -> dict[str, Any]:
     """Renew a lock this run holds — only if it still does (with `fence`: the very take
@@ -175,7 +178,8 @@ def extend(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
     return _describe(done["Attributes"], now)
 
 
-def _clear(ddb: Any, table: str, env: str, condition: str, values: dict[str, Any]) -> None:
+def _clear(ddb: DynamoDBClient, table: str, env: str, condition: str,
+           values: dict[str, Any]) -> None:
     """Free the lock (its holder's fields removed, its counter kept), under `condition`."""
     with calling(f"lock {table}/{env}", _READ_FIX):
         ddb.update_item(TableName=table, Key={"env": {"S": env}},
@@ -185,7 +189,8 @@ def _clear(ddb: Any, table: str, env: str, condition: str, values: dict[str, Any
                         ExpressionAttributeValues=values)
 
 
-def release(ddb: Any, table: str, env: str, run_id: str, fence: int | None = None) -> bool:
+def release(ddb: DynamoDBClient, table: str, env: str, run_id: str,
+            fence: int | None = None) -> bool:
     """Free the lock if this run (with `fence`: this take of it) still holds it; True
     when it did."""
     try:
@@ -197,7 +202,7 @@ def release(ddb: Any, table: str, env: str, run_id: str, fence: int | None = Non
         raise
 
 
-def break_lock(ddb: Any, table: str, env: str, seen: dict[str, Any] | None = None
+def break_lock(ddb: DynamoDBClient, table: str, env: str, seen: dict[str, Any] | None = None
                ) -> dict[str, Any] | None:
     """Free the lock of the run that holds it (an operator's decision: `seen`, what they
     were shown, or what is read now): what it was, or None. Conditional on that holder
@@ -220,7 +225,7 @@ class Lease:
     """A run's hold on its environment's lock, for as long as it works: the token of the
     take it came from (`fence`), renewed by a heartbeat, asserted before every write."""
 
-    def __init__(self, ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+    def __init__(self, ddb: DynamoDBClient, table: str, env: str, run_id: str, *, ttl: float,
                  fence: int | None = None):
         self.ddb, self.table, self.env, self.run_id, self.ttl = ddb, table, env, run_id, ttl
         self.fence = fence
@@ -281,7 +286,7 @@ class Lease:
 
 
 @contextmanager
-def held(ddb: Any, table: str, env: str, run_id: str, *, ttl: float,
+def held(ddb: DynamoDBClient, table: str, env: str, run_id: str, *, ttl: float,
          ended: Callable[[], bool], say: Callable[[str], None],
          take: bool = True, fence: int | None = None) -> Iterator[Lease]:
     """Hold the lock around a run's stages: taken on entry with a new token (or, with

@@ -3,9 +3,11 @@
 Everything that is procedure knowledge lives here and nowhere else: which stages there
 are and in which order, which hosts each works on, which stage makes the release live
 (time-to-live ends there), which one publishes JUnit XML, which one commits the release
-(after it nothing is discarded), what cleans up a failed run and where a resume starts
-again, and how a release is rolled back. The engine, the report, the steps and the
-Jenkinsfile read these attributes; none of them names a mode or a stage.
+(after it nothing is discarded), and how a release is rolled back. What cleans up a
+failed run, and where a resume starts again, is derived from what each step declares
+it makes (`@step(name, undo=..., launches=...)`, deploylib.catalog). The engine, the
+report, the steps and the Jenkinsfile read these attributes; none of them names a mode
+or a stage.
 
 A stage names a step from the catalog, the hosts it applies to (`targets`) and its
 options. The same step name in two procedures is the same function: the plan only
@@ -114,7 +116,7 @@ class Plan:
     mode: str
     stages: tuple[Stage, ...] = field(default_factory=tuple)
     # Steps run when the run fails or is interrupted: they remove what it created and
-    # never made live, so a failed run leaks nothing.
+    # never made live, so a failed run leaks nothing (each stage's declared undo).
     cleanup: tuple[str, ...] = ()
     # The stage that commits the release: once it is done, a failure discards nothing.
     commit: str = "record"
@@ -129,9 +131,7 @@ class Plan:
 
     def walk(self) -> Iterable[Stage]:
         """Every stage, group members included, in order."""
-        for s in self.stages:
-            yield s
-            yield from s.members
+        return _walk(self.stages)
 
     def stage(self, name: str) -> Stage:
         """A stage that runs on its own (`invoke step NAME`): group members do not."""
@@ -335,34 +335,74 @@ def _fold() -> tuple[Stage, ...]:
 @dataclass(frozen=True)
 class _Procedure:
     stages: Callable[[], tuple[Stage, ...]]
-    # demote first: a region promoted before another region failed gets its previous
-    # hosts back (they are retired only once the release is recorded), so a failed run
-    # leaves every region on the release it had, and its candidates can then go.
-    cleanup: tuple[str, ...]
     # `invoke rollback` picks this from what the record says was the last procedure:
     # hosts changed in place switch back in place; a fleet from an image is replaced by
     # one from the previous image.
     rollback: str
 
 
-_IMAGE_CLEANUP = ("demote", "discard-candidates", "discard-images")
 _PROCEDURES = {
-    "immutable": _Procedure(_immutable, (*_IMAGE_CLEANUP, "discard-builder"), "rollback-image"),
-    "rebake-light": _Procedure(_rebake_light, _IMAGE_CLEANUP, "rollback-image"),
-    # resume-scaling: the live server groups the rollout held scale again.
-    "in-place": _Procedure(_in_place, ("resume-scaling",), "rollback-in-place"),
-    "rollback-in-place": _Procedure(_rollback_in_place, ("resume-scaling",),
-                                    "rollback-in-place"),
-    "rollback-image": _Procedure(_rollback_image, ("demote", "discard-candidates"),
-                                 "rollback-image"),
-    FOLD: _Procedure(_fold, ("discard-images",), "rollback-image"),
+    "immutable": _Procedure(_immutable, "rollback-image"),
+    "rebake-light": _Procedure(_rebake_light, "rollback-image"),
+    "in-place": _Procedure(_in_place, "rollback-in-place"),
+    "rollback-in-place": _Procedure(_rollback_in_place, "rollback-in-place"),
+    "rollback-image": _Procedure(_rollback_image, "rollback-image"),
+    FOLD: _Procedure(_fold, "rollback-image"),
 }
 
-# When a cleanup step discarded what a stage made, the run starts again from that stage
-# on resume (a new builder, new candidates).
-_RESTART_FROM = (("discard-builder", "launch-builder"),
-                 ("discard-candidates", "launch-candidates"),
-                 ("discard-images", "launch-builder"))
+# The one place cleanup's order is not the reverse of the stages': a region promoted
+# before the failure gets its previous hosts back before anything else is discarded, so
+# users are on the release they had at once (the replaced hosts are retired only after
+# the record, so they are still there).
+_UNDO_FIRST = ("demote",)
+
+
+def undoing(stages: Sequence[Stage], undo_of: Callable[[str], str | None],
+            launches_of: Callable[[str], str | None]
+            ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """What a failed run of `stages` runs, from each step's declared undo: the undos in
+    reverse order of the stages that make what they remove (`_UNDO_FIRST` first); and
+    for each, the stage a resume starts again from once it discarded something: the
+    first stage declaring it, or, when that stage works on hosts an earlier stage
+    launched (an image made from the builder), that launch: what it needs is gone too."""
+    flat = [s for s in _walk(stages) if not s.is_group]
+    order: list[str] = []
+    restart: dict[str, str] = {}
+    for n, stage in enumerate(flat):
+        undo = undo_of(stage.step)
+        if undo is None or undo in restart:
+            continue
+        order.append(undo)
+        launcher = next((earlier.name for earlier in flat[:n] if stage.targets is not None
+                         and launches_of(earlier.step) == stage.targets), None)
+        restart[undo] = launcher or stage.name
+    order.reverse()
+    first = [u for u in _UNDO_FIRST if u in order]
+    return (*first, *(u for u in order if u not in first)), tuple(restart.items())
+
+
+def _walk(stages: Iterable[Stage]) -> Iterable[Stage]:
+    for s in stages:
+        yield s
+        yield from s.members
+
+
+def _declared(name: str) -> Any:
+    from deploylib import catalog  # the steps register themselves on import
+
+    catalog.load()
+    return catalog.declared(name)
+
+
+def undo_of(name: str) -> str | None:
+    """The cleanup step a registered step declares (None: it makes nothing to undo)."""
+    step = _declared(name)
+    return step.undo if step else None
+
+
+def launches_of(name: str) -> str | None:
+    step = _declared(name)
+    return step.launches if step else None
 
 
 def rollback_mode(procedure: str) -> str:
@@ -426,8 +466,9 @@ def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = Fals
     if dupes:
         raise ConfigError(f"stage name(s) {', '.join(dupes)} appear twice in {mode}",
                           fix="give each extra stage a step name of its own")
-    return Plan(mode=mode, stages=stages, cleanup=procedure.cleanup, rollback=procedure.rollback,
-                restart_from=_RESTART_FROM)
+    cleanup, restart_from = undoing(stages, undo_of, launches_of)
+    return Plan(mode=mode, stages=stages, cleanup=cleanup, rollback=procedure.rollback,
+                restart_from=restart_from)
 
 
 def batches(hosts: Sequence[Any], size: int) -> list[list[Any]]:

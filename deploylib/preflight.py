@@ -192,9 +192,10 @@ def _as_checks(names: list[str], outcome: list[Check] | Exception) -> list[Check
 def require(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -> None:
     """Stop before anything starts when a check fails (exit 2), naming the first."""
     failed = [c for c in run(env, clients, mode=mode) if c.error is not None]
-    if failed and failed[0].name == "credentials" and not isinstance(failed[0].error,
-                                                                     InputError):
-        raise failed[0].error  # no usable credentials or no route: said as every command says
+    first = failed[0].error if failed else None
+    if first is not None and failed[0].name == "credentials" and \
+            not isinstance(first, InputError):
+        raise first  # no usable credentials or no route: said as every command says
     if failed:
         raise PreflightFailed(failed)
 

@@ -1,7 +1,7 @@
 """Providers: where the clients point and which host keys are trusted.
 
 The real provider uses the standard AWS credential chain; the lab provider
-(deploylib.lab.provider) points the same clients at the local lab. Both trust the SSH
+(deploylib.lab.lab_provider) points the same clients at the local lab. Both trust the SSH
 host keys an instance prints to its console at first boot (cloud-init), and keep them
 once trusted (`trusted_keys`): cloud-init prints them once per instance and the console
 keeps only the output since the last boot, so a host rebooted since is still known by
@@ -104,7 +104,7 @@ def identity(env: Environment, run_id: str | None = None) -> aws.Identity:
 
 def for_environment(env: Environment) -> Provider:
     if env.provider == "lab":
-        from deploylib.lab.provider import LabProvider
+        from deploylib.lab.lab_provider import LabProvider
 
         return LabProvider.from_environment(env)
     return AwsProvider(env)

@@ -9,10 +9,13 @@ import re
 import shlex
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib.errors import DeployError
 from deploylib.plan import MODES
+
+if TYPE_CHECKING:  # render reads what config parsed; it never parses
+    from deploylib.config import Environment
 
 # Package data: the same files in a checkout and in an installed wheel.
 TEMPLATES = resources.files("deploylib") / "templates"
@@ -189,7 +192,7 @@ def idle_script(*, app_port: int, quiet: float, ceiling: float, poll: float = 0.
                   ceiling=f"{float(ceiling):g}", poll=f"{float(poll):g}")
 
 
-def iam_policy(env: Any) -> str:
+def iam_policy(env: Environment) -> str:
     """deploylib/templates/iam-policy.json for one environment: its artifact bucket, its lock table
     and its name (what its resources are tagged `deploy:env` with: EC2's writes are
     scoped to them) in place of the placeholders (each checked by the config's schema);
@@ -223,7 +226,7 @@ def iam_policy(env: Any) -> str:
     return json.dumps(policy, indent=2) + "\n"
 
 
-def instance_policy(env: Any) -> str:
+def instance_policy(env: Environment) -> str:
     """deploylib/templates/iam-policy-instance.json for one environment: what a server group's
     instance role needs at boot (deploylib/templates/boot.sh.j2) — read the record, fetch the
     environment's releases, complete its own group's launch lifecycle hook."""
@@ -236,7 +239,7 @@ def instance_policy(env: Any) -> str:
 # The pipeline's parameters: the job's, as `invoke jenkins.setup` makes it (the pipeline
 # itself declares none, so the job's stay as they are; ENV lists deploy.toml's
 # environments).
-PIPELINE_PARAMETERS = [
+PIPELINE_PARAMETERS: list[dict[str, Any]] = [
     {"name": "MODE", "choices": list(MODES),
      "description": "immutable: bake a new image; rebake-light: new instances from the live "
                     "image plus the release; in-place: the release on the live hosts"},
@@ -256,7 +259,7 @@ RECORD_PARAMETERS = [
         ("RUN_ID", "The hotfix's run id"), ("HOSTS", "Hosts it went to"))]
 
 
-def jenkins_jobs(env: Any, environments: list[str]) -> dict[str, str]:
+def jenkins_jobs(env: Environment, environments: list[str]) -> dict[str, str]:
     """config.xml of every job the tool needs, by job name. `environments`: what the
     pipeline's ENV offers (deploylib.pipeline.choices), after an empty first choice — a
     build names its environment, it never falls to a default one."""

@@ -23,12 +23,12 @@ from deploylib import (
     lock,
     manifest,
     preflight,
-    release,
-    runner,
     smoke,
+    tarball,
 )
 from deploylib import plan as planning
 from deploylib.context import Context, Reporter
+from deploylib.engine import runner
 from deploylib.errors import DeployError, InputError, StateError
 from deploylib.facts import (
     Handoff,
@@ -103,14 +103,14 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     catalog.load(env.plugins)
     env_plan(env, mode)  # an unplaceable extra stage fails now
     if artifact:
-        path = release.check_artifact(artifact)
+        path = tarball.check_artifact(artifact)
     else:
-        path = release.build(env.app_source, version, Path(env.state_dir) / "artifacts",
+        path = tarball.build(env.app_source, version, Path(env.state_dir) / "artifacts",
                              build_command=env.build_command)
     # How it runs (its release.toml over the environment's app defaults): refused now,
     # not first on a host.
     manifest.effective(path, env.app, health_path=env.health_path, env_name=env.name)
-    digest = release.sha256_file(path)
+    digest = tarball.sha256_file(path)
     if fleet_size is not None and not 1 <= fleet_size <= 100:
         raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
     # The account as a first deploy meets it, before a lock or a run exists.

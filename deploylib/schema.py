@@ -60,7 +60,7 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
         field = model.model_fields.get(str(part))
         if field is None:
             return None
-        ann = field.annotation
+        ann: Any = field.annotation
         origin = getattr(ann, "__origin__", None)
         if origin is dict:
             ann = ann.__args__[1]

@@ -22,8 +22,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from invoke import Collection, Exit, task
+
+if TYPE_CHECKING:  # the tasks import deploylib when they run: `invoke --list` stays quick
+    from deploylib.config import DeployConfig, Environment
+    from deploylib.state import RunState
 
 
 def _quiet_on_a_closed_pipe() -> None:
@@ -107,7 +112,7 @@ def _running(cfg, state):
 
 
 def _run_all(cfg, state, *, keep_on_error: bool = False):
-    from deploylib import runner
+    from deploylib.engine import runner
 
     with _running(cfg, state) as (ctx, plan):
         runner.execute(ctx, plan, keep_on_error=keep_on_error)
@@ -236,7 +241,7 @@ def hotfix(c, version="", artifact=None, env=None, config=None, json=False,
            json=json, keep_on_error=keep_on_error)
 
 
-def _then_fold(cfg: object, state: object) -> None:
+def _then_fold(cfg: DeployConfig, state: RunState) -> None:
     """fold = "after-deploy": once an in-place release is done, fold it."""
     from deploylib import runs
 
@@ -283,7 +288,8 @@ def rollback(c, env=None, config=None, json=False, keep_on_error=False):
 def step(c, name, run="", config=None):
     """Run one stage of a run (what each Jenkins stage calls); a finished stage is a no-op."""
     with reported():
-        from deploylib import runner, runs
+        from deploylib import runs
+        from deploylib.engine import runner
         from deploylib.errors import InputError
 
         require(run=run)
@@ -316,7 +322,8 @@ def resume(c, run="", config=None, keep_on_error=False):
 def cleanup(c, run="", config=None):
     """Remove what a failed run created and never made live (Jenkins' post-failure step)."""
     with reported():
-        from deploylib import runner, runs
+        from deploylib import runs
+        from deploylib.engine import runner
 
         require(run=run)
         cfg = _cfg(config)
@@ -427,13 +434,13 @@ def artifact(c, version="", env=None, config=None):
     """Build the app's release tarball (app_source, after build_command) into dist/ and
     print its path and sha256."""
     with reported():
-        from deploylib import release
+        from deploylib import tarball
 
         require(version=version)
         environment = _cfg(config).environment(env)
-        path = release.build(environment.app_source, version,
+        path = tarball.build(environment.app_source, version,
                              build_command=environment.build_command)
-        print(f"{path}  sha256 {release.sha256_file(path)}")
+        print(f"{path}  sha256 {tarball.sha256_file(path)}")
 
 
 # -- locks and garbage --------------------------------------------------------------------
@@ -645,7 +652,7 @@ def lab_up(c, hosts=2, config=None, debian=False):
         _lab_up(int(hosts), config, debian=debian)
 
 
-@task
+@task()
 def lab_down(c):
     """Stop the lab: every host, the load balancers and the AWS API; remove .lab/."""
     from deploylib.lab import control
@@ -703,7 +710,7 @@ def demo(c, hosts=2, config=None, debian=True):
               "`invoke lab.down` stops it.")
 
 
-def _demo_scale_out(env: object, hosts: int) -> None:
+def _demo_scale_out(env: Environment, hosts: int) -> None:
     """Server groups, after the hotfix: the primary region's group scaled out by one as a
     policy would, its new instance launched from an image without the hotfix and put in
     service on it by its boot; then scaled back in."""

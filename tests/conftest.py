@@ -25,8 +25,31 @@ LAB_ENV_TEXT = (REPO / "deploylib/lab/environment.toml").read_text()
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 # A lab takes one loopback /16 per region, counting up from here (3 regions, one spare).
 os.environ["DEPLOY_LAB_NETWORK"] = str(1 + 4 * WORKER)
+# The labs' balancers check their targets every half second (the lab's own pace is 0.2 s):
+# the same rules, a slower clock, and a suite's dozen labs idle at a third of the CPU.
+os.environ.setdefault("DEPLOY_LAB_PROFILE", '{"health_interval": 0.5}')
 
 pytest_plugins = ["tests.iam_audit"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """How the tests are shared among workers (`--dist loadgroup`): a test file to one
+    worker at a time, as `loadfile` would, except where modules share a group
+    (`xdist_group`: the server-group modules, which share one lab). The longest first:
+    the lab tests before the quick ones, so no worker is left with a lab module at the end."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("own_lab") or any(
+                m.args == ("server-groups",) for m in item.iter_markers("xdist_group")):
+            return 0
+        return 1 if item.get_closest_marker("lab") else 2
+
+    items.sort(key=weight)  # stable: each file's tests keep their order
+
 
 # How the sample app runs (examples/app/release.toml), for releases of it without that file.
 SAMPLE_APP = {"start": "python3 app.py", "reload": "kill -HUP $MAINPID"}
@@ -98,7 +121,14 @@ def tool_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class Cli:
-    """Runs `invoke` as an operator would, against a given config and lab directory."""
+    """Runs `invoke` as an operator would, against a given config and lab directory.
+
+    In this process by default, as click's CliRunner runs a command: Invoke's program
+    parses the same argv and runs the same tasks, with this command's environment set for
+    the call and its output captured — a command costs what its work costs, not a Python
+    start and boto3's import. `process=True` runs it as a process of its own, for what
+    only a process shows (signals, a killed run, imports a plugin makes).
+    """
 
     config: Path
     lab_dir: Path
@@ -106,13 +136,56 @@ class Cli:
     def env(self) -> dict[str, str]:
         return tool_env(DEPLOY_CONFIG=str(self.config), DEPLOY_LAB_DIR=str(self.lab_dir))
 
-    def __call__(self, args: str, *, check: bool = True,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "invoke", *shlex.split(args)], cwd=REPO,
-                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+    def __call__(self, args: str, *, check: bool = True, timeout: float = 300,
+                 process: bool = False) -> subprocess.CompletedProcess:
+        argv = shlex.split(args)
+        if process:
+            proc = subprocess.run([sys.executable, "-m", "invoke", *argv], cwd=REPO,
+                                  env=self.env(), capture_output=True, text=True,
+                                  timeout=timeout)
+        else:
+            proc = run_in_process(argv, self.env())
         if check and proc.returncode != 0:
             raise AssertionError(f"invoke {args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         return proc
+
+
+def run_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`invoke ARGV` run by Invoke's own Program in this process, in `env` and the
+    repository, its exit code and output as a process would give them."""
+    import contextlib
+    import io
+    import traceback
+
+    from invoke import Program
+
+    from deploylib.tasks import ns
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    code: int | str | None = 0
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                Program(namespace=ns, name="invoke", binary="invoke").run(["invoke", *argv])
+            except SystemExit as exc:  # the program's exit: its code, as a process's
+                code = exc.code
+            except Exception:  # noqa: BLE001 - what a process prints and exits 1 on
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    if code is None:
+        code = 0
+    elif isinstance(code, str):  # sys.exit("message"): printed, exit 1
+        err.write(code + "\n")
+        code = 1
+    return subprocess.CompletedProcess(["invoke", *argv], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -298,7 +371,16 @@ class Lab:
     cli: Cli
     info: dict
     config_path: Path
+    shape: Shape
     _clients: object = None
+
+    def write_config(self, directory: Path | None = None, extra: str = "",
+                     drop: tuple[str, ...] = (), **overrides: object) -> Path:
+        """A deploy.toml for this lab (its shape: regions, fleet) with `overrides`, in
+        `directory` (default: beside the lab's own)."""
+        shaped = {k: v for k, v in self.shape.overrides().items() if k not in drop}
+        return write_config(directory or self.config_path.parent, extra, drop=drop,
+                            **{**shaped, **overrides})
 
     @property
     def cfg(self):
@@ -335,28 +417,84 @@ class Lab:
         self._clients = None
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a lab is made of, as a test asks for it (`@pytest.mark.lab_shape(...)` on the
+    test or its module): one region unless regions are what is tested, loose instances
+    unless server groups are."""
+
+    regions: int = 1
+    fleet: str = "instances"
+    debian: bool = False  # the lab offers the Debian base image (deploylib.lab.rootfs)
+
+    @classmethod
+    def of(cls, node) -> Shape:
+        marker = node.get_closest_marker("lab_shape")
+        return cls(**marker.kwargs) if marker else cls()
+
+    def overrides(self) -> dict[str, object]:
+        regions = ["us-west-2", "eu-west-1"][:self.regions - 1]
+        extra: dict[str, object] = {"copy_regions": regions, "fleet": self.fleet}
+        if self.fleet == "server-groups":
+            extra["timeouts"] = {"boot": 120}
+        return extra
+
+
+class Labs:
+    """This worker's labs, one per shape, each started when a test first asks for it and
+    kept for the session: bringing a lab up bakes its first release, most of its cost."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self._tmp = tmp_path_factory
+        self._labs: dict[Shape, Lab] = {}
+
+    def get(self, shape: Shape) -> Lab:
+        if shape not in self._labs:
+            if shape.debian:
+                from deploylib.lab import rootfs
+
+                rootfs.ensure()  # debootstrap once per machine (about a minute), cached after
+            directory = open_to_services(self._tmp.mktemp("lab"))
+            config_path = write_config(directory, **shape.overrides())
+            cli = Cli(config=config_path, lab_dir=directory / "lab")
+            running = Lab(cli=cli, info={}, config_path=config_path, shape=shape)
+            self._labs[shape] = running  # stopped at the session's end even if up fails
+            running.up()
+        return self._labs[shape]
+
+    def stop(self) -> None:
+        from deploylib.lab import control
+
+        for running in self._labs.values():
+            control.stop_daemon(running.cli.lab_dir)
+
+
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    """The whole lab (moto server with hooks, sshd hosts, balancers), fleet live on 1.0.0.
-
-    One per worker, for the session: bringing a lab up bakes its first release, which is
-    most of what a lab costs. Lab tests do not lean on what an earlier test left: each
-    starts from whatever release is live, and tests/lab/conftest.py checks the lab is
-    whole before every test (starting it afresh when a failed test left it broken).
-    """
-    from deploylib.lab import control
-
-    directory = open_to_services(tmp_path_factory.mktemp("lab"))
-    config_path = write_config(directory)
-    cli = Cli(config=config_path, lab_dir=directory / "lab")
-    saved = {k: os.environ.get(k) for k in ("DEPLOY_LAB_DIR", "DEPLOY_CONFIG")}
-    os.environ.update(DEPLOY_CONFIG=str(config_path), DEPLOY_LAB_DIR=str(cli.lab_dir))
-    running = Lab(cli=cli, info={}, config_path=config_path)
+def labs(tmp_path_factory):
+    """This worker's labs (`Labs`), stopped when the session ends."""
+    held = Labs(tmp_path_factory)
     try:
-        running.up()
+        yield held
+    finally:
+        held.stop()
+
+
+@pytest.fixture
+def lab(request, labs):
+    """The lab of the shape the test asks for (moto server with hooks, sshd hosts,
+    balancers), its fleet live, and the tool's command line pointed at it for the test.
+
+    Lab tests do not lean on what an earlier test left: each starts from whatever release
+    is live, and tests/lab/conftest.py checks the lab is whole before every test
+    (repairing it when a failed test left it broken).
+    """
+    running = labs.get(Shape.of(request.node))
+    saved = {k: os.environ.get(k) for k in ("DEPLOY_LAB_DIR", "DEPLOY_CONFIG")}
+    os.environ.update(DEPLOY_CONFIG=str(running.config_path),
+                      DEPLOY_LAB_DIR=str(running.cli.lab_dir))
+    try:
         yield running
     finally:
-        control.stop_daemon(cli.lab_dir)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

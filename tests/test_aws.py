@@ -54,6 +54,75 @@ def test_what_went_wrong_decides_the_error_and_its_fix(code, kind, words):
     assert "\n" not in info.value.line()
 
 
+def botocore_exceptions() -> list[type[Exception]]:
+    """Every exception botocore defines, and boto3's."""
+    import inspect
+
+    import boto3.exceptions
+    import botocore.exceptions
+
+    found = {c for module in (botocore.exceptions, boto3.exceptions)
+             for c in vars(module).values()
+             if inspect.isclass(c) and issubclass(c, botocore.exceptions.BotoCoreError
+                                                  | boto3.exceptions.Boto3Error)}
+    return sorted(found, key=lambda c: (c.__module__, c.__name__))
+
+
+def raised(cls: type[Exception]) -> Exception:
+    """An instance of `cls` as botocore raises it: what its constructor asks for and its
+    message's fields filled."""
+    import inspect
+    import string
+
+    fields = {f for _, f, _, _ in string.Formatter().parse(getattr(cls, "fmt", "")) if f}
+    if cls.__init__ is Exception.__init__:  # a plain exception: a message
+        return cls("boto3 says no")
+    args: dict[str, object] = {}
+    for name, p in inspect.signature(cls).parameters.items():
+        if p.kind is p.VAR_KEYWORD:
+            args.update({f: f"<{f}>" for f in fields if f not in args})
+        elif p.kind is not p.VAR_POSITIONAL and p.default is p.empty:
+            args[name] = f"<{name}>"
+    return cls(**args)
+
+
+@pytest.mark.parametrize("cls", botocore_exceptions(), ids=lambda c: c.__name__)
+def test_every_botocore_exception_leaves_as_one_line_with_a_fix_and_its_cause(cls):
+    """Like httpx's map of its transports' exceptions: whatever botocore or boto3 raise
+    inside the boundary comes out as one of ours, one line with a fix, botocore's own
+    exception kept as the cause (a traceback shows it; the operator reads the line)."""
+    import botocore.exceptions as b
+
+    from deploylib.errors import AwsConfigError, DeployError
+
+    exc = raised(cls)
+    with pytest.raises(DeployError) as info, aws.calling("thing t-1", "do the usual"):
+        raise exc
+    line = info.value.line()
+    assert "\n" not in line and line.startswith("thing t-1: ") and " Fix: " in line
+    assert info.value.__cause__ is exc
+    family = {b.NoCredentialsError: CredentialsError, b.SSOError: CredentialsError,
+              b.CredentialRetrievalError: CredentialsError, b.ConnectionError: Unreachable,
+              b.HTTPClientError: Unreachable, b.NoRegionError: AwsConfigError,
+              b.ProfileNotFound: AwsConfigError}
+    for kind, ours in family.items():
+        if issubclass(cls, kind):
+            assert isinstance(info.value, ours), (cls, type(info.value))
+
+
+def test_an_aws_answer_wrapped_by_boto3_is_read_as_the_answer():
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    answer = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObject")
+    with pytest.raises(PermissionDenied) as info, aws.calling("s3://b/k", "the default"):
+        try:
+            raise answer
+        except ClientError as exc:
+            raise S3UploadFailedError("upload failed") from exc
+    assert "PutObject" in info.value.line() and info.value.code == "AccessDenied"
+
+
 def test_no_credentials_anywhere_is_one_line_saying_how_to_give_them(monkeypatch, tmp_path):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):

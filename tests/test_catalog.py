@@ -10,6 +10,7 @@ import pytest
 from deploylib import catalog, config
 from deploylib import plan as planning
 from deploylib.errors import ConfigError, InputError
+from deploylib.steps import bake
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "plugins"))
@@ -81,3 +82,78 @@ def test_a_missing_plugin_module_names_the_fix():
 def test_hook_time_must_be_before_or_after():
     with pytest.raises(ConfigError, match="hook time"):
         catalog.hook("during", "promote")
+
+
+# -- each step that makes something declares what undoes it -------------------------------
+
+# Roles of resources a run makes on purpose to outlive it, failed or not.
+KEPT = {
+    # the bake cache: the next bake with the same packages starts from it (gc ages it out)
+    "foundation",
+}
+
+
+def tagged_roles(fn, seen=None) -> set[str]:
+    """The roles `fn` tags new resources with (`ctx.tags(role)`), itself or through the
+    step library's functions it calls, however deep."""
+    import ast
+    import inspect
+
+    seen = set() if seen is None else seen
+    if fn in seen:
+        return set()
+    seen.add(fn)
+    roles: set[str] = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "tags" and \
+                isinstance(f.value, ast.Name) and f.value.id == "ctx":
+            arg = node.args[0] if node.args else None
+            roles.add(arg.value if isinstance(arg, ast.Constant) else "?")
+            continue
+        path = []
+        while isinstance(f, ast.Attribute):
+            path.insert(0, f.attr)
+            f = f.value
+        if not isinstance(f, ast.Name):
+            continue
+        target = fn.__globals__.get(f.id)
+        for attr in path:
+            target = getattr(target, attr, None)
+        if inspect.isfunction(target) and target.__module__.startswith("deploylib.steps"):
+            roles |= tagged_roles(target, seen)
+    return roles
+
+
+def test_every_step_that_tags_a_new_resource_declares_its_undo():
+    catalog.load()
+    missing = {name: sorted(roles) for name in catalog.names()
+               if (roles := tagged_roles(catalog.get(name).fn) - KEPT)
+               and catalog.get(name).undo is None}
+    assert missing == {}
+    # what it reads is what the steps do: the launches, the images, the templates
+    for name in ("launch-builder", "launch-candidates", "create-image", "copy-image",
+                 "fold-template"):
+        assert tagged_roles(catalog.get(name).fn) - KEPT, name
+
+
+def _launch_thing(ctx):  # a step's body tagging through the library's helper
+    return bake.image_tags(ctx, None)
+
+
+def test_a_step_that_tags_without_declaring_its_undo_is_found(monkeypatch):
+    assert tagged_roles(_launch_thing) == {"image"}
+    monkeypatch.setattr(catalog, "_steps", dict(catalog._steps))  # the registry, for this test
+    catalog.step("t-launch-thing")(_launch_thing)  # registered with no undo
+    with pytest.raises(AssertionError, match="t-launch-thing"):
+        test_every_step_that_tags_a_new_resource_declares_its_undo()
+
+
+def test_every_declared_undo_is_a_registered_step():
+    catalog.load()
+    for name in catalog.names():
+        step = catalog.get(name)
+        if step.undo:
+            assert catalog.get(step.undo).name == step.undo

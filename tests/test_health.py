@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from deploylib import health, release, waits
+from deploylib import health, tarball, waits
 from deploylib.errors import WaitTimeout
 from tests.conftest import REPO, loopback
 
@@ -20,9 +20,9 @@ ADDRESS = loopback(97)
 @pytest.fixture
 def app(tmp_path):
     """The sample app, unpacked from a release tarball, serving on ADDRESS:8080."""
-    tarball = release.build(REPO / "examples/app", "4.5.6", tmp_path)
+    path = tarball.build(REPO / "examples/app", "4.5.6", tmp_path)
     unpacked = tmp_path / "release"
-    with tarfile.open(tarball) as tar:
+    with tarfile.open(path) as tar:
         tar.extractall(unpacked)  # our own tarball (extractall's filter= needs 3.11.4)
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=unpacked,
                             env=dict(os.environ, APP_HOST=ADDRESS, APP_PORT="8080"),

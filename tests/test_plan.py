@@ -161,14 +161,60 @@ def test_a_rollback_is_the_procedure_that_made_the_release_live_in_reverse():
 
 
 def test_a_failed_bake_demotes_then_discards_candidates_then_images_then_the_builder():
-    # demote first: promoted regions get their hosts back before candidates go; images
+    # derived from the steps' undo: the reverse of the stages that made what each removes
+    # (demote first: promoted regions get their hosts back before candidates go); images
     # before the builder: a builder whose image is gone is forgotten too, so a resume
-    # bakes again from launch-builder
+    # bakes again from launch-builder (the image was made from its hosts)
     assert planning.plan("immutable").cleanup == ("demote", "discard-candidates",
                                                   "discard-images", "discard-builder")
     assert planning.plan("immutable").restart_after("discard-images") == "launch-builder"
     assert planning.plan("rebake-light").restart_after("discard-candidates") == \
         "launch-candidates"
+    # rebake-light images its candidates: with them gone, it starts from their launch
+    assert planning.plan("rebake-light").restart_after("discard-images") == \
+        "launch-candidates"
+
+
+@pytest.mark.parametrize(("mode", "cleanup"), [
+    ("rebake-light", ("demote", "restore-templates", "discard-images", "discard-candidates")),
+    ("in-place", ("resume-scaling",)),
+    ("rollback-in-place", ("resume-scaling",)),
+    ("rollback-image", ("demote", "discard-candidates")),
+    # a fold's groups launch from their own versions again before its image goes
+    (planning.FOLD, ("restore-templates", "discard-images")),
+])
+def test_each_procedures_cleanup_is_the_undo_of_what_its_stages_make(mode, cleanup):
+    assert planning.plan(mode).cleanup == cleanup
+
+
+def test_cleanup_undoes_in_reverse_and_a_resume_restarts_where_the_hosts_were_launched():
+    declared = {"make-a": ("undo-a", None), "boot": ("drop-hosts", "hosts"),
+                "image": ("drop-image", None), "show": ("demote", None)}
+    stages = (planning.Stage("make-a", "make-a"), planning.Stage("boot", "boot"),
+              planning.Stage("image", "image", targets="hosts"),
+              planning.Stage("other", "other"), planning.Stage("show", "show"))
+    undo = {k: v[0] for k, v in declared.items()}
+    launches = {k: v[1] for k, v in declared.items()}
+    cleanup, restart = planning.undoing(stages, undo.get, launches.get)
+    # reversed, but demote (users back on what they had) first
+    assert cleanup == ("demote", "drop-image", "drop-hosts", "undo-a")
+    assert dict(restart) == {"undo-a": "make-a", "drop-hosts": "boot",
+                             "drop-image": "boot",  # made from boot's hosts
+                             "demote": "show"}
+
+
+def test_a_team_step_that_declares_its_undo_is_cleaned_up_in_every_procedure_it_joins(
+        monkeypatch):
+    from deploylib import catalog
+
+    catalog.load()
+    monkeypatch.setattr(catalog, "_steps", dict(catalog._steps))  # the registry, for this test
+    catalog.step("t-plan-reserve", undo="t-plan-release")(lambda ctx: None)
+    extra = type("Extra", (), {"step": "t-plan-reserve", "before": None,
+                               "after": "publish-release"})()
+    for mode in ("immutable", "in-place"):
+        cleanup = planning.plan(mode, [extra]).cleanup
+        assert cleanup[-1] == "t-plan-release"  # made first, undone last
 
 
 @pytest.mark.parametrize("mode", ["immutable", "rebake-light", "in-place"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import release, render
+from deploylib import render, tarball
 from deploylib.health import serving_version
 from deploylib.lab import BIN
 from deploylib.manifest import Manifest
@@ -47,8 +47,8 @@ class Host:
                               env=self.env(), timeout=60)
 
     def artifact(self, version: str) -> tuple[str, str]:
-        path = release.build(REPO / "examples/app", version, self.files)
-        return path.name, release.sha256_file(path)
+        path = tarball.build(REPO / "examples/app", version, self.files)
+        return path.name, tarball.sha256_file(path)
 
     def install(self, version: str, *, name: str | None = None, sha: str | None = None,
                 keep: int = 3, push: Path | None = None, health_check: str = "version",
@@ -199,8 +199,8 @@ def test_an_unhealthy_release_is_switched_back(host, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "app.py").write_text("raise SystemExit('cannot start')\n")
-    path = release.build(broken, "1.0.1", host.files)
-    out = host.install("1.0.1", name=path.name, sha=release.sha256_file(path))
+    path = tarball.build(broken, "1.0.1", host.files)
+    out = host.install("1.0.1", name=path.name, sha=tarball.sha256_file(path))
     assert out.returncode == 5, out.stdout + out.stderr
     assert "restored" in out.stderr
     assert host.current() == "releases/1.0.0" and host.serving() == "1.0.0"
@@ -210,8 +210,8 @@ def _release(host, tmp_path, version: str, source: str) -> tuple[str, str]:
     app = tmp_path / version
     app.mkdir()
     (app / "app.py").write_text(source)
-    path = release.build(app, version, host.files)
-    return path.name, release.sha256_file(path)
+    path = tarball.build(app, version, host.files)
+    return path.name, tarball.sha256_file(path)
 
 
 def test_a_release_that_exits_at_start_is_given_up_on_at_once(host, tmp_path):
@@ -411,13 +411,13 @@ def _release_with(tmp_path, host, version, add) -> tuple[str, str]:
     would meet it."""
     import tarfile
 
-    base = release.build(REPO / "examples/app", version, tmp_path)
+    base = tarball.build(REPO / "examples/app", version, tmp_path)
     path = host.files / f"hostile-{version}.tar.gz"
     with tarfile.open(base) as src, tarfile.open(path, "w:gz") as out:
         for member in src.getmembers():
             out.addfile(member, src.extractfile(member) if member.isfile() else None)
         add(out)
-    return path.name, release.sha256_file(path)
+    return path.name, tarball.sha256_file(path)
 
 
 def _member(name, kind, **kw):
@@ -615,8 +615,8 @@ def _greeter(host, tmp_path, version: str, **changes: str) -> tuple[str, str]:
                      f"{key} = {value}")
         text = "\n".join(lines) + "\n"
     (source / "release.toml").write_text(text)
-    path = release.build(source, version, host.files, build_command="make -s")
-    return path.name, release.sha256_file(path)
+    path = tarball.build(source, version, host.files, build_command="make -s")
+    return path.name, tarball.sha256_file(path)
 
 
 def test_a_compiled_app_runs_as_its_release_says_and_reloads_gracefully(host, tmp_path):
@@ -678,8 +678,8 @@ def test_a_release_that_says_no_start_command_is_refused_on_the_host_too(host, t
     assert host.install("1.0.0").returncode == 0
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "server").write_text("#!/bin/sh\n")
-    path = release.build(tmp_path / "bare", "2.0.0", host.files)
-    out = host.install("2.0.0", name=path.name, sha=release.sha256_file(path), app=NO_DEFAULTS)
+    path = tarball.build(tmp_path / "bare", "2.0.0", host.files)
+    out = host.install("2.0.0", name=path.name, sha=tarball.sha256_file(path), app=NO_DEFAULTS)
     assert out.returncode == 12 and "no start command" in out.stderr, out.stderr
     assert host.current() == "releases/1.0.0" and host.releases() == ["1.0.0"]
 

@@ -62,8 +62,10 @@ def production(tmp_path):
 
 
 def invoke(args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "invoke", *args.split()], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    """The command line in `env`, in this process (tests/conftest.run_in_process)."""
+    from tests.conftest import run_in_process
+
+    return run_in_process(args.split(), env)
 
 
 def one_line(proc: subprocess.CompletedProcess, *words: str) -> str:

@@ -22,31 +22,32 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, cast
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    CredentialRetrievalError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-    SSOError,
-    TokenRetrievalError,
-)
+import botocore.exceptions as botocore_errors
+from botocore.exceptions import BotoCoreError, ClientError
 
 from deploylib.errors import (
     AwsConfigError,
     CloudError,
     CredentialsError,
+    DeployError,
     PermissionDenied,
     Unreachable,
 )
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (boto3-stubs: a test dependency)
+    from mypy_boto3_autoscaling import AutoScalingClient
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
 
 TAG_RUN = "deploy:run"
 TAG_RELEASE = "deploy:release"
@@ -169,26 +170,28 @@ class AwsClients:
                 "or in Jenkins its credentials id), or correct account_id")
         return account
 
-    def autoscaling(self, region: str) -> Any:
-        return self.client("autoscaling", region)
+    # Each service's client, typed by its stub package (a test dependency: at run time
+    # these are boto3's own clients, and the names only annotations).
+    def autoscaling(self, region: str) -> AutoScalingClient:
+        return cast("AutoScalingClient", self.client("autoscaling", region))
 
-    def dynamodb(self) -> Any:
-        return self.client("dynamodb")
+    def dynamodb(self) -> DynamoDBClient:
+        return cast("DynamoDBClient", self.client("dynamodb"))
 
-    def ec2(self, region: str) -> Any:
-        return self.client("ec2", region)
+    def ec2(self, region: str) -> EC2Client:
+        return cast("EC2Client", self.client("ec2", region))
 
-    def elbv2(self, region: str) -> Any:
-        return self.client("elbv2", region)
+    def elbv2(self, region: str) -> ElasticLoadBalancingv2Client:
+        return cast("ElasticLoadBalancingv2Client", self.client("elbv2", region))
 
-    def kms(self, region: str) -> Any:
-        return self.client("kms", region)
+    def kms(self, region: str) -> KMSClient:
+        return cast("KMSClient", self.client("kms", region))
 
-    def s3(self) -> Any:
-        return self.client("s3")
+    def s3(self) -> S3Client:
+        return cast("S3Client", self.client("s3"))
 
-    def ssm(self) -> Any:
-        return self.client("ssm")
+    def ssm(self) -> SSMClient:
+        return cast("SSMClient", self.client("ssm"))
 
 
 # -- whose credentials --------------------------------------------------------------------------
@@ -225,6 +228,22 @@ def session_name(text: str) -> str:
     return name if len(name) >= 2 else "deploylib"
 
 
+@lru_cache(maxsize=1)
+def _models() -> Any:
+    """botocore's loader of service models, one per process: a session of its own reads
+    and parses them again (EC2's alone is megabytes of JSON) for each session made."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
+def _sharing_models(session: Any) -> Any:
+    """`session` (boto3's or botocore's) reading service models through `_models`."""
+    core = getattr(session, "_session", session)
+    core.register_component("data_loader", _models())
+    return session
+
+
 def _session(credentials: dict[str, str] | None, identity: Identity, region: str,
              endpoint_url: str | None) -> Any:
     """The boto3 session every client is made from: the profile's, or the chain's, or
@@ -233,7 +252,11 @@ def _session(credentials: dict[str, str] | None, identity: Identity, region: str
     from botocore.exceptions import ProfileNotFound
 
     try:
-        base = boto3.session.Session(**(credentials or {}), profile_name=identity.profile)
+        given = credentials or {}
+        base = boto3.session.Session(aws_access_key_id=given.get("aws_access_key_id"),
+                                     aws_secret_access_key=given.get("aws_secret_access_key"),
+                                     aws_session_token=given.get("aws_session_token"),
+                                     profile_name=identity.profile)
     except ProfileNotFound as exc:
         profile = identity.profile or os.environ.get("AWS_PROFILE", "")
         raise AwsConfigError(
@@ -242,6 +265,7 @@ def _session(credentials: dict[str, str] | None, identity: Identity, region: str
             fix="make it (`aws configure sso --profile NAME`, or a [profile NAME] section "
             "in ~/.aws/config), or name one that is there (`aws configure list-profiles`)"
         ) from None
+    _sharing_models(base)
     if not identity.role_arn:
         return base
     from botocore.credentials import DeferredRefreshableCredentials
@@ -249,13 +273,15 @@ def _session(credentials: dict[str, str] | None, identity: Identity, region: str
 
     seconds = max(_SESSION_MIN, min(_SESSION_MAX, identity.session_seconds))
 
+    role_arn = identity.role_arn
+
     def assume() -> dict[str, str]:
         sts = base.client("sts", region_name=region, endpoint_url=endpoint_url)
         asked = seconds
         while True:
             try:
                 with calling(_ROLE_RESOURCE, "check the role's trust policy"):
-                    got = sts.assume_role(RoleArn=identity.role_arn,
+                    got = sts.assume_role(RoleArn=role_arn,
                                           RoleSessionName=session_name(identity.session_name),
                                           DurationSeconds=asked)["Credentials"]
                 break
@@ -270,9 +296,12 @@ def _session(credentials: dict[str, str] | None, identity: Identity, region: str
                 "token": got["SessionToken"], "expiry_time": got["Expiration"].isoformat()}
 
     botocore_session = BotocoreSession()
-    botocore_session._credentials = DeferredRefreshableCredentials(  # noqa: SLF001
+    # Set as boto3's own assume-role provider sets them: credentials that renew
+    # themselves (botocore has no public setter for refreshable credentials).
+    botocore_session._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
         refresh_using=assume, method="assume-role")
-    return boto3.session.Session(botocore_session=botocore_session, region_name=region)
+    return boto3.session.Session(botocore_session=_sharing_models(botocore_session),
+                                 region_name=region)
 
 
 # -- the error boundary ----------------------------------------------------------------------
@@ -328,37 +357,78 @@ def _endpoint(exc: BotoCoreError) -> str:
     return str(getattr(exc, "kwargs", {}).get("endpoint_url", "") or "the AWS API")
 
 
+def _families() -> tuple[tuple[tuple[type[Exception], ...], Callable[[Exception, str, str],
+                                                                       DeployError]], ...]:
+    """botocore's exceptions by family, each to one of ours with its fix, first match wins;
+    what no family names is the call's own failure (`CloudError` with the call's fix).
+    tests/test_aws.py holds every exception botocore defines to this."""
+    b = botocore_errors
+    missing = (b.NoCredentialsError, b.PartialCredentialsError, b.NoAuthTokenError)
+    unloadable = (b.CredentialRetrievalError, b.TokenRetrievalError, b.SSOError, b.LoginError,
+                  b.MetadataRetrievalError, b.RefreshWithMFAUnsupportedError,
+                  b.UnknownCredentialError, b.UnknownTokenProviderError)
+    # The network between this machine and AWS: the request may not have arrived.
+    network = (b.ConnectionError, b.HTTPClientError, b.IncompleteReadError)
+    # The operator's AWS set-up (profile, region, endpoints, retries): nothing was sent.
+    setup = (b.NoRegionError, b.ProfileNotFound, b.ConfigParseError, b.ConfigNotFound,
+             b.InvalidConfigError, b.UnknownRegionError, b.InvalidRegionError,
+             b.BaseEndpointResolverError, b.EndpointProviderError, b.ServiceNotInRegionError,
+             b.InvalidRetryConfigurationError, b.InvalidProxiesConfigError,
+             b.InvalidDefaultsMode, b.InvalidIMDSEndpointError, b.InvalidIMDSEndpointModeError,
+             b.InvalidS3AddressingStyleError, b.InvalidSTSRegionalEndpointsConfigError,
+             b.InvalidS3UsEast1RegionalEndpointConfigError,
+             b.InvalidEndpointDiscoveryConfigurationError,
+             b.InvalidEndpointConfigurationError, b.InvalidChecksumConfigError,
+             b.UnsupportedS3ConfigurationError, b.UnsupportedS3AccesspointConfigurationError,
+             b.UnsupportedS3ControlConfigurationError, b.MissingDependencyException)
+    return (
+        (missing, lambda exc, res, fix: CredentialsError(
+            f"no usable AWS credentials were found ({exc})", resource=res,
+            fix=CREDENTIALS_FIX)),
+        (unloadable, lambda exc, res, fix: CredentialsError(
+            f"the AWS credentials could not be loaded ({exc})", resource=res,
+            fix=f"refresh them: {CREDENTIALS_FIX}")),
+        (network, lambda exc, res, fix: Unreachable(
+            f"{_endpoint(exc)} could not be reached ({type(exc).__name__})", resource=res,
+            fix="check this machine's network path to AWS (VPN, proxy, firewall) and the "
+            "region; then `invoke resume` for a run that stopped")),
+        (setup, lambda exc, res, fix: AwsConfigError(
+            f"the AWS configuration cannot be used ({type(exc).__name__}: {exc})",
+            resource=res, fix="check AWS_PROFILE, AWS_REGION and ~/.aws/config against the "
+            "environment's regions (`invoke preflight` checks them)")),
+    )
+
+
+def from_botocore(exc: Exception, resource: str, fix: str) -> DeployError:
+    """botocore's (or boto3's) exception as one of ours: one line, naming `resource`,
+    with `fix` unless the failure has a better one (credentials, network, set-up)."""
+    if isinstance(exc, ClientError):
+        return _from_client_error(exc, resource, fix)
+    for family, ours in _families():
+        if isinstance(exc, family):
+            return ours(exc, resource, fix)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ClientError):  # S3 transfers wrap AWS's answer in one of boto3's
+        return _from_client_error(cause, resource, fix)
+    return CloudError(f"{type(exc).__name__}: {exc}", resource=resource, fix=fix)
+
+
 @contextmanager
 def calling(resource: str, fix: str) -> Iterator[None]:
-    """Run AWS calls; any failure leaves as one of ours, naming `resource`, with `fix`
-    unless the failure has a better one of its own (credentials, permissions, network)."""
+    """Run AWS calls; any failure leaves as one of ours (`from_botocore`), botocore's
+    exception kept as its cause for whoever debugs it."""
     try:
         yield
-    except ClientError as exc:
-        raise _from_client_error(exc, resource, fix) from None
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise CredentialsError(f"no usable AWS credentials were found ({exc})",
-                               resource=resource, fix=CREDENTIALS_FIX) from None
-    except (CredentialRetrievalError, TokenRetrievalError, SSOError) as exc:
-        raise CredentialsError(f"the AWS credentials could not be loaded ({exc})",
-                               resource=resource, fix=f"refresh them: {CREDENTIALS_FIX}"
-                               ) from None
-    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
-        raise Unreachable(f"{_endpoint(exc)} could not be reached ({type(exc).__name__})",
-                          resource=resource, fix="check this machine's network path to AWS "
-                          "(VPN, proxy, firewall) and the region; then `invoke resume` "
-                          "for a run that stopped") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise from_botocore(exc, resource, fix) from exc
     except Exception as exc:
-        # boto3's own errors (S3 transfers wrap AWS's answer in one); imported here, as
-        # importing boto3 costs half a second that a command without AWS need not pay.
+        # boto3's own errors; imported here, as importing boto3 costs half a second that a
+        # command without AWS need not pay.
         from boto3.exceptions import Boto3Error
 
-        if not isinstance(exc, BotoCoreError | Boto3Error):
+        if not isinstance(exc, Boto3Error):
             raise
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ClientError):
-            raise _from_client_error(cause, resource, fix) from None
-        raise CloudError(f"{type(exc).__name__}: {exc}", resource=resource, fix=fix) from None
+        raise from_botocore(exc, resource, fix) from exc
 
 
 # -- tags ---------------------------------------------------------------------------------------
@@ -371,8 +441,9 @@ def tags(run_id: str, env: str, release: str, procedure: str, role: str,
     return [{"Key": k, "Value": v} for k, v in out.items()]
 
 
-def tag_map(tag_list: Iterable[dict[str, str]] | None) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in tag_list or ()}
+def tag_map(tag_list: Iterable[Mapping[str, Any]] | None) -> dict[str, str]:
+    """Tags as AWS lists them ({"Key", "Value"} each), as a dict."""
+    return {str(t["Key"]): str(t["Value"]) for t in tag_list or ()}
 
 
 # The services, each in its own module; imported last, as they use the boundary above.

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib import waits
 from deploylib.aws import calling, tag_map
 from deploylib.errors import CloudError
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_autoscaling import AutoScalingClient
 
 # The launch lifecycle hook every server group has: an instance stays out of service
 # until its user data has put the live release on it (deploylib/templates/boot.sh.j2).
@@ -46,7 +49,7 @@ class ServerGroup:
     created: float = 0.0  # epoch seconds
 
     @classmethod
-    def from_api(cls, region: str, g: dict[str, Any]) -> ServerGroup:
+    def from_api(cls, region: str, g: Mapping[str, Any]) -> ServerGroup:
         lt = g.get("LaunchTemplate") or {}
         return cls(
             name=g["AutoScalingGroupName"], region=region,
@@ -90,7 +93,7 @@ def _where(name: str, region: str) -> str:
     return f"server group {name} in {region}"
 
 
-def server_groups(asg: Any, region: str, prefix: str) -> list[ServerGroup]:
+def server_groups(asg: AutoScalingClient, region: str, prefix: str) -> list[ServerGroup]:
     """The environment's server groups in a region, oldest first."""
     with calling(f"server groups {prefix}-v* in {region}",
                  "check autoscaling:DescribeAutoScalingGroups is allowed"):
@@ -102,14 +105,14 @@ def server_groups(asg: Any, region: str, prefix: str) -> list[ServerGroup]:
     return sorted(found, key=lambda g: number_of(g.name) or 0)
 
 
-def describe(asg: Any, region: str, name: str) -> ServerGroup | None:
+def describe(asg: AutoScalingClient, region: str, name: str) -> ServerGroup | None:
     with calling(_where(name, region), "check autoscaling:DescribeAutoScalingGroups is allowed"):
         found = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
             "AutoScalingGroups"]
     return ServerGroup.from_api(region, found[0]) if found else None
 
 
-def create(asg: Any, *, region: str, name: str, template_id: str, version: int,
+def create(asg: AutoScalingClient, *, region: str, name: str, template_id: str, version: int,
            subnet_ids: list[str], tag_list: list[dict[str, str]], min_size: int,
            max_size: int, desired: int, hook_timeout: int) -> ServerGroup:
     """Create a server group (no target group yet: it is attached when it is promoted)
@@ -136,14 +139,15 @@ def create(asg: Any, *, region: str, name: str, template_id: str, version: int,
     return describe(asg, region, name)  # type: ignore[return-value]
 
 
-def set_capacity(asg: Any, region: str, name: str, *, min_size: int, max_size: int,
+def set_capacity(asg: AutoScalingClient, region: str, name: str, *, min_size: int, max_size: int,
                  desired: int) -> None:
     with calling(_where(name, region), "check autoscaling:UpdateAutoScalingGroup is allowed"):
         asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=min_size,
                                       MaxSize=max_size, DesiredCapacity=desired)
 
 
-def use_template(asg: Any, region: str, name: str, template_id: str, version: int) -> None:
+def use_template(asg: AutoScalingClient, region: str, name: str, template_id: str,
+                 version: int | str) -> None:
     """Point a group at another launch template version: its next launches use it; the
     instances it has are left as they are."""
     with calling(_where(name, region), "check autoscaling:UpdateAutoScalingGroup is allowed"):
@@ -151,14 +155,14 @@ def use_template(asg: Any, region: str, name: str, template_id: str, version: in
             "LaunchTemplateId": template_id, "Version": str(version)})
 
 
-def attach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
+def attach(asg: AutoScalingClient, region: str, name: str, target_groups: list[str]) -> None:
     with calling(_where(name, region),
                  "check autoscaling:AttachLoadBalancerTargetGroups is allowed"):
         asg.attach_load_balancer_target_groups(AutoScalingGroupName=name,
                                                TargetGroupARNs=target_groups)
 
 
-def detach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
+def detach(asg: AutoScalingClient, region: str, name: str, target_groups: list[str]) -> None:
     if not target_groups:
         return
     with calling(_where(name, region),
@@ -167,18 +171,18 @@ def detach(asg: Any, region: str, name: str, target_groups: list[str]) -> None:
                                                TargetGroupARNs=target_groups)
 
 
-def hold(asg: Any, region: str, name: str) -> None:
+def hold(asg: AutoScalingClient, region: str, name: str) -> None:
     """No scale-in or replacement underneath a procedure (HELD)."""
     with calling(_where(name, region), "check autoscaling:SuspendProcesses is allowed"):
         asg.suspend_processes(AutoScalingGroupName=name, ScalingProcesses=HELD)
 
 
-def release(asg: Any, region: str, name: str) -> None:
+def release(asg: AutoScalingClient, region: str, name: str) -> None:
     with calling(_where(name, region), "check autoscaling:ResumeProcesses is allowed"):
         asg.resume_processes(AutoScalingGroupName=name, ScalingProcesses=HELD)
 
 
-def delete(asg: Any, region: str, name: str) -> None:
+def delete(asg: AutoScalingClient, region: str, name: str) -> None:
     """Delete a server group and terminate its instances (ForceDelete)."""
     with calling(_where(name, region), "check autoscaling:DeleteAutoScalingGroup is allowed"):
         if describe(asg, region, name) is None:
@@ -193,7 +197,7 @@ def boot_failure(name: str, console: str) -> str | None:
     return next((line.strip() for line in console.splitlines() if marker in line), None)
 
 
-def wait_in_service(asg: Any, region: str, name: str, count: int, timeout: float,
+def wait_in_service(asg: AutoScalingClient, region: str, name: str, count: int, timeout: float,
                     console: Callable[[str], str] | None = None) -> list[str]:
     """Wait until `count` of the group's instances are in service (their boot done).
     Stops early once as many instances as were asked for have gone without ever going

@@ -4,20 +4,41 @@ found, deleted with their snapshots)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from deploylib import waits
 from deploylib.aws import TAG_ENV, TAG_RETIRING, calling, tag_map
 from deploylib.errors import CloudError, InputError, WaitTimeout
 
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.literals import ResourceTypeType
+    from mypy_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        ImageTypeDef,
+        LaunchTemplateVersionTypeDef,
+        RequestLaunchTemplateDataTypeDef,
+        SecurityGroupTypeDef,
+        SnapshotTypeDef,
+        SubnetTypeDef,
+        TagSpecificationTypeDef,
+    )
+
+LIVE_STATES: list[str] = ["pending", "running", "stopping", "stopped"]
 # EC2 is eventually consistent (AWS's EC2 API reference, "Eventual consistency"): an id
 # just created can be unknown to the next call for a while, a snapshot just released
 # from its image still in use. Within this long, those answers mean "not yet".
 SETTLE = 120.0
 
+
+
+def tag_specifications(kinds: tuple[ResourceTypeType, ...], tag_list: list[dict[str, str]]
+                       ) -> list[TagSpecificationTypeDef]:
+    """The tags of what a call creates, for each kind of resource it creates."""
+    return [{"ResourceType": kind, "Tags": [{"Key": t["Key"], "Value": t["Value"]}
+                                            for t in tag_list]} for kind in kinds]
 
 @dataclass(frozen=True)
 class Instance:
@@ -30,7 +51,8 @@ class Instance:
     launched: Any = None  # LaunchTime, as botocore gives it
 
     @classmethod
-    def from_api(cls, region: str, data: dict[str, Any], public: bool = False) -> Instance:
+    def from_api(cls, region: str, data: Mapping[str, Any], public: bool = False
+                 ) -> Instance:
         private, public_ip = data.get("PrivateIpAddress"), data.get("PublicIpAddress")
         return cls(
             instance_id=data["InstanceId"],
@@ -50,7 +72,7 @@ def _ids(instance_ids: Iterable[str], region: str) -> str:
 # -- instances ----------------------------------------------------------------------------------
 
 
-def describe_subnet(ec2: Any, name_or_id: str, region: str) -> dict[str, Any]:
+def describe_subnet(ec2: EC2Client, name_or_id: str, region: str) -> SubnetTypeDef:
     """The subnet (its VpcId and AvailabilityZone with it), by id or by Name tag."""
     with calling(f"subnet {name_or_id} in {region}", "check subnet in deploy.toml"):
         if name_or_id.startswith("subnet-"):
@@ -65,7 +87,8 @@ def describe_subnet(ec2: Any, name_or_id: str, region: str) -> dict[str, Any]:
     return subnets[0]
 
 
-def security_group(ec2: Any, name_or_id: str, region: str, vpc_id: str) -> dict[str, Any]:
+def security_group(ec2: EC2Client, name_or_id: str, region: str, vpc_id: str
+                   ) -> SecurityGroupTypeDef:
     """The security group, by id or by name within the subnet's VPC: a group name is
     unique only within a VPC, and a group of another VPC cannot be used there."""
     by_id = name_or_id.startswith("sg-")
@@ -83,11 +106,11 @@ def security_group(ec2: Any, name_or_id: str, region: str, vpc_id: str) -> dict[
     return groups[0]
 
 
-def resolve_security_group(ec2: Any, name_or_id: str, region: str, vpc_id: str) -> str:
+def resolve_security_group(ec2: EC2Client, name_or_id: str, region: str, vpc_id: str) -> str:
     return str(security_group(ec2, name_or_id, region, vpc_id)["GroupId"])
 
 
-def _launch_spec(ec2: Any, region: str, image_id: str, instance_type: str,
+def _launch_spec(ec2: EC2Client, region: str, image_id: str, instance_type: str,
                  tag_list: list[dict[str, str]], key_name: str | None) -> dict[str, Any]:
     """What every instance is launched with, by RunInstances or a launch template: IMDSv2
     required, the image's root volume re-stated encrypted, tags on instance and volume."""
@@ -108,15 +131,14 @@ def _launch_spec(ec2: Any, region: str, image_id: str, instance_type: str,
         MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled",
                          "HttpPutResponseHopLimit": 1},
         BlockDeviceMappings=[{"DeviceName": root, "Ebs": ebs}],
-        TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list},
-                           {"ResourceType": "volume", "Tags": tag_list}],
+        TagSpecifications=tag_specifications(("instance", "volume"), tag_list),
     )
     if key_name:
         spec["KeyName"] = key_name
     return spec
 
 
-def launch(ec2: Any, *, region: str, image_id: str, count: int, instance_type: str,
+def launch(ec2: EC2Client, *, region: str, image_id: str, count: int, instance_type: str,
            subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
            client_token: str, key_name: str | None = None) -> list[str]:
     """Launch instances with IMDSv2 required and an encrypted root volume; the client
@@ -144,7 +166,7 @@ class TemplateVersion:
     description: str = ""  # the client token of the run that made it
 
 
-def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
+def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: str,
                          instance_type: str, security_group_ids: list[str],
                          tag_list: list[dict[str, str]], user_data: str,
                          instance_profile: str | None, key_name: str | None,
@@ -153,9 +175,12 @@ def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
     use): what one server group's instances launch with. Idempotent by client token."""
     import base64
 
-    data = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
-    data.update(SecurityGroupIds=security_group_ids,
+    # The run-instances spec's keys, which a template's data shares (botocore checks
+    # them against the service model before anything is sent).
+    spec = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
+    spec.update(SecurityGroupIds=security_group_ids,
                 UserData=base64.b64encode(user_data.encode()).decode())
+    data = cast("RequestLaunchTemplateDataTypeDef", spec)
     if instance_profile:
         data["IamInstanceProfile"] = ({"Arn": instance_profile}
                                       if instance_profile.startswith("arn:")
@@ -172,30 +197,31 @@ def put_template_version(ec2: Any, *, region: str, name: str, image_id: str,
             made = ec2.create_launch_template(
                 LaunchTemplateName=name, LaunchTemplateData=data, ClientToken=client_token,
                 VersionDescription=client_token,
-                TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}]
+                TagSpecifications=tag_specifications(("launch-template",), tags)
             )["LaunchTemplate"]
             return TemplateVersion(made["LaunchTemplateId"], name,
                                    int(made["LatestVersionNumber"]), image_id, tag_map(tags),
                                    description=client_token)
-        made = ec2.create_launch_template_version(
+        version = ec2.create_launch_template_version(
             LaunchTemplateId=template.template_id, LaunchTemplateData=data,
             VersionDescription=client_token, ClientToken=client_token)["LaunchTemplateVersion"]
-    return TemplateVersion(template.template_id, name, int(made["VersionNumber"]), image_id,
-                           tag_map(tags), description=client_token)
+    return TemplateVersion(template.template_id, name, int(version["VersionNumber"]),
+                           image_id, tag_map(tags), description=client_token)
 
 
-def _version(v: dict[str, Any]) -> TemplateVersion:
+def _version(v: LaunchTemplateVersionTypeDef) -> TemplateVersion:
     data = v.get("LaunchTemplateData", {})
     tags = next((tag_map(t.get("Tags")) for t in data.get("TagSpecifications", [])
                  if t.get("ResourceType") == "instance"), {})
     made = v.get("CreateTime")
     return TemplateVersion(v["LaunchTemplateId"], v["LaunchTemplateName"],
                            int(v["VersionNumber"]), data.get("ImageId", ""), tags,
-                           made.timestamp() if hasattr(made, "timestamp") else 0.0,
+                           made.timestamp() if made is not None else 0.0,
                            v.get("VersionDescription", ""))
 
 
-def _template_versions(ec2: Any, region: str, template_id: str) -> list[dict[str, Any]]:
+def _template_versions(ec2: EC2Client, region: str, template_id: str
+                       ) -> list[LaunchTemplateVersionTypeDef]:
     with calling(f"launch template {template_id} in {region}",
                  "check ec2:DescribeLaunchTemplateVersions is allowed"):
         pages = ec2.get_paginator("describe_launch_template_versions").paginate(
@@ -210,7 +236,7 @@ class LaunchTemplate:
     versions: list[TemplateVersion]
 
 
-def launch_template(ec2: Any, region: str, name: str) -> LaunchTemplate | None:
+def launch_template(ec2: EC2Client, region: str, name: str) -> LaunchTemplate | None:
     """The environment's launch template and its versions (None: there is none)."""
     with calling(f"launch template {name} in {region}",
                  "check ec2:DescribeLaunchTemplates is allowed"):
@@ -224,19 +250,19 @@ def launch_template(ec2: Any, region: str, name: str) -> LaunchTemplate | None:
                           [_version(v) for v in _template_versions(ec2, region, template_id)])
 
 
-def template_images(ec2: Any, region: str, name: str) -> dict[str, str]:
+def template_images(ec2: EC2Client, region: str, name: str) -> dict[str, str]:
     """The image each version of the launch template launches, by version number."""
     template = launch_template(ec2, region, name)
     return {str(v.version): v.image_id for v in (template.versions if template else [])}
 
 
-def delete_template(ec2: Any, region: str, template_id: str) -> None:
+def delete_template(ec2: EC2Client, region: str, template_id: str) -> None:
     with calling(f"launch template {template_id} in {region}",
                  "check ec2:DeleteLaunchTemplate is allowed"):
         ec2.delete_launch_template(LaunchTemplateId=template_id)
 
 
-def delete_template_versions(ec2: Any, region: str, template_id: str,
+def delete_template_versions(ec2: EC2Client, region: str, template_id: str,
                              versions: list[int]) -> None:
     if not versions:
         return
@@ -246,12 +272,13 @@ def delete_template_versions(ec2: Any, region: str, template_id: str,
                                             Versions=[str(v) for v in versions])
 
 
-def _described(pages: Iterable[dict[str, Any]], region: str, public: bool) -> list[Instance]:
+def _described(pages: Iterable[Mapping[str, Any]], region: str, public: bool
+               ) -> list[Instance]:
     return [Instance.from_api(region, i, public) for page in pages
             for r in page["Reservations"] for i in r["Instances"]]
 
 
-def describe(ec2: Any, region: str, instance_ids: list[str],
+def describe(ec2: EC2Client, region: str, instance_ids: list[str],
              public: bool = False) -> list[Instance]:
     """Instances as EC2 sees them; `public` prefers the public address (from outside
     the VPC) over the private one."""
@@ -263,16 +290,16 @@ def describe(ec2: Any, region: str, instance_ids: list[str],
         return _described(pages, region, public)
 
 
-def find_tagged(ec2: Any, region: str, filters: dict[str, str]) -> list[Instance]:
+def find_tagged(ec2: EC2Client, region: str, filters: dict[str, str]) -> list[Instance]:
     """Instances (not terminated) carrying all the given tags."""
-    f = [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
-    f.append({"Name": "instance-state-name", "Values": LIVE_STATES})
+    f: list[FilterTypeDef] = [*_tag_filters(filters),
+                              {"Name": "instance-state-name", "Values": LIVE_STATES}]
     with calling(f"instances tagged {filters} in {region}", "check EC2 read permissions"):
         pages = ec2.get_paginator("describe_instances").paginate(Filters=f)
         return _described(pages, region, False)
 
 
-def wait_instances(ec2: Any, region: str, instance_ids: list[str], state: str,
+def wait_instances(ec2: EC2Client, region: str, instance_ids: list[str], state: str,
                    timeout: float) -> list[Instance]:
     dead = {"terminated", "shutting-down"} - {state}
 
@@ -295,7 +322,7 @@ def wait_instances(ec2: Any, region: str, instance_ids: list[str], state: str,
                        fix="check the EC2 console for the instances' state and status checks")
 
 
-def still_there(ec2: Any, region: str, instance_ids: list[str]) -> set[str]:
+def still_there(ec2: EC2Client, region: str, instance_ids: list[str]) -> set[str]:
     """Which of the ids are instances not terminated (a filter: unknown ids are fine)."""
     if not instance_ids:
         return set()
@@ -306,13 +333,13 @@ def still_there(ec2: Any, region: str, instance_ids: list[str]) -> set[str]:
         return {i.instance_id for i in _described(pages, region, False)}
 
 
-def stop(ec2: Any, region: str, instance_ids: list[str]) -> None:
+def stop(ec2: EC2Client, region: str, instance_ids: list[str]) -> None:
     with calling(_ids(instance_ids, region),
                  "check they exist and are not protected from stopping"):
         ec2.stop_instances(InstanceIds=instance_ids)
 
 
-def terminate(ec2: Any, region: str, instance_ids: list[str]) -> None:
+def terminate(ec2: EC2Client, region: str, instance_ids: list[str]) -> None:
     """Terminate instances; one already gone is fine (terminating is idempotent), and
     every other one is checked to be on its way out."""
     if not instance_ids:
@@ -336,7 +363,7 @@ def terminate(ec2: Any, region: str, instance_ids: list[str]) -> None:
                          fix="check termination protection and the instances' state")
 
 
-def console_output(ec2: Any, region: str, instance_id: str, *, latest: bool) -> str:
+def console_output(ec2: EC2Client, region: str, instance_id: str, *, latest: bool) -> str:
     """The instance's console output: the most recent (`latest`, Nitro instances only)
     or what was buffered after its last state change (every instance type)."""
     with calling(f"instance {instance_id} in {region}", "check ec2:GetConsoleOutput"):
@@ -345,7 +372,7 @@ def console_output(ec2: Any, region: str, instance_id: str, *, latest: bool) -> 
     return out.get("Output", "") or ""
 
 
-def mark_retiring(ec2: Any, region: str, instance_ids: list[str], run_id: str) -> None:
+def mark_retiring(ec2: EC2Client, region: str, instance_ids: list[str], run_id: str) -> None:
     """Tag hosts a promotion replaced with the run that may still put them back."""
     if instance_ids:
         with calling(_ids(instance_ids, region), "check ec2:CreateTags"):
@@ -356,7 +383,8 @@ def mark_retiring(ec2: Any, region: str, instance_ids: list[str], run_id: str) -
 # -- images ---------------------------------------------------------------------------------
 
 
-def _described_images(ec2: Any, region: str, ids: list[str]) -> list[dict[str, Any]] | None:
+def _described_images(ec2: EC2Client, region: str, ids: list[str]
+                      ) -> list[ImageTypeDef] | None:
     """Images as EC2 describes them; None when it knows none of the ids (unknown, or
     not visible yet), [] when it knows them as gone."""
     try:
@@ -368,13 +396,13 @@ def _described_images(ec2: Any, region: str, ids: list[str]) -> list[dict[str, A
         raise
 
 
-def images(ec2: Any, region: str, image_ids: list[str]) -> list[dict[str, Any]]:
+def images(ec2: EC2Client, region: str, image_ids: list[str]) -> list[ImageTypeDef]:
     """Images as EC2 describes them (none for an id it does not know)."""
     ids = [i for i in image_ids if i]
     return (_described_images(ec2, region, ids) or []) if ids else []
 
 
-def key_pair_exists(ec2: Any, region: str, name: str) -> bool:
+def key_pair_exists(ec2: EC2Client, region: str, name: str) -> bool:
     try:
         with calling(f"key pair {name} in {region}", "check key_name in deploy.toml"):
             return bool(ec2.describe_key_pairs(KeyNames=[name]).get("KeyPairs"))
@@ -384,7 +412,7 @@ def key_pair_exists(ec2: Any, region: str, name: str) -> bool:
         raise
 
 
-def check_own_image(ec2: Any, region: str, image_id: str, env: str, account: str) -> None:
+def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, account: str) -> None:
     """An image the tool may launch a fleet from: this account's own, tagged for the
     environment. Image ids come back from the record and from a Jenkins handoff; one
     PutParameter or one crafted build must not promote someone else's image (which
@@ -408,14 +436,14 @@ def check_own_image(ec2: Any, region: str, image_id: str, env: str, account: str
                          fix=f"deploy an image baked for {env}")
 
 
-def ebs_default_key(ec2: Any, region: str) -> str:
+def ebs_default_key(ec2: EC2Client, region: str) -> str:
     """The key EC2 encrypts a volume with when the request names none (the tool names
     none: launches, images and copies all use the region's default)."""
     with calling(f"the default EBS key in {region}", "grant ec2:GetEbsDefaultKmsKeyId"):
         return str(ec2.get_ebs_default_kms_key_id()["KmsKeyId"])
 
 
-def find_base_image(ec2: Any, region: str, spec: str, owner: str | None) -> str:
+def find_base_image(ec2: EC2Client, region: str, spec: str, owner: str | None) -> str:
     """An image id as given, or the newest available image whose name matches."""
     if spec.startswith("ami-"):
         return spec
@@ -432,14 +460,14 @@ def find_base_image(ec2: Any, region: str, spec: str, owner: str | None) -> str:
     return max(found, key=lambda i: i.get("CreationDate", ""))["ImageId"]
 
 
-def _image_and_snapshots(tag_list: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _image_and_snapshots(tag_list: list[dict[str, str]]) -> list[TagSpecificationTypeDef]:
     """Tags at creation, for the image and its snapshots alike: a resource tagged in a
     later call can be missed by it (not visible yet), and one left untagged is invisible
     to gc and shows as drift."""
-    return [{"ResourceType": kind, "Tags": tag_list} for kind in ("image", "snapshot")]
+    return tag_specifications(("image", "snapshot"), tag_list)
 
 
-def create_image(ec2: Any, region: str, instance_id: str, name: str,
+def create_image(ec2: EC2Client, region: str, instance_id: str, name: str,
                  tag_list: list[dict[str, str]], no_reboot: bool) -> str:
     with calling(f"instance {instance_id} in {region}",
                  "check the instance exists and the image name is unused"):
@@ -448,7 +476,7 @@ def create_image(ec2: Any, region: str, instance_id: str, name: str,
     return out["ImageId"]
 
 
-def copy_image(ec2_dest: Any, *, source_region: str, dest_region: str, image_id: str,
+def copy_image(ec2_dest: EC2Client, *, source_region: str, dest_region: str, image_id: str,
                name: str, tag_list: list[dict[str, str]], client_token: str) -> str:
     with calling(f"image {image_id} to {dest_region}",
                  "check the destination region is enabled for the account"):
@@ -459,7 +487,7 @@ def copy_image(ec2_dest: Any, *, source_region: str, dest_region: str, image_id:
     return out["ImageId"]
 
 
-def find_image(ec2: Any, region: str, name: str) -> str | None:
+def find_image(ec2: EC2Client, region: str, name: str) -> str | None:
     """An image this account owns with exactly this name (images are named per run)."""
     with calling(f"image {name} in {region}", "check EC2 read permissions"):
         found = ec2.describe_images(Owners=["self"], Filters=[
@@ -468,7 +496,7 @@ def find_image(ec2: Any, region: str, name: str) -> str | None:
     return usable[0]["ImageId"] if usable else None
 
 
-def wait_image(ec2: Any, region: str, image_id: str, timeout: float, *,
+def wait_image(ec2: EC2Client, region: str, image_id: str, timeout: float, *,
                clock: Any = time.monotonic) -> None:
     began = clock()
 
@@ -488,30 +516,32 @@ def wait_image(ec2: Any, region: str, image_id: str, timeout: float, *,
                 "timeouts.image in deploy.toml or check the snapshot's progress")
 
 
-def snapshots_of(found: Iterable[dict[str, Any]]) -> list[str]:
+def snapshots_of(found: Iterable[Mapping[str, Any]]) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for i in found for m in i.get("BlockDeviceMappings", [])
             if m.get("Ebs", {}).get("SnapshotId")]
 
 
-def _tag_filters(filters: dict[str, str]) -> list[dict[str, Any]]:
+def _tag_filters(filters: dict[str, str]) -> list[FilterTypeDef]:
     return [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
 
 
-def tagged_images(ec2: Any, region: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+def tagged_images(ec2: EC2Client, region: str, filters: dict[str, str]
+                  ) -> list[ImageTypeDef]:
     """This account's images carrying all the given tags (any state but deregistered)."""
     with calling(f"images tagged {filters} in {region}", "check EC2 read permissions"):
         return ec2.describe_images(Owners=["self"],
                                    Filters=_tag_filters(filters)).get("Images", [])
 
 
-def tagged_snapshots(ec2: Any, region: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+def tagged_snapshots(ec2: EC2Client, region: str, filters: dict[str, str]
+                     ) -> list[SnapshotTypeDef]:
     with calling(f"snapshots tagged {filters} in {region}", "check EC2 read permissions"):
         pages = ec2.get_paginator("describe_snapshots").paginate(
             OwnerIds=["self"], Filters=_tag_filters(filters))
         return [snap for page in pages for snap in page.get("Snapshots", [])]
 
 
-def delete_snapshot(ec2: Any, region: str, snapshot_id: str, *,
+def delete_snapshot(ec2: EC2Client, region: str, snapshot_id: str, *,
                     settle: float = SETTLE) -> None:
     """Delete a snapshot; one already gone is fine. Right after its image is
     deregistered, EC2 may still call it in use: retried for `settle` seconds."""
@@ -535,7 +565,8 @@ def delete_snapshot(ec2: Any, region: str, snapshot_id: str, *,
         raise last[0] from None
 
 
-def delete_image(ec2: Any, region: str, image_id: str, *, just_made: bool = False) -> list[str]:
+def delete_image(ec2: EC2Client, region: str, image_id: str, *,
+                 just_made: bool = False) -> list[str]:
     """Deregister an image and delete its snapshots (an image alone leaks its storage).
 
     `just_made`: the run created or copied it moments ago, so an EC2 that does not know
@@ -562,6 +593,6 @@ def delete_image(ec2: Any, region: str, image_id: str, *, just_made: bool = Fals
     return snapshots
 
 
-def image_tags(ec2: Any, region: str, image_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+def image_tags(ec2: EC2Client, region: str, image_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     return {i["ImageId"]: tag_map(i.get("Tags"))
             for i in images(ec2, region, sorted(set(image_ids)))}

@@ -4,10 +4,13 @@ then wait until drained)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib import waits
 from deploylib.aws import calling
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client as ELBv2Client
 
 # States in which a target is still in the group (draining: on its way out).
 _LISTED = ("draining", "healthy", "initial", "unhealthy", "unused", "unavailable")
@@ -17,7 +20,7 @@ def _targets(region: str, instance_ids: list[str]) -> str:
     return f"targets {', '.join(instance_ids)} in {region}"
 
 
-def resolve_target_group(elbv2: Any, name_or_arn: str, region: str) -> str:
+def resolve_target_group(elbv2: ELBv2Client, name_or_arn: str, region: str) -> str:
     if name_or_arn.startswith("arn:"):
         return name_or_arn
     with calling(f"target group {name_or_arn} in {region}",
@@ -26,16 +29,17 @@ def resolve_target_group(elbv2: Any, name_or_arn: str, region: str) -> str:
     return groups[0]["TargetGroupArn"]
 
 
-def describe_target_group(elbv2: Any, name_or_arn: str, region: str) -> dict[str, Any]:
+def describe_target_group(elbv2: ELBv2Client, name_or_arn: str, region: str) -> dict[str, Any]:
     """The target group (VpcId, LoadBalancerArns), by name or ARN."""
-    args = ({"TargetGroupArns": [name_or_arn]} if name_or_arn.startswith("arn:")
-            else {"Names": [name_or_arn]})
     with calling(f"target group {name_or_arn} in {region}",
                  "check target_group in deploy.toml names a group in this region"):
-        return dict(elbv2.describe_target_groups(**args)["TargetGroups"][0])
+        found = elbv2.describe_target_groups(TargetGroupArns=[name_or_arn]) \
+            if name_or_arn.startswith("arn:") else elbv2.describe_target_groups(
+                Names=[name_or_arn])
+        return dict(found["TargetGroups"][0])
 
 
-def load_balancer_zones(elbv2: Any, region: str, arns: list[str]) -> dict[str, set[str]]:
+def load_balancer_zones(elbv2: ELBv2Client, region: str, arns: list[str]) -> dict[str, set[str]]:
     """The Availability Zones each load balancer serves, by its name."""
     if not arns:
         return {}
@@ -45,7 +49,7 @@ def load_balancer_zones(elbv2: Any, region: str, arns: list[str]) -> dict[str, s
             for lb in found}
 
 
-def target_states(elbv2: Any, region: str, group_arn: str) -> dict[str, str]:
+def target_states(elbv2: ELBv2Client, region: str, group_arn: str) -> dict[str, str]:
     """Registered targets of a group and their health state (initial, healthy, draining…)."""
     with calling(f"target group {group_arn} in {region}", "check the target group exists"):
         out = elbv2.describe_target_health(TargetGroupArn=group_arn)
@@ -53,13 +57,13 @@ def target_states(elbv2: Any, region: str, group_arn: str) -> dict[str, str]:
             for d in out.get("TargetHealthDescriptions", [])}
 
 
-def healthy(elbv2: Any, region: str, group_arn: str) -> list[str]:
+def healthy(elbv2: ELBv2Client, region: str, group_arn: str) -> list[str]:
     """The targets the balancer routes to: registered and healthy."""
     return sorted(i for i, s in target_states(elbv2, region, group_arn).items()
                   if s == "healthy")
 
 
-def register(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+def register(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str],
              port: int) -> None:
     if instance_ids:
         with calling(_targets(region, instance_ids),
@@ -68,7 +72,7 @@ def register(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
                                    Targets=[{"Id": i, "Port": port} for i in instance_ids])
 
 
-def deregister(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+def deregister(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str],
                port: int) -> None:
     if instance_ids:
         with calling(_targets(region, instance_ids), "check the target group exists"):
@@ -76,7 +80,7 @@ def deregister(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
                                      Targets=[{"Id": i, "Port": port} for i in instance_ids])
 
 
-def wait_healthy(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+def wait_healthy(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str],
                  timeout: float) -> None:
     def check() -> bool:
         states = target_states(elbv2, region, group_arn)
@@ -88,7 +92,7 @@ def wait_healthy(elbv2: Any, region: str, group_arn: str, instance_ids: list[str
                 "security group lets the load balancer reach the app port")
 
 
-def wait_drained(elbv2: Any, region: str, group_arn: str, instance_ids: list[str],
+def wait_drained(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str],
                  timeout: float) -> None:
     """Wait until deregistered targets have finished draining (no longer listed)."""
 
@@ -102,7 +106,7 @@ def wait_drained(elbv2: Any, region: str, group_arn: str, instance_ids: list[str
                 "deregistration_delay or raise timeouts.drain")
 
 
-def deregistration_delay(elbv2: Any, region: str, group_arn: str) -> float:
+def deregistration_delay(elbv2: ELBv2Client, region: str, group_arn: str) -> float:
     """The target group's deregistration delay: how long a deregistered target is shown
     draining, and the longest the balancer lets its requests run (ALB's default 300 s)."""
     with calling(f"target group {group_arn} in {region}",
@@ -112,7 +116,7 @@ def deregistration_delay(elbv2: Any, region: str, group_arn: str) -> float:
     return float(value) if value not in (None, "") else 300.0
 
 
-def leave(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int
+def leave(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str], port: int
           ) -> None:
     """Deregister hosts; those already draining are on their way out (deregistering one
     again is an error) and those not registered are left as they are."""
@@ -122,7 +126,7 @@ def leave(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port
                    [i for i in instance_ids if states.get(i) not in (None, "draining")], port)
 
 
-def put_in(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int, *,
+def put_in(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str], port: int, *,
            timeout: float) -> None:
     """Register hosts and wait until the balancer finds them healthy (routes to them)."""
     if instance_ids:
@@ -130,7 +134,7 @@ def put_in(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], por
         wait_healthy(elbv2, region, group_arn, instance_ids, timeout)
 
 
-def take_out(elbv2: Any, region: str, group_arn: str, instance_ids: list[str], port: int, *,
+def take_out(elbv2: ELBv2Client, region: str, group_arn: str, instance_ids: list[str], port: int, *,
              timeout: float) -> None:
     """Deregister hosts and wait until their in-flight requests are done. Hosts already
     draining are left to finish (deregistering one again is an error)."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib.aws import calling
 from deploylib.errors import CloudError, PermissionDenied
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass(frozen=True)
@@ -20,15 +23,15 @@ class Stored:
     version_id: str | None
 
 
-def published(s3: Any, bucket: str, key: str, version_id: str | None = None
+def published(s3: S3Client, bucket: str, key: str, version_id: str | None = None
               ) -> Stored | None:
     """The artifact at `key` (that version of it, when given), or None when nothing is
     there."""
-    pinned = {"VersionId": version_id} if version_id else {}
     try:
         with calling(f"s3://{bucket}/{key}",
                      "check the artifact bucket exists and you may read it"):
-            head = s3.head_object(Bucket=bucket, Key=key, **pinned)
+            head = s3.head_object(Bucket=bucket, Key=key, VersionId=version_id) \
+                if version_id else s3.head_object(Bucket=bucket, Key=key)
     except PermissionDenied as exc:
         # S3 answers a missing key 403, not 404, to whoever may not list the bucket: the
         # first publish of every release meets it.
@@ -48,7 +51,7 @@ def published(s3: Any, bucket: str, key: str, version_id: str | None = None
                   version_id=version if version and version != "null" else None)
 
 
-def check_bucket(s3: Any, bucket: str) -> None:
+def check_bucket(s3: S3Client, bucket: str) -> None:
     """The bucket exists and the tool may use it (HeadBucket: s3:ListBucket)."""
     try:
         with calling(f"s3://{bucket}", "check artifact_bucket and the tool's permissions"):
@@ -66,7 +69,7 @@ def check_bucket(s3: Any, bucket: str) -> None:
         raise
 
 
-def versioned(s3: Any, bucket: str) -> bool:
+def versioned(s3: S3Client, bucket: str) -> bool:
     """Whether the bucket keeps every version of its objects (s3:GetBucketVersioning)."""
     with calling(f"s3://{bucket}", "grant s3:GetBucketVersioning on the bucket (`invoke "
                  "policy` prints the whole policy)"):
@@ -78,7 +81,7 @@ class AlreadyThere(CloudError):
     conditional: it never overwrites)."""
 
 
-def upload_artifact(s3: Any, bucket: str, key: str, path: str, sha256: str) -> None:
+def upload_artifact(s3: S3Client, bucket: str, key: str, path: str, sha256: str) -> None:
     """Upload an artifact, recording its sha256 with it — only where nothing is yet: the
     write is conditional (If-None-Match: *, on the single PUT or on the multipart
     upload's completion), so a release once published is never overwritten, by this tool
@@ -110,7 +113,7 @@ def upload_artifact(s3: Any, bucket: str, key: str, path: str, sha256: str) -> N
             events.unregister(name, unique_id=f"deploylib-if-none-match:{name}:{key}")
 
 
-def download_artifact(s3: Any, bucket: str, key: str, path: str | Path,
+def download_artifact(s3: S3Client, bucket: str, key: str, path: str | Path,
                       version_id: str | None = None) -> None:
     """Fetch a published artifact (that version of it, when given) to a local file
     (written beside, then renamed)."""
@@ -128,7 +131,7 @@ def download_artifact(s3: Any, bucket: str, key: str, path: str | Path,
     os.replace(partial, target)
 
 
-def presign(s3: Any, bucket: str, key: str, expires: int = 900,
+def presign(s3: S3Client, bucket: str, key: str, expires: int = 900,
             version_id: str | None = None) -> str:
     """A short-lived GET URL (of that version, when given: what was published is what is
     fetched, whatever was put at the key since); it is a credential: never log it or

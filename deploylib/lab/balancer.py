@@ -64,7 +64,7 @@ class Balancer:
     def url(self) -> str:
         assert self.server is not None
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def state(self, instance_id: str) -> str | None:
         with self.lock:

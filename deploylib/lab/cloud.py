@@ -81,6 +81,15 @@ def _tag_created(backend: Any, ami: Any, specs: list[dict[str, Any]], *, image: 
 _filled = False
 
 
+def _modules_listed_once() -> None:
+    """moto's server lists its package's directories on every request to find the
+    service a host name belongs to; they do not change while it runs: list them once."""
+    from moto import backends
+
+    listed = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: listed
+
+
 def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
     """What moto's EC2 API lacks and AWS does, hosts aside: tags at creation for images'
     snapshots and for copies, eventual consistency (deploylib.lab.consistency), the
@@ -91,6 +100,7 @@ def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
         return
     _filled = True
     consistency.install(settle)
+    _modules_listed_once()
     create_image = AmiBackend.create_image
     copy_image = AmiBackend.copy_image
     copy_image_response = AmisResponse.copy_image

@@ -121,8 +121,8 @@ class HostFarm:
         self.base = roots / "base"
         for d in (self.hosts, self.images, self.registry):
             d.mkdir(parents=True, exist_ok=True)
-        for d in ("etc", "var/lib", "var/log", "var/run", "tmp"):
-            (self.base / d).mkdir(parents=True, exist_ok=True)
+        for sub in ("etc", "var/lib", "var/log", "var/run", "tmp"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
         self.authorized_keys = lab_dir / "authorized_keys"
         self._sshd: dict[str, subprocess.Popen] = {}
         self._user_data: dict[str, subprocess.Popen] = {}

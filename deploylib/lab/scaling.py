@@ -285,7 +285,7 @@ def install(*, interval: float = 0.5) -> threading.Event:
                     value = dict(value, UserData=parse_user_data(value.get("UserData")))
                 return value
 
-            self._get_param = get_param  # type: ignore[method-assign]
+            self._get_param = get_param
         return original_version(self)
 
     def complete_lifecycle_action(self: AutoScalingResponse) -> ActionResult:

@@ -8,8 +8,8 @@
                      notify
     steps.fold       locate-release, fold-template, record-images (`invoke fold`)
     steps.cleanup    restore-batch, demote, discard-candidates, discard-images,
-                     discard-builder, resume-scaling (run when a run fails, never as
-                     planned stages)
+                     discard-builder, restore-templates, resume-scaling (run when a run
+                     fails, never as planned stages: each the undo a making step declares)
 
 A step reads what earlier stages produced from the run state (`ctx.facts`), does its
 work through the system modules, and writes what it produced back. Running a finished
@@ -35,6 +35,7 @@ from deploylib.steps.cleanup import (
     discard_candidates,
     discard_images,
     restore_batch,
+    restore_templates,
     resume_scaling,
 )
 from deploylib.steps.fleet import launch_candidates, promote, record, retire, smoke_test
@@ -56,7 +57,7 @@ __all__ = [
     "health_check", "install_release", "launch_builder", "launch_candidates", "locate_live",
     "locate_previous", "locate_release", "notify", "promote", "provision",
     "publish_release", "put_back", "record", "record_images", "restore_batch",
-    "resume_scaling", "retire",
+    "restore_templates", "resume_scaling", "retire",
     "select_hosts", "smoke_test", "stop_builder", "terminate_builder", "wait_image",
     "wait_ssh",
 ]

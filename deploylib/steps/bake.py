@@ -48,7 +48,7 @@ def network(ctx: Context, region: str) -> tuple[str, list[str]]:
             [aws.ec2.resolve_security_group(ec2, group, region, subnet["VpcId"])])
 
 
-@step("launch-builder")
+@step("launch-builder", undo="discard-builder", launches=BUILDER)
 def launch_builder(ctx: Context) -> None:
     """Launch the builder: from the foundation image when the bake cache has one for this
     base image and package list, else from the base image."""
@@ -195,7 +195,7 @@ def stop_builder(ctx: Context) -> None:
     aws.ec2.wait_instances(ec2, b.region, [b.instance_id], "stopped", ctx.timeout("stop", 600))
 
 
-@step("create-image")
+@step("create-image", undo="discard-images")
 def create_image(ctx: Context) -> None:
     """Create an image from the stage's hosts: the builder, or one candidate per region."""
     images = ctx.facts.images
@@ -279,7 +279,7 @@ def terminate_builder(ctx: Context) -> None:
     ctx.save()
 
 
-@step("copy-image")
+@step("copy-image", undo="discard-images")
 def copy_image(ctx: Context) -> None:
     """Start copying the image to every other region, all at once. Nothing waits for the
     copies here: each region waits for its own (wait-image), so the primary region is

@@ -165,6 +165,21 @@ def discard_builder(ctx: Context) -> None:
     ctx.save()
 
 
+@step("restore-templates")
+def restore_templates(ctx: Context) -> None:
+    """Server groups: each group fold-template pointed at the run's image launches from
+    the version it had again (that image is about to be discarded)."""
+    for region, (group, template_id, version) in sorted(ctx.facts.folded_from.items()):
+        asg = ctx.aws.autoscaling(region)
+        if aws.autoscaling.describe(asg, region, group) is None:
+            ctx.log(f"  {region}: {group} is gone")  # the run's own, discarded already
+        else:
+            aws.autoscaling.use_template(asg, region, group, template_id, version)
+            ctx.log(f"  {region}: {group} launches from version {version} again")
+        del ctx.facts.folded_from[region]
+        ctx.save()
+
+
 @step("resume-scaling")
 def resume_scaling(ctx: Context) -> None:
     """Server groups: a failed in-place rollout lets the live groups it held (select-hosts)

@@ -10,11 +10,12 @@ from deploylib import aws, ledger, parallel, smoke
 from deploylib.catalog import step
 from deploylib.context import Context
 from deploylib.errors import CloudError, InputError, RemoteCommandError, StepFailed
+from deploylib.plan import CANDIDATES
 from deploylib.steps import servergroups, traffic
 from deploylib.steps.bake import check_layers, network
 
 
-@step("launch-candidates")
+@step("launch-candidates", undo="discard-candidates", launches=CANDIDATES)
 def launch_candidates(ctx: Context) -> None:
     """Launch a fleet of candidates in every region, from the new or the live image."""
     env = ctx.env
@@ -99,7 +100,7 @@ def smoke_test(ctx: Context) -> None:
             fix=f"read the failures in {report}; the candidates are discarded")
 
 
-@step("promote")
+@step("promote", undo="demote")
 def promote(ctx: Context) -> None:
     """Make the candidates live: register them, wait until healthy, deregister the hosts
     they replace. Those keep running (draining) until the release is recorded: until
@@ -158,7 +159,7 @@ def record(ctx: Context) -> None:
         # region -> the server group serving it (fleet = "server-groups"): what its
         # instances boot into the recorded release by (deploylib/templates/boot.sh.j2)
         new["server_groups"] = groups
-    new["ledger"] = _ledger(ctx, previous, images, groups, new["recorded_at"])
+    new["ledger"] = _ledger(ctx, previous, images, groups, str(new["recorded_at"]))
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)
     ctx.log(f"  {ctx.env.record_parameter}: release {rel.version}, images "
             + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))

@@ -33,8 +33,10 @@ def locate_release(ctx: Context) -> None:
         if region in ctx.facts.candidates:
             continue
         group = servergroups.live_group(ctx, region, record)
-        hosts = ctx.targets([HostRef(region=region, instance_id=i)
-                             for i in (group.in_service if group else [])])
+        if group is None:
+            raise StateError(f"the server group the record names in {region} is gone",
+                             resource=region, fix="deploy the release again, then fold")
+        hosts = ctx.targets([HostRef(region=region, instance_id=i) for i in group.in_service])
         serving = [h for h in hosts if ctx.serving(h) == record["release"]]
         if not serving:
             raise StateError(f"no live host in {region} serves {record['release']}",
@@ -44,7 +46,7 @@ def locate_release(ctx: Context) -> None:
     ctx.save()
 
 
-@step("fold-template")
+@step("fold-template", undo="restore-templates")
 def fold_template(ctx: Context) -> None:
     """Each region's group launches from the image carrying the release: a new launch
     template version with it, the group pointed at that version. The run's own group
@@ -62,6 +64,14 @@ def fold_template(ctx: Context) -> None:
                              resource=region, fix="deploy again with `--mode immutable`")
         version = servergroups.template_version(ctx, region, group.name,
                                                 ctx.facts.images[region], purpose="fold")
+        if region not in ctx.facts.folded_from and \
+                (group.template_id, group.template_version) != (version.template_id,
+                                                                str(version.version)):
+            # What restore-templates puts back if the run fails before its record: the
+            # run's image is discarded then, and no group may launch from it.
+            ctx.facts.folded_from[region] = [group.name, group.template_id,
+                                             group.template_version]
+            ctx.save()
         aws.autoscaling.use_template(ctx.aws.autoscaling(region), region, group.name,
                                      version.template_id, version.version)
         return f"{group.name} launches from {ctx.facts.images[region]} (version " \

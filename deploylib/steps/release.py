@@ -7,14 +7,18 @@ builder (immutable), on candidates (rebake-light) and on live hosts (in-place).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from deploylib import aws, release, render
+from deploylib import aws, render, tarball
 from deploylib.catalog import step
 from deploylib.config import Environment
 from deploylib.context import Context
 from deploylib.errors import InputError, RemoteCommandError
 from deploylib.facts import Release
 from deploylib.plan import BATCH
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_s3 import S3Client
 
 # What the install script's exit codes mean for the operator (deploylib/templates/install.sh.j2).
 INSTALL_FIXES = {
@@ -35,7 +39,7 @@ def artifact_key(env_name: str, version: str) -> str:
     return f"releases/{env_name}/{version}.tar.gz"
 
 
-def from_store(env: Environment, s3: object, version: str, sha256: str,
+def from_store(env: Environment, s3: S3Client, version: str, sha256: str,
                version_id: str | None = None) -> Release:
     """A release the record names, as the install step needs it: the digest is the
     record's (whoever may overwrite the object also sets its metadata), the object the
@@ -63,8 +67,8 @@ def from_store(env: Environment, s3: object, version: str, sha256: str,
 def publish_release(ctx: Context) -> None:
     """Put the release artifact in the artifact store (once per version and content)."""
     # start() read the archive through when the run began; here it must still be there.
-    artifact = release.check_artifact(ctx.state.artifact, read_through=False)
-    digest = release.sha256_file(artifact)
+    artifact = tarball.check_artifact(ctx.state.artifact, read_through=False)
+    digest = tarball.sha256_file(artifact)
     checked = ctx.facts.artifact_sha256
     if checked and digest != checked:
         raise InputError(f"the artifact changed since the run started (sha256 {digest[:12]}…, "
@@ -121,9 +125,9 @@ def _local_artifact(ctx: Context, rel: Release) -> Path:
     if own and rel.version == ctx.state.version and Path(own).is_file():
         return Path(own)
     cached = Path(ctx.env.state_dir) / "artifacts" / f"{rel.version}.tar.gz"
-    if not (cached.is_file() and release.sha256_file(cached) == rel.sha256):
+    if not (cached.is_file() and tarball.sha256_file(cached) == rel.sha256):
         aws.s3.download_artifact(ctx.aws.s3(), rel.bucket, rel.key, cached, rel.version_id)
-        if release.sha256_file(cached) != rel.sha256:
+        if tarball.sha256_file(cached) != rel.sha256:
             cached.unlink()
             raise InputError(f"release {rel.version} in the store does not match its "
                              "published digest", resource=f"s3://{rel.bucket}/{rel.key}",

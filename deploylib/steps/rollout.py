@@ -15,7 +15,7 @@ from deploylib.steps import servergroups, traffic
 from deploylib.steps.release import from_store
 
 
-@step("select-hosts")
+@step("select-hosts", undo="resume-scaling")
 def select_hosts(ctx: Context) -> None:
     """Choose the live hosts to update, check each accepts SSH, split them into batches:
     each region's by `batch_size`, rolled as `rollout` says (waves: a canary in the primary
@@ -100,7 +100,8 @@ def _catch_up(ctx: Context) -> None:
     from deploylib import catalog, runs
 
     version = ctx.release.version
-    rolled = {h.instance_id for b in ctx.facts.batches for h in b}
+    batches = ctx.facts.batches or []
+    rolled = {h.instance_id for b in batches for h in b}
     late = servergroups.newcomers(ctx, version, rolled)
     if not late:
         ctx.log("  no instance came up during the rollout without the release")
@@ -111,7 +112,7 @@ def _catch_up(ctx: Context) -> None:
                    if s.kind == PER_BATCH)
     for member in rollout.members:
         catalog.get(member.step).fn(replace(ctx, stage=member, batch=late))
-    ctx.facts.batches.append(late)
+    ctx.facts.batches = [*batches, late]
     ctx.save()
 
 

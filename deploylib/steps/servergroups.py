@@ -16,7 +16,7 @@ release while its group is the live one, else the release the group was made wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib import aws, render, waits
 from deploylib.context import Context
@@ -24,6 +24,9 @@ from deploylib.errors import CloudError
 from deploylib.facts import HostRef, Release
 from deploylib.steps.bake import network
 from deploylib.steps.release import artifact_key
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_autoscaling import AutoScalingClient
 
 
 def live_group(ctx: Context, region: str, record: dict[str, Any] | None = None
@@ -302,7 +305,7 @@ def newcomers(ctx: Context, version: str, rolled: set[str]) -> list[HostRef]:
         if not name:
             continue
 
-        def booted(name: str = name, region: str = region, asg: object = asg
+        def booted(name: str = name, region: str = region, asg: AutoScalingClient = asg
                    ) -> aws.autoscaling.ServerGroup | None:
             group = aws.autoscaling.describe(asg, region, name)
             if group is None:

@@ -12,8 +12,8 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from deploylib import aws, health, live, lock, release, waits
-from tests.conftest import REPO, write_config
+from deploylib import aws, health, live, lock, tarball, waits
+from tests.conftest import REPO
 
 
 def instances(lab) -> list[str]:
@@ -153,7 +153,7 @@ def quick_config(lab, name: str = "quick.toml", **overrides) -> Path:
     otherwise: the faults here are about a batch's steps, not about waves."""
     timeouts = {"health": 5, "ssh_retry": 2, **overrides.pop("timeouts", {})}
     overrides.setdefault("rollout", "regions-in-turn")
-    return write_config(lab.config_path.parent, name=name, timeouts=timeouts, **overrides)
+    return lab.write_config(name=name, timeouts=timeouts, **overrides)
 
 
 def set_faults(lab, *rules: dict) -> None:
@@ -207,7 +207,7 @@ def app_that_fails_where_marked(tmp_path: Path, version: str) -> Path:
         "marker = os.environ.get('DEPLOY_HOST_ROOT', '') + '/etc/refuse-release'\n"
         f"if os.path.exists(marker) and {version!r} in open(marker).read().split():\n"
         "    sys.exit('refused on this host')\n" + real)
-    return release.build(source, version, tmp_path)
+    return tarball.build(source, version, tmp_path)
 
 
 def hosts_in_rollout_order(lab) -> list[str]:

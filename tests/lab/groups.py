@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from deploylib import aws, waits
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO
 from tests.lab import checks, traffic
 
 
@@ -69,10 +69,10 @@ def with_scale_out(lab, anchor: str, *args: str, step: str = "scale-out"
     """A deploy whose every region scales out by one (live group and the run's own) once
     the stage `anchor` is done (tests/plugins/scale_out.py), or the live group is asked
     to scale in by one (step="scale-in")."""
-    config = write_config(lab.config_path.parent, name="scaling.toml",
-                          fleet="server-groups", timeouts={"boot": 120, "health": 5},
-                          plugins=["scale_out"],
-                          extra_stages=[{"step": step, "after": anchor}])
+    config = lab.write_config(name="scaling.toml",
+                              fleet="server-groups", timeouts={"boot": 120, "health": 5},
+                              plugins=["scale_out"],
+                              extra_stages=[{"step": step, "after": anchor}])
     env = dict(lab.cli.env(), PYTHONPATH=str(REPO / "tests" / "plugins"),
                DEPLOY_CONFIG=str(config))
     return subprocess.run([sys.executable, "-m", "invoke", *args, "--config", str(config)],

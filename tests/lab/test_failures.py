@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from deploylib import aws
-from tests.conftest import write_config
 from tests.lab.checks import (
     assert_serving,
     live_hosts,
@@ -28,7 +27,7 @@ def broken(tmp_path_factory) -> Path:
 
 
 def deploy_broken(lab, mode: str, version: str, broken: Path) -> dict:
-    quick = write_config(lab.config_path.parent, name="quick.toml", timeouts={"health": 5})
+    quick = lab.write_config(name="quick.toml", timeouts={"health": 5})
     proc = lab.cli(f"deploy --mode {mode} --version {version} --artifact {broken} "
                    f"--config {quick}", check=False)
     assert proc.returncode == 1, proc.stderr
@@ -48,7 +47,7 @@ def test_rebake_light_discards_its_candidates_and_the_fleet_keeps_serving(lab, b
     state = deploy_broken(lab, "rebake-light", "9.0.1-broken", broken)
     assert state["status"] == "failed"
     assert state["facts"]["cleanup"] == {"demote": "done", "discard-candidates": "done",
-                                         "discard-images": "done"}
+                                         "discard-images": "done", "restore-templates": "done"}
     assert run_instances(lab, state["run_id"]) == []
     # a resume launches new candidates: the stages that made them are pending again, in
     # every region, with the group around them

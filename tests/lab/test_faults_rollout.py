@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import aws, release, waits
-from tests.conftest import REPO, tool_env, write_config
+from deploylib import aws, tarball, waits
+from tests.conftest import REPO, tool_env
 from tests.lab.checks import (
     app_that_fails_where_marked,
     assert_nothing_lost,
@@ -61,11 +61,12 @@ def _waves(state: dict) -> list[list[tuple[str, str]]]:
     return [[(h["region"], h["instance_id"]) for h in b] for b in state["facts"]["batches"]]
 
 
+@pytest.mark.lab_shape(regions=2)  # regions are what is tested
 def test_in_place_rolls_a_canary_then_waves_across_regions(lab, tmp_path):
     before = record(lab)["release"]
     fleet = live_hosts(lab)
-    config = write_config(lab.config_path.parent, name="waves.toml", rollout="waves")
-    proc = lab.cli(f"hotfix --version 5.6.0 --config {config}")
+    config = lab.write_config(name="waves.toml", rollout="waves")
+    proc = lab.cli(f"hotfix --version 5.9.0 --config {config}")
     waves = _waves(state_of(lab, proc))
     primary = lab.env.primary_region
     # the canary: the primary region's first batch, alone
@@ -75,19 +76,20 @@ def test_in_place_rolls_a_canary_then_waves_across_regions(lab, tmp_path):
     for wave in waves:
         regions = [r for r, _ in wave]
         assert len(regions) == len(set(regions)), wave
-    assert len(waves) == 1 + lab.env.fleet_size  # 3 regions x 2 hosts: 1 + 2 waves, not 6
-    assert_serving(lab, "5.6.0")
-    assert before != "5.6.0"
+    assert len(waves) == 1 + lab.env.fleet_size  # regions x 2 hosts: a canary + 2 waves
+    assert_serving(lab, "5.9.0")
+    assert before != "5.9.0"
 
 
+@pytest.mark.lab_shape(regions=2)  # regions are what is tested
 def test_a_failure_in_region_bs_second_batch_rolls_back_updated_hosts_in_every_region(
         lab, tmp_path, refuse):
     before = record(lab)["release"]
     b = lab.env.copy_regions[0]
     victim = sorted(i.instance_id for i in live_hosts(lab)[b])[1]  # region B's batch 2
-    refuse(victim, "5.6.1")
-    artifact = app_that_fails_where_marked(tmp_path, "5.6.1")
-    proc = lab.cli(f"hotfix --version 5.6.1 --artifact {artifact} "
+    refuse(victim, "5.9.1")
+    artifact = app_that_fails_where_marked(tmp_path, "5.9.1")
+    proc = lab.cli(f"hotfix --version 5.9.1 --artifact {artifact} "
                    f"--config {quick_config(lab, 'waves.toml', rollout='waves')}", check=False)
     failed_clearly(proc, "install-release", victim)
     state = state_of(lab, proc)
@@ -104,7 +106,7 @@ def test_a_failure_in_region_bs_second_batch_rolls_back_updated_hosts_in_every_r
 
 def test_ctrl_c_in_the_middle_of_a_wave_leaves_every_region_serving(lab, tmp_path):
     before = record(lab)["release"]
-    config = write_config(lab.config_path.parent, name="waves.toml", rollout="waves")
+    config = lab.write_config(name="waves.toml", rollout="waves")
     proc = start_deploy(lab, "--mode", "in-place", "--version", "5.6.2",
                         "--config", str(config))
     state = wait_for_stage(lab, proc, "rollout/2/drain")  # wave 2: every region's hosts out
@@ -123,7 +125,7 @@ def test_health_check_fails_on_host_k_of_n_and_updated_hosts_roll_back(lab, tmp_
     store when pushing), not the failed one."""
     before = record(lab)["release"]
     order = hosts_in_rollout_order(lab)
-    k = 3
+    k = len(order)  # the last: every host before it was updated, and goes back
     version = f"5.0.1-{transfer}"
     refuse(order[k - 1], version)
     artifact = app_that_fails_where_marked(tmp_path, version)
@@ -198,12 +200,12 @@ def test_a_failing_rollback_in_place_switches_back_to_the_release_it_replaced(la
     lab.cli(f"hotfix --version 5.0.5 --artifact {app_that_fails_where_marked(tmp_path, '5.0.5')}")
     lab.cli(f"hotfix --version 5.0.6 --artifact {app_that_fails_where_marked(tmp_path, '5.0.6')}")
     order = hosts_in_rollout_order(lab)
-    refuse(order[2], "5.0.5")  # which the rollback installs
+    refuse(order[-1], "5.0.5")  # which the rollback installs, on its last host
     proc = lab.cli(f"rollback --config {quick_config(lab)}", check=False)
-    failed_clearly(proc, "install-release", order[2])
+    failed_clearly(proc, "install-release", order[-1])
     state = state_of(lab, proc)
     assert state["mode"] == "rollback-in-place"
-    assert sorted(state["facts"]["rolled_back"]) == sorted(order[:2])
+    assert sorted(state["facts"]["rolled_back"]) == sorted(order[:-1])
     assert record(lab)["release"] == "5.0.6"  # unchanged: the rollback did not happen
     assert_nothing_lost(lab, state, "5.0.6")
 
@@ -266,7 +268,7 @@ def test_sshd_killed_in_the_middle_of_a_transfer(lab, tmp_path, revive_sshd):
     source.mkdir()
     (source / "app.py").write_text((REPO / "examples/app/app.py").read_text())
     (source / "ballast.bin").write_bytes(os.urandom(64 * 1024 * 1024))
-    artifact = release.build(source, "5.2.0", tmp_path)
+    artifact = tarball.build(source, "5.2.0", tmp_path)
     first = hosts_in_rollout_order(lab)[0]
     config = quick_config(lab, "push.toml", artifact_transfer="push")
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "hotfix", "--version", "5.2.0",
@@ -298,10 +300,10 @@ def test_sshd_killed_in_the_middle_of_a_transfer(lab, tmp_path, revive_sshd):
 
 def test_an_artifact_changed_in_the_store_is_refused_by_the_host(lab, tmp_path):
     before = record(lab)["release"]
-    good = release.build(REPO / "examples/app", "5.3.0", tmp_path)
-    digest = release.sha256_file(good)
+    good = tarball.build(REPO / "examples/app", "5.3.0", tmp_path)
+    digest = tarball.sha256_file(good)
     # the store holds other bytes under the published digest (tampered, or a bad upload)
-    other = release.build(REPO / "examples/app", "5.3.0-other", tmp_path)
+    other = tarball.build(REPO / "examples/app", "5.3.0-other", tmp_path)
     lab.clients().s3().put_object(Bucket=lab.env.artifact_bucket,
                                   Key="releases/lab/5.3.0.tar.gz", Body=other.read_bytes(),
                                   Metadata={"sha256": digest})
@@ -331,7 +333,7 @@ def test_an_unpack_that_fails_for_a_full_disk_leaves_no_partial_release(lab):
 
 
 def test_a_corrupt_archive_is_refused_before_anything_starts(lab, tmp_path):
-    good = release.build(REPO / "examples/app", "5.4.1", tmp_path)
+    good = tarball.build(REPO / "examples/app", "5.4.1", tmp_path)
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     before = runs(lab)

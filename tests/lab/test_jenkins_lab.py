@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO
 from tests.lab.checks import assert_serving, leftovers, lock_holder, record, state_of
 from tests.test_jenkinsfile import HARNESS, groovy_env
 
@@ -50,7 +50,8 @@ def test_an_aborted_build_cleans_up_for_real_and_frees_the_lock(lab):
     run_id = result["env"]["RUN_ID"]
     state = state_of(lab, run_id)
     assert state["status"] == "failed"
-    assert set(state["facts"]["cleanup"]) == {"demote", "discard-candidates", "discard-images"}
+    assert set(state["facts"]["cleanup"]) == {"demote", "discard-candidates", "discard-images",
+                                              "restore-templates"}
     assert lock_holder(lab) is None and record(lab) == before
     assert leftovers(lab, run_id) == []
     assert_serving(lab, before["release"])
@@ -61,8 +62,8 @@ def test_bake_hands_off_to_jenkins_and_the_handoff_promotes(lab, fake_jenkins):
 
     job = fake_jenkins.add_job("test-and-promote",
                                parameters=[p["name"] for p in PIPELINE_PARAMETERS])
-    config = write_config(lab.config_path.parent, name="with-jenkins.toml",
-                          jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
+    config = lab.write_config(name="with-jenkins.toml",
+                              jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
     before = record(lab)
     proc = lab.cli(f"bake --version 3.1.0 --config {config}")
     assert len(job.builds) == 1
@@ -84,8 +85,8 @@ def test_bake_hands_off_to_jenkins_and_the_handoff_promotes(lab, fake_jenkins):
 
 
 def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
-    config = write_config(lab.config_path.parent, name="dead-jenkins.toml",
-                          jenkins={"url": "http://127.0.0.1:9"})
+    config = lab.write_config(name="dead-jenkins.toml",
+                              jenkins={"url": "http://127.0.0.1:9"})
     proc = lab.cli(f"bake --version 3.2.0 --config {config}", check=False)
     assert proc.returncode == 1
     assert "Jenkins is unreachable" in proc.stderr and "Fix:" in proc.stderr
@@ -113,10 +114,10 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
     monkeypatch.setenv("JENKINS_API_TOKEN", token)
     fake_jenkins.users["deploy-bot"] = token
     fake_jenkins.add_job("test-and-promote")
-    jenkins = write_config(lab.config_path.parent, name="secret-jenkins.toml",
-                           jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
-    push = write_config(lab.config_path.parent, name="secret-push.toml",
-                        artifact_transfer="push", timeouts={"health": 3})
+    jenkins = lab.write_config(name="secret-jenkins.toml",
+                               jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
+    push = lab.write_config(name="secret-push.toml",
+                            artifact_transfer="push", timeouts={"health": 3})
     outputs = []
     bake = lab.cli(f"bake --version 3.3.0 --config {jenkins}")
     outputs += [bake.stdout, bake.stderr]
@@ -147,8 +148,8 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
 
 def test_a_hotfix_is_recorded_in_jenkins_and_jenkins_down_never_fails_it(lab, fake_jenkins):
     fake_jenkins.add_job("record-hotfix")
-    up = write_config(lab.config_path.parent, name="record-up.toml",
-                      jenkins={"url": fake_jenkins.url.rstrip("/")})
+    up = lab.write_config(name="record-up.toml",
+                          jenkins={"url": fake_jenkins.url.rstrip("/")})
     lab.cli(f"hotfix --version 3.4.0 --config {up}")
 
     def recorded(release: str) -> list[dict]:
@@ -156,10 +157,11 @@ def test_a_hotfix_is_recorded_in_jenkins_and_jenkins_down_never_fails_it(lab, fa
                 if item["job"].name == "record-hotfix" and item["params"]["RELEASE"] == release]
 
     assert len(recorded("3.4.0")) == 1
-    assert len(recorded("3.4.0")[0]["HOSTS"].split()) == 6
+    assert len(recorded("3.4.0")[0]["HOSTS"].split()) == \
+        lab.env.fleet_size * len(lab.env.all_regions)
     # Jenkins down: the hotfix still succeeds, says so, and keeps the notice
-    down = write_config(lab.config_path.parent, name="record-down.toml",
-                        jenkins={"url": "http://127.0.0.1:9"})
+    down = lab.write_config(name="record-down.toml",
+                            jenkins={"url": "http://127.0.0.1:9"})
     proc = lab.cli(f"hotfix --version 3.4.1 --config {down}")
     state = state_of(lab, proc)
     assert state["status"] == "done" and state["facts"]["notice"]["sent"] is False

@@ -11,7 +11,7 @@ import pytest
 
 from deploylib import aws, ssh, waits
 from deploylib.errors import HostError, HostKeyError
-from deploylib.lab.provider import LabProvider
+from deploylib.lab.lab_provider import LabProvider
 from tests.conftest import open_to_services
 
 pytestmark = pytest.mark.lab
@@ -75,6 +75,7 @@ def test_an_instance_is_a_real_host_on_its_own_loopback_address(region_tools, la
     assert not (registry / f"{inst.instance_id}.pub").exists()
 
 
+@pytest.mark.lab_shape(regions=2)  # regions are what is tested
 def test_images_snapshot_the_root_and_copies_carry_it(region_tools, lab):
     clients, region, ec2, launch, connect = region_tools
     builder = launch(role="snap-builder")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from deploylib import aws, lock
-from tests.conftest import REPO, Cli, write_config
+from tests.conftest import REPO, Cli
 from tests.lab.checks import (
     assert_serving,
     clear_faults,
@@ -51,8 +51,8 @@ def test_a_stale_lock_of_a_crashed_run_is_taken_over(lab):
                  clock=lambda: time.time() - 3600)
     status = lab.cli("lock.status").stdout
     assert "20261127T000000-dead00" in status and "stale" in status
-    lab.cli("hotfix --version 6.1.0")
-    assert_serving(lab, "6.1.0")
+    lab.cli("hotfix --version 6.1.5")
+    assert_serving(lab, "6.1.5")
 
 
 def test_a_live_lock_of_a_dead_run_is_broken_by_the_operator(lab):
@@ -73,8 +73,8 @@ def test_a_run_waiting_longer_than_lock_ttl_keeps_its_lock_until_it_is_broken(la
     wait, before its next write: no candidate is launched, nothing is cleaned up without
     the lock, and a cleanup under the lock afterwards leaves nothing."""
     ttl = 30
-    short = Cli(config=write_config(lab.config_path.parent, name="short-ttl.toml",
-                                    lock_ttl=ttl), lab_dir=lab.cli.lab_dir)
+    short = Cli(config=lab.write_config(name="short-ttl.toml",
+                                        lock_ttl=ttl), lab_dir=lab.cli.lab_dir)
     before = record(lab)
     set_faults(lab, *({"action": "DescribeImages", "region": r, "image_state": "pending"}
                       for r in lab.env.all_regions))
@@ -161,8 +161,6 @@ def test_gc_keeps_the_rollback_targets_and_never_sees_another_environment(lab):
     """With keep_images = 1 the newest image per region is kept anyway; the record's
     previous images (what `invoke rollback` launches) are kept for being named there;
     an orphan of another environment is not this one's to remove."""
-    from tests.conftest import write_config
-
     lab.cli("deploy --mode rebake-light --version 6.4.0")
     lab.cli("deploy --mode rebake-light --version 6.4.1")
     rec = record(lab)
@@ -171,7 +169,7 @@ def test_gc_keeps_the_rollback_targets_and_never_sees_another_environment(lab):
     # a team's own instance that merely shares the environment's tag: not the tool's
     unrelated = orphan(lab, "unrelated", tags=[{"Key": aws.TAG_ENV, "Value": "lab"},
                                                 {"Key": "Name", "Value": "team-bastion"}])
-    tight = write_config(lab.config_path.parent, name="keep-one.toml", keep_images=1)
+    tight = lab.write_config(name="keep-one.toml", keep_images=1)
     out = json.loads(lab.cli(f"gc --older-than 0 --json --config {tight}").stdout)
     removed = {i["id"] for i in out["removed"]}
     kept = {i["id"]: i["reason"] for i in out["kept"]}

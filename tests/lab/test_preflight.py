@@ -11,11 +11,12 @@ import pytest
 
 from deploylib import aws, config, preflight, render
 from deploylib.errors import InputError
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli
 from tests.lab import checks
 from tests.lab.checks import instances, lock_holder
 
-pytestmark = pytest.mark.lab
+# What preflight checks per region (a key pair, a volume key) is checked in a second one.
+pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(regions=2)]
 _n = itertools.count(1)
 
 
@@ -23,8 +24,8 @@ def _cli(lab, tmp_path, drop=(), extra="", **overrides):
     """The operator's command line with a config of their own — and the lab holding the
     tool to the policy `invoke policy` prints for it, as the operator would have applied
     (the lab's own policy comes back after the test)."""
-    cli = Cli(config=write_config(tmp_path, extra, drop=drop, **overrides),
-              lab_dir=lab.cli.lab_dir)
+    cli = Cli(config=lab.write_config(tmp_path, extra, drop=drop, **overrides),
+                  lab_dir=lab.cli.lab_dir)
     checks.hold_to_policy(lab, render.iam_policy(config.load(cli.config).environment("lab")))
     return cli
 

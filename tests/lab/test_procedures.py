@@ -10,7 +10,6 @@ import json
 import pytest
 
 from deploylib import aws
-from tests.conftest import write_config
 from tests.lab.checks import assert_serving, live_hosts, record, state_of
 from tests.lab.traffic import Membership, Stream
 
@@ -46,13 +45,13 @@ def test_in_place_updates_every_live_host_and_status_reports_drift(lab):
     users.assert_one_change("in-place", before["release"], "1.0.1")
     assert hosts_of(assert_serving(lab, "1.0.1")) == hosts
     report = status(lab)
-    assert len(report["instances"]) == 6
+    assert len(report["instances"]) == lab.env.fleet_size * len(lab.env.all_regions)
     for row in report["instances"]:
         assert row["running_release"] == "1.0.1" and row["baked_release"] != "1.0.1"
         assert row["drift"] is True
     table = lab.cli("status").stdout
-    assert table.count("DRIFT") == 6
-    assert "6 of them: no recorded image carries it" in table
+    assert table.count("DRIFT") == lab.env.fleet_size * len(lab.env.all_regions)
+    assert f"{len(report['instances'])} of them: no recorded image carries it" in table
     rec = record(lab)
     assert rec["release"] == "1.0.1" and rec["images"] == before["images"]  # hosts, not images
     for region, entry in rec["ledger"].items():
@@ -67,7 +66,7 @@ def test_a_graceful_hotfix_keeps_every_host_in_its_target_group_and_drops_nothin
     """reload = "graceful": no drain, no put-back; the release switched and the app
     reloaded on each live host while it serves, batch by batch, health-gated on the host."""
     before = record(lab)["release"]
-    config = write_config(lab.config_path.parent, name="graceful.toml", reload="graceful")
+    config = lab.write_config(name="graceful.toml", reload="graceful")
     with Membership(lab) as groups, Stream(lab) as users:
         proc = lab.cli(f"hotfix --version 1.0.5 --config {config}")
     users.assert_one_change("in-place-graceful", before, "1.0.5")
@@ -82,10 +81,10 @@ def test_in_place_and_rebake_light_for_an_app_whose_health_only_answers_200(lab,
     """health_check = "status": the sample app's /healthz says "ok" and no release; each
     host proves the release it runs (its `current` link and the service running from it),
     and the procedures go through as with a version-reporting app."""
-    from tests.conftest import Cli, write_config
+    from tests.conftest import Cli
 
-    cli = Cli(config=write_config(tmp_path, health_check="status", health_path="/healthz",
-                                  state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
+    cli = Cli(config=lab.write_config(tmp_path, health_check="status", health_path="/healthz",
+                                      state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
     hosts, before = hosts_of(live_hosts(lab)), record(lab)["release"]
     with Stream(lab) as users:
         proc = cli("deploy --mode in-place --version 1.0.4")
@@ -120,9 +119,12 @@ def test_rebake_light_replaces_the_fleet_from_the_live_image(lab):
     # the new hosts run 1.0.2 on an image baked with the release before: drift,
     # truthfully, which the new recorded images cover: a replacement would run 1.0.2
     assert all(r["drift"] and r["baked_release"] != "1.0.2" for r in status(lab)["instances"])
-    assert "6 of them: the recorded image of their region carries it" in lab.cli("status").stdout
+    fleet = lab.env.fleet_size * len(lab.env.all_regions)
+    assert f"{fleet} of them: the recorded image of their region carries it" in \
+        lab.cli("status").stdout
 
 
+@pytest.mark.lab_shape(regions=2)  # regions are what is tested
 def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     before, old = record(lab), hosts_of(live_hosts(lab))
     with Stream(lab) as users:
@@ -149,13 +151,14 @@ def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
         assert aws.ec2.find_tagged(clients.ec2(region), region, {aws.TAG_ROLE: "builder"}) == []
 
 
+@pytest.mark.lab_shape(regions=2)  # regions are what is tested
 def test_immutable_baked_in_every_region_at_once_copies_no_image(lab):
     """bake = "per-region": every region bakes its own image from the same release, at
     once; with every CopyImage refused, the run still goes through."""
     from tests.lab.checks import clear_faults, fault_hits, set_faults
 
     before = record(lab)["release"]
-    config = write_config(lab.config_path.parent, name="per-region.toml", bake="per-region")
+    config = lab.write_config(name="per-region.toml", bake="per-region")
     set_faults(lab, {"action": "CopyImage", "error": "InvalidParameter",
                      "message": "no copy may be needed (injected)"})
     try:

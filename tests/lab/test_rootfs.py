@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 
 from deploylib.lab import rootfs
-from tests.conftest import Cli, write_config
+from tests.conftest import Cli
 from tests.lab.checks import assert_serving, live_hosts, state_of
 
-pytestmark = pytest.mark.lab
+# A lab of its own, started once the Debian root filesystem is there (so it offers it).
+pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(debian=True)]
 
 
 # The packages every bake here provisions: the second bake starts from the first's
@@ -18,18 +19,9 @@ pytestmark = pytest.mark.lab
 PACKAGES = ["python3", "curl", "ca-certificates", "jq"]
 
 
-@pytest.fixture(scope="module")
-def debian_lab(lab):
-    rootfs.ensure()  # debootstrap once per machine (about a minute), cached after
-    lab.up()  # seeded again: the lab offers the Debian base image now
-    yield lab
-    lab.up()  # the tests after these start from the usual fleet
-
-
-def test_a_bake_from_a_real_debian_root_filesystem_runs_real_apt_get(debian_lab, tmp_path):
-    lab = debian_lab
-    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME, os_packages=PACKAGES,
-                                  state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
+def test_a_bake_from_a_real_debian_root_filesystem_runs_real_apt_get(lab, tmp_path):
+    cli = Cli(config=lab.write_config(tmp_path, base_image=rootfs.IMAGE_NAME, os_packages=PACKAGES,
+                                      state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
     proc = cli("deploy --mode immutable --version 8.0.0", timeout=900)
     state = state_of(lab, proc)
     assert not state["facts"]["builder"]["cache_hit"]  # provisioned, not from the cache
@@ -45,7 +37,7 @@ def test_a_bake_from_a_real_debian_root_filesystem_runs_real_apt_get(debian_lab,
             assert {lab.env.service_user, lab.env.ssh_user} <= users
 
 
-def test_a_server_group_of_a_debian_image_boots_its_instances_into_the_hotfix(debian_lab,
+def test_a_server_group_of_a_debian_image_boots_its_instances_into_the_hotfix(lab,
                                                                               tmp_path):
     """The boot script (user data) runs inside the instance's own root filesystem, as
     cloud-init would: Debian's curl signs the record's read with the instance's role, and
@@ -53,10 +45,9 @@ def test_a_server_group_of_a_debian_image_boots_its_instances_into_the_hotfix(de
     from deploylib import aws, waits
     from tests.lab import checks
 
-    lab = debian_lab
-    cli = Cli(config=write_config(tmp_path, base_image=rootfs.IMAGE_NAME, os_packages=PACKAGES,
-                                  fleet="server-groups", timeouts={"boot": 300},
-                                  state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
+    cli = Cli(config=lab.write_config(tmp_path, base_image=rootfs.IMAGE_NAME, os_packages=PACKAGES,
+                                      fleet="server-groups", timeouts={"boot": 300},
+                                      state_dir=str(lab.env.state_dir)), lab_dir=lab.cli.lab_dir)
     cli("deploy --mode immutable --version 8.1.0", timeout=900)
     cli("hotfix --version 8.1.1", timeout=600)
     region = lab.env.primary_region

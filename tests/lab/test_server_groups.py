@@ -21,11 +21,12 @@ from tests.lab.groups import (
     with_scale_out,
 )
 
-pytestmark = pytest.mark.lab
+# One server-group lab per worker: these modules share it (and so one worker).
+pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(fleet="server-groups"),
+              pytest.mark.xdist_group("server-groups")]
 
 
-def test_after_a_hotfix_new_and_replaced_instances_serve_the_hotfix(groups_lab):
-    lab = groups_lab
+def test_after_a_hotfix_new_and_replaced_instances_serve_the_hotfix(lab):
     lab.cli("hotfix --version 4.0.1")
     before = {r: set(live_group(lab, r).in_service) for r in lab.env.all_regions}
     # Requests that may go to any target: a new instance is asked the moment it is
@@ -56,8 +57,7 @@ def test_after_a_hotfix_new_and_replaced_instances_serve_the_hotfix(groups_lab):
     assert_all_serve(lab, "4.0.1", 2)
 
 
-def test_after_rebake_light_a_scale_out_serves_its_release(groups_lab):
-    lab = groups_lab
+def test_after_rebake_light_a_scale_out_serves_its_release(lab):
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
     lab.cli("deploy --mode rebake-light --version 4.1.0")
     record = checks.record(lab)
@@ -88,8 +88,7 @@ def test_after_rebake_light_a_scale_out_serves_its_release(groups_lab):
 
 
 @pytest.mark.parametrize("mode, version", [("immutable", "4.2.0"), ("rebake-light", "4.2.1")])
-def test_a_scale_out_in_the_middle_of_a_deploy_ends_on_its_release(groups_lab, mode, version):
-    lab = groups_lab
+def test_a_scale_out_in_the_middle_of_a_deploy_ends_on_its_release(lab, mode, version):
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
     live = checks.record(lab)["release"]
     with traffic.Stream(lab) as stream:
@@ -108,8 +107,7 @@ def test_a_scale_out_in_the_middle_of_a_deploy_ends_on_its_release(groups_lab, m
     assert_all_serve(lab, version, 2)
 
 
-def test_old_server_groups_beyond_those_kept_are_deleted(groups_lab):
-    lab = groups_lab
+def test_old_server_groups_beyond_those_kept_are_deleted(lab):
     for region in lab.env.all_regions:
         names = [g.name for g in groups(lab, region)]
         # the live one, and keep_server_groups (2) behind it
@@ -121,10 +119,9 @@ def test_old_server_groups_beyond_those_kept_are_deleted(groups_lab):
         assert not extra, (region, extra)
 
 
-def test_a_group_detached_and_attached_again_at_once_serves_again(groups_lab):
+def test_a_group_detached_and_attached_again_at_once_serves_again(lab):
     """As a switch-back does it: the live group out of its target group and straight back
     in; its instances are registered again and healthy after one check."""
-    lab = groups_lab
     region = lab.env.primary_region
     group, arn = live_group(lab, region), checks.target_group(lab, region)
     aws.autoscaling.detach(asg(lab, region), region, group.name, [arn])
@@ -134,8 +131,7 @@ def test_a_group_detached_and_attached_again_at_once_serves_again(groups_lab):
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
 
-def test_a_scale_out_during_a_hotfix_ends_on_the_hotfix(groups_lab):
-    lab = groups_lab
+def test_a_scale_out_during_a_hotfix_ends_on_the_hotfix(lab):
     live = checks.record(lab)["release"]
     with traffic.Stream(lab) as stream:
         proc = with_scale_out(lab, "select-hosts", "hotfix", "--version", "4.3.1")
@@ -151,8 +147,7 @@ def test_a_scale_out_during_a_hotfix_ends_on_the_hotfix(groups_lab):
     assert_all_serve(lab, "4.3.1", 2)
 
 
-def test_a_hotfix_holds_the_live_groups_from_scaling_in_until_it_is_done(groups_lab):
-    lab = groups_lab
+def test_a_hotfix_holds_the_live_groups_from_scaling_in_until_it_is_done(lab):
     live = checks.record(lab)["release"]
     scale_all(lab, 3)
     assert_all_serve(lab, live, 3)
@@ -175,8 +170,7 @@ def test_a_hotfix_holds_the_live_groups_from_scaling_in_until_it_is_done(groups_
 
 
 def test_a_scale_out_during_a_hotfix_that_rolls_back_ends_on_the_live_release(
-        groups_lab, tmp_path):
-    lab = groups_lab
+        lab, tmp_path):
     live = checks.record(lab)["release"]
     broken = checks.release_that_cannot_start(tmp_path)
     with traffic.Stream(lab) as stream:
@@ -194,8 +188,7 @@ def test_a_scale_out_during_a_hotfix_that_rolls_back_ends_on_the_live_release(
     assert_all_serve(lab, live, 2)
 
 
-def test_a_rollback_re_enables_the_previous_server_group(groups_lab):
-    lab = groups_lab
+def test_a_rollback_re_enables_the_previous_server_group(lab):
     lab.cli("deploy --mode immutable --version 4.5.0")
     after = checks.record(lab)
     previous = after["previous"]

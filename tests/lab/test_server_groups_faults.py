@@ -11,7 +11,7 @@ import os
 import pytest
 
 from deploylib import aws
-from tests.conftest import REPO, Cli, write_config
+from tests.conftest import REPO, Cli
 from tests.lab import checks, traffic
 from tests.lab.groups import (
     asg,
@@ -23,16 +23,17 @@ from tests.lab.groups import (
     with_scale_out,
 )
 
-pytestmark = pytest.mark.lab
+# One server-group lab per worker: these modules share it (and so one worker).
+pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(fleet="server-groups"),
+              pytest.mark.xdist_group("server-groups")]
 
 
-def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(groups_lab, tmp_path):
-    lab = groups_lab
+def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(lab, tmp_path):
     live = checks.record(lab)["release"]
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
     broken = checks.release_that_cannot_start(tmp_path)
-    config = write_config(lab.config_path.parent, name="quick-groups.toml",
-                          fleet="server-groups", timeouts={"boot": 120, "health": 3})
+    config = lab.write_config(name="quick-groups.toml",
+                              fleet="server-groups", timeouts={"boot": 120, "health": 3})
     proc = lab.cli(f"deploy --mode rebake-light --version 4.6.0-broken --artifact {broken} "
                    f"--config {config}", check=False)
     error = checks.failed_clearly(proc, "failed their boot")
@@ -52,8 +53,7 @@ def test_a_release_that_cannot_boot_fails_the_run_and_leaves_nothing(groups_lab,
     ("rebake-light", "fold-template", "4.11.3"),
     ("immutable", "promote", "4.11.4"),  # a baked image, its template version, its group
 ])
-def test_a_failure_at_any_stage_leaves_nothing_of_the_run(groups_lab, mode, anchor, version):
-    lab = groups_lab
+def test_a_failure_at_any_stage_leaves_nothing_of_the_run(lab, mode, anchor, version):
     live = checks.record(lab)["release"]
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
     with traffic.Stream(lab) as stream:
@@ -71,12 +71,11 @@ def test_a_failure_at_any_stage_leaves_nothing_of_the_run(groups_lab, mode, anch
     assert report["failed"] == 0, report
 
 
-def test_gc_removes_what_a_killed_run_left_and_nothing_live(groups_lab):
-    lab = groups_lab
+def test_gc_removes_what_a_killed_run_left_and_nothing_live(lab):
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
-    config = write_config(lab.config_path.parent, name="holding.toml", fleet="server-groups",
-                          timeouts={"boot": 120}, plugins=["scale_out"],
-                          extra_stages=[{"step": "hold", "after": "launch-candidates"}])
+    config = lab.write_config(name="holding.toml", fleet="server-groups",
+                              timeouts={"boot": 120}, plugins=["scale_out"],
+                              extra_stages=[{"step": "hold", "after": "launch-candidates"}])
     cli = Cli(config=config, lab_dir=lab.cli.lab_dir)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(REPO / "tests" / "plugins")  # the run's own environment
@@ -108,8 +107,7 @@ def test_gc_removes_what_a_killed_run_left_and_nothing_live(groups_lab):
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
 
-def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(groups_lab):
-    lab = groups_lab
+def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(lab):
     lab.cli("hotfix --version 4.8.1")
     lab.cli("lab.scale --region us-east-1 --desired 3")
     settled(lab, "us-east-1", 3)
@@ -159,10 +157,9 @@ def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(gr
     assert_all_serve(lab, "4.8.1", 2)
 
 
-def test_rebake_light_past_max_layers_is_refused_and_changes_nothing(groups_lab):
-    lab = groups_lab
-    strict = write_config(lab.config_path.parent, name="layers.toml", fleet="server-groups",
-                          timeouts={"boot": 120}, max_layers=1)
+def test_rebake_light_past_max_layers_is_refused_and_changes_nothing(lab):
+    strict = lab.write_config(name="layers.toml", fleet="server-groups",
+                              timeouts={"boot": 120}, max_layers=1)
     record = checks.record(lab)
     region = lab.env.primary_region
     tags = aws.ec2.image_tags(lab.clients().ec2(region), region, [record["images"][region]])
@@ -185,14 +182,13 @@ def test_rebake_light_past_max_layers_is_refused_and_changes_nothing(groups_lab)
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
 
-def test_a_first_server_group_that_fails_leaves_no_launch_template(groups_lab, tmp_path):
-    lab = groups_lab
+def test_a_first_server_group_that_fails_leaves_no_launch_template(lab, tmp_path):
     # Groups of another name (and their own launch template): nothing of them exists yet.
     # The first is made, then its smoke test fails.
     (tmp_path / "test_refuses.py").write_text("def test_refuses():\n    assert False\n")
-    other = write_config(lab.config_path.parent, name="other-groups.toml",
-                         fleet="server-groups", server_group_prefix="other-lab",
-                         timeouts={"boot": 120}, smoke_tests=str(tmp_path))
+    other = lab.write_config(name="other-groups.toml",
+                             fleet="server-groups", server_group_prefix="other-lab",
+                             timeouts={"boot": 120}, smoke_tests=str(tmp_path))
     from deploylib import config, render
 
     env = config.load(other).environment("lab")
@@ -209,15 +205,14 @@ def test_a_first_server_group_that_fails_leaves_no_launch_template(groups_lab, t
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
 
-def test_a_boot_the_group_will_not_let_in_service_fails_the_run_at_once(groups_lab):
+def test_a_boot_the_group_will_not_let_in_service_fails_the_run_at_once(lab):
     # Every CompleteLifecycleAction refused, the boot's ABANDON too: the instances stay
     # held by the hook. The wait reads their console and ends on the boot's failure line,
     # not at the hook's timeout (10 minutes here; the command's own timeout is 5).
-    lab = groups_lab
     live = checks.record(lab)["release"]
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
-    config = write_config(lab.config_path.parent, name="slow-hook.toml",
-                          fleet="server-groups", timeouts={"boot": 600})
+    config = lab.write_config(name="slow-hook.toml",
+                              fleet="server-groups", timeouts={"boot": 600})
     checks.set_faults(lab, {"action": "CompleteLifecycleAction", "error": "ValidationError"})
     try:
         proc = lab.cli(f"deploy --mode rebake-light --version 4.6.1 --config {config}",

@@ -2,7 +2,7 @@
 timing saved after each, cleanup when the run fails, the deploy lock held around it all.
 
 A stage of its own is run by `call`. A group stage is run by the executor its kind
-names (PER_BATCH: deploylib.rollout, PER_REGION: deploylib.regions), which runs `call`
+names (PER_BATCH: engine.batches, PER_REGION: engine.regions), which runs `call`
 for each of its members. Which stages there are, what cleans up and from where a
 resume starts again are the plan's (deploylib.plan); the engine names none of them.
 """
@@ -13,15 +13,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from deploylib import catalog, lock, regions, rollout, waits
+from deploylib import catalog, lock, waits
 from deploylib import plan as planning
 from deploylib.context import Context
+from deploylib.engine import batches, regions
 from deploylib.errors import LockHeld, error_line
 from deploylib.facts import HostRef
 from deploylib.state import DONE, ENDED, FAILED, RUNNING, StageKey
 
 Group = Callable[..., None]
-_GROUPS: dict[str, Group] = {planning.PER_BATCH: rollout.run, planning.PER_REGION: regions.run}
+_GROUPS: dict[str, Group] = {planning.PER_BATCH: batches.run, planning.PER_REGION: regions.run}
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from deploylib import plan as planning
-from deploylib import runner
+from deploylib.engine import runner
 from deploylib.errors import HostError, StepFailed
 from deploylib.facts import HostRef, Release, Revert
 from deploylib.state import DONE, FAILED, StageKey

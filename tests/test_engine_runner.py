@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from deploylib import lock, runner
+from deploylib import lock
 from deploylib import plan as planning
+from deploylib.engine import runner
 from deploylib.errors import CloudError, LockHeld
 from deploylib.state import DONE, FAILED, PENDING, RUNNING, StageKey
 from tests.engine import SCRIPT, make_context

@@ -7,21 +7,21 @@ import tarfile
 
 import pytest
 
-from deploylib import release
+from deploylib import tarball
 from deploylib.errors import InputError
 from tests.conftest import REPO
 
 
 def test_the_same_source_and_version_give_the_same_bytes(tmp_path):
-    a = release.build(REPO / "examples/app", "1.2.3", tmp_path / "a")
-    b = release.build(REPO / "examples/app", "1.2.3", tmp_path / "b")
-    assert release.sha256_file(a) == release.sha256_file(b)
-    assert release.sha256_file(a) != release.sha256_file(
-        release.build(REPO / "examples/app", "1.2.4", tmp_path / "c"))
+    a = tarball.build(REPO / "examples/app", "1.2.3", tmp_path / "a")
+    b = tarball.build(REPO / "examples/app", "1.2.3", tmp_path / "b")
+    assert tarball.sha256_file(a) == tarball.sha256_file(b)
+    assert tarball.sha256_file(a) != tarball.sha256_file(
+        tarball.build(REPO / "examples/app", "1.2.4", tmp_path / "c"))
 
 
 def test_the_tarball_carries_the_app_and_its_version(tmp_path):
-    path = release.build(REPO / "examples/app", "1.2.3", tmp_path)
+    path = tarball.build(REPO / "examples/app", "1.2.3", tmp_path)
     assert path.name == "app-1.2.3.tar.gz"
     with tarfile.open(path) as tar:
         assert sorted(tar.getnames()) == ["VERSION", "app.py", "release.toml"]
@@ -30,9 +30,9 @@ def test_the_tarball_carries_the_app_and_its_version(tmp_path):
 
 def test_building_refuses_a_bad_version_or_source(tmp_path):
     with pytest.raises(InputError, match="version"):
-        release.build(REPO / "examples/app", "1.0;ls", tmp_path)
+        tarball.build(REPO / "examples/app", "1.0;ls", tmp_path)
     with pytest.raises(InputError, match="not an app directory"):
-        release.build(tmp_path / "empty", "1.0.0", tmp_path)
+        tarball.build(tmp_path / "empty", "1.0.0", tmp_path)
 
 
 def test_any_app_builds_its_own_way_and_executables_stay_executable(tmp_path):
@@ -40,7 +40,7 @@ def test_any_app_builds_its_own_way_and_executables_stay_executable(tmp_path):
     source.mkdir()
     (source / "server.sh").write_text("#!/bin/sh\necho built $DEPLOY_VERSION > out.txt\n")
     (source / "release.toml").write_text('start = "bin/server"\n')
-    path = release.build(source, "2.0.0", tmp_path / "dist", build_command=(
+    path = tarball.build(source, "2.0.0", tmp_path / "dist", build_command=(
         "mkdir -p bin && cp server.sh bin/server && chmod +x bin/server && sh server.sh"))
     with tarfile.open(path) as tar:
         members = {m.name: m for m in tar}
@@ -53,22 +53,22 @@ def test_a_build_that_fails_or_a_bad_release_toml_is_one_line(tmp_path):
     source.mkdir()
     (source / "Makefile").write_text("all:\n\t@echo 'cc: server.c: no such file' >&2; false\n")
     with pytest.raises(InputError) as info:
-        release.build(source, "2.0.0", tmp_path, build_command="make")
+        tarball.build(source, "2.0.0", tmp_path, build_command="make")
     assert "exited 2" in info.value.line() and "no such file" in info.value.line()
     (source / "release.toml").write_text('start = "bin/server"\nstop_signal = "SIGSTOP"\n')
     with pytest.raises(InputError) as info:
-        release.build(source, "2.0.0", tmp_path)
+        tarball.build(source, "2.0.0", tmp_path)
     assert "stop_signal must be one of SIGTERM" in info.value.line()
 
 
 def test_artifact_checks(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        release.check_artifact(tmp_path / "missing.tar.gz")
+        tarball.check_artifact(tmp_path / "missing.tar.gz")
     with pytest.raises(InputError, match="is not a file"):
-        release.check_artifact(tmp_path)
+        tarball.check_artifact(tmp_path)
     (tmp_path / "plain.txt").write_text("hello")
     with pytest.raises(InputError, match="not a gzip tarball"):
-        release.check_artifact(tmp_path / "plain.txt")
+        tarball.check_artifact(tmp_path / "plain.txt")
 
 
 @pytest.mark.parametrize("member,words", [
@@ -87,7 +87,7 @@ def test_an_artifact_holding_what_a_release_may_not_is_refused_at_start(tmp_path
             setattr(info, key, value)
         tar.addfile(info, io.BytesIO(b"") if info.isfile() else None)
     with pytest.raises(InputError, match=words):
-        release.check_artifact(path)
+        tarball.check_artifact(path)
 
 
 def test_a_link_within_the_release_is_fine(tmp_path):
@@ -97,4 +97,4 @@ def test_a_link_within_the_release_is_fine(tmp_path):
         link = tarfile.TarInfo("lib/alias.py")
         link.type, link.linkname = tarfile.SYMTYPE, "real.py"
         tar.addfile(link)
-    assert release.check_artifact(path) == path
+    assert tarball.check_artifact(path) == path

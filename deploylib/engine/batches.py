@@ -46,7 +46,7 @@ def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bo
     ctx.reporter.batch(group.name, sum(_done(ctx, group, n) for n in
                                        range(1, len(batches) + 1)), len(batches))
     began = time.monotonic()
-    n, whole = 0, []
+    n, whole = 0, list[HostRef]()
     try:
         for n, whole in enumerate(batches, start=1):
             batch = [h for h in whole if h.instance_id not in failed]

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from deploylib import plan as planning
-from deploylib import runner
+from deploylib.engine import runner
 from deploylib.errors import CloudError
 from deploylib.state import DONE, FAILED, StageKey
 from tests.engine import SCRIPT, make_context
