@@ -156,7 +156,6 @@ def install(*, interval: float = 0.5) -> threading.Event:
     original_delete = AutoScalingBackend.delete_auto_scaling_group
     original_version = LaunchTemplates.create_launch_template_version
     original_enter_standby = AutoScalingBackend.enter_standby_instances
-    original_detach = AutoScalingBackend.detach_load_balancer_target_groups
 
     def replace_instances(self: FakeAutoScalingGroup, count_needed: int,
                           propagated_tags: dict[str, str]) -> None:
@@ -264,8 +263,21 @@ def install(*, interval: float = 0.5) -> threading.Event:
     def detach_target_groups(self: AutoScalingBackend, group_name: str,
                              target_group_arns: list[str]) -> None:
         with _lock:
-            original_detach(self, group_name, target_group_arns)
-            converge(self, self.autoscaling_groups[group_name])  # forgets what it registered
+            group = self.autoscaling_groups[group_name]
+            group.target_group_arns = [a for a in group.target_group_arns
+                                       if a not in target_group_arns]
+            mine = {s.instance.id for s in group.instance_states}
+            for arn in target_group_arns:
+                # As AWS's Auto Scaling detaches: what of the group is registered leaves;
+                # an instance a scale-in already deregistered (draining, not yet
+                # terminated) is no error. moto deregisters every instance of the group
+                # and fails on that one (InvalidTarget).
+                target_group = self.elbv2_backend.target_groups.get(arn)
+                registered = [{"Id": i} for i in (target_group.targets if target_group else ())
+                              if i in mine]
+                if registered or target_group is None:  # moto's error for an unknown group
+                    self.elbv2_backend.deregister_targets(arn, registered)
+            converge(self, group)  # forgets what it registered
 
     def enter_standby(self: AutoScalingBackend, *args: Any, **kw: Any) -> Any:
         out = original_enter_standby(self, *args, **kw)

@@ -18,6 +18,7 @@ from tests.lab.groups import (
     groups,
     live_group,
     scale_all,
+    settled,
     with_scale_out,
 )
 
@@ -128,6 +129,23 @@ def test_a_group_detached_and_attached_again_at_once_serves_again(lab):
     assert checks.registered(lab, region) == {}
     aws.autoscaling.attach(asg(lab, region), region, group.name, [arn])
     aws.elb.wait_healthy(lab.clients().elbv2(region), region, arn, group.in_service, 30)
+    assert_all_serve(lab, checks.record(lab)["release"], 2)
+
+
+def test_a_group_with_an_instance_draining_after_a_scale_in_detaches(lab):
+    """A scale-in deregisters its instance at once and terminates it when the
+    deregistration delay is over; a promote detaching the group meanwhile (`invoke demo`
+    deploys right after its scale-in) leaves that instance out, as AWS's Auto Scaling
+    does, instead of failing on it (moto's own detach raises InvalidTarget)."""
+    region = lab.env.primary_region
+    group, arn = live_group(lab, region), checks.target_group(lab, region)
+    lab.cli(f"lab.scale --region {region} --desired 3")
+    settled(lab, region, 3)
+    lab.cli(f"lab.scale --region {region} --desired 2")
+    assert len(live_group(lab, region).instances) == 3  # one draining, still the group's
+    aws.autoscaling.detach(asg(lab, region), region, group.name, [arn])
+    assert checks.registered(lab, region) == {}
+    aws.autoscaling.attach(asg(lab, region), region, group.name, [arn])
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
 
