@@ -467,16 +467,30 @@ class Labs:
 
         for running in self._labs.values():
             control.stop_daemon(running.cli.lab_dir)
+        self._labs.clear()
+
+
+_labs: Labs | None = None
 
 
 @pytest.fixture(scope="session")
 def labs(tmp_path_factory):
     """This worker's labs (`Labs`), stopped when the session ends."""
-    held = Labs(tmp_path_factory)
+    global _labs
+    _labs = held = Labs(tmp_path_factory)
     try:
         yield held
     finally:
         held.stop()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The worker's labs stopped once it reaches a test that is not a lab test: the lab
+    modules are handed out first (pytest_collection_modifyitems), so none is left for
+    it, and an idle lab still costs its balancers' checks. (One asked for later would be
+    brought up again.)"""
+    if _labs is not None and not item.get_closest_marker("lab"):
+        _labs.stop()
 
 
 @pytest.fixture
