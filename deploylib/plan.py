@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from deploylib.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # the catalog imports the steps, which import this module
+    from deploylib.catalog import Step as Declared
 
 # The procedures an operator asks for; the rollbacks are chosen from the record.
 MODES = ("immutable", "rebake-light", "in-place")
@@ -387,7 +390,7 @@ def _walk(stages: Iterable[Stage]) -> Iterable[Stage]:
         yield from s.members
 
 
-def _declared(name: str) -> Any:
+def _declared(name: str) -> Declared | None:
     from deploylib import catalog  # the steps register themselves on import
 
     catalog.load()

@@ -168,7 +168,8 @@ def discard_builder(ctx: Context) -> None:
 @step("restore-templates")
 def restore_templates(ctx: Context) -> None:
     """Server groups: each group fold-template pointed at the run's image launches from
-    the version it had again (that image is about to be discarded)."""
+    the version it had again (that image is about to be discarded), and the version the
+    run made for it goes."""
     for region, (group, template_id, version) in sorted(ctx.facts.folded_from.items()):
         asg = ctx.aws.autoscaling(region)
         if aws.autoscaling.describe(asg, region, group) is None:
@@ -176,6 +177,8 @@ def restore_templates(ctx: Context) -> None:
         else:
             aws.autoscaling.use_template(asg, region, group, template_id, version)
             ctx.log(f"  {region}: {group} launches from version {version} again")
+        groups = aws.autoscaling.server_groups(asg, region, ctx.env.group_prefix)
+        servergroups.drop_versions(ctx, region, groups, run_only=True)
         del ctx.facts.folded_from[region]
         ctx.save()
 

@@ -257,22 +257,33 @@ def prune(ctx: Context, region: str, keep: set[str]) -> list[str]:
     """Delete the environment's out-of-service server groups beyond the newest
     `keep_server_groups` (and never one in `keep`), with their launch template versions."""
     env = ctx.env
-    asg, ec2 = ctx.aws.autoscaling(region), ctx.aws.ec2(region)
+    asg = ctx.aws.autoscaling(region)
     groups = aws.autoscaling.server_groups(asg, region, env.group_prefix)
     idle = [g for g in groups if g.name not in keep and not g.target_groups]
     doomed = idle[: max(0, len(idle) - env.keep_server_groups)]
     for g in doomed:
         aws.autoscaling.delete(asg, region, g.name)
-    template = aws.ec2.launch_template(ec2, region, env.group_prefix)
-    if template is not None:
-        used = {g.template_version for g in groups if g not in doomed}
-        # The default version stays: EC2 deletes it only with the template.
-        unused = [v.version for v in template.versions
-                  if str(v.version) not in used and v.version != template.default]
-        aws.ec2.delete_template_versions(ec2, region, template.template_id, unused)
+    drop_versions(ctx, region, [g for g in groups if g not in doomed])
     if doomed:
         ctx.log(f"  {region}: server groups {' '.join(g.name for g in doomed)} deleted")
     return [g.name for g in doomed]
+
+
+def drop_versions(ctx: Context, region: str, groups: list[aws.autoscaling.ServerGroup], *,
+                  run_only: bool = False) -> list[int]:
+    """Delete the launch template versions none of `groups` launches from (`run_only`:
+    only the run's own); the default version stays, as EC2 deletes it only with the
+    template. Returns what was deleted."""
+    ec2 = ctx.aws.ec2(region)
+    template = aws.ec2.launch_template(ec2, region, ctx.env.group_prefix)
+    if template is None:
+        return []
+    used = {g.template_version for g in groups}
+    unused = [v.version for v in template.versions
+              if str(v.version) not in used and v.version != template.default
+              and (not run_only or v.tags.get(aws.TAG_RUN) == ctx.state.run_id)]
+    aws.ec2.delete_template_versions(ec2, region, template.template_id, unused)
+    return unused
 
 
 def hold_live(ctx: Context, *, held: bool) -> list[str]:

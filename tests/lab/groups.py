@@ -53,7 +53,9 @@ def scale_all(lab, desired: int) -> None:
 def assert_all_serve(lab, version: str, count: int) -> None:
     for region in lab.env.all_regions:
         ids = settled(lab, region, count)
-        for inst in aws.ec2.describe(lab.clients().ec2(region), region, ids):
+        # As the tool reads instances the group just launched: EC2 may not list them yet.
+        for inst in aws.ec2.wait_instances(lab.clients().ec2(region), region, ids, "running",
+                                           timeout=30):
             assert checks.serving(lab, inst) == version, (region, inst.instance_id)
 
 

@@ -63,5 +63,5 @@ def test_a_server_group_of_a_debian_image_boots_its_instances_into_the_hotfix(la
     assert (root / "etc/debian_version").read_text().startswith("12.")
     log = (root / "var/log/cloud-init-output.log").read_text()
     assert "switched current to 8.1.1" in log and "in service on 8.1.1" in log, log
-    (inst,) = aws.ec2.describe(lab.clients().ec2(region), region, [iid])
+    (inst,) = aws.ec2.wait_instances(lab.clients().ec2(region), region, [iid], "running", 30)
     assert checks.serving(lab, inst) == "8.1.1"

@@ -71,6 +71,25 @@ def test_a_failure_at_any_stage_leaves_nothing_of_the_run(lab, mode, anchor, ver
     assert report["failed"] == 0, report
 
 
+def test_a_fold_failing_after_it_pointed_the_live_groups_puts_their_templates_back(lab):
+    """fold-template points the live groups at the run's image; the run failing after it
+    discards that image, so restore-templates (its declared undo) points each group at
+    the version it launched from before: no instance launches from a discarded image."""
+    lab.cli("hotfix --version 4.12.0")  # something to fold
+    was = {r: (g.name, g.template_id, g.template_version)
+           for r in lab.env.all_regions for g in [live_group(lab, r)]}
+    proc = with_scale_out(lab, "fold-template", "fold", step="fail-here")
+    assert proc.returncode == 1 and "failed here on purpose" in proc.stderr, proc.stderr[-3000:]
+    state = checks.state_of(lab, proc)
+    assert state["facts"]["cleanup"]["restore-templates"] == "done"
+    assert state["facts"]["folded_from"] == {}
+    for region in lab.env.all_regions:
+        group = live_group(lab, region)
+        assert (group.name, group.template_id, group.template_version) == was[region]
+    assert run_leftovers(lab, checks.run_id_of(proc)) == []
+    assert_all_serve(lab, "4.12.0", 2)
+
+
 def test_gc_removes_what_a_killed_run_left_and_nothing_live(lab):
     was = {r: live_group(lab, r).name for r in lab.env.all_regions}
     config = lab.write_config(name="holding.toml", fleet="server-groups",
