@@ -12,9 +12,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from deploylib.state import DONE, FAILED, RUNNING, StageKey
+
+if TYPE_CHECKING:  # rich is imported when a table is drawn, not with the command line
+    from rich.console import Group
+    from rich.live import Live
 
 
 class Plain:
@@ -56,9 +60,9 @@ class LiveTable(Plain):
         # Per group of regions: each region's current stage and its status.
         self.regions: dict[str, dict[str, tuple[str, str]]] = {}
         self.began = time.monotonic()
-        self._live: Any = None
+        self._live: Live | None = None
 
-    def _table(self) -> Any:
+    def _table(self) -> Group:
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text

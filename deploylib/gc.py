@@ -43,7 +43,7 @@ class Verdict:
     keep: list[tuple[Item, str]] = field(default_factory=list)
 
 
-def _epoch(value: Any) -> float:
+def _epoch(value: dt.datetime | str | None) -> float:
     if isinstance(value, dt.datetime):
         return value.timestamp()
     if isinstance(value, str) and value:

@@ -12,6 +12,7 @@ the environment.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from deploylib.config import Environment
 
 
-def _get(address: str, port: int, path: str, timeout: float) -> Any:
+def _get(address: str, port: int, path: str, timeout: float) -> http.client.HTTPResponse:
     # Hosts are addressed directly, never through a proxy taken from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     return opener.open(f"http://{address}:{port}{path}", timeout=timeout)

@@ -24,8 +24,8 @@ from deploylib.config import Environment
 GROUP_TAG = "aws:autoscaling:groupName"
 
 
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if hasattr(value, "strftime") else "-"
+def _when(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
 
 
 def _group_images(env: Environment, clients: aws.AwsClients, region: str) -> dict[str, str]:
@@ -35,7 +35,7 @@ def _group_images(env: Environment, clients: aws.AwsClients, region: str) -> dic
         clients.autoscaling(region), region, env.group_prefix)}
 
 
-def how(running: str | None, own_release: str | None, launched: Any,
+def how(running: str | None, own_release: str | None, launched: dt.datetime | None,
         recorded_at: str, *, launched_by_recording_run: bool = False) -> tuple[str, str]:
     """How an instance got the release it runs, and since when: its image had it
     (`baked`, since its launch), it was installed as it came up (`boot`: launched by the

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from deploylib.errors import ConfigError, InputError
 
@@ -474,20 +474,23 @@ def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = Fals
                 restart_from=restart_from)
 
 
-def batches(hosts: Sequence[Any], size: int) -> list[list[Any]]:
+H = TypeVar("H")  # a host, as the caller holds it
+
+
+def batches(hosts: Sequence[H], size: int) -> list[list[H]]:
     """Split hosts into consecutive batches of at most `size`."""
     if size < 1:
         raise ValueError("batch size must be at least 1")
     return [list(hosts[i : i + size]) for i in range(0, len(hosts), size)]
 
 
-def waves(per_region: dict[str, list[list[Any]]], first: str) -> list[list[Any]]:
+def waves(per_region: dict[str, list[list[H]]], first: str) -> list[list[H]]:
     """In-place batches rolled across regions at once: a canary (the first batch of the
     region `first`, alone), then wave i of every region's batches side by side — `first`'s
     next batch beside each other region's batch i. No wave takes more of a region than one
     of its own batches, and every region's batches keep their order."""
     queues = {region: list(b) for region, b in per_region.items() if b}
-    out: list[list[Any]] = []
+    out: list[list[H]] = []
     if queues.get(first):
         out.append(list(queues[first].pop(0)))
     while any(queues.values()):

@@ -15,6 +15,8 @@ from deploylib.errors import DeployError
 from deploylib.plan import MODES
 
 if TYPE_CHECKING:  # render reads what config parsed; it never parses
+    import jinja2
+
     from deploylib.config import Environment
 
 # Package data: the same files in a checkout and in an installed wheel.
@@ -67,7 +69,7 @@ def _curl_config(url: str) -> Shell:
 
 
 @lru_cache(maxsize=1)
-def _jinja() -> Any:
+def _jinja() -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(

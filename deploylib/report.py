@@ -14,9 +14,12 @@ import time
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploylib.state import RunState, StageEntry
+
+if TYPE_CHECKING:  # imported when a page is rendered, not with the command line
+    import jinja2
 
 
 def run_summary(state: RunState) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def write(directory: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
 
 
 @lru_cache(maxsize=1)
-def _page() -> Any:
+def _page() -> jinja2.Template:
     """The page's template (templates/report.html.j2), HTML-escaping what it is given."""
     import jinja2
 

@@ -29,26 +29,7 @@ os.environ["DEPLOY_LAB_NETWORK"] = str(1 + 4 * WORKER)
 # the same rules, a slower clock, and a suite's dozen labs idle at a third of the CPU.
 os.environ.setdefault("DEPLOY_LAB_PROFILE", '{"health_interval": 0.5}')
 
-pytest_plugins = ["tests.iam_audit"]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """How the tests are shared among workers (`--dist loadgroup`): a test file to one
-    worker at a time, as `loadfile` would, except where modules share a group
-    (`xdist_group`: the server-group modules, which share one lab). The longest first:
-    the lab tests before the quick ones, so no worker is left with a lab module at the end."""
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-    def weight(item: pytest.Item) -> int:
-        if item.get_closest_marker("own_lab") or any(
-                m.args == ("server-groups",) for m in item.iter_markers("xdist_group")):
-            return 0
-        return 1 if item.get_closest_marker("lab") else 2
-
-    items.sort(key=weight)  # stable: each file's tests keep their order
+pytest_plugins = ["tests.iam_audit", "tests.scheduling"]
 
 
 # How the sample app runs (examples/app/release.toml), for releases of it without that file.
@@ -486,7 +467,7 @@ def labs(tmp_path_factory):
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """The worker's labs stopped once it reaches a test that is not a lab test: the lab
-    modules are handed out first (pytest_collection_modifyitems), so none is left for
+    modules are handed out first (tests/scheduling.py), so none is left for
     it, and an idle lab still costs its balancers' checks. (One asked for later would be
     brought up again.)"""
     if _labs is not None and not item.get_closest_marker("lab"):

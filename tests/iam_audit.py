@@ -187,7 +187,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _ran.add(report.nodeid)
 
 
-def _whole_suite(config: pytest.Config) -> bool:
+def whole_suite(config: pytest.Config) -> bool:
     o = config.option
     narrowed = any(getattr(o, name, None) for name in (
         "keyword", "markexpr", "deselect", "ignore", "ignore_glob", "lf", "maxfail"))
@@ -203,7 +203,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _listener.drain()
     policy = load_policy()
     _result = verdict(_listener.used, policy, calls=_listener.calls,
-                      whole_suite=_whole_suite(session.config)
+                      whole_suite=whole_suite(session.config)
                       and any(n.startswith("tests/lab/") for n in _ran))
     if _result.failed and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,23 +56,76 @@ def groovy_env() -> dict[str, str]:
     return env
 
 
+class ServedHarness:
+    """One Groovy process running this module's pipelines one after another
+    (`PipelineHarness.groovy --serve`): the JVM and Groovy start once, not per test, and
+    the queries the pipelines run for real (`invoke plan`, `invoke jenkins.settings`) are
+    run once per command, workspace and environment."""
+
+    def __init__(self, directory: Path) -> None:
+        groovy = shutil.which("groovy")
+        assert groovy, "groovy is not installed (.ci/run installs Debian's groovy)"
+        # Its stderr (Groovy's, and the queries'), to a file: a pipe nobody reads would
+        # fill and stop it.
+        self.log = directory / "harness.stderr"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([groovy, str(HARNESS), "--serve"], cwd=REPO,
+                                         env=groovy_env(), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, text=True)
+
+    def run(self, jenkinsfile: Path, params: dict, options: dict, timeout: float = 120) -> dict:
+        assert self.proc.stdin and self.proc.stdout
+        request = {"jenkinsfile": str(jenkinsfile), "params": params, "options": options}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            line = self.proc.stdout.readline() if ready else ""
+            if not line:
+                self.close()
+                raise AssertionError("the harness did not answer: "
+                                     + self.log.read_text()[-3000:])
+            if line.startswith("@@pipeline "):
+                answer = json.loads(line.removeprefix("@@pipeline "))
+                assert "harness_error" not in answer, answer.get("harness_error")
+                return answer
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_served: ServedHarness | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def served_harness(tmp_path_factory):
+    global _served
+    _served = ServedHarness(tmp_path_factory.mktemp("harness"))
+    yield _served
+    _served.close()
+    _served = None
+
+
 def run_pipeline(params: dict, *, repo: Path = REPO, **options) -> dict:
     """The pipeline of `repo`'s Jenkinsfile (this repository's by default), with this
     repository as the shared library it loads."""
-    groovy = shutil.which("groovy")
-    assert groovy, "groovy is not installed (.ci/run installs Debian's groovy)"
+    assert _served is not None, "run_pipeline runs in this module's tests"
     defaults = {"MODE": "immutable", "VERSION": "1.2.3", "ENV": "production", "ARTIFACT": "",
                 "HANDOFF": ""}
     given = {**defaults, **params}
     mode = options.pop("started_as", None) or given["MODE"]
-    opts = {"library": str(REPO), "real": ["invoke plan", "invoke jenkins.settings"],
+    opts = {"dir": str(repo), "library": str(REPO),
+            "real": ["invoke plan", "invoke jenkins.settings"],
             "responses": {"invoke start": started(mode, env=given["ENV"])}, **options}
-    proc = subprocess.run([groovy, str(HARNESS), str(repo / "Jenkinsfile"),
-                           json.dumps(given), json.dumps(opts)],
-                          cwd=repo, env=groovy_env(), capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _served.run(repo / "Jenkinsfile", given, opts)
 
 
 def sh_commands(result: dict) -> list[list[str]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
+import shutil
 import subprocess
 import threading
 from functools import partial
@@ -238,17 +240,23 @@ def _main_pid(host) -> str:
     return host.bash("systemctl show -p MainPID --value app").stdout.strip()
 
 
-def test_a_restart_stops_every_process_of_the_service_even_one_still_serving(host):
+def test_a_restart_stops_every_process_of_the_service_even_one_still_serving(host, tmp_path):
     """As systemd stops a unit (KillMode=control-group): SIGTERM to the app's master and
     worker, SIGKILL to what is left after TimeoutStopSec. A worker kept busy by a client
     on a keep-alive connection is killed with the rest, never left holding the port the
     new release must bind."""
     import http.client
 
-    unit = host.root / "etc/systemd/system/app.service"
-    unit.write_text(unit.read_text().replace("RestartSec=1\n",
-                                             "RestartSec=1\nTimeoutStopSec=2\n"))
-    assert host.install("1.0.0").returncode == 0
+    # TimeoutStopSec as a release says it (its release.toml's stop_timeout, which the
+    # install writes as a drop-in over the unit): the sample app's, 2 s
+    source = shutil.copytree(REPO / "examples/app", tmp_path / "app")
+    toml = source / "release.toml"
+    toml.write_text(re.sub(r"(?m)^stop_timeout = .*$", "stop_timeout = 2", toml.read_text()))
+    releases = {}
+    for version in ("1.0.0", "1.0.1"):
+        path = tarball.build(source, version, host.files)
+        releases[version] = {"name": path.name, "sha": tarball.sha256_file(path)}
+    assert host.install("1.0.0", **releases["1.0.0"]).returncode == 0
     stop = threading.Event()
 
     def busy() -> None:  # one connection, a request every 0.3 s: never idle
@@ -266,7 +274,7 @@ def test_a_restart_stops_every_process_of_the_service_even_one_still_serving(hos
     client = threading.Thread(target=busy)
     client.start()
     try:
-        out = host.install("1.0.1", health_timeout=10)
+        out = host.install("1.0.1", health_timeout=10, **releases["1.0.1"])
         # while the client still tries: nothing of the old release runs on
         old = [p for p in Path("/proc").iterdir() if p.name.isdigit()
                and _cwd(p) == host.root / "srv/app/releases/1.0.0"]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import botocore.exceptions as botocore_errors
 from botocore.exceptions import BotoCoreError, ClientError
@@ -41,6 +41,12 @@ from deploylib.errors import (
 )
 
 if TYPE_CHECKING:  # boto3's clients by their stubs (boto3-stubs: a test dependency)
+    import boto3.session
+    from botocore.client import BaseClient
+    from botocore.credentials import Credentials
+    from botocore.loaders import Loader
+    from botocore.model import OperationModel
+    from botocore.session import Session as BotocoreSession
     from mypy_boto3_autoscaling import AutoScalingClient
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
@@ -106,7 +112,7 @@ class AwsClients:
                 "us_east_1_regional_endpoint": "regional"},
             signature_version="s3v4",
         )
-        self._clients: dict[tuple[str, str], Any] = {}
+        self._clients: dict[tuple[str, str], BaseClient] = {}
         self._account: str | None = None
         self._lock = threading.Lock()
         # Run before every write to AWS while set (a run's lease: deploylib.lock); what it
@@ -115,25 +121,29 @@ class AwsClients:
         self.guard: Callable[[], None] | None = None
 
     def client(self, service: str, region: str | None = None) -> Any:
+        """The client of `service` in `region`, made once. Any: boto3 makes a client's
+        methods at run time from the service's name; the accessors below (ec2(), s3(), …)
+        give each its stub's type."""
         key = (service, region or self.primary_region)
         with self._lock:
             if key not in self._clients:
                 with calling(f"{service} in {key[1]}", "check the region's name"):
-                    made = self._session.client(
-                        service, region_name=key[1], endpoint_url=self.endpoint_url,
+                    # (a service named at run time: the stubs type only literal names)
+                    made: BaseClient = self._session.client(
+                        service, region_name=key[1], endpoint_url=self.endpoint_url,  # type: ignore[call-overload]
                         config=self._config)
                 if service not in ("dynamodb", "sts"):
                     made.meta.events.register("before-call", self._before_call)
                 self._clients[key] = made
             return self._clients[key]
 
-    def _before_call(self, model: Any, **_: Any) -> None:
+    def _before_call(self, model: OperationModel, **_: object) -> None:
         guard = self.guard
         if guard is not None and not model.name.startswith(_READS) \
                 and model.name not in _UNGUARDED:
             guard()
 
-    def credentials(self) -> Any:
+    def credentials(self) -> Credentials | None:
         """The credentials the clients sign with (botocore's object: method, expiry)."""
         with calling("the AWS credentials", CREDENTIALS_FIX):
             return self._session.get_credentials()
@@ -228,8 +238,11 @@ def session_name(text: str) -> str:
     return name if len(name) >= 2 else "deploylib"
 
 
+_S = TypeVar("_S", "boto3.session.Session", "BotocoreSession")
+
+
 @lru_cache(maxsize=1)
-def _models() -> Any:
+def _models() -> Loader:
     """botocore's loader of service models, one per process: a session of its own reads
     and parses them again (EC2's alone is megabytes of JSON) for each session made."""
     from botocore.loaders import create_loader
@@ -237,15 +250,15 @@ def _models() -> Any:
     return create_loader()
 
 
-def _sharing_models(session: Any) -> Any:
+def _sharing_models(session: _S) -> _S:
     """`session` (boto3's or botocore's) reading service models through `_models`."""
-    core = getattr(session, "_session", session)
+    core = cast("BotocoreSession", getattr(session, "_session", session))
     core.register_component("data_loader", _models())
     return session
 
 
 def _session(credentials: dict[str, str] | None, identity: Identity, region: str,
-             endpoint_url: str | None) -> Any:
+             endpoint_url: str | None) -> boto3.session.Session:
     """The boto3 session every client is made from: the profile's, or the chain's, or
     given credentials; with a role, credentials that assume it and renew themselves."""
     import boto3

@@ -4,8 +4,9 @@ found, deleted with their snapshots)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from deploylib import waits
@@ -48,7 +49,7 @@ class Instance:
     address: str | None
     image_id: str
     tags: dict[str, str]
-    launched: Any = None  # LaunchTime, as botocore gives it
+    launched: datetime | None = None  # LaunchTime, as botocore parses it
 
     @classmethod
     def from_api(cls, region: str, data: Mapping[str, Any], public: bool = False
@@ -497,7 +498,7 @@ def find_image(ec2: EC2Client, region: str, name: str) -> str | None:
 
 
 def wait_image(ec2: EC2Client, region: str, image_id: str, timeout: float, *,
-               clock: Any = time.monotonic) -> None:
+               clock: Callable[[], float] = time.monotonic) -> None:
     began = clock()
 
     def check() -> bool:

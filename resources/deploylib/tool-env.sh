@@ -35,10 +35,14 @@ fi
 for file in "$lock" "$build"; do
   [ -f "$file" ] || { echo "tool-env: $file is missing" >&2; exit 1; }
 done
-# A local wheel or tree is keyed by its content: the same path rebuilt is another tool.
-if [ -e "$tool" ]; then
-  key=$( (find "$tool" -type f ! -path '*/.git/*' ! -path '*/.venv/*' ! -path '*/.deploylib/*' \
-          -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+# A local wheel or tree is keyed by its content, wherever it lies: the same path rebuilt
+# is another tool, the same wheel built again elsewhere the same one.
+if [ -d "$tool" ]; then
+  key=$( (cd "$tool" && find . -type f ! -path '*/.git/*' ! -path '*/.venv/*' \
+          ! -path '*/.deploylib/*' -print0 | sort -z | xargs -0 sha256sum) \
+        | sha256sum | cut -c1-16)
+elif [ -e "$tool" ]; then
+  key=$( (basename "$tool"; sha256sum < "$tool") | sha256sum | cut -c1-16)
 else
   key=$(printf '%s\n' "$tool" | sha256sum | cut -c1-16)
 fi

@@ -6,12 +6,20 @@
 // resources (libraryResource), from the library's directory, as Jenkins loads them.
 //
 //   groovy PipelineHarness.groovy JENKINSFILE PARAMS_JSON OPTIONS_JSON
+//   groovy PipelineHarness.groovy --serve
+//
+// --serve runs pipeline after pipeline in one JVM (its start and Groovy's are most of a
+// run's cost): each line of stdin a JSON request {jenkinsfile, params, options}, each
+// answered by one line of stdout, "@@pipeline " and the JSON document below.
 //
 // OPTIONS_JSON:
+//   dir:       the workspace (default: the current directory): where sh commands run
 //   library:   the shared library's directory (vars/, resources/)
 //   reject_input: true to answer `input` with a no (the build ends ABORTED)
 //   execute:   true to run every sh command for real (bash -c, in the current directory)
-//   real:      prefixes of commands run for real even when not executing (e.g. "invoke plan")
+//   real:      prefixes of commands run for real even when not executing (e.g. "invoke plan"):
+//              queries, whose answer a served harness keeps for the same command, workspace
+//              and environment
 //   responses: {prefix: stdout} canned stdout for recorded commands
 //   fail_on:   a substring; a recorded sh command containing it fails (exit 1): FAILURE
 //   abort_on:  a substring; an sh command containing it (recorded or executed) is
@@ -70,6 +78,10 @@ abstract class PipelineScript extends Script {
     Map harness = [:]
 
     void configure(Map opts) { harness = opts }
+    // The queries' answers (`real`), kept while the harness serves
+    static Map answers = [:]
+
+    String workspace() { harness.dir ?: System.getProperty('user.dir') }
     Closure postBlock = null
     Closure stagesBlock = null
     String currentStage = null
@@ -187,19 +199,28 @@ abstract class PipelineScript extends Script {
         String stdout = ''
         int status = 0
         if (real) {
-            def pb = new ProcessBuilder('bash', '-c', script)
-            pb.redirectError(ProcessBuilder.Redirect.INHERIT)
-            for (String v : envOverlay) {
-                def (String k, String value) = v.split('=', 2) as List
-                if (k.startsWith('PATH+')) {
-                    pb.environment().put('PATH', value + ':' + pb.environment().get('PATH'))
-                } else {
-                    pb.environment().put(k, value)
+            // A query asked again (not an executed command): its first answer
+            def key = harness.execute ? null : [workspace(), script, envOverlay]
+            def answer = key == null ? null : answers[key]
+            if (answer == null) {
+                def pb = new ProcessBuilder('bash', '-c', script)
+                pb.directory(new File(workspace()))
+                pb.redirectError(ProcessBuilder.Redirect.INHERIT)
+                for (String v : envOverlay) {
+                    def (String k, String value) = v.split('=', 2) as List
+                    if (k.startsWith('PATH+')) {
+                        pb.environment().put('PATH', value + ':' + pb.environment().get('PATH'))
+                    } else {
+                        pb.environment().put(k, value)
+                    }
                 }
+                def proc = pb.start()
+                String out = proc.inputStream.text
+                answer = [out, proc.waitFor()]
+                if (key != null) answers[key] = answer
             }
-            def proc = pb.start()
-            stdout = proc.inputStream.text
-            status = proc.waitFor()
+            stdout = answer[0]
+            status = answer[1]
         } else {
             def canned = (harness.responses ?: [:]).find { k, v -> script.startsWith(k) }
             stdout = canned ? canned.value : ''
@@ -223,7 +244,7 @@ abstract class PipelineScript extends Script {
     def writeFile(Map m) {
         calls << [step: 'writeFile', args: [m.file], stage: currentStage]
         if (harness.execute) {  // what the executed commands read, as Jenkins writes it
-            def file = new File(System.getProperty('user.dir'), m.file)
+            def file = new File(workspace(), m.file)
             file.parentFile.mkdirs()
             file.text = m.text
         }
@@ -259,34 +280,55 @@ abstract class PipelineScript extends Script {
     }
 }
 
-def jenkinsfile = new File(args[0])
-def params = new JsonSlurper().parseText(args[1])
-def opts = args.length > 2 ? new JsonSlurper().parseText(args[2]) : [:]
-// `@Library('name') _` loads a library; here its directory comes with the options.
-def libraries = []
-def text = jenkinsfile.text.replaceAll(/(?m)^@Library\(['"]([^'"]+)['"]\)\s+_\s*$/) { all, lib ->
-    libraries << lib
-    return ''
+// One pipeline: the Jenkinsfile run with these parameters, and what it did.
+Map runPipeline(File jenkinsfile, Map params, Map opts) {
+    // `@Library('name') _` loads a library; here its directory comes with the options.
+    def libraries = []
+    def text = jenkinsfile.text.replaceAll(/(?m)^@Library\(['"]([^'"]+)['"]\)\s+_\s*$/) { all, lib ->
+        libraries << lib
+        return ''
+    }
+    if (libraries && !opts.library) throw new IllegalArgumentException("the Jenkinsfile loads ${libraries}: pass its directory as library")
+
+    def config = new org.codehaus.groovy.control.CompilerConfiguration()
+    config.scriptBaseClass = PipelineScript.name
+    def binding = new Binding([params: params,
+                               env: [WORKSPACE: opts.dir ?: System.getProperty('user.dir')],
+                               currentBuild: [result: null, description: null]])
+    def shell = new GroovyShell(this.class.classLoader, binding, config)
+    PipelineScript script = (PipelineScript) shell.parse(text, jenkinsfile.name.replace('-', '_'))
+    script.configure(opts)
+    def outcome = script.run()
+    return [
+        libraries : libraries,
+        result    : outcome?.result,
+        error     : outcome?.error,
+        calls     : script.calls,
+        stages    : script.stageNames,
+        parameters: script.parameterDefs,
+        options   : script.optionDefs,
+        post      : script.postRan,
+        env       : binding.getVariable('env'),
+    ]
 }
-if (libraries && !opts.library) throw new IllegalArgumentException("the Jenkinsfile loads ${libraries}: pass its directory as library")
 
-def config = new org.codehaus.groovy.control.CompilerConfiguration()
-config.scriptBaseClass = PipelineScript.name
-def binding = new Binding([params: params, env: [WORKSPACE: System.getProperty('user.dir')],
-                           currentBuild: [result: null, description: null]])
-def shell = new GroovyShell(this.class.classLoader, binding, config)
-PipelineScript script = (PipelineScript) shell.parse(text, jenkinsfile.name.replace('-', '_'))
-script.configure(opts)
-def outcome = script.run()
-
-println JsonOutput.toJson([
-    libraries : libraries,
-    result    : outcome?.result,
-    error     : outcome?.error,
-    calls     : script.calls,
-    stages    : script.stageNames,
-    parameters: script.parameterDefs,
-    options   : script.optionDefs,
-    post      : script.postRan,
-    env       : binding.getVariable('env'),
-])
+if (args.length == 1 && args[0] == '--serve') {
+    def input = new BufferedReader(new InputStreamReader(System.in, 'UTF-8'))
+    String line
+    while ((line = input.readLine()) != null) {
+        def request = new JsonSlurper().parseText(line)
+        def answer
+        try {
+            answer = runPipeline(new File(request.jenkinsfile), request.params, request.options)
+        } catch (Throwable e) {  // the harness's own failure, told and served on
+            def trace = new StringWriter()
+            e.printStackTrace(new PrintWriter(trace))
+            answer = [harness_error: trace.toString()]
+        }
+        println '@@pipeline ' + JsonOutput.toJson(answer)
+        System.out.flush()
+    }
+} else {
+    def opts = args.length > 2 ? new JsonSlurper().parseText(args[2]) : [:]
+    println JsonOutput.toJson(runPipeline(new File(args[0]), new JsonSlurper().parseText(args[1]), opts))
+}

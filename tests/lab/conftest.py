@@ -14,6 +14,8 @@ a test marked `own_lab` starts a lab of its own (the worker's is not started for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.lab import checks
@@ -68,3 +70,19 @@ def whole_lab(request):
     yield
     checks.clear_faults(lab)
     checks.restore_policy(lab)
+
+
+@pytest.fixture
+def refuse(lab):
+    """Mark a host so that these releases (from app_that_fails_where_marked) refuse to
+    start on it."""
+    marked: list[Path] = []
+
+    def mark(instance_id: str, *versions: str) -> None:
+        path = checks.host_root(lab, instance_id) / "etc/refuse-release"
+        path.write_text(" ".join(versions) + "\n")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        path.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from tests.lab.checks import (
 )
 
 # Regions are what these tests are about: a lab of two (the primary and one copy).
-pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(regions=2)]
+pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(regions=2),
+              pytest.mark.xdist_group("two-regions")]  # one lab (tests/scheduling.py)
 
 
 def last(lab) -> str:

@@ -41,69 +41,6 @@ from tests.lab.checks import (
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
-def refuse(lab):
-    """Mark a host so that these releases (from app_that_fails_where_marked) refuse to
-    start on it."""
-    marked: list[Path] = []
-
-    def mark(instance_id: str, *versions: str) -> None:
-        path = host_root(lab, instance_id) / "etc/refuse-release"
-        path.write_text(" ".join(versions) + "\n")
-        marked.append(path)
-
-    yield mark
-    for path in marked:
-        path.unlink(missing_ok=True)
-
-
-def _waves(state: dict) -> list[list[tuple[str, str]]]:
-    return [[(h["region"], h["instance_id"]) for h in b] for b in state["facts"]["batches"]]
-
-
-@pytest.mark.lab_shape(regions=2)  # regions are what is tested
-def test_in_place_rolls_a_canary_then_waves_across_regions(lab, tmp_path):
-    before = record(lab)["release"]
-    fleet = live_hosts(lab)
-    config = lab.write_config(name="waves.toml", rollout="waves")
-    proc = lab.cli(f"hotfix --version 5.9.0 --config {config}")
-    waves = _waves(state_of(lab, proc))
-    primary = lab.env.primary_region
-    # the canary: the primary region's first batch, alone
-    assert waves[0] == [(primary, sorted(i.instance_id for i in fleet[primary])[0])]
-    # then every region at once, never more of a region than one batch (1 host here)
-    assert {r for r, _ in waves[1]} == set(lab.env.all_regions)
-    for wave in waves:
-        regions = [r for r, _ in wave]
-        assert len(regions) == len(set(regions)), wave
-    assert len(waves) == 1 + lab.env.fleet_size  # regions x 2 hosts: a canary + 2 waves
-    assert_serving(lab, "5.9.0")
-    assert before != "5.9.0"
-
-
-@pytest.mark.lab_shape(regions=2)  # regions are what is tested
-def test_a_failure_in_region_bs_second_batch_rolls_back_updated_hosts_in_every_region(
-        lab, tmp_path, refuse):
-    before = record(lab)["release"]
-    b = lab.env.copy_regions[0]
-    victim = sorted(i.instance_id for i in live_hosts(lab)[b])[1]  # region B's batch 2
-    refuse(victim, "5.9.1")
-    artifact = app_that_fails_where_marked(tmp_path, "5.9.1")
-    proc = lab.cli(f"hotfix --version 5.9.1 --artifact {artifact} "
-                   f"--config {quick_config(lab, 'waves.toml', rollout='waves')}", check=False)
-    failed_clearly(proc, "install-release", victim)
-    state = state_of(lab, proc)
-    waves = _waves(state)
-    failed_at = next(n for n, w in enumerate(waves, start=1) if (b, victim) in w)
-    assert state["stages"][f"rollout/{failed_at}/install-release"]["was"] == "failed"
-    assert f"rollout/{failed_at + 1}/drain" not in state["stages"]
-    # every host the earlier waves updated, whatever its region, went back
-    updated = {i for w in waves[:failed_at - 1] for _, i in w}
-    assert updated <= set(state["facts"]["rolled_back"])
-    assert {r for w in waves[:failed_at - 1] for r, _ in w} == set(lab.env.all_regions)
-    assert_nothing_lost(lab, state, before)
-
-
 def test_ctrl_c_in_the_middle_of_a_wave_leaves_every_region_serving(lab, tmp_path):
     before = record(lab)["release"]
     config = lab.write_config(name="waves.toml", rollout="waves")

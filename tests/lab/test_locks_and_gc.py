@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from deploylib import aws, lock
+from deploylib import aws, lock, waits
 from tests.conftest import REPO, Cli
 from tests.lab.checks import (
     assert_serving,
@@ -69,9 +69,9 @@ def test_a_live_lock_of_a_dead_run_is_broken_by_the_operator(lab):
 def test_a_run_waiting_longer_than_lock_ttl_keeps_its_lock_until_it_is_broken(lab):
     """The first run is held in its image wait (the image it makes kept pending)
     longer than `lock_ttl`: its heartbeat keeps the lock, so a second deploy is refused
-    throughout (exit 3). Broken by the operator, the lock stops the first run — in its
-    wait, before its next write: no candidate is launched, nothing is cleaned up without
-    the lock, and a cleanup under the lock afterwards leaves nothing."""
+    within the TTL and past it (exit 3). Broken by the operator, the lock stops the first
+    run — in its wait, before its next write: no candidate is launched, nothing is
+    cleaned up without the lock, and a cleanup under the lock afterwards leaves nothing."""
     ttl = 30
     short = Cli(config=lab.write_config(name="short-ttl.toml",
                                         lock_ttl=ttl), lab_dir=lab.cli.lab_dir)
@@ -84,16 +84,22 @@ def test_a_run_waiting_longer_than_lock_ttl_keeps_its_lock_until_it_is_broken(la
     ddb, table = lab.clients().dynamodb(), lab.env.lock_table
     taken = lock.read(ddb, table, "lab")
     assert taken["run_id"] == run_id
-    refusals = 0
-    while time.time() < taken["acquired_at"] + ttl + 5:
+
+    def refused() -> None:
         second = short("hotfix --version 7.0.1", check=False)
         assert second.returncode == 3, second.stderr[-2000:]
         assert f"is locked by run {run_id}" in second.stderr
-        refusals += 1
-    held = lock.read(ddb, table, "lab")
+
+    refused()  # within the TTL
+    # Past the TTL the lease taken first would have ended: the heartbeat has renewed it.
+    past = taken["acquired_at"] + ttl + 5
+    held = waits.until(lambda: time.time() > past and lock.read(ddb, table, "lab"),
+                       timeout=ttl + 30, first=1, what="the lock held past its TTL",
+                       resource=table, fix="read the first run's stderr")
     assert (held["run_id"], held["fence"], held["stale"]) == (run_id, taken["fence"], False)
     assert held["expires_at"] > taken["acquired_at"] + ttl  # the heartbeat renewed it
-    assert first.poll() is None and refusals >= 2
+    refused()  # and past it
+    assert first.poll() is None
     assert "lock of run " + run_id in short("lock.break --env lab").stdout
     # The image is still pending: the run's heartbeat finds the lock gone and its wait
     # ends there, rather than when the image lands.

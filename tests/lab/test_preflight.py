@@ -16,7 +16,8 @@ from tests.lab import checks
 from tests.lab.checks import instances, lock_holder
 
 # What preflight checks per region (a key pair, a volume key) is checked in a second one.
-pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(regions=2)]
+pytestmark = [pytest.mark.lab, pytest.mark.lab_shape(regions=2),
+              pytest.mark.xdist_group("two-regions")]  # one lab (tests/scheduling.py)
 _n = itertools.count(1)
 
 

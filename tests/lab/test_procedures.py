@@ -124,68 +124,6 @@ def test_rebake_light_replaces_the_fleet_from_the_live_image(lab):
         lab.cli("status").stdout
 
 
-@pytest.mark.lab_shape(regions=2)  # regions are what is tested
-def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
-    before, old = record(lab), hosts_of(live_hosts(lab))
-    with Stream(lab) as users:
-        proc = lab.cli("deploy --mode immutable --version 1.1.0")
-    users.assert_one_change("immutable", before["release"], "1.1.0")
-    new = assert_serving(lab, "1.1.0")
-    assert not old & hosts_of(new)
-    clients = lab.clients()
-    rec = record(lab)
-    assert rec["release"] == "1.1.0" and set(rec["images"]) == set(lab.env.all_regions)
-    for region, image in rec["images"].items():
-        described = aws.ec2.images(clients.ec2(region), region, [image])[0]
-        assert described["State"] == "available"
-        assert aws.tag_map(described.get("Tags"))[aws.TAG_RELEASE] == "1.1.0"
-        assert {i.image_id for i in new[region]} == {image}
-    report = status(lab)
-    assert not any(r["drift"] for r in report["instances"])
-    assert {r["running_release"] for r in report["instances"]} == {"1.1.0"}
-    # the bake cache: lab.up's bake left a foundation image for these packages, so this
-    # builder started from it and skipped provisioning
-    builder = state_of(lab, proc)["facts"]["builder"]
-    assert builder["cache_hit"] is True and builder["foundation_image"] is None
-    for region in lab.env.all_regions:  # no builder is left running
-        assert aws.ec2.find_tagged(clients.ec2(region), region, {aws.TAG_ROLE: "builder"}) == []
-
-
-@pytest.mark.lab_shape(regions=2)  # regions are what is tested
-def test_immutable_baked_in_every_region_at_once_copies_no_image(lab):
-    """bake = "per-region": every region bakes its own image from the same release, at
-    once; with every CopyImage refused, the run still goes through."""
-    from tests.lab.checks import clear_faults, fault_hits, set_faults
-
-    before = record(lab)["release"]
-    config = lab.write_config(name="per-region.toml", bake="per-region")
-    set_faults(lab, {"action": "CopyImage", "error": "InvalidParameter",
-                     "message": "no copy may be needed (injected)"})
-    try:
-        with Stream(lab) as users:
-            proc = lab.cli(f"deploy --mode immutable --version 1.1.5 --config {config}")
-        assert fault_hits(lab) == 0  # no copy was asked for
-    finally:
-        clear_faults(lab)
-    users.assert_one_change("immutable-per-region", before, "1.1.5")
-    assert_serving(lab, "1.1.5")
-    state = state_of(lab, proc)
-    assert not [k for k in state["stages"] if "copy-image" in k or "wait-image" in k]
-    builders = state["facts"]["builders"]
-    assert sorted(builders) == sorted(lab.env.all_regions)
-    assert all(b["region"] == r and b["terminated"] for r, b in builders.items())
-    rec = record(lab)
-    clients = lab.clients()
-    digests = set()
-    for region, image in rec["images"].items():
-        tags = aws.ec2.image_tags(clients.ec2(region), region, [image])[image]
-        assert tags[aws.TAG_RELEASE] == "1.1.5"
-        assert tags[aws.TAG_BAKED_FROM]  # the foundation (or base) it was baked from
-        digests.add(tags[aws.TAG_DIGEST])
-    assert digests == {rec["sha256"]}  # every region's image: the same release bytes
-    assert status(lab)["recorded_image_digests"] == {r: rec["sha256"] for r in rec["images"]}
-
-
 def test_rollback_after_an_image_based_deploy_brings_back_the_previous_image(lab):
     lab.cli("deploy --mode rebake-light --version 1.2.0")
     before = record(lab)
