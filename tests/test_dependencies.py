@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The agent's two (the shared library's resources) and the suite's.
 BUILD_LOCK = "resources/deploylib/requirements-build.lock"
 RUN_LOCK = "resources/deploylib/requirements.lock"
-LOCKS = (BUILD_LOCK, RUN_LOCK, "requirements-dev.lock")
+LAB_LOCK = "resources/deploylib/requirements-lab.lock"
+LOCKS = (BUILD_LOCK, RUN_LOCK, "requirements-dev.lock", LAB_LOCK)
 
 
 def _lock_deps():
@@ -112,3 +113,33 @@ def test_pip_installs_a_lock_written_by_lock_deps_only_when_the_digest_matches(
         assert done.returncode != 0
         assert "DO NOT MATCH THE HASHES" in done.stderr
         assert not (tmp_path / "site/lockprobe.py").exists()
+
+
+def _installed_closure(requirement: str) -> set[str]:
+    """What pip installs for `requirement` given this virtualenv's distributions (their
+    metadata's Requires-Dist, markers and extras evaluated here)."""
+    todo, seen, names = [Requirement(requirement)], set(), set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        key = (name, frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        names.add(name)
+        for line in importlib.metadata.distribution(name).requires or []:
+            needed = Requirement(line)
+            if needed.marker is None or any(needed.marker.evaluate({"extra": extra})
+                                            for extra in (req.extras or {""})):
+                todo.append(needed)
+    return names - {"deploylib"}
+
+
+def test_the_lab_lock_is_the_dev_locks_pins_of_what_the_lab_extra_needs():
+    """resources/deploylib/requirements-lab.lock: a team's lab from hashes, at the versions
+    the suite runs (the tool's own dependencies and moto's server, nothing of the tests')."""
+    lab, dev = pins(LAB_LOCK), pins("requirements-dev.lock")
+    assert set(lab) == _installed_closure("deploylib[lab]")
+    assert {name: dev[name] for name in lab} == lab
+    assert set(pins(RUN_LOCK)) <= set(lab)
+    assert not {"mypy", "ruff", "hypothesis", "pytest-xdist"} & set(lab)

@@ -24,11 +24,12 @@ pytestmark = [pytest.mark.lab, pytest.mark.own_lab]
 @pytest.fixture(scope="module")
 def greeter(tool_venv, tmp_path_factory):
     """The team's repository, outside this checkout, with the tool's lab extra installed
-    (the lab runs the AWS API with moto: `pip install 'deploylib[lab]'`)."""
+    as docs/lab.md says (the lab runs the AWS API with moto), from its hashed lock."""
     extra = subprocess.run(
         # (not compiled ahead: the few modules a lab imports compile as they are imported)
         [str(tool_venv.bin / "python"), "-m", "pip", "install", "-q", "--require-hashes",
-         "--no-build-isolation", "--no-compile", "-r", str(REPO / "requirements-dev.lock")],
+         "--no-build-isolation", "--no-compile", "-r",
+         str(REPO / "resources/deploylib/requirements-lab.lock")],
         capture_output=True, text=True, timeout=900)
     assert extra.returncode == 0, extra.stderr[-2000:]
     repo = open_to_services(tmp_path_factory.mktemp("team")) / "greeter"
