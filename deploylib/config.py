@@ -29,7 +29,8 @@ from deploylib.manifest import Manifest
 LAB_ENVIRONMENT_FILE = Path(__file__).parent / "lab" / "environment.toml"
 DEFAULT_CONFIG = "deploy.toml"
 
-VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+# (no "..": a version names paths)
+VERSION = re.compile(r"^(?!.*\.\.)[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
@@ -46,7 +47,7 @@ _PROFILE = re.compile(r"^[\w.+@-]{1,128}$")
 
 def check_version(version: str) -> str:
     """A release version is used in paths, tags and remote commands: keep it plain."""
-    if not isinstance(version, str) or not VERSION.fullmatch(version) or ".." in version:
+    if not isinstance(version, str) or not VERSION.fullmatch(version):
         raise InputError(
             f"version {version!r} is not a valid release version",
             fix="use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
@@ -315,6 +316,12 @@ class Environment(Strict):
         description="Hosts per region when nothing is live yet (the first release).")
     keep_releases: int = Field(default=3, ge=2, le=50,
         description="Releases kept on each host; the previous one is never removed.")
+    max_release_mb: int = Field(default=2048, ge=1, le=65536,
+        description=(
+            "The most a release may hold unpacked, in MB (every host unpacks it beside the "
+            "ones it keeps): a larger artifact is refused before it is published."))
+    max_release_files: int = Field(default=100_000, ge=1, le=10_000_000,
+        description="The most files and directories a release may hold (refused if more).")
     keep_images: int = Field(default=3, ge=1, le=100,
         description="Images per region `invoke gc` keeps besides the live and rollback ones.")
     artifact_bucket: str = Field(
@@ -334,6 +341,11 @@ class Environment(Strict):
         description=(
             "A pytest directory run against the candidates by smoke-test (JUnit XML); empty: "
             "the health check only."))
+    smoke_env: list[str] = Field(default_factory=list,
+        description=(
+            "Names of variables passed to the smoke tests beside the few they always get "
+            "(PATH, locale, TZ, TMPDIR, a HOME of their own): never the deploy's credentials, "
+            "SSH agent or Jenkins token."))
     artifact_transfer: Literal["pull", "push"] = Field(default="pull",
         description=(
             "`pull`: hosts fetch the release from a presigned URL; `push`: it is streamed "
@@ -422,6 +434,19 @@ class Environment(Strict):
             if not _KMS_KEY.match(arn):
                 raise _fail(f"{arn!r} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
         return value
+
+    @field_validator("smoke_env")
+    @classmethod
+    def _smoke_env(cls, v: list[str]) -> list[str]:
+        from deploylib.smoke import never_passed
+
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+                raise _fail(f"{name!r} is not a variable's name")
+            if never_passed(name):
+                raise _fail(f"{name} is the deploy's own (credentials, SSH agent, Jenkins): "
+                            "smoke tests never get it")
+        return v
 
     @field_validator("os_packages")
     @classmethod

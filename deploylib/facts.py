@@ -40,16 +40,27 @@ def _mode(value: str) -> str:
 
 # The values a run reads back (its state file, a handoff, the live record) reach host
 # scripts, paths and API calls: each is held to the same shape as input is.
+
+# What a host reads back from the record at boot, as regular expressions: one definition,
+# which the models here and the boot (templates/boot_record.py, given these) both hold the
+# record's values to.
+RECORD_SHAPES = {
+    "release": config.VERSION.pattern,
+    "sha256": r"^[0-9a-f]{64}$",
+    # an S3 object version (opaque; URL-safe characters, as S3 makes them)
+    "version_id": r"^[A-Za-z0-9._-]{1,1024}$",
+}
 Version = Annotated[str, AfterValidator(_version)]
 Mode = Annotated[str, AfterValidator(_mode)]  # a procedure, rollbacks included
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=RECORD_SHAPES["sha256"])]
 Region = Annotated[str, StringConstraints(pattern=config.REGION.pattern)]
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")]
 ImageId = Annotated[str, StringConstraints(pattern=config.IMAGE_ID.pattern)]
 RunId = Annotated[str, StringConstraints(pattern=config.RUN_ID.pattern)]
 Bucket = Annotated[str, StringConstraints(pattern=config.BUCKET.pattern)]
-# An S3 object version (opaque; URL-safe characters, as S3 makes them).
-VersionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,1024}$")]
+VersionId = Annotated[str, StringConstraints(pattern=RECORD_SHAPES["version_id"])]
+# The bake cache's key (steps.bake.foundation_key): 32 hex digits
+FoundationKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 # A server group: `<service>-<env>-vNNN` (aws.autoscaling.group_name)
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,240}-v[0-9]{3,}$")]
 
@@ -102,7 +113,7 @@ class Builder(_Model):
     region: Region
     instance_id: InstanceId
     base_image: ImageId
-    foundation: str  # the bake cache's key for the base image + provision script
+    foundation: FoundationKey  # the bake cache's key for the base image + provision script
     cache_hit: bool  # launched from a foundation image: provisioning is skipped
     foundation_image: ImageId | None = None  # the one this bake started (cache-foundation)
     terminated: bool = False

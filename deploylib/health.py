@@ -31,10 +31,21 @@ def _get(address: str, port: int, path: str, timeout: float) -> http.client.HTTP
     return opener.open(f"http://{address}:{port}{path}", timeout=timeout)
 
 
+# The most of a health answer read: a health endpoint says a few fields; a host that
+# answers with more is not read further (nor held in memory) but refused.
+MAX_BODY = 64 * 1024
+
+
 def probe(address: str, port: int, path: str, timeout: float = 2.0) -> dict[str, Any]:
     """The health endpoint's JSON answer (raises when it does not answer so)."""
     with _get(address, port, path, timeout) as resp:
-        return json.loads(resp.read().decode())
+        body = resp.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"the health answer is larger than {MAX_BODY // 1024} KB")
+    answer = json.loads(body.decode())
+    if not isinstance(answer, dict):
+        raise ValueError("the health answer is not a JSON object")
+    return answer
 
 
 def serving_version(address: str, port: int, path: str) -> str | None:

@@ -19,6 +19,7 @@ from deploylib import aws
 from deploylib.config import Environment
 from deploylib.errors import StateError
 from deploylib.facts import (
+    FoundationKey,
     GroupName,
     ImageId,
     Mode,
@@ -51,6 +52,15 @@ class Previous(BaseModel):
         return self
 
 
+class Foundation(BaseModel):
+    """A foundation image this environment's own run made (the bake cache): what a later
+    bake may start from — named here, never found by its tags."""
+
+    model_config = ConfigDict(extra="ignore")
+    image: ImageId
+    key: FoundationKey
+
+
 class Record(BaseModel):
     """The environment's record as steps.fleet.record writes it. Whoever may write the
     parameter could otherwise steer every host: each value is held to its shape."""
@@ -71,6 +81,8 @@ class Record(BaseModel):
     previous: Previous | None = None
     # the token of the lock's take the record was written under (deploylib.lock)
     fence: NonNegativeInt | None = None
+    # region -> the foundation image its bakes may start from (deploylib.steps.bake)
+    foundations: dict[Region, Foundation] | None = None
 
 
 def record(clients: aws.AwsClients, env: Environment) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from deploylib.errors import DeployError
+from deploylib.facts import RECORD_SHAPES
 from deploylib.plan import MODES
 
 if TYPE_CHECKING:  # render reads what config parsed; it never parses
@@ -150,6 +151,18 @@ def install_script(*, version: str, sha256: str, app_root: str, app_port: int,
     )
 
 
+def _program(name: str) -> str:
+    """A Python program of the templates, as a host runs it (`python3 -c`): its docstring,
+    for the reader here, left out of the user data (16 KB at most)."""
+    import ast
+
+    source = resources.files("deploylib").joinpath("templates", name).read_text()
+    body = ast.parse(source).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        source = "\n".join(source.splitlines()[body[0].end_lineno or 0:]).lstrip("\n")
+    return source
+
+
 def boot_script(*, group: str, hook: str, version: str, sha256: str, version_id: str | None,
                 record_parameter: str, record_region: str, bucket: str, key_prefix: str,
                 store_region: str, app_root: str, app_port: int, health_path: str,
@@ -164,6 +177,7 @@ def boot_script(*, group: str, hook: str, version: str, sha256: str, version_id:
         "boot.sh.j2", group=group, hook=hook, version=version, sha256=sha256,
         version_id=version_id or "-", record_parameter=record_parameter,
         record_region=record_region, record_request=json.dumps({"Name": record_parameter}),
+        boot_record=_program("boot_record.py"), shapes=json.dumps(RECORD_SHAPES),
         bucket=bucket, key_prefix=key_prefix, store_region=store_region,
         app_root=app_root, app_port=app_port, health_path=health_path,
         restart_command=Shell(restart_command), keep_releases=keep_releases, source="store",

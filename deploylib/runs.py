@@ -102,11 +102,15 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     env = cfg.environment(env_name)
     catalog.load(env.plugins)
     env_plan(env, mode)  # an unplaceable extra stage fails now
-    if artifact:
-        path = tarball.check_artifact(artifact)
-    else:
-        path = tarball.build(env.app_source, version, Path(env.state_dir) / "artifacts",
-                             build_command=env.build_command)
+    if not artifact:
+        # The runs' directory private from its first use: the artifact is its first file.
+        Path(env.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        artifact = str(tarball.build(env.app_source, version,
+                                     Path(env.state_dir) / "artifacts",
+                                     build_command=env.build_command))
+    # what every host unpacks: held to the environment's caps, built or given
+    path = tarball.check_artifact(artifact, max_mb=env.max_release_mb,
+                                  max_files=env.max_release_files)
     # How it runs (its release.toml over the environment's app defaults): refused now,
     # not first on a host.
     manifest.effective(path, env.app, health_path=env.health_path, env_name=env.name)

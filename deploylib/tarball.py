@@ -23,11 +23,13 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_artifact(path: str | Path, *, read_through: bool = True) -> Path:
+def check_artifact(path: str | Path, *, read_through: bool = True, max_mb: int = 2048,
+                   max_files: int = 100_000) -> Path:
     """An artifact must be a readable gzip tarball; say which and how to fix it if not.
 
-    `read_through` reads every member (catches corrupt archives and paths escaping the
-    release); the run's start does it once, later steps only check the file is there."""
+    `read_through` reads every member (catches corrupt archives, paths escaping the
+    release, and more than `max_mb` unpacked or `max_files` members: what every host
+    unpacks); the run's start does it once, later steps only check the file is there."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"artifact {str(path)!r} does not exist",
@@ -45,9 +47,20 @@ def check_artifact(path: str | Path, *, read_through: bool = True) -> Path:
         return p
     # Read it through once: a truncated or corrupt archive is refused here, before it is
     # published, and so is a member that would land outside the release directory.
+    unpacked, members = 0, 0
     try:
         with tarfile.open(p, "r:gz") as tar:
             for member in tar:
+                unpacked += member.size
+                members += 1
+                if unpacked > max_mb * 2**20:
+                    raise InputError(f"artifact {str(path)!r} holds more than {max_mb} MB "
+                                     "unpacked", fix="leave out what the release does not "
+                                     "need, or raise max_release_mb in deploy.toml")
+                if members > max_files:
+                    raise InputError(f"artifact {str(path)!r} holds more than {max_files} "
+                                     "files", fix="leave out what the release does not "
+                                     "need, or raise max_release_files in deploy.toml")
                 parts = Path(member.name).parts
                 if member.name.startswith("/") or ".." in parts:
                     raise InputError(f"artifact {str(path)!r} has a member outside the "

@@ -73,3 +73,32 @@ def test_a_status_only_health_endpoint_says_up_and_the_host_says_which_release(a
     down = _env("status", "/no-such-path")
     assert health.serving(down, ADDRESS, on_host=lambda: asked.append(1) or "4.5.6") is None
     assert not asked  # a host whose app is down is not asked
+
+
+@pytest.mark.parametrize("body", [b'{"version": "1.0", "pad": "' + b"x" * (70 * 1024) + b'"}',
+                                  b'["1.0"]', b"not json"])
+def test_a_health_answer_too_large_or_not_an_object_is_not_a_release(body):
+    """A host answering more than 64 KB is not read further, nor believed; nor an answer
+    that is not a JSON object."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        with pytest.raises(ValueError):
+            health.probe("127.0.0.1", port, "/health")
+        assert health.serving_version("127.0.0.1", port, "/health") is None
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -24,9 +24,17 @@ def test_the_policy_grants_named_actions_only_and_allows_only():
 
 def test_the_policy_scopes_data_to_the_tools_own_resources():
     by_sid = {s["Sid"]: s for s in POLICY["Statement"]}
-    assert by_sid["ArtifactStore"]["Resource"].endswith("/releases/*")
-    assert by_sid["LiveRecord"]["Resource"].endswith(":parameter/deploylib/*")
+    # each environment's own: its releases, its parameters, its lock item
+    assert by_sid["ArtifactStore"]["Resource"].endswith("/releases/ENV_NAME/*")
+    assert by_sid["LiveRecord"]["Resource"].endswith(":parameter/deploylib/ENV_NAME/*")
     assert "table/" in by_sid["DeployLock"]["Resource"]
+    assert by_sid["DeployLock"]["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["ENV_NAME"]}}
+    # after creation, the one tag it may write is deploy:retiring (a retag into another
+    # environment, or of its provenance, is not granted)
+    assert "ec2:CreateTags" not in by_sid["OnlyTheEnvironmentsOwn"]["Action"]
+    assert by_sid["RetireTheEnvironmentsOwn"]["Condition"]["ForAllValues:StringEquals"] == {
+        "aws:TagKeys": ["deploy:retiring"]}
 
 
 def test_a_call_the_policy_does_not_grant_fails_the_check():
@@ -92,9 +100,13 @@ def test_the_policy_for_an_environment_names_its_bucket_and_lock_table(tmp_path)
     policy = json.loads(text)
     assert "ARTIFACT_BUCKET" not in text and "LOCK_TABLE" not in text
     resources = {s["Sid"]: s["Resource"] for s in policy["Statement"]}
-    assert resources["ArtifactStore"] == "arn:aws:s3:::team-artifacts/releases/*"
+    # the environment's own: its releases, its parameters, its lock item
+    assert resources["ArtifactStore"] == "arn:aws:s3:::team-artifacts/releases/lab/*"
     assert resources["ArtifactStoreList"] == "arn:aws:s3:::team-artifacts"
+    assert resources["LiveRecord"] == "arn:aws:ssm:*:*:parameter/deploylib/lab/*"
     assert resources["DeployLock"] == "arn:aws:dynamodb:*:*:table/team-locks"
+    (locked,) = [s for s in policy["Statement"] if s["Sid"] == "DeployLock"]
+    assert locked["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["lab"]}}
     assert resources["TargetGroups"] == [
         f"arn:aws:elasticloadbalancing:{r}:*:targetgroup/{env.network(r)[2]}/*"
         for r in env.all_regions]

@@ -56,6 +56,30 @@ def test_tag_conditions_are_evaluated_and_any_other_never_allows():
     assert not iam.allowed(deny, "ec2:DescribeImages", "*")  # a Deny it cannot evaluate
 
 
+def test_a_key_of_many_values_is_held_to_its_set_operator():
+    """aws:TagKeys holds every key a request writes: ForAllValues wants each of them among
+    the allowed (none written: met, as in IAM), ForAnyValue one; without a set operator
+    the lab cannot say and refuses. dynamodb:LeadingKeys is the item's partition key."""
+    only = {"Statement": [{"Effect": "Allow", "Action": "ec2:CreateTags", "Resource": "*",
+                           "Condition": {"ForAllValues:StringEquals": {
+                               "aws:TagKeys": ["deploy:retiring"]}}}]}
+    assert iam.allowed(only, "ec2:CreateTags", "*", {"aws:TagKeys": ("deploy:retiring",)})
+    assert not iam.allowed(only, "ec2:CreateTags", "*",
+                           {"aws:TagKeys": ("deploy:retiring", "deploy:env")})
+    anyof = {"Statement": [{**only["Statement"][0], "Condition": {
+        "ForAnyValue:StringLike": {"aws:TagKeys": ["deploy:*"]}}}]}
+    assert iam.allowed(anyof, "ec2:CreateTags", "*", {"aws:TagKeys": ("Name", "deploy:env")})
+    assert not iam.allowed(anyof, "ec2:CreateTags", "*", {"aws:TagKeys": ("Name",)})
+    plain = {"Statement": [{**only["Statement"][0], "Condition": {
+        "StringEquals": {"aws:TagKeys": "deploy:retiring"}}}]}
+    assert not iam.allowed(plain, "ec2:CreateTags", "*", {"aws:TagKeys": ("deploy:retiring",)})
+    auth = "AWS4-HMAC-SHA256 Credential=lab/20261201/eu-west-1/dynamodb/aws4_request, Sig"
+    item = iam.call({"HTTP_AUTHORIZATION": auth, "REQUEST_METHOD": "POST", "PATH_INFO": "/",
+                     "QUERY_STRING": "", "HTTP_X_AMZ_TARGET": "DynamoDB_20120810.UpdateItem"},
+                    json.dumps({"TableName": "locks", "Key": {"env": {"S": "prod"}}}).encode())
+    assert item.context[item.resources[0]] == {"dynamodb:LeadingKeys": "prod"}
+
+
 def test_requests_are_read_as_iam_reads_them():
     def env(**kw):
         return {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", **kw}
@@ -83,9 +107,9 @@ def test_requests_are_read_as_iam_reads_them():
                              f"arn:aws:ec2:eu-west-1:{iam.ACCOUNT}:subnet/subnet-0000000b",
                              f"arn:aws:ec2:eu-west-1:{iam.ACCOUNT}:security-group/sg-0000000c",
                              *made)
-    assert run.context[made[0]] == {"aws:RequestTag/deploy:env": "lab"}
-    assert run.also == tuple(("ec2:CreateTags", arn, {"aws:RequestTag/deploy:env": "lab",
-                                                      "ec2:CreateAction": "RunInstances"})
+    given = {"aws:RequestTag/deploy:env": "lab", "aws:TagKeys": ("deploy:env",)}
+    assert run.context[made[0]] == given
+    assert run.also == tuple(("ec2:CreateTags", arn, {**given, "ec2:CreateAction": "RunInstances"})
                              for arn in made)
     abort = iam.call(env(REQUEST_METHOD="DELETE", PATH_INFO="/artifacts-iam/releases/1.tar.gz",
                          QUERY_STRING="uploadId=7", HTTP_AUTHORIZATION=auth.format("s3")), b"")
@@ -210,6 +234,15 @@ def test_the_policy_lets_the_tool_touch_only_its_environments_resources(enforced
                     write(instance)
             assert refused.value.code == "UnauthorizedOperation"
             assert f"instance/{instance}" in str(refused.value)
+    # Its own, retagged into another environment (or its provenance rewritten): refused;
+    # after creation the one tag the tool writes is deploy:retiring.
+    for tags in ([{"Key": "deploy:env", "Value": "prod"}], [{"Key": "deploy:layers",
+                                                             "Value": "0"}],
+                 [{"Key": "deploy:retiring", "Value": "x"}, {"Key": "deploy:run",
+                                                              "Value": "x"}]):
+        with pytest.raises(PermissionDenied, match="ec2:CreateTags"):
+            with aws.calling(ours, "grant it"):
+                ec2.create_tags(Resources=[ours], Tags=tags)
     ec2.create_tags(Resources=[ours], Tags=[{"Key": "deploy:retiring", "Value": "x"}])
     ec2.terminate_instances(InstanceIds=[ours])
     states = {i["InstanceId"]: i["State"]["Name"] for r in admin.ec2("us-east-1")
@@ -241,3 +274,44 @@ def test_the_tool_registers_hosts_only_in_its_environments_target_groups(enforce
                                                          Targets=[{"Id": host}])
     assert elb.describe_target_health(TargetGroupArn=theirs)["TargetHealthDescriptions"] == []
 
+
+
+def test_an_environments_policy_reaches_none_of_another_environments_data(enforced_aws,
+                                                                          tmp_path):
+    """Two environments in one account: the policy `invoke policy` renders for one (here
+    the lab) neither writes the other's record or host keys, nor publishes a release
+    under its prefix, nor takes or breaks its lock — each refused in the service's words —
+    while its own are as before."""
+    from deploylib import config, lock
+    from tests.conftest import write_config
+
+    deployer, admin, lab_dir = enforced_aws
+    env = config.load(write_config(tmp_path)).environment("lab")
+    (lab_dir / "iam-policy.json").write_text(render.iam_policy(env))
+    admin.s3().create_bucket(Bucket=env.artifact_bucket)
+    admin.dynamodb().create_table(
+        TableName=env.lock_table, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "env", "KeyType": "HASH"}])
+    ssm, s3, ddb = deployer.ssm(), deployer.s3(), deployer.dynamodb()
+    theirs = [
+        lambda: ssm.put_parameter(Name="/deploylib/prod/live", Value="{}", Type="String",
+                                  Overwrite=True),
+        lambda: ssm.put_parameter(Name="/deploylib/prod/hostkeys/us-east-1/i-0abc",
+                                  Value="ssh-ed25519 AAAA", Type="String"),
+        lambda: s3.put_object(Bucket=env.artifact_bucket, Key="releases/prod/9.9.9.tar.gz",
+                              Body=b"x"),
+        lambda: lock.acquire(ddb, env.lock_table, "prod", "20261207T120000-abc123", ttl=60),
+        lambda: lock.break_lock(ddb, env.lock_table, "prod"),
+    ]
+    for write in theirs:
+        with pytest.raises(PermissionDenied) as refused:
+            with aws.calling("another environment's", "it is not this one's"):
+                write()
+        assert "is not authorized to perform" in str(refused.value) \
+            or "Access Denied" in str(refused.value)
+    ssm.put_parameter(Name="/deploylib/lab/hostkeys/us-east-1/i-0abc",
+                      Value="ssh-ed25519 AAAA", Type="String")
+    s3.put_object(Bucket=env.artifact_bucket, Key="releases/lab/1.0.0.tar.gz", Body=b"x")
+    taken = lock.acquire(ddb, env.lock_table, "lab", "20261207T120000-abc123", ttl=60)
+    assert lock.read(ddb, env.lock_table, "lab")["fence"] == taken["fence"]

@@ -5,9 +5,11 @@ example's, copied elsewhere) with no file of this checkout in reach."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,49 @@ def test_the_example_team_pins_the_release_this_is():
     jenkinsfile = (REPO / "examples/team-repo/Jenkinsfile").read_text()
     assert f"@Library('deploylib@v{__version__}')" in jenkinsfile
     assert f"deploylibPipeline(tool: 'deploylib=={__version__}')" in jenkinsfile
+
+
+FAKE_PYTHON = """#!/bin/bash
+# A python3 as tool-env.sh uses it, making a virtualenv whose python logs each install.
+if [ "$1" = -c ]; then exit 0; fi
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\necho "$*" >> %q\\n' "$LOG" > "$3/bin/python"
+  chmod +x "$3/bin/python"
+  exit 0
+fi
+exit 1
+"""
+
+
+def test_the_agents_virtualenv_is_made_afresh_for_each_build_unless_one_is_kept(tmp_path):
+    """A virtualenv kept between builds is code any job on the agent could have changed:
+    without DEPLOY_TOOL_CACHE, each build's is made again from the hashed locks (what was
+    planted in the last one is gone); with it (a single-tenant agent), made once."""
+    python, log = tmp_path / "python3", tmp_path / "installs.log"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    resources = REPO / "resources/deploylib"
+    script = [str(resources / "tool-env.sh"), "deploylib==0.2.0",
+              str(resources / "requirements.lock"), str(resources / "requirements-build.lock")]
+    env = {"PATH": os.environ["PATH"], "PYTHON": str(python), "LOG": str(log),
+           "HOME": str(tmp_path)}
+
+    def build(**extra: str) -> Path:
+        done = subprocess.run(["bash", *script], cwd=workspace, env={**env, **extra},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return Path(done.stdout.strip())
+
+    first = build()
+    assert first == workspace / ".deploylib/venv/bin"
+    (first / "planted").write_text("import os")
+    assert build() == first and not (first / "planted").exists()
+    installs = log.read_text().splitlines()
+    assert len(installs) == 6 and all(" pip install " in f" {i} " for i in installs)
+    kept = build(DEPLOY_TOOL_CACHE=str(tmp_path / "cache"))
+    (kept / "planted").write_text("kept")
+    assert build(DEPLOY_TOOL_CACHE=str(tmp_path / "cache")) == kept
+    assert (kept / "planted").exists() and len(log.read_text().splitlines()) == 9

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -18,10 +20,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from deploylib import render, tarball
+from deploylib.facts import RECORD_SHAPES
 from deploylib.health import serving_version
 from deploylib.lab import BIN
+from deploylib.live import Record
 from deploylib.manifest import Manifest
 from tests.conftest import REPO, SAMPLE_APP, loopback, open_to_services
 
@@ -597,6 +602,59 @@ def test_a_server_groups_user_data_is_the_install_script_fed_from_the_record(tmp
     # IMDSv2 only; the role's credentials reach curl on stdin, never its arguments
     assert "X-aws-ec2-metadata-token:" in script and '-K - "$url" <<CURLCONFIG' in script
     assert "LifecycleActionResult=$1" in script and "lifecycle ABANDON" in script
+
+
+def _boot_reads(record: object, region: str = "us-east-1", group: str = "app-lab-v004"
+                ) -> subprocess.CompletedProcess:
+    """What the boot reads from the record (the program its user data runs, as rendered),
+    given SSM's answer holding `record` (None: no record yet)."""
+    answer = ({"Parameter": {"Value": record if isinstance(record, str) else json.dumps(record)}}
+              if record is not None else {"__type": "ParameterNotFound"})
+    return subprocess.run(
+        ["python3", "-c", render._program("boot_record.py"), region, group,
+         json.dumps(RECORD_SHAPES), "1.0.0", "ab" * 32, "-"],
+        input=json.dumps(answer), capture_output=True, text=True, timeout=30)
+
+
+LIVE = {"release": "1.0.2", "sha256": "cd" * 32, "version_id": "v.1_x-2",
+        "server_groups": {"us-east-1": "app-lab-v004"}}
+
+
+def test_the_boot_installs_the_records_release_only_where_its_group_is_live():
+    assert _boot_reads(LIVE).stdout.split() == ["1.0.2", "cd" * 32, "v.1_x-2"]
+    assert _boot_reads({**LIVE, "version_id": None}).stdout.split()[2] == "-"
+    # another group live, or no record yet: the group's own release
+    assert _boot_reads(LIVE, group="app-lab-v003").stdout.split() == ["1.0.0", "ab" * 32, "-"]
+    assert _boot_reads(None).stdout.split() == ["1.0.0", "ab" * 32, "-"]
+    script = render.boot_script(**BOOT)
+    assert shlex.quote(render._program("boot_record.py")) in script
+    assert shlex.quote(json.dumps(RECORD_SHAPES)) in script
+
+
+@pytest.mark.parametrize("hostile", [
+    {"release": "../../../../etc/cron.d/x"}, {"release": "1.0.0\nrm -rf /"},
+    {"release": "a..b"}, {"sha256": "not-a-digest"}, {"sha256": "AB" * 32},
+    {"version_id": "a&b=c"}, {"version_id": "x/../y"}, {"release": 7}, {"sha256": None},
+])
+def test_the_boot_refuses_a_record_value_of_another_shape_than_the_tools(hostile):
+    """The record is read back with the shapes the tool holds it to (facts.RECORD_SHAPES,
+    one definition): a value of another shape stops the boot (exit 10) in one line, before
+    it is made a path or a URL, and nothing is printed for the boot to install."""
+    out = _boot_reads({**LIVE, **hostile})
+    assert out.returncode == 10 and out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    key = next(iter(hostile))
+    assert line.startswith("[boot app-lab-v004] the record's " + key) and "refused" in line
+    with pytest.raises(ValidationError):  # and the tool's own reading refuses it too
+        Record.model_validate({**LIVE, "procedure": "in-place",
+                               "run_id": "20261207T120000-abc123", **hostile})
+
+
+def test_the_boot_refuses_a_record_that_is_not_the_tools():
+    for broken in ("not json", '["a list"]', '{"server_groups": "x"}'):
+        out = _boot_reads(broken)
+        assert out.returncode == 10 and out.stdout == "", broken
+        assert "the record is not the tool's" in out.stderr
 
 
 def test_a_server_groups_user_data_refuses_a_value_that_is_not_plain():

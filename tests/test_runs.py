@@ -108,6 +108,8 @@ def test_start_needs_the_lab_running(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOY_LAB_DIR", str(tmp_path / "no-lab"))
     with pytest.raises(InputError, match="the lab is not running"):
         runs.start(cfg, mode="in-place", version="1.0.0", env_name="lab", artifact=None)
+    # the artifact it built first is where runs are: private from the start
+    assert (tmp_path / "runs").stat().st_mode & 0o777 == 0o700
 
 
 def test_a_runs_files_are_named_relative_to_the_workspace(cfg, adopt, tmp_path, monkeypatch):

@@ -90,6 +90,21 @@ def test_an_artifact_holding_what_a_release_may_not_is_refused_at_start(tmp_path
         tarball.check_artifact(path)
 
 
+@pytest.mark.parametrize("files, size, words", [
+    (6, 1, "more than 5 files"), (1, 2 * 2**20, "more than 1 MB unpacked")])
+def test_an_artifact_past_the_environments_caps_is_refused(tmp_path, files, size, words):
+    path = tmp_path / "big.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for n in range(files):
+            info = tarfile.TarInfo(f"f{n}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"\0" * size))
+    with pytest.raises(InputError, match=words) as refused:
+        tarball.check_artifact(path, max_mb=1, max_files=5)
+    assert "max_release_" in refused.value.fix
+    assert tarball.check_artifact(path, max_mb=3, max_files=6) == path
+
+
 def test_a_link_within_the_release_is_fine(tmp_path):
     path = tmp_path / "linked.tar.gz"
     with tarfile.open(path, "w:gz") as tar:

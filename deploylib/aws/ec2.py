@@ -165,6 +165,10 @@ class TemplateVersion:
     tags: dict[str, str]
     created: float = 0.0  # epoch seconds
     description: str = ""  # the client token of the run that made it
+    # what its instances launch with, as the template holds it (base64 user data, the
+    # instance type, security groups, profile): a resumed run's own version is its own
+    # only when these are what the run renders
+    launches: tuple[str, str, tuple[str, ...], str] = ("", "", (), "")
 
 
 def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: str,
@@ -191,6 +195,16 @@ def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: st
     if template is not None:
         mine = next((v for v in template.versions if v.description == client_token), None)
         if mine is not None:
+            # A run resumed finds the version it made; a version that only bears its
+            # description (anyone allowed to write the template can give one that) is
+            # not adopted unless it launches exactly what this run renders.
+            if (mine.image_id, mine.launches) != (image_id, _launches(data)):
+                raise CloudError(
+                    f"launch template {name} version {mine.version} bears this run's token "
+                    "but launches something else than the run renders",
+                    resource=f"{name}:{mine.version} in {region}",
+                    fix="delete that version (aws ec2 delete-launch-template-versions) and "
+                    "resume the run, or clean it up (`invoke cleanup`)")
             return mine
     with calling(f"launch template {name} in {region}",
                  "check ec2:CreateLaunchTemplate* is allowed (`invoke policy`)"):
@@ -202,12 +216,21 @@ def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: st
             )["LaunchTemplate"]
             return TemplateVersion(made["LaunchTemplateId"], name,
                                    int(made["LatestVersionNumber"]), image_id, tag_map(tags),
-                                   description=client_token)
+                                   description=client_token, launches=_launches(data))
         version = ec2.create_launch_template_version(
             LaunchTemplateId=template.template_id, LaunchTemplateData=data,
             VersionDescription=client_token, ClientToken=client_token)["LaunchTemplateVersion"]
     return TemplateVersion(template.template_id, name, int(version["VersionNumber"]),
-                           image_id, tag_map(tags), description=client_token)
+                           image_id, tag_map(tags), description=client_token,
+                           launches=_launches(data))
+
+
+def _launches(data: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...], str]:
+    """What a template version's instances launch with, from its data as sent or read."""
+    profile = data.get("IamInstanceProfile") or {}
+    return (str(data.get("UserData", "")), str(data.get("InstanceType", "")),
+            tuple(sorted(data.get("SecurityGroupIds") or [])),
+            str(profile.get("Arn") or profile.get("Name") or ""))
 
 
 def _version(v: LaunchTemplateVersionTypeDef) -> TemplateVersion:
@@ -218,7 +241,7 @@ def _version(v: LaunchTemplateVersionTypeDef) -> TemplateVersion:
     return TemplateVersion(v["LaunchTemplateId"], v["LaunchTemplateName"],
                            int(v["VersionNumber"]), data.get("ImageId", ""), tags,
                            made.timestamp() if made is not None else 0.0,
-                           v.get("VersionDescription", ""))
+                           v.get("VersionDescription", ""), launches=_launches(data))
 
 
 def _template_versions(ec2: EC2Client, region: str, template_id: str

@@ -21,8 +21,9 @@ instance) and what it makes (`instance/*`, `volume/*`, `image/*`, `snapshot/*`..
 given at creation are authorised as ec2:CreateTags on what is made, with ec2:CreateAction.
 Conditions are evaluated for the keys that scope the tool by tag: `aws:ResourceTag/K`
 (the tags the resource has now, in moto), `aws:RequestTag/K` (the tags the request
-gives), `ec2:CreateAction`, with StringEquals and StringLike (and their ForAnyValue /
-ForAllValues forms). A target group's RegisterTargets and DeregisterTargets name the
+gives), `ec2:CreateAction`, and `dynamodb:LeadingKeys` (the partition key an item
+request names: one environment's lock item), with StringEquals and StringLike (and their
+ForAnyValue / ForAllValues forms). A target group's RegisterTargets and DeregisterTargets name the
 group. Any other condition never holds for an Allow and always holds for a
 Deny: the lab refuses what it cannot prove allowed.
 
@@ -63,6 +64,10 @@ _BUCKET_GETS = {"versioning": "GetBucketVersioning", "location": "GetBucketLocat
                 "acl": "GetBucketAcl", "encryption": "GetEncryptionConfiguration"}
 
 
+# A request's condition keys: one value each, or several (aws:TagKeys)
+Keys = dict[str, "str | tuple[str, ...]"]
+
+
 @dataclass(frozen=True)
 class Call:
     """One request as IAM sees it: who signed it, the action, the resources it names."""
@@ -72,11 +77,12 @@ class Call:
     action: str
     resources: tuple[str, ...]
     presigned_expired: bool = False
-    # condition keys per resource (aws:ResourceTag/…, aws:RequestTag/…, ec2:CreateAction)
-    context: dict[str, dict[str, str]] = field(default_factory=dict)
+    # condition keys per resource (aws:ResourceTag/…, aws:RequestTag/…, ec2:CreateAction,
+    # aws:TagKeys: the one with many values)
+    context: dict[str, Keys] = field(default_factory=dict)
     # what the request is authorised for besides its action: (action, resource, keys) —
     # tags given at creation are an ec2:CreateTags on what is made
-    also: tuple[tuple[str, str, dict[str, str]], ...] = ()
+    also: tuple[tuple[str, str, Keys], ...] = ()
 
 
 def scope(environ: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -129,6 +135,19 @@ def _named(service: str, region: str, params: dict[str, Any]) -> tuple[str, ...]
     return ("*",)
 
 
+def _leading_key(params: dict[str, Any]) -> str | None:
+    """The partition key's value an item request names (`dynamodb:LeadingKeys`): the one
+    attribute of its Key (a table keyed by more is not one the tool has)."""
+    key = params.get("Key")
+    if not isinstance(key, dict) or len(key) != 1:
+        return None
+    (value,) = key.values()
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    (typed,) = value.values()
+    return typed if isinstance(typed, str) else None
+
+
 _EC2_KINDS = {"i-": "instance", "ami-": "image", "snap-": "snapshot", "vol-": "volume",
               "subnet-": "subnet", "sg-": "security-group", "eni-": "network-interface",
               "lt-": "launch-template"}
@@ -167,9 +186,12 @@ def _tags_now(region: str, resource_id: str) -> dict[str, str]:
 
 
 def _ec2(region: str, action: str, form: dict[str, list[str]]
-         ) -> tuple[tuple[str, ...], dict[str, dict[str, str]], tuple]:
+         ) -> tuple[tuple[str, ...], dict[str, Keys], tuple]:
     """(resources, their condition keys, what else is authorised) of an EC2 request."""
-    given = {f"aws:RequestTag/{k}": v for k, v in _given_tags(form).items()}
+    tags = _given_tags(form)
+    given: Keys = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
+    if tags:
+        given["aws:TagKeys"] = tuple(tags)
     used = []
     if action in ("TerminateInstances", "StopInstances"):
         used = _numbered(form, "InstanceId")
@@ -188,7 +210,7 @@ def _ec2(region: str, action: str, form: dict[str, list[str]]
         used += (form.get("SubnetId") or [])[:1] + _numbered(form, "SecurityGroupId")
     if not used and action not in _EC2_MADE:
         return ("*",), {}, ()
-    context: dict[str, dict[str, str]] = {}
+    context: dict[str, Keys] = {}
     for name in used:
         kind = next((k for p, k in _EC2_KINDS.items() if name.startswith(p)), None)
         if kind is None:
@@ -225,7 +247,12 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
             params = json.loads(body or b"{}")
         except ValueError:
             params = {}
-        resources = _named(service, region, params if isinstance(params, dict) else {})
+        params = params if isinstance(params, dict) else {}
+        resources = _named(service, region, params)
+        leading = _leading_key(params) if service == "dynamodb" else None
+        if leading is not None:  # an item's table: the item's partition key, IAM's key
+            return Call(key_id, region, action, resources, expired,
+                        {r: {"dynamodb:LeadingKeys": leading} for r in resources})
     else:
         form = parse_qs(body.decode("utf-8", "replace")) if body else {}
         query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -276,29 +303,40 @@ _OPERATORS = {"StringEquals": lambda want, have: want == have,
               "StringLike": lambda want, have: fnmatchcase(have, want.replace("[", "[[]"))}
 
 
-def holds(condition: dict[str, Any], keys: dict[str, str]) -> bool | None:
+def holds(condition: dict[str, Any], keys: Keys) -> bool | None:
     """Whether a statement's Condition holds for the request's keys (every operator,
-    every key in it; any of a key's values); None when it uses an operator or key the
-    lab cannot evaluate."""
+    every key in it; any of a key's values; for a key of many values, aws:TagKeys, each
+    of them with ForAllValues, one with ForAnyValue); None when it uses an operator or key
+    the lab cannot evaluate."""
     lowered = {k.lower(): v for k, v in keys.items()}
     for operator, tests in condition.items():
-        test = _OPERATORS.get(operator.split(":")[-1])
+        qualifier, _, base = operator.rpartition(":")
+        test = _OPERATORS.get(base)
         if test is None or not isinstance(tests, dict):
             return None
         for key, wanted in tests.items():
             name = key.lower()
-            if not name.startswith(("aws:resourcetag/", "aws:requesttag/",
-                                    "ec2:createaction")):
+            if not name.startswith(("aws:resourcetag/", "aws:requesttag/", "aws:tagkeys",
+                                    "ec2:createaction", "dynamodb:leadingkeys")):
                 return None
             have = lowered.get(name)
-            values = [wanted] if isinstance(wanted, str) else list(wanted)
-            if have is None or not any(test(str(v), have) for v in values):
+            values = [str(v) for v in ([wanted] if isinstance(wanted, str) else wanted)]
+            if isinstance(have, tuple):  # many values: only a set operator says how
+                if qualifier == "ForAllValues":  # (none: met, as in IAM)
+                    met = all(any(test(v, h) for v in values) for h in have)
+                elif qualifier == "ForAnyValue":
+                    met = any(any(test(v, h) for v in values) for h in have)
+                else:
+                    return None
+            else:
+                met = have is not None and any(test(v, have) for v in values)
+            if not met:
                 return False
     return True
 
 
 def allowed(policy: dict[str, Any], action: str, resource: str,
-            keys: dict[str, str] | None = None) -> bool:
+            keys: Keys | None = None) -> bool:
     """Whether an identity policy allows one action on one resource, given the
     request's condition keys."""
     statements = policy.get("Statement", [])

@@ -4,6 +4,7 @@ the bake cache (foundation images), the image and its copies to the other region
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from deploylib import aws, render, waits
 from deploylib.catalog import step
@@ -11,6 +12,9 @@ from deploylib.context import Context, by_region
 from deploylib.errors import HostError, HostKeyError, InputError, RemoteCommandError, StateError
 from deploylib.facts import Builder
 from deploylib.plan import BUILDER
+
+if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
+    from mypy_boto3_ec2 import EC2Client
 
 
 def image_name(ctx: Context) -> str:
@@ -65,10 +69,7 @@ def launch_builder(ctx: Context) -> None:
     if existing:
         iid, source = existing[0].instance_id, existing[0].image_id
     else:
-        cached = [i for i in aws.ec2.tagged_images(ec2, region, {aws.TAG_FOUNDATION: key})
-                  if i.get("State") == "available"]
-        source = max(cached, key=lambda i: i.get("CreationDate", ""))["ImageId"] \
-            if cached else base
+        source = _recorded_foundation(ctx, ec2, region, key) or base
         subnet, groups = network(ctx, region)
         iid = aws.ec2.launch(ec2, region=region, image_id=source, count=1,
                              instance_type=ctx.env.instance_type, subnet_id=subnet,
@@ -84,6 +85,19 @@ def launch_builder(ctx: Context) -> None:
     ctx.save()
     ctx.log(f"  builder {iid} from {source} in {region}"
             + (" (foundation image: bake cache hit)" if source != base else ""))
+
+
+def _recorded_foundation(ctx: Context, ec2: EC2Client, region: str, key: str) -> str | None:
+    """The foundation image a bake in `region` may start from: the one the environment's
+    record names for this key (made by one of its own runs), if it is still there, this
+    account's and available. Never one found by its tags: another environment's role
+    could tag an image of its own so, and the builder would skip provisioning on it."""
+    recorded = ((ctx.record() or {}).get("foundations") or {}).get(region) or {}
+    if recorded.get("key") != key:
+        return None
+    found = [i for i in aws.ec2.tagged_images(ec2, region, {aws.TAG_FOUNDATION: key})
+             if i["ImageId"] == recorded["image"] and i.get("State") == "available"]
+    return found[0]["ImageId"] if found else None
 
 
 # What the first-boot script's exit codes mean for the operator

@@ -91,7 +91,7 @@ def smoke_test(ctx: Context) -> None:
     report = out / f"smoke-tests{suffix}.xml"
     outcome = smoke.run(env.smoke_tests, targets, version=version,
                         health_path=env.health_path, report=report,
-                        timeout=ctx.timeout("smoke", 600))
+                        timeout=ctx.timeout("smoke", 600), extra_env=env.smoke_env)
     ctx.log(f"  smoke tests: {outcome.summary}")
     if not outcome.passed:
         raise StepFailed("smoke-test", {"smoke tests": RemoteCommandError(
@@ -160,9 +160,24 @@ def record(ctx: Context) -> None:
         # instances boot into the recorded release by (deploylib/templates/boot.sh.j2)
         new["server_groups"] = groups
     new["ledger"] = _ledger(ctx, previous, images, groups, str(new["recorded_at"]))
+    if foundations := _foundations(ctx, previous):
+        new["foundations"] = foundations
     aws.ssm.write_record(ctx.aws.ssm(), ctx.env.record_parameter, new)
     ctx.log(f"  {ctx.env.record_parameter}: release {rel.version}, images "
             + ", ".join(f"{r}={i}" for r, i in sorted(images.items())))
+
+
+def _foundations(ctx: Context, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Each region's foundation image a later bake may start from: the one this run made
+    (cache-foundation), else the one the record named. The bake cache trusts these and
+    only these: an image is a foundation by who made it, not by its tags, which anyone
+    allowed to tag an image in the account could give."""
+    kept = dict((previous or {}).get("foundations") or {})
+    made = [ctx.facts.builder, *ctx.facts.builders.values()]
+    for b in made:
+        if b is not None and b.foundation_image and not b.cache_hit:
+            kept[b.region] = {"image": b.foundation_image, "key": b.foundation}
+    return kept
 
 
 def _ledger(ctx: Context, previous: dict[str, Any] | None, images: dict[str, str],

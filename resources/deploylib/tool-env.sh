@@ -8,10 +8,16 @@
 # wheel's bytes are pinned too), or the path of a wheel or of the tool's source tree.
 # Its dependencies come from LOCK, every file checked against its sha256 (what builds a
 # dependency published only as source from BUILD_LOCK, first), so nothing unpinned is
-# installed beside it. One virtualenv per TOOL and locks, made once and kept between
-# builds (a build that died making one leaves none half-made).
+# installed beside it.
 #
-#   DEPLOY_TOOL_CACHE  where the virtualenvs are kept (default ~/.cache/deploylib)
+# The virtualenv is made afresh for each build, in the workspace (.deploylib/venv): a
+# virtualenv kept between builds is code any other job on the agent (the same user) can
+# change, and nothing installed can be checked against the lock afterwards — only the
+# files pip installs from are (pip's cache of wheels is checked again, every file by its
+# sha256, at each install). An agent that runs nothing else may keep them instead:
+#
+#   DEPLOY_TOOL_CACHE  keep one virtualenv per TOOL and locks here, made once and reused
+#                      (a single-tenant agent's choice, and the test suite's)
 #   DEPLOY_TOOL_BIN    a bin directory that has the tool already: used as it is
 set -euo pipefail
 if [ $# -ne 3 ]; then
@@ -46,13 +52,19 @@ elif [ -e "$tool" ]; then
 else
   key=$(printf '%s\n' "$tool" | sha256sum | cut -c1-16)
 fi
-cache="${DEPLOY_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deploylib}"
-venv="$cache/venv-$( (echo "$key"; cat "$build" "$lock") | sha256sum | cut -c1-16)"
+if [ -n "${DEPLOY_TOOL_CACHE:-}" ]; then
+  cache=$DEPLOY_TOOL_CACHE
+  venv="$cache/venv-$( (echo "$key"; cat "$build" "$lock") | sha256sum | cut -c1-16)"
+else  # this build's own, made afresh
+  cache=.deploylib
+  venv="$PWD/.deploylib/venv"
+fi
 mkdir -p "$cache"
-# One build at a time per agent (two jobs starting at once share the cache); a venv is
-# ready once its stamp is written, last: one a build died in is made again.
+# One build at a time per cache (two jobs starting at once share it); a venv is ready
+# once its stamp is written, last: one a build died in is made again.
 exec 9>"$cache/.lock"
 flock 9
+[ -n "${DEPLOY_TOOL_CACHE:-}" ] || rm -rf "$venv"
 if [ ! -e "$venv/.ready" ]; then
   rm -rf "$venv"
   if ! "$python" -m venv "$venv" >&2; then

@@ -135,3 +135,28 @@ def test_only_an_image_of_this_account_tagged_for_the_environment_may_be_launche
     for foreign in (public, "ami-0000000000000dead"):
         with pytest.raises(InputError, match="not one of this account's own"):
             aws.ec2.check_own_image(ec2, "us-east-1", foreign, "prod", account)
+
+
+def test_a_resumed_runs_template_version_is_adopted_only_if_it_launches_what_it_renders(
+        aws_clients, network):
+    """Idempotent by the run's token: the same call again (a resumed run) finds the version
+    it made; a version bearing the token but launching other user data (or image) is not
+    adopted, whoever made it."""
+    ec2 = aws_clients.ec2("us-east-1")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    token = f"run-{network['n']}-template"
+
+    def put(user_data: str, image_id: str = image) -> aws.ec2.TemplateVersion:
+        return aws.ec2.put_template_version(
+            ec2, region="us-east-1", name=f"app-{network['n']}", image_id=image_id,
+            instance_type="t3.micro", security_group_ids=[network["group"]],
+            tag_list=aws.tags("run-1", "test", "1.2.3", "immutable", "instance"),
+            user_data=user_data, instance_profile="deploy-instance", key_name=None,
+            client_token=token)
+
+    made = put("#!/bin/bash\necho boot\n")
+    again = put("#!/bin/bash\necho boot\n")  # resumed: the same version
+    assert (again.version, again.launches) == (made.version, made.launches)
+    with pytest.raises(CloudError, match="launches something else than the run renders"):
+        put("#!/bin/bash\necho planted\n")
+    assert len(aws.ec2.launch_template(ec2, "us-east-1", f"app-{network['n']}").versions) == 1

@@ -44,6 +44,15 @@ def _waves(state: dict) -> list[list[tuple[str, str]]]:
 
 def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     before, old = record(lab), hosts_of(live_hosts(lab))
+    # A neighbour in the account plants a newer image under the bake cache's key: the
+    # bake starts from the foundation the record names, never from one found by its tags.
+    primary = lab.env.primary_region
+    recorded = before["foundations"][primary]
+    planted = lab.clients().ec2(primary).register_image(
+        Name="planted-foundation", Architecture="x86_64", RootDeviceName="/dev/sda1",
+        VirtualizationType="hvm", TagSpecifications=[{"ResourceType": "image", "Tags": [
+            {"Key": aws.TAG_FOUNDATION, "Value": recorded["key"]},
+            {"Key": aws.TAG_ENV, "Value": lab.env.name}]}])["ImageId"]
     with Stream(lab) as users:
         proc = lab.cli("deploy --mode immutable --version 1.1.0")
     users.assert_one_change("immutable", before["release"], "1.1.0")
@@ -64,6 +73,8 @@ def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     # builder started from it and skipped provisioning
     builder = state_of(lab, proc)["facts"]["builder"]
     assert builder["cache_hit"] is True and builder["foundation_image"] is None
+    assert builder["source_image"] == recorded["image"] != planted
+    assert record(lab)["foundations"] == before["foundations"]  # carried on
     for region in lab.env.all_regions:  # no builder is left running
         assert aws.ec2.find_tagged(clients.ec2(region), region, {aws.TAG_ROLE: "builder"}) == []
 
