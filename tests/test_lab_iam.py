@@ -315,3 +315,38 @@ def test_an_environments_policy_reaches_none_of_another_environments_data(enforc
     s3.put_object(Bucket=env.artifact_bucket, Key="releases/lab/1.0.0.tar.gz", Body=b"x")
     taken = lock.acquire(ddb, env.lock_table, "lab", "20261207T120000-abc123", ttl=60)
     assert lock.read(ddb, env.lock_table, "lab")["fence"] == taken["fence"]
+
+
+def test_what_the_lab_cannot_read_it_refuses_and_what_a_call_implies_it_checks(tmp_path):
+    """An EC2 id of a kind it does not know is no resource a policy grants; launching
+    with a profile passes its role (iam:PassRole, for EC2); a copy reads its source; a
+    virtual-host S3 request names the bucket of its host."""
+    from deploylib import config
+    from tests.conftest import write_config
+
+    policy = json.loads(render.iam_policy(config.load(write_config(tmp_path)).environment("lab")))
+    auth = "AWS4-HMAC-SHA256 Credential=lab/20261201/us-east-1/{}/aws4_request, Sig"
+
+    def env(service: str, **kw):
+        return {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "QUERY_STRING": "",
+                "HTTP_AUTHORIZATION": auth.format(service), **kw}
+
+    odd = iam.call(env("ec2"), b"Action=TerminateInstances&InstanceId.1=x-0123")
+    assert odd.resources == (f"arn:aws:ec2:us-east-1:{iam.ACCOUNT}:unknown/x-0123",)
+    assert not iam.allowed(policy, odd.action, odd.resources[0], odd.context[odd.resources[0]])
+    run = iam.call(env("ec2"), b"Action=RunInstances&ImageId=ami-0000000a"
+                               b"&IamInstanceProfile.Name=deploy-instance")
+    (passes,) = [a for a in run.also if a[0] == "iam:PassRole"]
+    assert passes == ("iam:PassRole", f"arn:aws:iam::{iam.ACCOUNT}:role/deploy-instance",
+                      {"iam:PassedToService": "ec2.amazonaws.com"})
+    assert iam.allowed(policy, *passes)
+    assert not iam.allowed(policy, "iam:PassRole", f"arn:aws:iam::{iam.ACCOUNT}:role/admin",
+                           {"iam:PassedToService": "ec2.amazonaws.com"})
+    copy = iam.call(env("s3", REQUEST_METHOD="PUT", PATH_INFO="/deploylab-artifacts/releases/"
+                        "lab/2.tar.gz", HTTP_X_AMZ_COPY_SOURCE="/other-bucket/secret.tar.gz"),
+                    b"")
+    assert copy.also == (("s3:GetObject", "arn:aws:s3:::other-bucket/secret.tar.gz", {}),)
+    assert not iam.allowed(policy, *copy.also[0])
+    hosted = iam.call(env("s3", REQUEST_METHOD="GET", PATH_INFO="/releases/lab/1.tar.gz",
+                          HTTP_HOST="deploylab-artifacts.s3.us-east-1.amazonaws.com"), b"")
+    assert hosted.resources == ("arn:aws:s3:::deploylab-artifacts/releases/lab/1.tar.gz",)

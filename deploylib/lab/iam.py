@@ -23,8 +23,13 @@ Conditions are evaluated for the keys that scope the tool by tag: `aws:ResourceT
 (the tags the resource has now, in moto), `aws:RequestTag/K` (the tags the request
 gives), `ec2:CreateAction`, and `dynamodb:LeadingKeys` (the partition key an item
 request names: one environment's lock item), with StringEquals and StringLike (and their
-ForAnyValue / ForAllValues forms). A target group's RegisterTargets and DeregisterTargets name the
-group. Any other condition never holds for an Allow and always holds for a
+ForAnyValue / ForAllValues forms; `aws:TagKeys`, the keys a tag write gives, by its set
+operator). A target group's RegisterTargets and DeregisterTargets name the group.
+Launching with an instance profile (RunInstances, or a server group given a launch
+template that names one) is also an `iam:PassRole` of its role (`iam:PassedToService`);
+a CopyObject is also an `s3:GetObject` of its source; a virtual-host S3 request names
+the bucket of its host. An EC2 id of a kind the lab does not know is a resource no
+policy grants. Any other condition never holds for an Allow and always holds for a
 Deny: the lab refuses what it cannot prove allowed.
 
 moto's own IAM access control is not used: it holds every action outside S3 against
@@ -94,7 +99,13 @@ def scope(environ: dict[str, Any]) -> tuple[str, str, str] | None:
 
 
 def _s3(environ: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-    bucket, _, key = unquote(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
+    path = unquote(environ.get("PATH_INFO", "")).lstrip("/")
+    host = environ.get("HTTP_HOST", "").rsplit(":", 1)[0]
+    if host and host != "localhost" and not re.fullmatch(r"[\d.]+", host):
+        # virtual-host style: the bucket is the host's first label
+        bucket, key = host.split(".", 1)[0], path
+    else:
+        bucket, _, key = path.partition("/")
     query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     method = environ.get("REQUEST_METHOD", "GET")
     if key:
@@ -212,9 +223,9 @@ def _ec2(region: str, action: str, form: dict[str, list[str]]
         return ("*",), {}, ()
     context: dict[str, Keys] = {}
     for name in used:
-        kind = next((k for p, k in _EC2_KINDS.items() if name.startswith(p)), None)
-        if kind is None:
-            continue
+        # An id of a kind the lab does not know is named as one no policy grants: what
+        # the lab cannot read, it refuses.
+        kind = next((k for p, k in _EC2_KINDS.items() if name.startswith(p)), "unknown")
         arn = _ec2_arn(region, kind, name)
         context[arn] = {**given, **{f"aws:ResourceTag/{k}": v
                                     for k, v in _tags_now(region, name).items()}}
@@ -225,7 +236,39 @@ def _ec2(region: str, action: str, form: dict[str, list[str]]
         context[arn] = dict(given)
     also = tuple(("ec2:CreateTags", arn, {**given, "ec2:CreateAction": action})
                  for arn in made) if given and made else ()
+    if action == "RunInstances":
+        profile = (form.get("IamInstanceProfile.Arn") or form.get("IamInstanceProfile.Name")
+                   or [""])[0]
+        also += _passes(profile)
     return tuple(context), context, also
+
+
+def _passes(profile: str) -> tuple[tuple[str, str, Keys], ...]:
+    """Launching with an instance profile passes its role to EC2: iam:PassRole on the
+    role (named as its profile, as the IAM console makes them), for ec2.amazonaws.com."""
+    if not profile:
+        return ()
+    role = profile.rsplit("/", 1)[-1]
+    return (("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{role}",
+             {"iam:PassedToService": "ec2.amazonaws.com"}),)
+
+
+def _template_profile(region: str, form: dict[str, list[str]]) -> str:
+    """The instance profile of the launch template version a group is given."""
+    from moto.ec2.models import ec2_backends
+
+    template_id = (form.get("LaunchTemplate.LaunchTemplateId") or [""])[0]
+    name = (form.get("LaunchTemplate.LaunchTemplateName") or [""])[0]
+    version = (form.get("LaunchTemplate.Version") or ["$Default"])[0]
+    backend = ec2_backends[ACCOUNT][region]
+    try:
+        template = backend.get_launch_template(template_id) if template_id else \
+            backend.get_launch_template_by_name(name)
+        data = template.get_version(version).data
+    except Exception:  # noqa: BLE001 - moto's own errors: the call itself will say
+        return ""
+    profile = data.get("IamInstanceProfile") or {}
+    return str(profile.get("Arn") or profile.get("Name") or "")
 
 
 def call(environ: dict[str, Any], body: bytes) -> Call | None:
@@ -237,6 +280,12 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
     expired = False
     if service == "s3":
         action, resources = _s3(environ)
+        source = unquote(environ.get("HTTP_X_AMZ_COPY_SOURCE", ""))
+        if source:  # CopyObject reads its source: s3:GetObject (or its version's) there
+            name, _, version = source.lstrip("/").partition("?versionId=")
+            read = "s3:GetObjectVersion" if version else "s3:GetObject"
+            return Call(key_id, region, action, resources,
+                        also=((read, f"arn:aws:s3:::{name}", {}),))
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if "X-Amz-Expires" in query:
             issued = timegm(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
@@ -267,7 +316,9 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
             resources = (f"arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:"
                          f"*:autoScalingGroupName/{named}",) if named and \
                 not name.startswith("Describe") else ("*",)
-            return Call(key_id, region, action, resources, expired)
+            passes = _passes(_template_profile(region, form)) if name in (
+                "CreateAutoScalingGroup", "UpdateAutoScalingGroup") else ()
+            return Call(key_id, region, action, resources, expired, also=passes)
         if service == "sts" and name == "AssumeRole":
             # STS authorises an AssumeRole on the role it asks for.
             return Call(key_id, region, action, tuple((form.get("RoleArn") or ["*"])[:1]),
@@ -317,7 +368,8 @@ def holds(condition: dict[str, Any], keys: Keys) -> bool | None:
         for key, wanted in tests.items():
             name = key.lower()
             if not name.startswith(("aws:resourcetag/", "aws:requesttag/", "aws:tagkeys",
-                                    "ec2:createaction", "dynamodb:leadingkeys")):
+                                    "ec2:createaction", "dynamodb:leadingkeys",
+                                    "iam:passedtoservice")):
                 return None
             have = lowered.get(name)
             values = [str(v) for v in ([wanted] if isinstance(wanted, str) else wanted)]
