@@ -118,6 +118,9 @@ class Builder(_Model):
     foundation_image: ImageId | None = None  # the one this bake started (cache-foundation)
     terminated: bool = False
     source_image: ImageId | None = None  # what it was launched from (base or foundation)
+    # launched from the region's live image (a fold), not a bake's base: its image is a
+    # layer over that one
+    from_live: bool = False
 
 
 class Revert(_Model):

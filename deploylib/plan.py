@@ -324,12 +324,19 @@ def _rollback_image() -> tuple[Stage, ...]:
 
 
 def _fold() -> tuple[Stage, ...]:
-    # The live release as the record names it, and in each region a live host serving it
-    # (the candidates of this procedure: imaged, never replaced); its image in the
-    # region's launch template; the record's images pointed at them.
+    # The live release as the record names it; in each region a clean instance from the
+    # live image (a builder, never a host that served), the release installed on it, its
+    # image in the region's launch template; the record's images pointed at them.
     return (
         _s("locate-release"),
-        _s("create-image", CANDIDATES, no_reboot=True),
+        _regions(
+            _s("launch-builder", image="live"),
+            replace(_s("wait-ssh", BUILDER), name="builder-ssh"),
+            replace(_s("install-release", BUILDER), name="install-on-builder"),
+            _s("stop-builder"),
+            _s("create-image", BUILDER, no_reboot=False),
+            _s("terminate-builder"),
+        ),
         _s("fold-template"),
         _s("record-images"),
     )

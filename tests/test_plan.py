@@ -180,8 +180,9 @@ def test_a_failed_bake_demotes_then_discards_candidates_then_images_then_the_bui
     ("in-place", ("resume-scaling",)),
     ("rollback-in-place", ("resume-scaling",)),
     ("rollback-image", ("demote", "discard-candidates")),
-    # a fold's groups launch from their own versions again before its image goes
-    (planning.FOLD, ("restore-templates", "discard-images")),
+    # a fold's groups launch from their own versions again before its image goes, and
+    # the clean instance it imaged goes last
+    (planning.FOLD, ("restore-templates", "discard-images", "discard-builder")),
 ])
 def test_each_procedures_cleanup_is_the_undo_of_what_its_stages_make(mode, cleanup):
     assert planning.plan(mode).cleanup == cleanup

@@ -66,10 +66,13 @@ def launch_builder(ctx: Context) -> None:
                                                  aws.TAG_ROLE: "builder"})
     base = aws.ec2.find_base_image(ec2, region, ctx.env.base_image, ctx.env.base_image_owner)
     key = foundation_key(base, _provision_script(ctx))
+    from_live = ctx.option.get("image") == "live"
     if existing:
         iid, source = existing[0].instance_id, existing[0].image_id
     else:
-        source = _recorded_foundation(ctx, ec2, region, key) or base
+        # a fold's: the image the region's live group launches, as recorded
+        source = _live_image(ctx, region) if from_live else \
+            _recorded_foundation(ctx, ec2, region, key) or base
         subnet, groups = network(ctx, region)
         iid = aws.ec2.launch(ec2, region=region, image_id=source, count=1,
                              instance_type=ctx.env.instance_type, subnet_id=subnet,
@@ -77,14 +80,26 @@ def launch_builder(ctx: Context) -> None:
                              client_token=f"{ctx.state.run_id}-builder-{region}",
                              key_name=ctx.env.key_name)[0]
     builder = Builder(region=region, instance_id=iid, base_image=base, foundation=key,
-                      cache_hit=source != base, source_image=source)
+                      cache_hit=source != base and not from_live, source_image=source,
+                      from_live=from_live)
     if ctx.region is not None:
         ctx.facts.builders[region] = builder
     else:
         ctx.facts.builder = builder
     ctx.save()
     ctx.log(f"  builder {iid} from {source} in {region}"
-            + (" (foundation image: bake cache hit)" if source != base else ""))
+            + (" (the live image)" if from_live else
+               " (foundation image: bake cache hit)" if source != base else ""))
+
+
+def _live_image(ctx: Context, region: str) -> str:
+    """The image `region`'s new hosts launch from, as the record names it."""
+    image = ((ctx.record() or {}).get("images") or {}).get(region)
+    if not image:
+        raise StateError(f"the record names no image in {region}",
+                         resource=ctx.env.record_parameter,
+                         fix="deploy with `--mode immutable` first")
+    return str(image)
 
 
 def _recorded_foundation(ctx: Context, ec2: EC2Client, region: str, key: str) -> str | None:
@@ -226,13 +241,18 @@ def create_image(ctx: Context) -> None:
         image_id = images.get(region) or aws.ec2.find_image(ec2, region, name)
         if not image_id:
             source = {}
-            if builder is None:  # a host's image: one layer over the image it launched from
+            if builder is not None and builder.from_live and builder.source_image:
+                # a fold's builder: one layer over the live image it launched from
+                source = aws.ec2.image_tags(ec2, region, [builder.source_image]).get(
+                    builder.source_image, {})
+            elif builder is None:  # a host's image: one layer over the image it launched from
                 host = aws.ec2.describe(ec2, region, [sources[region]])
                 if host:
                     source = aws.ec2.image_tags(ec2, region, [host[0].image_id]).get(
                         host[0].image_id, {})
+            layered = builder if builder is not None and not builder.from_live else None
             image_id = aws.ec2.create_image(ec2, region, sources[region], name,
-                                            image_tags(ctx, builder, source),
+                                            image_tags(ctx, layered, source),
                                             no_reboot=no_reboot)
         aws.ec2.wait_image(ec2, region, image_id, ctx.timeout("image", 3600))
         return image_id

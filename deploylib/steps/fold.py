@@ -1,7 +1,12 @@
 """Fold-back (fleet = "server-groups"): the drift a hotfix or a rebake-light leaves —
 hosts running a release their group's image lacks, which new instances get only at boot —
-closed without replacing a host: an image of a live host serving the live release, put in
-the live groups' launch templates. New instances then boot already on the release."""
+closed without replacing a host: in each region a clean instance launched from the live
+image, the live release installed on it (the install every procedure runs), its image put
+in the live groups' launch templates. New instances then boot already on the release.
+
+Never an image of a live host: one that has served traffic carries what serving left on
+its disk (its /var/tmp, what anything that reached it planted, its own /etc/app.env),
+which every instance launched from that image would then start with."""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from deploylib.steps.release import from_store
 
 @step("locate-release")
 def locate_release(ctx: Context) -> None:
-    """The release the record says is live, and in each region a live host of the live
-    group serving it: the host the region's image is made from (it keeps serving)."""
+    """The release the record says is live, and in each region the live group, serving
+    it: what is folded (a region whose group is gone, or serves nothing, is refused)."""
     record = ctx.record() or {}
     if not ctx.env.server_groups or not record.get("server_groups"):
         raise InputError(f"{ctx.env.name} has no server groups to fold into",
@@ -30,8 +35,6 @@ def locate_release(ctx: Context) -> None:
     ctx.facts.release = from_store(ctx.env, ctx.aws.s3(), record["release"], record["sha256"],
                                    record.get("version_id"))
     for region in ctx.regions():
-        if region in ctx.facts.candidates:
-            continue
         group = servergroups.live_group(ctx, region, record)
         if group is None:
             raise StateError(f"the server group the record names in {region} is gone",
@@ -41,8 +44,8 @@ def locate_release(ctx: Context) -> None:
         if not serving:
             raise StateError(f"no live host in {region} serves {record['release']}",
                              resource=region, fix="deploy the release again, then fold")
-        ctx.facts.candidates[region] = [serving[0].instance_id]
-        ctx.log(f"  {region}: imaging {serving[0].instance_id} of {group.name}")
+        ctx.log(f"  {region}: {group.name} serves {record['release']}; folding it into "
+                "an image of a clean instance")
     ctx.save()
 
 

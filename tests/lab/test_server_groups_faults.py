@@ -151,6 +151,13 @@ def test_status_shows_how_each_host_got_its_release_and_fold_closes_the_drift(la
     assert "launches from" in proc.stderr
     record = checks.record(lab)
     assert record["release"] == "4.8.1" and record["procedure"] == "in-place"
+    # Imaged: in each region a clean instance from the live image, the release installed
+    # on it, gone after — never a host that served.
+    builders = checks.state_of(lab, proc)["facts"]["builders"]
+    assert sorted(builders) == sorted(lab.env.all_regions)
+    for region, b in builders.items():
+        assert b["from_live"] and b["source_image"] == hotfixed["images"][region]
+        assert b["instance_id"] not in before[region].in_service and b["terminated"]
     for region in lab.env.all_regions:
         group = live_group(lab, region)
         # The same group, its hosts untouched, its launch template version the folded one.
