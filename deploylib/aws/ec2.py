@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from deploylib import waits
-from deploylib.aws import TAG_ENV, TAG_RETIRING, calling, tag_map
+from deploylib.aws import TAG_DIGEST, TAG_ENV, TAG_RETIRING, calling, tag_map
 from deploylib.errors import CloudError, InputError, WaitTimeout
 
 if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
@@ -436,11 +436,14 @@ def key_pair_exists(ec2: EC2Client, region: str, name: str) -> bool:
         raise
 
 
-def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, account: str) -> None:
+def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, account: str,
+                    digest: str | None = None) -> None:
     """An image the tool may launch a fleet from: this account's own, tagged for the
-    environment. Image ids come back from the record and from a Jenkins handoff; one
-    PutParameter or one crafted build must not promote someone else's image (which
-    would print its own host keys to its console, and be trusted)."""
+    environment (tags given at its creation: the policy lets no environment write them
+    after) and, given `digest`, holding those release bytes. Image ids come back from
+    the record and from a Jenkins handoff; one PutParameter or one crafted build must not
+    promote someone else's image (which would print its own host keys to its console,
+    and be trusted), nor another release's."""
     try:
         with calling(f"image {image_id} in {region}", "check the tool may describe images"):
             found = ec2.describe_images(ImageIds=[image_id], Owners=["self"]).get("Images")
@@ -453,11 +456,18 @@ def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, accoun
                          resource=f"image in {region}",
                          fix="deploy an image this account baked (`invoke deploy --mode "
                          "immutable`); check the record and the handoff were not altered")
-    tagged = tag_map(found[0].get("Tags")).get(TAG_ENV)
+    tags = tag_map(found[0].get("Tags"))
+    tagged = tags.get(TAG_ENV)
     if tagged != env:
         raise InputError(f"image {image_id} in {region} is not {env}'s (tagged "
                          f"{TAG_ENV}={tagged or 'nothing'})", resource=f"image in {region}",
                          fix=f"deploy an image baked for {env}")
+    if digest is not None and tags.get(TAG_DIGEST) != digest:
+        raise InputError(f"image {image_id} in {region} holds other release bytes than "
+                         f"this run's (sha256 {str(tags.get(TAG_DIGEST) or 'untagged')[:12]}…,"
+                         f" not {digest[:12]}…)", resource=f"image in {region}",
+                         fix="deploy the image this release's bake made; check the handoff "
+                         "was not altered")
 
 
 def ebs_default_key(ec2: EC2Client, region: str) -> str:

@@ -130,6 +130,11 @@ def test_only_an_image_of_this_account_tagged_for_the_environment_may_be_launche
     aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account)
     with pytest.raises(InputError, match="is not staging's"):
         aws.ec2.check_own_image(ec2, "us-east-1", ours, "staging", account)
+    # an immutable release's image holds its bytes: another release's is refused
+    with pytest.raises(InputError, match="holds other release bytes than this run's"):
+        aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account, digest="ab" * 32)
+    ec2.create_tags(Resources=[ours], Tags=[{"Key": aws.TAG_DIGEST, "Value": "ab" * 32}])
+    aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account, digest="ab" * 32)
     # moto's catalogue of public images: another account's
     public = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     for foreign in (public, "ami-0000000000000dead"):
