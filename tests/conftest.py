@@ -25,9 +25,6 @@ LAB_ENV_TEXT = (REPO / "deploylib/lab/environment.toml").read_text()
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 # A lab takes one loopback /16 per region, counting up from here (3 regions, one spare).
 os.environ["DEPLOY_LAB_NETWORK"] = str(1 + 4 * WORKER)
-# The labs' balancers check their targets every half second (the lab's own pace is 0.2 s):
-# the same rules, a slower clock, and a suite's dozen labs idle at a third of the CPU.
-os.environ.setdefault("DEPLOY_LAB_PROFILE", '{"health_interval": 0.5}')
 
 pytest_plugins = ["tests.iam_audit", "tests.scheduling"]
 
