@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,6 +426,7 @@ class Labs:
     def __init__(self, tmp_path_factory) -> None:
         self._tmp = tmp_path_factory
         self._labs: dict[Shape, Lab] = {}
+        self._stopping: list[threading.Thread] = []
 
     def get(self, shape: Shape) -> Lab:
         if shape not in self._labs:
@@ -440,12 +442,30 @@ class Labs:
             running.up()
         return self._labs[shape]
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop every lab of the worker's; without `wait`, in the background (a lab's
+        hosts and their roots take seconds to go, which the next tests need not wait
+        for) — `join` waits for them."""
         from deploylib.lab import control
 
-        for running in self._labs.values():
-            control.stop_daemon(running.cli.lab_dir)
+        held = list(self._labs.values())
         self._labs.clear()
+
+        def stop_all() -> None:
+            for running in held:
+                control.stop_daemon(running.cli.lab_dir)
+
+        if wait:
+            stop_all()
+        elif held:
+            stopping = threading.Thread(target=stop_all, name="labs-stopping")
+            stopping.start()
+            self._stopping.append(stopping)
+
+    def join(self) -> None:
+        for stopping in self._stopping:
+            stopping.join()
+        self._stopping.clear()
 
 
 _labs: Labs | None = None
@@ -460,15 +480,16 @@ def labs(tmp_path_factory):
         yield held
     finally:
         held.stop()
+        held.join()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """The worker's labs stopped once it reaches a test that is not a lab test: the lab
-    modules are handed out first (tests/scheduling.py), so none is left for
-    it, and an idle lab still costs its balancers' checks. (One asked for later would be
-    brought up again.)"""
+    """The worker's labs stopped, in the background, once it reaches a test that is not
+    a lab test: the lab modules are handed out first (tests/scheduling.py), so none is
+    left for it, and an idle lab still costs its balancers' checks. (One asked for later
+    would be brought up again.)"""
     if _labs is not None and not item.get_closest_marker("lab"):
-        _labs.stop()
+        _labs.stop(wait=False)
 
 
 @pytest.fixture
