@@ -101,11 +101,18 @@ def holder(address: str, port: int) -> str | None:
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:[") and int(target[8:-1]) in inodes:
-                    name = (proc / "comm").read_text().strip()
-                    return f"pid {proc.name} ({name})"
+            fds = list((proc / "fd").iterdir())
         except OSError:
-            continue
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed since it was listed: the process's others still count
+            if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                try:
+                    name = (proc / "comm").read_text().strip()
+                except OSError:
+                    name = "gone since"
+                return f"pid {proc.name} ({name})"
     return "a process"
