@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from deploylib.lab.hosts import AddressTaken, HostFarm
-from tests.conftest import WORKER
+from tests.conftest import WORKER, open_to_services
 
 
 def test_a_host_whose_address_is_held_fails_at_once_naming_the_holder(tmp_path):
@@ -17,7 +17,9 @@ def test_a_host_whose_address_is_held_fails_at_once_naming_the_holder(tmp_path):
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         other.bind((address, 0))
         other.listen()
-        farm = HostFarm(tmp_path, ssh_port=other.getsockname()[1])
+        # (a directory services can pass through: the hosts' roots then live in it, not
+        # in one of the system's temporary directory the test would leave behind)
+        farm = HostFarm(open_to_services(tmp_path), ssh_port=other.getsockname()[1])
         with pytest.raises(AddressTaken) as err:
             farm.boot("i-0123456789abcdef0", address, "ami-12345678")
     assert f"{address}:{farm.ssh_port} is held by pid {os.getpid()}" in str(err.value)
