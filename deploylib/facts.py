@@ -38,9 +38,6 @@ def _mode(value: str) -> str:
     return value
 
 
-# The values a run reads back (its state file, a handoff, the live record) reach host
-# scripts, paths and API calls: each is held to the same shape as input is.
-
 # What a host reads back from the record at boot, as regular expressions: one definition,
 # which the models here and the boot (templates/boot_record.py, given these) both hold the
 # record's values to.
@@ -50,6 +47,9 @@ RECORD_SHAPES = {
     # an S3 object version (opaque; URL-safe characters, as S3 makes them)
     "version_id": r"^[A-Za-z0-9._-]{1,1024}$",
 }
+
+# The values a run reads back (its state file, a handoff, the live record) reach host
+# scripts, paths and API calls: each is held to the same shape as input is.
 Version = Annotated[str, AfterValidator(_version)]
 Mode = Annotated[str, AfterValidator(_mode)]  # a procedure, rollbacks included
 Sha256 = Annotated[str, StringConstraints(pattern=RECORD_SHAPES["sha256"])]

@@ -93,12 +93,15 @@ def launch_builder(ctx: Context) -> None:
 
 
 def _live_image(ctx: Context, region: str) -> str:
-    """The image `region`'s new hosts launch from, as the record names it."""
+    """The image `region`'s new hosts launch from, as the record names it: held to what
+    any image the tool launches from is (this account's, the environment's)."""
     image = ((ctx.record() or {}).get("images") or {}).get(region)
     if not image:
         raise StateError(f"the record names no image in {region}",
                          resource=ctx.env.record_parameter,
                          fix="deploy with `--mode immutable` first")
+    aws.ec2.check_own_image(ctx.aws.ec2(region), region, str(image), ctx.env.name,
+                            ctx.aws.account())
     return str(image)
 
 

@@ -252,3 +252,25 @@ def test_a_boot_the_group_will_not_let_in_service_fails_the_run_at_once(lab):
     assert {r: live_group(lab, r).name for r in lab.env.all_regions} == was
     assert checks.record(lab)["release"] == live
     assert_all_serve(lab, live, 2)
+
+
+def test_a_fold_launches_only_from_an_image_of_the_environments_own(lab):
+    """The record's image is what a fold's clean instance launches from: one that is not
+    this account's (a record rewritten) is refused before anything is launched, and the
+    groups are left as they were."""
+    region = lab.env.primary_region
+    before = checks.record(lab)
+    version = live_group(lab, region).template_version
+    foreign = lab.clients().ec2(region).describe_images(Owners=["amazon"])["Images"][0]
+    ssm = lab.clients().ssm()
+    aws.ssm.write_record(ssm, lab.env.record_parameter, {
+        **before, "images": {**before["images"], region: foreign["ImageId"]}})
+    try:
+        proc = lab.cli("fold", check=False)
+    finally:
+        aws.ssm.write_record(ssm, lab.env.record_parameter, before)
+    assert proc.returncode != 0
+    assert "is not one of this account's own" in proc.stderr, proc.stderr[-2000:]
+    state = checks.state_of(lab, proc)
+    assert not any(b.get("instance_id") for b in state["facts"]["builders"].values())
+    assert live_group(lab, region).template_version == version
