@@ -34,6 +34,15 @@ pytest_plugins = ["tests.iam_audit", "tests.scheduling"]
 SAMPLE_APP = {"start": "python3 app.py", "reload": "kill -HUP $MAINPID"}
 
 
+def own_range(offset: int) -> int:
+    """A loopback /16 of this worker's own (127.N.0.0/16), for tests of ranges and of
+    what listens on them: 20 per worker from 100, above the ones its labs take and below
+    `loopback`'s. Each test file takes its own offsets, so two files on two workers never
+    meet on one range (test_lab_addresses: 0-9, test_lab_hosts: 10)."""
+    assert 0 <= offset < 20
+    return 100 + 20 * WORKER + offset
+
+
 def loopback(block: int, host: int = 1) -> str:
     """A loopback address of this worker's own: 127.(200+WORKER).block.host."""
     return f"127.{200 + WORKER}.{block}.{host}"

@@ -9,10 +9,10 @@ import pytest
 
 from deploylib.errors import DeployError
 from deploylib.lab import addresses
-from tests.conftest import WORKER
+from tests.conftest import own_range
 
-# Ranges of this worker's own, above the ones its labs take (conftest: 1 + 4 * WORKER).
-FIRST = 100 + 20 * WORKER
+# Ranges of this worker's own, above the ones its labs take (conftest: own_range).
+FIRST = own_range(0)
 
 
 def test_two_labs_asking_for_the_same_ranges_get_ranges_of_their_own(tmp_path):

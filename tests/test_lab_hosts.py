@@ -8,11 +8,11 @@ import socket
 import pytest
 
 from deploylib.lab.hosts import AddressTaken, HostFarm
-from tests.conftest import WORKER, open_to_services
+from tests.conftest import open_to_services, own_range
 
 
 def test_a_host_whose_address_is_held_fails_at_once_naming_the_holder(tmp_path):
-    address = f"127.{120 + 20 * WORKER}.0.5"
+    address = f"127.{own_range(10)}.0.5"
     with socket.socket() as other:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         other.bind((address, 0))
