@@ -679,7 +679,33 @@ def parse(text: str, source: str = DEFAULT_CONFIG) -> DeployConfig:
             f"default_environment = {config.default_environment!r} names no environment",
             resource=source, fix=f"use one of: {', '.join(sorted(config.environments))}",
         )
+    _check_kept_apart(config)
     return config
+
+
+def _check_kept_apart(config: DeployConfig) -> None:
+    """Two environments that may share an account (one provider, and one account_id or
+    one of them without) must not name one target group or server-group prefix: the
+    policy each is given scopes those by name, so a shared name would let each register
+    hosts in the other's target group or scale the other's groups."""
+    envs = sorted(config.environments.values(), key=lambda e: e.name)
+    for i, one in enumerate(envs):
+        for other in envs[i + 1:]:
+            if one.provider != other.provider or (
+                    one.account_id and other.account_id and one.account_id != other.account_id):
+                continue
+            shared = [f"target group {one.network(r)[2]!r} in {r}" for r in one.all_regions
+                      if r in other.all_regions and one.network(r)[2] == other.network(r)[2]]
+            if one.group_prefix == other.group_prefix:
+                shared.append(f"server groups {one.group_prefix}-v*")
+            if shared:
+                raise ConfigError(
+                    f"environments {one.name} and {other.name} may share an account and both "
+                    f"use {shared[0]}", resource=config.source,
+                    fix=f"give each its own (e.g. target_group = "
+                    f"\"{one.network(one.primary_region)[2]}-{other.name}\" in "
+                    f"[environments.{other.name}]), or set a different account_id on each: "
+                    "an account per environment keeps them apart")
 
 
 def load(path: str | os.PathLike | None = None) -> DeployConfig:

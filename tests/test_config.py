@@ -256,3 +256,27 @@ def test_a_teams_lab_sets_its_keys_over_the_embedded_one():
     other = config.parse(BASE.replace("[environments.prod]",
                                       '[environments.lab]\nprovider = "aws"'))
     assert other.environment("lab").provider == "aws" and not other.environment("lab").app.start
+
+
+def test_environments_that_may_share_an_account_never_share_a_target_group():
+    """The policy scopes target groups and server groups by name: two environments that
+    may be in one account with one name would reach each other's."""
+    staging = BASE.replace("[environments.prod]", "[environments.staging]")
+    with pytest.raises(ConfigError) as err:
+        config.parse(BASE + staging)
+    assert "environments prod and staging may share an account and both use target group " \
+        "'web' in us-east-1" in str(err.value)
+    assert "an account per environment" in err.value.fix and "\n" not in str(err.value)
+    # a server-group prefix shared the same way
+    with pytest.raises(ConfigError, match="server groups web-v"):
+        config.parse(with_line('server_group_prefix = "web"') + staging.replace(
+            'target_group = "web"', 'target_group = "web-staging"\nserver_group_prefix = "web"'))
+    # one of them in a region the other is not in: nothing shared
+    config.parse(BASE + staging.replace('copy_regions = ["us-west-2"]', "")
+                 .replace('primary_region = "us-east-1"', 'primary_region = "eu-west-1"'))
+    # an account each (the recommended set-up): the same names are theirs alone
+    config.parse(with_line('account_id = "111111111111"') + staging.replace(
+        "[environments.staging]", '[environments.staging]\naccount_id = "222222222222"'))
+    with pytest.raises(ConfigError, match="may share an account"):
+        config.parse(with_line('account_id = "111111111111"') + staging.replace(
+            "[environments.staging]", '[environments.staging]\naccount_id = "111111111111"'))
