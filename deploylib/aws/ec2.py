@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from deploylib import waits
-from deploylib.aws import TAG_DIGEST, TAG_ENV, TAG_RETIRING, calling, tag_map
+from deploylib.aws import TAG_DIGEST, TAG_ENV, TAG_RETIRING, TAG_RUN, calling, tag_map
 from deploylib.errors import CloudError, InputError, WaitTimeout
 
 if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
@@ -437,13 +437,13 @@ def key_pair_exists(ec2: EC2Client, region: str, name: str) -> bool:
 
 
 def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, account: str,
-                    digest: str | None = None) -> None:
+                    digest: str | None = None, run: str | None = None) -> None:
     """An image the tool may launch a fleet from: this account's own, tagged for the
     environment (tags given at its creation: the policy lets no environment write them
-    after) and, given `digest`, holding those release bytes. Image ids come back from
-    the record and from a Jenkins handoff; one PutParameter or one crafted build must not
-    promote someone else's image (which would print its own host keys to its console,
-    and be trusted), nor another release's."""
+    after) and, given `digest`, holding those release bytes; given `run`, made by that
+    run. Image ids come back from the record and from a Jenkins handoff; one PutParameter
+    or one crafted build must not promote someone else's image (which would print its own
+    host keys to its console, and be trusted), nor another release's, nor another run's."""
     try:
         with calling(f"image {image_id} in {region}", "check the tool may describe images"):
             found = ec2.describe_images(ImageIds=[image_id], Owners=["self"]).get("Images")
@@ -468,6 +468,12 @@ def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, accoun
                          f" not {digest[:12]}…)", resource=f"image in {region}",
                          fix="deploy the image this release's bake made; check the handoff "
                          "was not altered")
+    if run is not None and tags.get(TAG_RUN) != run:
+        raise InputError(f"image {image_id} in {region} was not made by run {run} (it is "
+                         f"{TAG_RUN}={tags.get(TAG_RUN) or 'nothing'})",
+                         resource=f"image in {region}",
+                         fix="deploy the images the run's own bake made: pass its HANDOFF "
+                         "exactly as `invoke bake` sent it")
 
 
 def ebs_default_key(ec2: EC2Client, region: str) -> str:

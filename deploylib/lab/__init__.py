@@ -27,6 +27,11 @@ LAB_ADMIN_CREDENTIALS = {"aws_access_key_id": "lab-admin",
 LAB_INSTANCE_CREDENTIALS = {"aws_access_key_id": "lab-instance",
                             "aws_secret_access_key": "lab-instance-secret",
                             "aws_session_token": "lab-instance-session"}
+# A second environment's deployer in the same account (a neighbour): held to the policy
+# rendered for that environment, which a test writes (iam.NEIGHBOUR_POLICY_FILE); with
+# none written, it is allowed nothing.
+LAB_NEIGHBOUR_CREDENTIALS = {"aws_access_key_id": "lab-neighbour",
+                             "aws_secret_access_key": "lab-neighbour-secret"}
 BIN = Path(__file__).resolve().parent / "bin"
 
 

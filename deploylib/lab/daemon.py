@@ -20,6 +20,7 @@ from deploylib.lab import (
     LAB_ADMIN_CREDENTIALS,
     LAB_CREDENTIALS,
     LAB_INSTANCE_CREDENTIALS,
+    LAB_NEIGHBOUR_CREDENTIALS,
     addresses,
     cloud,
     iam,
@@ -71,7 +72,8 @@ def main() -> None:
     (lab_dir / iam.INSTANCE_POLICY_FILE).write_text(spec["instance_policy"])
     server = LabServer(Faults(lab_dir),
                        iam.Enforcer(lab_dir, LAB_CREDENTIALS["aws_access_key_id"],
-                                    LAB_INSTANCE_CREDENTIALS["aws_access_key_id"]))
+                                    LAB_INSTANCE_CREDENTIALS["aws_access_key_id"],
+                                    LAB_NEIGHBOUR_CREDENTIALS["aws_access_key_id"]))
     server.start()
     host, port = server.get_host_and_port()
     endpoint = endpoint_box["url"] = f"http://{host}:{port}"

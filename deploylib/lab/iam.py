@@ -7,7 +7,10 @@ the lab directory when the lab starts; a test may narrow it) as IAM evaluates an
 identity policy: an explicit Deny wins, otherwise an Allow must match the action and
 every resource the request names. A denied request gets the service's own error, with
 AWS's wording. The lab's own calls (seeding the account) and the tests' set-up sign with
-LAB_ADMIN_CREDENTIALS and are not held.
+LAB_ADMIN_CREDENTIALS and are not held. A second environment's deployer in the same
+account (LAB_NEIGHBOUR_CREDENTIALS) is held to the policy rendered for that environment
+(NEIGHBOUR_POLICY_FILE; allowed nothing while there is none): what one environment can do
+to another.
 
 Also as AWS does it: GetObject and HeadObject of a key that does not exist answer 403,
 not 404, to a caller without s3:ListBucket on the bucket; a presigned URL past its
@@ -58,6 +61,10 @@ POLICY_FILE = "iam-policy.json"
 # boot (deploylib/templates/iam-policy-instance.json), held to its own policy.
 INSTANCE_ROLE = f"arn:aws:sts::{ACCOUNT}:assumed-role/deploy-instance/i-lab"
 INSTANCE_POLICY_FILE = "iam-policy-instance.json"
+# Another environment's deployer in the same account (LAB_NEIGHBOUR_CREDENTIALS), held to
+# its own environment's policy: what one environment can do to another.
+NEIGHBOUR = f"arn:aws:iam::{ACCOUNT}:user/deploylab-neighbour"
+NEIGHBOUR_POLICY_FILE = "iam-policy-neighbour.json"
 # Allowed to every identity whatever its policies (AWS: "No permissions are required to
 # perform this operation"): preflight asks who the tool is.
 ALWAYS_ALLOWED = frozenset({"sts:GetCallerIdentity"})
@@ -421,8 +428,9 @@ def denial(action: str, resource: str, who: str = DEPLOYER) -> str:
 class _PolicyFile:
     """A policy read from the lab directory (re-read when it changes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, absent: dict[str, Any] | None = None):
         self.file = path
+        self.absent = absent  # in force while there is no file (None: none, not held)
         self._lock = threading.Lock()
         self._loaded: tuple[float, dict[str, Any]] | None = None
 
@@ -432,22 +440,27 @@ class _PolicyFile:
                 mtime = self.file.stat().st_mtime
             except FileNotFoundError:
                 self._loaded = None
-                return None
+                return self.absent
             if self._loaded is None or self._loaded[0] != mtime:
                 self._loaded = (mtime, json.loads(self.file.read_text()))
             return self._loaded[1]
 
 
 class Enforcer:
-    """The deployer's policy and the instance role's, each read from the lab directory."""
+    """The deployer's policy, the instance role's and the neighbour's, each read from the
+    lab directory."""
 
-    def __init__(self, directory: Path, deployer_key: str, instance_key: str | None = None):
+    def __init__(self, directory: Path, deployer_key: str, instance_key: str | None = None,
+                 neighbour_key: str | None = None):
         self.file = directory / POLICY_FILE
         self.deployer_key = deployer_key
         self._policies = {deployer_key: (_PolicyFile(self.file), DEPLOYER)}
         if instance_key:
             self._policies[instance_key] = (_PolicyFile(directory / INSTANCE_POLICY_FILE),
                                             INSTANCE_ROLE)
+        if neighbour_key:  # an identity with no policy yet is allowed nothing
+            self._policies[neighbour_key] = (_PolicyFile(directory / NEIGHBOUR_POLICY_FILE,
+                                                         absent={"Statement": []}), NEIGHBOUR)
 
     def policy(self, key: str | None = None) -> dict[str, Any] | None:
         """The policy in force for a key (the deployer's by default), or None when the lab

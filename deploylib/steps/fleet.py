@@ -40,13 +40,13 @@ def launch_candidates(ctx: Context) -> None:
         ec2 = ctx.aws.ec2(region)
         if source == "live":  # rebake-light: on an image still close to its bake
             check_layers(ctx, region, images[region])
-        # An immutable release's images are its own bake's (or its handoff's): they hold
-        # its bytes. (A rollback's may be older than the release they serve: a hotfix
-        # installs at boot over them.)
-        digest = ctx.release.sha256 if source == "baked" and ctx.state.mode == "immutable" \
-            else None
+        # An immutable release's images are its own bake's (or its handoff's: the run the
+        # bake began): made by this run, holding its bytes. (A rollback's may be older
+        # than the release they serve: a hotfix installs at boot over them.)
+        baked = source == "baked" and ctx.state.mode == "immutable"
         aws.ec2.check_own_image(ec2, region, images[region], env.name, ctx.aws.account(),
-                                digest=digest)
+                                digest=ctx.release.sha256 if baked else None,
+                                run=ctx.state.run_id if baked else None)
         if env.server_groups:  # found again on resume by its name and tags
             return servergroups.launch(ctx, region, images[region])
         found = aws.ec2.find_tagged(ec2, region, {aws.TAG_RUN: ctx.state.run_id,

@@ -135,6 +135,15 @@ def test_only_an_image_of_this_account_tagged_for_the_environment_may_be_launche
         aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account, digest="ab" * 32)
     ec2.create_tags(Resources=[ours], Tags=[{"Key": aws.TAG_DIGEST, "Value": "ab" * 32}])
     aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account, digest="ab" * 32)
+    # and, for a run's own bake (or its handoff), made by that run
+    with pytest.raises(InputError, match="was not made by run 20261207T120000-abc123 "
+                                         r"\(it is deploy:run=nothing\)"):
+        aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account,
+                                run="20261207T120000-abc123")
+    ec2.create_tags(Resources=[ours], Tags=[{"Key": aws.TAG_RUN,
+                                             "Value": "20261207T120000-abc123"}])
+    aws.ec2.check_own_image(ec2, "us-east-1", ours, "prod", account,
+                            run="20261207T120000-abc123")
     # moto's catalogue of public images: another account's
     public = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     for foreign in (public, "ami-0000000000000dead"):

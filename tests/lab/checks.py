@@ -54,6 +54,30 @@ def record(lab) -> dict:
     return live.record(lab.clients(), lab.env)
 
 
+def plant_image(lab, region: str, name: str, tags: dict[str, str]) -> str:
+    """An image in the lab's account with these tags, as if made with them (moto's
+    RegisterImage drops TagSpecifications: they are written once EC2 knows the new id)."""
+    from botocore.exceptions import ClientError
+
+    ec2 = lab.clients().ec2(region)
+    image = ec2.register_image(Name=name, Architecture="x86_64", RootDeviceName="/dev/sda1",
+                               VirtualizationType="hvm")["ImageId"]
+
+    def tagged() -> bool | None:
+        try:
+            ec2.create_tags(Resources=[image],
+                            Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "InvalidAMIID.NotFound":
+                return None  # not known yet (EC2's eventual consistency)
+            raise
+
+    waits.until(tagged, timeout=30, what=f"the tags of {image}", resource=region,
+                fix="read the lab's daemon.log")
+    return image
+
+
 def serving(lab, inst: aws.ec2.Instance) -> str | None:
     return health.serving_version(inst.address or "", lab.env.app_port, lab.env.health_path)
 

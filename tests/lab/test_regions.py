@@ -20,6 +20,7 @@ from tests.lab.checks import (
     assert_serving,
     failed_clearly,
     live_hosts,
+    plant_image,
     quick_config,
     record,
     state_of,
@@ -48,11 +49,8 @@ def test_immutable_bakes_an_image_in_every_region_and_a_new_fleet(lab):
     # bake starts from the foundation the record names, never from one found by its tags.
     primary = lab.env.primary_region
     recorded = before["foundations"][primary]
-    planted = lab.clients().ec2(primary).register_image(
-        Name="planted-foundation", Architecture="x86_64", RootDeviceName="/dev/sda1",
-        VirtualizationType="hvm", TagSpecifications=[{"ResourceType": "image", "Tags": [
-            {"Key": aws.TAG_FOUNDATION, "Value": recorded["key"]},
-            {"Key": aws.TAG_ENV, "Value": lab.env.name}]}])["ImageId"]
+    planted = plant_image(lab, primary, "planted-foundation", {
+        aws.TAG_FOUNDATION: recorded["key"], aws.TAG_ENV: lab.env.name})
     with Stream(lab) as users:
         proc = lab.cli("deploy --mode immutable --version 1.1.0")
     users.assert_one_change("immutable", before["release"], "1.1.0")
