@@ -22,6 +22,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LAB_ENV_TEXT = (REPO / "deploylib/lab/environment.toml").read_text()
 
+# Credentials for a plain moto server, which checks no signature (the lab's endpoint does:
+# deploylib.lab.sigv4): the deployer's key id, so a policy held to it holds them too.
+UNCHECKED = {"aws_access_key_id": "lab", "aws_secret_access_key": "unchecked"}
+
 # Which parallel worker this is (0 without xdist): it picks this worker's addresses.
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 # A lab takes one loopback /16 per region, counting up from here (3 regions, one spare).
@@ -196,9 +200,8 @@ def moto_endpoint():
 def aws_clients(moto_endpoint):
     """boto3 clients (our AwsClients) pointed at the plain moto server."""
     from deploylib.aws import AwsClients
-    from deploylib.lab import LAB_CREDENTIALS
 
-    return AwsClients("us-east-1", endpoint_url=moto_endpoint, credentials=LAB_CREDENTIALS,
+    return AwsClients("us-east-1", endpoint_url=moto_endpoint, credentials=UNCHECKED,
                       path_style=True, max_attempts=2)
 
 
@@ -220,23 +223,34 @@ def faulty_aws(tmp_path):
         server.stop()
 
 
+def held_server(directory: Path):
+    """A moto server with the lab's endpoint in front, as the lab's daemon runs it: it
+    answers only what the lab's keys (made afresh in `directory`) or keys made through
+    its IAM and STS sign, and holds the deployer's to the policy the test writes in
+    `directory` (iam-policy.json). Returns (server, endpoint, the lab's keys by holder)."""
+    from deploylib.lab import KEY_IDS, iam, make_keys, sigv4
+    from deploylib.lab.faults import Faults, LabServer
+
+    keys = make_keys(directory)
+    server = LabServer(Faults(directory), iam.Enforcer(directory, KEY_IDS["deployer"]),
+                       sigv4.Keys.of_lab(keys))
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}", keys
+
+
 @pytest.fixture
 def enforced_aws(tmp_path):
     """A moto server holding the deployer to a policy as the lab does (deploylib.lab.iam):
     (the deployer's clients, the administrator's, where iam-policy.json goes — the
     test writes the policy)."""
     from deploylib.aws import AwsClients
-    from deploylib.lab import LAB_ADMIN_CREDENTIALS, LAB_CREDENTIALS, iam
-    from deploylib.lab.faults import Faults, LabServer
 
-    server = LabServer(Faults(tmp_path), iam.Enforcer(tmp_path,
-                                                      LAB_CREDENTIALS["aws_access_key_id"]))
-    server.start()
+    server, endpoint, keys = held_server(tmp_path)
     try:
-        host, port = server.get_host_and_port()
-        yield tuple(AwsClients("us-east-1", endpoint_url=f"http://{host}:{port}",
-                               credentials=creds, max_attempts=0, path_style=True)
-                    for creds in (LAB_CREDENTIALS, LAB_ADMIN_CREDENTIALS)) + (tmp_path,)
+        yield tuple(AwsClients("us-east-1", endpoint_url=endpoint, credentials=keys[who],
+                               max_attempts=0, path_style=True)
+                    for who in ("deployer", "admin")) + (tmp_path,)
     finally:
         server.stop()
 
@@ -384,14 +398,17 @@ class Lab:
         """AWS clients on this lab for the tests' own set-up and checks: the lab's
         administrator, not held to the tool's policy (the tool, run as a command, is).
         Built once per lab: building boto3 clients costs more than most calls."""
-        from deploylib.aws import AwsClients
-        from deploylib.lab import LAB_ADMIN_CREDENTIALS
-
         if self._clients is None:
-            self._clients = AwsClients(self.env.primary_region,
-                                       endpoint_url=self.info["endpoint"],
-                                       credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
+            self._clients = self.clients_as("admin")
         return self._clients
+
+    def clients_as(self, who: str):
+        """AWS clients on this lab signing with one of its keys (deploylib.lab.KEY_IDS)."""
+        from deploylib.aws import AwsClients
+        from deploylib.lab import credentials
+
+        return AwsClients(self.env.primary_region, endpoint_url=self.info["endpoint"],
+                          credentials=credentials(who, self.cli.lab_dir), path_style=True)
 
     def up(self) -> None:
         """Start the lab afresh: the first release (1.0.0) baked and live, nothing else."""

@@ -181,12 +181,13 @@ def _may_assume(directory, *roles: str) -> None:
         {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": list(roles)}]}))
 
 
-def _clients_as(deployer: aws.AwsClients, identity: aws.Identity) -> aws.AwsClients:
-    from deploylib.lab import LAB_CREDENTIALS
+def _clients_as(deployer: aws.AwsClients, directory, identity: aws.Identity
+                ) -> aws.AwsClients:
+    from deploylib.lab import credentials
 
     return aws.AwsClients("us-east-1", endpoint_url=deployer.endpoint_url,
-                          credentials=LAB_CREDENTIALS, max_attempts=0, path_style=True,
-                          identity=identity)
+                          credentials=credentials("deployer", directory), max_attempts=0,
+                          path_style=True, identity=identity)
 
 
 def test_a_profile_that_is_not_there_is_one_line_naming_the_key(tmp_path, monkeypatch):
@@ -211,7 +212,7 @@ def test_a_role_the_deployer_may_not_assume_is_one_line_and_nothing_else_is_aske
 
     deployer, _, directory = enforced_aws
     _may_assume(directory, "arn:aws:iam::123456789012:role/another")
-    clients = _clients_as(deployer, aws.Identity(env="production", role_arn=ROLE))
+    clients = _clients_as(deployer, directory, aws.Identity(env="production", role_arn=ROLE))
     with pytest.raises(AwsConfigError) as info:
         clients.check_identity()
     line = info.value.line()
@@ -223,7 +224,7 @@ def test_a_role_the_deployer_may_not_assume_is_one_line_and_nothing_else_is_aske
 def test_the_role_is_assumed_in_a_session_named_after_the_run(enforced_aws):
     deployer, _, directory = enforced_aws
     _may_assume(directory, ROLE)
-    clients = _clients_as(deployer, aws.Identity(
+    clients = _clients_as(deployer, directory, aws.Identity(
         env="production", role_arn=ROLE, session_name="deploylib-20261207T040000-abc123",
         account_id="123456789012"))
     assert clients.check_identity() == "123456789012"
@@ -242,7 +243,8 @@ def test_a_role_that_allows_shorter_sessions_gets_its_own_hour(enforced_aws):
         {"action": "AssumeRole", "error": "ValidationError", "times": 1,
          "message": "The requested DurationSeconds exceeds the MaxSessionDuration set for "
                     "this role."}]}))
-    clients = _clients_as(deployer, aws.Identity(role_arn=ROLE, session_seconds=8100))
+    clients = _clients_as(deployer, directory,
+                          aws.Identity(role_arn=ROLE, session_seconds=8100))
     assert clients.check_identity() == "123456789012"
     assert json.loads((directory / "faults-hits.json").read_text())  # the refusal was met
 
@@ -250,8 +252,9 @@ def test_a_role_that_allows_shorter_sessions_gets_its_own_hour(enforced_aws):
 def test_credentials_of_another_account_are_refused_before_anything_is_written(enforced_aws):
     from deploylib.errors import AwsConfigError
 
-    deployer, _, _ = enforced_aws
-    clients = _clients_as(deployer, aws.Identity(env="production", account_id="999999999999"))
+    deployer, _, directory = enforced_aws
+    clients = _clients_as(deployer, directory,
+                          aws.Identity(env="production", account_id="999999999999"))
     with pytest.raises(AwsConfigError) as info:
         clients.check_identity()
     assert info.value.line().startswith(

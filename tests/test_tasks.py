@@ -136,18 +136,15 @@ def test_an_aws_profile_that_is_not_there_is_one_line_and_exit_2(production, arg
 
 
 def _held_to(directory: Path, policy: dict) -> str:
-    """A moto server holding the lab's deployer key to `policy`; its endpoint."""
+    """A moto server holding the lab's deployer key to `policy`: (server, endpoint, the
+    deployer's key)."""
     import json
 
-    from deploylib.lab import LAB_CREDENTIALS, iam
-    from deploylib.lab.faults import Faults, LabServer
+    from tests.conftest import held_server
 
     (directory / "iam-policy.json").write_text(json.dumps(policy))
-    server = LabServer(Faults(directory), iam.Enforcer(directory,
-                                                       LAB_CREDENTIALS["aws_access_key_id"]))
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
+    server, endpoint, keys = held_server(directory)
+    return server, endpoint, keys["deployer"]
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -161,17 +158,15 @@ def _held_to(directory: Path, policy: dict) -> str:
                                   "lock.break --env production"])
 def test_an_identity_the_environment_may_not_use_is_refused_before_anything_is_written(
         production, tmp_path, key, value, words, args):
-    from deploylib.lab import LAB_CREDENTIALS
-
     env, runs = production
     config = Path(env["DEPLOY_CONFIG"])
     config.write_text(config.read_text() + f"{key} = {value}\n")
-    server, endpoint = _held_to(tmp_path, {"Version": "2012-10-17", "Statement": [
+    server, endpoint, key = _held_to(tmp_path, {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "*", "Resource": "*"},
         {"Effect": "Deny", "Action": "sts:AssumeRole", "Resource": "*"}]})
     try:
-        env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=LAB_CREDENTIALS[
-            "aws_access_key_id"], AWS_SECRET_ACCESS_KEY=LAB_CREDENTIALS["aws_secret_access_key"])
+        env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=key["aws_access_key_id"],
+                   AWS_SECRET_ACCESS_KEY=key["aws_secret_access_key"])
         config_error(invoke(args, env), *words)
     finally:
         server.stop()

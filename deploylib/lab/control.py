@@ -161,13 +161,13 @@ def _remove(directory: Path) -> None:
 
 def _admin_clients(env: Environment) -> Any:
     from deploylib import aws
-    from deploylib.lab import LAB_ADMIN_CREDENTIALS
+    from deploylib.lab import credentials
 
     info = running()
     if info is None:
         raise InputError("the lab is not running", fix="start it with `invoke lab.up`")
     clients = aws.AwsClients(env.primary_region, endpoint_url=info["endpoint"],
-                             credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
+                             credentials=credentials("admin"), path_style=True)
     # AWS acting (a scaling policy), not the tool: no observer of the tool's calls
     # (client-side monitoring: the IAM policy check) may count them as the tool's.
     clients._session._session.set_config_variable("csm_enabled", False)

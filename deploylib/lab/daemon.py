@@ -17,16 +17,15 @@ import threading
 from pathlib import Path
 
 from deploylib.lab import (
-    LAB_ADMIN_CREDENTIALS,
-    LAB_CREDENTIALS,
-    LAB_INSTANCE_CREDENTIALS,
-    LAB_NEIGHBOUR_CREDENTIALS,
+    KEY_IDS,
     addresses,
     cloud,
     iam,
+    make_keys,
     metadata,
     rootfs,
     scaling,
+    sigv4,
 )
 from deploylib.lab import balancer as lb
 from deploylib.lab.hosts import HostFarm, write_keypair
@@ -61,7 +60,10 @@ def main() -> None:
     farm = HostFarm(lab_dir, ssh_port=spec["ssh_port"])
     balancers = lb.Balancers(cloud.registrations)
     profile = spec.get("profile") or {}
-    imds = metadata.MetadataService()
+    # The lab's keys, new for this lab: its endpoint answers only what they (or keys made
+    # through its IAM and STS) sign.
+    keys = make_keys(lab_dir)
+    imds = metadata.MetadataService(keys["instance"])
     imds.start()
     endpoint_box: dict[str, str] = {}
     cloud.install(farm, balancers, profile, boot_env=lambda region, iid: {
@@ -71,15 +73,15 @@ def main() -> None:
     (lab_dir / iam.POLICY_FILE).write_text(spec["policy"])
     (lab_dir / iam.INSTANCE_POLICY_FILE).write_text(spec["instance_policy"])
     server = LabServer(Faults(lab_dir),
-                       iam.Enforcer(lab_dir, LAB_CREDENTIALS["aws_access_key_id"],
-                                    LAB_INSTANCE_CREDENTIALS["aws_access_key_id"],
-                                    LAB_NEIGHBOUR_CREDENTIALS["aws_access_key_id"]))
+                       iam.Enforcer(lab_dir, KEY_IDS["deployer"], KEY_IDS["instance"],
+                                    KEY_IDS["neighbour"]),
+                       sigv4.Keys.of_lab(keys))
     server.start()
     host, port = server.get_host_and_port()
     endpoint = endpoint_box["url"] = f"http://{host}:{port}"
 
     clients = AwsClients(spec["regions"][0], endpoint_url=endpoint,
-                         credentials=LAB_ADMIN_CREDENTIALS, path_style=True)
+                         credentials=keys["admin"], path_style=True)
     groups = cloud.seed(clients, spec)
     if spec.get("debian"):
         # A real Debian root filesystem as a second base image (deploylib.lab.rootfs).

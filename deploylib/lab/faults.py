@@ -30,7 +30,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
-from deploylib.lab import iam
+from deploylib.lab import iam, sigv4
 
 _THROTTLING = {"RequestLimitExceeded": 503, "Throttling": 400, "ThrottlingException": 400,
                "SlowDown": 503}
@@ -102,7 +102,7 @@ def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, byt
     code = rule["error"]
     status = int(rule.get("status", _THROTTLING.get(code, _STATUS.get(code, 400))))
     message = rule.get("message", "injected by the lab")
-    service = _service(environ)
+    service = rule.get("service", _service(environ))
     if environ.get("HTTP_X_AMZ_TARGET"):
         body = json.dumps({"__type": code, "message": message}).encode()
         return status, "application/x-amz-json-1.0", body
@@ -120,18 +120,26 @@ def _error(environ: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, byt
 
 
 class FaultyApp:
-    """WSGI middleware in front of moto: holds the tool to its policy (deploylib.lab.iam),
-    then answers matching requests with a fault."""
+    """WSGI middleware in front of moto: answers only requests signed with a key the lab
+    knows (deploylib.lab.sigv4), holds the tool to its policy (deploylib.lab.iam), then
+    answers matching requests with a fault."""
 
-    def __init__(self, app: Any, faults: Faults, enforcer: iam.Enforcer | None = None):
+    def __init__(self, app: Any, faults: Faults, enforcer: iam.Enforcer | None = None,
+                 keys: sigv4.Keys | None = None):
         self.app = app
         self.faults = faults
         self.enforcer = enforcer
+        self.keys = keys
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
+        unsigned = sigv4.check(environ, body, self.keys) if self.keys else None
+        if unsigned is not None:
+            return _answer(start_response, _error(environ, {
+                "error": unsigned.code, "status": unsigned.status,
+                "message": unsigned.message, "service": unsigned.service}))
         request = iam.call(environ, body)
         refused = self.enforcer.refusal(request) if self.enforcer else None
         if refused and request:  # (a refusal is always of a signed request)
@@ -186,16 +194,19 @@ def _answer(start_response: Any, error: tuple[int, str, bytes]) -> list[bytes]:
 
 class LabServer(ThreadedMotoServer):
     """moto's threaded server with the fault middleware in front of it, holding the
-    tool to the policy in the lab directory when there is one."""
+    tool to the policy in the lab directory when there is one, and answering only
+    requests signed with a key it knows when given `keys` (the lab's always is)."""
 
-    def __init__(self, faults: Faults, enforcer: iam.Enforcer | None = None):
+    def __init__(self, faults: Faults, enforcer: iam.Enforcer | None = None,
+                 keys: sigv4.Keys | None = None):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self.faults = faults
         self.enforcer = enforcer
+        self.keys = keys
 
     def _server_entry(self) -> None:
         app = FaultyApp(DomainDispatcherApplication(create_backend_app), self.faults,
-                        self.enforcer)
+                        self.enforcer, self.keys)
         self._server = make_server(self._ip_address, self._port, app, True)
         self._server_ready_event.set()
         self._server.serve_forever()

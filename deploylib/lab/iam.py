@@ -1,16 +1,17 @@
 """The lab's IAM: the tool is answered only as its least-privilege policy allows.
 
-The tool signs its requests with the lab's deployer key (LAB_CREDENTIALS). In front of
-moto, every request signed with that key — presigned URLs included — is held against
-the environment's policy (what `invoke policy` prints, written to `iam-policy.json` in
-the lab directory when the lab starts; a test may narrow it) as IAM evaluates an
-identity policy: an explicit Deny wins, otherwise an Allow must match the action and
-every resource the request names. A denied request gets the service's own error, with
-AWS's wording. The lab's own calls (seeding the account) and the tests' set-up sign with
-LAB_ADMIN_CREDENTIALS and are not held. A second environment's deployer in the same
-account (LAB_NEIGHBOUR_CREDENTIALS) is held to the policy rendered for that environment
-(NEIGHBOUR_POLICY_FILE; allowed nothing while there is none): what one environment can do
-to another.
+The tool signs its requests with the lab's deployer key (deploylib.lab.KEY_IDS). In
+front of moto, every request signed with that key — presigned URLs included — is held
+against the environment's policy (what `invoke policy` prints, written to
+`iam-policy.json` in the lab directory when the lab starts; a test may narrow it) as IAM
+evaluates an identity policy: an explicit Deny wins, otherwise an Allow must match the
+action and every resource the request names. A denied request gets the service's own
+error, with AWS's wording. The lab's own calls (seeding the account) and the tests'
+set-up sign with the administrator's key and are not held. A second environment's
+deployer in the same account (the neighbour's key) is held to the policy rendered for
+that environment (NEIGHBOUR_POLICY_FILE; allowed nothing while there is none): what one
+environment can do to another. (That a request is signed with a key the lab knows at
+all is checked before: deploylib.lab.sigv4.)
 
 Also as AWS does it: GetObject and HeadObject of a key that does not exist answer 403,
 not 404, to a caller without s3:ListBucket on the bucket; a presigned URL past its
@@ -38,7 +39,7 @@ Deny: the lab refuses what it cannot prove allowed.
 moto's own IAM access control is not used: it holds every action outside S3 against
 the resource "*" (so a statement scoped to a parameter path or a table allows nothing),
 and cannot authorise a presigned URL. Not emulated: other condition keys, resource
-policies (bucket and key policies), signatures (moto does not check them).
+policies (bucket and key policies).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import paramiko
 from deploylib import aws, ssh
 from deploylib.config import Environment
 from deploylib.errors import InputError
-from deploylib.lab import LAB_CREDENTIALS, lab_dir
+from deploylib.lab import credentials, lab_dir
 
 
 def read_info(directory: Path | None = None) -> dict[str, Any]:
@@ -45,7 +45,7 @@ class LabProvider:
         # The lab's deployer key always (the lab holds it to the environment's policy); its
         # account (moto's) is checked as a real one is.
         clients = aws.AwsClients(env.primary_region, endpoint_url=self.info["endpoint"],
-                                 credentials=LAB_CREDENTIALS, path_style=True,
+                                 credentials=credentials("deployer"), path_style=True,
                                  identity=aws.Identity(env=env.name, account_id=env.account_id))
         if env.account_id:
             clients.check_identity()

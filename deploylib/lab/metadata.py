@@ -4,7 +4,7 @@
 IMDSv2 only, as the tool's instances require (HttpTokens=required): a PUT to
 `/latest/api/token` gives a token, and every read needs it (401 without). It tells the
 instance its id, its region and — when it was launched with an instance profile — its
-role's credentials: the lab's instance key (LAB_INSTANCE_CREDENTIALS), which the lab
+role's credentials: the lab's instance key (deploylib.lab.KEY_IDS), which the lab
 holds to the instance role's policy (deploylib/templates/iam-policy-instance.json). A lab
 instance's user data is pointed at `http://127.0.0.1:PORT/REGION/INSTANCE` instead
 (DEPLOY_IMDS), since loopback is all a lab host has.
@@ -21,8 +21,6 @@ from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
-
-from deploylib.lab import LAB_INSTANCE_CREDENTIALS
 
 INSTANCE_ROLE = "deploy-instance"
 
@@ -45,7 +43,8 @@ def _profile(region: str, instance_id: str) -> str | None:
 
 
 class MetadataService:
-    def __init__(self) -> None:
+    def __init__(self, credentials: dict[str, str]) -> None:
+        self.credentials = credentials  # the instance key's, as boto3 takes them
         self._tokens: dict[str, tuple[str, float]] = {}
         service = self
 
@@ -109,9 +108,9 @@ class MetadataService:
             expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 21600))
             return json.dumps({
                 "Code": "Success", "Type": "AWS-HMAC", "Expiration": expires,
-                "AccessKeyId": LAB_INSTANCE_CREDENTIALS["aws_access_key_id"],
-                "SecretAccessKey": LAB_INSTANCE_CREDENTIALS["aws_secret_access_key"],
-                "Token": LAB_INSTANCE_CREDENTIALS["aws_session_token"]})
+                "AccessKeyId": self.credentials["aws_access_key_id"],
+                "SecretAccessKey": self.credentials["aws_secret_access_key"],
+                "Token": self.credentials["aws_session_token"]})
         return None
 
     def base(self, region: str, instance_id: str) -> str:

@@ -221,3 +221,27 @@ def test_hosts_live_where_their_services_can_reach_them(tmp_path):
     os.chmod(closed, 0o755)
     open_to_services(tmp_path)  # pytest makes its temporary directories 0700
     assert roots_place(closed / "lab") == closed / "lab"
+
+
+def test_the_labs_endpoint_answers_only_its_own_keys_kept_from_other_users(lab):
+    """A lab's keys are made when it starts and readable by its owner only; a request
+    signed with any other secret (the lab's fixed ones of before, say) changes nothing."""
+    import stat
+
+    from botocore.exceptions import ClientError
+
+    from deploylib.aws import AwsClients
+    from deploylib.lab import KEYS_FILE, credentials
+
+    keys = lab.cli.lab_dir / KEYS_FILE
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    admin = credentials("admin", lab.cli.lab_dir)
+    assert admin["aws_secret_access_key"] != "lab-admin-secret"
+    forged = AwsClients(lab.env.primary_region, endpoint_url=lab.info["endpoint"],
+                        max_attempts=0, credentials={**admin,
+                                                     "aws_secret_access_key": "lab-admin-secret"})
+    with pytest.raises(ClientError, match="AuthFailure"):
+        forged.ec2(lab.env.primary_region).run_instances(
+            ImageId="ami-12c6146b", MinCount=1, MaxCount=1, UserData="touch /tmp/owned")
+    assert lab.clients().ec2(lab.env.primary_region).describe_instances(Filters=[
+        {"Name": "image-id", "Values": ["ami-12c6146b"]}])["Reservations"] == []

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from deploylib import aws, lock, render
 from deploylib.errors import DeployError
-from deploylib.lab import LAB_NEIGHBOUR_CREDENTIALS, iam
+from deploylib.lab import iam
 from deploylib.steps.release import artifact_key
 from tests.lab import checks
 from tests.lab.groups import assert_all_serve, live_group, scale_all
@@ -46,8 +46,7 @@ def test_a_neighbour_environment_reaches_nothing_of_the_labs_and_the_lab_deploys
     neighbour_env = env.model_copy(update={"name": "neighbour",
                                            "target_group": "deploylab-neighbour-web"})
     (lab.cli.lab_dir / iam.NEIGHBOUR_POLICY_FILE).write_text(render.iam_policy(neighbour_env))
-    theirs = aws.AwsClients(region, endpoint_url=lab.info["endpoint"],
-                            credentials=LAB_NEIGHBOUR_CREDENTIALS, path_style=True)
+    theirs = lab.clients_as("neighbour")
     ssm, s3, ddb = theirs.ssm(), theirs.s3(), theirs.dynamodb()
     ec2, elbv2, asg = theirs.ec2(region), theirs.elbv2(region), theirs.autoscaling(region)
 

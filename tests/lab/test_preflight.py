@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import uuid
 
 import pytest
 
@@ -206,15 +207,26 @@ def _clients_from_the_chain(lab, monkeypatch, tmp_path, *, minutes=None, role=Fa
     (tmp_path / "config").write_text(
         "[profile deployer]\nrole_arn = arn:aws:iam::123456789012:role/deploy\n"
         "source_profile = base\nregion = us-east-1\n")
+    # An operator's own key, and a session of theirs: made through the lab's IAM and STS,
+    # the only keys besides its own the lab answers.
+    iam = lab.clients().client("iam")
+    user = f"operator-{uuid.uuid4().hex[:12]}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
     (tmp_path / "credentials").write_text(
-        "[base]\naws_access_key_id = AKIABASE\naws_secret_access_key = base-secret\n")
+        f"[base]\naws_access_key_id = {key['AccessKeyId']}\n"
+        f"aws_secret_access_key = {key['SecretAccessKey']}\n")
     if role:
         monkeypatch.setenv("AWS_PROFILE", "deployer")
     else:
+        session = lab.clients().client("sts").assume_role(
+            RoleArn="arn:aws:iam::123456789012:role/operator", RoleSessionName=user,
+            DurationSeconds=43200)["Credentials"]
+        # (the session's end as the environment tells it, which is what preflight reads)
         ends = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIASESSION")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "session-secret")
-        monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", session["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", session["SecretAccessKey"])
+        monkeypatch.setenv("AWS_SESSION_TOKEN", session["SessionToken"])
         monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", ends.isoformat())
     return AwsClients(lab.env.primary_region, endpoint_url=lab.info["endpoint"],
                       path_style=True)
