@@ -24,10 +24,27 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from deploylib.errors import InputError
 from deploylib.lab import BIN, accounts, addresses, rootfs
 from deploylib.lab.accounts import LOGIN_USER
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# What a directory host's user data keeps of root's powers: starting the app as its user,
+# owning and reading its files, signalling its processes. Not kept (among the rest):
+# mounting, so the machine it sees read-only stays so; tracing other processes; raw I/O.
+_USER_DATA_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE",
+                   "CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_AUDIT_WRITE")
+
+
+def confined(root: Path) -> list[str]:
+    """The command prefix that runs a directory host's user data inside that host: the
+    machine read-only, the host's own root the only place it may write (its temporary
+    files too: TMPDIR), a /dev of its own (no disks), root without the powers to undo any
+    of it (bubblewrap). Its paths are the machine's (DEPLOY_HOST_ROOT), so the pid files
+    and units it writes mean the same to the host's later SSH sessions."""
+    caps = [arg for cap in _USER_DATA_CAPS for arg in ("--cap-add", cap)]
+    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--bind", str(root), str(root),
+            "--cap-drop", "ALL", *caps, "--"]
 # Runtime state never goes into an image: pid files and the instance's own address.
 _NOT_IN_IMAGES = ("var/run", "etc/app.env")
 
@@ -128,6 +145,10 @@ class HostFarm:
         self._user_data: dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
+        if shutil.which("bwrap") is None:
+            raise InputError("the lab's hosts need bwrap (bubblewrap) on this machine: a "
+                             "host's user data runs confined to the host", resource="lab",
+                             fix="apt-get install bubblewrap (./dev setup does)")
 
     def root(self, instance_id: str) -> Path:
         return self.hosts / instance_id / "root"
@@ -196,10 +217,16 @@ class HostFarm:
             argv = ["chroot", str(root), "bash", "/var/lib/cloud/user-data"]
             env = {"DEPLOY_HOST_ROOT": "/", "PATH": rootfs.PATH, "HOME": "/root", **extra}
         else:
-            (home / "user-data").write_text(script)
-            argv = ["bash", str(home / "user-data")]
-            env = dict(os.environ, DEPLOY_HOST_ROOT=str(root),
-                       PATH=f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **extra)
+            # Kept in the host's root, as cloud-init keeps it: the confined script reads
+            # it there.
+            (root / "var/lib/cloud").mkdir(parents=True, exist_ok=True)
+            (root / "var/lib/cloud/user-data").write_text(script)
+            (root / "tmp").mkdir(exist_ok=True)
+            argv = [*confined(root), "bash", str(root / "var/lib/cloud/user-data")]
+            # Only what a boot on EC2 has (none of the lab daemon's own environment).
+            env = {"DEPLOY_HOST_ROOT": str(root), "HOME": "/root", "LANG": "C.UTF-8",
+                   "TMPDIR": str(root / "tmp"),
+                   "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **extra}
         (root / "var/log").mkdir(parents=True, exist_ok=True)
         output = root / "var/log/cloud-init-output.log"
         with open(output, "ab") as out:

@@ -245,3 +245,36 @@ def test_the_labs_endpoint_answers_only_its_own_keys_kept_from_other_users(lab):
             ImageId="ami-12c6146b", MinCount=1, MaxCount=1, UserData="touch /tmp/owned")
     assert lab.clients().ec2(lab.env.primary_region).describe_instances(Filters=[
         {"Name": "image-id", "Values": ["ami-12c6146b"]}])["Reservations"] == []
+
+
+def test_user_data_changes_its_own_host_and_nothing_of_the_machine(region_tools, lab, tmp_path):
+    """As on EC2, an instance's user data acts on its own instance only: in the lab it
+    runs with the machine read-only but for the host's root, as root without the powers
+    to undo that, and without the lab daemon's environment."""
+    from tests.lab.checks import host_root
+
+    clients, region, ec2, _launch, _connect = region_tools
+    found = aws.ec2.describe_subnet(ec2, lab.env.subnet, region)
+    group = aws.ec2.resolve_security_group(ec2, lab.env.security_group, region, found["VpcId"])
+    base = aws.ec2.find_base_image(ec2, region, lab.env.base_image, None)
+    outside = open_to_services(tmp_path) / "written-by-user-data"
+    script = (
+        "#!/bin/bash\n"
+        'echo inside > "$DEPLOY_HOST_ROOT/var/lib/inside"\n'
+        f"echo outside > {outside} || echo 'refused: outside'\n"
+        "mount -o remount,rw / 2>/dev/null || echo 'refused: remount'\n"
+        "env | grep -q '^DEPLOY_LAB_DIR=' || echo 'no lab directory'\n")
+    iid = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                            SubnetId=found["SubnetId"], SecurityGroupIds=[group],
+                            UserData=script)["Instances"][0]["InstanceId"]
+    try:
+        console = host_root(lab, iid).parent / "console.log"
+        waits.until(lambda: console.exists() and "user data exited" in console.read_text(),
+                    timeout=30, what="the user data", resource=iid, fix="read daemon.log")
+        log = (host_root(lab, iid) / "var/log/cloud-init-output.log").read_text()
+        assert (host_root(lab, iid) / "var/lib/inside").read_text() == "inside\n"
+        assert not outside.exists()
+        assert "Read-only file system" in log and "refused: outside" in log
+        assert "refused: remount" in log and "no lab directory" in log
+    finally:
+        aws.ec2.terminate(ec2, region, [iid])
