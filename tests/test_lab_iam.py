@@ -340,6 +340,11 @@ def test_what_the_lab_cannot_read_it_refuses_and_what_a_call_implies_it_checks(t
     assert passes == ("iam:PassRole", f"arn:aws:iam::{iam.ACCOUNT}:role/deploy-instance",
                       {"iam:PassedToService": "ec2.amazonaws.com"})
     assert iam.allowed(policy, *passes)
+    # a launch from a launch template is authorised on the template too
+    templated = iam.call(env("ec2"), b"Action=RunInstances&LaunchTemplate.LaunchTemplateId="
+                                     b"lt-0123456789abcdef0&LaunchTemplate.Version=3")
+    assert f"arn:aws:ec2:us-east-1:{iam.ACCOUNT}:launch-template/lt-0123456789abcdef0" in \
+        templated.resources
     assert not iam.allowed(policy, "iam:PassRole", f"arn:aws:iam::{iam.ACCOUNT}:role/admin",
                            {"iam:PassedToService": "ec2.amazonaws.com"})
     copy = iam.call(env("s3", REQUEST_METHOD="PUT", PATH_INFO="/deploylab-artifacts/releases/"

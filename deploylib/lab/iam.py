@@ -31,6 +31,7 @@ ForAnyValue / ForAllValues forms; `aws:TagKeys`, the keys a tag write gives, by 
 operator). A target group's RegisterTargets and DeregisterTargets name the group.
 Launching with an instance profile (RunInstances, or a server group given a launch
 template that names one) is also an `iam:PassRole` of its role (`iam:PassedToService`);
+a RunInstances from a launch template names the template too;
 a CopyObject is also an `s3:GetObject` of its source; a virtual-host S3 request names
 the bucket of its host. An EC2 id of a kind the lab does not know is a resource no
 policy grants. Any other condition never holds for an Allow and always holds for a
@@ -227,6 +228,8 @@ def _ec2(region: str, action: str, form: dict[str, list[str]]
         used = (form.get("LaunchTemplateId") or [])[:1]
     if action == "RunInstances":
         used += (form.get("SubnetId") or [])[:1] + _numbered(form, "SecurityGroupId")
+        # A launch from a launch template is authorised on the template too.
+        used += [t for t in [_template_id(region, form)] if t]
     if not used and action not in _EC2_MADE:
         return ("*",), {}, ()
     context: dict[str, Keys] = {}
@@ -259,6 +262,21 @@ def _passes(profile: str) -> tuple[tuple[str, str, Keys], ...]:
     role = profile.rsplit("/", 1)[-1]
     return (("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{role}",
              {"iam:PassedToService": "ec2.amazonaws.com"}),)
+
+
+def _template_id(region: str, form: dict[str, list[str]]) -> str:
+    """The launch template a request names (LaunchTemplate.*), as its id; a name the lab
+    cannot find is named as one no policy grants."""
+    from moto.ec2.models import ec2_backends
+
+    template_id = (form.get("LaunchTemplate.LaunchTemplateId") or [""])[0]
+    name = (form.get("LaunchTemplate.LaunchTemplateName") or [""])[0]
+    if template_id or not name:
+        return template_id
+    try:
+        return str(ec2_backends[ACCOUNT][region].get_launch_template_by_name(name).id)
+    except Exception:  # noqa: BLE001 - moto's own error: the call itself will say
+        return f"x-unknown-{name}"
 
 
 def _template_profile(region: str, form: dict[str, list[str]]) -> str:
