@@ -1,12 +1,15 @@
 """How the tests are shared among xdist's workers: a unit of work — a test file, or the
 files that share a lab (`xdist_group`) — to one worker at a time, the longest first.
 
-The longest first: the units are handed out in order of what they took when last
-measured (tests/durations.json, as `pytest --record-durations` writes it after a whole
-run), so the last unit a worker takes is a short one and the workers end together, as
-pytest-split orders by its stored durations. A unit not measured yet goes by its kind:
-one bringing up a lab of its own or sharing one first, other lab files next, the rest
-last.
+The lab units first, then the rest; each part the longest first. The labs first: a
+worker stops its labs once it reaches a test that needs none (tests/conftest.py), so a
+lab file handed out after one would bring a lab up again (seconds of CPU, on a machine
+the suite keeps busy). The longest first: the units are handed out in order of what they
+took when last measured (tests/durations.json, as `pytest --record-durations` writes it
+after a whole run), so the last unit a worker takes is a short one and the workers end
+together, as pytest-split orders by its stored durations. A unit not measured yet goes
+by its kind: one bringing up a lab of its own or sharing one first, other lab files
+next, the rest last.
 
 The groups reach xdist's controller in a file: xdist's own `--dist loadgroup` carries a
 test's group as a suffix of its node id, which pytest 9.2's structured node ids no longer
@@ -58,11 +61,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     units = {item.nodeid: unit_of(item) for item in items}
     longest: dict[str, float] = {}
+    needs_lab: set[str] = set()
     for item in items:
         unit = units[item.nodeid]
         longest[unit] = max(longest.get(unit, 0.0), recorded.get(unit, _unmeasured(item)))
+        if item.get_closest_marker("lab"):
+            needs_lab.add(unit)
     # stable: each unit's tests keep their order, and units of a length their file order
-    items.sort(key=lambda item: -longest[units[item.nodeid]])
+    items.sort(key=lambda item: (units[item.nodeid] not in needs_lab,
+                                 -longest[units[item.nodeid]]))
     path = getattr(config, "workerinput", {}).get(_KEY)
     if path:  # a worker: the units, for the controller (written whole, then renamed)
         tmp = Path(f"{path}.{os.getpid()}")
