@@ -177,9 +177,9 @@ def boot_script(*, group: str, hook: str, version: str, sha256: str, version_id:
         "boot.sh.j2", group=group, hook=hook, version=version, sha256=sha256,
         version_id=version_id or "-", record_parameter=record_parameter,
         record_region=record_region, record_request=json.dumps({"Name": record_parameter}),
-        boot_record=_program("boot_record.py"), shapes=json.dumps(RECORD_SHAPES),
-        bucket=bucket, key_prefix=key_prefix, store_region=store_region,
-        app_root=app_root, app_port=app_port, health_path=health_path,
+        boot_record=_program("boot_record.py"), boot_sign=_program("boot_sign.py"),
+        shapes=json.dumps(RECORD_SHAPES), bucket=bucket, key_prefix=key_prefix,
+        store_region=store_region, app_root=app_root, app_port=app_port, health_path=health_path,
         restart_command=Shell(restart_command), keep_releases=keep_releases, source="store",
         fetch_timeout=fetch_timeout, health_timeout=health_timeout, service=service,
         service_user=service_user, app=_app_defaults(app), health_check=health_check)

@@ -188,3 +188,29 @@ def test_a_session_past_its_end_and_a_request_dated_far_from_now_are_refused():
         "RequestTimeTooSkewed"
     tampered = dict(environ, HTTP_X_AMZ_CONTENT_SHA256="0" * 64)
     assert sigv4.check(tampered, b"", known(now + 60), now).code == "XAmzContentSHA256Mismatch"
+
+
+def test_s3_asks_for_the_payloads_hash_and_every_x_amz_header_signed(lab_endpoint):
+    """As S3 refuses them: a signed request without x-amz-content-sha256 (what curl's
+    signer sends before 8.0), or with an x-amz-* header its signature does not cover."""
+    endpoint, keys, admin = lab_endpoint
+    bucket = f"signed-{uuid.uuid4().hex[:12]}"
+    admin.s3().create_bucket(Bucket=bucket)
+    creds = Credentials(keys["admin"]["aws_access_key_id"],
+                        keys["admin"]["aws_secret_access_key"])
+
+    def get(**headers: str) -> tuple[int, bytes]:
+        request = AWSRequest(method="GET", url=f"{endpoint}/{bucket}", headers=headers)
+        SigV4Auth(creds, "s3", "us-east-1").add_auth(request)  # (not S3's: no payload hash)
+        return _send(request)
+
+    status, body = get()
+    assert status == 400 and b"Missing required header for this request: " \
+        b"x-amz-content-sha256" in body
+    signed = AWSRequest(method="GET", url=f"{endpoint}/{bucket}",
+                        headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    SigV4Auth(creds, "s3", "us-east-1").add_auth(signed)
+    assert _send(signed)[0] == 200
+    signed.headers["X-Amz-Security-Token"] = "added-after-signing"
+    status, body = _send(signed)
+    assert status == 403 and b"headers present in the request which were not signed" in body

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from deploylib import render, tarball
+from deploylib import aws, render, tarball
+from deploylib.errors import InputError
 from deploylib.facts import RECORD_SHAPES
 from deploylib.health import serving_version
 from deploylib.lab import BIN
@@ -599,9 +600,18 @@ def test_a_server_groups_user_data_is_the_install_script_fed_from_the_record(tmp
     # the same install script every procedure runs, its release read at boot
     assert 'version="$boot_version"' in script and 'fetch_release "$artifact.part"' in script
     assert "sha256sum -c" in script
-    # IMDSv2 only; the role's credentials reach curl on stdin, never its arguments
-    assert "X-aws-ec2-metadata-token:" in script and '-K - "$url" <<CURLCONFIG' in script
-    assert "LifecycleActionResult=$1" in script and "lifecycle ABANDON" in script
+    # IMDSv2 only; the role's credentials reach the signer in its environment and the
+    # signed headers reach curl on stdin, never in an argument; not curl's own signer
+    assert "X-aws-ec2-metadata-token:" in script and '| curl -sS' in script
+    assert 'AWS_SECRET_ACCESS_KEY=$secret' in script and '-K - "$url"' in script
+    assert "--aws-sigv4" not in script and 'user = "$key_id:$secret"' not in script
+    assert 'LifecycleActionResult "$1"' in script and "lifecycle ABANDON" in script
+    # as user data: compressed, under EC2's limit, the same bytes for the same script
+    packed = aws.ec2.packed_user_data(script, what="boot script")
+    assert len(packed) < aws.ec2.USER_DATA_LIMIT < len(script.encode())
+    assert packed == aws.ec2.packed_user_data(script, what="boot script")
+    with pytest.raises(InputError, match="over EC2's 16,384-byte limit for user data"):
+        aws.ec2.packed_user_data(script + os.urandom(12000).hex(), what="boot script")
 
 
 def _boot_reads(record: object, region: str = "us-east-1", group: str = "app-lab-v004"
@@ -760,3 +770,48 @@ def test_a_release_put_there_by_something_else_fails_to_start_saying_why(host):
     out = host.bash("systemctl start app")
     assert out.returncode == 203, out.stderr
     assert "Traceback" not in out.stderr and ".deploylib/start" in out.stderr
+
+
+def test_the_boots_signer_signs_as_botocore_does_byte_for_byte(monkeypatch):
+    """templates/boot_sign.py, what a server group's instance signs its requests with
+    (curl's own signer sends no x-amz-content-sha256 before 8.0), against botocore's SigV4
+    for the same three requests: the release's GET (a version id in its query), SSM's
+    JSON call, Auto Scaling's form."""
+    import datetime
+    import runpy
+    from urllib.parse import urlencode
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    signer = runpy.run_path(str(render.TEMPLATES / "boot_sign.py"))  # (not as __main__)
+    now = datetime.datetime(2026, 12, 7, 12, 0, 5, tzinfo=datetime.UTC)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime",
+                        lambda: now.replace(tzinfo=None))
+    key, secret, token = "ASIAEXAMPLEKEY", "se/cr+et=", "to+ken/=="
+    form = urlencode([("Action", "CompleteLifecycleAction"), ("Version", "2011-01-01"),
+                      ("AutoScalingGroupName", "greeter-production-v012"),
+                      ("InstanceId", "i-0123456789abcdef0"), ("LifecycleActionResult", "CONTINUE")])
+    cases = [
+        ("s3", "GET", "https://s3.eu-west-1.amazonaws.com/greeter-production-releases/"
+         "releases/production/1.2.3%2Bhotfix.tar.gz?versionId=3sL4kq.tJl%2BcpXroDTDmJ", b"", ""),
+        ("ssm", "POST", "https://ssm.eu-west-1.amazonaws.com/",
+         b'{"Name": "/deploylib/production/live"}', "AmazonSSM.GetParameter"),
+        ("autoscaling", "POST", "https://autoscaling.eu-west-1.amazonaws.com/", form.encode(),
+         ""),
+    ]
+    for service, method, url, body, target in cases:
+        ours = signer["sign"](service, "eu-west-1", method, url, body, key, secret, token, now,
+                              target)
+        request = AWSRequest(method=method, url=url, data=body, headers={
+            name: value for name, value in ours.items()
+            if name in ("x-amz-content-sha256", "x-amz-target")})
+        # (S3 over https: botocore would send UNSIGNED-PAYLOAD unless told to sign the body)
+        request.context["client_config"] = type("Config", (), {
+            "s3": {"payload_signing_enabled": True}})()
+        auth = botocore.auth.S3SigV4Auth if service == "s3" else botocore.auth.SigV4Auth
+        auth(Credentials(key, secret, token), service, "eu-west-1").add_auth(request)
+        assert ours["authorization"] == request.headers["Authorization"], service
+        assert ours["x-amz-date"] == request.headers["X-Amz-Date"] == "20261207T120005Z"
+        assert ours["x-amz-security-token"] == request.headers["X-Amz-Security-Token"]

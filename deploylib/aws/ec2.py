@@ -156,6 +156,26 @@ def launch(ec2: EC2Client, *, region: str, image_id: str, count: int, instance_t
 # -- launch templates ---------------------------------------------------------------------------
 
 
+# EC2's limit for user data, in raw form before base64 (launch templates' included).
+USER_DATA_LIMIT = 16384
+
+
+def packed_user_data(script: str, *, what: str) -> bytes:
+    """A script as user data: gzip-compressed, which cloud-init reads as it reads the
+    script (its "compressed content"), and at a third of the size; the same bytes for the
+    same script (no timestamp), so a resumed run renders what it rendered. Refused in one
+    line when even compressed it is over EC2's limit."""
+    import gzip
+
+    packed = gzip.compress(script.encode(), compresslevel=9, mtime=0)
+    if len(packed) > USER_DATA_LIMIT:
+        raise InputError(f"{what} is {len(packed):,} bytes compressed, over EC2's "
+                         f"{USER_DATA_LIMIT:,}-byte limit for user data",
+                         resource=what, fix="shorten what the environment adds to it "
+                         "(its app's start, reload and health settings)")
+    return packed
+
+
 @dataclass(frozen=True)
 class TemplateVersion:
     template_id: str
@@ -173,7 +193,7 @@ class TemplateVersion:
 
 def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: str,
                          instance_type: str, security_group_ids: list[str],
-                         tag_list: list[dict[str, str]], user_data: str,
+                         tag_list: list[dict[str, str]], user_data: bytes,
                          instance_profile: str | None, key_name: str | None,
                          client_token: str) -> TemplateVersion:
     """A new version of the environment's launch template (the template made on first
@@ -184,7 +204,7 @@ def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: st
     # them against the service model before anything is sent).
     spec = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
     spec.update(SecurityGroupIds=security_group_ids,
-                UserData=base64.b64encode(user_data.encode()).decode())
+                UserData=base64.b64encode(user_data).decode())
     data = cast("RequestLaunchTemplateDataTypeDef", spec)
     if instance_profile:
         data["IamInstanceProfile"] = ({"Arn": instance_profile}

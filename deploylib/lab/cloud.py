@@ -12,6 +12,8 @@ wrap its internal methods.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,18 +167,21 @@ def _later(seconds: float, fn: Any) -> None:
 
 
 def _user_data(inst: Any) -> str | None:
+    """An instance's user data as cloud-init runs it: decoded, and decompressed when it is
+    gzip's ("compressed content", which cloud-init detects by its magic number)."""
     data = getattr(inst, "user_data", None)
     if isinstance(data, list):  # moto keeps RunInstances' as a list of one
         data = data[0] if data else None
     if data is None:
         return None
-    if isinstance(data, Base64EncodedString):
-        return data.decode()
     raw = data.decode() if isinstance(data, bytes) else str(data)
     try:
-        return Base64EncodedString(raw).decode()
+        content = base64.b64decode(str(Base64EncodedString(raw)))
     except ValueError:
         return raw
+    if content[:2] == b"\x1f\x8b":
+        content = gzip.decompress(content)
+    return content.decode(errors="replace")
 
 
 # Per thread: the boots a launch in progress holds back (deferred_boots).

@@ -11,7 +11,8 @@ query, the headers the request says it signed, the payload's hash — and compar
 Refusals are in each service's words: a request with no signature, a key the lab does
 not know, a session token that is not the key's, a session that has expired, a
 signature that does not match, a request dated more than 15 minutes from now, a body
-that is not the one its x-amz-content-sha256 names.
+that is not the one its x-amz-content-sha256 names; and, as S3 refuses them, an S3
+request without x-amz-content-sha256 or with an x-amz-* header it did not sign.
 """
 
 from __future__ import annotations
@@ -208,6 +209,18 @@ def check(environ: dict[str, Any], body: bytes, secret_of: Callable[[str], Secre
         return _refusal(_MISMATCH, service)
     if signed.amz_date[:8] != signed.date:
         return _refusal(_MISMATCH, service)
+    if service == "s3" and not signed.presigned:
+        # S3 asks every signed request for its payload's hash, and refuses an x-amz-*
+        # header the signature does not cover: curl's signer before 8.0 sends no such hash,
+        # and 7.81's leaves the session token unsigned (deploylib/templates/boot_sign.py).
+        if "HTTP_X_AMZ_CONTENT_SHA256" not in environ:
+            return Refusal(service, "InvalidRequest", 400, "Missing required header for "
+                           "this request: x-amz-content-sha256")
+        present = {k[5:].lower().replace("_", "-") for k in environ
+                   if k.startswith("HTTP_X_AMZ_")}
+        if present - set(signed.signed_headers):
+            return Refusal(service, "AccessDenied", 403, "There were headers present in the "
+                           "request which were not signed")
     given = environ.get("HTTP_X_AMZ_CONTENT_SHA256", "")
     if _HEX64.fullmatch(given) and given != hashlib.sha256(body).hexdigest():
         return Refusal(service, "XAmzContentSHA256Mismatch", 400,

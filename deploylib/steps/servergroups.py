@@ -48,9 +48,10 @@ def launch_image(ctx: Context, region: str, name: str) -> str | None:
         group.template_version)
 
 
-def user_data(ctx: Context, group: str, rel: Release) -> str:
+def user_data(ctx: Context, group: str, rel: Release) -> bytes:
+    """The boot script of `group`'s instances, as user data (compressed)."""
     env = ctx.env
-    return render.boot_script(
+    return aws.ec2.packed_user_data(render.boot_script(
         group=group, hook=aws.autoscaling.BOOT_HOOK, version=rel.version, sha256=rel.sha256,
         version_id=rel.version_id, record_parameter=env.record_parameter,
         record_region=env.primary_region, bucket=env.artifact_bucket,
@@ -60,7 +61,8 @@ def user_data(ctx: Context, group: str, rel: Release) -> str:
         service_user=env.service_user, app=env.app.for_host(),
         restart_command=env.restart_command, keep_releases=env.keep_releases,
         fetch_timeout=int(ctx.timeout("install", 300)),
-        health_timeout=int(ctx.timeout("health", 30)))
+        health_timeout=int(ctx.timeout("health", 30))),
+        what=f"server group {group}'s boot script")
 
 
 def template_version(ctx: Context, region: str, group: str, image_id: str, *,

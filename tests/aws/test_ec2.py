@@ -160,7 +160,7 @@ def test_a_resumed_runs_template_version_is_adopted_only_if_it_launches_what_it_
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     token = f"run-{network['n']}-template"
 
-    def put(user_data: str, image_id: str = image) -> aws.ec2.TemplateVersion:
+    def put(user_data: bytes, image_id: str = image) -> aws.ec2.TemplateVersion:
         return aws.ec2.put_template_version(
             ec2, region="us-east-1", name=f"app-{network['n']}", image_id=image_id,
             instance_type="t3.micro", security_group_ids=[network["group"]],
@@ -168,9 +168,9 @@ def test_a_resumed_runs_template_version_is_adopted_only_if_it_launches_what_it_
             user_data=user_data, instance_profile="deploy-instance", key_name=None,
             client_token=token)
 
-    made = put("#!/bin/bash\necho boot\n")
-    again = put("#!/bin/bash\necho boot\n")  # resumed: the same version
+    made = put(b"#!/bin/bash\necho boot\n")
+    again = put(b"#!/bin/bash\necho boot\n")  # resumed: the same version
     assert (again.version, again.launches) == (made.version, made.launches)
     with pytest.raises(CloudError, match="launches something else than the run renders"):
-        put("#!/bin/bash\necho planted\n")
+        put(b"#!/bin/bash\necho planted\n")
     assert len(aws.ec2.launch_template(ec2, "us-east-1", f"app-{network['n']}").versions) == 1
