@@ -92,6 +92,10 @@ _PLAIN = {
                     "must be a URL path starting with /, e.g. /health"),
     "lock_table": (re.compile(r"^[A-Za-z0-9_.-]{3,255}$"),
                    "must be a DynamoDB table name (3-255 letters, digits, '_', '-', '.')"),
+    # It names the launch template too, whose names EC2 holds to 128 characters.
+    "server_group_prefix": (re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"),
+                            "must be a launch template's name: at most 128 letters, digits, "
+                            "'.', '_' or '-', starting with a letter or digit"),
 }
 
 
@@ -292,7 +296,7 @@ class Environment(Strict):
             "template), so new instances boot already on the hotfix — from the command "
             "line, and as the pipeline's last stage (`fold`); `manual`: only when asked. "
             "(Rebake-light needs no fold: its group launches from the image it made.)"))
-    server_group_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,200})?$",
+    server_group_prefix: str = Field(default="",
         description=(
             "Server groups are `<prefix>-vNNN` and launch from the launch template "
             "`<prefix>`; empty: `<service>-<env>`."))

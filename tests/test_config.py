@@ -110,6 +110,10 @@ BAD = [
      "role_arn is a role of account 111111111111"),
     ("provider = \"lab\"\nrole_arn = \"arn:aws:iam::111111111111:role/deploy\"",
      "the lab signs with its own deployer key"),
+    # it names the launch template, whose name EC2 holds to 128 characters
+    (f"server_group_prefix = \"{'g' * 129}\"", "must be a launch template's name: at most "
+     "128"),
+    ("server_group_prefix = \"-web\"", "server_group_prefix"),
 ]
 
 
