@@ -72,6 +72,9 @@ _KMS_KEY = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1
 # credentials must outlive it (a 1-hour session in a 2-hour copy wait dies inside it).
 LONGEST_WAIT = {"immutable": ("copy", 7200.0), "rebake-light": ("launch", 600.0),
                 "in-place": ("drain", 600.0)}
+# ... and with server groups, the wait for a group's instances (each of its timeouts, one
+# wait: launched, then booted into the release), which is longer than a fleet's launch.
+GROUP_WAIT = (("launch", 600.0), ("boot", 900.0))
 # The longest a presigned URL may live: one install's fetch, with room.
 MAX_PRESIGN = 3600.0
 
@@ -575,9 +578,14 @@ class Environment(Strict):
 
     def longest_wait(self, mode: str | None = None) -> tuple[str, float]:
         """A procedure's longest single wait (immutable's, the longest, by default): its
-        timeout key and seconds."""
+        timeout key (keys, joined: one wait of several timeouts) and seconds."""
         key, default = LONGEST_WAIT.get(mode or "immutable", LONGEST_WAIT["immutable"])
-        return key, self.timeout(key, default)
+        longest = (key, self.timeout(key, default))
+        if self.server_groups:  # every procedure may wait on a group's instances
+            group = (" + timeouts.".join(k for k, _ in GROUP_WAIT),
+                     sum(self.timeout(k, d) for k, d in GROUP_WAIT))
+            longest = max(longest, group, key=lambda wait: wait[1])
+        return longest
 
     def batch_count(self, hosts: int) -> int:
         """How many hosts one in-place batch takes, for a fleet of `hosts`."""

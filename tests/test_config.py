@@ -284,3 +284,18 @@ def test_environments_that_may_share_an_account_never_share_a_target_group():
     with pytest.raises(ConfigError, match="may share an account"):
         config.parse(with_line('account_id = "111111111111"') + staging.replace(
             "[environments.staging]", '[environments.staging]\naccount_id = "111111111111"'))
+
+
+def test_the_longest_wait_is_a_server_groups_when_the_fleet_is_one():
+    """What the credentials must outlast (preflight), per procedure: with server groups,
+    a group's instances launched and booted into the release, one wait of 25 minutes."""
+    instances = config.parse(BASE).environment("prod")
+    fleet = 'fleet = "server-groups"\ninstance_profile = "app-instance"'
+    groups = config.parse(with_line(fleet)).environment("prod")
+    assert instances.longest_wait("rebake-light") == ("launch", 600.0)
+    assert instances.longest_wait("in-place") == ("drain", 600.0)
+    assert groups.longest_wait("rebake-light") == ("launch + timeouts.boot", 1500.0)
+    assert groups.longest_wait("in-place") == ("launch + timeouts.boot", 1500.0)
+    assert groups.longest_wait("immutable") == ("copy", 7200.0)
+    shorter = config.parse(with_line(fleet + "\ntimeouts = { boot = 120 }"))
+    assert shorter.environment("prod").longest_wait("rebake-light")[1] == 720.0
