@@ -29,6 +29,8 @@ HELD = ["Terminate", "AZRebalance", "ReplaceUnhealthy"]
 COUNTED = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 # How often a wait for instances in service reads the console of those still waiting.
 CONSOLE_EVERY = 3.0
+# A group made this recently (seconds) is the wait's own: every launch it refused counts.
+FRESH_GROUP = 600.0
 _NAME = re.compile(r"-v(\d{3,})$")
 
 
@@ -197,24 +199,59 @@ def boot_failure(name: str, console: str) -> str | None:
     return next((line.strip() for line in console.splitlines() if marker in line), None)
 
 
+def failed_launch(asg: AutoScalingClient, region: str, name: str, since: float) -> str | None:
+    """Why the group could not launch an instance since `since` (epoch seconds), in AWS's
+    words (the StatusMessage of its newest Failed scaling activity); None when it could.
+    A launch refused for IAM, KMS, capacity, a quota or the template makes no instance:
+    this is the only place AWS says so."""
+    with calling(_where(name, region),
+                 "check autoscaling:DescribeScalingActivities is allowed (`invoke policy`)"):
+        found = asg.describe_scaling_activities(AutoScalingGroupName=name, MaxRecords=20)
+    for activity in found.get("Activities", []):
+        started = activity.get("StartTime")
+        if started is not None and started.timestamp() < since:
+            break  # newest first: the rest are older still
+        if activity.get("StatusCode") in ("Failed", "Cancelled"):
+            return str(activity.get("StatusMessage") or activity.get("Description") or
+                       activity["StatusCode"])
+    return None
+
+
 def wait_in_service(asg: AutoScalingClient, region: str, name: str, count: int, timeout: float,
                     console: Callable[[str], str] | None = None) -> list[str]:
     """Wait until `count` of the group's instances are in service (their boot done).
     Stops early once as many instances as were asked for have gone without ever going
-    in service: their boot fails (the group would go on replacing them for ever); and at
-    once when an instance still waiting on its lifecycle hook printed that its boot failed
-    (`console(instance_id)`: its console output) — it will never go in service, and the
-    hook would hold it for its whole timeout."""
+    in service: their boot fails (the group would go on replacing them for ever); at once
+    when the group could not launch an instance at all (its scaling activities say why);
+    and at once when an instance still waiting on its lifecycle hook printed that its boot
+    failed (`console(instance_id)`: its console output) — it will never go in service,
+    and the hook would hold it for its whole timeout."""
     seen: list[ServerGroup] = []
     launched: set[str] = set()
     served: set[str] = set()
     looked = [0.0]
+    # Launches refused since the wait began count (a few seconds' room for the clocks), and
+    # for a group made moments ago, those since it was made: its first launch comes first.
+    since = [time.time() - 5]
 
     def failed_boot(group: ServerGroup) -> None:
-        # The console is read every few seconds at most: EC2 throttles GetConsoleOutput.
-        if console is None or time.monotonic() - looked[0] < CONSOLE_EVERY:
+        # Read every few seconds at most: EC2 throttles GetConsoleOutput, and Auto
+        # Scaling its Describe calls.
+        if time.monotonic() - looked[0] < CONSOLE_EVERY:
             return
         looked[0] = time.monotonic()
+        if time.time() - group.created < FRESH_GROUP:
+            since[0] = min(since[0], group.created)
+        reason = failed_launch(asg, region, name, since[0]) \
+            if len(group.in_service) < count else None
+        if reason:
+            raise CloudError(f"the group could not launch an instance: {reason}",
+                             resource=_where(name, region),
+                             fix="fix what AWS names (the instance role and its profile, the "
+                             "launch template, the EBS key's grants, capacity or a quota); "
+                             "the run's group is removed on the way out")
+        if console is None:
+            return
         for iid in sorted(i for i, st in group.instances.items() if st == "Pending:Wait"):
             line = boot_failure(name, console(iid))
             if line:

@@ -68,11 +68,12 @@ def main() -> None:
     endpoint_box: dict[str, str] = {}
     cloud.install(farm, balancers, profile, boot_env=lambda region, iid: {
         "DEPLOY_IMDS": imds.base(region, iid), "DEPLOY_AWS_ENDPOINT": endpoint_box["url"]})
-    stop_scaling = scaling.install()
+    faults = Faults(lab_dir)  # the API's, and the launches a group fails
+    stop_scaling = scaling.install(faults=faults)
     # The tool is held to the environment's policy from its first call on.
     (lab_dir / iam.POLICY_FILE).write_text(spec["policy"])
     (lab_dir / iam.INSTANCE_POLICY_FILE).write_text(spec["instance_policy"])
-    server = LabServer(Faults(lab_dir),
+    server = LabServer(faults,
                        iam.Enforcer(lab_dir, KEY_IDS["deployer"], KEY_IDS["instance"],
                                     KEY_IDS["neighbour"]),
                        sigv4.Keys.of_lab(keys))

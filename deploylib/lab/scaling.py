@@ -22,11 +22,19 @@ hooks, Elastic Load Balancing and health checks):
 - `DeleteLaunchTemplateVersions`, which moto lacks: a version deleted is gone from
   DescribeLaunchTemplateVersions and cannot be launched; the default one cannot be
   deleted (AWS: delete the template instead).
+- scaling activities (moto lists none): each launch a group makes, and each it could not
+  make. A launch fails — no instance, only a `Failed` activity and its StatusMessage, as
+  AWS reports an IAM, KMS, capacity, quota or template error ("Troubleshoot Amazon EC2
+  Auto Scaling: EC2 instance launch failures") — while the lab's faults.json has a rule
+  for the action `LaunchInstance` (its `message` the reason); the group tries again.
 """
 
 from __future__ import annotations
 
+import datetime
 import threading
+import time
+import uuid
 from typing import Any
 
 from moto.autoscaling.exceptions import ValidationError
@@ -54,6 +62,36 @@ _GONE = ("shutting-down", "terminated", "stopping", "stopped")
 _lock = threading.RLock()
 # (region, group) -> target group ARN -> instance ids the group registered there
 _registered: dict[tuple[str, str], dict[str, set[str]]] = {}
+# (region, group) -> its scaling activities, newest last (the last KEPT_ACTIVITIES)
+_activities: dict[tuple[str, str], list[dict[str, Any]]] = {}
+KEPT_ACTIVITIES = 50
+LAUNCH_FAULT = "LaunchInstance"  # the faults.json action that fails a group's launches
+# After a launch that failed, a group tries again this many seconds later (AWS backs off
+# longer); (region, group) -> when (time.monotonic()).
+LAUNCH_RETRY = 2.0
+_retry_at: dict[tuple[str, str], float] = {}
+
+
+def _activity(region: str, group: str, *, failed: str | None = None,
+              instance_id: str | None = None) -> None:
+    """Record a launch, as DescribeScalingActivities lists it."""
+    now = datetime.datetime.now(datetime.UTC)
+    entry: dict[str, Any] = {
+        "ActivityId": str(uuid.uuid4()), "AutoScalingGroupName": group,
+        "Cause": f"At {now:%Y-%m-%dT%H:%M:%SZ} an instance was started in response to a "
+                 "difference between desired and actual capacity.",
+        "StartTime": now, "EndTime": now, "Progress": 100, "Details": "{}"}
+    if failed is None:
+        entry.update(StatusCode="Successful",
+                     Description=f"Launching a new EC2 instance: {instance_id}")
+    else:
+        entry.update(StatusCode="Failed", StatusMessage=failed,
+                     Description=f"Launching a new EC2 instance.  Status Reason: {failed}. "
+                                 "Launching EC2 instance failed.")
+    with _lock:
+        kept = _activities.setdefault((region, group), [])
+        kept.append(entry)
+        del kept[:-KEPT_ACTIVITIES]
 
 
 def _backends() -> list[AutoScalingBackend]:
@@ -90,8 +128,9 @@ def converge(backend: AutoScalingBackend, group: FakeAutoScalingGroup) -> None:
                 state.lifecycle_state = "InService"
         counted = len([s for s in group.instance_states if s.lifecycle_state in _COUNTED])
         desired = group.desired_capacity or 0
+        backing_off = time.monotonic() < _retry_at.get((backend.region_name, group.name), 0.0)
         if counted < desired and not _suspended(group, "Launch") \
-                and not _suspended(group, "ReplaceUnhealthy"):
+                and not _suspended(group, "ReplaceUnhealthy") and not backing_off:
             FakeAutoScalingGroup.set_desired_capacity(group, desired)
         elif counted > desired and not _suspended(group, "Terminate"):
             FakeAutoScalingGroup.set_desired_capacity(group, desired)  # held scale-in, resumed
@@ -149,9 +188,19 @@ def _later(seconds: float, fn: Any) -> None:
     timer.start()
 
 
-def install(*, interval: float = 0.5) -> threading.Event:
+def describe_scaling_activities(self: AutoScalingResponse) -> ActionResult:
+    """A group's activities, newest first (MaxRecords of them), as Auto Scaling lists them."""
+    name = self._get_param("AutoScalingGroupName")
+    most = int(self._get_param("MaxRecords") or 100)
+    with _lock:
+        found = list(reversed(_activities.get((self.region, name), [])))[:most]
+    return ActionResult({"Activities": found})
+
+
+def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
     """Wrap moto's autoscaling so it acts as AWS documents; start the group watcher
-    (the health checks that find a lost instance). Returns the event that stops it."""
+    (the health checks that find a lost instance). Returns the event that stops it.
+    `faults` (deploylib.lab.faults.Faults): where a launch failure is asked for."""
     original_set_desired = FakeAutoScalingGroup.set_desired_capacity
     original_delete = AutoScalingBackend.delete_auto_scaling_group
     original_version = LaunchTemplates.create_launch_template_version
@@ -161,6 +210,14 @@ def install(*, interval: float = 0.5) -> threading.Event:
                           propagated_tags: dict[str, str]) -> None:
         # moto's own, with the group's launch template version (not the default one) for
         # the instance's user data and tags, and the launch lifecycle hook applied.
+        region = self.autoscaling_backend.region_name
+        if time.monotonic() < _retry_at.get((region, self.name), 0.0):
+            return  # backing off after a launch that failed
+        failure = faults.match(LAUNCH_FAULT, region) if faults is not None else None
+        if failure is not None:  # no instance: only the activity says why
+            _activity(region, self.name, failed=failure.get("message", "injected by the lab"))
+            _retry_at[(region, self.name)] = time.monotonic() + LAUNCH_RETRY
+            return
         propagated_tags[ASG_NAME_TAG] = self.name
         propagated_tags.update(self.instance_tags)
         subnet_id = self.vpc_zone_identifier.split(",")[0] if self.vpc_zone_identifier else None
@@ -183,6 +240,7 @@ def install(*, interval: float = 0.5) -> threading.Event:
                 associate_public_ip=None, subnet_id=subnet_id, iam_instance_profile=profile)
             hook = _hook(self.autoscaling_backend, self.name)
             for instance in reservation.instances:
+                _activity(region, self.name, instance_id=instance.id)
                 instance.autoscaling_group = self
                 protected = self.new_instances_protected_from_scale_in
                 state = InstanceState(instance,
@@ -361,6 +419,7 @@ def install(*, interval: float = 0.5) -> threading.Event:
     AutoScalingBackend.detach_load_balancer_target_groups = detach_target_groups
     LaunchTemplates.create_launch_template_version = create_version
     AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
+    AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
 
     stop = threading.Event()
 

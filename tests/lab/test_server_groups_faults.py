@@ -254,6 +254,30 @@ def test_a_boot_the_group_will_not_let_in_service_fails_the_run_at_once(lab):
     assert_all_serve(lab, live, 2)
 
 
+def test_a_launch_aws_refuses_fails_the_run_at_once_in_aws_words(lab):
+    # A launch refused (here the instance profile, as a first deploy meets it while IAM
+    # propagates) makes no instance: only the group's scaling activities say why. The
+    # wait reads them and ends on AWS's reason, not at the boot timeout (10 minutes here;
+    # the command's own timeout is 5).
+    live = checks.record(lab)["release"]
+    was = {r: live_group(lab, r).name for r in lab.env.all_regions}
+    config = lab.write_config(name="slow-hook.toml",
+                              fleet="server-groups", timeouts={"boot": 600})
+    why = ("Value (deploy-instance) for parameter iamInstanceProfile.name is invalid. "
+           "Invalid IAM Instance Profile name")
+    checks.set_faults(lab, {"action": "LaunchInstance", "message": why})
+    try:
+        proc = lab.cli(f"deploy --mode rebake-light --version 4.6.2 --config {config}",
+                       check=False)
+    finally:
+        checks.clear_faults(lab)
+    checks.failed_clearly(proc, "the group could not launch an instance", why)
+    assert run_leftovers(lab, checks.run_id_of(proc)) == []
+    assert {r: live_group(lab, r).name for r in lab.env.all_regions} == was
+    assert checks.record(lab)["release"] == live
+    assert_all_serve(lab, live, 2)
+
+
 def test_a_fold_launches_only_from_an_image_of_the_environments_own(lab):
     """The record's image is what a fold's clean instance launches from: one that is not
     this account's (a record rewritten) is refused before anything is launched, and the
