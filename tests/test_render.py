@@ -603,9 +603,9 @@ def test_a_server_groups_user_data_is_the_install_script_fed_from_the_record(tmp
     # IMDSv2 only; the role's credentials reach the signer in its environment and the
     # signed headers reach curl on stdin, never in an argument; not curl's own signer
     assert "X-aws-ec2-metadata-token:" in script and '| curl -sS' in script
-    assert 'AWS_SECRET_ACCESS_KEY=$secret' in script and '-K - "$url"' in script
+    assert 'BOOT_CREDENTIALS=$credentials' in script and '-K - "$url"' in script
     assert "--aws-sigv4" not in script and 'user = "$key_id:$secret"' not in script
-    assert 'LifecycleActionResult "$1"' in script and "lifecycle ABANDON" in script
+    assert "LifecycleActionResult=%s" in script and "lifecycle ABANDON" in script
     # as user data: compressed, under EC2's limit, the same bytes for the same script
     packed = aws.ec2.packed_user_data(script, what="boot script")
     assert len(packed) < aws.ec2.USER_DATA_LIMIT < len(script.encode())

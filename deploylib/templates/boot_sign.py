@@ -3,8 +3,9 @@ this on the instance, with the instance's Python: cloud-init's).
 
     python3 boot_sign.py SERVICE REGION METHOD URL BODY_FILE [X-AMZ-TARGET]
 
-environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (the instance
-role's, from the metadata service: never in an argument, which any user may read).
+environment: BOOT_CREDENTIALS, the instance role's credentials as the metadata service
+gives them (JSON: AccessKeyId, SecretAccessKey, Token) — never in an argument, which any
+user of the host may read.
 Prints curl's config lines for the request's headers — Authorization, x-amz-date,
 x-amz-content-sha256, x-amz-security-token (and X-Amz-Target) — signed with Signature
 Version 4 as botocore signs them (tests/test_render.py compares the two, byte for byte).
@@ -18,6 +19,7 @@ BODY_FILE ("-": none) is the request's body, sent by curl as it is read here.
 import datetime
 import hashlib
 import hmac
+import json
 import os
 import sys
 from urllib.parse import quote, unquote, urlsplit
@@ -63,11 +65,12 @@ def sign(service: str, region: str, method: str, url: str, body: bytes, key_id: 
 def main(argv: list[str]) -> int:
     service, region, method, url, body_file = argv[1:6]
     body = b"" if body_file == "-" else open(body_file, "rb").read()
+    role = json.loads(os.environ["BOOT_CREDENTIALS"])
     # (timezone.utc, not 3.11's UTC: the host's Python may be older, 3.10 on Ubuntu 22.04)
     now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017
-    headers = sign(service, region, method, url, body, os.environ["AWS_ACCESS_KEY_ID"],
-                   os.environ["AWS_SECRET_ACCESS_KEY"], os.environ.get("AWS_SESSION_TOKEN", ""),
-                   now, argv[6] if len(argv) > 6 else "")
+    headers = sign(service, region, method, url, body, role["AccessKeyId"],
+                   role["SecretAccessKey"], role.get("Token", ""), now,
+                   argv[6] if len(argv) > 6 else "")
     for name, value in headers.items():
         value = value.replace("\\", "\\\\").replace('"', '\\"')
         print(f'header = "{name}: {value}"')
