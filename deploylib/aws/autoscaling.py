@@ -230,20 +230,19 @@ def wait_in_service(asg: AutoScalingClient, region: str, name: str, count: int, 
     launched: set[str] = set()
     served: set[str] = set()
     looked = [0.0]
-    # Launches refused since the wait began count (a few seconds' room for the clocks), and
-    # for a group made moments ago, those since it was made: its first launch comes first.
-    since = [time.time() - 5]
+    began = time.time() - 5  # (a few seconds' room for the clocks)
 
-    def failed_boot(group: ServerGroup) -> None:
+    def failed_early(group: ServerGroup) -> None:
+        """A launch refused, or a boot that printed its failure: the wait is over."""
         # Read every few seconds at most: EC2 throttles GetConsoleOutput, and Auto
         # Scaling its Describe calls.
         if time.monotonic() - looked[0] < CONSOLE_EVERY:
             return
         looked[0] = time.monotonic()
-        if time.time() - group.created < FRESH_GROUP:
-            since[0] = min(since[0], group.created)
-        reason = failed_launch(asg, region, name, since[0]) \
-            if len(group.in_service) < count else None
+        # Launches refused since the wait began count, and for a group made moments ago
+        # those since it was made: its first launch comes before the wait.
+        fresh = time.time() - group.created < FRESH_GROUP
+        reason = failed_launch(asg, region, name, min(began, group.created) if fresh else began)
         if reason:
             raise CloudError(f"the group could not launch an instance: {reason}",
                              resource=_where(name, region),
@@ -278,7 +277,7 @@ def wait_in_service(asg: AutoScalingClient, region: str, name: str, count: int, 
                              "could not read with its instance role)")
         if len(group.in_service) >= count:
             return True
-        failed_boot(group)
+        failed_early(group)
         return False
 
     waits.until(check, timeout=timeout, what=f"{count} instance(s) of {name} in service",
