@@ -2,11 +2,13 @@
 
 Each check reads (it never launches, writes or takes the lock) one thing the procedures
 rely on, in the order a deploy meets them: the credentials and how long they last, the
-artifact bucket, the lock table, the base image, and in every region the network the
+artifact bucket, the lock table, the base image, for server groups Auto Scaling's
+service-linked role and the instance profile, and in every region the network the
 hosts are launched into — subnet, security group and target group in one VPC, a load
 balancer serving the subnet's zone, the key pair — and the key the volumes are
-encrypted with. A failure is one line with the fix; all of them are found in one go,
-so one pass fixes the account.
+encrypted with (for server groups: usable by Auto Scaling's role, by its key policy).
+A failure is one line with the fix; all of them are found in one go, so one pass fixes
+the account.
 
 `invoke preflight` prints every check; `start` (the first thing every procedure does)
 runs them too, and stops with the first failure before a lock or a run exists.
@@ -163,7 +165,57 @@ def volume_key(env: Environment, clients: aws.AwsClients, region: str) -> str:
                          f"{key.get('KeyState')}: nothing can be encrypted with it",
                          resource=f"KMS key in {region}",
                          fix="enable it (aws kms enable-key) or set another default")
-    return f"{key['Arn']} (customer-managed, enabled)"
+    if not env.server_groups:
+        return f"{key['Arn']} (customer-managed, enabled)"
+    # A group's instances are launched by Auto Scaling's service-linked role, which IAM
+    # policies cannot give a customer-managed key: only the key's own policy can. Without
+    # it they go pending -> terminated, and only the group's activities say why.
+    with aws.calling("the AWS credentials", aws.CREDENTIALS_FIX):
+        account = str(clients.client("sts").get_caller_identity()["Account"])
+    role = aws.iam.autoscaling_role_arn(account)
+    missing = aws.kms.missing_for(aws.kms.key_policy(clients.kms(region), region, key["Arn"]),
+                                  role)
+    if missing:
+        raise InputError(f"the default EBS key in {region} ({key['Arn']}) does not let "
+                         f"{aws.iam.AUTOSCALING_ROLE} use it: a group's instances would "
+                         "go from pending to terminated", resource=f"KMS key in {region}",
+                         fix="add to its key policy: " + "; and ".join(missing) +
+                         " (docs/operator-guide.md)")
+    return f"{key['Arn']} (customer-managed, enabled, usable by {aws.iam.AUTOSCALING_ROLE})"
+
+
+def autoscaling_role(env: Environment, clients: aws.AwsClients) -> str:
+    """Auto Scaling's service-linked role is there: the tool's policy does not let it
+    make one (a role for the whole account is made once, by whoever administers it)."""
+    role = aws.iam.autoscaling_role(clients.iam())
+    if role is None:
+        raise InputError(f"the account has no {aws.iam.AUTOSCALING_ROLE}: the first "
+                         "CreateAutoScalingGroup would need iam:CreateServiceLinkedRole, "
+                         "which the tool's policy does not grant",
+                         resource=f"IAM role {aws.iam.AUTOSCALING_ROLE}",
+                         fix=f"have an administrator run once: {aws.iam.CREATE_AUTOSCALING_ROLE}")
+    return str(role.get("Arn"))
+
+
+def instance_profile(env: Environment, clients: aws.AwsClients) -> str:
+    """The profile the groups' instances launch with exists, with a role: Auto Scaling
+    refuses a launch template naming one it does not know."""
+    name = env.instance_profile.rsplit("/", 1)[-1]
+    where = f"environments.{env.name}.instance_profile"
+    profile = aws.iam.instance_profile(clients.iam(), name)
+    if profile is None:
+        raise InputError(f"no instance profile {name} in the account: every group's launch "
+                         "would be refused", resource=where,
+                         fix="create it with its role and `invoke policy --instance` "
+                         "attached (docs/operator-guide.md, fleets as Auto Scaling groups), "
+                         "or name one that exists")
+    roles = [r.get("RoleName") for r in profile.get("Roles", [])]
+    if not roles:
+        raise InputError(f"instance profile {name} has no role: its instances could not "
+                         "read the record or the releases", resource=where,
+                         fix=f"aws iam add-role-to-instance-profile --instance-profile-name "
+                         f"{name} --role-name ROLE")
+    return f"{profile.get('Arn')} (role {roles[0]})"
 
 
 def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -> list[Check]:
@@ -174,6 +226,9 @@ def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -
     checks += [_check("artifact bucket", lambda: bucket(env, clients)),
                _check("lock table", lambda: lock_table(env, clients)),
                _check("base image", lambda: base_image(env, clients))]
+    if env.server_groups:
+        checks += [_check("Auto Scaling's role", lambda: autoscaling_role(env, clients)),
+                   _check("instance profile", lambda: instance_profile(env, clients))]
     regional = parallel.each(env.all_regions, lambda r: [
         _check(f"network in {r}", lambda: network(env, clients, r)),
         _check(f"volume key in {r}", lambda: volume_key(env, clients, r))], key=lambda r: r)

@@ -194,6 +194,10 @@ class AwsClients:
     def elbv2(self, region: str) -> ElasticLoadBalancingv2Client:
         return cast("ElasticLoadBalancingv2Client", self.client("elbv2", region))
 
+    def iam(self) -> Any:
+        """IAM (global; its stubs are not among the test dependencies)."""
+        return self.client("iam")
+
     def kms(self, region: str) -> KMSClient:
         return cast("KMSClient", self.client("kms", region))
 
@@ -460,7 +464,7 @@ def tag_map(tag_list: Iterable[Mapping[str, Any]] | None) -> dict[str, str]:
 
 
 # The services, each in its own module; imported last, as they use the boundary above.
-from deploylib.aws import autoscaling, ec2, elb, kms, s3, ssm  # noqa: E402
+from deploylib.aws import autoscaling, ec2, elb, iam, kms, s3, ssm  # noqa: E402
 
-__all__ = ["AwsClients", "Identity", "autoscaling", "calling", "ec2", "elb", "kms", "s3", "ssm",
-           "tag_map", "tags"]
+__all__ = ["AwsClients", "Identity", "autoscaling", "calling", "ec2", "elb", "iam", "kms", "s3",
+           "ssm", "tag_map", "tags"]

@@ -31,6 +31,16 @@ COUNTED = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 CONSOLE_EVERY = 3.0
 # A group made this recently (seconds) is the wait's own: every launch it refused counts.
 FRESH_GROUP = 600.0
+# A group AWS is deleting: listed a while yet, its name taken, every change refused.
+PENDING_DELETE = "Delete in progress"
+# How long a delete waits out the group's scaling activities in progress (a launch):
+# AWS refuses it meanwhile (ScalingActivityInProgress); Terraform's provider waits as long.
+DELETE_WAIT = 300.0
+# How long a group's create or update waits for IAM to propagate an instance profile made
+# moments ago: Auto Scaling answers "Invalid IAM Instance Profile" meanwhile (for seconds;
+# terraform-provider-aws#5633, #40088) and botocore does not retry it.
+PROPAGATION = 120.0
+_NOT_YET_KNOWN = "Invalid IAM Instance Profile"
 _NAME = re.compile(r"-v(\d{3,})$")
 
 
@@ -49,6 +59,7 @@ class ServerGroup:
     tags: dict[str, str] = field(default_factory=dict)
     suspended: tuple[str, ...] = ()
     created: float = 0.0  # epoch seconds
+    deleting: bool = False  # pending delete: gone for every purpose but its name
 
     @classmethod
     def from_api(cls, region: str, g: Mapping[str, Any]) -> ServerGroup:
@@ -64,7 +75,8 @@ class ServerGroup:
             tags=tag_map(g.get("Tags")),
             suspended=tuple(sorted(p["ProcessName"] for p in g.get("SuspendedProcesses", []))),
             created=g["CreatedTime"].timestamp() if hasattr(g.get("CreatedTime"), "timestamp")
-            else 0.0)
+            else 0.0,
+            deleting=g.get("Status") == PENDING_DELETE)
 
     @property
     def in_service(self) -> list[str]:
@@ -95,8 +107,10 @@ def _where(name: str, region: str) -> str:
     return f"server group {name} in {region}"
 
 
-def server_groups(asg: AutoScalingClient, region: str, prefix: str) -> list[ServerGroup]:
-    """The environment's server groups in a region, oldest first."""
+def server_groups(asg: AutoScalingClient, region: str, prefix: str, *,
+                  deleting: bool = False) -> list[ServerGroup]:
+    """The environment's server groups in a region, oldest first; with `deleting`, those
+    AWS is deleting too (their names are still taken)."""
     with calling(f"server groups {prefix}-v* in {region}",
                  "check autoscaling:DescribeAutoScalingGroups is allowed"):
         pages = asg.get_paginator("describe_auto_scaling_groups").paginate()
@@ -104,14 +118,17 @@ def server_groups(asg: AutoScalingClient, region: str, prefix: str) -> list[Serv
                  for g in page["AutoScalingGroups"]
                  if g["AutoScalingGroupName"].startswith(f"{prefix}-v")
                  and number_of(g["AutoScalingGroupName"]) is not None]
-    return sorted(found, key=lambda g: number_of(g.name) or 0)
+    return sorted((g for g in found if deleting or not g.deleting),
+                  key=lambda g: number_of(g.name) or 0)
 
 
 def describe(asg: AutoScalingClient, region: str, name: str) -> ServerGroup | None:
+    """The group, or None when there is none or AWS is deleting it."""
     with calling(_where(name, region), "check autoscaling:DescribeAutoScalingGroups is allowed"):
         found = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
             "AutoScalingGroups"]
-    return ServerGroup.from_api(region, found[0]) if found else None
+    group = ServerGroup.from_api(region, found[0]) if found else None
+    return None if group is None or group.deleting else group
 
 
 def create(asg: AutoScalingClient, *, region: str, name: str, template_id: str, version: int,
@@ -123,16 +140,15 @@ def create(asg: AutoScalingClient, *, region: str, name: str, template_id: str, 
     fix = "check autoscaling:CreateAutoScalingGroup and iam:PassRole are allowed"
     existing = describe(asg, region, name)
     if existing is None:
-        with calling(where, fix):
-            asg.create_auto_scaling_group(
-                AutoScalingGroupName=name,
-                LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)},
-                MinSize=0, MaxSize=max_size, DesiredCapacity=0,
-                VPCZoneIdentifier=",".join(subnet_ids), HealthCheckType="ELB",
-                HealthCheckGracePeriod=hook_timeout,
-                Tags=[{"Key": t["Key"], "Value": t["Value"], "PropagateAtLaunch": False,
-                       "ResourceId": name, "ResourceType": "auto-scaling-group"}
-                      for t in tag_list])
+        _once_propagated(where, fix, lambda: asg.create_auto_scaling_group(
+            AutoScalingGroupName=name,
+            LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)},
+            MinSize=0, MaxSize=max_size, DesiredCapacity=0,
+            VPCZoneIdentifier=",".join(subnet_ids), HealthCheckType="ELB",
+            HealthCheckGracePeriod=hook_timeout,
+            Tags=[{"Key": t["Key"], "Value": t["Value"], "PropagateAtLaunch": False,
+                   "ResourceId": name, "ResourceType": "auto-scaling-group"}
+                  for t in tag_list]))
     with calling(where, fix):
         asg.put_lifecycle_hook(AutoScalingGroupName=name, LifecycleHookName=BOOT_HOOK,
                                LifecycleTransition=LAUNCHING, HeartbeatTimeout=hook_timeout,
@@ -152,9 +168,33 @@ def use_template(asg: AutoScalingClient, region: str, name: str, template_id: st
                  version: int | str) -> None:
     """Point a group at another launch template version: its next launches use it; the
     instances it has are left as they are."""
-    with calling(_where(name, region), "check autoscaling:UpdateAutoScalingGroup is allowed"):
-        asg.update_auto_scaling_group(AutoScalingGroupName=name, LaunchTemplate={
-            "LaunchTemplateId": template_id, "Version": str(version)})
+    _once_propagated(_where(name, region), "check autoscaling:UpdateAutoScalingGroup is allowed",
+                     lambda: asg.update_auto_scaling_group(
+                         AutoScalingGroupName=name, LaunchTemplate={
+                             "LaunchTemplateId": template_id, "Version": str(version)}))
+
+
+def _once_propagated(where: str, fix: str, call: Callable[[], Any]) -> None:
+    """Make a call that gives a group a launch template, again while Auto Scaling does
+    not know the template's instance profile yet (IAM propagating), up to PROPAGATION."""
+    last: list[CloudError] = []
+
+    def attempt() -> bool:
+        try:
+            with calling(where, fix):
+                call()
+        except CloudError as exc:
+            if exc.code == "ValidationError" and _NOT_YET_KNOWN in exc.problem:
+                last[:] = [exc]
+                return False
+            raise
+        return True
+
+    waits.until(attempt, timeout=PROPAGATION, first=1.0, longest=8.0,
+                what="Auto Scaling to know the launch template's instance profile",
+                resource=where, fix=lambda: f"AWS said: {last[0].problem if last else '-'}; "
+                "check instance_profile names a profile that exists, with its role "
+                "(`invoke preflight`)")
 
 
 def attach(asg: AutoScalingClient, region: str, name: str, target_groups: list[str]) -> None:
@@ -185,11 +225,30 @@ def release(asg: AutoScalingClient, region: str, name: str) -> None:
 
 
 def delete(asg: AutoScalingClient, region: str, name: str) -> None:
-    """Delete a server group and terminate its instances (ForceDelete)."""
-    with calling(_where(name, region), "check autoscaling:DeleteAutoScalingGroup is allowed"):
-        if describe(asg, region, name) is None:
-            return
-        asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+    """Delete a server group and terminate its instances (ForceDelete). A launch in
+    progress is waited out (AWS refuses the delete meanwhile); a group already being
+    deleted is as good as gone."""
+    where = _where(name, region)
+    fix = "check autoscaling:DeleteAutoScalingGroup is allowed"
+    if describe(asg, region, name) is None:
+        return
+
+    def attempt() -> bool:
+        try:
+            with calling(where, fix):
+                asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+        except CloudError as exc:
+            if exc.code == "ScalingActivityInProgress":
+                return False  # a launch still going: try again
+            if exc.code == "ValidationError" and describe(asg, region, name) is None:
+                return True  # deleted meanwhile (by a second delete, or a person)
+            raise
+        return True
+
+    waits.until(attempt, timeout=DELETE_WAIT, first=1.0, longest=5.0,
+                what=f"{name}'s scaling activities in progress to end, to delete it",
+                resource=where, fix="read its scaling activities (aws autoscaling "
+                "describe-scaling-activities) and run `invoke gc` once they are over")
 
 
 def boot_failure(name: str, console: str) -> str | None:

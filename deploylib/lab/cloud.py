@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -388,6 +389,28 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
     ELBv2Backend.describe_target_health = lab_describe_target_health
 
 
+# Auto Scaling's service-linked role: made once per account (by the first group, with
+# iam:CreateServiceLinkedRole, or by hand); the lab's account has it, as an account that
+# has had a group does.
+AUTOSCALING_SERVICE = "autoscaling.amazonaws.com"
+
+
+def seed_iam(clients: Any, profile: str) -> None:
+    """The account's IAM as a server-group deploy finds it: the instance role and its
+    profile (named alike, as the IAM console makes them), and Auto Scaling's
+    service-linked role. Made before the tool's first call; their creation is backdated
+    (deploylib.lab.scaling.settle_iam): IAM's propagation delay is for what is new."""
+    iam = clients.client("iam")
+    iam.create_service_linked_role(AWSServiceName=AUTOSCALING_SERVICE)
+    if profile:
+        iam.create_role(RoleName=profile, AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"Service": "ec2.amazonaws.com"}}]}))
+        iam.create_instance_profile(InstanceProfileName=profile)
+        iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
+
+
 def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
     """Create the lab account's infrastructure, as Terraform would for a real one.
 
@@ -437,6 +460,7 @@ def seed(clients: Any, spec: dict[str, Any]) -> dict[str, str]:
     # published as.
     clients.s3().put_bucket_versioning(Bucket=spec["bucket"],
                                        VersioningConfiguration={"Status": "Enabled"})
+    seed_iam(clients, spec.get("instance_profile") or "")
     clients.dynamodb().create_table(
         TableName=spec["lock_table"], BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],

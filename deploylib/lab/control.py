@@ -40,6 +40,8 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "base_image": env.base_image, "app_port": env.app_port,
             "health_path": env.health_path, "ssh_port": env.ssh_port,
             "lock_table": env.lock_table,
+            # The server groups' instance profile, made in the lab's IAM with its role.
+            "instance_profile": env.instance_profile.rsplit("/", 1)[-1],
             # What the tool may do (deploylib.lab.iam): the policy `invoke policy` prints.
             "policy": render.iam_policy(env),
             # What a server group's instances may do at boot (their instance role's).

@@ -84,6 +84,7 @@ def main() -> None:
     clients = AwsClients(spec["regions"][0], endpoint_url=endpoint,
                          credentials=keys["admin"], path_style=True)
     groups = cloud.seed(clients, spec)
+    scaling.settle_iam()
     if spec.get("debian"):
         # A real Debian root filesystem as a second base image (deploylib.lab.rootfs).
         for region in spec["regions"]:

@@ -31,7 +31,11 @@ ForAnyValue / ForAllValues forms; `aws:TagKeys`, the keys a tag write gives, by 
 operator). A target group's RegisterTargets and DeregisterTargets name the group.
 Launching with an instance profile (RunInstances, or a server group given a launch
 template that names one) is also an `iam:PassRole` of its role (`iam:PassedToService`);
-a RunInstances from a launch template names the template too;
+a RunInstances from a launch template names the template too; a Create/
+UpdateAutoScalingGroup given a launch template is also an ec2:RunInstances on the
+template, and an account's first group an `iam:CreateServiceLinkedRole` of Auto
+Scaling's role (`iam:AWSServiceName`); IAM's GetRole and GetInstanceProfile name the
+role or profile;
 a CopyObject is also an `s3:GetObject` of its source; a virtual-host S3 request names
 the bucket of its host. An EC2 id of a kind the lab does not know is a resource no
 policy grants. Any other condition never holds for an Allow and always holds for a
@@ -279,6 +283,45 @@ def _template_id(region: str, form: dict[str, list[str]]) -> str:
         return f"x-unknown-{name}"
 
 
+def _group_launches(region: str, action: str, form: dict[str, list[str]]
+                    ) -> tuple[tuple[str, str, Keys], ...]:
+    """What Create/UpdateAutoScalingGroup given a launch template is authorised for
+    besides itself (the Auto Scaling user guide, "Launch template permissions"): the
+    caller's ec2:RunInstances on the template, iam:PassRole of its instance profile's
+    role, and — for an account's first group — iam:CreateServiceLinkedRole of Auto
+    Scaling's role."""
+    from deploylib.lab import scaling
+
+    also: tuple[tuple[str, str, Keys], ...] = ()
+    template = _template_id(region, form)
+    if template:
+        arn = _ec2_arn(region, "launch-template", template)
+        also += (("ec2:RunInstances", arn, {f"aws:ResourceTag/{k}": v for k, v in
+                                            _tags_now(region, template).items()}),)
+        also += _passes(_template_profile(region, form))
+    if action == "CreateAutoScalingGroup" and not scaling.has_service_role():
+        also += (("iam:CreateServiceLinkedRole", scaling.service_role_arn(),
+                  {"iam:AWSServiceName": scaling.SERVICE}),)
+    return also
+
+
+def _iam_named(action: str, form: dict[str, list[str]]) -> tuple[str, ...]:
+    """The role or instance profile an IAM read names, as its ARN (with its path, as IAM
+    authorises it; a name IAM does not have, at the root path)."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[ACCOUNT]["aws"]
+    if action == "GetRole" and form.get("RoleName"):
+        name = form["RoleName"][0]
+        found = [r.arn for r in backend.roles.values() if r.name == name]
+        return (found[0] if found else f"arn:aws:iam::{ACCOUNT}:role/{name}",)
+    if action == "GetInstanceProfile" and form.get("InstanceProfileName"):
+        name = form["InstanceProfileName"][0]
+        found = [p.arn for p in backend.instance_profiles.values() if p.name == name]
+        return (found[0] if found else f"arn:aws:iam::{ACCOUNT}:instance-profile/{name}",)
+    return ("*",)
+
+
 def _template_profile(region: str, form: dict[str, list[str]]) -> str:
     """The instance profile of the launch template version a group is given."""
     from moto.ec2.models import ec2_backends
@@ -342,9 +385,11 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
             resources = (f"arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:"
                          f"*:autoScalingGroupName/{named}",) if named and \
                 not name.startswith("Describe") else ("*",)
-            passes = _passes(_template_profile(region, form)) if name in (
+            also = _group_launches(region, name, form) if name in (
                 "CreateAutoScalingGroup", "UpdateAutoScalingGroup") else ()
-            return Call(key_id, region, action, resources, expired, also=passes)
+            return Call(key_id, region, action, resources, expired, also=also)
+        if service == "iam":
+            return Call(key_id, region, action, _iam_named(name, form), expired)
         if service == "sts" and name == "AssumeRole":
             # STS authorises an AssumeRole on the role it asks for.
             return Call(key_id, region, action, tuple((form.get("RoleArn") or ["*"])[:1]),
@@ -377,7 +422,22 @@ def _applies(statement: dict[str, Any], action: str, resource: str) -> bool:
 
 
 _OPERATORS = {"StringEquals": lambda want, have: want == have,
-              "StringLike": lambda want, have: fnmatchcase(have, want.replace("[", "[[]"))}
+              "StringLike": lambda want, have: fnmatchcase(have, want.replace("[", "[[]")),
+              "Bool": lambda want, have: want.lower() == have.lower()}
+# The condition keys the lab evaluates (lower case, as IAM compares them).
+_KEYS = ("aws:resourcetag/", "aws:requesttag/", "aws:tagkeys", "ec2:createaction",
+         "dynamodb:leadingkeys", "iam:passedtoservice", "iam:awsservicename",
+         "kms:grantisforawsresource")
+
+
+def names_principal(statement: dict[str, Any], arn: str) -> bool:
+    """Whether a resource policy's statement (a key policy's) is for the principal `arn`
+    (by its ARN, or "*")."""
+    principal = statement.get("Principal")
+    if principal == "*":
+        return True
+    named = principal.get("AWS", []) if isinstance(principal, dict) else []
+    return arn in ([named] if isinstance(named, str) else named) or "*" in named
 
 
 def holds(condition: dict[str, Any], keys: Keys) -> bool | None:
@@ -393,9 +453,7 @@ def holds(condition: dict[str, Any], keys: Keys) -> bool | None:
             return None
         for key, wanted in tests.items():
             name = key.lower()
-            if not name.startswith(("aws:resourcetag/", "aws:requesttag/", "aws:tagkeys",
-                                    "ec2:createaction", "dynamodb:leadingkeys",
-                                    "iam:passedtoservice")):
+            if not name.startswith(_KEYS):
                 return None
             have = lowered.get(name)
             values = [str(v) for v in ([wanted] if isinstance(wanted, str) else wanted)]

@@ -27,17 +27,35 @@ hooks, Elastic Load Balancing and health checks):
   AWS reports an IAM, KMS, capacity, quota or template error ("Troubleshoot Amazon EC2
   Auto Scaling: EC2 instance launch failures") — while the lab's faults.json has a rule
   for the action `LaunchInstance` (its `message` the reason); the group tries again.
+- deleting a group is not instant (the API reference's DeleteAutoScalingGroup; Terraform's
+  provider retries and waits for both): while a launch is in progress (LAUNCH_ACTIVITY
+  seconds here) DeleteAutoScalingGroup answers `ScalingActivityInProgress`; a deleted
+  group stays listed with Status `Delete in progress` (DELETE_LINGER seconds here, while
+  AWS terminates its instances) and refuses every change ("The AutoScaling group may
+  not be modified while it is pending delete"); its name is taken until it is gone.
+- a group given a launch template is checked as AWS checks it when it is created or
+  updated (the Auto Scaling user guide, "Launch template permissions"; the IAM
+  authorisation of the caller is deploylib.lab.iam's): its instance profile must exist
+  in IAM and be known to Auto Scaling — one made less than PROFILE_PROPAGATION seconds
+  ago is not yet (IAM is eventually consistent: "Invalid IAM Instance Profile name",
+  terraform-provider-aws#5633) — and the first group of an account makes Auto Scaling's
+  service-linked role.
+- a launch uses the region's default EBS key as Auto Scaling's service-linked role: a
+  customer-managed key whose key policy does not let that role use it (the user guide,
+  "Required AWS KMS key policy for use with encrypted volumes") fails the launch with
+  AWS's `Client.InternalError`.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 import uuid
 from typing import Any
 
-from moto.autoscaling.exceptions import ValidationError
+from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
 from moto.autoscaling.models import (
     ASG_NAME_TAG,
     AutoScalingBackend,
@@ -70,11 +88,140 @@ LAUNCH_FAULT = "LaunchInstance"  # the faults.json action that fails a group's l
 # longer); (region, group) -> when (time.monotonic()).
 LAUNCH_RETRY = 2.0
 _retry_at: dict[tuple[str, str], float] = {}
+# A launch is an activity in progress this long (on AWS, the instance's own launch before
+# its lifecycle hook takes it over: tens of seconds).
+LAUNCH_ACTIVITY = 2.0
+# A deleted group stays listed, `Delete in progress`, this long; (region, group) -> until
+# when (time.monotonic()).
+DELETE_LINGER = 10.0
+PENDING_DELETE = "Delete in progress"
+_deleting: dict[tuple[str, str], float] = {}
+# The calls that change a group: each refused while it is pending delete.
+_CHANGES = ("update_auto_scaling_group", "set_desired_capacity", "suspend_processes",
+            "resume_processes", "attach_load_balancer_target_groups",
+            "detach_load_balancer_target_groups", "put_lifecycle_hook",
+            "delete_auto_scaling_group")
+
+
+# An instance profile this young (seconds) is not yet known to Auto Scaling.
+PROFILE_PROPAGATION = 8.0
+SERVICE = "autoscaling.amazonaws.com"
+SERVICE_ROLE = "AWSServiceRoleForAutoScaling"
+KEY_REFUSED = "Client.InternalError: Client error on launch"
+
+
+def _iam() -> Any:
+    from moto.iam.models import iam_backends
+
+    return iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+
+def service_role_arn() -> str:
+    return f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/aws-service-role/{SERVICE}/{SERVICE_ROLE}"
+
+
+def has_service_role() -> bool:
+    return any(r.name == SERVICE_ROLE for r in _iam().roles.values())
+
+
+def settle_iam() -> None:
+    """What the account has when the lab hands it over is old enough to be known
+    everywhere (its propagation is behind it)."""
+    past = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(hours=1)
+    for made in [*_iam().instance_profiles.values(), *_iam().roles.values()]:
+        made.create_date = past
+
+
+def _profile_refusal(data: dict[str, Any]) -> str | None:
+    """Why Auto Scaling refuses a launch template's instance profile, in its words; None
+    when it takes it."""
+    given = data.get("IamInstanceProfile") or {}
+    name, arn = given.get("Name"), given.get("Arn")
+    if not name and not arn:
+        return None
+    found = next((p for p in _iam().instance_profiles.values()
+                  if (arn and p.arn == arn) or (name and p.name == name)), None)
+    made = found.create_date if found is not None else None
+    if made is not None and made.tzinfo is None:
+        made = made.replace(tzinfo=datetime.UTC)
+    young = made is not None and (datetime.datetime.now(datetime.UTC) - made
+                                  ).total_seconds() < PROFILE_PROPAGATION
+    if found is None or young:
+        kind, value = ("arn", arn) if arn else ("name", name)
+        return ("You must use a valid fully-formed launch template. Value "
+                f"({value}) for parameter iamInstanceProfile.{kind} is invalid. Invalid "
+                f"IAM Instance Profile {kind}")
+    return None
+
+
+def _key_refusal(backend: AutoScalingBackend) -> str | None:
+    """A launch's failure for the region's default EBS key: customer-managed and its key
+    policy not letting the service-linked role use it (encrypt the volume, and grant EC2
+    that use)."""
+    from moto.kms.models import kms_backends
+
+    from deploylib.lab import iam
+
+    chosen = backend.ec2_backend.default_kms_key_id
+    kms = kms_backends[DEFAULT_ACCOUNT_ID][backend.region_name]
+    if not chosen or (kms.alias_exists("alias/aws/ebs")
+                      and kms.describe_key("alias/aws/ebs").arn == chosen):
+        return None  # AWS's own key: every identity in the account may use it
+    try:
+        key = kms.describe_key(chosen)
+        policy = json.loads(kms.get_key_policy(key.id))
+    except Exception:  # noqa: BLE001 - a key that is not there: no launch can use it
+        return KEY_REFUSED
+    role = service_role_arn()
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    theirs = {"Statement": [s for s in statements if iam.names_principal(s, role)]}
+    needed: list[tuple[str, iam.Keys]] = [
+        ("kms:GenerateDataKeyWithoutPlaintext", {}), ("kms:Decrypt", {}),
+              ("kms:CreateGrant", {"kms:GrantIsForAWSResource": "true"})]
+    if all(iam.allowed(theirs, action, key.arn, keys) for action, keys in needed):
+        return None
+    return KEY_REFUSED
+
+
+def _checking_the_template(method: Any) -> Any:
+    """Create/UpdateAutoScalingGroup given a launch template: refused as AWS refuses an
+    instance profile it does not know (yet); the account's first group makes the
+    service-linked role (its caller authorised for that by deploylib.lab.iam)."""
+    def checking(self: AutoScalingResponse) -> Any:
+        given = self._get_param("LaunchTemplate") or {}
+        if given:
+            ec2 = self.autoscaling_backend.ec2_backend
+            try:
+                template = ec2.get_launch_template(given["LaunchTemplateId"]) \
+                    if given.get("LaunchTemplateId") else \
+                    ec2.get_launch_template_by_name(given.get("LaunchTemplateName"))
+                data = template.get_version(given.get("Version") or "$Default").data
+            except Exception:  # noqa: BLE001 - moto's own error follows from the call
+                data = {}
+            refusal = _profile_refusal(data)
+            if refusal:
+                raise ValidationError(refusal)
+        if method.__name__ == "create_auto_scaling_group" and not has_service_role():
+            _iam().create_service_linked_role(SERVICE, "", "")
+        return method(self)
+
+    checking.__name__ = method.__name__
+    return checking
+
+
+class ScalingActivityInProgress(AutoscalingClientError):
+    code = "ScalingActivityInProgress"
+
+
+class AlreadyExists(AutoscalingClientError):
+    code = "AlreadyExists"
 
 
 def _activity(region: str, group: str, *, failed: str | None = None,
               instance_id: str | None = None) -> None:
-    """Record a launch, as DescribeScalingActivities lists it."""
+    """Record a launch, as DescribeScalingActivities lists it: in progress for
+    LAUNCH_ACTIVITY seconds when it made an instance, failed at once when it made none."""
     now = datetime.datetime.now(datetime.UTC)
     entry: dict[str, Any] = {
         "ActivityId": str(uuid.uuid4()), "AutoScalingGroupName": group,
@@ -83,7 +230,8 @@ def _activity(region: str, group: str, *, failed: str | None = None,
         "StartTime": now, "EndTime": now, "Progress": 100, "Details": "{}"}
     if failed is None:
         entry.update(StatusCode="Successful",
-                     Description=f"Launching a new EC2 instance: {instance_id}")
+                     Description=f"Launching a new EC2 instance: {instance_id}",
+                     _ends=time.monotonic() + LAUNCH_ACTIVITY)
     else:
         entry.update(StatusCode="Failed", StatusMessage=failed,
                      Description=f"Launching a new EC2 instance.  Status Reason: {failed}. "
@@ -160,6 +308,8 @@ def converge(backend: AutoScalingBackend, group: FakeAutoScalingGroup) -> None:
 def converge_all() -> None:
     for backend in _backends():
         for group in list(backend.autoscaling_groups.values()):
+            if (backend.region_name, group.name) in _deleting:
+                continue
             try:
                 converge(backend, group)
             except Exception:  # noqa: BLE001 - one group's bad round must not stop the rest
@@ -188,13 +338,59 @@ def _later(seconds: float, fn: Any) -> None:
     timer.start()
 
 
+def _shown(entry: dict[str, Any]) -> dict[str, Any]:
+    """An activity as the API shows it now: a launch still going is InProgress."""
+    shown = {k: v for k, v in entry.items() if not k.startswith("_")}
+    if time.monotonic() < entry.get("_ends", 0.0):
+        shown.update(StatusCode="InProgress", Progress=50)
+        shown.pop("EndTime", None)
+    return shown
+
+
+def _in_progress(region: str, group: str) -> bool:
+    with _lock:
+        return any(_shown(e)["StatusCode"] == "InProgress"
+                   for e in _activities.get((region, group), []))
+
+
 def describe_scaling_activities(self: AutoScalingResponse) -> ActionResult:
     """A group's activities, newest first (MaxRecords of them), as Auto Scaling lists them."""
     name = self._get_param("AutoScalingGroupName")
     most = int(self._get_param("MaxRecords") or 100)
     with _lock:
-        found = list(reversed(_activities.get((self.region, name), [])))[:most]
+        found = [_shown(e) for e in reversed(_activities.get((self.region, name), []))][:most]
     return ActionResult({"Activities": found})
+
+
+def _refusing_when_pending_delete(method: Any) -> Any:
+    """A call that changes a group, refused as AWS refuses it while the group is pending
+    delete; a delete also while one of its launches is in progress."""
+    def refusing(self: AutoScalingResponse) -> Any:
+        name = self._get_param("AutoScalingGroupName")
+        if (self.region, name) in _deleting:
+            raise ValidationError("The AutoScaling group may not be modified while it is "
+                                  "pending delete")
+        if method.__name__ == "delete_auto_scaling_group" and _in_progress(self.region, name):
+            raise ScalingActivityInProgress("You cannot delete an AutoScalingGroup while "
+                                            "there are scaling activities in progress for "
+                                            "that group.")
+        return method(self)
+
+    refusing.__name__ = method.__name__
+    return refusing
+
+
+def _refusing_a_name_taken(method: Any) -> Any:
+    """CreateAutoScalingGroup with a name a group has (pending delete too): AWS refuses
+    it; moto would replace the group."""
+    def refusing(self: AutoScalingResponse) -> Any:
+        name = self._get_param("AutoScalingGroupName")
+        if name in self.autoscaling_backend.autoscaling_groups:
+            raise AlreadyExists(f"AutoScalingGroup by this name already exists - A group "
+                                f"with the name {name} already exists")
+        return method(self)
+
+    return refusing
 
 
 def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
@@ -214,8 +410,10 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
         if time.monotonic() < _retry_at.get((region, self.name), 0.0):
             return  # backing off after a launch that failed
         failure = faults.match(LAUNCH_FAULT, region) if faults is not None else None
-        if failure is not None:  # no instance: only the activity says why
-            _activity(region, self.name, failed=failure.get("message", "injected by the lab"))
+        why = failure.get("message", "injected by the lab") if failure is not None else \
+            _key_refusal(self.autoscaling_backend)
+        if why is not None:  # no instance: only the activity says why
+            _activity(region, self.name, failed=why)
             _retry_at[(region, self.name)] = time.monotonic() + LAUNCH_RETRY
             return
         propagated_tags[ASG_NAME_TAG] = self.name
@@ -302,7 +500,8 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
         converge(self, self.autoscaling_groups[group_name])
 
     def delete_group(self: AutoScalingBackend, group_name: str) -> None:
-        # As ForceDelete: out of the target groups first, then terminated with the group.
+        # As ForceDelete: out of the target groups first, then terminated with the group,
+        # which stays listed a while as pending delete.
         with _lock:
             group = self.autoscaling_groups.get(group_name)
             if group is None:
@@ -316,7 +515,18 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
             if ids:
                 self.ec2_backend.terminate_instances(ids)
             _registered.pop((self.region_name, group_name), None)
-            self.autoscaling_groups.pop(group_name, None)
+            group.status = PENDING_DELETE
+            where = (self.region_name, group_name)
+            _deleting[where] = time.monotonic() + DELETE_LINGER
+
+        def gone(backend: AutoScalingBackend = self, group: FakeAutoScalingGroup = group) -> None:
+            with _lock:
+                _deleting.pop(where, None)
+                if backend.autoscaling_groups.get(group_name) is group:
+                    backend.autoscaling_groups.pop(group_name)
+                _activities.pop(where, None)
+
+        _later(DELETE_LINGER, gone)
 
     def detach_target_groups(self: AutoScalingBackend, group_name: str,
                              target_group_arns: list[str]) -> None:
@@ -420,6 +630,13 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
     LaunchTemplates.create_launch_template_version = create_version
     AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
     AutoScalingResponse.describe_scaling_activities = describe_scaling_activities
+    AutoScalingResponse.create_auto_scaling_group = _refusing_a_name_taken(
+        _checking_the_template(AutoScalingResponse.create_auto_scaling_group))
+    AutoScalingResponse.update_auto_scaling_group = _checking_the_template(
+        AutoScalingResponse.update_auto_scaling_group)
+    for name in _CHANGES:
+        setattr(AutoScalingResponse, name,
+                _refusing_when_pending_delete(getattr(AutoScalingResponse, name)))
 
     stop = threading.Event()
 

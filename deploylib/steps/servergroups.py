@@ -87,7 +87,9 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     env = ctx.env
     asg = ctx.aws.autoscaling(region)
     groups = ctx.facts.server_groups
-    existing = aws.autoscaling.server_groups(asg, region, env.group_prefix)
+    # Groups AWS is still deleting count for the next name only: theirs is taken.
+    every = aws.autoscaling.server_groups(asg, region, env.group_prefix, deleting=True)
+    existing = [g for g in every if not g.deleting]
     mine = next((g for g in existing if g.name == groups.get(region)
                  or g.tags.get(aws.TAG_RUN) == ctx.state.run_id), None)
     live = live_group(ctx, region)
@@ -111,7 +113,7 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
                                                + ctx.timeout("boot", 900),
                                                console=_console(ctx, region))
     name = mine.name if mine else aws.autoscaling.next_name(
-        env.group_prefix, [g.name for g in existing])
+        env.group_prefix, [g.name for g in every])
     groups[region] = name
     ctx.save()  # before anything is made: a crash leaves it findable by name and tag
     subnet, _ = network(ctx, region)

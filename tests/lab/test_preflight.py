@@ -106,11 +106,32 @@ def _volume_key_disabled(lab):
     return {"kms_keys": [arn]}, ["is Disabled", "enable-key"]
 
 
+def _no_autoscaling_role(lab):
+    """An account that never had a group: no Auto Scaling service-linked role (it comes
+    back after the test: account_reset), and the tool's policy does not let it make one."""
+    lab.clients().client("iam").delete_service_linked_role(RoleName=aws.iam.AUTOSCALING_ROLE)
+    return {"fleet": "server-groups"}, [f"the account has no {aws.iam.AUTOSCALING_ROLE}",
+                                        aws.iam.CREATE_AUTOSCALING_ROLE]
+
+
+def _volume_key_not_for_autoscaling(lab):
+    """A customer-managed default key, listed and enabled, whose key policy is KMS's
+    default (the account's root): Auto Scaling's role may not use it."""
+    arn = _default_volume_key(lab)
+    return {"fleet": "server-groups", "kms_keys": [arn]}, [
+        f"({arn}) does not let {aws.iam.AUTOSCALING_ROLE} use it",
+        "kms:GenerateDataKey*", "kms:GrantIsForAWSResource"]
+
+
 @pytest.fixture(autouse=True)
-def volume_keys_reset(lab):
+def account_reset(lab):
     yield
     for region in lab.env.all_regions:
         lab.clients().ec2(region).reset_ebs_default_kms_key_id()
+    iam = lab.clients().client("iam")
+    roles = iam.list_roles(PathPrefix="/aws-service-role/")["Roles"]
+    if not any(r["RoleName"] == aws.iam.AUTOSCALING_ROLE for r in roles):
+        iam.create_service_linked_role(AWSServiceName=aws.iam.AUTOSCALING_SERVICE)
 
 
 BROKEN = {
@@ -128,6 +149,11 @@ BROKEN = {
     "key pair missing in a region": _key_in_one_region,
     "customer-managed volume key not in kms_keys": _volume_key_unlisted,
     "customer-managed volume key disabled": _volume_key_disabled,
+    "server groups: no service-linked role, no grant to make it": _no_autoscaling_role,
+    "server groups: instance profile missing": lambda lab: (
+        {"fleet": "server-groups", "instance_profile": "preflight-no-such-profile"},
+        ["no instance profile preflight-no-such-profile", "create it with its role"]),
+    "server groups: default key without the role's grant": _volume_key_not_for_autoscaling,
 }
 
 
@@ -189,6 +215,34 @@ def test_a_customer_managed_volume_key_listed_and_granted_passes(lab, tmp_path):
     assert report["passed"], report
     assert {c["name"]: c["detail"] for c in report["checks"]}["volume key in us-west-2"] \
         == f"{arn} (customer-managed, enabled)"
+
+
+def test_server_groups_pass_with_the_role_the_profile_and_a_key_policy_for_the_role(
+        lab, tmp_path):
+    """Auto Scaling's role and the instance profile there, and a customer-managed default
+    key whose policy has the two statements the Auto Scaling user guide gives the role."""
+    import json
+
+    arn = _default_volume_key(lab)
+    role = aws.iam.autoscaling_role_arn(arn.split(":")[4])
+    kms = lab.clients().client("kms", "us-west-2")
+    policy = json.loads(kms.get_key_policy(KeyId=arn, PolicyName="default")["Policy"])
+    policy["Statement"] += [
+        {"Effect": "Allow", "Principal": {"AWS": role}, "Resource": "*",
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                    "kms:DescribeKey"]},
+        {"Effect": "Allow", "Principal": {"AWS": role}, "Resource": "*",
+         "Action": "kms:CreateGrant",
+         "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}}}]
+    kms.put_key_policy(KeyId=arn, PolicyName="default", Policy=json.dumps(policy))
+    cli = _cli(lab, tmp_path, fleet="server-groups", kms_keys=[arn])
+    report = json.loads(cli("preflight --env lab --json").stdout)
+    assert report["passed"], report
+    found = {c["name"]: c["detail"] for c in report["checks"]}
+    assert found["Auto Scaling's role"] == role
+    assert found["instance profile"].endswith("(role deploy-instance)")
+    assert found["volume key in us-west-2"].endswith(
+        f"usable by {aws.iam.AUTOSCALING_ROLE})")
 
 
 def _clients_from_the_chain(lab, monkeypatch, tmp_path, *, minutes=None, role=False):
