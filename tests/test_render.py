@@ -660,6 +660,23 @@ def test_the_boot_refuses_a_record_value_of_another_shape_than_the_tools(hostile
                                "run_id": "20261207T120000-abc123", **hostile})
 
 
+def test_the_boot_reads_a_packed_record_as_the_tool_writes_it():
+    """A record too long for JSON in a standard parameter is packed (aws.ssm.pack): the
+    boot reads it the same; one that inflates past a megabyte is refused (exit 10)."""
+    import base64
+    import zlib
+
+    regions = {f"xx-region-{n}": f"app-lab-v{n:03d}" for n in range(90)}
+    wide = {**LIVE, "server_groups": {**regions, "us-east-1": "app-lab-v004"},
+            "images": {r: f"ami-{n:017x}" for n, r in enumerate(regions)}}
+    packed = aws.ssm.pack(wide)
+    assert packed.startswith(aws.ssm.PACKED)
+    assert _boot_reads(packed).stdout.split() == ["1.0.2", "cd" * 32, "v.1_x-2"]
+    bomb = aws.ssm.PACKED + base64.b64encode(zlib.compress(b" " * (2 << 20))).decode()
+    out = _boot_reads(bomb)
+    assert out.returncode == 10 and "the record is not the tool's" in out.stderr
+
+
 def test_the_boot_refuses_a_record_that_is_not_the_tools():
     for broken in ("not json", '["a list"]', '{"server_groups": "x"}'):
         out = _boot_reads(broken)

@@ -3,7 +3,8 @@ instance, with the instance's Python: cloud-init's).
 
     python3 boot_record.py REGION GROUP SHAPES OWN_VERSION OWN_SHA256 OWN_VERSION_ID
 
-stdin: SSM's GetParameter answer for the environment's record (or its ParameterNotFound).
+stdin: SSM's GetParameter answer for the environment's record (or its ParameterNotFound);
+the record JSON, or packed (deploylib.aws.ssm.pack).
 Prints "VERSION SHA256 VERSION_ID": the record's release when the record names GROUP live
 in REGION, else the group's own (OWN_*, "-" for no version id). SHAPES is the tool's own
 definition of each value's shape (deploylib.facts.RECORD_SHAPES, as JSON): a value read
@@ -13,9 +14,30 @@ one line naming the value, for a record that is not JSON or holds a value of ano
 shape.
 """
 
+import base64
 import json
 import re
 import sys
+import zlib
+
+# A record too long for JSON in a standard parameter is packed (deploylib.aws.ssm.pack):
+# this prefix, then the JSON deflated, in base64. No record inflates past a megabyte.
+PACKED = "zlib+b64:"
+INFLATED_LIMIT = 1 << 20
+
+
+def unpack(value: str) -> dict:
+    text: str | bytes = value
+    if value.startswith(PACKED):
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(base64.b64decode(value[len(PACKED):], validate=True),
+                                  INFLATED_LIMIT)
+        if inflate.unconsumed_tail:
+            raise ValueError("inflates past a megabyte")
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    return record
 
 
 def main(argv: list[str]) -> int:
@@ -23,9 +45,9 @@ def main(argv: list[str]) -> int:
     own = argv[4:7]
     try:
         answer = json.load(sys.stdin)
-        record = json.loads(answer["Parameter"]["Value"]) if "Parameter" in answer else {}
+        record = unpack(answer["Parameter"]["Value"]) if "Parameter" in answer else {}
         live = (record.get("server_groups") or {}).get(region) == group
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, zlib.error) as exc:
         print(f"[boot {group}] the record is not the tool's ({type(exc).__name__}): refused",
               file=sys.stderr)
         return 10
