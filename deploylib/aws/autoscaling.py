@@ -25,6 +25,9 @@ LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 # underneath it, no rebalancing; launches (scale-out) go on, and boot into the right
 # release on their own.
 HELD = ["Terminate", "AZRebalance", "ReplaceUnhealthy"]
+# What a group kept out of service for a rollback has suspended: its scheduled actions and
+# its scaling policies' alarms would otherwise scale it up while it serves nobody.
+KEPT = ["ScheduledActions", "AlarmNotification"]
 # Where the group counts an instance as its capacity.
 COUNTED = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 # How often a wait for instances in service reads the console of those still waiting.
@@ -87,6 +90,40 @@ class ServerGroup:
         return sorted(i for i, st in self.instances.items() if st in COUNTED)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What a team set on its live group that the next group keeps (Spinnaker's
+    clouddriver carries the same from one server group to the next): scaling policies,
+    scheduled actions, lifecycle hooks of its own, tags of its own (not `deploy:*`),
+    termination policies."""
+
+    policies: tuple[dict[str, Any], ...] = ()
+    scheduled: tuple[dict[str, Any], ...] = ()
+    hooks: tuple[dict[str, Any], ...] = ()
+    tags: tuple[dict[str, Any], ...] = ()  # {Key, Value, PropagateAtLaunch}
+    termination: tuple[str, ...] = ()
+
+    def said(self) -> str:
+        parts = [f"{len(v)} {k}" for k, v in (
+            ("scaling policies", self.policies), ("scheduled actions", self.scheduled),
+            ("lifecycle hooks", self.hooks), ("tags", self.tags)) if v]
+        if self.termination:
+            parts.append("termination policies " + ",".join(self.termination))
+        return ", ".join(parts)
+
+
+# PutScalingPolicy's and PutScheduledUpdateGroupAction's parameters, as the Describe calls
+# list them (the rest of what they list is AWS's own: ARNs, alarms, times).
+_POLICY_KEYS = ("PolicyName", "PolicyType", "AdjustmentType", "MinAdjustmentStep",
+                "MinAdjustmentMagnitude", "ScalingAdjustment", "Cooldown",
+                "MetricAggregationType", "StepAdjustments", "EstimatedInstanceWarmup",
+                "TargetTrackingConfiguration", "Enabled", "PredictiveScalingConfiguration")
+_SCHEDULE_KEYS = ("ScheduledActionName", "StartTime", "EndTime", "Recurrence", "MinSize",
+                  "MaxSize", "DesiredCapacity", "TimeZone")
+_HOOK_KEYS = ("LifecycleHookName", "LifecycleTransition", "RoleARN", "NotificationTargetARN",
+              "NotificationMetadata", "HeartbeatTimeout", "DefaultResult")
+
+
 def group_name(prefix: str, number: int) -> str:
     return f"{prefix}-v{number:03d}"
 
@@ -133,9 +170,17 @@ def describe(asg: AutoScalingClient, region: str, name: str) -> ServerGroup | No
 
 def create(asg: AutoScalingClient, *, region: str, name: str, template_id: str, version: int,
            subnet_ids: list[str], tag_list: list[dict[str, str]], min_size: int,
-           max_size: int, desired: int, hook_timeout: int) -> ServerGroup:
+           max_size: int, desired: int, hook_timeout: int, grace: int,
+           kept: Settings | None = None) -> ServerGroup:
     """Create a server group (no target group yet: it is attached when it is promoted)
-    with its launch lifecycle hook in place before its first instance launches."""
+    with its launch lifecycle hook in place before its first instance launches, and the
+    settings `kept` from the live group. `grace`: the health check grace period, which
+    starts once the hook lets the instance go in service (so not the boot's time: the
+    first health checks')."""
+    kept = kept or Settings()
+    tags: list[Any] = [{"Key": t["Key"], "Value": t["Value"], "PropagateAtLaunch": False}
+                       for t in tag_list] + list(kept.tags)
+    tags = [{**t, "ResourceId": name, "ResourceType": "auto-scaling-group"} for t in tags]
     where = _where(name, region)
     fix = "check autoscaling:CreateAutoScalingGroup and iam:PassRole are allowed"
     existing = describe(asg, region, name)
@@ -145,16 +190,79 @@ def create(asg: AutoScalingClient, *, region: str, name: str, template_id: str, 
             LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)},
             MinSize=0, MaxSize=max_size, DesiredCapacity=0,
             VPCZoneIdentifier=",".join(subnet_ids), HealthCheckType="ELB",
-            HealthCheckGracePeriod=hook_timeout,
-            Tags=[{"Key": t["Key"], "Value": t["Value"], "PropagateAtLaunch": False,
-                   "ResourceId": name, "ResourceType": "auto-scaling-group"}
-                  for t in tag_list]))
+            HealthCheckGracePeriod=grace,
+            Tags=tags))
     with calling(where, fix):
         asg.put_lifecycle_hook(AutoScalingGroupName=name, LifecycleHookName=BOOT_HOOK,
                                LifecycleTransition=LAUNCHING, HeartbeatTimeout=hook_timeout,
                                DefaultResult="ABANDON")
+    carry(asg, region, name, kept)  # before its first launch: the team's hooks apply to it
     set_capacity(asg, region, name, min_size=min_size, max_size=max_size, desired=desired)
     return describe(asg, region, name)  # type: ignore[return-value]
+
+
+def settings(asg: AutoScalingClient, region: str, name: str) -> Settings:
+    """The team's settings on a group (Settings), to carry to the next one."""
+    where = _where(name, region)
+    with calling(where, "check autoscaling:DescribePolicies, DescribeScheduledActions and "
+                 "DescribeLifecycleHooks are allowed (`invoke policy`)"):
+        # (as plain dicts: what is read is put back as it was read)
+        policies = [dict(p) for page in asg.get_paginator("describe_policies").paginate(
+            AutoScalingGroupName=name) for p in page.get("ScalingPolicies", [])]
+        scheduled = [dict(a) for page in asg.get_paginator(
+            "describe_scheduled_actions").paginate(AutoScalingGroupName=name)
+            for a in page.get("ScheduledUpdateGroupActions", [])]
+        hooks = [dict(h) for h in asg.describe_lifecycle_hooks(
+            AutoScalingGroupName=name).get("LifecycleHooks", [])]
+        found = [dict(g) for g in asg.describe_auto_scaling_groups(
+            AutoScalingGroupNames=[name])["AutoScalingGroups"]]
+    group: dict[str, Any] = found[0] if found else {}
+    return Settings(
+        # (an empty value is AWS's way of saying none: put back, it would be refused)
+        policies=tuple({k: p[k] for k in _POLICY_KEYS if p.get(k) not in (None, {}, [])}
+                       for p in policies),
+        scheduled=tuple(a for a in (_still_to_run(a) for a in scheduled) if a),
+        hooks=tuple({k: h[k] for k in _HOOK_KEYS if k in h} for h in hooks
+                    if h["LifecycleHookName"] != BOOT_HOOK),
+        tags=tuple({"Key": t["Key"], "Value": t["Value"],
+                    "PropagateAtLaunch": bool(t.get("PropagateAtLaunch"))}
+                   for t in group.get("Tags", []) if not str(t["Key"]).startswith(("deploy:",
+                                                                                  "aws:"))),
+        termination=tuple(p for p in group.get("TerminationPolicies", []) if p != "Default"))
+
+
+def _still_to_run(action: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A scheduled action as PutScheduledUpdateGroupAction takes it again, or None when it
+    will not run again (a one-off that has run, a recurrence that has ended). A start
+    time that has passed is left out: AWS refuses one in the past."""
+    now = time.time()
+
+    def past(key: str) -> bool:
+        when = action.get(key) if key in ("StartTime", "EndTime") else None
+        return when is not None and when.timestamp() <= now
+
+    if past("EndTime") or (past("StartTime") and not action.get("Recurrence")):
+        return None
+    return {k: action[k] for k in _SCHEDULE_KEYS if k in action and not past(k)}
+
+
+def carry(asg: AutoScalingClient, region: str, name: str, kept: Settings) -> None:
+    """Put a team's scaling policies, scheduled actions and lifecycle hooks on a group
+    (each by its name: again is the same), and its termination policies; tags go with the
+    group's creation (create's `team_tags`)."""
+    where = _where(name, region)
+    with calling(where, "check autoscaling:PutScalingPolicy, PutScheduledUpdateGroupAction "
+                 "and PutLifecycleHook are allowed, and iam:PassRole of a hook's role "
+                 "(`invoke policy`)"):
+        for policy in kept.policies:
+            asg.put_scaling_policy(AutoScalingGroupName=name, **policy)
+        for action in kept.scheduled:
+            asg.put_scheduled_update_group_action(AutoScalingGroupName=name, **action)
+        for hook in kept.hooks:
+            asg.put_lifecycle_hook(AutoScalingGroupName=name, **hook)
+        if kept.termination:
+            asg.update_auto_scaling_group(AutoScalingGroupName=name,
+                                          TerminationPolicies=list(kept.termination))
 
 
 def set_capacity(asg: AutoScalingClient, region: str, name: str, *, min_size: int, max_size: int,
@@ -219,9 +327,16 @@ def hold(asg: AutoScalingClient, region: str, name: str) -> None:
         asg.suspend_processes(AutoScalingGroupName=name, ScalingProcesses=HELD)
 
 
-def release(asg: AutoScalingClient, region: str, name: str) -> None:
+def release(asg: AutoScalingClient, region: str, name: str, processes: list[str] = HELD
+            ) -> None:
     with calling(_where(name, region), "check autoscaling:ResumeProcesses is allowed"):
-        asg.resume_processes(AutoScalingGroupName=name, ScalingProcesses=HELD)
+        asg.resume_processes(AutoScalingGroupName=name, ScalingProcesses=processes)
+
+
+def keep_quiet(asg: AutoScalingClient, region: str, name: str) -> None:
+    """A group kept out of service: no scheduled action or alarm scales it (KEPT)."""
+    with calling(_where(name, region), "check autoscaling:SuspendProcesses is allowed"):
+        asg.suspend_processes(AutoScalingGroupName=name, ScalingProcesses=KEPT)
 
 
 def delete(asg: AutoScalingClient, region: str, name: str) -> None:

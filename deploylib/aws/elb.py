@@ -39,6 +39,18 @@ def describe_target_group(elbv2: ELBv2Client, name_or_arn: str, region: str) -> 
         return dict(found["TargetGroups"][0])
 
 
+def first_healthy_within(elbv2: ELBv2Client, region: str, name_or_arn: str) -> int:
+    """Seconds within which a target just registered that serves is healthy: one passing
+    check ("After your target is registered, it must pass one health check to be
+    considered healthy", ALB guide), due within an interval and answered within the
+    check's timeout — with a second interval's room. A server group's health check grace
+    period: no sooner is an instance in service judged by its target group."""
+    found = describe_target_group(elbv2, name_or_arn, region)
+    interval = int(found.get("HealthCheckIntervalSeconds") or 30)
+    timeout = int(found.get("HealthCheckTimeoutSeconds") or 5)
+    return 2 * interval + timeout
+
+
 def load_balancer_zones(elbv2: ELBv2Client, region: str, arns: list[str]) -> dict[str, set[str]]:
     """The Availability Zones each load balancer serves, by its name."""
     if not arns:

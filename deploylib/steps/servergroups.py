@@ -93,6 +93,10 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     mine = next((g for g in existing if g.name == groups.get(region)
                  or g.tags.get(aws.TAG_RUN) == ctx.state.run_id), None)
     live = live_group(ctx, region)
+    # What the team set on the live group goes with it to the next (and back to the kept
+    # one on a rollback).
+    team = aws.autoscaling.settings(asg, region, live.name) if live is not None \
+        else aws.autoscaling.Settings()
     if live is not None:
         low, high, desired = live.min_size, live.max_size, max(live.desired, 1)
     else:
@@ -105,6 +109,9 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
         groups[region] = kept.name
         ctx.save()
         aws.autoscaling.hold(asg, region, kept.name)
+        if live is not None and live.name != kept.name:
+            aws.autoscaling.carry(asg, region, kept.name, team)
+        aws.autoscaling.release(asg, region, kept.name, aws.autoscaling.KEPT)
         aws.autoscaling.set_capacity(asg, region, kept.name, min_size=low,
                                      max_size=max(high, kept.max_size), desired=desired)
         ctx.log(f"  {region}: re-enabling {kept.name}")
@@ -119,10 +126,15 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     subnet, _ = network(ctx, region)
     version = template_version(ctx, region, name, image_id)
     tags = [t for t in ctx.tags("server-group") if t["Key"] != "Name"]
+    grace = aws.elb.first_healthy_within(ctx.aws.elbv2(region), region,
+                                         ctx.target_group(region))
     aws.autoscaling.create(asg, region=region, name=name, template_id=version.template_id,
                            version=version.version, subnet_ids=[subnet], tag_list=tags,
                            min_size=low, max_size=high, desired=desired,
-                           hook_timeout=int(ctx.timeout("boot", 900)))
+                           hook_timeout=int(ctx.timeout("boot", 900)), grace=grace, kept=team)
+    if team.said():
+        ctx.log(f"  {region}: {name} keeps {live.name if live else 'the live group'}'s "
+                f"{team.said()}")
     aws.autoscaling.hold(asg, region, name)
     return aws.autoscaling.wait_in_service(asg, region, name, desired,
                                            ctx.timeout("launch", 600) + ctx.timeout("boot", 900),
@@ -218,6 +230,7 @@ def discard(ctx: Context, region: str) -> list[str]:
             aws.autoscaling.set_capacity(asg, region, name, min_size=0,
                                          max_size=group.max_size, desired=0)
             aws.autoscaling.release(asg, region, name)
+            aws.autoscaling.keep_quiet(asg, region, name)
             continue
         aws.autoscaling.delete(asg, region, name)
     template = aws.ec2.launch_template(ec2, region, env.group_prefix)
@@ -246,6 +259,7 @@ def retire(ctx: Context, region: str) -> set[str]:
         group = aws.autoscaling.describe(asg, region, previous)
         if group is not None:
             aws.autoscaling.release(asg, region, previous)
+            aws.autoscaling.keep_quiet(asg, region, previous)
             if ctx.env.kept_capacity == "zero":
                 aws.autoscaling.set_capacity(asg, region, previous, min_size=0,
                                              max_size=group.max_size, desired=0)

@@ -226,3 +226,53 @@ def test_a_rollback_re_enables_the_previous_server_group(lab):
     assert "re-enabling" in proc.stderr
     assert_all_serve(lab, previous["release"], 2)
     stream.assert_one_change("rollback", "4.5.0", previous["release"])
+
+
+def test_the_next_group_keeps_what_the_team_set_on_the_live_one_and_a_rollback_too(lab):
+    """Scaling policies, scheduled actions, the team's lifecycle hooks, tags and
+    termination policies go from the live group to the next (as Spinnaker's clouddriver
+    carries them), and back on a rollback; the group kept for a rollback is not scaled by
+    them while it serves nobody; the grace period is the health check's, not the boot's."""
+    region = lab.env.primary_region
+    client = asg(lab, region)
+    was = live_group(lab, region).name
+    tracking = {"PredefinedMetricSpecification": {
+        "PredefinedMetricType": "ASGAverageCPUUtilization"}, "TargetValue": 50.0}
+    client.put_scaling_policy(AutoScalingGroupName=was, PolicyName="cpu-50",
+                              PolicyType="TargetTrackingScaling",
+                              TargetTrackingConfiguration=tracking)
+    client.put_scheduled_update_group_action(
+        AutoScalingGroupName=was, ScheduledActionName="weekday-mornings",
+        Recurrence="0 7 * * 1-5", MinSize=2, MaxSize=6, DesiredCapacity=3)
+    client.put_lifecycle_hook(AutoScalingGroupName=was, LifecycleHookName="drain-queue",
+                              LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+                              HeartbeatTimeout=60, DefaultResult="CONTINUE")
+    client.create_or_update_tags(Tags=[{"ResourceId": was, "ResourceType": "auto-scaling-group",
+                                        "Key": "team", "Value": "payments",
+                                        "PropagateAtLaunch": True}])
+    client.update_auto_scaling_group(AutoScalingGroupName=was,
+                                     TerminationPolicies=["OldestLaunchTemplate"])
+    team = aws.autoscaling.settings(client, region, was)
+    proc = lab.cli("deploy --mode rebake-light --version 4.5.5")
+    now = live_group(lab, region)
+    assert now.name != was and f"{now.name} keeps {was}'s" in proc.stderr
+    assert aws.autoscaling.settings(client, region, now.name) == team
+    assert now.tags["team"] == "payments"
+    (raw,) = client.describe_auto_scaling_groups(AutoScalingGroupNames=[now.name])[
+        "AutoScalingGroups"]
+    target = lab.clients().elbv2(region).describe_target_groups(
+        TargetGroupArns=list(now.target_groups))["TargetGroups"][0]
+    assert raw["HealthCheckGracePeriod"] == 2 * target["HealthCheckIntervalSeconds"] + \
+        target["HealthCheckTimeoutSeconds"] < lab.env.timeouts.get("boot", 900)
+    kept = aws.autoscaling.describe(client, region, was)
+    assert set(aws.autoscaling.KEPT) <= set(kept.suspended) and not kept.target_groups
+    # A policy the team adds to the new group goes back with a rollback.
+    client.put_scaling_policy(AutoScalingGroupName=now.name, PolicyName="cpu-70",
+                              PolicyType="TargetTrackingScaling",
+                              TargetTrackingConfiguration={**tracking, "TargetValue": 70.0})
+    lab.cli("rollback")
+    back = live_group(lab, region)
+    assert back.name == was and not set(aws.autoscaling.KEPT) & set(back.suspended)
+    assert {p["PolicyName"] for p in aws.autoscaling.settings(client, region, was).policies} \
+        == {"cpu-50", "cpu-70"}
+    assert_all_serve(lab, checks.record(lab)["release"], 2)

@@ -317,7 +317,8 @@ def test_a_group_deleted_while_it_launches_is_deleted_once_the_launch_is_over(la
                            version=int(live.template_version), subnet_ids=[
                                lab.clients().ec2(region).describe_subnets()["Subnets"][0][
                                    "SubnetId"]],
-                           tag_list=tags, min_size=1, max_size=1, desired=1, hook_timeout=60)
+                           tag_list=tags, min_size=1, max_size=1, desired=1, hook_timeout=60,
+                           grace=30)
     aws.autoscaling.delete(deployer, region, name)  # waits the launch out
     listed = asg(lab, region).describe_auto_scaling_groups(
         AutoScalingGroupNames=[name])["AutoScalingGroups"]
@@ -364,7 +365,7 @@ def test_a_group_given_a_profile_made_moments_ago_is_made_once_iam_knows_it(lab)
             asg(lab, region), region=region, name=name,
             template_id=template["LaunchTemplateId"], version=1, subnet_ids=[
                 admin.ec2(region).describe_subnets()["Subnets"][0]["SubnetId"]],
-            tag_list=[], min_size=0, max_size=0, desired=0, hook_timeout=60)
+            tag_list=[], min_size=0, max_size=0, desired=0, hook_timeout=60, grace=30)
         assert group.name == name
         # Refused while it was young: the group can only have been made once it was not.
         assert time.monotonic() - made >= scaling.PROFILE_PROPAGATION - 1
@@ -392,7 +393,7 @@ def test_a_default_volume_key_auto_scaling_may_not_use_fails_its_launches_in_aws
             version=int(live.template_version), subnet_ids=[
                 lab.clients().ec2(region).describe_subnets()["Subnets"][0]["SubnetId"]],
             tag_list=[{"Key": aws.TAG_ENV, "Value": lab.env.name}], min_size=1, max_size=1,
-            desired=1, hook_timeout=600)
+            desired=1, hook_timeout=600, grace=30)
         with pytest.raises(CloudError, match="could not launch an instance") as failed:
             aws.autoscaling.wait_in_service(deployer, region, name, 1, timeout=300)
         assert scaling.KEY_REFUSED in str(failed.value)
@@ -433,7 +434,7 @@ def test_a_group_is_authorised_on_what_it_will_launch_as_aws_authorises_it(lab, 
         deployer, region=region, name=name, template_id=live.template_id,
         version=int(live.template_version), subnet_ids=[
             lab.clients().ec2(region).describe_subnets()["Subnets"][0]["SubnetId"]],
-        tag_list=[], min_size=0, max_size=0, desired=0, hook_timeout=60)
+        tag_list=[], min_size=0, max_size=0, desired=0, hook_timeout=60, grace=30)
     if case == "template":
         checks.hold_to_policy(lab, _policy(lab, drop="LaunchFromTheEnvironmentsTemplates"))
         refused = f"ec2:RunInstances on resource: arn:aws:ec2:{region}:"
