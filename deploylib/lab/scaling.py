@@ -589,6 +589,10 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
         return version
 
     def describe_versions(self: LaunchTemplateBackend, *args: Any, **kw: Any) -> Any:
+        # Every version not deleted, in one page: moto cuts the list at MaxResults (15 by
+        # default) and gives no NextToken, so a template's newer versions were never
+        # listed at all.
+        kw["max_results"] = 1 << 30
         return [(t, v) for t, v in original_describe_versions(self, *args, **kw)
                 if not getattr(v, "deleted", False)]
 

@@ -458,3 +458,24 @@ def test_a_group_is_authorised_on_what_it_will_launch_as_aws_authorises_it(lab, 
         checks.restore_policy(lab)
         if aws.iam.autoscaling_role(iam) is None:
             iam.create_service_linked_role(AWSServiceName=aws.iam.AUTOSCALING_SERVICE)
+
+
+def test_every_version_of_a_launch_template_is_listed(lab):
+    # An environment's template gains a version per deploy; moto listed the first 15
+    # and no more (no NextToken), so a group on a newer one looked to launch from none.
+    region = lab.env.primary_region
+    ec2 = lab.clients().ec2(region)
+    name = f"many-versions-{os.urandom(4).hex()}"
+    image = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    made = ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": image})["LaunchTemplate"]
+    for _ in range(19):
+        ec2.create_launch_template_version(LaunchTemplateId=made["LaunchTemplateId"],
+                                           LaunchTemplateData={"ImageId": image})
+    ec2.delete_launch_template_versions(LaunchTemplateId=made["LaunchTemplateId"],
+                                        Versions=["3"])
+    try:
+        listed = [v.version for v in aws.ec2.launch_template(ec2, region, name).versions]
+        assert listed == [n for n in range(1, 21) if n != 3]
+    finally:
+        ec2.delete_launch_template(LaunchTemplateId=made["LaunchTemplateId"])
