@@ -158,6 +158,8 @@ class JenkinsConfig(Strict):
 
 class RegionOverride(Strict):
     subnet: str | None = Field(default=None, description="This region's subnet.")
+    subnets: list[str] | None = Field(default=None,
+                                      description="This region's server-group subnets.")
     security_group: str | None = Field(default=None,
                                        description="This region's security group.")
     target_group: str | None = Field(default=None, description="This region's target group.")
@@ -211,11 +213,17 @@ class Environment(Strict):
             "default EBS key in a region, when it is not AWS's own (`invoke policy` grants "
             "their use; preflight checks each region's default is listed and enabled)."))
     subnet: str = Field(description="Subnet id, or the `Name` tag of one subnet per region.")
+    subnets: list[str] = Field(default_factory=list,
+        description=(
+            "The subnets (ids or `Name` tags) a server group spans, one per Availability "
+            "Zone, each in a zone the load balancer serves; empty: `subnet` alone. The "
+            "builder and loose instances use `subnet`."))
     security_group: str = Field(description="Security group id, or its name, per region.")
     target_group: str = Field(
         description="Target group name or ARN that serves the app, per region.")
     regions: dict[str, RegionOverride] = Field(default_factory=dict,
-        description="Per-region overrides of `subnet`, `security_group`, `target_group`.")
+        description="Per-region overrides of `subnet`, `subnets`, `security_group`, "
+                    "`target_group`.")
     key_name: str | None = Field(default=None,
         description="EC2 key pair set on launched instances (optional).")
     os_packages: list[str] = Field(default_factory=list,
@@ -544,6 +552,10 @@ class Environment(Strict):
             raise _fail('fleet = "server-groups" needs instance_profile: the role its '
                         "instances read the record and the releases with at boot "
                         "(deploylib/templates/iam-policy-instance.json)")
+        for region in self.all_regions:
+            spans = self.group_subnets(region)
+            if len(set(spans)) != len(spans) or not all(spans):
+                raise _fail(f"subnets of {region} name a subnet twice, or none: each once")
         for extra in self.extra_stages:
             if not _STEP_NAME.fullmatch(extra.step):
                 raise _fail(f"extra_stages step {extra.step!r} is not a step name like warm-cache")
@@ -563,6 +575,12 @@ class Environment(Strict):
             o.security_group or self.security_group,
             o.target_group or self.target_group,
         )
+
+    def group_subnets(self, region: str) -> list[str]:
+        """The subnets a region's server groups span: `subnets` (the region's own, else
+        the environment's), else `subnet` alone."""
+        o = self.regions.get(region, RegionOverride())
+        return list(o.subnets or self.subnets or [self.network(region)[0]])
 
     @property
     def server_groups(self) -> bool:

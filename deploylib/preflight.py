@@ -130,13 +130,34 @@ def network(env: Environment, clients: aws.AwsClients, region: str) -> str:
                          resource=f"subnet in {region}",
                          fix=f"enable {zone} on the load balancer, or use a subnet in a zone "
                          "it serves")
+    spans = ""
+    if env.server_groups:
+        # Every subnet a group spans: the same VPC, a zone every load balancer serves.
+        where = f"subnets in {region}"
+        served = set.intersection(*zones.values())
+        found = [aws.ec2.describe_subnet(ec2, name, region)
+                 for name in env.group_subnets(region)]
+        for other in found:
+            if other["VpcId"] != vpc:
+                raise InputError(f"subnet {other['SubnetId']} is in {other['VpcId']}, the "
+                                 f"target group in {vpc}: a group cannot span both",
+                                 resource=where, fix="list subnets of the target group's VPC")
+            if other["AvailabilityZone"] not in served:
+                raise InputError(f"subnet {other['SubnetId']} is in "
+                                 f"{other['AvailabilityZone']}, a zone the load balancer "
+                                 "does not serve: a group's hosts there would never be "
+                                 "healthy", resource=where,
+                                 fix=f"enable {other['AvailabilityZone']} on the load "
+                                 "balancer, or leave that subnet out of subnets")
+        spans = (f"; groups span {', '.join(s['SubnetId'] for s in found)} "
+                 f"({', '.join(sorted({s['AvailabilityZone'] for s in found}))})")
     if env.key_name and not aws.ec2.key_pair_exists(ec2, region, env.key_name):
         raise InputError(f"no key pair {env.key_name} in {region}",
                          resource=f"key pair in {region}",
                          fix="import the public key into every region (aws ec2 "
                          "import-key-pair --region ...)")
     return (f"{subnet['SubnetId']} ({zone}), {group['GroupId']}, target group in {vpc}, "
-            f"served by {', '.join(sorted(zones))}")
+            f"served by {', '.join(sorted(zones))}{spans}")
 
 
 def volume_key(env: Environment, clients: aws.AwsClients, region: str) -> str:

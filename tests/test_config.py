@@ -114,6 +114,8 @@ BAD = [
     (f"server_group_prefix = \"{'g' * 129}\"", "must be a launch template's name: at most "
      "128"),
     ("server_group_prefix = \"-web\"", "server_group_prefix"),
+    ("subnets = [\"a\", \"b\", \"a\"]", "name a subnet twice"),
+    ("subnets = \"subnet-1\"", "subnets"),
 ]
 
 

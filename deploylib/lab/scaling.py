@@ -17,6 +17,8 @@ hooks, Elastic Load Balancing and health checks):
   deregisters first and terminates once the target group's deregistration delay is over.
   A group detached and attached again at once registers its instances again (moto's
   detach deregisters them but leaves the group's own count of them behind).
+- a group spanning several subnets launches each instance into the one (the zone) with
+  the fewest of its instances, as AWS balances a group across its Availability Zones.
 - an instance that is stopped or terminated from outside is unhealthy: the group
   replaces it (unless ReplaceUnhealthy or Launch is suspended).
 - `DeleteLaunchTemplateVersions`, which moto lacks: a version deleted is gone from
@@ -316,6 +318,12 @@ def converge_all() -> None:
                 pass
 
 
+def _in_subnet(group: FakeAutoScalingGroup, subnet_id: str | None, made: list[Any]) -> int:
+    """How many of the group's instances (counted, or just made) are in a subnet."""
+    mine = [s.instance for s in group.instance_states if s.lifecycle_state in _COUNTED]
+    return sum(1 for i in [*mine, *made] if getattr(i, "subnet_id", None) == subnet_id)
+
+
 def _complete(backend: AutoScalingBackend, group_name: str, instance_id: str,
               result: str) -> None:
     group = backend.autoscaling_groups.get(group_name)
@@ -418,7 +426,7 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
             return
         propagated_tags[ASG_NAME_TAG] = self.name
         propagated_tags.update(self.instance_tags)
-        subnet_id = self.vpc_zone_identifier.split(",")[0] if self.vpc_zone_identifier else None
+        subnets = [s for s in (self.vpc_zone_identifier or "").split(",") if s] or [None]
         template, profile = None, None
         if self.ec2_launch_template:
             version = self.ec2_launch_template.get_version(self.launch_template_version)
@@ -429,15 +437,24 @@ def install(*, interval: float = 0.5, faults: Any = None) -> threading.Event:
         # Each instance's lifecycle state is attached before its host boots: its user data
         # completes the lifecycle action, and a boot quicker than this launch would find
         # none to complete (as on AWS, the state exists before the instance's OS starts).
+        ec2 = self.autoscaling_backend.ec2_backend
         with cloud.deferred_boots():
-            reservation = self.autoscaling_backend.ec2_backend.run_instances(
-                self.image_id, count_needed, self.user_data, self.security_groups,
-                instance_type=self.instance_type, tags={"instance": propagated_tags},
-                placement=self.availability_zones[0], launch_config=self.launch_config,
-                launch_template=template, is_instance_type_default=False,
-                associate_public_ip=None, subnet_id=subnet_id, iam_instance_profile=profile)
+            made: list[Any] = []
+            for _ in range(count_needed):
+                # Spread across the group's subnets: each launch into the zone with the
+                # fewest of its instances (AWS balances a group across its zones).
+                subnet_id = min(subnets, key=lambda sub: _in_subnet(self, sub, made))
+                zone = ec2.get_subnet(subnet_id).availability_zone if subnet_id else \
+                    self.availability_zones[0]
+                made += ec2.run_instances(
+                    self.image_id, 1, self.user_data, self.security_groups,
+                    instance_type=self.instance_type, tags={"instance": propagated_tags},
+                    placement=zone, launch_config=self.launch_config,
+                    launch_template=template, is_instance_type_default=False,
+                    associate_public_ip=None, subnet_id=subnet_id,
+                    iam_instance_profile=profile).instances
             hook = _hook(self.autoscaling_backend, self.name)
-            for instance in reservation.instances:
+            for instance in made:
                 _activity(region, self.name, instance_id=instance.id)
                 instance.autoscaling_group = self
                 protected = self.new_instances_protected_from_scale_in

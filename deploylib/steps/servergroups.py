@@ -123,13 +123,16 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
         env.group_prefix, [g.name for g in every])
     groups[region] = name
     ctx.save()  # before anything is made: a crash leaves it findable by name and tag
-    subnet, _ = network(ctx, region)
+    ec2 = ctx.aws.ec2(region)
+    # the group spans its subnets (one per zone): AWS spreads its instances across them
+    subnets = [aws.ec2.describe_subnet(ec2, name, region)["SubnetId"]
+               for name in env.group_subnets(region)]
     version = template_version(ctx, region, name, image_id)
     tags = [t for t in ctx.tags("server-group") if t["Key"] != "Name"]
     grace = aws.elb.first_healthy_within(ctx.aws.elbv2(region), region,
                                          ctx.target_group(region))
     aws.autoscaling.create(asg, region=region, name=name, template_id=version.template_id,
-                           version=version.version, subnet_ids=[subnet], tag_list=tags,
+                           version=version.version, subnet_ids=subnets, tag_list=tags,
                            min_size=low, max_size=high, desired=desired,
                            hook_timeout=int(ctx.timeout("boot", 900)), grace=grace, kept=team)
     if team.said():

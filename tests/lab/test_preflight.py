@@ -76,6 +76,14 @@ def _subnet_in_another_zone(lab):
         f"does not serve {zone}", f"enable {zone}"]
 
 
+def _group_subnet_in_another_zone(lab):
+    """A server group's second subnet in a zone the load balancer does not serve."""
+    settings, _ = _subnet_in_another_zone(lab)
+    name = settings["extra"].split('subnet = "')[1].split('"')[0]
+    return {"fleet": "server-groups", "subnets": [lab.env.subnet, name]}, [
+        "a zone the load balancer does not serve", "leave that subnet out of subnets"]
+
+
 def _key_in_one_region(lab):
     name = f"preflight-key-{next(_n)}"
     public = (lab.cli.lab_dir / "id_ed25519.pub").read_text()
@@ -150,6 +158,8 @@ BROKEN = {
     "customer-managed volume key not in kms_keys": _volume_key_unlisted,
     "customer-managed volume key disabled": _volume_key_disabled,
     "server groups: no service-linked role, no grant to make it": _no_autoscaling_role,
+    "server groups: a subnet in a zone the load balancer does not serve":
+        _group_subnet_in_another_zone,
     "server groups: instance profile missing": lambda lab: (
         {"fleet": "server-groups", "instance_profile": "preflight-no-such-profile"},
         ["no instance profile preflight-no-such-profile", "create it with its role"]),

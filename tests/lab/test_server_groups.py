@@ -276,3 +276,36 @@ def test_the_next_group_keeps_what_the_team_set_on_the_live_one_and_a_rollback_t
     assert {p["PolicyName"] for p in aws.autoscaling.settings(client, region, was).policies} \
         == {"cpu-50", "cpu-70"}
     assert_all_serve(lab, checks.record(lab)["release"], 2)
+
+
+def test_a_group_spans_its_subnets_one_instance_per_zone(lab):
+    """`subnets`: the group spans them all, and AWS (the lab) balances its instances
+    across their zones; preflight has checked each is in a zone the balancer serves."""
+    network = lab.info["spec"]["network"]
+    names = []
+    for n, region in enumerate(lab.env.all_regions, start=network):
+        ec2, elb = lab.clients().ec2(region), lab.clients().elbv2(region)
+        first = aws.ec2.describe_subnet(ec2, lab.env.subnet, region)
+        zone = next(z["ZoneName"] for z in ec2.describe_availability_zones()[
+            "AvailabilityZones"] if z["ZoneName"] != first["AvailabilityZone"])
+        second = ec2.create_subnet(
+            VpcId=first["VpcId"], CidrBlock=f"127.{n}.1.0/24", AvailabilityZone=zone,
+            TagSpecifications=[{"ResourceType": "subnet", "Tags": [
+                {"Key": "Name", "Value": "deploylab-second-zone"}]}])["Subnet"]
+        balancer = elb.describe_load_balancers(Names=[lab.env.target_group])[
+            "LoadBalancers"][0]
+        elb.set_subnets(LoadBalancerArn=balancer["LoadBalancerArn"],
+                        Subnets=[first["SubnetId"], second["SubnetId"]])
+        names.append((region, {first["SubnetId"], second["SubnetId"]}))
+    config = lab.write_config(name="two-zones.toml", fleet="server-groups",
+                              subnets=[lab.env.subnet, "deploylab-second-zone"])
+    report = json.loads(lab.cli(f"preflight --json --config {config}").stdout)
+    assert report["passed"] and "groups span" in report["checks"][-2]["detail"], report
+    lab.cli(f"deploy --mode rebake-light --version 4.6.6 --config {config}")
+    for region, subnets in names:
+        group = live_group(lab, region)
+        described = lab.clients().ec2(region).describe_instances(
+            InstanceIds=group.in_service)["Reservations"]
+        found = {i["SubnetId"] for r in described for i in r["Instances"]}
+        assert len(group.in_service) == 2 and found == subnets, (region, found)
+    assert_all_serve(lab, "4.6.6", 2)
