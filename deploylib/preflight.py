@@ -3,7 +3,8 @@
 Each check reads (it never launches, writes or takes the lock) one thing the procedures
 rely on, in the order a deploy meets them: the credentials and how long they last, the
 artifact bucket, the lock table, the base image, for server groups Auto Scaling's
-service-linked role and the instance profile, and in every region the network the
+service-linked role and the instance profile, a launch as a deploy makes it (DryRun),
+and in every region the network the
 hosts are launched into — subnet, security group and target group in one VPC, a load
 balancer serving the subnet's zone, the key pair — and the key the volumes are
 encrypted with (for server groups: usable by Auto Scaling's role, by its key policy).
@@ -205,6 +206,27 @@ def volume_key(env: Environment, clients: aws.AwsClients, region: str) -> str:
     return f"{key['Arn']} (customer-managed, enabled, usable by {aws.iam.AUTOSCALING_ROLE})"
 
 
+def launch(env: Environment, clients: aws.AwsClients) -> str:
+    """EC2 would let the tool launch as a deploy does — the base image, the subnet, the
+    security group, the environment's tags and (server groups) passing the instance
+    role — asked with RunInstances' DryRun in the primary region: a grant missing is met
+    here, not when the first instance or group is made."""
+    region = env.primary_region
+    ec2 = clients.ec2(region)
+    image = aws.ec2.find_base_image(ec2, region, env.base_image, env.base_image_owner)
+    subnet_name, group_name, _ = env.network(region)
+    subnet = aws.ec2.describe_subnet(ec2, subnet_name, region)
+    group = aws.ec2.security_group(ec2, group_name, region, subnet["VpcId"])
+    profile = env.instance_profile if env.server_groups else None
+    aws.ec2.dry_run_launch(
+        ec2, region=region, image_id=image, instance_type=env.instance_type,
+        subnet_id=subnet["SubnetId"], security_group_ids=[group["GroupId"]],
+        tag_list=aws.tags("preflight", env.name, "preflight", "preflight", "candidate"),
+        key_name=env.key_name, instance_profile=profile)
+    return (f"{env.instance_type} from {image} in {region} would launch (DryRun)"
+            + (f", passing {profile.rsplit('/', 1)[-1]}" if profile else ""))
+
+
 def autoscaling_role(env: Environment, clients: aws.AwsClients) -> str:
     """Auto Scaling's service-linked role is there: the tool's policy does not let it
     make one (a role for the whole account is made once, by whoever administers it)."""
@@ -255,6 +277,8 @@ def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -
         _check(f"volume key in {r}", lambda: volume_key(env, clients, r))], key=lambda r: r)
     for r in env.all_regions:
         checks += _as_checks([f"network in {r}", f"volume key in {r}"], regional[r])
+    if all(c.error is None for c in checks):  # last: what it launches from must be there
+        checks.append(_check("launch", lambda: launch(env, clients)))
     return checks
 
 

@@ -153,6 +153,29 @@ def launch(ec2: EC2Client, *, region: str, image_id: str, count: int, instance_t
     return [i["InstanceId"] for i in reservation["Instances"]]
 
 
+def dry_run_launch(ec2: EC2Client, *, region: str, image_id: str, instance_type: str,
+                   subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
+                   key_name: str | None, instance_profile: str | None) -> None:
+    """Ask EC2 whether the caller may launch as a deploy does (RunInstances with
+    DryRun): the image, subnet, security groups, the tags, and passing the instance
+    profile's role. Raises as the launch would (PermissionDenied naming the action);
+    nothing is launched."""
+    args = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
+    args.update(MinCount=1, MaxCount=1, SubnetId=subnet_id, DryRun=True,
+                SecurityGroupIds=security_group_ids)
+    if instance_profile:
+        args["IamInstanceProfile"] = ({"Arn": instance_profile}
+                                      if instance_profile.startswith("arn:")
+                                      else {"Name": instance_profile})
+    try:
+        with calling(f"a launch in {region} (DryRun)", "grant what AWS names (`invoke policy`)"):
+            ec2.run_instances(**args)
+    except CloudError as exc:
+        if exc.code == "DryRunOperation":  # "Request would have succeeded"
+            return
+        raise
+
+
 # -- launch templates ---------------------------------------------------------------------------
 
 

@@ -197,7 +197,8 @@ def test_preflight_of_the_lab_as_it_is_passes_every_check(lab):
     names = [c["name"] for c in report["checks"]]
     assert names[:4] == ["credentials", "artifact bucket", "lock table", "base image"]
     assert names[4:] == [f"{check} in {r}" for r in lab.env.all_regions
-                         for check in ("network", "volume key")]
+                         for check in ("network", "volume key")] + ["launch"]
+    assert report["checks"][-1]["detail"].endswith("would launch (DryRun)")
     assert report["checks"][1]["detail"].endswith("reachable, versioned")
 
 
@@ -329,6 +330,9 @@ def _policy_without(lab, sid: str, action: str | None = None) -> str:
     ("ArtifactStoreList", ["artifact bucket", "S3 refused HeadBucket", "grant s3:ListBucket"]),
     ("DeployLock", ["lock table", "not authorized to perform: dynamodb:GetItem"]),
     ("ReadEc2", ["not authorized to perform", "ec2:Describe"]),
+    # met by the DryRun launch, not by the first instance the deploy would make
+    ("LaunchForTheEnvironment", ["launch", "not authorized to perform: ec2:RunInstances "
+                                           "on resource: arn:aws:ec2:us-east-1:"]),
 ])
 def test_a_policy_short_of_a_grant_fails_preflight_naming_the_action(lab, sid, words):
     """The lab holds the tool to its policy (deploylib.lab.iam): a grant missing from it
@@ -339,6 +343,23 @@ def test_a_policy_short_of_a_grant_fails_preflight_naming_the_action(lab, sid, w
     assert proc.returncode == 2, proc.stdout + proc.stderr
     failed = "\n".join(ln for ln in proc.stdout.splitlines() if "FAIL" in ln)
     assert all(w in failed for w in words), proc.stdout
+    assert instances(lab) == before and lock_holder(lab) is None
+
+
+def test_server_groups_without_passing_the_instance_role_fail_preflight(lab, tmp_path):
+    """The groups launch with the instance profile: passing its role to EC2 is a grant of
+    its own, met by preflight's DryRun launch."""
+    import json
+
+    cli = _cli(lab, tmp_path, fleet="server-groups")
+    policy = json.loads(render.iam_policy(config.load(cli.config).environment("lab")))
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "PassTheInstanceRole"]
+    checks.hold_to_policy(lab, json.dumps(policy))
+    before = instances(lab)
+    proc = cli("preflight --env lab", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (failed,) = [ln for ln in proc.stdout.splitlines() if "FAIL" in ln]
+    assert "launch" in failed and "iam:PassRole" in failed and "deploy-instance" in failed
     assert instances(lab) == before and lock_holder(lab) is None
 
 
