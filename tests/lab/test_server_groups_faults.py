@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
-import botocore.exceptions
 import pytest
 
-from deploylib import aws, waits
-from deploylib.errors import CloudError, PermissionDenied
+from deploylib import aws
 from tests.conftest import REPO, Cli
 from tests.lab import checks, traffic
 from tests.lab.groups import (
     asg,
     assert_all_serve,
     boot_log,
-    groups,
     live_group,
     run_leftovers,
     settled,
@@ -302,180 +298,3 @@ def test_a_fold_launches_only_from_an_image_of_the_environments_own(lab):
     state = checks.state_of(lab, proc)
     assert not any(b.get("instance_id") for b in state["facts"]["builders"].values())
     assert live_group(lab, region).template_version == version
-
-
-def test_a_group_deleted_while_it_launches_is_deleted_once_the_launch_is_over(lab):
-    # A failed run's discard meets a group mid-launch: AWS refuses the delete while the
-    # launch is in progress (ScalingActivityInProgress), then lists the group as
-    # "Delete in progress" for a while, refusing every change and keeping its name.
-    region = lab.env.primary_region
-    deployer = lab.clients_as("deployer").autoscaling(region)
-    live = live_group(lab, region)
-    name = _next_name(lab, region)
-    tags = [{"Key": aws.TAG_ENV, "Value": lab.env.name}]
-    aws.autoscaling.create(deployer, region=region, name=name, template_id=live.template_id,
-                           version=int(live.template_version), subnet_ids=[
-                               lab.clients().ec2(region).describe_subnets()["Subnets"][0][
-                                   "SubnetId"]],
-                           tag_list=tags, min_size=1, max_size=1, desired=1, hook_timeout=60,
-                           grace=30)
-    aws.autoscaling.delete(deployer, region, name)  # waits the launch out
-    listed = asg(lab, region).describe_auto_scaling_groups(
-        AutoScalingGroupNames=[name])["AutoScalingGroups"]
-    # Still there (DELETE_LINGER): shown as AWS shows it, and held.
-    assert [g["Status"] for g in listed] == [aws.autoscaling.PENDING_DELETE]
-    assert aws.autoscaling.describe(deployer, region, name) is None
-    assert name not in [g.name for g in groups(lab, region)]
-    assert aws.autoscaling.next_name(lab.env.group_prefix, [
-        g.name for g in aws.autoscaling.server_groups(
-            deployer, region, lab.env.group_prefix, deleting=True)]) != name
-    with pytest.raises(botocore.exceptions.ClientError, match="pending delete"):
-        deployer.update_auto_scaling_group(AutoScalingGroupName=name, DesiredCapacity=0)
-    with pytest.raises(botocore.exceptions.ClientError, match="already exists"):
-        deployer.create_auto_scaling_group(
-            AutoScalingGroupName=name, MinSize=0, MaxSize=0, LaunchTemplate={
-                "LaunchTemplateId": live.template_id, "Version": live.template_version})
-    aws.autoscaling.delete(deployer, region, name)  # as good as gone: no error
-    waits.until(lambda: not asg(lab, region).describe_auto_scaling_groups(
-        AutoScalingGroupNames=[name])["AutoScalingGroups"], timeout=60,
-        what=f"{name} gone", resource=region, fix="read deploylib/lab/scaling.py")
-    assert live_group(lab, region).in_service == live.in_service
-
-
-def test_a_group_given_a_profile_made_moments_ago_is_made_once_iam_knows_it(lab):
-    # IAM is eventually consistent: for seconds after an instance profile is made, Auto
-    # Scaling refuses a launch template naming it ("Invalid IAM Instance Profile name";
-    # the lab for PROFILE_PROPAGATION seconds), and botocore does not retry that. The
-    # tool does, up to PROPAGATION.
-    from deploylib.lab import scaling
-
-    region = lab.env.primary_region
-    admin = lab.clients()
-    profile = f"fresh-{os.urandom(4).hex()}"
-    admin.client("iam").create_instance_profile(InstanceProfileName=profile)
-    live = live_group(lab, region)
-    template = admin.ec2(region).create_launch_template(
-        LaunchTemplateName=f"propagation-{profile}", LaunchTemplateData={
-            "ImageId": admin.ec2(region).describe_images(Owners=["self"])["Images"][0][
-                "ImageId"], "IamInstanceProfile": {"Name": profile}})["LaunchTemplate"]
-    name = f"propagation-{profile}-v001"
-    made = time.monotonic()
-    try:
-        group = aws.autoscaling.create(
-            asg(lab, region), region=region, name=name,
-            template_id=template["LaunchTemplateId"], version=1, subnet_ids=[
-                admin.ec2(region).describe_subnets()["Subnets"][0]["SubnetId"]],
-            tag_list=[], min_size=0, max_size=0, desired=0, hook_timeout=60, grace=30)
-        assert group.name == name
-        # Refused while it was young: the group can only have been made once it was not.
-        assert time.monotonic() - made >= scaling.PROFILE_PROPAGATION - 1
-    finally:
-        aws.autoscaling.delete(asg(lab, region), region, name)
-    assert live_group(lab, region).in_service == live.in_service
-
-
-def test_a_default_volume_key_auto_scaling_may_not_use_fails_its_launches_in_aws_words(lab):
-    # A customer-managed default EBS key whose key policy does not name Auto Scaling's
-    # service-linked role: the group's launches fail (Client.InternalError), which the
-    # wait reads from its activities at once, not at the boot timeout. (A deploy meets
-    # preflight first, which names the key policy's missing statements: test_preflight.)
-    from deploylib.lab import scaling
-
-    region = lab.env.primary_region
-    live = live_group(lab, region)
-    key = lab.clients().client("kms", region).create_key(Description="team volumes")
-    lab.clients().ec2(region).modify_ebs_default_kms_key_id(KmsKeyId=key["KeyMetadata"]["Arn"])
-    deployer = lab.clients_as("deployer").autoscaling(region)
-    name = _next_name(lab, region)
-    try:
-        aws.autoscaling.create(
-            deployer, region=region, name=name, template_id=live.template_id,
-            version=int(live.template_version), subnet_ids=[
-                lab.clients().ec2(region).describe_subnets()["Subnets"][0]["SubnetId"]],
-            tag_list=[{"Key": aws.TAG_ENV, "Value": lab.env.name}], min_size=1, max_size=1,
-            desired=1, hook_timeout=600, grace=30)
-        with pytest.raises(CloudError, match="could not launch an instance") as failed:
-            aws.autoscaling.wait_in_service(deployer, region, name, 1, timeout=300)
-        assert scaling.KEY_REFUSED in str(failed.value)
-        assert not aws.autoscaling.describe(deployer, region, name).instances
-    finally:
-        lab.clients().ec2(region).reset_ebs_default_kms_key_id()
-        aws.autoscaling.delete(deployer, region, name)
-    assert live_group(lab, region).in_service == live.in_service
-
-
-def _next_name(lab, region: str) -> str:
-    """A group name no group has, those AWS is still deleting included."""
-    return aws.autoscaling.next_name(lab.env.group_prefix, [
-        g.name for g in aws.autoscaling.server_groups(asg(lab, region), region,
-                                                      lab.env.group_prefix, deleting=True)])
-
-
-def _policy(lab, drop: str = "", add: dict | None = None) -> str:
-    from deploylib import render
-
-    policy = json.loads(render.iam_policy(lab.env))
-    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != drop] + (
-        [add] if add else [])
-    return json.dumps(policy)
-
-
-@pytest.mark.parametrize("case", ["template", "service-linked role"])
-def test_a_group_is_authorised_on_what_it_will_launch_as_aws_authorises_it(lab, case):
-    # CreateAutoScalingGroup with a launch template is also the caller's ec2:RunInstances
-    # on the template, and in an account that never had a group, its
-    # iam:CreateServiceLinkedRole of Auto Scaling's role (the Auto Scaling user guide).
-    region = lab.env.primary_region
-    live = live_group(lab, region)
-    iam = lab.clients().client("iam")
-    deployer = lab.clients_as("deployer").autoscaling(region)
-    name = _next_name(lab, region)
-    create = lambda: aws.autoscaling.create(  # noqa: E731 - the same call, twice
-        deployer, region=region, name=name, template_id=live.template_id,
-        version=int(live.template_version), subnet_ids=[
-            lab.clients().ec2(region).describe_subnets()["Subnets"][0]["SubnetId"]],
-        tag_list=[], min_size=0, max_size=0, desired=0, hook_timeout=60, grace=30)
-    if case == "template":
-        checks.hold_to_policy(lab, _policy(lab, drop="LaunchFromTheEnvironmentsTemplates"))
-        refused = f"ec2:RunInstances on resource: arn:aws:ec2:{region}:"
-        grant = None
-    else:
-        iam.delete_service_linked_role(RoleName=aws.iam.AUTOSCALING_ROLE)
-        refused = "iam:CreateServiceLinkedRole on resource: arn:aws:iam::"
-        grant = {"Sid": "MakeTheRole", "Effect": "Allow",
-                 "Action": "iam:CreateServiceLinkedRole", "Resource": "*", "Condition": {
-                     "StringEquals": {"iam:AWSServiceName": aws.iam.AUTOSCALING_SERVICE}}}
-    try:
-        with pytest.raises(PermissionDenied, match=refused):
-            create()
-        assert _next_name(lab, region) == name  # nothing made
-        if grant:  # granted (as the operator guide says), the first group makes the role
-            checks.hold_to_policy(lab, _policy(lab, add=grant))
-            create()
-            assert aws.iam.autoscaling_role(iam) is not None
-            aws.autoscaling.delete(deployer, region, name)
-    finally:
-        checks.restore_policy(lab)
-        if aws.iam.autoscaling_role(iam) is None:
-            iam.create_service_linked_role(AWSServiceName=aws.iam.AUTOSCALING_SERVICE)
-
-
-def test_every_version_of_a_launch_template_is_listed(lab):
-    # An environment's template gains a version per deploy; moto listed the first 15
-    # and no more (no NextToken), so a group on a newer one looked to launch from none.
-    region = lab.env.primary_region
-    ec2 = lab.clients().ec2(region)
-    name = f"many-versions-{os.urandom(4).hex()}"
-    image = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
-    made = ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
-        "ImageId": image})["LaunchTemplate"]
-    for _ in range(19):
-        ec2.create_launch_template_version(LaunchTemplateId=made["LaunchTemplateId"],
-                                           LaunchTemplateData={"ImageId": image})
-    ec2.delete_launch_template_versions(LaunchTemplateId=made["LaunchTemplateId"],
-                                        Versions=["3"])
-    try:
-        listed = [v.version for v in aws.ec2.launch_template(ec2, region, name).versions]
-        assert listed == [n for n in range(1, 21) if n != 3]
-    finally:
-        ec2.delete_launch_template(LaunchTemplateId=made["LaunchTemplateId"])
