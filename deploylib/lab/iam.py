@@ -44,7 +44,8 @@ Deny: the lab refuses what it cannot prove allowed.
 moto's own IAM access control is not used: it holds every action outside S3 against
 the resource "*" (so a statement scoped to a parameter path or a table allows nothing),
 and cannot authorise a presigned URL. Not emulated: other condition keys, resource
-policies (bucket and key policies).
+policies for the caller (bucket and key policies; a key policy is read only for Auto
+Scaling's launches, deploylib.lab.scaling).
 """
 
 from __future__ import annotations

@@ -125,8 +125,8 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     ctx.save()  # before anything is made: a crash leaves it findable by name and tag
     ec2 = ctx.aws.ec2(region)
     # the group spans its subnets (one per zone): AWS spreads its instances across them
-    subnets = [aws.ec2.describe_subnet(ec2, name, region)["SubnetId"]
-               for name in env.group_subnets(region)]
+    subnets = [aws.ec2.describe_subnet(ec2, subnet, region)["SubnetId"]
+               for subnet in env.group_subnets(region)]
     version = template_version(ctx, region, name, image_id)
     tags = [t for t in ctx.tags("server-group") if t["Key"] != "Name"]
     grace = aws.elb.first_healthy_within(ctx.aws.elbv2(region), region,
