@@ -192,9 +192,7 @@ def volume_key(env: Environment, clients: aws.AwsClients, region: str) -> str:
     # A group's instances are launched by Auto Scaling's service-linked role, which IAM
     # policies cannot give a customer-managed key: only the key's own policy can. Without
     # it they go pending -> terminated, and only the group's activities say why.
-    with aws.calling("the AWS credentials", aws.CREDENTIALS_FIX):
-        account = str(clients.client("sts").get_caller_identity()["Account"])
-    role = aws.iam.autoscaling_role_arn(account)
+    role = aws.iam.autoscaling_role_arn(clients.account())
     missing = aws.kms.missing_for(aws.kms.key_policy(clients.kms(region), region, key["Arn"]),
                                   role)
     if missing:

@@ -63,6 +63,8 @@ class ServerGroup:
     suspended: tuple[str, ...] = ()
     created: float = 0.0  # epoch seconds
     deleting: bool = False  # pending delete: gone for every purpose but its name
+    propagated: frozenset[str] = frozenset()  # tag keys its instances get at launch
+    termination: tuple[str, ...] = ()  # termination policies, AWS's Default left out
 
     @classmethod
     def from_api(cls, region: str, g: Mapping[str, Any]) -> ServerGroup:
@@ -79,7 +81,10 @@ class ServerGroup:
             suspended=tuple(sorted(p["ProcessName"] for p in g.get("SuspendedProcesses", []))),
             created=g["CreatedTime"].timestamp() if hasattr(g.get("CreatedTime"), "timestamp")
             else 0.0,
-            deleting=g.get("Status") == PENDING_DELETE)
+            deleting=g.get("Status") == PENDING_DELETE,
+            propagated=frozenset(t["Key"] for t in g.get("Tags", [])
+                                 if t.get("PropagateAtLaunch")),
+            termination=tuple(p for p in g.get("TerminationPolicies", []) if p != "Default"))
 
     @property
     def in_service(self) -> list[str]:
@@ -201,11 +206,12 @@ def create(asg: AutoScalingClient, *, region: str, name: str, template_id: str, 
     return describe(asg, region, name)  # type: ignore[return-value]
 
 
-def settings(asg: AutoScalingClient, region: str, name: str) -> Settings:
+def settings(asg: AutoScalingClient, group: ServerGroup) -> Settings:
     """The team's settings on a group (Settings), to carry to the next one."""
-    where = _where(name, region)
-    with calling(where, "check autoscaling:DescribePolicies, DescribeScheduledActions and "
-                 "DescribeLifecycleHooks are allowed (`invoke policy`)"):
+    name = group.name
+    with calling(_where(name, group.region), "check autoscaling:DescribePolicies, "
+                 "DescribeScheduledActions and DescribeLifecycleHooks are allowed "
+                 "(`invoke policy`)"):
         # (as plain dicts: what is read is put back as it was read)
         policies = [dict(p) for page in asg.get_paginator("describe_policies").paginate(
             AutoScalingGroupName=name) for p in page.get("ScalingPolicies", [])]
@@ -214,9 +220,6 @@ def settings(asg: AutoScalingClient, region: str, name: str) -> Settings:
             for a in page.get("ScheduledUpdateGroupActions", [])]
         hooks = [dict(h) for h in asg.describe_lifecycle_hooks(
             AutoScalingGroupName=name).get("LifecycleHooks", [])]
-        found = [dict(g) for g in asg.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[name])["AutoScalingGroups"]]
-    group: dict[str, Any] = found[0] if found else {}
     return Settings(
         # (an empty value is AWS's way of saying none: put back, it would be refused)
         policies=tuple({k: p[k] for k in _POLICY_KEYS if p.get(k) not in (None, {}, [])}
@@ -224,11 +227,9 @@ def settings(asg: AutoScalingClient, region: str, name: str) -> Settings:
         scheduled=tuple(a for a in (_still_to_run(a) for a in scheduled) if a),
         hooks=tuple({k: h[k] for k in _HOOK_KEYS if k in h} for h in hooks
                     if h["LifecycleHookName"] != BOOT_HOOK),
-        tags=tuple({"Key": t["Key"], "Value": t["Value"],
-                    "PropagateAtLaunch": bool(t.get("PropagateAtLaunch"))}
-                   for t in group.get("Tags", []) if not str(t["Key"]).startswith(("deploy:",
-                                                                                  "aws:"))),
-        termination=tuple(p for p in group.get("TerminationPolicies", []) if p != "Default"))
+        tags=tuple({"Key": k, "Value": v, "PropagateAtLaunch": k in group.propagated}
+                   for k, v in group.tags.items() if not k.startswith(("deploy:", "aws:"))),
+        termination=group.termination)
 
 
 def _still_to_run(action: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -249,7 +250,7 @@ def _still_to_run(action: Mapping[str, Any]) -> dict[str, Any] | None:
 def carry(asg: AutoScalingClient, region: str, name: str, kept: Settings) -> None:
     """Put a team's scaling policies, scheduled actions and lifecycle hooks on a group
     (each by its name: again is the same), and its termination policies; tags go with the
-    group's creation (create's `team_tags`)."""
+    group's creation (create's `kept`)."""
     where = _where(name, region)
     with calling(where, "check autoscaling:PutScalingPolicy, PutScheduledUpdateGroupAction "
                  "and PutLifecycleHook are allowed, and iam:PassRole of a hook's role "

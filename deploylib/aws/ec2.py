@@ -153,6 +153,12 @@ def launch(ec2: EC2Client, *, region: str, image_id: str, count: int, instance_t
     return [i["InstanceId"] for i in reservation["Instances"]]
 
 
+def _profile_spec(profile: str) -> Any:
+    """An instance profile as EC2 takes it (RunInstances and launch templates alike):
+    by ARN, or by name."""
+    return {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+
+
 def dry_run_launch(ec2: EC2Client, *, region: str, image_id: str, instance_type: str,
                    subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
                    key_name: str | None, instance_profile: str | None) -> None:
@@ -164,9 +170,7 @@ def dry_run_launch(ec2: EC2Client, *, region: str, image_id: str, instance_type:
     args.update(MinCount=1, MaxCount=1, SubnetId=subnet_id, DryRun=True,
                 SecurityGroupIds=security_group_ids)
     if instance_profile:
-        args["IamInstanceProfile"] = ({"Arn": instance_profile}
-                                      if instance_profile.startswith("arn:")
-                                      else {"Name": instance_profile})
+        args["IamInstanceProfile"] = _profile_spec(instance_profile)
     try:
         with calling(f"a launch in {region} (DryRun)", "grant what AWS names (`invoke policy`)"):
             ec2.run_instances(**args)
@@ -230,9 +234,7 @@ def put_template_version(ec2: EC2Client, *, region: str, name: str, image_id: st
                 UserData=base64.b64encode(user_data).decode())
     data = cast("RequestLaunchTemplateDataTypeDef", spec)
     if instance_profile:
-        data["IamInstanceProfile"] = ({"Arn": instance_profile}
-                                      if instance_profile.startswith("arn:")
-                                      else {"Name": instance_profile})
+        data["IamInstanceProfile"] = _profile_spec(instance_profile)
     tags = [t for t in tag_list if t["Key"] != "Name"]
     template = launch_template(ec2, region, name)
     if template is not None:

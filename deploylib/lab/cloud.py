@@ -136,20 +136,26 @@ def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
     _ebs_default_key()
 
 
+def customer_key(ec2_backend: Any, account: str, region: str) -> str | None:
+    """The region's default EBS key when it is customer-managed; None when it is AWS's own
+    (`alias/aws/ebs`, chosen or by default)."""
+    from moto.kms.models import kms_backends
+
+    chosen = ec2_backend.default_kms_key_id
+    kms = kms_backends[account][region]
+    if not chosen or (kms.alias_exists("alias/aws/ebs")
+                      and kms.describe_key("alias/aws/ebs").arn == chosen):
+        return None
+    return str(chosen)
+
+
 def _ebs_default_key() -> None:
     """The account's default EBS key per region: moto keeps it (ModifyEbsDefaultKmsKeyId)
     but cannot tell it (Get) or forget it (Reset). AWS's own key is told by its alias,
     as AWS tells it."""
-    from moto.kms.models import kms_backends
-
     def key_of(self: Any) -> str:
-        alias = f"arn:aws:kms:{self.region}:{self.current_account}:alias/aws/ebs"
-        chosen = self.ec2_backend.default_kms_key_id
-        kms = kms_backends[self.current_account][self.region]
-        if not chosen or (kms.alias_exists("alias/aws/ebs")
-                          and kms.describe_key("alias/aws/ebs").arn == chosen):
-            return alias
-        return str(chosen)
+        chosen = customer_key(self.ec2_backend, self.current_account, self.region)
+        return chosen or f"arn:aws:kms:{self.region}:{self.current_account}:alias/aws/ebs"
 
     def get_key(self: Any) -> ActionResult:
         return ActionResult({"KmsKeyId": key_of(self)})

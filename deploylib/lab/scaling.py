@@ -107,7 +107,7 @@ _CHANGES = ("update_auto_scaling_group", "set_desired_capacity", "suspend_proces
 
 # An instance profile this young (seconds) is not yet known to Auto Scaling.
 PROFILE_PROPAGATION = 8.0
-SERVICE = "autoscaling.amazonaws.com"
+SERVICE = cloud.AUTOSCALING_SERVICE
 SERVICE_ROLE = "AWSServiceRoleForAutoScaling"
 KEY_REFUSED = "Client.InternalError: Client error on launch"
 
@@ -164,11 +164,10 @@ def _key_refusal(backend: AutoScalingBackend) -> str | None:
 
     from deploylib.lab import iam
 
-    chosen = backend.ec2_backend.default_kms_key_id
-    kms = kms_backends[DEFAULT_ACCOUNT_ID][backend.region_name]
-    if not chosen or (kms.alias_exists("alias/aws/ebs")
-                      and kms.describe_key("alias/aws/ebs").arn == chosen):
+    chosen = cloud.customer_key(backend.ec2_backend, DEFAULT_ACCOUNT_ID, backend.region_name)
+    if chosen is None:
         return None  # AWS's own key: every identity in the account may use it
+    kms = kms_backends[DEFAULT_ACCOUNT_ID][backend.region_name]
     try:
         key = kms.describe_key(chosen)
         policy = json.loads(kms.get_key_policy(key.id))

@@ -95,7 +95,7 @@ def launch(ctx: Context, region: str, image_id: str) -> list[str]:
     live = live_group(ctx, region)
     # What the team set on the live group goes with it to the next (and back to the kept
     # one on a rollback).
-    team = aws.autoscaling.settings(asg, region, live.name) if live is not None \
+    team = aws.autoscaling.settings(asg, live) if live is not None \
         else aws.autoscaling.Settings()
     if live is not None:
         low, high, desired = live.min_size, live.max_size, max(live.desired, 1)

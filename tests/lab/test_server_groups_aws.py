@@ -228,11 +228,11 @@ def test_the_next_group_keeps_what_the_team_set_on_the_live_one_and_a_rollback_t
                                         "PropagateAtLaunch": True}])
     client.update_auto_scaling_group(AutoScalingGroupName=was,
                                      TerminationPolicies=["OldestLaunchTemplate"])
-    team = aws.autoscaling.settings(client, region, was)
+    team = aws.autoscaling.settings(client, aws.autoscaling.describe(client, region, was))
     proc = lab.cli("deploy --mode rebake-light --version 4.5.5")
     now = live_group(lab, region)
     assert now.name != was and f"{now.name} keeps {was}'s" in proc.stderr
-    assert aws.autoscaling.settings(client, region, now.name) == team
+    assert aws.autoscaling.settings(client, now) == team
     assert now.tags["team"] == "payments"
     (raw,) = client.describe_auto_scaling_groups(AutoScalingGroupNames=[now.name])[
         "AutoScalingGroups"]
@@ -249,7 +249,7 @@ def test_the_next_group_keeps_what_the_team_set_on_the_live_one_and_a_rollback_t
     lab.cli("rollback")
     back = live_group(lab, region)
     assert back.name == was and not set(aws.autoscaling.KEPT) & set(back.suspended)
-    assert {p["PolicyName"] for p in aws.autoscaling.settings(client, region, was).policies} \
+    assert {p["PolicyName"] for p in aws.autoscaling.settings(client, back).policies} \
         == {"cpu-50", "cpu-70"}
     assert_all_serve(lab, checks.record(lab)["release"], 2)
 
