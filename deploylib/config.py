@@ -163,6 +163,69 @@ class RegionOverride(Strict):
     security_group: str | None = Field(default=None,
                                        description="This region's security group.")
     target_group: str | None = Field(default=None, description="This region's target group.")
+    alarms: list[str] | None = Field(default=None,
+                                     description="This region's alarms for `verify.alarms`.")
+
+
+# A CloudWatch percentile statistic, as GetMetricData takes it (p90, p99.9).
+_PERCENTILE = re.compile(r"p(\d{1,2}(\.\d{1,2})?)")
+
+
+class Verify(Strict):
+    """The verification window: what users see after a release reaches them, judged
+    before the run goes on (deploylib.verdict, deploylib.steps.verify)."""
+
+    canary_for: float = Field(default=0, ge=0, le=86400,
+        description=("Seconds the in-place canary (the first batch) is watched before any "
+                     "wave starts; 0: no window."))
+    wave_for: float = Field(default=0, ge=0, le=86400,
+        description="Seconds each later in-place wave is watched; 0: no window.")
+    live_for: float = Field(default=0, ge=0, le=86400,
+        description=("Seconds an image-based release (immutable, rebake-light) is watched "
+                     "once every region is live, the previous hosts kept to take over; "
+                     "0: no window."))
+    alarms: list[str] = Field(default_factory=list,
+        description=("The team's CloudWatch alarms (names, in every region; "
+                     "`regions.<r>.alarms` per region): any in ALARM during a window "
+                     "fails it."))
+    max_error_rise: float = Field(default=0.01, gt=0, le=1,
+        description=("The 5xx share of requests (target's and balancer's) a window may "
+                     "show above the share before the run, e.g. 0.01: one point more."))
+    latency: str = Field(default="p90",
+        description="The TargetResponseTime percentile judged (p50 … p99.9).")
+    max_latency_ratio: float = Field(default=2.0, gt=1, le=100,
+        description="How many times the percentile before the run a window may show.")
+    min_latency_rise: float = Field(default=0.05, ge=0, le=60,
+        description=("Seconds the percentile must also rise by to fail a window (a 2 ms "
+                     "service's jitter is not a regression)."))
+    min_requests: int = Field(default=50, ge=1, le=10_000_000,
+        description=("Requests a window (and the time before the run, for a comparison) "
+                     "must see to be judged on its metrics; fewer: alarms only, and said."))
+    period: int = Field(default=60, ge=1, le=3600,
+        description=("The metrics' period in seconds (an Application Load Balancer's: "
+                      "60)."))
+    delay: float = Field(default=60, ge=0, le=900,
+        description=("Seconds a period's metrics may take to arrive in CloudWatch after "
+                      "it ends (ALB: up to a minute); a window is judged once they have."))
+
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, v: str) -> str:
+        if not _PERCENTILE.fullmatch(v) or not 0 < float(v[1:]) < 100:
+            raise _fail(f"{v!r} is not a percentile statistic such as p90 or p99.9")
+        return v
+
+    @field_validator("alarms")
+    @classmethod
+    def _alarms(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not 1 <= len(name) <= 255 or not name.strip():
+                raise _fail(f"{name!r} is not an alarm name (1-255 characters)")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.canary_for or self.wave_for or self.live_for)
 
 
 class ExtraStage(Strict):
@@ -386,6 +449,9 @@ class Environment(Strict):
             "Seconds per wait, by name: launch, ssh, ssh_connect, ssh_retry, first_boot, "
             "provision, install, health, healthy, drain, stop, image, copy, presign, smoke; "
             "and poll, the longest pause between two looks during any wait (default 3)."))
+    verify: Verify = Field(default_factory=Verify,
+        description=("The verification window after a release reaches users: its length "
+                     "per stage, the team's alarms, the judge's limits."))
     lock_table: str = Field(default="deploylib-locks",
         description="DynamoDB table holding the deploy locks (key `env`).")
     lock_ttl: float = Field(default=1800, ge=30, le=86400,
@@ -575,6 +641,12 @@ class Environment(Strict):
             o.security_group or self.security_group,
             o.target_group or self.target_group,
         )
+
+    def alarms(self, region: str) -> list[str]:
+        """The team's alarms a window watches in a region (its own, else the
+        environment's)."""
+        o = self.regions.get(region, RegionOverride())
+        return list(self.verify.alarms if o.alarms is None else o.alarms)
 
     def group_subnets(self, region: str) -> list[str]:
         """The subnets a region's server groups span: `subnets` (the region's own, else

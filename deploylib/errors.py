@@ -16,6 +16,8 @@
     │   ├── HostKeyError        the host's SSH key is unknown or differs from the trusted one
     │   └── RemoteCommandError  a remote script exited non-zero (carries its output tail)
     ├── StepFailed              a stage failed on some of its hosts (carries each host's error)
+    ├── WindowFailed            a verification window saw the release hurt users: the
+    │                           metric or alarm that said so (exit code 4)
     ├── LockHeld                another run holds the environment's deploy lock (exit code 3)
     └── JenkinsError            Jenkins refused, could not be reached, or the build failed
 
@@ -127,6 +129,13 @@ class StepFailed(DeployError):
             resource=f"stage {stage} on {', '.join(failures)}",
             fix=fix or getattr(first, "fix", None) or "see the run state, then `invoke resume`",
         )
+
+
+class WindowFailed(DeployError):
+    """A verification window failed: users saw more errors, slower answers, or a team's
+    alarm fired. The run stops and puts back what served before (exit code 4)."""
+
+    exit_code = 4
 
 
 class LockHeld(DeployError):

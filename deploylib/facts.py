@@ -150,6 +150,17 @@ class Handoff(_Model):
     error: str | None = None
 
 
+class Window(_Model):
+    """A verification window and its verdict (deploylib.steps.verify)."""
+
+    stage: str  # the stage key it watched after (rollout/1/verify, verify)
+    regions: list[Region]
+    began: float
+    ended: float | None = None
+    passed: bool | None = None  # None: under way
+    why: str = ""
+
+
 class Facts(_Model):
     # start, the artifact's digest as it was checked | publish-release (the same file)
     artifact_sha256: Sha256 | None = None
@@ -209,5 +220,7 @@ class Facts(_Model):
     kept_on_error: bool = False
     # SSH connections the run opened, over all its processes | the benchmarks
     ssh_connections: int = 0
+    # verification windows, in order, with their verdicts: verify | status, the report
+    windows: list[Window] = Field(default_factory=list)
     # A team's own steps keep what they like here (plugins; README, "Your own steps").
     team: dict[str, Any] = Field(default_factory=dict)

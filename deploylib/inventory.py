@@ -163,4 +163,18 @@ def table(report: dict[str, Any]) -> str:
                 f"{r} {d[:12]}…" for r, d in sorted(digests.items())))
     for region, err in report["errors"].items():
         lines.append(f"{region}: could not be read: {err}")
+    last = report.get("last_run") or {}
+    for w in last.get("windows") or []:
+        verdict = "under way" if w["passed"] is None else "passed" if w["passed"] else "FAILED"
+        lines.append(f"window {w['stage']} of run {last['run_id']} ({last['mode']} "
+                     f"{last['version']}): {verdict}: {w['why']}")
     return "\n".join(lines)
+
+
+def last_run(state_dir: str) -> dict[str, Any] | None:
+    """This machine's newest run of the environment: its verification windows' verdicts
+    (status shows them under the fleet)."""
+    from deploylib import report
+
+    states = report.load_states(state_dir, limit=1)
+    return report.run_summary(states[0]) if states else None

@@ -42,6 +42,9 @@ MARGIN_MINUTES = 15
 
 
 def _seconds(env: Environment, step: str) -> float:
+    if step == "verify":  # the longest window, its metrics' arrival, a period to spare
+        v = env.verify
+        return max(v.canary_for, v.wave_for, v.live_for) + v.delay + 2 * v.period
     return sum(env.timeout(key, default) for key, default in STEP_WAITS.get(step, ())) \
         or UNTIMED
 

@@ -445,16 +445,36 @@ def _insert(stages: Sequence[Stage], extra: Extra) -> tuple[tuple[Stage, ...], b
 _TRAFFIC = ("drain", "put-back")
 
 
+def _watched(stages: tuple[Stage, ...], mode: str, *, batches: bool, live: bool
+             ) -> tuple[Stage, ...]:
+    """The verification windows of a procedure a team asked for: after each in-place
+    batch (the canary's, then each wave's), and once every region of an image-based
+    release is live, before anything is imaged or recorded: until the window passes the
+    hosts it replaced serve as they did, ready to take over again. A rollback is not
+    watched (it goes back to what served before), nor a fold (it changes no host)."""
+    if batches and mode == "in-place":
+        return tuple(replace(s, members=(*s.members, _s("verify", BATCH, window="batch")))
+                     if s.kind == PER_BATCH else s for s in stages)
+    if live and mode in ("immutable", "rebake-light"):
+        at = next(n for n, s in enumerate(stages) if s.kind == PER_REGION) + 1
+        return (*stages[:at], _s("verify", window="live"), *stages[at:])
+    return stages
+
+
 def plan(mode: str, extra_stages: Sequence[Extra] = (), *, graceful: bool = False,
-         per_region_bake: bool = False) -> Plan:
+         per_region_bake: bool = False, verify_batches: bool = False,
+         verify_live: bool = False) -> Plan:
     """The ordered stages of a procedure, with a team's extra stages inserted;
     `graceful`: in-place batches reload in place, never leaving their target groups;
-    `per_region_bake`: immutable bakes in every region at once instead of copying."""
+    `per_region_bake`: immutable bakes in every region at once instead of copying;
+    `verify_batches`, `verify_live`: the verification windows (in-place batches, an
+    image-based release once live)."""
     if mode not in _PROCEDURES:
         check_mode(mode)
     procedure = _PROCEDURES[mode]
     stages = base = _immutable_per_region() if per_region_bake and mode == "immutable" \
         else procedure.stages()
+    stages = base = _watched(stages, mode, batches=verify_batches, live=verify_live)
     if graceful:
         stages = tuple(replace(s, members=tuple(m for m in s.members if m.name not in _TRAFFIC))
                        if s.kind == PER_BATCH else s for s in stages)

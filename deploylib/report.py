@@ -60,6 +60,7 @@ def run_summary(state: RunState) -> dict[str, Any]:
         if began is not None and live_at is not None else None,
         "total": round(max(ends) - began, 2) if began is not None and ends else None,
         "stages": stages,
+        "windows": [w.model_dump() for w in state.facts.windows],
     }
 
 

@@ -88,7 +88,9 @@ def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
 def env_plan(env: config.Environment, mode: str) -> planning.Plan:
     """A procedure's stages as this environment runs them (its extra stages, its reload)."""
     return planning.plan(mode, env.extra_stages, graceful=env.reload == "graceful",
-                         per_region_bake=env.bake == "per-region")
+                         per_region_bake=env.bake == "per-region",
+                         verify_batches=bool(env.verify.canary_for or env.verify.wave_for),
+                         verify_live=bool(env.verify.live_for))
 
 
 # -- starting a run -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from deploylib.config import (
     ExtraStage,
     JenkinsConfig,
     RegionOverride,
+    Verify,
 )
 from deploylib.errors import ConfigError
 from deploylib.manifest import Hooks, Manifest
@@ -105,6 +106,7 @@ def reference() -> str:
     for title, model in (("Environment", Environment), ("[environments.NAME.jenkins]",
                                                            JenkinsConfig),
                          ("[environments.NAME.regions.REGION]", RegionOverride),
+                         ("[environments.NAME.verify]", Verify),
                          ("extra_stages entries", ExtraStage),
                          ("[environments.NAME.app], and a release's own release.toml",
                           Manifest),

@@ -335,12 +335,13 @@ def cleanup(c, run="", config=None):
 
 @task(help={k: HELP[k] for k in ("env", "config", "json")})
 def status(c, env=None, config=None, json=False):
-    """Every live instance: image, baked release, running release, drift."""
+    """Every live instance (image, releases, drift) and the last run's windows."""
     with reported():
         from deploylib import inventory, runs
 
         environment = _cfg(config).environment(env)
         report = inventory.fleet(environment, runs.environment_clients(environment))
+        report["last_run"] = inventory.last_run(environment.state_dir)
         if json:
             _emit(report)
         else:

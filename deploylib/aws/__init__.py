@@ -2,6 +2,7 @@
 
     aws            AwsClients (built once per service and region) and the error boundary
     aws.autoscaling  server groups: Auto Scaling groups, their capacity and target groups
+    aws.cloudwatch what the load balancer says users saw, and the team's alarms
     aws.ec2        instances, images and launch templates
     aws.elb        target groups: register, deregister, the health the balancer sees
     aws.kms        the keys volumes are encrypted with
@@ -184,6 +185,10 @@ class AwsClients:
     # these are boto3's own clients, and the names only annotations).
     def autoscaling(self, region: str) -> AutoScalingClient:
         return cast("AutoScalingClient", self.client("autoscaling", region))
+
+    def cloudwatch(self, region: str) -> Any:
+        """CloudWatch (its stubs are not among the test dependencies)."""
+        return self.client("cloudwatch", region)
 
     def dynamodb(self) -> DynamoDBClient:
         return cast("DynamoDBClient", self.client("dynamodb"))
@@ -464,7 +469,7 @@ def tag_map(tag_list: Iterable[Mapping[str, Any]] | None) -> dict[str, str]:
 
 
 # The services, each in its own module; imported last, as they use the boundary above.
-from deploylib.aws import autoscaling, ec2, elb, iam, kms, s3, ssm  # noqa: E402
+from deploylib.aws import autoscaling, cloudwatch, ec2, elb, iam, kms, s3, ssm  # noqa: E402
 
-__all__ = ["AwsClients", "Identity", "autoscaling", "calling", "ec2", "elb", "iam", "kms", "s3",
-           "ssm", "tag_map", "tags"]
+__all__ = ["AwsClients", "Identity", "autoscaling", "calling", "cloudwatch", "ec2", "elb",
+           "iam", "kms", "s3", "ssm", "tag_map", "tags"]

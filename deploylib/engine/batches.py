@@ -1,6 +1,9 @@
 """The in-place rollout: a PER_BATCH group's steps, batch after batch, and what happens
 when a batch fails.
 
+A batch's last step may be its verification window (deploylib.steps.verify): a window
+that fails stops the rollout as a failed step does, and always switches back.
+
 A host that fails is restored to the live release by the install script and left out
 of its target group; up to `max_failed_hosts` such hosts the rollout goes on without
 them. Past that it stops: the group's `recover` step puts the failed batch's hosts that
@@ -15,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from deploylib.context import Context, by_region
-from deploylib.errors import StateError, StepFailed, error_line
+from deploylib.errors import StateError, StepFailed, WindowFailed, error_line
 from deploylib.facts import HostRef
 from deploylib.plan import BATCH, Stage
 from deploylib.state import DONE, FAILED, RUNNING, StageKey
@@ -59,7 +62,7 @@ def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bo
                 batch = _tolerating(ctx, stage, StageKey.in_batch(group.name, n, stage.name),
                                     batch, call)
             ctx.reporter.batch(group.name, n, len(batches))
-    except BaseException:
+    except BaseException as exc:
         ctx.mark(key, FAILED, error=f"batch {n} failed")
         if group.recover:
             best_effort(ctx, group.recover, targets=BATCH, batch=list(whole))
@@ -67,7 +70,9 @@ def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bo
             # failed batch whole, drain first.
             state.rewind([StageKey.in_batch(group.name, n, m.name) for m in group.members],
                          group.recover)
-        if ctx.env.rollback_on_failure and group.revert:
+        # A failed verification window switches back whatever rollback_on_failure says:
+        # the release served, and users were hurt by it.
+        if group.revert and (ctx.env.rollback_on_failure or isinstance(exc, WindowFailed)):
             _switch_back(ctx, group, [h for b in batches[:n] for h in b], call, best_effort)
         raise
     finally:

@@ -10,7 +10,9 @@ load balancer"):
   flight, and is *shown* `draining` until the deregistration delay has passed even when
   it was idle at once; then it is gone (DescribeTargetHealth asked for it: `unused`).
 The states it sees are what the lab's DescribeTargetHealth answers, so the tool's waits
-read the balancer's real view.
+read the balancer's real view. Every request it forwards is counted as ALB counts it (its
+status, whose it is, the target's response time) for the lab's CloudWatch
+(deploylib.lab.monitoring).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from deploylib.lab.monitoring import Meter
 
 HEALTHY_THRESHOLD = 2  # checks an unhealthy target must pass (ALB's HealthyThresholdCount)
 UNHEALTHY_THRESHOLD = 2
@@ -62,6 +66,7 @@ class Balancer:
     sticky: bool = True
     interval: float = CHECK_INTERVAL
     healthy_threshold: int = HEALTHY_THRESHOLD
+    meter: Meter = field(default_factory=Meter)
     _next_check: float = 0.0
     _rr: itertools.count = field(default_factory=itertools.count)
 
@@ -154,17 +159,23 @@ class Balancer:
                 sticky = cookies[STICKY_COOKIE].value if STICKY_COOKIE in cookies else None
                 target = balancer.pick(sticky if balancer.sticky else None)
                 if target is None:
+                    balancer.meter.count(503, None, from_target=False)
                     self._reply(503, b"no registered targets\n", "text/plain")
                     return
+                began = time.monotonic()
                 try:
                     conn = http.client.HTTPConnection(target.address, target.port, timeout=10)
                     conn.request("GET", self.path)
                     resp = conn.getresponse()
                     body = resp.read()
                     conn.close()
+                    # TargetResponseTime: from the request sent to the response's last byte
+                    balancer.meter.count(resp.status, time.monotonic() - began,
+                                         from_target=True)
                     self._reply(resp.status, body, resp.getheader("Content-Type", "text/plain"),
                                 target.instance_id)
                 except OSError:
+                    balancer.meter.count(502, None, from_target=False)
                     self._reply(502, b"bad gateway\n", "text/plain", target.instance_id)
                 finally:
                     balancer.done(target)

@@ -23,6 +23,7 @@ from deploylib.lab import (
     iam,
     make_keys,
     metadata,
+    monitoring,
     rootfs,
     scaling,
     sigv4,
@@ -93,14 +94,22 @@ def main() -> None:
                 Description="lab base image: Debian 12 (debootstrap, minbase)",
                 RootDeviceName="/dev/sda1", VirtualizationType="hvm")["ImageId"]
             farm.mark_rootfs(image, rootfs.path())
+    feeds = []
+    period = float(profile.get("metric_period", monitoring.PERIOD))
     for region, arn in groups.items():
-        balancers.add(lb.Balancer(region=region, group_arn=arn,
-                                  health_path=spec["health_path"],
-                                  deregistration_delay=cloud.deregistration_delay(spec),
-                                  interval=profile.get("health_interval", lb.CHECK_INTERVAL),
-                                  healthy_threshold=int(profile.get("healthy_threshold",
-                                                                    lb.HEALTHY_THRESHOLD))))
+        balancer = lb.Balancer(region=region, group_arn=arn, health_path=spec["health_path"],
+                               deregistration_delay=cloud.deregistration_delay(spec),
+                               interval=profile.get("health_interval", lb.CHECK_INTERVAL),
+                               healthy_threshold=int(profile.get("healthy_threshold",
+                                                                 lb.HEALTHY_THRESHOLD)),
+                               meter=monitoring.Meter(period))
+        balancers.add(balancer)
+        (front,) = clients.elbv2(region).describe_target_groups(
+            TargetGroupArns=[arn])["TargetGroups"][0]["LoadBalancerArns"]
+        feeds.append(monitoring.Feed(region, arn, front, balancer.meter))
     balancers.run()
+    stop_metrics = monitoring.run(lambda: feeds, spec["regions"],
+                                  delay=float(profile.get("metric_delay", monitoring.DELAY)))
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -124,6 +133,7 @@ def main() -> None:
     stop.wait()
     (lab_dir / "lab.json").unlink(missing_ok=True)
     stop_scaling.set()
+    stop_metrics.set()
     balancers.stop()
     farm.shutdown()
     imds.stop()

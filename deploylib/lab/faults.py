@@ -87,6 +87,8 @@ def _action(environ: dict[str, Any], body: bytes) -> str:
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
         return target.rsplit(".", 1)[-1]
+    if environ.get("PATH_INFO", "").startswith("/service/"):  # Smithy RPC v2 (CloudWatch)
+        return str(environ["PATH_INFO"]).rstrip("/").rsplit("/", 1)[-1]
     query = parse_qs(environ.get("QUERY_STRING", ""))
     form = parse_qs(body.decode("utf-8", "replace")) if body else {}
     named = (form.get("Action") or query.get("Action") or [""])[0]

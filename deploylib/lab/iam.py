@@ -83,6 +83,9 @@ _BUCKET_GETS = {"versioning": "GetBucketVersioning", "location": "GetBucketLocat
                 "acl": "GetBucketAcl", "encryption": "GetEncryptionConfiguration"}
 
 
+# Services whose signing name is not their IAM prefix (CloudWatch signs as "monitoring").
+_IAM_PREFIX = {"monitoring": "cloudwatch"}
+
 # A request's condition keys: one value each, or several (aws:TagKeys)
 Keys = dict[str, "str | tuple[str, ...]"]
 
@@ -347,6 +350,7 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
     if signed is None:
         return None
     key_id, region, service = signed
+    service = _IAM_PREFIX.get(service, service)
     expired = False
     if service == "s3":
         action, resources = _s3(environ)
@@ -360,6 +364,11 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
         if "X-Amz-Expires" in query:
             issued = timegm(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
             expired = time.time() > issued + int(query["X-Amz-Expires"][0])
+    elif environ.get("PATH_INFO", "").startswith("/service/"):
+        # Smithy RPC v2 (CBOR), as botocore calls CloudWatch: the operation is the path's
+        # last part.
+        operation = environ["PATH_INFO"].rstrip("/").rsplit("/", 1)[-1]
+        return Call(key_id, region, f"{service}:{operation}", ("*",), expired)
     elif environ.get("HTTP_X_AMZ_TARGET"):
         action = f"{service}:{environ['HTTP_X_AMZ_TARGET'].rsplit('.', 1)[-1]}"
         try:

@@ -6,6 +6,7 @@
     steps.fleet      launch-candidates, smoke-test, promote, record, retire
     steps.rollout    select-hosts, drain, health-check, put-back, catch-up, locate-live,
                      notify
+    steps.verify     verify (the verification window: in-place batches, a release once live)
     steps.fold       locate-release, fold-template, record-images (`invoke fold`)
     steps.cleanup    restore-batch, demote, discard-candidates, discard-images,
                      discard-builder, restore-templates, resume-scaling (run when a run
@@ -50,6 +51,7 @@ from deploylib.steps.rollout import (
     put_back,
     select_hosts,
 )
+from deploylib.steps.verify import verify
 
 __all__ = [
     "cache_foundation", "catch_up", "copy_image", "create_image", "demote",
@@ -59,5 +61,5 @@ __all__ = [
     "publish_release", "put_back", "record", "record_images", "restore_batch",
     "restore_templates", "resume_scaling", "retire",
     "select_hosts", "smoke_test", "stop_builder", "terminate_builder", "wait_image",
-    "wait_ssh",
+    "verify", "wait_ssh",
 ]

@@ -2,8 +2,14 @@
 
 GET /health -> {"version": "<release>", "host": "<address>"}; GET /healthz -> "ok" (a
 health endpoint as most apps have one: it says the app is up, not which release);
-GET / -> a greeting; GET /slow?seconds=N -> the greeting after N seconds (at most 60): a
-long request, as a report or an upload is, that a drain must wait for.
+GET / -> a greeting, after WORK seconds of work (a page takes a moment to make);
+GET /slow?seconds=N -> the greeting after N seconds (at most 60): a long request, as a
+report or an upload is, that a drain must wait for.
+
+A release can be made to misbehave on purpose (what a verification window must catch):
+a `misbehave.json` beside this file, {"fail": 0.2} answers that share of GET / with a
+500, {"slower": 3} makes its work take that many times as long. Its health endpoints
+answer as ever: such a release passes every health check.
 It binds to APP_HOST:APP_PORT (defaults 0.0.0.0:8080); its release is the VERSION file
 packed beside it by `invoke artifact`.
 
@@ -17,6 +23,7 @@ start leaves the old one serving. SIGTERM stops both, in-flight requests finishe
 
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -33,6 +40,11 @@ VERSION = (HERE / "VERSION").read_text().strip()
 HOST = os.environ.get("APP_HOST", "0.0.0.0")
 PORT = int(os.environ.get("APP_PORT", "8080"))
 READY_WITHIN = 30.0  # seconds a new worker has to start serving
+WORK = 0.01  # seconds GET / takes to make
+_ASKED = HERE / "misbehave.json"
+MISBEHAVE = json.loads(_ASKED.read_text()) if _ASKED.exists() else {}
+FAIL_SHARE = float(MISBEHAVE.get("fail", 0))
+SLOWER = float(MISBEHAVE.get("slower", 1))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,6 +58,10 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/healthz":
             body, kind = b"ok\n", "text/plain"
         elif self.path == "/":
+            time.sleep(WORK * SLOWER)
+            if FAIL_SHARE and random.random() < FAIL_SHARE:
+                self.send_error(500, "failed on purpose (misbehave.json)")
+                return
             body = f"hello from release {VERSION}\n".encode()
             kind = "text/plain"
         elif urlsplit(self.path).path == "/slow":

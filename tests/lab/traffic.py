@@ -12,6 +12,7 @@ import http.cookiejar
 import json
 import os
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +27,18 @@ class Stream:
     # a browser's cookies (stays on its target); False: every request may go anywhere, as
     # many clients' would (what reaches a target the moment it is registered)
     sticky: bool = True
+    # what users ask for: the health path (the release as JSON), or another (the sample
+    # app's page: "hello from release X")
+    path: str | None = None
     seen: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)
+    # every failed request: (region, the target that answered it, when)
+    failed: list[tuple[str, str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def _client(self, region: str) -> None:
-        url = self.lab.info["regions"][region]["load_balancer"] + self.lab.env.health_path
+        path = self.path or self.lab.env.health_path
+        url = self.lab.info["regions"][region]["load_balancer"] + path
         handlers: list[Any] = [urllib.request.ProxyHandler({})]
         if self.sticky:
             handlers.append(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
@@ -40,9 +47,15 @@ class Stream:
         while not self._stop.is_set():
             try:
                 with opener.open(url, timeout=5) as resp:
-                    out.append((resp.status, json.loads(resp.read())["version"]))
+                    body = resp.read()
+                    out.append((resp.status, json.loads(body)["version"]
+                                if path == self.lab.env.health_path
+                                else body.decode().split()[-1]))
             except Exception as exc:  # noqa: BLE001 - a failed request is the data
                 out.append((getattr(exc, "code", None), f"{type(exc).__name__}: {exc}"))
+                headers = getattr(exc, "headers", None)
+                self.failed.append((region, headers.get("X-Lab-Target", "") if headers
+                                    else "", time.time()))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Stream:
