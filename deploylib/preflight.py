@@ -204,6 +204,22 @@ def volume_key(env: Environment, clients: aws.AwsClients, region: str) -> str:
     return f"{key['Arn']} (customer-managed, enabled, usable by {aws.iam.AUTOSCALING_ROLE})"
 
 
+def alarms(env: Environment, clients: aws.AwsClients, region: str) -> str:
+    """The team's alarms a verification window watches exist in the region: a window
+    watching an alarm that is not there would pass whatever happened."""
+    names = env.alarms(region)
+    if not names:
+        return "no alarms to watch"
+    missing = aws.cloudwatch.missing(clients.cloudwatch(region), region, names)
+    if missing:
+        raise InputError(f"no CloudWatch alarm {', '.join(missing)} in {region}: a window "
+                         "would never hear from it",
+                         resource=f"environments.{env.name}.verify.alarms",
+                         fix="create the alarm in that region, or name it as CloudWatch "
+                         "does (regions.<region>.alarms for one region's own)")
+    return f"{len(names)} alarm(s) to watch: {', '.join(names)}"
+
+
 def launch(env: Environment, clients: aws.AwsClients) -> str:
     """EC2 would let the tool launch as a deploy does — the base image, the subnet, the
     security group, the environment's tags and (server groups) passing the instance
@@ -270,11 +286,17 @@ def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -
     if env.server_groups:
         checks += [_check("Auto Scaling's role", lambda: autoscaling_role(env, clients)),
                    _check("instance profile", lambda: instance_profile(env, clients))]
-    regional = parallel.each(env.all_regions, lambda r: [
-        _check(f"network in {r}", lambda: network(env, clients, r)),
-        _check(f"volume key in {r}", lambda: volume_key(env, clients, r))], key=lambda r: r)
+    def regional_checks(r: str) -> list[Check]:
+        out = [_check(f"network in {r}", lambda: network(env, clients, r)),
+               _check(f"volume key in {r}", lambda: volume_key(env, clients, r))]
+        if env.alarms(r):
+            out.append(_check(f"alarms in {r}", lambda: alarms(env, clients, r)))
+        return out
+
+    regional = parallel.each(env.all_regions, regional_checks, key=lambda r: r)
     for r in env.all_regions:
-        checks += _as_checks([f"network in {r}", f"volume key in {r}"], regional[r])
+        checks += _as_checks([f"network in {r}", f"volume key in {r}",
+                              *([f"alarms in {r}"] if env.alarms(r) else [])], regional[r])
     if all(c.error is None for c in checks):  # last: what it launches from must be there
         checks.append(_check("launch", lambda: launch(env, clients)))
     return checks

@@ -116,6 +116,12 @@ BAD = [
     ("server_group_prefix = \"-web\"", "server_group_prefix"),
     ("subnets = [\"a\", \"b\", \"a\"]", "name a subnet twice"),
     ("subnets = \"subnet-1\"", "subnets"),
+    ("verify = { latency = \"p100\" }", "not a percentile statistic"),
+    ("verify = { latency = \"median\" }", "not a percentile statistic"),
+    ("verify = { max_latency_ratio = 1 }", "verify.max_latency_ratio"),
+    ("verify = { canary_for = -5 }", "verify.canary_for"),
+    ("verify = { alarms = [\"\"] }", "not an alarm name"),
+    ("verify = { windows = 3 }", "verify.windows"),
 ]
 
 
@@ -301,3 +307,15 @@ def test_the_longest_wait_is_a_server_groups_when_the_fleet_is_one():
     assert groups.longest_wait("immutable") == ("copy", 7200.0)
     shorter = config.parse(with_line(fleet + "\ntimeouts = { boot = 120 }"))
     assert shorter.environment("prod").longest_wait("rebake-light")[1] == 720.0
+
+
+def test_a_regions_own_alarms_replace_the_environments():
+    cfg = config.parse(with_line('verify = { canary_for = 60, alarms = ["app-5xx"] }')
+                       + '\n[environments.prod.regions.us-west-2]\nalarms = ["west-5xx"]\n',
+                       source="deploy.toml")
+    env = cfg.environment("prod")
+    assert env.verify.enabled
+    assert env.alarms("us-east-1") == ["app-5xx"]
+    assert env.alarms("us-west-2") == ["west-5xx"]
+    assert not config.parse(with_line(""), source="deploy.toml").environment(
+        "prod").verify.enabled

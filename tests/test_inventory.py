@@ -86,3 +86,14 @@ def test_with_server_groups_drift_says_a_replacement_boots_into_the_release():
                                        "run_id": "r1"}})
     assert "a new or replacement instance installs the recorded release at boot" in text
     assert "a replacement would lose it" not in text
+
+
+def test_the_table_gives_the_last_runs_window_verdicts():
+    report = {"environment": "lab", "record": None, "instances": [], "errors": {},
+              "last_run": {"run_id": "r9", "mode": "in-place", "version": "1.0.2", "windows": [
+                  {"stage": "rollout/1/verify", "passed": True, "why": "us-east-1: 5xx 0 of 90"},
+                  {"stage": "rollout/2/verify", "passed": False, "why": "alarm app-5xx"}]}}
+    lines = inventory.table(report).splitlines()
+    assert lines[-2:] == [
+        "window rollout/1/verify of run r9 (in-place 1.0.2): passed: us-east-1: 5xx 0 of 90",
+        "window rollout/2/verify of run r9 (in-place 1.0.2): FAILED: alarm app-5xx"]

@@ -316,3 +316,20 @@ def test_a_per_region_bake_bakes_in_every_regions_lane_and_copies_nothing():
     # the other procedures do not bake: the same either way
     assert planning.plan("rebake-light", per_region_bake=True).to_dict() == \
         planning.plan("rebake-light").to_dict()
+
+
+def test_verification_windows_follow_each_batch_and_an_image_based_release_once_live():
+    rollout = planning.plan("in-place", verify_batches=True).stage("rollout")
+    assert [m.name for m in rollout.members][-2:] == ["put-back", "verify"]
+    assert planning.plan("in-place", verify_batches=True, graceful=True).stage(
+        "rollout").members[-1].name == "verify"
+    for mode in ("immutable", "rebake-light"):
+        names = planning.plan(mode, verify_live=True).names()
+        # after every region is live, before anything is imaged, recorded or retired
+        assert names[names.index("regions") + 1] == "verify"
+        assert planning.plan(mode, verify_live=True).find("verify").option == {"window": "live"}
+    # a rollback goes back to what served; a fold changes no host: neither is watched
+    for mode in ("rollback-in-place", "rollback-image", "fold"):
+        assert "verify" not in [s.name for s in planning.plan(mode, verify_batches=True,
+                                                     verify_live=True).walk()]
+    assert "verify" not in [s.name for s in planning.plan("in-place").walk()]

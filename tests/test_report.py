@@ -102,7 +102,16 @@ def headless(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_timeline_renders_every_stage_of_every_run_in_a_real_browser(three_runs, tmp_path):
-    _, page = report.write(tmp_path / "out", report.build(three_runs))
+    from deploylib.facts import Window
+
+    three_runs[0].facts.windows = [
+        Window(stage="rollout/1/verify", regions=["us-east-1"], began=T0, ended=T0 + 60,
+               passed=True, why="us-east-1: 5xx 0 of 900 requests"),
+        Window(stage="rollout/2/verify", regions=["us-east-1"], began=T0 + 70,
+               ended=T0 + 80, passed=False, why="alarm app-5xx in us-east-1 is in ALARM")]
+    data = report.build(three_runs)
+    assert [w["passed"] for w in data["runs"][0]["windows"]] == [True, False]
+    _, page = report.write(tmp_path / "out", data)
     dom = headless("--virtual-time-budget=5000", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
@@ -120,6 +129,10 @@ def test_the_timeline_renders_every_stage_of_every_run_in_a_real_browser(three_r
                                        for k, e in run.stages.items() if k.region)
     rows = re.findall(r'<tr data-mode="([a-z-]+)">', html)
     assert rows == ["in-place", "rebake-light"]
+    # each window of a run, with its verdict
+    windows = re.findall(r'<tr data-window="([a-z0-9/-]+)">(.*?)</tr>', html, re.S)
+    assert [(w, "FAILED" in row) for w, row in windows] == [("rollout/1/verify", False),
+                                                           ("rollout/2/verify", True)]
     shot = tmp_path / "shot.png"
     taken = headless("--window-size=1200,900", f"--screenshot={shot}", page.as_uri())
     assert taken.returncode == 0 and shot.stat().st_size > 10_000

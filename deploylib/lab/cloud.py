@@ -32,7 +32,7 @@ from moto.ec2.responses.settings import Settings
 from moto.ec2.utils import Base64EncodedString
 from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup, elbv2_backends
 
-from deploylib.lab import consistency, parameters
+from deploylib.lab import consistency, monitoring, parameters
 from deploylib.lab.balancer import Balancer, Balancers
 from deploylib.lab.hosts import AddressTaken, HostFarm
 
@@ -96,7 +96,8 @@ def _modules_listed_once() -> None:
 def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
     """What moto's EC2 API lacks and AWS does, hosts aside: tags at creation for images'
     snapshots and for copies, eventual consistency (deploylib.lab.consistency), the
-    default EBS key, Parameter Store's size limits (deploylib.lab.parameters).
+    default EBS key, Parameter Store's size limits (deploylib.lab.parameters), CloudWatch's
+    percentile statistics (deploylib.lab.monitoring).
     Once per process; the lab daemon calls it, and so do the tests' plain moto server."""
     global _filled
     if _filled:
@@ -104,6 +105,7 @@ def fill_gaps(settle: float = consistency.DEFAULT_WINDOW) -> None:
     _filled = True
     consistency.install(settle)
     parameters.install()
+    monitoring.install_statistics()
     _modules_listed_once()
     create_image = AmiBackend.create_image
     copy_image = AmiBackend.copy_image

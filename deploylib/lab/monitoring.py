@@ -111,7 +111,8 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def _percentiles() -> None:
+def install_statistics() -> None:
+    """Percentiles in moto's GetMetricData (once per process: deploylib.lab.cloud.fill_gaps)."""
     from moto.cloudwatch.models import Statistics
 
     plain = Statistics.get_statistics_for_type
@@ -205,7 +206,6 @@ def run(feeds: Callable[[], Iterable[Feed]], regions: list[str], *, delay: float
     """Publish every balancer's due periods and evaluate alarms, until the event is set."""
     from moto.cloudwatch.models import cloudwatch_backends
 
-    _percentiles()
     stop = threading.Event()
     evaluated: dict[tuple[str, str], float] = {}
 

@@ -56,6 +56,16 @@ def _tg_elsewhere(lab):
     return {"target_group": name}, ["cannot be registered", "same VPC"]
 
 
+def _alarm_in_one_region(lab):
+    # made in the primary region only: the copy region's windows would never hear of it
+    name = f"preflight-alarm-{next(_n)}"
+    lab.clients().cloudwatch("us-east-1").put_metric_alarm(
+        AlarmName=name, Namespace="Team", MetricName="Errors", Statistic="Sum", Period=60,
+        EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
+    return {"verify": {"canary_for": 60, "period": 1, "delay": 1, "alarms": [name]}}, [
+        f"no CloudWatch alarm {name} in us-west-2", "create the alarm"]
+
+
 def _tg_unserved(lab):
     name = f"preflight-alone-{next(_n)}"
     lab.clients().elbv2("us-east-1").create_target_group(
@@ -164,6 +174,7 @@ BROKEN = {
         {"fleet": "server-groups", "instance_profile": "preflight-no-such-profile"},
         ["no instance profile preflight-no-such-profile", "create it with its role"]),
     "server groups: default key without the role's grant": _volume_key_not_for_autoscaling,
+    "a window's alarm missing in one region": _alarm_in_one_region,
 }
 
 

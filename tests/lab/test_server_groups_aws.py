@@ -18,7 +18,7 @@ import pytest
 from deploylib import aws, waits
 from deploylib.errors import CloudError, PermissionDenied
 from tests.lab import checks
-from tests.lab.groups import asg, assert_all_serve, groups, live_group
+from tests.lab.groups import asg, assert_all_serve, groups, live_group, run_leftovers
 
 # A server-group lab of its own (tests/scheduling.py): these change what the account
 # holds (a key, a role, subnets, a team's policies), and the server-group modules' lab
@@ -287,3 +287,37 @@ def test_a_group_spans_its_subnets_one_instance_per_zone(lab):
         found = {i["SubnetId"] for r in described for i in r["Instances"]}
         assert len(group.in_service) == 2 and found == subnets, (region, found)
     assert_all_serve(lab, "4.6.6", 2)
+
+
+def test_a_group_whose_window_fails_gives_way_to_the_one_it_replaced(lab, tmp_path):
+    """rebake-light into a new server group with a release failing a fifth of its
+    requests: the replaced group is kept at capacity through the window, and the failed
+    window re-enables it and discards the new group (nothing of the run left)."""
+    from tests.lab.traffic import Stream
+    from tests.lab.windows import app_that, before_the_run, watched
+
+    region = lab.env.primary_region
+    before = checks.record(lab)
+    kept = live_group(lab, region)
+    config = watched(lab, tmp_path, app_that(tmp_path, fail=0.2), live_for=6)
+    with Stream(lab, sticky=False, path="/") as users:
+        before_the_run(lab, 8)
+        proc = lab.cli(f"deploy --mode rebake-light --version 1.0.31 --config {config}",
+                       check=False)
+        after = len(users.seen[region])
+        waits.until(lambda: len(users.seen[region]) > after + 20, timeout=30,
+                    what="more requests", resource="the lab's balancer", fix="-")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    state = checks.state_of(lab, proc)
+    window = state["facts"]["windows"][0]
+    assert (window["stage"], window["passed"]) == ("verify", False)
+    assert "5xx" in window["why"]
+    assert checks.record(lab) == before
+    assert_all_serve(lab, before["release"], len(kept.in_service))
+    # Through the window the replaced group kept every instance it had: the same ones
+    # serve again, none launched anew.
+    assert live_group(lab, region).name == kept.name
+    assert sorted(live_group(lab, region).in_service) == sorted(kept.in_service)
+    assert run_leftovers(lab, state["run_id"]) == []
+    assert all(status == 200 and version == before["release"]
+               for status, version in users.seen[region][after:])

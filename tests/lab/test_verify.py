@@ -5,63 +5,17 @@ and on a team's alarm, with users' requests going on through every balancer, non
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from deploylib import aws, waits
-from tests.conftest import REPO
-from tests.lab.checks import assert_nothing_lost, assert_serving, record, state_of, target_group
+from deploylib import waits
+from tests.lab.checks import assert_nothing_lost, assert_serving, record, state_of
 from tests.lab.traffic import Stream
+from tests.lab.windows import app_that, before_the_run, watched
 
 pytestmark = pytest.mark.lab
-
-# The lab's metrics: every second, a second late (deploylib/lab/environment.toml).
-LAB_METRICS = {"period": 1, "delay": 1, "min_requests": 20}
-
-
-def app_that(tmp_path: Path, **misbehave: float) -> Path:
-    """The sample app, made to misbehave as examples/app/app.py reads it."""
-    app = tmp_path / "app"
-    shutil.copytree(REPO / "examples/app", app)
-    (app / "misbehave.json").write_text(json.dumps(misbehave))
-    return app
-
-
-def watched(lab, tmp_path: Path, app: Path | None = None, **verify: object) -> Path:
-    """A config with verification windows, beside the lab's own (its runs where the
-    lab's checks look). No team smoke tests: they ask for the page, and a release failing
-    a fifth of its requests may fail them before any window (as it should)."""
-    return lab.write_config(name=f"{tmp_path.name}.toml",
-                            app_source=str(app or REPO / "examples/app"), smoke_tests="",
-                            verify={**LAB_METRICS, **verify})
-
-
-def before_the_run(lab, seconds: float) -> None:
-    """Users' requests in the lab's CloudWatch for `seconds` (what the judge compares a
-    window with), in every region, none of them failed: an earlier test's bad release
-    is out of what a window is compared with."""
-    clients = lab.clients()
-
-    def counted() -> bool:
-        import time
-
-        now = int(time.time()) - 1  # the period now closing is not in yet
-        for region in lab.env.all_regions:
-            src = aws.cloudwatch.source(clients.elbv2(region), region,
-                                        target_group(lab, region))
-            seen = aws.cloudwatch.traffic(clients.cloudwatch(region), src, now - seconds, now,
-                                          "p90")
-            if seen.requests < LAB_METRICS["min_requests"] or seen.errors:
-                return False
-        return True
-
-    waits.until(counted, timeout=60, what="users' requests in CloudWatch",
-                resource="the lab's balancers", fix="check the lab's metrics (lab.monitoring)")
-
 
 def ended(stage: dict) -> float:
     return stage["started_at"] + stage["seconds"]
