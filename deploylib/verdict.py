@@ -7,9 +7,9 @@ Two questions, each asked only with enough requests to answer it:
   `max_error_rise`, beyond chance? The test is exact: the probability that a release
   exactly at the allowed share would show at least this many errors in this many
   requests (binomial upper tail) must be under ALPHA. With few requests it takes a
-  larger excess to fail (10 errors in 50 requests fail a 1 % allowance; 2 in 50 do
-  not), so a quiet service is not rolled back on noise, and a busy one is caught at a
-  small excess.
+  larger excess to fail (against a 1 % allowance: 5 errors of 50, 22 of 1,000, 133 of
+  10,000), so a quiet service is not rolled back on noise, and a busy one is caught at
+  a small excess.
 - latency: is the window's percentile above both `max_latency_ratio` times the one
   before and that one plus `min_latency_rise`? Percentiles are robust to a few slow
   requests; the rise keeps a 2 ms service's jitter from counting as a regression.

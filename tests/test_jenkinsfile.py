@@ -13,6 +13,7 @@ conditions behave.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shlex
@@ -383,3 +384,8 @@ def test_each_stage_may_take_what_the_tools_own_timeouts_allow():
     assert limits["regions"] == f"[time:{minutes['regions']}, unit:MINUTES]"
     # the regions of an immutable deploy wait on a cross-region copy (2 hours by default)
     assert minutes["regions"] > 120 and minutes["publish-release"] < minutes["regions"]
+    # a verification window is a stage of its own: its window (live_for = 600), the
+    # metrics' delay and two periods, and the margin
+    assert "verify" in result["stages"]
+    assert limits["verify"] == f"[time:{minutes['verify']}, unit:MINUTES]"
+    assert minutes["verify"] == math.ceil((600 + 60 + 2 * 60) / 60) + pipeline.MARGIN_MINUTES
