@@ -210,6 +210,9 @@ def markdown(r: dict[str, Any]) -> str:
         for name, values in r["startup"].items():
             lines.append(f"| `{name}` | {med(values):.3f} s | {len(values)} |")
         lines.append("")
+    windows = OUT / "windows.json"
+    if windows.exists():
+        lines += windows_section(json.loads(windows.read_text()))
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     for target, measured, met, _ in targets(r):
         lines.append(f"| {target} | {measured} | {'met' if met else 'missed'} |")
@@ -219,6 +222,49 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"- **{t}**: {why}" for t, why in misses]
     lines.append("")
     return "\n".join(lines)
+
+
+def windows_section(w: dict[str, Any]) -> list[str]:
+    """benchmarks/windows.json (`python -m benchmarks.windows`): no false rollback, and
+    how soon a release failing a fifth of its requests is put back."""
+    lines = ["## 6. Verification windows", "",
+             "`python -m benchmarks.windows` (not part of `./dev bench`: it brings up labs of "
+             "its own). Users' requests go on through every balancer, non-sticky, all "
+             "through each run.", ""]
+    good = w.get("good")
+    if good:
+        lines += [f"**No false rollback.** A good release rolled in place over 4 hosts in "
+                  f"batches of one (a canary, then 3 waves), {good['runs']} runs on the lab's "
+                  f"own timing (metrics every second, a second late; windows of 5 s and 3 s): "
+                  f"**{good['passed']} of {good['windows']} windows passed**; "
+                  f"{good['failed_requests']} of {good['requests']} requests failed.", ""]
+    bad = w.get("bad")
+    if bad:
+        a = bad["aws"]
+        lines += ["**Time to put back a bad release** (it fails a fifth of its requests, "
+                  "passes every health check), under AWS's timing: the time-to-live "
+                  f"profile plus ALB's metrics (a {a['metric_period']} s period, "
+                  f"{a['metric_delay']} s late), windows of {a['window']} s, scaled as in "
+                  "§3. From the release reaching users (the canary back in its target "
+                  "group; every region promoted) to what served before serving again. The "
+                  "window is all AWS's waiting and is scaled; putting back meets one health "
+                  "check (a whole interval counted); the tool's own work is not scaled.", "",
+                  "| procedure | bad release live → previous serving | of which the window "
+                  "| put back after it (lab) |", "|---|---|---|---|"]
+        for name, t in bad["procedures"].items():
+            lines.append(f"| {name} | {t['aws_live_to_back'] / 60:.1f} min | "
+                         f"{t['aws_window'] / 60:.1f} min | {t['lab_failed_to_back']:.2f} s |")
+        lines += ["", "CodeDeploy, as documented, for comparison: an alarm on the target "
+                  "group's 5xx (60 s period) is in ALARM a period and the metric's delay "
+                  "after the fault, as here; CodeDeploy then stops the deployment and rolls "
+                  "back by redeploying the last good revision as a new deployment "
+                  "(CodeDeploy user guide, \"Redeploy and roll back a deployment\"): every "
+                  "instance of the group installs it again, each batch behind the load "
+                  "balancer's deregistration delay (300 s by default) when traffic is "
+                  "blocked. Here only the hosts the release reached switch back (a canary: "
+                  "one host), drained as soon as they are idle; an image-based release puts "
+                  "back hosts or a group that never stopped running.", ""]
+    return lines
 
 
 TTL_TARGETS = {  # AWS seconds, as the target reads

@@ -214,6 +214,9 @@ class Facts(_Model):
     adopted: bool = False
     # cleanup step -> "done" or "failed: …": the engine's cleanup | `invoke cleanup`
     cleanup: dict[str, str] = Field(default_factory=dict)
+    # cleanup step -> when it was done (epoch seconds): the engine's cleanup | the
+    # benchmarks (how soon a failed window's demote put the previous hosts back)
+    cleaned_at: dict[str, float] = Field(default_factory=dict)
     # cleanup step -> ids it removed: discard-* | the engine, to rewind the run
     discarded: dict[str, list[str]] = Field(default_factory=dict)
     # --keep-on-error left the run's resources in place | the operator

@@ -90,6 +90,7 @@ def best_effort(ctx: Context, name: str, *, targets: str | None = None,
     try:
         catalog.get(name).fn(ctx)
         ctx.facts.cleanup[name] = "done"
+        ctx.facts.cleaned_at[name] = round(time.time(), 3)
         return True
     except Exception as exc:  # noqa: BLE001 - report, keep the original error
         line = error_line(exc)
