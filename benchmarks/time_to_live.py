@@ -115,16 +115,17 @@ def aws_seconds(procedure: str, lab_seconds: float) -> float:
 
 
 class Users:
-    """One client per region asking its balancer, all through a run; every answer kept."""
+    """`clients` per region asking its balancer for `path`, all through a run; every
+    answer counted."""
 
-    def __init__(self, lab: BenchLab):
-        self.urls = {r: v["load_balancer"] + "/health" for r, v in lab.info["regions"].items()}
+    def __init__(self, lab: BenchLab, path: str = "/health", clients: int = 1):
+        self.urls = {r: v["load_balancer"] + path for r, v in lab.info["regions"].items()}
         self.sent = 0
         self.failed = 0
         self._count = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._ask, args=(u,), daemon=True)
-                         for u in self.urls.values()]
+                         for u in self.urls.values() for _ in range(clients)]
 
     def _ask(self, url: str) -> None:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

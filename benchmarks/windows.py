@@ -28,13 +28,11 @@ import os
 import shutil
 import statistics
 import sys
-import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from benchmarks.labbench import REPO, BenchLab, measure
-from benchmarks.time_to_live import AWS, PROFILE, SCALE
+from benchmarks.time_to_live import AWS, PROFILE, SCALE, Users
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/deploylib-bench")) / "windows"
 # ALB's metrics: every 60 s, up to a minute late (scaled as the rest of the profile).
@@ -45,41 +43,6 @@ WINDOW = round(300 * SCALE, 3)
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-class Users:
-    """Non-sticky clients asking for the app's page through every balancer."""
-
-    def __init__(self, lab: BenchLab, clients: int = 2):
-        self.urls = [v["load_balancer"] + "/" for v in lab.info["regions"].values()]
-        self.sent = self.failed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._ask, args=(u,), daemon=True)
-                         for u in self.urls for _ in range(clients)]
-
-    def _ask(self, url: str) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while not self._stop.is_set():
-            try:
-                with opener.open(url, timeout=5) as resp:
-                    ok = resp.status == 200
-            except OSError:
-                ok = False
-            with self._lock:
-                self.sent += 1
-                self.failed += not ok
-            self._stop.wait(0.01)  # pacing, not a synchronisation
-
-    def __enter__(self) -> Users:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=10)
 
 
 def _state(lab: BenchLab) -> dict[str, Any]:
@@ -101,7 +64,7 @@ def false_rollbacks(runs: int) -> dict[str, Any]:
     windows: list[dict[str, Any]] = []
     try:
         lab.up()
-        with Users(lab) as users:
+        with Users(lab, path="/", clients=2) as users:
             for n in range(runs):
                 m = measure(lab.invoke("deploy", "--mode", "in-place", "--version",
                                        f"9.{n}.0-good"), lab.env(), timeout=900)
@@ -179,7 +142,7 @@ def detect_and_put_back(runs: int) -> dict[str, Any]:
                         lab.env(DEPLOY_CONFIG=str(good)), timeout=1800)
             got = []
             for n in range(runs):
-                with Users(lab) as users:
+                with Users(lab, path="/", clients=2) as users:
                     m = measure(lab.invoke("deploy", "--mode", mode, "--version",
                                            f"6.{len(out) + 1}.{n}-bad"),
                                 lab.env(DEPLOY_CONFIG=str(config)), timeout=1800)
