@@ -19,7 +19,7 @@ from deploylib.verdict import Traffic
 NAMESPACE = "AWS/ApplicationELB"
 
 
-def _suffix(arn: str) -> str:
+def dimension_value(arn: str) -> str:
     """An ELB ARN's resource part, as ALB's dimensions name it (targetgroup/NAME/ID,
     app/NAME/ID)."""
     return arn.split(":", 5)[-1].split("loadbalancer/", 1)[-1]
@@ -39,7 +39,7 @@ def source(elbv2: Any, region: str, group_arn: str) -> Source:
                  "grant elasticloadbalancing:DescribeTargetGroups (`invoke policy`)"):
         group = elbv2.describe_target_groups(TargetGroupArns=[group_arn])["TargetGroups"][0]
     return Source(region, group_arn, tuple(
-        (("LoadBalancer", _suffix(lb)), ("TargetGroup", _suffix(group_arn)))
+        (("LoadBalancer", dimension_value(lb)), ("TargetGroup", dimension_value(group_arn)))
         for lb in group.get("LoadBalancerArns") or []))
 
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-NAMESPACE = "AWS/ApplicationELB"
+from deploylib.aws.cloudwatch import NAMESPACE, dimension_value
+
 PERIOD = 1.0
 DELAY = 1.0
 RETAIN = 3600.0
@@ -69,16 +70,12 @@ class Meter:
             return [(s, self.periods.pop(s)) for s in ready]
 
 
-def _suffix(arn: str) -> str:
-    return arn.split(":", 5)[-1].split("loadbalancer/", 1)[-1]
-
-
 def datapoints(start: float, counts: dict[str, Any], group_arn: str, balancer_arn: str
                ) -> list[dict[str, Any]]:
     """One period of one balancer's requests as PutMetricData's MetricData."""
     when = datetime.fromtimestamp(start, UTC).replace(tzinfo=None)
-    pair = [{"Name": "LoadBalancer", "Value": _suffix(balancer_arn)},
-            {"Name": "TargetGroup", "Value": _suffix(group_arn)}]
+    pair = [{"Name": "LoadBalancer", "Value": dimension_value(balancer_arn)},
+            {"Name": "TargetGroup", "Value": dimension_value(group_arn)}]
     out: list[dict[str, Any]] = []
     if counts["requests"]:
         out.append({"MetricName": "RequestCount", "Value": counts["requests"],

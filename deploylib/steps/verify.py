@@ -93,8 +93,9 @@ def verify(ctx: Context) -> None:
     while True:
         now = time.time()
         for region in regions:
-            for alarm, reason in aws.cloudwatch.firing(ctx.aws.cloudwatch(region), region,
-                                                       alarms[region]).items():
+            firing = aws.cloudwatch.firing(ctx.aws.cloudwatch(region), region, alarms[region])
+            if firing:
+                alarm, reason = sorted(firing.items())[0]
                 raise fail(f"alarm {alarm} in {region} is in ALARM ({reason})")
         # The periods whose metrics are in by now.
         arrived = min(end, math.floor((now - delay) / period) * period)
