@@ -110,7 +110,8 @@ def verify(ctx: Context) -> None:
                 for region, verdict in verdicts.items():
                     ctx.log(f"  {region}: " + "; ".join(verdict.findings))
                 window.ended, window.passed = time.time(), True
-                window.why = "; ".join(f"{r}: {v.findings[0]}" for r, v in verdicts.items())
+                window.why = "; ".join(f"{r}: " + "; ".join(v.findings)
+                                       for r, v in verdicts.items())
                 ctx.save()
                 ctx.log(f"  {what} passed its window")
                 return
