@@ -293,14 +293,14 @@ def test_a_group_whose_window_fails_gives_way_to_the_one_it_replaced(lab, tmp_pa
     """rebake-light into a new server group with a release failing a fifth of its
     requests: the replaced group is kept at capacity through the window, and the failed
     window re-enables it and discards the new group (nothing of the run left)."""
-    from tests.lab.traffic import Stream
     from tests.lab.windows import app_that, before_the_run, watched
+    from tests.lab.windows import users as users_of
 
     region = lab.env.primary_region
     before = checks.record(lab)
     kept = live_group(lab, region)
     config = watched(lab, tmp_path, app_that(tmp_path, fail=0.2), live_for=6)
-    with Stream(lab, sticky=False, path="/") as users:
+    with users_of(lab) as users:
         before_the_run(lab, 8)
         proc = lab.cli(f"deploy --mode rebake-light --version 1.0.31 --config {config}",
                        check=False)

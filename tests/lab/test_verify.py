@@ -12,8 +12,8 @@ import pytest
 
 from deploylib import waits
 from tests.lab.checks import assert_nothing_lost, assert_serving, record, state_of
-from tests.lab.traffic import Stream
 from tests.lab.windows import app_that, before_the_run, watched
+from tests.lab.windows import users as users_of
 
 pytestmark = pytest.mark.lab
 
@@ -24,8 +24,8 @@ def ended(stage: dict) -> float:
 def test_a_release_failing_a_fifth_of_requests_fails_the_canary_window_and_is_switched_back(
         lab, tmp_path):
     before = record(lab)
-    config = watched(lab, tmp_path, app_that(tmp_path, fail=0.2), canary_for=8, wave_for=2)
-    with Stream(lab, sticky=False, path="/") as users:
+    config = watched(lab, tmp_path, app_that(tmp_path, fail=0.2), canary_for=10, wave_for=2)
+    with users_of(lab) as users:
         before_the_run(lab, 10)
         proc = lab.cli(f"deploy --mode in-place --version 1.0.20 --config {config}",
                        check=False)
@@ -56,7 +56,7 @@ def test_a_release_failing_requests_by_image_fails_its_window_and_nothing_is_lef
         lab, tmp_path, mode, version):
     before = record(lab)["release"]
     config = watched(lab, tmp_path, app_that(tmp_path, fail=0.2), live_for=6)
-    with Stream(lab, sticky=False, path="/") as users:
+    with users_of(lab) as users:
         before_the_run(lab, 8)
         proc = lab.cli(f"deploy --mode {mode} --version {version} --config {config}",
                        check=False)
@@ -78,8 +78,8 @@ def test_a_release_failing_requests_by_image_fails_its_window_and_nothing_is_lef
 def test_a_slow_release_by_immutable_fails_its_window_on_latency(lab, tmp_path):
     before = record(lab)["release"]
     config = watched(lab, tmp_path, app_that(tmp_path, slower=3), live_for=4,
-                     min_latency_rise=0.01)
-    with Stream(lab, sticky=False, path="/"):
+                     min_latency_rise=0.01, max_latency_ratio=1.5)
+    with users_of(lab):
         before_the_run(lab, 6)
         proc = lab.cli(f"deploy --mode immutable --version 1.0.22 --config {config}",
                        check=False)
@@ -116,7 +116,7 @@ def test_a_team_alarm_in_alarm_during_a_wave_stops_the_rollout_there_and_switche
 
     started = time.time()
     try:
-        with Stream(lab, sticky=False, path="/"):
+        with users_of(lab):
             watcher = threading.Thread(target=fire_in_wave_two, daemon=True)
             watcher.start()
             proc = lab.cli(f"deploy --mode in-place --version 1.0.23 --config {config}",

@@ -30,6 +30,8 @@ class Stream:
     # what users ask for: the health path (the release as JSON), or another (the sample
     # app's page: "hello from release X")
     path: str | None = None
+    # clients per region (each with its own cookies): more requests a second
+    clients: int = 1
     seen: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)
     # every failed request: (region, the target that answered it, when)
     failed: list[tuple[str, str, float]] = field(default_factory=list)
@@ -61,9 +63,10 @@ class Stream:
     def __enter__(self) -> Stream:
         for region in self.lab.env.all_regions:
             self.seen[region] = []
-            t = threading.Thread(target=self._client, args=(region,), daemon=True)
-            t.start()
-            self._threads.append(t)
+            for _ in range(self.clients):
+                t = threading.Thread(target=self._client, args=(region,), daemon=True)
+                t.start()
+                self._threads.append(t)
         waits.until(lambda: all(self.seen.values()), timeout=10, what="first responses",
                     resource="lab load balancers", fix="check the lab is up")
         return self
