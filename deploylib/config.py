@@ -224,8 +224,24 @@ class Verify(Strict):
         return v
 
     @property
+    def watches_batches(self) -> bool:
+        return bool(self.canary_for or self.wave_for)
+
+    @property
+    def watches_live(self) -> bool:
+        return bool(self.live_for)
+
+    @property
     def enabled(self) -> bool:
-        return bool(self.canary_for or self.wave_for or self.live_for)
+        return self.watches_batches or self.watches_live
+
+    @model_validator(mode="after")
+    def _alarms_watched(self) -> Verify:
+        # Alarms are read only during a window: without one they would protect nothing.
+        if self.alarms and not self.enabled:
+            raise _fail("alarms are watched only during a window: set canary_for, "
+                        "wave_for or live_for (seconds)")
+        return self
 
 
 class ExtraStage(Strict):

@@ -286,17 +286,18 @@ def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -
     if env.server_groups:
         checks += [_check("Auto Scaling's role", lambda: autoscaling_role(env, clients)),
                    _check("instance profile", lambda: instance_profile(env, clients))]
-    def regional_checks(r: str) -> list[Check]:
-        out = [_check(f"network in {r}", lambda: network(env, clients, r)),
-               _check(f"volume key in {r}", lambda: volume_key(env, clients, r))]
+
+    def regional(r: str) -> dict[str, Callable[[], str]]:
+        out = {f"network in {r}": lambda: network(env, clients, r),
+               f"volume key in {r}": lambda: volume_key(env, clients, r)}
         if env.alarms(r):
-            out.append(_check(f"alarms in {r}", lambda: alarms(env, clients, r)))
+            out[f"alarms in {r}"] = lambda: alarms(env, clients, r)
         return out
 
-    regional = parallel.each(env.all_regions, regional_checks, key=lambda r: r)
+    found = parallel.each(env.all_regions, lambda r: [
+        _check(name, fn) for name, fn in regional(r).items()], key=lambda r: r)
     for r in env.all_regions:
-        checks += _as_checks([f"network in {r}", f"volume key in {r}",
-                              *([f"alarms in {r}"] if env.alarms(r) else [])], regional[r])
+        checks += _as_checks(list(regional(r)), found[r])
     if all(c.error is None for c in checks):  # last: what it launches from must be there
         checks.append(_check("launch", lambda: launch(env, clients)))
     return checks

@@ -89,8 +89,8 @@ def env_plan(env: config.Environment, mode: str) -> planning.Plan:
     """A procedure's stages as this environment runs them (its extra stages, its reload)."""
     return planning.plan(mode, env.extra_stages, graceful=env.reload == "graceful",
                          per_region_bake=env.bake == "per-region",
-                         verify_batches=bool(env.verify.canary_for or env.verify.wave_for),
-                         verify_live=bool(env.verify.live_for))
+                         verify_batches=env.verify.watches_batches,
+                         verify_live=env.verify.watches_live)
 
 
 # -- starting a run -------------------------------------------------------------------------

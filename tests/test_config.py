@@ -122,6 +122,7 @@ BAD = [
     ("verify = { canary_for = -5 }", "verify.canary_for"),
     ("verify = { alarms = [\"\"] }", "not an alarm name"),
     ("verify = { windows = 3 }", "verify.windows"),
+    ("verify = { alarms = [\"app-5xx\"] }", "alarms are watched only during a window"),
 ]
 
 

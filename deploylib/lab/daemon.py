@@ -108,7 +108,7 @@ def main() -> None:
             TargetGroupArns=[arn])["TargetGroups"][0]["LoadBalancerArns"]
         feeds.append(monitoring.Feed(region, arn, front, balancer.meter))
     balancers.run()
-    stop_metrics = monitoring.run(lambda: feeds, spec["regions"],
+    stop_metrics = monitoring.run(feeds, spec["regions"],
                                   delay=float(profile.get("metric_delay", monitoring.DELAY)))
 
     stop = threading.Event()

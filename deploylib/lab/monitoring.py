@@ -198,7 +198,7 @@ class Feed:
     meter: Meter
 
 
-def run(feeds: Callable[[], Iterable[Feed]], regions: list[str], *, delay: float = DELAY,
+def run(feeds: Iterable[Feed], regions: list[str], *, delay: float = DELAY,
         account: str = "123456789012") -> threading.Event:
     """Publish every balancer's due periods and evaluate alarms, until the event is set."""
     from moto.cloudwatch.models import cloudwatch_backends
@@ -209,7 +209,7 @@ def run(feeds: Callable[[], Iterable[Feed]], regions: list[str], *, delay: float
     def loop() -> None:
         while not stop.is_set():
             try:
-                for feed in feeds():
+                for feed in feeds:
                     backend = cloudwatch_backends[account][feed.region]
                     for start, counts in feed.meter.due(delay):
                         data = datapoints(start, counts, feed.group_arn, feed.balancer_arn)
