@@ -444,6 +444,13 @@ class Environment(Strict):
         description=(
             "`pull`: hosts fetch the release from a presigned URL; `push`: it is streamed "
             "over the run's SSH connection."))
+    transport: Literal["ssh", "ssm"] = Field(default="ssh",
+        description=(
+            "How the tool runs its scripts on the live hosts and candidates: `ssh` (the "
+            "run's own connection to each) or `ssm` (Systems Manager Run Command: one "
+            "SendCommand a batch, no inbound port; needs `artifact_transfer = \"pull\"` and "
+            "an `instance_profile` the SSM agent acts with). Builders are always reached "
+            "over SSH."))
     address: Literal["private", "public"] = Field(default="private",
         description="Which instance address SSH and health checks use: `private` or `public`.")
     ssh_user: str = Field(default="ubuntu", description="SSH login user on the instances.")
@@ -630,6 +637,13 @@ class Environment(Strict):
             # its workers run.
             raise _fail('reload = "graceful" needs health_check = "version" (the app '
                         "reports the release it serves)")
+        if self.transport == "ssm" and self.artifact_transfer == "push":
+            raise _fail('transport = "ssm" needs artifact_transfer = "pull": Run Command '
+                        "carries scripts, not files (hosts fetch the release from S3)")
+        if self.transport == "ssm" and not self.instance_profile:
+            raise _fail('transport = "ssm" needs instance_profile: the role each host\'s SSM '
+                        "agent acts with (AmazonSSMManagedInstanceCore, and writing its "
+                        "output to the artifact bucket: `invoke policy --instance`)")
         if self.fleet == "server-groups" and not self.instance_profile:
             raise _fail('fleet = "server-groups" needs instance_profile: the role its '
                         "instances read the record and the releases with at boot "

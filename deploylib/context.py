@@ -15,7 +15,7 @@ from deploylib import aws, live, parallel
 # By name: in Context's body `aws` and `ssh` are its fields.
 from deploylib.aws.ec2 import Instance
 from deploylib.config import Environment
-from deploylib.errors import HostError, StateError
+from deploylib.errors import HostError, StateError, StepFailed
 from deploylib.facts import Builder, Facts, HostRef, Release
 from deploylib.plan import BATCH, BUILDER, CANDIDATES, Stage
 from deploylib.state import RunState, StageKey
@@ -198,6 +198,84 @@ class Context:
                                 port=self.env.ssh_port, trusted_keys=keys)
         return self.ssh.get(endpoint)
 
+    # -- running scripts on hosts -------------------------------------------------------------
+
+    @property
+    def transport(self) -> str:
+        """How this stage's scripts reach its hosts: the environment's transport, except
+        on a builder (always SSH: it is made from the base image, before any agent
+        registers, and provisioned from there)."""
+        if self.stage is not None and self.stage.targets == BUILDER:
+            return "ssh"
+        return self.env.transport
+
+    def command_prefix(self) -> str:
+        """Where Run Command writes this run's output in the artifact bucket."""
+        return f"runcommand/{self.env.name}/{self.state.run_id}"
+
+    def run_as_root(self, script: str | Callable[[Instance], str], *, timeout: float,
+                    instances: list[Instance] | None = None, renew: bool = True
+                    ) -> parallel.Results[str]:
+        """Run a rendered script as root on the stage's hosts (or the given ones), every
+        one at once; per host its output, or the error (RemoteCommandError: it ran and
+        exited non-zero, with the status and output; HostError: it could not run).
+
+        Over SSH, on each host's connection. Over Run Command, one command per region and
+        script for the whole batch: hosts given the same script (as a batch is) share it.
+        `script`: the text, or a function giving each host's."""
+        hosts = self.targets() if instances is None else instances
+        if renew and self.lease is not None:
+            self.lease.renew()  # what runs on hosts is the run's too: only under its lock
+        script_for = script if callable(script) else (lambda _inst: script)
+        if self.transport == "ssh":
+            return parallel.each(
+                hosts, lambda i: self.connection(i).run_as_root(script_for(i),
+                                                                timeout=timeout).output,
+                key=lambda i: i.instance_id)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for inst in hosts:
+            groups.setdefault((inst.region, script_for(inst)), []).append(inst.instance_id)
+        budget = self.env.max_failed_hosts - len(self.facts.failed_hosts)
+        stage = self.stage.name if self.stage else "command"
+
+        def one(group: tuple[tuple[str, str], list[str]]) -> dict[str, Any]:
+            (region, text), ids = group
+            return aws.runcommand.run(
+                self.aws.ssm(region), self.aws.s3(), region, ids, text,
+                bucket=self.env.artifact_bucket, prefix=self.command_prefix(),
+                max_errors=budget, timeout=timeout,
+                delivery_timeout=self.timeout("delivery", 120),
+                comment=f"{self.env.name} {self.state.run_id} {stage}")
+
+        commands = list(groups.items())
+        sent = parallel.each(range(len(commands)), lambda n: one(commands[n]), key=str)
+        out: parallel.Results[str] = parallel.Results()
+        for n, (_, ids) in enumerate(commands):
+            result = sent[str(n)]  # each host's, or what stopped the whole command
+            for iid in ids:
+                out[iid] = result[iid] if isinstance(result, dict) else result
+        return out
+
+    def reach(self, stage: str, instances: list[Instance], *, fix: str) -> None:
+        """Every host can be given scripts now: its SSH connection opens (with a trusted
+        key), or its SSM agent is online. Raises StepFailed naming every one that is not."""
+        if self.transport == "ssh":
+            self.on_hosts(stage, lambda i: self.connection(i).open(), instances, fix=fix)
+            return
+        failures: dict[str, Exception] = {}
+        for region, ids in by_region([HostRef(region=i.region, instance_id=i.instance_id)
+                                      for i in instances]).items():
+            pings = aws.runcommand.managed(self.aws.ssm(region), region, ids)
+            for iid in ids:
+                if pings.get(iid) != "Online":
+                    failures[iid] = HostError(
+                        f"its SSM agent is {pings[iid]}" if iid in pings else
+                        "it is not managed by Systems Manager", resource=iid,
+                        fix="start the host's SSM agent and check its instance role; "
+                        "`invoke preflight` names what is missing")
+        if failures:
+            raise StepFailed(stage, failures, fix=fix)
+
     def serving(self, instance: Instance) -> str | None:
         """The release a host serves, proven as the environment's health_check says."""
         from deploylib import health
@@ -218,11 +296,10 @@ class Context:
         script = render.serving_script(app_root=self.env.app_root, service=self.env.service)
 
         def ask() -> str | None:
-            try:
-                return self.connection(instance).run_as_root(script, timeout=30).output.strip() \
-                    or None
-            except HostError:
-                return None  # a host that cannot be asked serves nothing we can vouch for
+            said = self.run_as_root(script, timeout=30, instances=[instance], renew=False)
+            # A host that cannot be asked serves nothing we can vouch for.
+            answer = said[instance.instance_id]
+            return None if isinstance(answer, Exception) else (answer.strip() or None)
 
         return ask
 

@@ -220,6 +220,28 @@ def alarms(env: Environment, clients: aws.AwsClients, region: str) -> str:
     return f"{len(names)} alarm(s) to watch: {', '.join(names)}"
 
 
+def managed_hosts(env: Environment, clients: aws.AwsClients, region: str) -> str:
+    """With transport = "ssm": every live host of the region is managed by Systems
+    Manager, its agent online (DescribeInstanceInformation) — a host Run Command cannot
+    reach would stop a rollout at select-hosts."""
+    from deploylib import live
+
+    hosts = live.hosts(clients, env, region)
+    if not hosts:
+        return "no live hosts yet"
+    pings = aws.runcommand.managed(clients.ssm(region), region, hosts)
+    lost = {i: pings.get(i, "not managed") for i in hosts if pings.get(i) != "Online"}
+    if lost:
+        raise InputError(f"{len(lost)} of {len(hosts)} live host(s) in {region} cannot be "
+                         "reached by Run Command: " + ", ".join(
+                             f"{i} {why}" for i, why in sorted(lost.items())),
+                         resource=f"environments.{env.name}.transport",
+                         fix="give the instances a role with the SSM agent's grants (`invoke "
+                         "policy --instance`) and check the agent runs and can reach Systems "
+                         "Manager (a VPC endpoint, or a route out)")
+    return f"{len(hosts)} live host(s), every SSM agent online"
+
+
 def launch(env: Environment, clients: aws.AwsClients) -> str:
     """EC2 would let the tool launch as a deploy does — the base image, the subnet, the
     security group, the environment's tags and (server groups) passing the instance
@@ -231,7 +253,7 @@ def launch(env: Environment, clients: aws.AwsClients) -> str:
     subnet_name, group_name, _ = env.network(region)
     subnet = aws.ec2.describe_subnet(ec2, subnet_name, region)
     group = aws.ec2.security_group(ec2, group_name, region, subnet["VpcId"])
-    profile = env.instance_profile if env.server_groups else None
+    profile = env.instance_profile if env.server_groups or env.transport == "ssm" else None
     aws.ec2.dry_run_launch(
         ec2, region=region, image_id=image, instance_type=env.instance_type,
         subnet_id=subnet["SubnetId"], security_group_ids=[group["GroupId"]],
@@ -284,14 +306,17 @@ def run(env: Environment, clients: aws.AwsClients, *, mode: str | None = None) -
                _check("lock table", lambda: lock_table(env, clients)),
                _check("base image", lambda: base_image(env, clients))]
     if env.server_groups:
-        checks += [_check("Auto Scaling's role", lambda: autoscaling_role(env, clients)),
-                   _check("instance profile", lambda: instance_profile(env, clients))]
+        checks += [_check("Auto Scaling's role", lambda: autoscaling_role(env, clients))]
+    if env.server_groups or env.transport == "ssm":
+        checks += [_check("instance profile", lambda: instance_profile(env, clients))]
 
     def regional(r: str) -> dict[str, Callable[[], str]]:
         out = {f"network in {r}": lambda: network(env, clients, r),
                f"volume key in {r}": lambda: volume_key(env, clients, r)}
         if env.alarms(r):
             out[f"alarms in {r}"] = lambda: alarms(env, clients, r)
+        if env.transport == "ssm":
+            out[f"Run Command in {r}"] = lambda: managed_hosts(env, clients, r)
         return out
 
     found = parallel.each(env.all_regions, lambda r: [

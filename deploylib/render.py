@@ -239,17 +239,33 @@ def iam_policy(env: Environment) -> str:
     if env.kms_keys:
         kms = json.loads((TEMPLATES / "iam-policy-kms.json").read_text())["Statement"]
         policy["Statement"] += [{**s, "Resource": list(env.kms_keys)} for s in kms]
+    if env.transport == "ssm":
+        policy["Statement"] += _runcommand("iam-policy-runcommand.json", env)
     return json.dumps(policy, indent=2) + "\n"
+
+
+def _runcommand(template: str, env: Environment) -> list[dict[str, Any]]:
+    """The statements Run Command needs (transport = "ssm"), for one environment."""
+    text = (TEMPLATES / template).read_text().replace(
+        "ARTIFACT_BUCKET", env.artifact_bucket).replace("ENV_NAME", env.name)
+    return list(json.loads(text)["Statement"])
 
 
 def instance_policy(env: Environment) -> str:
     """deploylib/templates/iam-policy-instance.json for one environment: what a server group's
     instance role needs at boot (deploylib/templates/boot.sh.j2) — read the record, fetch the
-    environment's releases, complete its own group's launch lifecycle hook."""
+    environment's releases, complete its own group's launch lifecycle hook — and with
+    transport = "ssm", what its SSM agent needs (AmazonSSMManagedInstanceCore's actions,
+    and writing command output under the environment's prefix)."""
     text = (TEMPLATES / "iam-policy-instance.json").read_text()
-    return text.replace("RECORD_PARAMETER", env.record_parameter.lstrip("/")).replace(
+    text = text.replace("RECORD_PARAMETER", env.record_parameter.lstrip("/")).replace(
         "ARTIFACT_BUCKET", env.artifact_bucket).replace("ENV_NAME", env.name).replace(
         "GROUP_PREFIX", env.group_prefix)
+    if env.transport != "ssm":
+        return text
+    policy = json.loads(text)
+    policy["Statement"] += _runcommand("iam-policy-instance-runcommand.json", env)
+    return json.dumps(policy, indent=2) + "\n"
 
 
 # The pipeline's parameters: the job's, as `invoke jenkins.setup` makes it (the pipeline

@@ -431,6 +431,7 @@ class Shape:
     regions: int = 1
     fleet: str = "instances"
     debian: bool = False  # the lab offers the Debian base image (deploylib.lab.rootfs)
+    transport: str = "ssh"  # "ssm": reached by Run Command, its hosts without sshd
 
     @classmethod
     def of(cls, node) -> Shape:
@@ -440,6 +441,8 @@ class Shape:
     def overrides(self) -> dict[str, object]:
         regions = ["us-west-2", "eu-west-1"][:self.regions - 1]
         extra: dict[str, object] = {"copy_regions": regions, "fleet": self.fleet}
+        if self.transport != "ssh":
+            extra["transport"] = self.transport
         if self.fleet == "server-groups":
             extra["timeouts"] = {"boot": 120}
         return extra

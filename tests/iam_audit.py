@@ -31,6 +31,8 @@ from deploylib.lab import iam as lab_iam
 POLICY = Path(__file__).resolve().parent.parent / "deploylib/templates/iam-policy.json"
 # Granted besides, to an environment whose volumes use keys of its own (kms_keys).
 KMS_POLICY = POLICY.with_name("iam-policy-kms.json")
+# And to one reached by Run Command (transport = "ssm").
+RUNCOMMAND_POLICY = POLICY.with_name("iam-policy-runcommand.json")
 PORT_ENV = "DEPLOY_TEST_CSM_PORT"
 CLIENT_ID = "deploylib-under-test"
 # botocore's service ids, as client-side monitoring names them -> IAM's prefixes.
@@ -103,9 +105,10 @@ BEFORE_THE_ROLE = frozenset({"sts:AssumeRole"})
 
 
 def load_policy() -> dict:
-    """Every statement the tool may be granted: the policy and its KMS part."""
+    """Every statement the tool may be granted: the policy, its KMS and Run Command parts."""
     policy = json.loads(POLICY.read_text())
     policy["Statement"] += json.loads(KMS_POLICY.read_text())["Statement"]
+    policy["Statement"] += json.loads(RUNCOMMAND_POLICY.read_text())["Statement"]
     return policy
 
 

@@ -123,6 +123,9 @@ BAD = [
     ("verify = { alarms = [\"\"] }", "not an alarm name"),
     ("verify = { windows = 3 }", "verify.windows"),
     ("verify = { alarms = [\"app-5xx\"] }", "alarms are watched only during a window"),
+    ("transport = \"winrm\"", "transport"),
+    ("transport = \"ssm\"\nartifact_transfer = \"push\"", 'needs artifact_transfer = "pull"'),
+    ("transport = \"ssm\"", "needs instance_profile"),
 ]
 
 

@@ -136,3 +136,26 @@ def test_grants_ec2_uses_for_the_caller_are_not_asked_of_the_tools_own_calls():
             for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     v = iam_audit.verdict(used, POLICY, calls=10, whole_suite=True)
     assert not v.failed, v
+
+
+def test_run_command_is_granted_on_the_environments_instances_only_and_only_then(tmp_path):
+    from deploylib import config, render
+    from tests.conftest import write_config
+
+    plain = config.load(write_config(tmp_path)).environment("lab")
+    assert "ssm:SendCommand" not in render.iam_policy(plain)
+    assert "ssm:UpdateInstanceInformation" not in render.instance_policy(plain)
+    env = config.load(write_config(tmp_path, transport="ssm",
+                                   artifact_bucket="team-artifacts")).environment("lab")
+    statements = {s["Sid"]: s for s in json.loads(render.iam_policy(env))["Statement"]}
+    on_hosts = statements["RunCommandOnTheEnvironmentsInstances"]
+    assert on_hosts["Resource"] == "arn:aws:ec2:*:*:instance/*"
+    assert on_hosts["Condition"] == {"StringEquals": {"ssm:resourceTag/deploy:env": "lab"}}
+    assert statements["RunCommandDocument"]["Resource"] == \
+        "arn:aws:ssm:*::document/AWS-RunShellScript"
+    assert statements["RunCommandOutput"]["Resource"] == \
+        "arn:aws:s3:::team-artifacts/runcommand/lab/*"
+    agent = {s["Sid"]: s for s in json.loads(render.instance_policy(env))["Statement"]}
+    assert agent["RunCommandOutput"] == {**statements["RunCommandOutput"],
+                                         "Action": ["s3:PutObject"]}
+    assert "ec2messages:GetMessages" in agent["SsmAgent"]["Action"]

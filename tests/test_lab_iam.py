@@ -355,3 +355,22 @@ def test_what_the_lab_cannot_read_it_refuses_and_what_a_call_implies_it_checks(t
     hosted = iam.call(env("s3", REQUEST_METHOD="GET", PATH_INFO="/releases/lab/1.tar.gz",
                           HTTP_HOST="deploylab-artifacts.s3.us-east-1.amazonaws.com"), b"")
     assert hosted.resources == ("arn:aws:s3:::deploylab-artifacts/releases/lab/1.tar.gz",)
+
+
+def test_run_command_reaches_only_instances_tagged_for_the_environment(tmp_path):
+    from deploylib import config
+    from tests.conftest import write_config
+
+    env = config.load(write_config(tmp_path, transport="ssm")).environment("lab")
+    policy = json.loads(render.iam_policy(env))
+    instance = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+    document = "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+    assert iam.allowed(policy, "ssm:SendCommand", document)
+    assert iam.allowed(policy, "ssm:SendCommand", instance,
+                           {"ssm:resourceTag/deploy:env": "lab"})
+    assert not iam.allowed(policy, "ssm:SendCommand", instance,
+                               {"ssm:resourceTag/deploy:env": "prod"})
+    assert not iam.allowed(policy, "ssm:SendCommand", instance, {})
+    # a document of the account's own (anything it says, as root) is not granted
+    assert not iam.allowed(policy, "ssm:SendCommand",
+                               "arn:aws:ssm:us-east-1:123456789012:document/Anything")

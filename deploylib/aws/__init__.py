@@ -209,8 +209,10 @@ class AwsClients:
     def s3(self) -> S3Client:
         return cast("S3Client", self.client("s3"))
 
-    def ssm(self) -> SSMClient:
-        return cast("SSMClient", self.client("ssm"))
+    def ssm(self, region: str | None = None) -> SSMClient:
+        """Systems Manager: the record's region by default (Parameter Store), a region's
+        own for Run Command."""
+        return cast("SSMClient", self.client("ssm", region))
 
 
 # -- whose credentials --------------------------------------------------------------------------
@@ -469,7 +471,17 @@ def tag_map(tag_list: Iterable[Mapping[str, Any]] | None) -> dict[str, str]:
 
 
 # The services, each in its own module; imported last, as they use the boundary above.
-from deploylib.aws import autoscaling, cloudwatch, ec2, elb, iam, kms, s3, ssm  # noqa: E402
+from deploylib.aws import (  # noqa: E402
+    autoscaling,
+    cloudwatch,
+    ec2,
+    elb,
+    iam,
+    kms,
+    runcommand,
+    s3,
+    ssm,
+)
 
 __all__ = ["AwsClients", "Identity", "autoscaling", "calling", "cloudwatch", "ec2", "elb",
-           "iam", "kms", "s3", "ssm", "tag_map", "tags"]
+           "iam", "kms", "runcommand", "s3", "ssm", "tag_map", "tags"]

@@ -141,12 +141,16 @@ def _launch_spec(ec2: EC2Client, region: str, image_id: str, instance_type: str,
 
 def launch(ec2: EC2Client, *, region: str, image_id: str, count: int, instance_type: str,
            subnet_id: str, security_group_ids: list[str], tag_list: list[dict[str, str]],
-           client_token: str, key_name: str | None = None) -> list[str]:
+           client_token: str, key_name: str | None = None,
+           instance_profile: str | None = None) -> list[str]:
     """Launch instances with IMDSv2 required and an encrypted root volume; the client
-    token makes a retry idempotent."""
+    token makes a retry idempotent. `instance_profile`: the role they act with (their
+    SSM agent's, for Run Command)."""
     args = _launch_spec(ec2, region, image_id, instance_type, tag_list, key_name)
     args.update(MinCount=count, MaxCount=count, SubnetId=subnet_id,
                 SecurityGroupIds=security_group_ids, ClientToken=client_token)
+    if instance_profile:
+        args["IamInstanceProfile"] = _profile_spec(instance_profile)
     with calling(f"image {image_id} in {region}", "check the image, subnet, security group "
                  "and instance type exist in this region and your quota"):
         reservation = ec2.run_instances(**args)

@@ -222,7 +222,7 @@ def deferred_boots() -> Iterator[None]:
 
 
 def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | None = None,
-            boot_env: Any = None) -> None:
+            boot_env: Any = None, sshd: str = "all") -> None:
     """Wrap moto's backend methods so the API's effects happen on lab hosts.
 
     A latency profile makes the cloud take AWS-like time, at the API: instances stay
@@ -230,12 +230,16 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
     images stay `pending` for `image` seconds and copies for `copy` seconds. The tool's
     own waits then meet the delays as they would on AWS, so its overhead over them can be
     measured. `boot_env(region, instance_id)`: what an instance's user data is told about
-    the lab (its metadata service, the API's endpoint)."""
+    the lab (its metadata service, the API's endpoint). `sshd`: which hosts run one —
+    "all", or "builders" (an environment reached by Run Command: its other hosts have no
+    SSH at all)."""
     profile = profile or {}
 
     def boot_host(inst: Any, region: str, image_id: str) -> None:
+        role = ec2_backends[DEFAULT_ACCOUNT_ID][region].tags.get(inst.id, {}).get("deploy:role")
         farm.boot(inst.id, inst.private_ip, image_id, user_data=_user_data(inst),
-                  user_data_env=boot_env(region, inst.id) if boot_env else None)
+                  user_data_env=boot_env(region, inst.id) if boot_env else None,
+                  region=region, sshd=sshd == "all" or role == "builder")
     fill_gaps(profile.get("settle", consistency.DEFAULT_WINDOW))
     run_instances = InstanceBackend.run_instances
     start_instances = InstanceBackend.start_instances
@@ -293,7 +297,7 @@ def install(farm: HostFarm, balancers: Balancers, profile: dict[str, float] | No
         result = start_instances(self, instance_ids)
         for inst, previous in result:
             if previous.name != "running":
-                farm.boot(inst.id, inst.private_ip, inst.image_id)
+                farm.boot(inst.id, inst.private_ip, inst.image_id, region=self.region_name)
         return result
 
     def lab_stop_instances(self: Any, instance_ids: list[str]) -> Any:

@@ -40,6 +40,9 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "base_image": env.base_image, "app_port": env.app_port,
             "health_path": env.health_path, "ssh_port": env.ssh_port,
             "lock_table": env.lock_table,
+            # An environment reached by Run Command: its hosts have no sshd (builders
+            # keep theirs: a bake is over SSH).
+            "sshd": "builders" if env.transport == "ssm" else "all",
             # The server groups' instance profile, made in the lab's IAM with its role.
             "instance_profile": env.instance_profile.rsplit("/", 1)[-1],
             # What the tool may do (deploylib.lab.iam): the policy `invoke policy` prints.

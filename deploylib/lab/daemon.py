@@ -25,6 +25,7 @@ from deploylib.lab import (
     metadata,
     monitoring,
     rootfs,
+    runcommand,
     scaling,
     sigv4,
 )
@@ -67,8 +68,20 @@ def main() -> None:
     imds = metadata.MetadataService(keys["instance"])
     imds.start()
     endpoint_box: dict[str, str] = {}
+    # Run Command: every host's SSM agent writes its output to S3 as the instance role.
+    as_instance: list[AwsClients] = []
+
+    def put_output(region: str, bucket: str, key: str, data: bytes) -> None:
+        if not as_instance:
+            as_instance.append(AwsClients(region, endpoint_url=endpoint_box["url"],
+                                          credentials=keys["instance"], path_style=True))
+        as_instance[0].s3().put_object(Bucket=bucket, Key=key, Body=data)
+
+    agents = farm.agents = runcommand.RunCommand(farm.hosts, put_output)
+    runcommand.install(agents)
     cloud.install(farm, balancers, profile, boot_env=lambda region, iid: {
-        "DEPLOY_IMDS": imds.base(region, iid), "DEPLOY_AWS_ENDPOINT": endpoint_box["url"]})
+        "DEPLOY_IMDS": imds.base(region, iid), "DEPLOY_AWS_ENDPOINT": endpoint_box["url"]},
+        sshd=spec.get("sshd", "all"))
     faults = Faults(lab_dir)  # the API's, and the launches a group fails
     stop_scaling = scaling.install(faults=faults)
     # The tool is held to the environment's policy from its first call on.
@@ -134,6 +147,7 @@ def main() -> None:
     (lab_dir / "lab.json").unlink(missing_ok=True)
     stop_scaling.set()
     stop_metrics.set()
+    agents.stop.set()
     balancers.stop()
     farm.shutdown()
     imds.stop()

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -27,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from deploylib.errors import InputError
 from deploylib.lab import BIN, accounts, addresses, rootfs
 from deploylib.lab.accounts import LOGIN_USER
+
+if TYPE_CHECKING:
+    from deploylib.lab.runcommand import RunCommand
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 # What a directory host's user data keeps of root's powers: starting the app as its user,
@@ -144,6 +148,9 @@ class HostFarm:
         self._sshd: dict[str, subprocess.Popen] = {}
         self._user_data: dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
+        # Every host's SSM agent (deploylib.lab.runcommand), when the lab supplies Run
+        # Command.
+        self.agents: RunCommand | None = None
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
         if shutil.which("bwrap") is None:
             raise InputError("the lab's hosts need bwrap (bubblewrap) on this machine: a "
@@ -170,20 +177,27 @@ class HostFarm:
         return Path(marker.read_text())
 
     def boot(self, instance_id: str, address: str, image_id: str,
-             user_data: str | None = None, user_data_env: dict[str, str] | None = None
-             ) -> None:
+             user_data: str | None = None, user_data_env: dict[str, str] | None = None,
+             *, region: str = "", sshd: bool | None = None) -> None:
         """Boot the instance; at its first boot, run its user data as cloud-init would
         (emulated: after its services have started, as root, once per instance, its output
-        in /var/log/cloud-init-output.log and on the console)."""
+        in /var/log/cloud-init-output.log and on the console). Its SSM agent starts too.
+        `sshd=False` (at its first boot; kept for later ones): a host with no sshd at all,
+        reached by Run Command only."""
         with self._lock:
             holder = addresses.holder(address, self.ssh_port)
             if holder is not None and instance_id not in self._sshd:
                 raise AddressTaken(address, self.ssh_port, holder)
             home = self.hosts / instance_id
+            home.mkdir(parents=True, exist_ok=True)
+            if sshd is False:
+                (home / "no-sshd").touch()
             lower = self._rootfs_lower(home, image_id)
             if lower is not None:
                 first = not (home / "ssh_host_ed25519_key").exists()
                 root = self._boot_rootfs(instance_id, home, address, lower)
+                if self.agents is not None and region:
+                    self.agents.start_agent(instance_id, region, root, chroot=True)
                 if first and user_data:
                     self._run_user_data(instance_id, home, root, user_data,
                                         user_data_env or {}, chroot=True)
@@ -204,6 +218,8 @@ class HostFarm:
             config.write_text(self._sshd_config(address, key, root))
             self._start_sshd(instance_id, home, [SSHD, "-D", "-e", "-f", str(config)])
             self._start_enabled(root)
+            if self.agents is not None and region:
+                self.agents.start_agent(instance_id, region, root, chroot=False)
             if first and user_data:
                 self._run_user_data(instance_id, home, root, user_data, user_data_env or {})
 
@@ -279,6 +295,8 @@ class HostFarm:
         return key
 
     def _start_sshd(self, instance_id: str, home: Path, argv: list[str]) -> None:
+        if (home / "no-sshd").exists():
+            return  # port 22 closed for good: Run Command is the only way in
         with open(home / "sshd.log", "ab") as log:
             self._sshd[instance_id] = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -333,6 +351,8 @@ class HostFarm:
     def halt(self, instance_id: str) -> None:
         """Stop the instance: its services and its sshd (sessions included)."""
         with self._lock:
+            if self.agents is not None:
+                self.agents.stop_agent(instance_id)
             root = self.root(instance_id)
             for pidfile in rootfs.pid_dir(root).glob("*.pid"):
                 _kill_pidfile(pidfile)

@@ -163,6 +163,21 @@ def _named(service: str, region: str, params: dict[str, Any]) -> tuple[str, ...]
     return ("*",)
 
 
+def _send_command(key_id: str, region: str, params: dict[str, Any]) -> Call:
+    """Run Command authorises a SendCommand on the document it runs (an AWS-owned one has
+    no account in its ARN) and on every instance it names, each with its tags as
+    `ssm:resourceTag/K`."""
+    document = str(params.get("DocumentName") or "")
+    owned = "" if document.startswith("AWS-") else ACCOUNT
+    resources = [f"arn:aws:ssm:{region}:{owned}:document/{document}"]
+    context: dict[str, Keys] = {}
+    for iid in params.get("InstanceIds") or []:
+        arn = _ec2_arn(region, "instance", str(iid))
+        resources.append(arn)
+        context[arn] = {f"ssm:resourceTag/{k}": v for k, v in _tags_now(region, iid).items()}
+    return Call(key_id, region, "ssm:SendCommand", tuple(resources), context=context)
+
+
 def _leading_key(params: dict[str, Any]) -> str | None:
     """The partition key's value an item request names (`dynamodb:LeadingKeys`): the one
     attribute of its Key (a table keyed by more is not one the tool has)."""
@@ -376,6 +391,8 @@ def call(environ: dict[str, Any], body: bytes) -> Call | None:
         except ValueError:
             params = {}
         params = params if isinstance(params, dict) else {}
+        if action == "ssm:SendCommand":
+            return _send_command(key_id, region, params)
         resources = _named(service, region, params)
         leading = _leading_key(params) if service == "dynamodb" else None
         if leading is not None:  # an item's table: the item's partition key, IAM's key
@@ -437,7 +454,7 @@ _OPERATORS = {"StringEquals": lambda want, have: want == have,
 # The condition keys the lab evaluates (lower case, as IAM compares them).
 _KEYS = ("aws:resourcetag/", "aws:requesttag/", "aws:tagkeys", "ec2:createaction",
          "dynamodb:leadingkeys", "iam:passedtoservice", "iam:awsservicename",
-         "kms:grantisforawsresource")
+         "kms:grantisforawsresource", "ssm:resourcetag/")
 
 
 def names_principal(statement: dict[str, Any], arn: str) -> bool:

@@ -130,48 +130,72 @@ FIRST_BOOT_FIXES = {
 
 @step("wait-ssh")
 def wait_ssh(ctx: Context) -> None:
-    """Wait until the stage's instances run, accept SSH with a trusted host key, and have
-    finished their first boot (cloud-init)."""
+    """Wait until the stage's instances run, can be reached (SSH with a trusted host key,
+    or with transport = "ssm" their SSM agent online), and have finished their first
+    boot (cloud-init)."""
     for region, ids in by_region(ctx.target_refs()).items():
         aws.ec2.wait_instances(ctx.aws.ec2(region), region, ids, "running",
                                ctx.timeout("launch", 600))
+    instances = ctx.targets()
+    if ctx.transport == "ssh":
+        ctx.on_hosts("wait-ssh", lambda inst: _wait_connects(ctx, inst), instances)
+    else:
+        _wait_agents(ctx, instances)
+    # Reachable before first boot is over: provisioning now would meet first-boot apt
+    # holding dpkg's lock, a smoke test an app whose unit is not started yet.
+    boot = int(ctx.timeout("first_boot", 600))
+    booted = ctx.run_as_root(render.first_boot_script(timeout=boot), timeout=boot + 30,
+                             instances=instances)
+    for exc in booted.failed.values():
+        if isinstance(exc, RemoteCommandError) and exc.exit_status in FIRST_BOOT_FIXES:
+            exc.fix = FIRST_BOOT_FIXES[exc.exit_status]
+            exc.args = (exc.line(),)
+    booted.raise_for("wait-ssh")
 
-    def one(inst: aws.ec2.Instance) -> None:
-        last: list[str] = []
 
-        def attempt() -> bool:
-            # Ask for the trusted keys on every try: on EC2 they appear in the console
-            # output a while after boot, and until then nothing is trusted.
-            conn = ctx.connection(inst)
-            try:
-                conn.open(retry=False)  # this loop is the retry, with its own deadline
-                return True
-            except HostKeyError as exc:
-                if not conn.endpoint.trusted_keys:
-                    last[:] = [exc.problem]
-                    return False
-                raise  # a key that differs from the trusted one stops the run
-            except HostError as exc:
+def _wait_connects(ctx: Context, inst: aws.ec2.Instance) -> None:
+    last: list[str] = []
+
+    def attempt() -> bool:
+        # Ask for the trusted keys on every try: on EC2 they appear in the console
+        # output a while after boot, and until then nothing is trusted.
+        conn = ctx.connection(inst)
+        try:
+            conn.open(retry=False)  # this loop is the retry, with its own deadline
+            return True
+        except HostKeyError as exc:
+            if not conn.endpoint.trusted_keys:
                 last[:] = [exc.problem]
                 return False
+            raise  # a key that differs from the trusted one stops the run
+        except HostError as exc:
+            last[:] = [exc.problem]
+            return False
 
-        waits.until(attempt, timeout=ctx.timeout("ssh", 300), what="SSH to accept connections",
-                    resource=f"{inst.instance_id} ({inst.address})",
-                    fix=lambda: "check the instance booted and the security group allows "
-                    "SSH from here" + (f"; last error: {last[0]}" if last else ""))
-        # SSH answers before first boot is over: provisioning now would meet first-boot
-        # apt holding dpkg's lock, a smoke test an app whose unit is not started yet.
-        boot = int(ctx.timeout("first_boot", 600))
-        try:
-            ctx.connection(inst).run_as_root(render.first_boot_script(timeout=boot),
-                                             timeout=boot + 30)
-        except RemoteCommandError as exc:
-            if exc.exit_status in FIRST_BOOT_FIXES:
-                exc.fix = FIRST_BOOT_FIXES[exc.exit_status]
-                exc.args = (exc.line(),)
-            raise
+    waits.until(attempt, timeout=ctx.timeout("ssh", 300), what="SSH to accept connections",
+                resource=f"{inst.instance_id} ({inst.address})",
+                fix=lambda: "check the instance booted and the security group allows "
+                "SSH from here" + (f"; last error: {last[0]}" if last else ""))
 
-    ctx.on_hosts("wait-ssh", one)
+
+def _wait_agents(ctx: Context, instances: list[aws.ec2.Instance]) -> None:
+    """Until every instance's SSM agent has registered and is online (an agent registers
+    a little after boot)."""
+    waiting = {i.instance_id: i.region for i in instances}
+    seen: dict[str, str] = {}
+
+    def online() -> bool:
+        for region in set(waiting.values()):
+            ids = [i for i, r in waiting.items() if r == region]
+            seen.update(aws.runcommand.managed(ctx.aws.ssm(region), region, ids))
+        for iid in [i for i in waiting if seen.get(i) == "Online"]:
+            del waiting[iid]
+        return not waiting
+
+    waits.until(online, timeout=ctx.timeout("ssh", 300),
+                what="the SSM agents to come online", resource=" ".join(sorted(waiting)),
+                fix=lambda: "check the instances' SSM agent and instance role: " + ", ".join(
+                    f"{i} {seen.get(i, 'not registered')}" for i in sorted(waiting)))
 
 
 @step("provision")

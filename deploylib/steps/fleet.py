@@ -59,7 +59,10 @@ def launch_candidates(ctx: Context) -> None:
                               instance_type=env.instance_type, subnet_id=subnet,
                               security_group_ids=groups, tag_list=ctx.tags("candidate"),
                               client_token=f"{ctx.state.run_id}-candidates-{region}",
-                              key_name=env.key_name)
+                              key_name=env.key_name,
+                              # Their SSM agent acts with it: Run Command reaches them.
+                              instance_profile=env.instance_profile
+                              if env.transport == "ssm" else None)
 
     regions = ctx.regions()
     ctx.per_region("launch-candidates", regions, one, candidates,

@@ -152,26 +152,22 @@ def install_release(ctx: Context) -> None:
                                            expires=int(ctx.timeout("presign", 900)),
                                            version_id=rel.version_id)
 
-    def one(inst: aws.ec2.Instance) -> str:
-        conn = ctx.connection(inst)
-        pushed = None
-        if local is not None:
-            pushed = conn.put_private(str(local), inst.instance_id)
-        script = render.install_script(
+    def script_for(inst: aws.ec2.Instance) -> str:
+        # Pushed over the host's own SSH connection first (push needs the ssh transport).
+        pushed = ctx.connection(inst).put_private(str(local), inst.instance_id) \
+            if local is not None else None
+        return render.install_script(
             version=rel.version, sha256=rel.sha256, app_root=env.app_root,
             app_port=env.app_port, health_path=env.health_path,
             restart_command=restart_command, keep_releases=env.keep_releases,
             url=url, pushed_path=pushed, health_timeout=int(ctx.timeout("health", 60)),
             service=env.service, service_user=env.service_user, app=env.app.for_host(),
             health_check=env.health_check)
-        try:
-            out = conn.run_as_root(script, timeout=ctx.timeout("install", 600)).output
-        except RemoteCommandError as exc:
-            if exc.exit_status in INSTALL_FIXES:
-                exc.fix = INSTALL_FIXES[exc.exit_status]
-                exc.args = (exc.line(),)
-            raise
-        return out.strip().splitlines()[-1] if out.strip() else ""
 
-    results = ctx.on_hosts("install-release", one)
+    results = ctx.run_as_root(script_for, timeout=ctx.timeout("install", 600))
+    for exc in results.failed.values():
+        if isinstance(exc, RemoteCommandError) and exc.exit_status in INSTALL_FIXES:
+            exc.fix = INSTALL_FIXES[exc.exit_status]
+            exc.args = (exc.line(),)
+    results.raise_for("install-release")
     ctx.log(f"  {rel.version} installed on {len(results)} host(s)")

@@ -17,11 +17,12 @@ from deploylib.steps.release import from_store
 
 @step("select-hosts", undo="resume-scaling")
 def select_hosts(ctx: Context) -> None:
-    """Choose the live hosts to update, check each accepts SSH, split them into batches:
+    """Choose the live hosts to update, check each can be reached (SSH, or its SSM
+    agent online), split them into batches:
     each region's by `batch_size`, rolled as `rollout` says (waves: a canary in the primary
     region, then batch i of every region at once).
 
-    Every connection is opened here, all at once, before any host is drained: a host
+    Every host is reached here, all at once, before any host is drained: a host
     that cannot be reached stops the run while the whole fleet still serves.
     """
     env = ctx.env
@@ -45,9 +46,10 @@ def select_hosts(ctx: Context) -> None:
         raise InputError(f"no live hosts in {ctx.env.name}", resource=ctx.env.target_group,
                          fix="make a first release with `--mode immutable`")
     instances = ctx.targets([h for b in batches for h in b])
-    ctx.on_hosts("select-hosts", lambda i: ctx.connection(i).open(), instances,
-                 fix="no host was touched: repair SSH on those hosts (or take them out of "
-                 "the target group), then `invoke resume`")
+    how_reached = "SSH" if ctx.transport == "ssh" else "their SSM agent"
+    ctx.reach("select-hosts", instances,
+              fix=f"no host was touched: repair {how_reached} on those hosts (or take them "
+              "out of the target group), then `invoke resume`")
     ctx.facts.batches = batches
     ctx.save()
     how = "a canary, then waves across regions" if env.rollout == "waves" and \
