@@ -32,6 +32,7 @@ class Measured:
     output: str
     connections: int | None = None  # SSH connections the tool opened (ours only)
     stages: dict[str, float] | None = None  # ours: seconds per stage, from the run state
+    extra: dict[str, Any] | None = None  # ours: peak memory, API calls (benchmarks.transport)
 
 
 def measure(argv: list[str], env: dict[str, str] | None = None,

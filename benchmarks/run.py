@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fanout, report, time_to_live
+from benchmarks import fanout, report, time_to_live, transport
 from benchmarks.delay_proxy import DelayProxy
 from benchmarks.labbench import REPO, BenchLab, measure
 from deploylib.lab.accounts import LOGIN_USER
@@ -70,6 +70,29 @@ def bench_fanout(runs: int, results: dict[str, Any]) -> None:
                                         source=source, label="9.99", say=say)
     finally:
         lab.down()
+
+
+def bench_transport(runs: int, results: dict[str, Any]) -> None:
+    """SSH and Run Command side by side at 20 and at as many hosts as the machine holds."""
+    most = int(os.environ.get("BENCH_TRANSPORT_HOSTS", "200"))
+    os.environ["DEPLOY_LAB_SSHD"] = "all"  # every host reachable both ways
+    lab = BenchLab(WORK / "transport", hosts=most, transport="ssm")
+    say(f"transport: lab with {most} hosts")
+    lab.up()
+    try:
+        source = make_source(20)
+        everyone = lab.hosts()
+        out = {}
+        for n in (20, most):
+            hosts = everyone[:n]
+            lab.only(hosts)
+            out[str(n)] = transport.run(lab, hosts, runs=runs if n <= 20 else max(1, runs // 2),
+                                        source=source, label=f"10.{n}", say=say,
+                                        ansible=n <= 20)
+        results["transport"] = out
+    finally:
+        lab.down()
+        os.environ.pop("DEPLOY_LAB_SSHD", None)
 
 
 def bench_transfer_alone(runs: int, results: dict[str, Any]) -> None:
@@ -193,7 +216,8 @@ def bench_ttl(runs: int, results: dict[str, Any]) -> None:
 
 # In the order they run: each writes its part of the results.
 BENCHMARKS = {"startup": bench_startup, "cache": bench_cache, "ttl": bench_ttl,
-              "fanout": bench_fanout, "transfer": bench_transfer_alone}
+              "fanout": bench_fanout, "transfer": bench_transfer_alone,
+              "transport": bench_transport}
 
 
 def main() -> None:

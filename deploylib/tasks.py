@@ -616,8 +616,10 @@ def _lab_up(hosts: int, config: str | None, debian: bool = False) -> None:
     from deploylib.errors import InputError
     from deploylib.lab import control, rootfs
 
-    if not 1 <= hosts <= 20:
-        raise InputError(f"--hosts {hosts} is out of range", fix="use 1 to 20 hosts per region")
+    # A region's lab subnet is a /24: 251 addresses once AWS's five are taken out, one of
+    # them a builder's.
+    if not 1 <= hosts <= 250:
+        raise InputError(f"--hosts {hosts} is out of range", fix="use 1 to 250 hosts per region")
     cfg = _cfg(config)
     env = cfg.environment("lab")
     # A lab environment whose base image is the Debian one needs it made (once).

@@ -42,7 +42,9 @@ def spec_for(env: Environment) -> dict[str, Any]:
             "lock_table": env.lock_table,
             # An environment reached by Run Command: its hosts have no sshd (builders
             # keep theirs: a bake is over SSH).
-            "sshd": "builders" if env.transport == "ssm" else "all",
+            # (DEPLOY_LAB_SSHD=all: both, for a benchmark of one transport against the other)
+            "sshd": os.environ.get("DEPLOY_LAB_SSHD") or (
+                "builders" if env.transport == "ssm" else "all"),
             # The server groups' instance profile, made in the lab's IAM with its role.
             "instance_profile": env.instance_profile.rsplit("/", 1)[-1],
             # What the tool may do (deploylib.lab.iam): the policy `invoke policy` prints.

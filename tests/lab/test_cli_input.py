@@ -30,7 +30,7 @@ BAD_INPUTS = [
     ("step install-release", ["--run is required", "Fix:"]),
     ("resume", ["--run is required", "Fix:"]),
     ("lab.up --hosts 0", ["--hosts 0 is out of range", "Fix:"]),
-    ("lab.up --hosts 21", ["--hosts 21 is out of range", "Fix:"]),
+    ("lab.up --hosts 251", ["--hosts 251 is out of range", "Fix:"]),
     ("deploy --mode IN-PLACE --version 1.2.3", ["unknown mode 'IN-PLACE'", "Fix:"]),
     ("deploy --mode in-place --version=.hidden", ["version", "Fix:"]),
     ("deploy --mode in-place --version 1.2.3 --artifact examples", ["not a file", "Fix:"]),
