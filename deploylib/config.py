@@ -406,7 +406,7 @@ class Environment(Strict):
         description=(
             "Server groups: the first group's MaxSize (0: twice `fleet_size`); later groups "
             "carry the live group's min, max and desired over."))
-    fleet_size: int = Field(default=2, ge=1, le=100,
+    fleet_size: int = Field(default=2, ge=1, le=1000,
         description="Hosts per region when nothing is live yet (the first release).")
     keep_releases: int = Field(default=3, ge=2, le=50,
         description="Releases kept on each host; the previous one is never removed.")

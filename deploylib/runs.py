@@ -23,13 +23,14 @@ from deploylib import (
     lock,
     manifest,
     preflight,
+    runstore,
     smoke,
     tarball,
 )
 from deploylib import plan as planning
 from deploylib.context import Context, Reporter
 from deploylib.engine import runner
-from deploylib.errors import DeployError, InputError, StateError
+from deploylib.errors import DeployError, InputError, LockHeld, StateError
 from deploylib.facts import (
     Handoff,
     ImageId,
@@ -72,12 +73,19 @@ def open_context(env: config.Environment, state: RunState,
                       ssh=pool, jenkins=jenkins)
         if reporter is not None:
             ctx.reporter = reporter
+        # The run's state in the environment's store from here on (and the store's copy
+        # taken, when another machine took the run further): clients of their own, as
+        # the state's writes are fenced by their own condition, not by the lock.
+        runstore.attach(prov.aws_clients(env).s3(), env, state)
         try:
             yield ctx
         finally:
             # One connection per host per run: the count shows it (benchmarks read it).
             state.facts.ssh_connections += pool.connections_opened()
-            state.save()
+            try:
+                state.save()
+            except LockHeld:
+                pass  # superseded: what stopped the run already says so
 
 
 def plan_for(env: config.Environment, state: RunState) -> planning.Plan:
@@ -117,8 +125,8 @@ def start(cfg: config.DeployConfig, *, mode: str, version: str, env_name: str | 
     # not first on a host.
     manifest.effective(path, env.app, health_path=env.health_path, env_name=env.name)
     digest = tarball.sha256_file(path)
-    if fleet_size is not None and not 1 <= fleet_size <= 100:
-        raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 100 hosts")
+    if fleet_size is not None and not 1 <= fleet_size <= 1000:
+        raise InputError(f"fleet size {fleet_size} is out of range", fix="use 1 to 1000 hosts")
     # The account as a first deploy meets it, before a lock or a run exists.
     clients = environment_clients(env)
     preflight.require(env, clients, mode=mode)
@@ -282,6 +290,16 @@ def load_run(cfg: config.DeployConfig, run_id: str,
             last = exc
             continue
         return cfg.environment(state.env), state
+    # Not on this machine: a run started elsewhere, kept in its environment's store.
+    for env in cfg.environments.values():
+        if state_dir and env.state_dir != state_dir:
+            continue
+        try:
+            found = runstore.fetch(environment_clients(env).s3(), env, run_id)
+        except DeployError:
+            continue  # an environment this machine has no credentials for
+        if found is not None:
+            return env, found
     assert last is not None
     raise last
 

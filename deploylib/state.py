@@ -20,7 +20,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -124,6 +124,10 @@ class RunState:
     created_at: float = field(default_factory=time.time)
     stages: dict[StageKey, StageEntry] = field(default_factory=dict)
     facts: Facts = field(default_factory=Facts)
+    # Where every save is also written: the environment's store (deploylib.runstore), so
+    # any machine with the environment's credentials can resume the run. Set when the
+    # run's clients are built; raises when another process has written the run since.
+    mirror: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -146,12 +150,21 @@ class RunState:
         check_run_id(run_id)
         path = Path(state_dir) / f"{run_id}.json"
         try:
-            data = json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise InputError(f"no run {run_id} in {state_dir}",
                              fix="check the run id (`ls " + str(state_dir) + "`) "
                              "or start a run with `invoke start`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except UnicodeDecodeError:
+            text = ""
+        return cls.parse(text, path, run_id)
+
+    @classmethod
+    def parse(cls, text: str, path: Path, run_id: str) -> RunState:
+        """A run's state from its JSON (a file's, or the store's), to be kept at `path`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
             raise StateError("the run state is not valid JSON", resource=str(path),
                              fix="restore it from the build's archived copy") from None
         try:
@@ -190,17 +203,32 @@ class RunState:
         return {**{k: getattr(self, k) for k in _FIELDS}, "stages": stages,
                 "facts": self.facts.model_dump(mode="json")}
 
+    def text(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def save(self) -> None:
-        """Write the state atomically. Regions of a run save from their own threads: the
-        snapshot is built by pydantic's serializer, which holds the interpreter for the
-        whole dump, and the lock keeps the file in snapshot order."""
+        """Write the state atomically, then to the store (`mirror`). Regions of a run save
+        from their own threads: the snapshot is built by pydantic's serializer, which
+        holds the interpreter for the whole dump, and the lock keeps the file, and the
+        store, in snapshot order."""
         with _SAVING:
-            text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run-", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, self.path)
+            text = self.text()
+            self.write_local(text)
+            if self.mirror is not None:
+                self.mirror(text)
+
+    def write_local(self, text: str) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.path)
+
+    def take_from(self, newer: RunState) -> None:
+        """Become the store's newer copy of this run (a resume on another machine went
+        further than this machine's cache)."""
+        for name in (*_FIELDS, "stages", "facts"):
+            setattr(self, name, getattr(newer, name))
 
     # -- stage bookkeeping ----------------------------------------------------------------
 

@@ -139,3 +139,40 @@ def presign(s3: S3Client, bucket: str, key: str, expires: int = 900,
     params = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
     with calling(f"s3://{bucket}/{key}", "check the tool's AWS credentials"):
         return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+
+
+class Superseded(CloudError):
+    """The object was written by someone else since the writer last saw it (its
+    conditional write, If-Match on the ETag it last wrote, was refused)."""
+
+
+def put_text(s3: S3Client, bucket: str, key: str, text: str, *, after: str | None,
+             fix: str) -> str:
+    """Write a small text object only over the version the caller last saw (`after`, its
+    ETag; None: only where nothing is yet). Returns the new ETag; Superseded when another
+    writer came between."""
+    condition = {"IfMatch": after} if after else {"IfNoneMatch": "*"}
+    try:
+        with calling(f"s3://{bucket}/{key}", fix):
+            answer = s3.put_object(Bucket=bucket, Key=key, Body=text.encode(),
+                                   ContentType="application/json", **condition)  # type: ignore[arg-type]
+    except CloudError as exc:
+        if exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                        "NoSuchKey"):
+            raise Superseded(f"s3://{bucket}/{key} was written by another process since this "
+                             f"one last wrote it ({exc.code})", resource=f"s3://{bucket}/{key}",
+                             code=exc.code, fix=fix) from None
+        raise
+    return str(answer["ETag"])
+
+
+def get_text(s3: S3Client, bucket: str, key: str, *, fix: str) -> tuple[str, str] | None:
+    """A small text object and its ETag; None when there is none."""
+    try:
+        with calling(f"s3://{bucket}/{key}", fix):
+            got = s3.get_object(Bucket=bucket, Key=key)
+            return got["Body"].read().decode(), str(got["ETag"])
+    except CloudError as exc:
+        if exc.code in ("NoSuchKey", "404"):
+            return None
+        raise
