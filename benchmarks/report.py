@@ -213,6 +213,8 @@ def markdown(r: dict[str, Any]) -> str:
     windows = OUT / "windows.json"
     if windows.exists():
         lines += windows_section(json.loads(windows.read_text()))
+    if "transport" in r:
+        lines += transport_section(r["transport"])
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     for target, measured, met, _ in targets(r):
         lines.append(f"| {target} | {measured} | {'met' if met else 'missed'} |")
@@ -222,6 +224,55 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"- **{t}**: {why}" for t, why in misses]
     lines.append("")
     return "\n".join(lines)
+
+
+TRANSPORTS = ("ours-ssh", "ours-ssm", "fabric", "floor", "ansible")
+
+
+def transport_section(t: dict[str, Any]) -> list[str]:
+    """SSH and Run Command side by side (benchmarks/transport.py)."""
+    lines = ["## 7. SSH and Run Command: one release to N hosts", "",
+             "The same lab hosts run an `sshd` and an SSM agent (the lab's Run Command, "
+             "`deploylib/lab/runcommand.py`), so every contender reaches the same hosts: "
+             "**ours-ssh** and **ours-ssm** are `invoke hotfix` (batch 100%: drain, install, "
+             "health check, put back) with `transport = \"ssh\"` and `\"ssm\"`; Fabric, "
+             "the floor and Ansible as in section 1, with a 20 MB release. Besides wall time "
+             "and controller CPU, the tool's runs give their peak memory (GNU time's maximum "
+             "resident set of the `invoke` process) and their AWS API calls "
+             "(botocore's client-side monitoring, counted by API).", ""]
+    for n in sorted(t, key=int):
+        block = t[n]
+        hosts = int(n)
+        floor = med([x["wall"] for x in block["floor"]])
+        lines += [f"### {n} hosts", "",
+                  "| contender | wall (median) | × floor | controller CPU | CPU per host "
+                  "| peak memory | API calls per host | runs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in [c for c in TRANSPORTS if c in block]:
+            runs = block[name]
+            wall, cpu = med([x["wall"] for x in runs]), med([x["cpu"] for x in runs])
+            rss = [x["max_rss_kb"] for x in runs if x.get("max_rss_kb")]
+            calls = [sum(x["calls"].values()) for x in runs if "calls" in x]
+            lines.append(
+                f"| {name} | {wall:.2f} s | {wall / floor:.2f} | {cpu:.2f} s | "
+                f"{cpu / hosts * 1000:.0f} ms | "
+                + (f"{med(rss) / 1024:.0f} MB" if rss else "–") + " | "
+                + (f"{med(calls) / hosts:.1f}" if calls else "–") + f" | {len(runs)} |")
+        lines.append("")
+        for name in ("ours-ssh", "ours-ssm"):
+            runs = block.get(name) or []
+            if not runs or "calls" not in runs[0]:
+                continue
+            apis: dict[str, list[int]] = {}
+            for x in runs:
+                for api, count in x["calls"].items():
+                    apis.setdefault(api, []).append(count)
+            stages = [k for k in (runs[0].get("stages") or {}) if k != "notify"]
+            lines += [f"{name} at {n} hosts — API calls by API (median per run): " + ", ".join(
+                f"{api} {med(v):.0f}" for api, v in sorted(apis.items())) + "; seconds per "
+                "stage: " + ", ".join(f"{k} {med([x['stages'][k] or 0 for x in runs]):.2f}"
+                                      for k in stages) + ".", ""]
+    return lines
 
 
 def windows_section(w: dict[str, Any]) -> list[str]:

@@ -37,6 +37,9 @@ STEP_WAITS: dict[str, tuple[tuple[str, float], ...]] = {
     "catch-up": (("boot", 900), ("install", 600)),
 }
 UNTIMED = 300.0
+# Steps that run scripts on hosts: over Run Command (transport = "ssm") each command may
+# first wait its delivery timeout for an agent to take it.
+_COMMANDS = frozenset({"wait-ssh", "install-release", "drain", "health-check", "catch-up"})
 # Room over the waits themselves: the calls between them, a slow agent.
 MARGIN_MINUTES = 15
 
@@ -45,8 +48,10 @@ def _seconds(env: Environment, step: str) -> float:
     if step == "verify":  # the longest window, its metrics' arrival, a period to spare
         v = env.verify
         return max(v.canary_for, v.wave_for, v.live_for) + v.delay + 2 * v.period
+    delivery = env.timeout("delivery", 120) if env.transport == "ssm" and step in _COMMANDS \
+        else 0
     return sum(env.timeout(key, default) for key, default in STEP_WAITS.get(step, ())) \
-        or UNTIMED
+        + delivery or UNTIMED
 
 
 def most_batches(env: Environment) -> int:

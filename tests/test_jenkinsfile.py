@@ -389,3 +389,21 @@ def test_each_stage_may_take_what_the_tools_own_timeouts_allow():
     assert "verify" in result["stages"]
     assert limits["verify"] == f"[time:{minutes['verify']}, unit:MINUTES]"
     assert minutes["verify"] == math.ceil((600 + 60 + 2 * 60) / 60) + pipeline.MARGIN_MINUTES
+
+
+def test_a_stage_that_runs_commands_over_run_command_is_given_their_delivery_too(tmp_path):
+    from deploylib import config, pipeline
+    from deploylib import plan as planning
+    from tests.conftest import write_config
+
+    def rollout_minutes(**overrides) -> int:
+        env = config.load(write_config(tmp_path, **overrides)).environment("lab")
+        (rollout,) = [s for s in planning.plan("in-place").stages
+                      if s.kind == planning.PER_BATCH]
+        return pipeline.stage_minutes(env, rollout)
+
+    ssh = rollout_minutes()
+    ssm = rollout_minutes(transport="ssm", timeouts={"delivery": 600})
+    env = config.load(write_config(tmp_path)).environment("lab")
+    # drain, install-release and health-check each run a command in every batch
+    assert ssm - ssh == 3 * 10 * pipeline.most_batches(env)
