@@ -43,7 +43,9 @@ from typing import Any
 from deploylib.aws.runcommand import API_OUTPUT, FINAL, output_key
 from deploylib.lab import BIN, rootfs
 
-POLL = 0.1  # how often an idle agent looks for work (the real one long-polls)
+# How long an idle agent waits for work before it looks (and pings) again: handed an
+# invocation it is woken at once, as the real agent's long poll returns.
+POLL = 1.0
 STOPPED = "agent.stopped"
 
 
@@ -87,12 +89,13 @@ class RunCommand:
     def __init__(self, farm_hosts: Path, put_output: Callable[[str, str, str, bytes], None]):
         self.hosts = farm_hosts  # where each host's lab directory is (agent.stopped)
         self.put_output = put_output  # (region, bucket, key, data)
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
         self.commands: list[Command] = []
         self.active: list[Command] = []  # not finished yet
         self.ready: dict[str, list[Invocation]] = {}  # handed out, by instance
         self.pings: dict[str, tuple[str, float]] = {}  # instance -> (region, last ping)
         self.agents: dict[str, threading.Event] = {}
+        self.wake: dict[str, threading.Event] = {}  # per agent: work was handed to it
         self.stop = threading.Event()
         threading.Thread(target=self._tick, daemon=True, name="runcommand").start()
 
@@ -109,11 +112,10 @@ class RunCommand:
                           StandardErrorUrl="")
             command.invocations.append(Invocation(command, answer["InstanceId"], answer))
         moto_command.status = moto_command.status_details = "Pending"
-        with self.cond:
+        with self.lock:
             self.commands.append(command)
             self.active.append(command)
             self._schedule()
-            self.cond.notify_all()
 
     def _schedule(self) -> None:
         """Hand out, cancel and time out invocations (under the lock)."""
@@ -140,6 +142,7 @@ class RunCommand:
                     inv.released = now
                     running += 1
                     self.ready.setdefault(inv.instance_id, []).append(inv)
+                    self.wake.setdefault(inv.instance_id, threading.Event()).set()
             self._command_status(command)
 
     def _command_status(self, command: Command) -> None:
@@ -161,13 +164,12 @@ class RunCommand:
 
     def _tick(self) -> None:
         while not self.stop.wait(0.5):
-            with self.cond:
+            with self.lock:
                 self._schedule()
-                self.cond.notify_all()
 
     def invocations(self, region: str, command_id: str | None,
                     instance_id: str | None) -> list[dict[str, Any]]:
-        with self.cond:
+        with self.lock:
             return [dict(i.answer, RequestedDateTime=c.moto.requested_date_time)
                     for c in self.commands if c.region == region and
                     (command_id is None or c.moto.command_id == command_id)
@@ -177,7 +179,7 @@ class RunCommand:
     def information(self, region: str, ids: list[str] | None) -> list[dict[str, Any]]:
         """DescribeInstanceInformation's list: the hosts whose agent registered here."""
         out = []
-        with self.cond:
+        with self.lock:
             pings = dict(self.pings)
         for iid, (where, last) in sorted(pings.items()):
             if where != region or (ids and iid not in ids):
@@ -196,46 +198,50 @@ class RunCommand:
     # -- the agents ------------------------------------------------------------------------
 
     def start_agent(self, instance_id: str, region: str, root: Path, chroot: bool) -> None:
-        with self.cond:
+        with self.lock:
             old = self.agents.pop(instance_id, None)
             if old is not None:
                 old.set()
             gone = self.agents[instance_id] = threading.Event()
+            self.wake.setdefault(instance_id, threading.Event())
         threading.Thread(target=self._agent, args=(instance_id, region, root, chroot, gone),
                          daemon=True, name=f"ssm-agent-{instance_id}").start()
 
     def stop_agent(self, instance_id: str) -> None:
-        with self.cond:
+        with self.lock:
             gone = self.agents.pop(instance_id, None)
             if gone is not None:
                 gone.set()
             # Whatever it was running is cut off with the host.
-            for command in self.commands:
+            for command in self.active:
                 for inv in command.invocations:
                     if inv.instance_id == instance_id and inv.taken and not inv.final:
                         self._end(inv, "Terminated", "Terminated")
-            self.cond.notify_all()
+            self.wake.get(instance_id, threading.Event()).set()
 
     def _agent(self, instance_id: str, region: str, root: Path, chroot: bool,
                gone: threading.Event) -> None:
         stopped = self.hosts / instance_id / STOPPED
+        wake = self.wake[instance_id]
         while not gone.is_set() and not self.stop.is_set():
             if stopped.exists():
                 gone.wait(POLL)
                 continue
-            with self.cond:
+            with self.lock:
                 self.pings[instance_id] = (region, time.time())
+                wake.clear()
                 queue = self.ready.get(instance_id, [])
                 while queue and (queue[0].final or queue[0].taken):
                     queue.pop(0)
                 job = queue.pop(0) if queue else None
-                if job is None:
-                    self.cond.wait(POLL)
-                    continue
-                job.taken = True
-                job.answer.update(Status="InProgress", StatusDetails="InProgress",
-                                  ExecutionStartDateTime=_now())
-                self._command_status(job.command)
+                if job is not None:
+                    job.taken = True
+                    job.answer.update(Status="InProgress", StatusDetails="InProgress",
+                                      ExecutionStartDateTime=_now())
+                    self._command_status(job.command)
+            if job is None:
+                wake.wait(POLL)
+                continue
             self._run(job, root, chroot, gone)
 
     def _run(self, job: Invocation, root: Path, chroot: bool, gone: threading.Event) -> None:
@@ -280,14 +286,13 @@ class RunCommand:
                     urls[stream] = f"https://s3.{job.command.region}.amazonaws.com/{bucket}/{key}"
                 except Exception as put_failed:  # noqa: BLE001 - the agent says so, as AWS's does
                     err += f"\nfailed to upload output to s3: {put_failed}".encode()
-        with self.cond:
+        with self.lock:
             job.answer.update(StandardOutputContent=out.decode(errors="replace")[:API_OUTPUT],
                               StandardErrorContent=err.decode(errors="replace")[:API_OUTPUT],
                               StandardOutputUrl=urls.get("stdout", ""),
                               StandardErrorUrl=urls.get("stderr", ""))
             self._end(job, status, status, code)
             self._schedule()
-            self.cond.notify_all()
 
 
 def install(service: RunCommand) -> None:

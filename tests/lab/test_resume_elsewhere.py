@@ -38,7 +38,7 @@ def test_a_rollout_whose_controller_stopped_is_finished_from_another_clone_and_t
                                  rollout="regions-in-turn")
         assert not (elsewhere / "runs").exists()
         done = lab.cli(f"resume --run {run_id} --config {other}")
-        assert "done" in done.stdout
+        assert f"run {run_id}: in-place 6.5.0 to lab — done" in done.stdout + done.stderr
     finally:
         os.kill(proc.pid, signal.SIGCONT)  # and comes back
     stale = ended(proc)
