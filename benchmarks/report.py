@@ -472,6 +472,15 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
         conns = {x["connections"] for x in block["ours"]}
         add("one SSH connection per host per run", f"{sorted(conns)} for 20 hosts",
             conns == {20})
+    if "transport" in r and "20" in r["transport"]:
+        block = r["transport"]["20"]
+        floor = med([x["wall"] for x in block["floor"]])
+        for name in ("ours-ssh", "ours-ssm"):
+            wall = med([x["wall"] for x in block[name]])
+            add(f"{name} wall ≤ 1.1× floor at 20 hosts", f"{wall / floor:.2f}×",
+                wall <= 1.1 * floor)
+            add(f"{name} cost per host over the floor ≤ 1 s", f"{(wall - floor) / 20:.2f} s",
+                (wall - floor) / 20 <= 1.0)
     if "transfer" in r:
         ratio = med(r["transfer"]["push_mb_s"]) / med(r["transfer"]["scp_mb_s"])
         add("transfer ≥ 0.80× scp", f"{ratio:.2f}×", ratio >= 0.8)
