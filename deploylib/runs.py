@@ -263,7 +263,7 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
                          ttl=env.lock_ttl)["fence"]
     if here is not None:
         here.facts.lock_fence = fence
-        here.save()
+        runstore.claim(clients.s3(), env, here)
         return here
     state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
                             artifact="", run_id=run_id)
@@ -274,7 +274,7 @@ def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
     for stage in planned.stages:
         if stage.phase == planning.BAKE:
             state.mark(stage.name, DONE, elsewhere=True)
-    state.save()
+    runstore.claim(clients.s3(), env, state)
     return state
 
 

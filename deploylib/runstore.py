@@ -66,6 +66,16 @@ def attach(s3: S3Client, env: Environment, state: RunState) -> None:
     state.save()
 
 
+def claim(s3: S3Client, env: Environment, state: RunState) -> None:
+    """Make this machine's state of the run the store's, over whatever copy is there: a
+    handoff adopted here (the bake's machine saved the run; its release phase goes on
+    from this one, under a lock take of its own)."""
+    name = key(env.name, state.run_id)
+    found = aws.s3.get_text(s3, env.artifact_bucket, name, fix=_FIX)
+    state.mirror = Mirror(s3, env.artifact_bucket, name, found[1] if found else None)
+    state.save()
+
+
 def fetch(s3: S3Client, env: Environment, run_id: str) -> RunState | None:
     """A run kept in the store, cached in the environment's state directory (None: the
     store has no such run)."""

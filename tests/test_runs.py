@@ -13,21 +13,28 @@ from deploylib import plan as planning
 from deploylib.errors import InputError
 from tests.conftest import write_config
 
+# One bucket for the module's runs (a handoff names its bucket when it is collected), and
+# the module on one worker: two adopting the same run id at once would overtake each other.
+pytestmark = pytest.mark.xdist_group("test_runs")
+BUCKET = "deploylab-runs-tests"
 HANDOFF = {"run_id": "20261127T120000-abc123", "env": "lab", "mode": "immutable",
            "version": "1.2.3", "images": {"us-east-1": "ami-00000001"},
-           "release": {"version": "1.2.3", "sha256": "0" * 64, "bucket": "deploylab-artifacts",
+           "release": {"version": "1.2.3", "sha256": "0" * 64, "bucket": BUCKET,
                        "key": "releases/lab/1.2.3.tar.gz"}}
 
 
 @pytest.fixture
 def cfg(tmp_path, aws_clients):
-    """The lab environment with a lock table of its own in the tests' moto server."""
+    """The lab environment with a lock table of its own in the tests' moto server, and a
+    bucket (where its runs are kept)."""
     table = f"locks-{secrets.token_hex(4)}"
     aws_clients.dynamodb().create_table(
         TableName=table, BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "env", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "env", "KeyType": "HASH"}])
-    return config.load(write_config(tmp_path, lock_table=table))
+    if BUCKET not in {b["Name"] for b in aws_clients.s3().list_buckets()["Buckets"]}:
+        aws_clients.s3().create_bucket(Bucket=BUCKET)
+    return config.load(write_config(tmp_path, lock_table=table, artifact_bucket=BUCKET))
 
 
 @pytest.fixture
