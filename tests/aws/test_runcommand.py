@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from deploylib.aws import runcommand
@@ -13,8 +13,9 @@ from deploylib.errors import HostError, RemoteCommandError
 
 
 def _as_the_agent_runs_it(lines: list[str]) -> subprocess.CompletedProcess:
-    # The agent writes the commands to _script.sh and runs it with sh.
-    return subprocess.run(["sh", "-c", "\n".join(lines)], capture_output=True, text=True,
+    # The agent writes the commands to _script.sh (UTF-8, as the API carries them) and
+    # runs it with sh. Bytes both ways: what is compared is the script's, not a locale's.
+    return subprocess.run([b"sh", b"-c", "\n".join(lines).encode()], capture_output=True,
                           timeout=30, check=False)
 
 
@@ -22,17 +23,18 @@ def test_the_commands_run_the_script_exactly_as_bash_reads_it_over_ssh():
     script = "set -eu\nprintf '%s\\n' \"$0\" 'a $HOME `x` \\\\ \"q\"'\nexit 7\n"
     done = _as_the_agent_runs_it(runcommand.commands(script))
     assert done.returncode == 7
-    assert done.stdout == "bash\na $HOME `x` \\\\ \"q\"\n"
+    assert done.stdout.decode() == "bash\na $HOME `x` \\\\ \"q\"\n"
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00\r"),
                max_size=200))
+@example("D\x80")  # a C1 control: two bytes in UTF-8, both kept
 def test_any_text_the_script_prints_comes_back_unchanged(text):
     script = "cat <<'END_OF_TEXT'\n" + text.replace("END_OF_TEXT", "") + "\nEND_OF_TEXT\n"
     done = _as_the_agent_runs_it(runcommand.commands(script))
     assert done.returncode == 0
-    assert done.stdout == text.replace("END_OF_TEXT", "") + "\n"
+    assert done.stdout == (text.replace("END_OF_TEXT", "") + "\n").encode()
 
 
 def test_a_marker_the_script_holds_is_never_its_here_document_end():
