@@ -17,7 +17,7 @@ TimedOut, DeliveryTimedOut, Cancelled, Undeliverable, Terminated.
 
 from __future__ import annotations
 
-import secrets
+import base64
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ PLUGIN = "aws:runShellScript"
 MAX_TARGETS = 50  # instance ids in one SendCommand, and values in one filter
 API_OUTPUT = 24_000  # characters of stdout (and of stderr) GetCommandInvocation returns
 MIN_DELIVERY = 30  # SendCommand's TimeoutSeconds: 30 s at least
+_END = "DEPLOY_SCRIPT_END"
 FINAL = frozenset({"Success", "Failed", "TimedOut", "DeliveryTimedOut", "Cancelled",
                    "Undeliverable", "Terminated"})
 # What the operator does about a host whose command did not run, by its status.
@@ -70,13 +71,13 @@ def output_key(prefix: str, command_id: str, instance_id: str, stream: str) -> s
 
 
 def commands(script: str) -> list[str]:
-    """The document's `commands` for a rendered script: bash reading the script itself from
-    a here-document, so the agent's `sh` runs exactly what SSH would have sent on stdin."""
-    while True:
-        marker = f"DEPLOY_SCRIPT_{secrets.token_hex(6).upper()}"
-        if marker not in script:
-            break
-    return [f"bash -s <<'{marker}'", *script.rstrip("\n").split("\n"), marker]
+    """The document's `commands` for a rendered script: the script in base64, decoded
+    into bash, so the agent's `sh` runs exactly what SSH would have sent on stdin. Not the
+    script itself in a here-document: dash (Ubuntu's `sh`) drops bytes of a line that
+    begins like the delimiter and holds non-ASCII text; base64 is ASCII, and no line of
+    it can be the delimiter (`_` is not in its alphabet)."""
+    encoded = base64.encodebytes(script.encode()).decode().rstrip("\n")
+    return [f"base64 -d <<'{_END}' | bash -s", *encoded.split("\n"), _END]
 
 
 def managed(ssm: SSMClient, region: str, instance_ids: Iterable[str]) -> dict[str, str]:

@@ -37,10 +37,12 @@ def test_any_text_the_script_prints_comes_back_unchanged(text):
     assert done.stdout == (text.replace("END_OF_TEXT", "") + "\n").encode()
 
 
-def test_a_marker_the_script_holds_is_never_its_here_document_end():
-    lines = runcommand.commands("echo DEPLOY_SCRIPT_")
-    assert lines[0].startswith("bash -s <<'DEPLOY_SCRIPT_") and lines[-1] in lines[0]
-    assert lines[-1] not in "echo DEPLOY_SCRIPT_"
+def test_the_commands_are_ascii_and_no_line_of_them_ends_the_here_document():
+    lines = runcommand.commands("echo DEPLOY_SCRIPT_END\nDEPLOY=é\n")
+    assert all(line.isascii() for line in lines)
+    assert lines[0] == "base64 -d <<'DEPLOY_SCRIPT_END' | bash -s"
+    assert lines[1:-1] and "DEPLOY_SCRIPT_END" not in lines[1:-1]
+    assert lines[-1] == "DEPLOY_SCRIPT_END"
 
 
 def test_the_output_key_is_where_the_agent_writes_it():
