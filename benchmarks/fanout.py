@@ -20,8 +20,6 @@ from typing import Any
 from benchmarks.labbench import REPO, BenchLab, Host, Measured, measure
 from deploylib.lab.accounts import LOGIN_USER
 
-CONTENDERS = ("ours", "ansible", "fabric", "floor")
-
 
 def _ssh_options(lab: BenchLab, known: Path, port: int) -> list[str]:
     return ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
@@ -97,21 +95,25 @@ RUNNERS = {"ours": ours, "ansible": ansible, "fabric": fabric, "floor": floor}
 
 
 def run(lab: BenchLab, hosts: list[Host], *, runs: int, port: int, config: Path,
-        source: Path, label: str, say: Any) -> dict[str, list[dict[str, Any]]]:
-    """Warm-up plus `runs` rounds; each round every contender installs its own release."""
-    results: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
+        source: Path, label: str, say: Any,
+        runners: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Warm-up plus `runs` rounds; each round every contender (RUNNERS, or those given,
+    in their order) installs its own release."""
+    runners = runners or RUNNERS
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in runners}
     for round_ in range(runs + 1):
-        for n, contender in enumerate(CONTENDERS):
+        for n, (contender, runner) in enumerate(runners.items()):
             version = f"{label}.{round_}.{n}"
             artifact = lab.build(source, version)
             release = lab.publish(artifact, version)
-            m = RUNNERS[contender](lab, hosts, version, artifact, release, port, config)
+            m = runner(lab, hosts, version, artifact, release, port, config)
             if not m.ok:
                 raise RuntimeError(f"{contender} failed installing {version}:\n{m.output}")
             if round_ == 0:
                 continue  # warm-up: caches, ControlPersist masters, page cache
             results[contender].append({"wall": round(m.wall, 3), "cpu": round(m.cpu, 3),
-                                       "connections": m.connections, "stages": m.stages})
+                                       "connections": m.connections, "stages": m.stages,
+                                       **(m.extra or {})})
             say(f"  {label} round {round_}: {contender:<8} {m.wall:6.2f}s wall "
                 f"{m.cpu:6.2f}s cpu")
     return results

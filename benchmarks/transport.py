@@ -67,8 +67,9 @@ class Calls:
 
 
 def _ours(transport: str, calls: Calls) -> Any:
-    def run(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,
-            port: int, config: Path) -> Measured:
+    def ours(lab: BenchLab, hosts: list[Host], version: str, artifact: Path, release: dict,
+             port: int, config: Path) -> Measured:
+        calls.take()  # the set-up's own calls (build, publish) are not the contender's
         config = lab.write_config(f"{transport}.toml", transport=transport)
         env = lab.env(DEPLOY_CONFIG=str(config), **calls.env())
         m = measure(["/usr/bin/time", "-f", "MAXRSS %M",
@@ -82,7 +83,7 @@ def _ours(transport: str, calls: Calls) -> Any:
                     if v["stage"] != "rollout" and v.get("group") in (None, "rollout")}
         m.extra = {"max_rss_kb": int(found[-1]) if found else None, "calls": calls.take()}
         return m
-    return run
+    return ours
 
 
 def run(lab: BenchLab, hosts: list[Host], *, runs: int, source: Path, label: str,
@@ -91,22 +92,6 @@ def run(lab: BenchLab, hosts: list[Host], *, runs: int, source: Path, label: str
     calls = Calls()
     runners = {"ours-ssh": _ours("ssh", calls), "ours-ssm": _ours("ssm", calls),
                "fabric": fanout.fabric, "floor": fanout.floor, "ansible": fanout.ansible}
-    chosen = [c for c in CONTENDERS if ansible or c != "ansible"]
-    results: dict[str, list[dict[str, Any]]] = {c: [] for c in chosen}
-    for round_ in range(runs + 1):
-        for n, contender in enumerate(chosen):
-            version = f"{label}.{round_}.{n}"
-            artifact = lab.build(source, version)
-            release = lab.publish(artifact, version)
-            calls.take()  # the set-up's own calls are not the contender's
-            m = runners[contender](lab, hosts, version, artifact, release, 2022, lab.config)
-            if not m.ok:
-                raise RuntimeError(f"{contender} failed installing {version}:\n{m.output}")
-            if round_ == 0:
-                continue
-            results[contender].append({"wall": round(m.wall, 3), "cpu": round(m.cpu, 3),
-                                       "connections": m.connections, "stages": m.stages,
-                                       **(m.extra or {})})
-            say(f"  {label} round {round_}: {contender:<8} {m.wall:6.2f}s wall "
-                f"{m.cpu:6.2f}s cpu")
-    return results
+    chosen = {c: runners[c] for c in CONTENDERS if ansible or c != "ansible"}
+    return fanout.run(lab, hosts, runs=runs, port=2022, config=lab.config, source=source,
+                      label=label, say=say, runners=chosen)

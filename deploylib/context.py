@@ -15,7 +15,7 @@ from deploylib import aws, live, parallel
 # By name: in Context's body `aws` and `ssh` are its fields.
 from deploylib.aws.ec2 import Instance
 from deploylib.config import Environment
-from deploylib.errors import HostError, StateError, StepFailed
+from deploylib.errors import HostError, RemoteCommandError, StateError, StepFailed
 from deploylib.facts import Builder, Facts, HostRef, Release
 from deploylib.plan import BATCH, BUILDER, CANDIDATES, Stage
 from deploylib.state import RunState, StageKey
@@ -214,15 +214,25 @@ class Context:
         return f"runcommand/{self.env.name}/{self.state.run_id}"
 
     def run_as_root(self, script: str | Callable[[Instance], str], *, timeout: float,
-                    instances: list[Instance] | None = None, renew: bool = True
-                    ) -> parallel.Results[str]:
+                    instances: list[Instance] | None = None, renew: bool = True,
+                    fixes: dict[int, str] | None = None) -> parallel.Results[str]:
         """Run a rendered script as root on the stage's hosts (or the given ones), every
         one at once; per host its output, or the error (RemoteCommandError: it ran and
         exited non-zero, with the status and output; HostError: it could not run).
 
         Over SSH, on each host's connection. Over Run Command, one command per region and
         script for the whole batch: hosts given the same script (as a batch is) share it.
-        `script`: the text, or a function giving each host's."""
+        `script`: the text, or a function giving each host's; `fixes`: what the script's
+        own exit codes tell the operator to do, put on the errors they end in."""
+        results = self._run_as_root(script, timeout, instances, renew)
+        for exc in results.failed.values():
+            if isinstance(exc, RemoteCommandError) and exc.exit_status in (fixes or {}):
+                exc.fix = (fixes or {})[exc.exit_status]
+                exc.args = (exc.line(),)
+        return results
+
+    def _run_as_root(self, script: str | Callable[[Instance], str], timeout: float,
+                     instances: list[Instance] | None, renew: bool) -> parallel.Results[str]:
         hosts = self.targets() if instances is None else instances
         if renew and self.lease is not None:
             self.lease.renew()  # what runs on hosts is the run's too: only under its lock
@@ -265,14 +275,12 @@ class Context:
         failures: dict[str, Exception] = {}
         for region, ids in by_region([HostRef(region=i.region, instance_id=i.instance_id)
                                       for i in instances]).items():
-            pings = aws.runcommand.managed(self.aws.ssm(region), region, ids)
-            for iid in ids:
-                if pings.get(iid) != "Online":
-                    failures[iid] = HostError(
-                        f"its SSM agent is {pings[iid]}" if iid in pings else
-                        "it is not managed by Systems Manager", resource=iid,
-                        fix="start the host's SSM agent and check its instance role; "
-                        "`invoke preflight` names what is missing")
+            for iid, why in aws.runcommand.unreachable(self.aws.ssm(region), region,
+                                                       ids).items():
+                failures[iid] = HostError(
+                    f"Run Command cannot reach it: {why}", resource=iid,
+                    fix="start the host's SSM agent and check its instance role; "
+                    "`invoke preflight` names what is missing")
         if failures:
             raise StepFailed(stage, failures, fix=fix)
 

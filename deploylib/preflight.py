@@ -229,8 +229,7 @@ def managed_hosts(env: Environment, clients: aws.AwsClients, region: str) -> str
     hosts = live.hosts(clients, env, region)
     if not hosts:
         return "no live hosts yet"
-    pings = aws.runcommand.managed(clients.ssm(region), region, hosts)
-    lost = {i: pings.get(i, "not managed") for i in hosts if pings.get(i) != "Online"}
+    lost = aws.runcommand.unreachable(clients.ssm(region), region, hosts)
     if lost:
         raise InputError(f"{len(lost)} of {len(hosts)} live host(s) in {region} cannot be "
                          "reached by Run Command: " + ", ".join(

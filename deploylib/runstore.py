@@ -15,6 +15,7 @@ first renews the lock): the condition on the object is their own fence.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploylib import aws
@@ -79,8 +80,6 @@ def claim(s3: S3Client, env: Environment, state: RunState) -> None:
 def fetch(s3: S3Client, env: Environment, run_id: str) -> RunState | None:
     """A run kept in the store, cached in the environment's state directory (None: the
     store has no such run)."""
-    from pathlib import Path
-
     found = aws.s3.get_text(s3, env.artifact_bucket, key(env.name, run_id), fix=_FIX)
     if found is None:
         return None

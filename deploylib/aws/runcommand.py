@@ -96,6 +96,13 @@ def managed(ssm: SSMClient, region: str, instance_ids: Iterable[str]) -> dict[st
     return out
 
 
+def unreachable(ssm: SSMClient, region: str, instance_ids: list[str]) -> dict[str, str]:
+    """The instances whose agent is not Online, each with why (its PingStatus, or not
+    managed at all)."""
+    pings = managed(ssm, region, instance_ids)
+    return {i: pings.get(i, "not managed") for i in instance_ids if pings.get(i) != "Online"}
+
+
 def send(ssm: SSMClient, region: str, instance_ids: list[str], script: str, *, bucket: str,
          prefix: str, max_errors: int, execution_timeout: float, delivery_timeout: float,
          comment: str) -> list[str]:

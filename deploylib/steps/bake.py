@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from deploylib import aws, render, waits
 from deploylib.catalog import step
 from deploylib.context import Context, by_region
-from deploylib.errors import HostError, HostKeyError, InputError, RemoteCommandError, StateError
-from deploylib.facts import Builder
+from deploylib.errors import HostError, HostKeyError, InputError, StateError
+from deploylib.facts import Builder, HostRef
 from deploylib.plan import BUILDER
 
 if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
@@ -144,13 +144,8 @@ def wait_ssh(ctx: Context) -> None:
     # Reachable before first boot is over: provisioning now would meet first-boot apt
     # holding dpkg's lock, a smoke test an app whose unit is not started yet.
     boot = int(ctx.timeout("first_boot", 600))
-    booted = ctx.run_as_root(render.first_boot_script(timeout=boot), timeout=boot + 30,
-                             instances=instances)
-    for exc in booted.failed.values():
-        if isinstance(exc, RemoteCommandError) and exc.exit_status in FIRST_BOOT_FIXES:
-            exc.fix = FIRST_BOOT_FIXES[exc.exit_status]
-            exc.args = (exc.line(),)
-    booted.raise_for("wait-ssh")
+    ctx.run_as_root(render.first_boot_script(timeout=boot), timeout=boot + 30,
+                    instances=instances, fixes=FIRST_BOOT_FIXES).raise_for("wait-ssh")
 
 
 def _wait_connects(ctx: Context, inst: aws.ec2.Instance) -> None:
@@ -181,21 +176,20 @@ def _wait_connects(ctx: Context, inst: aws.ec2.Instance) -> None:
 def _wait_agents(ctx: Context, instances: list[aws.ec2.Instance]) -> None:
     """Until every instance's SSM agent has registered and is online (an agent registers
     a little after boot)."""
-    waiting = {i.instance_id: i.region for i in instances}
-    seen: dict[str, str] = {}
+    waiting: dict[str, str] = {}  # instance -> why not yet
 
     def online() -> bool:
-        for region in set(waiting.values()):
-            ids = [i for i, r in waiting.items() if r == region]
-            seen.update(aws.runcommand.managed(ctx.aws.ssm(region), region, ids))
-        for iid in [i for i in waiting if seen.get(i) == "Online"]:
-            del waiting[iid]
+        waiting.clear()
+        for region, ids in by_region([HostRef(region=i.region, instance_id=i.instance_id)
+                                      for i in instances]).items():
+            waiting.update(aws.runcommand.unreachable(ctx.aws.ssm(region), region, ids))
         return not waiting
 
     waits.until(online, timeout=ctx.timeout("ssh", 300),
-                what="the SSM agents to come online", resource=" ".join(sorted(waiting)),
+                what="the SSM agents to come online",
+                resource=" ".join(i.instance_id for i in instances),
                 fix=lambda: "check the instances' SSM agent and instance role: " + ", ".join(
-                    f"{i} {seen.get(i, 'not registered')}" for i in sorted(waiting)))
+                    f"{i} {why}" for i, why in sorted(waiting.items())))
 
 
 @step("provision")

@@ -68,12 +68,12 @@ def demote(ctx: Context) -> None:
             aws.elb.put_in(elb, region, group, loose, env.app_port,
                            timeout=ctx.timeout("healthy", 300))
             # Detached: the group deregistered them; wait until they are idle.
-            traffic.take_out(ctx, "demote", {region: candidates.get(region, [])},
+            traffic.take_out(ctx, {region: candidates.get(region, [])},
                              deregister=False)
         else:
             aws.elb.put_in(elb, region, group, old, env.app_port,
                            timeout=ctx.timeout("healthy", 300))
-            traffic.take_out(ctx, "demote", {region: candidates.get(region, [])})
+            traffic.take_out(ctx, {region: candidates.get(region, [])})
         del promoted[region]  # the region is back as it was: nothing promoted there
         return old
 

@@ -224,7 +224,7 @@ def retire(ctx: Context) -> None:
     def one(region: str) -> list[str]:
         old = promoted[region]
         # Deregistered at promotion: gone once idle, whatever the API still shows.
-        traffic.take_out(ctx, "retire", {region: old}, deregister=False)
+        traffic.take_out(ctx, {region: old}, deregister=False)
         if ctx.env.server_groups:
             kept = servergroups.retire(ctx, region)  # the replaced group kept
             there = aws.ec2.still_there(ctx.aws.ec2(region), region, old)

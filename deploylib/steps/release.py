@@ -13,7 +13,7 @@ from deploylib import aws, render, tarball
 from deploylib.catalog import step
 from deploylib.config import Environment
 from deploylib.context import Context
-from deploylib.errors import InputError, RemoteCommandError
+from deploylib.errors import InputError
 from deploylib.facts import Release
 from deploylib.plan import BATCH
 
@@ -164,10 +164,7 @@ def install_release(ctx: Context) -> None:
             service=env.service, service_user=env.service_user, app=env.app.for_host(),
             health_check=env.health_check)
 
-    results = ctx.run_as_root(script_for, timeout=ctx.timeout("install", 600))
-    for exc in results.failed.values():
-        if isinstance(exc, RemoteCommandError) and exc.exit_status in INSTALL_FIXES:
-            exc.fix = INSTALL_FIXES[exc.exit_status]
-            exc.args = (exc.line(),)
+    results = ctx.run_as_root(script_for, timeout=ctx.timeout("install", 600),
+                              fixes=INSTALL_FIXES)
     results.raise_for("install-release")
     ctx.log(f"  {rel.version} installed on {len(results)} host(s)")

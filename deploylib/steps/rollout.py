@@ -61,7 +61,7 @@ def select_hosts(ctx: Context) -> None:
 def drain(ctx: Context) -> None:
     """Take the batch out of its target groups; go on once each host has nothing in
     flight from the load balancer (seen on the host; steps.traffic)."""
-    traffic.take_out(ctx, "drain", by_region(ctx.target_refs()))
+    traffic.take_out(ctx, by_region(ctx.target_refs()))
 
 
 @step("health-check")

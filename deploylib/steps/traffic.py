@@ -23,7 +23,7 @@ from deploylib.facts import HostRef
 _STILL_OPEN, _NO_TABLE = 8, 9
 
 
-def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
+def take_out(ctx: Context, by_region: dict[str, list[str]], *,
              deregister: bool = True) -> None:
     """Deregister the hosts (those not already on their way out) and return once every
     one is idle. `deregister=False`: they were deregistered earlier (promote)."""
@@ -39,6 +39,7 @@ def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
         ceilings[region] = min(ctx.deregistration_delay(region), ctx.timeout("drain", 600))
     instances = ctx.targets([HostRef(region=r, instance_id=i)
                              for r, ids in by_region.items() for i in ids])
+    region_of = {i.instance_id: i.region for i in instances}
     through_api: dict[str, list[str]] = {}
 
     scripts = {region: render.idle_script(app_port=env.app_port, quiet=env.drain_quiet,
@@ -55,8 +56,7 @@ def take_out(ctx: Context, stage: str, by_region: dict[str, list[str]], *,
         # Whatever stops the host being asked, the load balancer's own word still holds.
         why = "its socket table cannot be read" if isinstance(answer, RemoteCommandError) \
             and answer.exit_status == _NO_TABLE else getattr(answer, "problem", str(answer))
-        region = next(i.region for i in instances if i.instance_id == iid)
-        through_api.setdefault(region, []).append(iid)
+        through_api.setdefault(region_of[iid], []).append(iid)
         ctx.log(f"  {iid} cannot be asked ({why}): waiting until the load balancer lets it go")
     for region, ids in through_api.items():
         aws.elb.wait_drained(ctx.aws.elbv2(region), region, ctx.target_group(region), ids,
