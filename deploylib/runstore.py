@@ -38,17 +38,36 @@ class Mirror:
 
     def __init__(self, s3: S3Client, bucket: str, name: str, etag: str | None):
         self.s3, self.bucket, self.name, self.etag = s3, bucket, name, etag
+        # The text of a write whose answer never came (an interrupt between the PUT
+        # landing and its ETag arriving): if the store holds exactly that, the write
+        # that overtook this process's ETag was its own.
+        self.unanswered: str | None = None
 
     def __call__(self, text: str) -> None:
+        interrupted, self.unanswered = self.unanswered, text
         try:
-            self.etag = aws.s3.put_text(self.s3, self.bucket, self.name, text,
-                                        after=self.etag, fix=_FIX)
+            self.etag = self._put(text)
         except aws.s3.Superseded:
-            raise LockHeld("another process has saved this run since this one last did (it "
-                           "was resumed elsewhere): this process stops without writing",
-                           resource=f"s3://{self.bucket}/{self.name}",
-                           fix="let the run go on where it was resumed (`invoke status`, "
-                           "the run's report)") from None
+            found = aws.s3.get_text(self.s3, self.bucket, self.name, fix=_FIX)
+            if interrupted is None or found is None or found[0] != interrupted:
+                raise self._overtaken() from None
+            self.etag = found[1]
+            try:
+                self.etag = self._put(text)
+            except aws.s3.Superseded:
+                raise self._overtaken() from None
+        self.unanswered = None
+
+    def _put(self, text: str) -> str:
+        return aws.s3.put_text(self.s3, self.bucket, self.name, text, after=self.etag,
+                               fix=_FIX)
+
+    def _overtaken(self) -> LockHeld:
+        return LockHeld("another process has saved this run since this one last did (it "
+                        "was resumed elsewhere): this process stops without writing",
+                        resource=f"s3://{self.bucket}/{self.name}",
+                        fix="let the run go on where it was resumed (`invoke status`, "
+                        "the run's report)")
 
 
 def attach(s3: S3Client, env: Environment, state: RunState) -> None:

@@ -69,3 +69,31 @@ def test_a_process_takes_the_stores_newer_copy_over_its_own_cache(env, aws_clien
 
 def test_a_run_the_store_does_not_have_is_none(env, aws_clients):
     assert runstore.fetch(aws_clients.s3(), env, "20261208T000000-abcdef") is None
+
+
+def test_a_save_whose_answer_an_interrupt_cut_off_is_not_taken_for_another_writer(
+        env, aws_clients):
+    # Ctrl-C between the PUT landing and its ETag arriving: the next save (the failure
+    # record) must go over the process's own write, not stop as if resumed elsewhere.
+    s3 = aws_clients.s3()
+    state = _run(env)
+    runstore.attach(s3, env, state)
+
+    def interrupt(**_):
+        raise KeyboardInterrupt
+
+    s3.meta.events.register("after-call.s3.PutObject", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        state.mark("publish-release", DONE)
+    s3.meta.events.unregister("after-call.s3.PutObject", interrupt)
+    assert _stored(aws_clients, env, state).is_done("publish-release")  # it did land
+    state.mark("launch-builder", DONE)
+    stored = _stored(aws_clients, env, state)
+    assert stored.is_done("publish-release") and stored.is_done("launch-builder")
+    # and a real second writer is still refused after that
+    elsewhere = runstore.fetch(s3, env, state.run_id)
+    assert elsewhere is not None
+    runstore.attach(s3, env, elsewhere)
+    elsewhere.mark("select-hosts", DONE)
+    with pytest.raises(LockHeld):
+        state.mark("wait-ssh", DONE)
