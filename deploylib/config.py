@@ -134,6 +134,20 @@ class JenkinsConfig(Strict):
         description=(
             "Ask a person (Jenkins' `input`, naming the release and the procedure) before "
             "the environment's release phase."))
+    region_agents: str = Field(default="",
+        description=(
+            "A Jenkins agent label: a per-region group's regions run as parallel branches, "
+            "one per region, each on an agent of this label, sharing the run through the "
+            "environment's store. Empty: the group is one stage on the build's agent, its "
+            "regions on threads of one process."))
+
+    @field_validator("region_agents")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9_.:&|!() -]{1,200}", v):
+            raise _fail("must be a Jenkins label expression: letters, digits, '.', '_', "
+                        "'-', ':', spaces and the operators & | ! ( )")
+        return v
 
     @field_validator("credentials")
     @classmethod

@@ -99,6 +99,9 @@ def settings(cfg: DeployConfig, env_name: str) -> dict[str, Any]:
         "environments": names,
         "credentials": env.jenkins.credentials or f"deploy-aws-{env.name}",
         "approval": env.jenkins.approval,
+        # jenkins.region_agents: a per-region group as parallel branches, one per region
+        "region_agents": env.jenkins.region_agents,
+        "regions": env.all_regions,
         # Every stage name any procedure has (the longest where two share a name): a
         # handoff's procedure is known only later.
         "stage_minutes": minutes,

@@ -20,10 +20,10 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
@@ -94,6 +94,16 @@ class StageEntry(BaseModel):
     reset_by: str | None = None  # ...and which cleanup step did
 
 
+class Store(Protocol):
+    """Where a run's saves go besides its file (deploylib.runstore.Mirror)."""
+
+    def __call__(self, text: str) -> str:
+        """Write the state's text; what the store holds after."""
+
+    def latest(self) -> str | None:
+        """The store's copy as it is now."""
+
+
 _SAVING = threading.Lock()
 _FIELDS = ("run_id", "env", "mode", "version", "artifact", "status", "created_at")
 
@@ -127,7 +137,9 @@ class RunState:
     # Where every save is also written: the environment's store (deploylib.runstore), so
     # any machine with the environment's credentials can resume the run. Set when the
     # run's clients are built; raises when another process has written the run since.
-    mirror: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    # Returns what the store holds after the write: this state, with what other
+    # processes of the run's lock take (its regions on other agents) wrote there.
+    mirror: Store | None = field(default=None, repr=False, compare=False)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -215,7 +227,9 @@ class RunState:
             text = self.text()
             self.write_local(text)
             if self.mirror is not None:
-                self.mirror(text)
+                stored = self.mirror(text)
+                if stored != text:
+                    self.write_local(stored)  # the cache as full as the store
 
     def write_local(self, text: str) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -223,6 +237,12 @@ class RunState:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, self.path)
+
+    def stored(self) -> RunState | None:
+        """The run as the store has it now, with what other processes of the run wrote
+        (None: not kept in a store)."""
+        text = self.mirror.latest() if self.mirror is not None else None
+        return None if text is None else RunState.parse(text, self.path, self.run_id)
 
     def take_from(self, newer: RunState) -> None:
         """Become the store's newer copy of this run (a resume on another machine went

@@ -284,10 +284,13 @@ def rollback(c, env=None, config=None, json=False, keep_on_error=False):
 
 
 @task(positional=["name"], help={"name": "stage name, from `invoke plan`", "run": HELP["run"],
-                                 "config": HELP["config"]})
-def step(c, name, run="", config=None):
+                                 "config": HELP["config"],
+                                 "region": "of a per-region group, only this region's lane "
+                                 "(the pipeline's parallel branches)"})
+def step(c, name, run="", config=None, region=None):
     """Run one stage of a run (what each Jenkins stage calls); a finished stage is a no-op."""
     with reported():
+        from deploylib import plan as planning
         from deploylib import runs
         from deploylib.engine import runner
         from deploylib.errors import InputError
@@ -302,8 +305,12 @@ def step(c, name, run="", config=None):
                 if group else ""
             raise InputError(f"{state.mode} has no stage {name!r} of its own{inside}",
                              fix=f"use one of: {', '.join(p.names())}")
+        if region is not None and p.stage(name).kind != planning.PER_REGION:
+            raise InputError(f"{name} is not run region by region: --region does not apply",
+                             fix="leave out --region (it is for a group `invoke plan` "
+                             "shows as run in every region at once)")
         with runs.open_context(environment, state) as ctx:
-            runner.execute(ctx, p, only=name)
+            runner.execute(ctx, p, only=name, region=region)
 
 
 @task(help={"run": HELP["run"], "config": HELP["config"], "keep_on_error": HELP["keep_on_error"]})

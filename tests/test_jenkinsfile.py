@@ -407,3 +407,69 @@ def test_a_stage_that_runs_commands_over_run_command_is_given_their_delivery_too
     env = config.load(write_config(tmp_path)).environment("lab")
     # drain, install-release and health-check each run a command in every batch
     assert ssm - ssh == 3 * 10 * pipeline.most_batches(env)
+
+
+# -- a per-region group on parallel agents (jenkins.region_agents) ------------------------
+
+
+def region_agents_repo(tmp_path: Path) -> Path:
+    """A repository whose lab environment runs its regions on agents labelled
+    deploy-region (the lab's three regions)."""
+    from tests.conftest import write_config
+
+    write_config(tmp_path, jenkins={"region_agents": "deploy-region"})
+    for name in ("Jenkinsfile", "tasks.py"):
+        shutil.copy(REPO / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", ["immutable", "rebake-light"])
+def test_region_agents_run_each_region_on_a_parallel_branch_then_end_the_group(mode, tmp_path):
+    repo = region_agents_repo(tmp_path)
+    regions = ["us-east-1", "us-west-2", "eu-west-1"]
+    result = run_pipeline({"MODE": mode, "ENV": "lab"}, repo=repo)
+    assert result["result"] == "SUCCESS", result["error"]
+    (fan,) = [c for c in result["calls"] if c["step"] == "parallel"]
+    assert fan["stage"] == "regions" and sorted(fan["args"]) == sorted(regions)
+    assert [c["args"] for c in result["calls"] if c["step"] == "node"] == \
+        [["deploy-region"]] * 3
+    sh = [c for c in result["calls"] if c["step"] == "sh"]
+    for region in regions:
+        mine = [c for c in sh if c["branch"] == region]
+        # on its agent: the checkout's tool set up, then only its region's lane
+        assert mine[0]["args"][0].startswith("bash .deploylib/tool-env.sh")
+        assert [shlex.split(c["args"][0]) for c in mine[1:]] == [
+            ["invoke", "step", "regions", "--run", RUN_ID, "--region", region]]
+    lanes = [n for n, c in enumerate(sh) if c["branch"]]
+    closing = [n for n, c in enumerate(sh)
+               if shlex.split(c["args"][0]) == ["invoke", "step", "regions", "--run", RUN_ID]]
+    # the group is ended once, on the build's own agent, after every lane
+    assert len(closing) == 1 and closing[0] > max(lanes) and not sh[closing[0]]["branch"]
+    # every lane publishes its smoke tests' results
+    junit = [c for c in result["calls"] if c["step"] == "junit"]
+    assert len(junit) == 4  # three lanes, and the group's own stage
+    # the other stages are as the plan has them, one each
+    ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
+    assert [n for n in ran if n != "regions"] == [
+        n for n in planning.plan(mode).names() if n != "regions"]
+
+
+def test_a_lane_that_fails_fails_the_build_after_every_branch_ends_and_cleans_up(tmp_path):
+    repo = region_agents_repo(tmp_path)
+    result = run_pipeline({"MODE": "immutable", "ENV": "lab"}, repo=repo,
+                          fail_on="--region 'us-west-2'")
+    assert result["result"] == "FAILURE" and "us-west-2" in result["error"]
+    commands = sh_commands(result)
+    lanes = [argv[-1] for argv in commands if "--region" in argv]
+    assert sorted(lanes) == ["eu-west-1", "us-east-1", "us-west-2"]  # none cut short
+    # nothing after the group: not its end, not the stages past it; the cleanup runs
+    assert ["invoke", "step", "regions", "--run", RUN_ID] not in commands
+    after = commands[commands.index(["invoke", "step", "regions", "--run", RUN_ID,
+                                     "--region", "us-west-2"]) + 1:]
+    assert [argv[1] for argv in after if argv[1] != "step"] == ["report", "cleanup"]
+    assert ["invoke", "cleanup", "--run", RUN_ID] in after
+
+
+def test_without_region_agents_the_group_is_one_stage_and_no_branch():
+    result = run_pipeline({"MODE": "immutable"})
+    assert not [c for c in result["calls"] if c["step"] in ("parallel", "node")]

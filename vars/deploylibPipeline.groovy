@@ -7,7 +7,9 @@
 // from the plan (`invoke plan --json`), one Jenkins stage per planned stage, each running
 // `invoke step`, so it cannot drift from the step library. A group stage (the in-place
 // `rollout`, the per-region `regions`) is one Jenkins stage: one process runs its batches
-// or its regions, all of which share the run's state file.
+// or its regions, all of which share the run's state. With jenkins.region_agents (an
+// agent label), a per-region group's regions run instead as parallel branches, one per
+// region, each on an agent of that label: they share the run through its store.
 //
 // The test-and-promote job a bake hands off to is this same pipeline with HANDOFF set:
 // the run's bake stages are done already, and only its release stages run here.
@@ -49,20 +51,63 @@ def credentials() {
     ]
 }
 
-// Run a body with the tool's virtualenv (the Tool stage made it) first on PATH.
+// Run a body with the tool's virtualenv (the Tool stage made it; `bin`: the one an
+// agent of a parallel branch made) first on PATH.
 def withTool(Closure body) {
-    withEnv(["PATH+DEPLOYLIB=${env.DEPLOY_TOOL_BIN}"]) {
+    return withToolAt(env.DEPLOY_TOOL_BIN, body)
+}
+
+def withToolAt(String bin, Closure body) {
+    withEnv(["PATH+DEPLOYLIB=${bin}"]) {
         return body()
     }
 }
 
-// Run `invoke ARGS` with the credentials bound.
-def tool(String args) {
-    withTool {
+// Run `invoke ARGS` with the credentials bound (with the tool at `bin`, when given).
+def tool(String args, String bin = null) {
+    withToolAt(bin ?: env.DEPLOY_TOOL_BIN) {
         withCredentials(credentials()) {
             sh "invoke ${args}"
         }
     }
+}
+
+// A fresh agent has Python: the tool and its pinned, hashed dependencies go into a
+// virtualenv in the workspace. Returns its bin directory.
+def setUpTool(String toolSpec) {
+    for (String name : ['tool-env.sh', 'requirements.lock', 'requirements-build.lock']) {
+        writeFile file: ".deploylib/${name}", text: libraryResource("deploylib/${name}")
+    }
+    return sh(script: "bash .deploylib/tool-env.sh ${q(toolSpec)} " +
+                      '.deploylib/requirements.lock .deploylib/requirements-build.lock',
+              returnStdout: true).trim()
+}
+
+// A per-region group on parallel agents (jenkins.region_agents, a label): one branch per
+// region, each on an agent of its own with the tool set up there, running that region's
+// lane (`invoke step GROUP --region R`). No workspace is shared: each lane reads the run
+// from the environment's store and writes its own part back; a lane that fails stops the
+// others before their next stage, as the regions of one process do. The group is ended
+// afterwards, here, by the step without a region.
+def regionBranches(Map s, String toolSpec) {
+    def branches = [:]
+    for (String r : settings.regions) {
+        String region = r  // each branch its own
+        branches[region] = {
+            node(settings.region_agents) {
+                checkout scm
+                String bin = setUpTool(toolSpec)
+                try {
+                    tool("step ${q(s.name)} --run ${q(env.RUN_ID)} --region ${q(region)}", bin)
+                } finally {
+                    if (s.publishes_junit) {
+                        junit allowEmptyResults: true, testResults: run.paths.junit
+                    }
+                }
+            }
+        }
+    }
+    parallel branches
 }
 
 // The same, returning what it prints.
@@ -97,15 +142,7 @@ def call(Map given = [:]) {
             stage('Tool') {
                 steps {
                     script {
-                        for (String name : ['tool-env.sh', 'requirements.lock',
-                                            'requirements-build.lock']) {
-                            writeFile file: ".deploylib/${name}",
-                                      text: libraryResource("deploylib/${name}")
-                        }
-                        env.DEPLOY_TOOL_BIN = sh(
-                            script: "bash .deploylib/tool-env.sh ${q(toolSpec)} " +
-                                    '.deploylib/requirements.lock .deploylib/requirements-build.lock',
-                            returnStdout: true).trim()
+                        env.DEPLOY_TOOL_BIN = setUpTool(toolSpec)
                     }
                 }
             }
@@ -154,6 +191,9 @@ def call(Map given = [:]) {
                             stage(s.name) {
                                 timeout(time: settings.stage_minutes[s.name] ?: 60, unit: 'MINUTES') {
                                     try {
+                                        if (s.kind == 'per_region' && settings.region_agents) {
+                                            regionBranches(s, toolSpec)
+                                        }
                                         tool("step ${q(s.name)} --run ${q(env.RUN_ID)}")
                                     } finally {
                                         // The stage that runs smoke tests (alone, or in each

@@ -4,6 +4,13 @@ is there (the primary region is tested and promoted while copies are still on th
 
 When a region fails, the others stop before their next stage (a stage under way
 finishes); regions promoted by then are put back by the run's cleanup (`demote`).
+
+One region's lane can also run alone (`invoke step regions --region R`: the pipeline's
+parallel branches, one per region, each on an agent of its own): its stages only, in a
+process of its own under the run's lock take, its state merged into the store's copy
+(deploylib.runstore). Such a lane learns that another failed from the store, before each
+of its stages. The group's own entry is left to the step without a region, which the
+pipeline runs once every lane has ended: it finds every member done, and ends the group.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from concurrent.futures import wait as all_done
 from typing import Any
 
 from deploylib.context import Context
-from deploylib.errors import StateError, error_line
+from deploylib.errors import InputError, StateError, error_line
 from deploylib.plan import Stage
 from deploylib.state import DONE, FAILED, RUNNING, StageKey
 
@@ -25,7 +32,10 @@ class Stopped(StateError):
 
 
 def run(ctx: Context, group: Stage, *, call: Callable[[Context, Stage, StageKey], None],
-        **_: Any) -> None:
+        region: str | None = None, **_: Any) -> None:
+    if region is not None:
+        lane(ctx, group, region, call=call)
+        return
     state = ctx.state
     key = StageKey(group.name)
     if state.is_done(key):
@@ -69,3 +79,30 @@ def run(ctx: Context, group: Stage, *, call: Callable[[Context, Stage, StageKey]
         raise err
     ctx.mark(key, DONE, live=group.live)
     ctx.log(f"ok {group.name} {time.monotonic() - began:.1f}s")
+
+
+def lane(ctx: Context, group: Stage, region: str, *,
+         call: Callable[[Context, Stage, StageKey], None]) -> None:
+    """One region's stages, alone in this process (another runs each other region)."""
+    if region not in ctx.env.all_regions:
+        raise InputError(f"{region} is not a region of {ctx.env.name}",
+                         resource=f"environments.{ctx.env.name}.regions",
+                         fix=f"use one of: {', '.join(ctx.env.all_regions)}")
+    rctx = ctx.in_region(region)
+    for stage in group.members:
+        key = StageKey.in_region(group.name, region, stage.name)
+        if not ctx.state.is_done(key):
+            failed = _failed_elsewhere(ctx, group, region)
+            if failed:
+                raise Stopped(f"stopped before {stage.name}: {failed} failed",
+                              resource=region, fix=f"see the lane of {failed}")
+        call(rctx, stage, key)
+
+
+def _failed_elsewhere(ctx: Context, group: Stage, region: str) -> str | None:
+    """Another lane of the group that failed, as the store has it now."""
+    stored = ctx.state.stored()
+    for key, entry in (stored.members(group.name) if stored else {}).items():
+        if key.region != region and entry.status == FAILED:
+            return key.region
+    return None

@@ -103,11 +103,14 @@ def best_effort(ctx: Context, name: str, *, targets: str | None = None,
         ctx.save()
 
 
-def run_stage(ctx: Context, stage: planning.Stage) -> None:
-    """A stage of its own, or a group by the executor of its kind."""
+def run_stage(ctx: Context, stage: planning.Stage, region: str | None = None) -> None:
+    """A stage of its own, or a group by the executor of its kind (a per-region group's
+    one `region`, when given)."""
     group = _GROUPS.get(stage.kind)
     if group is None:
         call(ctx, stage, StageKey(stage.name))
+    elif region is not None:
+        group(ctx, stage, call=call, best_effort=best_effort, region=region)
     else:
         group(ctx, stage, call=call, best_effort=best_effort)
 
@@ -133,9 +136,11 @@ def clean_up(ctx: Context, plan: planning.Plan) -> None:
 
 
 def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
-            only: str | None = None, keep_on_error: bool = False) -> None:
-    """Run the plan's stages in order (those of `phase`, or only the stage named `only`),
-    with the run's lock held.
+            only: str | None = None, region: str | None = None,
+            keep_on_error: bool = False) -> None:
+    """Run the plan's stages in order (those of `phase`, or only the stage named `only`;
+    of a per-region group, only its `region`'s lane when given), with the run's lock
+    held.
 
     When a run fails or is interrupted, what it made and never made live is removed
     (unless `keep_on_error`) and it is marked failed. A single stage (`only`: the way
@@ -154,7 +159,7 @@ def execute(ctx: Context, plan: planning.Plan, *, phase: str | None = None,
         state.save()
         try:
             for stage in stages:
-                run_stage(ctx, stage)
+                run_stage(ctx, stage, region)
         except BaseException as exc:
             # The lock lost (broken, or taken since), however the failure reached here: a
             # region's or a host's LockHeld arrives inside the stage's own failure.

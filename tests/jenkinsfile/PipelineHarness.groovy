@@ -25,6 +25,12 @@
 //   abort_on:  a substring; an sh command containing it (recorded or executed) is
 //              interrupted as it starts, as a stage `timeout` firing or a user's abort
 //              does: ABORTED
+//   agents:    [{dir, env}]: the agents `node` steps get, in turn (a workspace of each's
+//              own, and variables its commands see, e.g. its checkout's config); none:
+//              `node` runs its body where the build is
+//
+// `parallel` runs its branches on threads of their own, all at once, as Jenkins does, and
+// fails (once every branch has ended) with the first branch's failure.
 // Prints one JSON document: calls, stages, result, parameters, options, post.
 
 import groovy.json.JsonOutput
@@ -69,9 +75,17 @@ class ParameterCollector {
     def booleanParam(Map m) { defs << ([type: 'boolean'] + m) }
 }
 
+// Where a thread of the build is: its stage, the variables withEnv set, the agent's
+// workspace. A parallel branch's thread starts where its parent was.
+class Where extends InheritableThreadLocal<Map> {
+    protected Map initialValue() { [stage: null, env: [], dir: null, branch: null] }
+    protected Map childValue(Map parent) { new LinkedHashMap(parent) }
+}
+
 abstract class PipelineScript extends Script {
-    List calls = []
-    List stageNames = []
+    static final Where WHERE = new Where()
+    List calls = Collections.synchronizedList([])
+    List stageNames = Collections.synchronizedList([])
     List parameterDefs = []
     List optionDefs = []
     List postRan = []
@@ -79,15 +93,15 @@ abstract class PipelineScript extends Script {
 
     void configure(Map opts) { harness = opts }
     // The queries' answers (`real`), kept while the harness serves
-    static Map answers = [:]
+    static Map answers = Collections.synchronizedMap([:])
 
-    String workspace() { harness.dir ?: System.getProperty('user.dir') }
+    Map here() { WHERE.get() }
+    String workspace() { here().dir ?: harness.dir ?: System.getProperty('user.dir') }
     Closure postBlock = null
     Closure stagesBlock = null
-    String currentStage = null
 
     def propertyMissing(String name) {
-        if (name == 'any' || name == 'none') return name
+        if (name == 'any' || name == 'none' || name == 'scm') return name
         throw new MissingPropertyException(name, getClass())
     }
 
@@ -131,7 +145,7 @@ abstract class PipelineScript extends Script {
             for (String when : PostConditions.forResult(result)) {
                 if (collector.blocks[when]) {
                     postRan << when
-                    currentStage = "post:${when}"
+                    here().stage = "post:${when}"
                     runClosure((Closure) collector.blocks[when])
                 }
             }
@@ -162,35 +176,80 @@ abstract class PipelineScript extends Script {
     def stage(String name, Closure body) {
         stageNames << name
         String outer = currentStage
-        currentStage = name
+        here().stage = name
         try {
             return runClosure(body)
         } finally {
-            currentStage = outer
+            here().stage = outer
         }
     }
 
     // -- steps with behaviour ------------------------------------------------------------
-    // Variables withEnv sets for the sh steps inside it; "PATH+X=dir" puts dir first on
-    // PATH, as Jenkins does.
-    List envOverlay = []
-
+    // Variables withEnv sets for the sh steps inside it (here().env); "PATH+X=dir" puts
+    // dir first on PATH, as Jenkins does.
     def withEnv(List vars, Closure body) {
         calls << [step: 'withEnv', args: vars.collect { it.toString() }, stage: currentStage]
-        def saved = envOverlay
-        envOverlay = envOverlay + vars.collect { it.toString() }
+        def saved = here().env
+        here().env = saved + vars.collect { it.toString() }
         try {
             return runClosure(body)
         } finally {
-            envOverlay = saved
+            here().env = saved
         }
+    }
+
+    def node(String label, Closure body) {
+        calls << [step: 'node', args: [label], stage: currentStage]
+        List agents = harness.agents ?: []
+        if (!agents) return runClosure(body)
+        Map agent
+        synchronized (harness) {
+            int turn = harness.turn ?: 0
+            harness.turn = turn + 1
+            agent = agents[turn % agents.size()]
+        }
+        def saved = new LinkedHashMap(here())
+        here().dir = agent.dir
+        here().env = here().env + (agent.env ?: [:]).collect { k, v -> "${k}=${v}".toString() }
+        try {
+            return runClosure(body)
+        } finally {
+            here().dir = saved.dir
+            here().env = saved.env
+        }
+    }
+
+    def parallel(Map branches) {
+        def names = branches.keySet().findAll { it != 'failFast' }.collect { it.toString() }
+        calls << [step: 'parallel', args: names, stage: currentStage]
+        List failures = Collections.synchronizedList([])
+        List threads = names.collect { String name ->
+            Closure body = (Closure) branches[name]
+            Thread.start("branch-${name}") {
+                here().branch = name
+                try {
+                    runClosure(body)
+                } catch (Throwable e) {
+                    failures << e
+                }
+            }
+        }
+        threads*.join()
+        if (failures) {
+            def first = failures[0]
+            throw first instanceof PipelineFailed ? first :
+                new PipelineFailed("branch failed: ${first}")
+        }
+        return null
     }
 
     def sh(String script) { return sh([script: script]) }
 
     def sh(Map m) {
         String script = m.script
-        calls << [step: 'sh', args: [script], stage: currentStage, env: envOverlay]
+        List envOverlay = here().env
+        calls << [step: 'sh', args: [script], stage: currentStage, env: envOverlay,
+                  branch: here().branch, dir: workspace()]
         if (harness.abort_on && script.contains(harness.abort_on)) {
             // interrupted as it starts (a timeout, an abort): it never finishes
             throw new PipelineFailed("interrupted: ${script}", 'ABORTED')
@@ -270,6 +329,9 @@ abstract class PipelineScript extends Script {
         return [found: true, value: step.invokeMethod('call', args)]
     }
 
+    // (read only: a Script's property writes go to its binding, shared by every thread)
+    String getCurrentStage() { here().stage }
+
     void share(PipelineScript build) {
         calls = build.calls
         stageNames = build.stageNames
@@ -282,6 +344,7 @@ abstract class PipelineScript extends Script {
 
 // One pipeline: the Jenkinsfile run with these parameters, and what it did.
 Map runPipeline(File jenkinsfile, Map params, Map opts) {
+    PipelineScript.WHERE.remove()  // a served harness's thread starts each build afresh
     // `@Library('name') _` loads a library; here its directory comes with the options.
     def libraries = []
     def text = jenkinsfile.text.replaceAll(/(?m)^@Library\(['"]([^'"]+)['"]\)\s+_\s*$/) { all, lib ->

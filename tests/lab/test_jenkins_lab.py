@@ -18,8 +18,10 @@ from tests.test_jenkinsfile import HARNESS, groovy_env
 pytestmark = pytest.mark.lab
 
 
-def execute_jenkinsfile(lab, params: dict, **options) -> dict:
+def execute_jenkinsfile(lab, params: dict, config: Path | None = None, **options) -> dict:
     env = {**groovy_env(), **lab.cli.env()}
+    if config is not None:
+        env["DEPLOY_CONFIG"] = str(config)
     # The agent has the tool already (this Python's, the lab's included): the Tool stage
     # takes it as it is (the library's tool-env.sh, DEPLOY_TOOL_BIN).
     env["DEPLOY_TOOL_BIN"] = os.path.dirname(os.path.realpath(shutil.which("invoke")
@@ -40,6 +42,48 @@ def test_the_jenkinsfile_deploys_in_place_on_the_lab(lab):
     result = execute_jenkinsfile(lab, {"MODE": "in-place", "VERSION": "3.0.0"})
     assert result["result"] == "SUCCESS", result["error"]
     assert_serving(lab, "3.0.0")
+
+
+def test_the_regions_run_on_parallel_agents_sharing_the_run_through_the_store(lab, tmp_path):
+    """jenkins.region_agents: each region's lane a branch on an agent of its own, whose
+    checkout has no state of the run: it reads the run from the store and writes its
+    lane back, the three at once, under the run's one lock take."""
+    agents_config = {"jenkins": {"region_agents": "deploy-region"}}
+    build = lab.write_config(name=f"{tmp_path.name}.toml", **agents_config)
+    agents = []
+    for region in lab.env.all_regions:
+        checkout = tmp_path / f"agent-{region}"
+        checkout.mkdir()
+        shutil.copy(REPO / "tasks.py", checkout)  # what `checkout scm` brings, and:
+        agents.append({"dir": str(checkout), "env": {
+            "DEPLOY_CONFIG": str(lab.write_config(directory=checkout, **agents_config))}})
+    before = record(lab)
+    result = execute_jenkinsfile(lab, {"MODE": "rebake-light", "VERSION": "3.0.7"},
+                                 config=build, agents=agents)
+    assert result["result"] == "SUCCESS", result["output"][-4000:]
+    assert [c["step"] for c in result["calls"]].count("node") == len(agents)
+    fleet = assert_serving(lab, "3.0.7")
+    assert set(fleet) == set(lab.env.all_regions)
+    assert record(lab)["previous"]["release"] == before["release"]
+    run_id = result["env"]["RUN_ID"]
+    state = state_of(lab, run_id)
+    assert state["status"] == "done" and state["stages"]["regions"]["status"] == "done"
+    lanes = {}
+    for entry in state["stages"].values():
+        if entry.get("group") == "regions":
+            assert entry["status"] == "done", entry
+            began, ended = lanes.get(entry["region"], (entry["started_at"], entry["ended_at"]))
+            lanes[entry["region"]] = (min(began, entry["started_at"]),
+                                      max(ended, entry["ended_at"]))
+    assert set(lanes) == set(lab.env.all_regions)
+    # the lanes ran side by side: each began before every other had ended
+    assert all(began < ended for began, _ in lanes.values() for _, ended in lanes.values())
+    # each agent's cache of the run holds its own lane done (read from the store, and
+    # written back there)
+    for agent, region in zip(agents, lab.env.all_regions, strict=True):
+        cached = json.loads((Path(agent["dir"]) / "runs" / f"{run_id}.json").read_text())
+        assert cached["stages"][f"regions/{region}/promote"]["status"] == "done"
+    assert lock_holder(lab) is None and leftovers(lab, run_id) == []
 
 
 def test_an_aborted_build_cleans_up_for_real_and_frees_the_lock(lab):
