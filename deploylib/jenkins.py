@@ -73,13 +73,19 @@ def follow(server: Any, job: str, queue_item: int, *, timeout: float,
            on_started: Callable[[Build], None] | None = None,
            say: Callable[[str], None] | None = None, every: float = 30.0,
            poll: float = 0.5) -> Build:
-    """Wait for the queue item to start and the build to finish; return its result.
+    """Wait for the queue item to start and the build to finish; return its result."""
+    build = wait_started(server, job, queue_item, timeout=timeout, say=say, poll=poll)
+    if on_started:
+        on_started(build)
+    return wait_finished(server, build, timeout=timeout, say=say, every=every, poll=poll)
 
-    `say` hears why a queued build waits (when that changes) and, every `every`
-    seconds, that a build is still running: a long wait never looks like a hang."""
+
+def wait_started(server: Any, job: str, queue_item: int, *, timeout: float,
+                 say: Callable[[str], None] | None = None, poll: float = 0.5) -> Build:
+    """Wait for the queue item to become a build; `say` hears why it waits, when that
+    changes."""
     say = say or (lambda text: None)
-    began = time.monotonic()
-    last: dict[str, Any] = {"why": None, "said": began}
+    last: dict[str, Any] = {"why": None}
 
     def started() -> dict[str, Any] | None:
         item = _wrap("read queue item", job, lambda: server.get_queue_item(queue_item))
@@ -95,9 +101,18 @@ def follow(server: Any, job: str, queue_item: int, *, timeout: float,
                              resource=f"job {job} queue item {queue_item}",
                              fix="check Jenkins has a free executor for this job",
                              first=poll, longest=max(poll, 5.0))
-    number, url = int(executable["number"]), executable.get("url")
-    if on_started:
-        on_started(Build(job, queue_item, number, url, None))
+    return Build(job, queue_item, int(executable["number"]), executable.get("url"), None)
+
+
+def wait_finished(server: Any, build: Build, *, timeout: float,
+                  say: Callable[[str], None] | None = None, every: float = 30.0,
+                  poll: float = 0.5) -> Build:
+    """Wait for a started build to finish; `say` hears, every `every` seconds, that it is
+    still running: a long wait never looks like a hang."""
+    say = say or (lambda text: None)
+    job, number = build.job, build.number
+    began = time.monotonic()
+    last = {"said": began}
 
     def finished() -> dict[str, Any] | None:
         info = _wrap("read build", job, lambda: server.get_build_info(job, number))
@@ -108,9 +123,18 @@ def follow(server: Any, job: str, queue_item: int, *, timeout: float,
 
     info = waits.until(finished, timeout=timeout, what="the build to finish",
                        resource=f"job {job} build {number}",
-                       fix=f"open {url or 'the build'} to see where it is stuck",
+                       fix=f"open {build.url or 'the build'} to see where it is stuck",
                        first=poll, longest=max(poll, 5.0))
-    return Build(job, queue_item, number, info.get("url", url), info["result"])
+    return Build(job, build.queue_item, number, info.get("url", build.url), info["result"])
+
+
+def succeeded(build: Build) -> Build:
+    """The build, unless it did not succeed."""
+    if build.result != "SUCCESS":
+        raise JenkinsError(f"build #{build.number} finished {build.result}",
+                           resource=f"job {build.job}",
+                           fix=f"read {build.console_url or 'its console'} for the failure")
+    return build
 
 
 def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float,
@@ -118,12 +142,8 @@ def run_job(server: Any, job: str, parameters: dict[str, str], *, timeout: float
             say: Callable[[str], None] | None = None) -> Build:
     """Trigger, follow, and raise unless the build succeeded."""
     item = trigger(server, job, parameters)
-    build = follow(server, job, item, timeout=timeout, on_started=on_started, say=say)
-    if build.result != "SUCCESS":
-        raise JenkinsError(f"build #{build.number} finished {build.result}",
-                           resource=f"job {job}",
-                           fix=f"read {build.console_url or 'its console'} for the failure")
-    return build
+    return succeeded(follow(server, job, item, timeout=timeout, on_started=on_started,
+                            say=say))
 
 
 def notice_of(env: Environment, run: RunState) -> Notice | None:

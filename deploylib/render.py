@@ -280,8 +280,11 @@ PIPELINE_PARAMETERS: list[dict[str, Any]] = [
      "description": "Release tarball in the workspace; empty builds the app in app_source"},
     {"name": "ENV", "choices": [""], "description": "Environment in deploy.toml (none by "
      "default: a build names the one it deploys to)"},
-    {"name": "HANDOFF", "default": "",
-     "description": "Set by `invoke bake`: test and promote the images it baked"},
+    # (not RUN_ID: a parameter is an environment variable the pipeline's own env.RUN_ID
+    # could not then be set over)
+    {"name": "BAKE_RUN", "default": "",
+     "description": "Set by `invoke bake`: the run whose images to test and promote, as the "
+                    "environment's store keeps it"},
     {"name": "KEEP_ON_ERROR", "boolean": True, "default": False,
      "description": "On failure, leave what the run made for inspection"},
 ]
@@ -308,7 +311,7 @@ def jenkins_jobs(env: Environment, environments: list[str]) -> dict[str, str]:
         j.promote_job: render("jenkins/pipeline.xml.j2", job=j.promote_job, script=None,
                               parameters=parameters, **common,
                               description="Test and promote the images `invoke bake` "
-                              "handed off (HANDOFF); the same Jenkinsfile."),
+                              "handed off (BAKE_RUN); the same Jenkinsfile."),
         j.record_job: render("jenkins/pipeline.xml.j2", job=j.record_job,
                              script=record_script, parameters=RECORD_PARAMETERS, **common,
                              description="One build per hotfix made in place."),

@@ -1,5 +1,5 @@
 """A run's life: started (inputs checked, lock taken, state created), adopted from a
-bake's handoff, found again by id, given its clients, and a bake handed to Jenkins.
+bake handed to Jenkins, found again by id, given its clients, and a bake handed off.
 
 `open_context` is the only place clients are built: boto3 (through the environment's
 provider), the SSH pool, and Jenkins.
@@ -7,13 +7,10 @@ provider), the SSH pool, and Jenkins.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploylib import (
     aws,
@@ -31,18 +28,8 @@ from deploylib import plan as planning
 from deploylib.context import Context, Reporter
 from deploylib.engine import runner
 from deploylib.errors import DeployError, InputError, LockHeld, StateError
-from deploylib.facts import (
-    Handoff,
-    ImageId,
-    Mode,
-    Region,
-    Release,
-    RunId,
-    Version,
-    first_error,
-)
-from deploylib.state import DONE, FAILED, RunState, new_run_id
-from deploylib.steps.release import artifact_key
+from deploylib.facts import Handoff
+from deploylib.state import DONE, FAILED, RunState, check_run_id, new_run_id
 
 
 def environment_clients(env: config.Environment) -> aws.AwsClients:
@@ -198,82 +185,44 @@ def start_fold(cfg: config.DeployConfig, env_name: str | None) -> RunState:
     return _create_locked(env, mode=planning.FOLD, version=record["release"], artifact="")
 
 
-def handoff_of(state: RunState) -> dict[str, Any]:
-    """What a bake hands to Jenkins: enough to continue its run anywhere."""
-    return {"run_id": state.run_id, "env": state.env, "mode": state.mode,
-            "version": state.version,
-            "release": state.facts.release.model_dump() if state.facts.release else None,
-            "images": dict(state.facts.images)}
-
-
-class HandoffIn(BaseModel):
-    """A handoff as `handoff_of` writes it, held to its shapes (it comes back through a
-    Jenkins parameter anyone who may build the job can set)."""
-
-    model_config = ConfigDict(extra="forbid")
-    run_id: RunId
-    env: str
-    mode: Mode = "immutable"
-    version: Version
-    release: Release
-    images: dict[Region, ImageId]
-
-
-def adopt(cfg: config.DeployConfig, handoff: dict[str, Any],
+def adopt(cfg: config.DeployConfig, env_name: str | None, run_id: str,
           clients: aws.AwsClients | None = None) -> RunState:
-    """Continue, elsewhere, a run whose bake phase ran on another machine (a handoff).
-
-    The handoff carries what the bake produced (release, image per region); the bake
-    stages are marked done, so the release phase runs exactly as it would have locally.
-    """
-    try:
-        given = HandoffIn.model_validate(handoff)
-    except ValidationError as exc:
-        raise InputError(f"the handoff holds a bad value: {first_error(exc)}",
-                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it"
-                         ) from None
-    run_id, version, mode, images = given.run_id, given.version, given.mode, given.images
-    env = cfg.environment(given.env)
-    # The release is rebuilt from this environment's store, not taken whole: only the
-    # digest (and the object version it was published as) comes from the handoff, and
-    # the hosts check what they fetch against that digest.
-    rel = Release(version=version, sha256=given.release.sha256, bucket=env.artifact_bucket,
-                  key=artifact_key(env.name, version), version_id=given.release.version_id)
-    if (given.release.version, given.release.bucket, given.release.key) != \
-            (rel.version, rel.bucket, rel.key):
-        raise InputError(f"the handoff's release is not {version} in {env.name}'s store "
-                         f"(it names s3://{given.release.bucket}/{given.release.key})",
-                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
-    planned = env_plan(env, planning.check_mode(mode))
-    if not planned.hands_off:
-        raise InputError(f"a {mode} run has no bake phase to hand off",
-                         fix="pass the HANDOFF parameter exactly as `invoke bake` sent it")
-    # The same workspace as the bake (or a replayed build): that state is continued —
-    # checked before the lock is taken, so a handoff refused leaves nothing held.
-    here = None
-    if (Path(env.state_dir) / f"{run_id}.json").exists():
-        here = RunState.load(env.state_dir, run_id)
-        if (here.mode, here.version) != (mode, version):
-            raise InputError(f"run {run_id} exists here as {here.mode} {here.version}",
-                             fix="pass the HANDOFF of that run, or use a fresh workspace")
-    # The release phase holds the environment as the bake did: its lock, for its run id
-    # (the bake's own, or free again; another run's is refused here, exit 3).
+    """Continue here a run whose bake phase ran on another machine (`invoke bake` handed
+    it to Jenkins by its id). The run is read from the environment's store, where the bake
+    saved it: its release, its images, its bake stages done. Nothing else comes from the
+    build's parameters, so nothing in them can name a release or an image."""
+    check_run_id(run_id)
+    env = cfg.environment(env_name)
     clients = clients or environment_clients(env)
+    fix = "pass the BAKE_RUN `invoke bake` handed off (it names the run it baked)"
+    state = runstore.read(clients.s3(), env, run_id)
+    if state is None:
+        raise InputError(f"{env.name}'s store has no run {run_id}",
+                         resource=f"s3://{env.artifact_bucket}/{runstore.key(env.name, run_id)}",
+                         fix=fix)
+    planned = env_plan(env, state.mode)
+    if not planned.hands_off:
+        raise InputError(f"run {run_id} is {state.mode}: it has no bake phase to hand off",
+                         fix=fix)
+    if state.status == DONE:
+        raise InputError(f"run {run_id} is done already: its release phase ran",
+                         fix="see it with `invoke status`; deploy again with a new bake")
+    for stage in planned.stages:
+        if stage.phase == planning.BAKE and not state.is_done(stage.name):
+            raise InputError(f"run {run_id}'s bake is not done: {stage.name} is "
+                             f"{state.entry(stage.name).status}",
+                             fix=f"finish the bake where it ran (`invoke resume --run "
+                             f"{run_id}`)")
+    # The release phase holds the environment as the bake did: its lock, for its run id,
+    # with a take of its own (the bake's process, following the build, writes no more).
+    # Another run's lock is refused here, exit 3, before anything is written.
     fence = lock.acquire(clients.dynamodb(), env.lock_table, env.name, run_id,
                          ttl=env.lock_ttl)["fence"]
-    if here is not None:
-        here.facts.lock_fence = fence
-        runstore.claim(clients.s3(), env, here)
-        return here
-    state = RunState.create(env.state_dir, env=env.name, mode=mode, version=version,
-                            artifact="", run_id=run_id)
     state.facts.lock_fence = fence
-    state.facts.release = rel
-    state.facts.images.update(images)
     state.facts.adopted = True
     for stage in planned.stages:
         if stage.phase == planning.BAKE:
-            state.mark(stage.name, DONE, elsewhere=True)
+            state.entry(stage.name).elsewhere = True
     runstore.claim(clients.s3(), env, state)
     return state
 
@@ -325,8 +274,8 @@ def paths(env: config.Environment, state: RunState) -> dict[str, str]:
 def bake(ctx: Context, plan: planning.Plan, *, keep_on_error: bool = False) -> None:
     """The bake phase here; test-and-promote in Jenkins when it is configured, else here.
 
-    Jenkins gets the handoff (run id, release, image per region) and runs the same
-    Jenkinsfile with it; the build is followed to its result, which is this run's.
+    Jenkins gets the run's id and runs the same Jenkinsfile with it, reading the run from
+    the environment's store; the build is followed to its result, which is this run's.
     """
     from deploylib import jenkins
 
@@ -336,27 +285,37 @@ def bake(ctx: Context, plan: planning.Plan, *, keep_on_error: bool = False) -> N
         ctx.log("Jenkins is not configured: running test-and-promote here")
         runner.execute(ctx, plan, phase=planning.RELEASE, keep_on_error=keep_on_error)
         return
-    handoff = handoff_of(state)
+    # Jenkins gets the run's id; its build reads the run from the store, takes its lock
+    # and writes it from then on: this process keeps the lock only until the build has
+    # started, then follows it, writing its own record of the handoff here only.
+    parameters = {"BAKE_RUN": state.run_id, "ENV": state.env, "VERSION": state.version}
+
+    def failed(exc: BaseException) -> None:
+        # The images are kept: `invoke resume` promotes them here; `invoke gc` removes
+        # them if nobody does.
+        state.status = FAILED
+        state.facts.handoff = Handoff(job=env.jenkins.promote_job, error=str(exc))
+        state.save()
+
     with runner.holding(ctx):
         try:
-            build = jenkins.run_job(
-                ctx.jenkins, env.jenkins.promote_job,
-                # Only parameters the job defines: Jenkins drops any other (SECURITY-170).
-                # The handoff carries the rest (run id, mode, release, images).
-                {"HANDOFF": json.dumps(handoff, sort_keys=True), "ENV": state.env,
-                 "VERSION": state.version},
-                timeout=env.jenkins.timeout, say=ctx.log,
-                on_started=lambda b: ctx.log(f"  {b.job} #{b.number}: {b.console_url}"))
+            item = jenkins.trigger(ctx.jenkins, env.jenkins.promote_job, parameters)
+            build = jenkins.wait_started(ctx.jenkins, env.jenkins.promote_job, item,
+                                         timeout=env.jenkins.timeout, say=ctx.log)
         except BaseException as exc:
-            # The images are kept: `invoke resume` promotes them here; `invoke gc` removes
-            # them if nobody does.
-            state.status = FAILED
-            state.facts.handoff = Handoff(job=env.jenkins.promote_job, error=str(exc))
-            state.save()
+            failed(exc)  # (the run ended: its lock is released on the way out)
             raise
-        # The release phase ran there, under the same run id: this run is done.
-        state.facts.handoff = Handoff(job=build.job, number=build.number, url=build.url,
-                                      result=build.result)
-        state.status = DONE
-        state.save()
+    state.mirror = None  # the run is the build's now, its lock too
+    ctx.log(f"  {build.job} #{build.number}: {build.console_url}")
+    try:
+        build = jenkins.succeeded(jenkins.wait_finished(
+            ctx.jenkins, build, timeout=env.jenkins.timeout, say=ctx.log))
+    except BaseException as exc:
+        failed(exc)
+        raise
+    # The release phase ran there, under the same run id: this run is done.
+    state.facts.handoff = Handoff(job=build.job, number=build.number, url=build.url,
+                                  result=build.result)
+    state.status = DONE
+    state.save()
     ctx.log(f"  {build.job} #{build.number} {build.result}")

@@ -58,9 +58,12 @@ class Mirror:
         # ETag arriving): what was sent, and this process's state in it. If the store
         # holds exactly that, the write that overtook this process's ETag was its own.
         self.unanswered: tuple[str, str] | None = None
+        self.refused: LockHeld | None = None
 
     def __call__(self, text: str) -> str:
         """Write `text` (this process's state) to the store; what the store holds now."""
+        if self.refused is not None:
+            raise self.refused  # overtaken once, overtaken for good
         interrupted = self.unanswered
         for _ in range(_TRIES):
             attempt = text if self.stored == self.written else \
@@ -73,11 +76,12 @@ class Mirror:
                 found = aws.s3.get_text(self.s3, self.bucket, self.name, fix=_FIX)
                 if found is None:
                     raise self._overtaken() from None
-                self.stored, self.etag = found
                 if interrupted is not None and found[0] == interrupted[0]:
-                    self.written, interrupted = interrupted[1], None
+                    self.written, interrupted = interrupted[1], None  # its own write
                 elif _fence(found[0]) > _fence(text):
+                    # (nothing of the newer copy is taken: this process writes no more)
                     raise self._overtaken() from None
+                self.stored, self.etag = found
                 continue
             self.stored, self.written, self.unanswered = attempt, text, None
             return attempt
@@ -88,11 +92,12 @@ class Mirror:
         return found[0] if found else None
 
     def _overtaken(self) -> LockHeld:
-        return LockHeld("another process has saved this run since this one last did (it "
-                        "was resumed elsewhere): this process stops without writing",
-                        resource=f"s3://{self.bucket}/{self.name}",
-                        fix="let the run go on where it was resumed (`invoke status`, "
-                        "the run's report)")
+        self.refused = LockHeld(
+            "another process has saved this run since this one last did (it was resumed "
+            "elsewhere): this process stops without writing",
+            resource=f"s3://{self.bucket}/{self.name}",
+            fix="let the run go on where it was resumed (`invoke status`, the run's report)")
+        return self.refused
 
 
 # Writes lost to a sibling's in a row before this process gives up (each loss means a
@@ -157,23 +162,27 @@ def attach(s3: S3Client, env: Environment, state: RunState) -> None:
 
 def claim(s3: S3Client, env: Environment, state: RunState) -> None:
     """Make this machine's state of the run the store's, over whatever copy is there: a
-    handoff adopted here (the bake's machine saved the run; its release phase goes on
-    from this one, under a lock take of its own)."""
+    bake adopted here (the bake's machine saved the run; its release phase goes on from
+    this one, under a lock take of its own)."""
     name = key(env.name, state.run_id)
     found = aws.s3.get_text(s3, env.artifact_bucket, name, fix=_FIX)
     state.mirror = Mirror(s3, env.artifact_bucket, name, None, found[1] if found else None)
     state.save()
 
 
-def fetch(s3: S3Client, env: Environment, run_id: str) -> RunState | None:
-    """A run kept in the store, cached in the environment's state directory (None: the
+def read(s3: S3Client, env: Environment, run_id: str) -> RunState | None:
+    """A run kept in the store, to be kept in the environment's state directory (None: the
     store has no such run)."""
     found = aws.s3.get_text(s3, env.artifact_bucket, key(env.name, run_id), fix=_FIX)
     if found is None:
         return None
-    path = Path(env.state_dir) / f"{run_id}.json"
-    state = RunState.parse(found[0], path, run_id)
-    if state.env != env.name:
-        return None
-    state.write_local(found[0])
+    state = RunState.parse(found[0], Path(env.state_dir) / f"{run_id}.json", run_id)
+    return state if state.env == env.name else None
+
+
+def fetch(s3: S3Client, env: Environment, run_id: str) -> RunState | None:
+    """A run kept in the store, cached in the environment's state directory."""
+    state = read(s3, env, run_id)
+    if state is not None:
+        state.write_local(state.text())
     return state

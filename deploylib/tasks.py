@@ -160,28 +160,19 @@ def plan(c, mode="", json=False, env=None, config=None):
 
 
 @task(help={k: HELP[k] for k in ("mode", "version", "artifact", "env", "config", "json")} | {
-    "handoff": "JSON a bake handed to Jenkins: continue that run's release phase here"})
-def start(c, mode="", version="", artifact=None, env=None, config=None, handoff=None,
+    "run": "a run `invoke bake` handed off: continue its release phase here, as the "
+           "environment's store has it"})
+def start(c, mode="", version="", artifact=None, env=None, config=None, run=None,
           json=False):
     """Create a run and print its id (what the Jenkinsfile does first)."""
     with reported():
         from deploylib import runs
-        from deploylib.errors import InputError
 
-        if not handoff:
-            require(mode=mode, version=version)
         cfg = _cfg(config)
-        if handoff:
-            try:
-                data = jsonlib.loads(handoff)
-            except jsonlib.JSONDecodeError:
-                raise InputError("--handoff is not valid JSON",
-                                 fix="pass the HANDOFF parameter exactly as sent") from None
-            if not isinstance(data, dict):
-                raise InputError("--handoff is not a JSON object",
-                                 fix="pass the HANDOFF parameter exactly as sent")
-            state = runs.adopt(cfg, data)
+        if run:
+            state = runs.adopt(cfg, env, run)
         else:
+            require(mode=mode, version=version)
             state = runs.start(cfg, mode=mode, version=version, env_name=env,
                                artifact=artifact)
         if json:

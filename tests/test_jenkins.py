@@ -24,14 +24,14 @@ def test_a_parameterized_build_is_triggered_followed_and_reported(fake_jenkins, 
                          parameters=PIPELINE)
     started = []
     build = jenkins.run_job(client(fake_jenkins, monkeypatch), "test-and-promote",
-                            {"VERSION": "1.2.3", "HANDOFF": '{"run_id": "r"}'},
+                            {"VERSION": "1.2.3", "BAKE_RUN": "20261127T120000-abc123"},
                             timeout=30, on_started=started.append)
     assert build.result == "SUCCESS" and build.number == 1
     assert build.url.endswith("/job/test-and-promote/1/")
     assert build.console_url.endswith("/job/test-and-promote/1/console")
     assert [b.number for b in started] == [1]  # reported as soon as it left the queue
     job = fake_jenkins.jobs["test-and-promote"]
-    assert job.builds[0]["params"] == {"VERSION": "1.2.3", "HANDOFF": '{"run_id": "r"}'}
+    assert job.builds[0]["params"] == {"VERSION": "1.2.3", "BAKE_RUN": "20261127T120000-abc123"}
     # the crumb was fetched and sent, so the POST was not refused
     assert ("GET", "/crumbIssuer/api/json") in fake_jenkins.requests
 
@@ -137,7 +137,7 @@ def test_the_jobs_are_parameterized_pipelines_without_concurrent_builds(fake_jen
     assert deploy.findtext(".//hudson.plugins.git.UserRemoteConfig/url") == \
         "https://git.example.com/deploy.git"
     names = [e.text for e in deploy.iter("name")]
-    assert {"MODE", "VERSION", "HANDOFF", "KEEP_ON_ERROR"} <= set(names)
+    assert {"MODE", "VERSION", "BAKE_RUN", "KEEP_ON_ERROR"} <= set(names)
     # ENV: deploy.toml's environments, after an empty first choice (no default one)
     env_choice = next(p for p in deploy.iter("hudson.model.ChoiceParameterDefinition")
                       if p.findtext("name") == "ENV")
@@ -213,7 +213,7 @@ def test_a_kept_notice_is_sent_as_the_run_makes_it_not_as_the_state_file_says(
                                 key="releases/lab/1.2.3.tar.gz")
     run.facts.batches = [[HostRef(region="us-east-1", instance_id="i-0000000a")]]
     run.facts.notice = Notice(job="deploy", parameters={"MODE": "immutable", "ENV": "prod",
-                                                        "HANDOFF": "{...}"})
+                                                        "BAKE_RUN": "20261127T120000-abc123"})
     notice = jenkins.send_notice(client(fake_jenkins, monkeypatch), env, run)
     assert notice.job == "record-hotfix" and run.facts.notice == notice and notice.sent
     assert not fake_jenkins.jobs["deploy"].builds and not any(

@@ -120,7 +120,7 @@ def run_pipeline(params: dict, *, repo: Path = REPO, **options) -> dict:
     repository as the shared library it loads."""
     assert _served is not None, "run_pipeline runs in this module's tests"
     defaults = {"MODE": "immutable", "VERSION": "1.2.3", "ENV": "production", "ARTIFACT": "",
-                "HANDOFF": ""}
+                "BAKE_RUN": ""}
     given = {**defaults, **params}
     mode = options.pop("started_as", None) or given["MODE"]
     opts = {"dir": str(repo), "library": str(REPO),
@@ -253,14 +253,11 @@ def test_a_failed_stage_stops_the_pipeline_and_runs_the_failure_post():
     assert f"invoke resume --run {RUN_ID}" in echoed[0]
 
 
-def test_a_handoff_runs_only_the_release_stages():
-    handoff = json.dumps({"run_id": RUN_ID, "env": "production", "version": "1.2.3",
-                          "release": {}, "images": {}})
-    # MODE is the job's default: the procedure is the handed-off run's, as the tool says
-    result = run_pipeline({"MODE": "in-place", "HANDOFF": handoff}, started_as="immutable")
+def test_a_bake_handed_off_runs_only_the_release_stages():
+    # MODE is the job's default: the procedure is the baked run's, as the tool says
+    result = run_pipeline({"MODE": "in-place", "BAKE_RUN": RUN_ID}, started_as="immutable")
     start = sh_commands(result)[1]
-    assert start[:3] == ["invoke", "start", "--handoff"]
-    assert json.loads(start[3])["run_id"] == RUN_ID
+    assert start == ["invoke", "start", "--run", RUN_ID, "--env", "production", "--json"]
     release = [s.name for s in planning.plan("immutable").stages if s.phase == planning.RELEASE]
     ran = [argv[2] for argv in sh_commands(result) if argv[:2] == ["invoke", "step"]]
     assert ran == release

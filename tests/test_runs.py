@@ -1,5 +1,5 @@
 """A run's life outside the engine: started (bad input refused first), adopted from a
-bake's handoff, found again by id, and where its files are."""
+bake handed off by its id, found again by id, and where its files are."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import config, runs
+from deploylib import config, runs, runstore
 from deploylib import plan as planning
-from deploylib.errors import InputError
+from deploylib.errors import InputError, LockHeld
+from deploylib.facts import Release
+from deploylib.state import DONE, RunState
 from tests.conftest import write_config
 
-# One bucket for the module's runs (a handoff names its bucket when it is collected), and
-# the module on one worker: two adopting the same run id at once would overtake each other.
+# One bucket for the module's runs, and the module on one worker: two adopting the same
+# run id at once would overtake each other.
 pytestmark = pytest.mark.xdist_group("test_runs")
 BUCKET = "deploylab-runs-tests"
-HANDOFF = {"run_id": "20261127T120000-abc123", "env": "lab", "mode": "immutable",
-           "version": "1.2.3", "images": {"us-east-1": "ami-00000001"},
-           "release": {"version": "1.2.3", "sha256": "0" * 64, "bucket": BUCKET,
-                       "key": "releases/lab/1.2.3.tar.gz"}}
 
 
 @pytest.fixture
@@ -37,68 +35,95 @@ def cfg(tmp_path, aws_clients):
     return config.load(write_config(tmp_path, lock_table=table, artifact_bucket=BUCKET))
 
 
-@pytest.fixture
-def adopt(cfg, aws_clients):
-    return lambda handoff: runs.adopt(cfg, handoff, aws_clients)
-
-
-def test_adopting_a_handoff_marks_the_bake_done(cfg, adopt):
-    state = adopt(HANDOFF)
-    plan = planning.plan("immutable")
-    done = [n for n in plan.names() if state.is_done(n)]
-    assert done == [s.name for s in plan.stages if s.phase == planning.BAKE]
-    assert state.facts.images == {"us-east-1": "ami-00000001"} and state.facts.adopted
-    assert adopt(HANDOFF).run_id == state.run_id  # a replay continues it
-    env, loaded = runs.load_run(cfg, state.run_id)
-    assert env.name == "lab" and loaded.facts.release.sha256 == "0" * 64
-    assert loaded.stages == state.stages
-
-
-def test_a_bake_hands_off_what_adopting_needs(cfg, adopt, tmp_path):
-    state = adopt(HANDOFF)
-    assert runs.handoff_of(state) == {**HANDOFF, "release": {**HANDOFF["release"],
-                                                              "size": None,
-                                                              "version_id": None}}
-
-
-@pytest.mark.parametrize("handoff", [
-    {}, {"run_id": "x"},
-    {**HANDOFF, "run_id": "../../x"},
-    {**HANDOFF, "version": "1;ls"},
-    {**HANDOFF, "release": {"version": "1.2.3"}},
-    {**HANDOFF, "mode": "in-place"},  # nothing of it ran elsewhere
-    {**HANDOFF, "mode": "sideways"},
-    {**HANDOFF, "images": {"us-east-1": "ami-1; reboot"}},
-    {**HANDOFF, "images": {"$(id)": "ami-00000001"}},
-    {**HANDOFF, "release": {**HANDOFF["release"], "sha256": "x" * 64}},
-    {**HANDOFF, "release": {**HANDOFF["release"], "bucket": "someone-elses"}},
-    {**HANDOFF, "release": {**HANDOFF["release"], "version": "1.2.4",
-                            "key": "releases/lab/1.2.4.tar.gz"}},
-    {**HANDOFF, "release": {**HANDOFF["release"], "key": "releases/lab/../prod/1.2.3.tar.gz"}},
-    {**HANDOFF, "extra": "anything"},
-])
-def test_a_bad_handoff_is_refused(cfg, adopt, handoff):
-    """A HANDOFF comes back through a Jenkins parameter: every value is held to its shape
-    and the release is this environment's, in one line, before a state file exists."""
-    with pytest.raises(InputError) as refused:
-        adopt(handoff)
-    assert "\n" not in refused.value.line()
-    assert not list(Path(cfg.environment("lab").state_dir).glob("*.json"))
-
-
-def test_a_handoff_at_odds_with_its_run_here_is_refused_leaving_the_lock_free(
-        cfg, adopt, aws_clients):
-    """The workspace holds the bake's run as another release: refused in one line before
-    the lock is taken, so nothing is held for a run that never goes on."""
+def baked(cfg, aws_clients, mode: str = "immutable", *, bake_done: bool = True) -> RunState:
+    """A run as `invoke bake` leaves it in the store when it hands off: its bake stages
+    done, its release and images in its facts, its lock held; then gone from this machine
+    (the Jenkins agent that adopts it has none of the bake's files)."""
     from deploylib import lock
 
     env = cfg.environment("lab")
-    state = adopt(HANDOFF)
-    lock.release(aws_clients.dynamodb(), env.lock_table, "lab", state.run_id)
-    with pytest.raises(InputError, match="exists here as immutable 1.2.3"):
-        adopt({**HANDOFF, "version": "1.2.4", "release": {
-            **HANDOFF["release"], "version": "1.2.4", "key": "releases/lab/1.2.4.tar.gz"}})
-    assert lock.read(aws_clients.dynamodb(), env.lock_table, "lab") is None
+    state = RunState.create(env.state_dir, env="lab", mode=mode, version="1.2.3",
+                            artifact="")
+    state.facts.lock_fence = lock.acquire(aws_clients.dynamodb(), env.lock_table, "lab",
+                                          state.run_id, ttl=60)["fence"]
+    state.facts.release = Release(version="1.2.3", sha256="0" * 64, bucket=BUCKET,
+                                  key="releases/lab/1.2.3.tar.gz")
+    state.facts.images = {"us-east-1": "ami-00000001"}
+    runstore.attach(aws_clients.s3(), env, state)
+    bake = [s.name for s in planning.plan(mode).stages if s.phase == planning.BAKE]
+    for name in bake[:None if bake_done else -1]:
+        state.mark(name, DONE)
+    state.mirror = None
+    state.path.unlink()
+    return state
+
+
+@pytest.fixture
+def adopt(cfg, aws_clients):
+    return lambda run_id: runs.adopt(cfg, "lab", run_id, aws_clients)
+
+
+def test_adopting_a_bake_takes_its_run_from_the_store_with_a_lock_take_of_its_own(
+        cfg, adopt, aws_clients):
+    from deploylib import lock
+
+    bake = baked(cfg, aws_clients)
+    state = adopt(bake.run_id)
+    plan = planning.plan("immutable")
+    done = [n for n in plan.names() if state.is_done(n)]
+    assert done == [s.name for s in plan.stages if s.phase == planning.BAKE]
+    assert all(state.entry(n).elsewhere for n in done)
+    assert state.facts.images == {"us-east-1": "ami-00000001"} and state.facts.adopted
+    assert state.facts.release.sha256 == "0" * 64
+    held = lock.read(aws_clients.dynamodb(), cfg.environment("lab").lock_table, "lab")
+    assert held["run_id"] == bake.run_id and state.facts.lock_fence == held["fence"]
+    # kept here, and in the store as adopted
+    env, loaded = runs.load_run(cfg, bake.run_id)
+    assert env.name == "lab" and loaded.facts.adopted and loaded.stages == state.stages
+    # the bake's process, were it to write again, is refused: the run is the adopter's
+    bake.mirror = runstore.Mirror(aws_clients.s3(), BUCKET, runstore.key("lab", bake.run_id),
+                                  None, "\"stale\"")
+    with pytest.raises(LockHeld):
+        bake.mark("wait-image", DONE)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("unknown", "store has no run"),
+    ("in-place", "has no bake phase to hand off"),
+    ("bake not done", "bake is not done: copy-image is pending"),
+    ("done", "is done already"),
+])
+def test_a_run_that_cannot_be_adopted_is_refused_leaving_the_lock_as_it_was(
+        cfg, adopt, aws_clients, case, words):
+    from deploylib import lock
+
+    def held():
+        return lock.read(aws_clients.dynamodb(), cfg.environment("lab").lock_table, "lab")
+
+    if case == "unknown":
+        run_id = "20261127T120000-abc123"
+    elif case == "in-place":
+        run_id = baked(cfg, aws_clients, "in-place").run_id
+    elif case == "bake not done":
+        run_id = baked(cfg, aws_clients, bake_done=False).run_id
+    else:
+        state = baked(cfg, aws_clients)
+        runstore.attach(aws_clients.s3(), cfg.environment("lab"), state)
+        state.status = DONE
+        state.save()
+        state.path.unlink()
+        run_id = state.run_id
+    before = held()
+    with pytest.raises(InputError) as refused:
+        adopt(run_id)
+    assert words in refused.value.line() and "\n" not in refused.value.line()
+    assert held() == before  # not taken again (the bake's, or nobody's)
+    assert not list(Path(cfg.environment("lab").state_dir).glob("*.json"))
+
+
+def test_a_bad_run_id_is_refused_before_anything_is_read(cfg, adopt):
+    with pytest.raises(InputError, match="is not valid"):
+        adopt("../../x")
 
 
 def test_start_refuses_bad_input_before_creating_anything(cfg, tmp_path):
@@ -119,8 +144,9 @@ def test_start_needs_the_lab_running(cfg, tmp_path, monkeypatch):
     assert (tmp_path / "runs").stat().st_mode & 0o777 == 0o700
 
 
-def test_a_runs_files_are_named_relative_to_the_workspace(cfg, adopt, tmp_path, monkeypatch):
-    state = adopt(HANDOFF)
+def test_a_runs_files_are_named_relative_to_the_workspace(cfg, adopt, aws_clients, tmp_path,
+                                                          monkeypatch):
+    state = adopt(baked(cfg, aws_clients).run_id)
     monkeypatch.chdir(tmp_path)
     paths = runs.paths(cfg.environment("lab"), state)
     assert paths == {"state": f"runs/{state.run_id}.json", "run_dir": f"runs/{state.run_id}",

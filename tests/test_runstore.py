@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from deploylib import config, runstore
 from deploylib.errors import LockHeld
-from deploylib.state import DONE, RunState, StageKey
+from deploylib.state import DONE, FAILED, RunState, StageKey
 from tests.conftest import write_config
 
 
@@ -53,8 +53,11 @@ def test_a_writer_that_was_overtaken_is_refused_and_changes_nothing(env, aws_cli
     with pytest.raises(LockHeld) as info:
         state.mark("select-hosts", DONE)  # the first controller, back
     assert "resumed elsewhere" in info.value.problem
+    # and stays refused: its cleanup's saves, its last save, write nothing either
+    with pytest.raises(LockHeld):
+        state.mark("select-hosts", FAILED)
     stored = _stored(aws_clients, env, state)
-    assert stored.is_done("publish-release") and not stored.is_done("select-hosts")
+    assert stored.is_done("publish-release") and "select-hosts" not in stored.top
 
 
 def test_a_process_takes_the_stores_newer_copy_over_its_own_cache(env, aws_clients):

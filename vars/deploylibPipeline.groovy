@@ -11,8 +11,9 @@
 // agent label), a per-region group's regions run instead as parallel branches, one per
 // region, each on an agent of that label: they share the run through its store.
 //
-// The test-and-promote job a bake hands off to is this same pipeline with HANDOFF set:
-// the run's bake stages are done already, and only its release stages run here.
+// The test-and-promote job a bake hands off to is this same pipeline with BAKE_RUN set (and
+// ENV): the run is read from the environment's store, where the bake saved it; its bake
+// stages are done already, and only its release stages run here.
 //
 // Its parameters are the job's own, as `invoke jenkins.setup` makes it from deploy.toml
 // (ENV: a choice of its environments, none by default); the pipeline declares none, so a
@@ -153,8 +154,8 @@ def call(Map given = [:]) {
                         // an ENV it does not define ends the build here, in one line.
                         settings = readJSON(text: readOnly(
                             "jenkins.settings --env ${q(params.ENV ?: '')}"))
-                        def startArgs = params.HANDOFF ?
-                            "--handoff ${q(params.HANDOFF)}" :
+                        def startArgs = params.BAKE_RUN ?
+                            "--run ${q(params.BAKE_RUN)} --env ${q(settings.env)}" :
                             "--mode ${q(params.MODE)} --version ${q(params.VERSION)} --env ${q(settings.env)}" +
                                 (params.ARTIFACT ? " --artifact ${q(params.ARTIFACT)}" : '')
                         // The run as the tool created it: its id, its procedure (a handoff's
@@ -173,7 +174,7 @@ def call(Map given = [:]) {
                     script {
                         boolean approved = false
                         for (s in planned.stages) {
-                            if (params.HANDOFF && s.phase == 'bake') {
+                            if (params.BAKE_RUN && s.phase == 'bake') {
                                 continue  // the bake ran these before handing off
                             }
                             // jenkins.approval: a person says yes before the first stage

@@ -515,13 +515,13 @@ def check_own_image(ec2: EC2Client, region: str, image_id: str, env: str, accoun
         raise InputError(f"image {image_id} in {region} holds other release bytes than "
                          f"this run's (sha256 {str(tags.get(TAG_DIGEST) or 'untagged')[:12]}…,"
                          f" not {digest[:12]}…)", resource=f"image in {region}",
-                         fix="deploy the image this release's bake made; check the handoff "
-                         "was not altered")
+                         fix="deploy the image this release's bake made; check the run's "
+                         "state in the store was not altered")
     if run is not None and tags.get(TAG_RUN) != run:
         raise InputError(f"image {image_id} in {region} was not made by run {run} (it is "
                          f"{TAG_RUN}={tags.get(TAG_RUN) or 'nothing'})",
                          resource=f"image in {region}",
-                         fix="deploy the images the run's own bake made: pass its HANDOFF "
+                         fix="deploy the images the run's own bake made: pass its BAKE_RUN "
                          "exactly as `invoke bake` sent it")
 
 

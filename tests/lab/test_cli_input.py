@@ -45,8 +45,9 @@ BAD_INPUTS = [
     ("gc --older-than -3", ["is not a number of hours", "Fix:"]),
     ("cleanup", ["--run is required", "Fix:"]),
     ("resume --run ../../etc/passwd", ["run id", "Fix:"]),
-    ("start --handoff '{not json'", ["--handoff is not valid JSON", "Fix:"]),
-    ("start --handoff '{}'", ["the handoff holds a bad value: run_id is missing", "Fix:"]),
+    ("start --run '../x'", ["run id '../x' is not valid", "Fix:"]),
+    ("start --run 20261127T120000-abc123", ["store has no run 20261127T120000-abc123",
+                                            "Fix:"]),
     ("plan --mode rollback-image", ["unknown mode", "Fix:"]),
 ]
 

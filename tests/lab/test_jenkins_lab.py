@@ -29,7 +29,7 @@ def execute_jenkinsfile(lab, params: dict, config: Path | None = None, **options
     proc = subprocess.run(
         [shutil.which("groovy"), str(HARNESS), str(REPO / "Jenkinsfile"),
          json.dumps({"MODE": "in-place", "VERSION": "", "ENV": "lab", "ARTIFACT": "",
-                     "HANDOFF": "", **params}),
+                     "BAKE_RUN": "", **params}),
          json.dumps({"execute": True, "library": str(REPO), **options})],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,31 +101,48 @@ def test_an_aborted_build_cleans_up_for_real_and_frees_the_lock(lab):
     assert_serving(lab, before["release"])
 
 
-def test_bake_hands_off_to_jenkins_and_the_handoff_promotes(lab, fake_jenkins):
+def test_bake_hands_off_to_jenkins_which_promotes_from_the_store_while_the_bake_follows(
+        lab, fake_jenkins, tmp_path):
+    """The test-and-promote build runs the Jenkinsfile for real as the bake follows it, on
+    an agent with none of the bake's files: the run comes from the store by its id, the
+    build takes the run's lock from the bake, and the bake ends with the build's result."""
     from deploylib.render import PIPELINE_PARAMETERS
 
-    job = fake_jenkins.add_job("test-and-promote",
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    shutil.copy(REPO / "tasks.py", agent)
+    agent_config = lab.write_config(directory=agent)
+    builds = []
+
+    def be_jenkins(params: dict) -> str:
+        builds.append(execute_jenkinsfile(lab, params, config=agent_config))
+        return builds[-1]["result"]
+
+    job = fake_jenkins.add_job("test-and-promote", runs=be_jenkins,
                                parameters=[p["name"] for p in PIPELINE_PARAMETERS])
     config = lab.write_config(name="with-jenkins.toml",
                               jenkins={"url": fake_jenkins.url.rstrip("/"), "user": "deploy-bot"})
     before = record(lab)
     proc = lab.cli(f"bake --version 3.1.0 --config {config}")
-    assert len(job.builds) == 1
-    handed = state_of(lab, proc)["facts"]["handoff"]
+    assert len(job.builds) == 1 and builds[0]["result"] == "SUCCESS", builds[0]["output"][-3000:]
+    baked = state_of(lab, proc)
+    handed = baked["facts"]["handoff"]
     assert (handed["job"], handed["number"], handed["result"]) == ("test-and-promote", 1,
                                                                    "SUCCESS")
-    params = job.builds[0]["params"]
-    handoff = json.loads(params["HANDOFF"])
-    assert handoff["version"] == "3.1.0" and set(handoff["images"]) == set(lab.env.all_regions)
+    assert baked["status"] == "done"
+    assert job.builds[0]["params"] == {"BAKE_RUN": baked["run_id"], "ENV": "lab",
+                                       "VERSION": "3.1.0"}
     assert job.dropped == []  # only parameters the job defines were sent
-    # the bake alone changed nothing live
-    assert record(lab) == before
-    # now be Jenkins: the test-and-promote job is the same Jenkinsfile, given the handoff
-    result = execute_jenkinsfile(lab, {"HANDOFF": params["HANDOFF"]})
-    assert result["result"] == "SUCCESS", result["error"]
+    # the agent read the run from the store and took it on: its copy is the store's
+    assert builds[0]["env"]["RUN_ID"] == baked["run_id"]
+    adopted = json.loads((agent / "runs" / f"{baked['run_id']}.json").read_text())
+    assert adopted["facts"]["adopted"] and adopted["status"] == "done"
+    assert adopted["facts"]["lock_fence"] > baked["facts"]["lock_fence"]
     fleet = assert_serving(lab, "3.1.0")
     for region, instances in fleet.items():
-        assert {i.image_id for i in instances} == {handoff["images"][region]}
+        assert {i.image_id for i in instances} == {baked["facts"]["images"][region]}
+    assert record(lab)["previous"]["release"] == before["release"]
+    assert lock_holder(lab) is None
 
 
 def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
@@ -165,8 +182,8 @@ def test_no_secret_reaches_any_output_of_full_runs(lab, fake_jenkins, monkeypatc
     outputs = []
     bake = lab.cli(f"bake --version 3.3.0 --config {jenkins}")
     outputs += [bake.stdout, bake.stderr]
-    handoff = fake_jenkins.jobs["test-and-promote"].builds[-1]["params"]["HANDOFF"]
-    outputs.append(execute_jenkinsfile(lab, {"HANDOFF": handoff})["output"])
+    handoff = fake_jenkins.jobs["test-and-promote"].builds[-1]["params"]["BAKE_RUN"]
+    outputs.append(execute_jenkinsfile(lab, {"BAKE_RUN": handoff})["output"])
     outputs += [lab.cli(f"hotfix --version 3.3.1 --config {push}").stderr]
     victim = next(iter(live_hosts(lab).values()))[0].instance_id
     marker = host_root(lab, victim) / "etc/refuse-release"
