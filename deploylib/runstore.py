@@ -145,19 +145,30 @@ def _onto(base: Any, ours: Any, theirs: Any) -> Any:
 
 
 def attach(s3: S3Client, env: Environment, state: RunState) -> None:
-    """Mirror a run to the store from now on: take the store's copy when it is not what
-    this machine has, write this one when the store has none."""
+    """Mirror a run to the store from now on. The store's copy is taken when it went
+    further than this machine's (a resume elsewhere, a newer take of the lock, another
+    lane's writes); this machine's is written over it when it is the one ahead (its last
+    saves never reached the store: the process was stopped between its file and the
+    store), or when the store has none."""
     name = key(env.name, state.run_id)
     found = aws.s3.get_text(s3, env.artifact_bucket, name, fix=_FIX)
-    if found is not None:
-        text, etag = found
-        if text != state.text():
-            state.take_from(RunState.parse(text, state.path, state.run_id))
-            state.write_local(text)
-        state.mirror = Mirror(s3, env.artifact_bucket, name, text, etag)
+    if found is None:
+        state.mirror = Mirror(s3, env.artifact_bucket, name, None, None)
+        state.save()
         return
-    state.mirror = Mirror(s3, env.artifact_bucket, name, None, None)
-    state.save()
+    text, etag = found
+    stored = RunState.parse(text, state.path, state.run_id)
+    state.mirror = Mirror(s3, env.artifact_bucket, name, text, etag)
+    if _order(state) > _order(stored):
+        state.save()
+    elif text != state.text():
+        state.take_from(stored)
+        state.write_local(text)
+
+
+def _order(state: RunState) -> tuple[int, int]:
+    """Which copy of a run is further: the later take of its lock, then the later save."""
+    return state.facts.lock_fence or 0, state.revision
 
 
 def claim(s3: S3Client, env: Environment, state: RunState) -> None:

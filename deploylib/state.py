@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, StringConstraints, ValidationError
 
 from deploylib import config
 from deploylib.errors import InputError, StateError
@@ -105,7 +105,8 @@ class Store(Protocol):
 
 
 _SAVING = threading.Lock()
-_FIELDS = ("run_id", "env", "mode", "version", "artifact", "status", "created_at")
+_FIELDS = ("run_id", "env", "mode", "version", "artifact", "status", "created_at",
+           "revision")
 
 
 class _Header(BaseModel):
@@ -120,6 +121,7 @@ class _Header(BaseModel):
     artifact: str
     status: str
     created_at: float
+    revision: NonNegativeInt = 0
 
 
 @dataclass
@@ -132,6 +134,9 @@ class RunState:
     path: Path
     status: str = PENDING
     created_at: float = field(default_factory=time.time)
+    # One more at every save: which of two copies of the run (this machine's file, the
+    # store's) went further, when neither was superseded by a newer take of the lock.
+    revision: int = 0
     stages: dict[StageKey, StageEntry] = field(default_factory=dict)
     facts: Facts = field(default_factory=Facts)
     # Where every save is also written: the environment's store (deploylib.runstore), so
@@ -185,7 +190,8 @@ class RunState:
                 key = StageKey(stage=entry.pop("stage"), group=entry.pop("group", None),
                                batch=entry.pop("batch", None), region=entry.pop("region", None))
                 stages[key] = StageEntry.model_validate(entry)
-            header = _Header.model_validate({k: data[k] for k in _FIELDS})
+            header = _Header.model_validate({**{k: data[k] for k in _FIELDS[:-1]},
+                                             "revision": data.get("revision", 0)})
             facts = Facts.model_validate(data["facts"])
         except ValidationError as exc:
             raise StateError(f"the run state holds a bad value: {first_error(exc)}",
@@ -224,6 +230,7 @@ class RunState:
         holds the interpreter for the whole dump, and the lock keeps the file, and the
         store, in snapshot order."""
         with _SAVING:
+            self.revision += 1
             text = self.text()
             self.write_local(text)
             if self.mirror is not None:

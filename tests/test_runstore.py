@@ -73,6 +73,19 @@ def test_a_process_takes_the_stores_newer_copy_over_its_own_cache(env, aws_clien
     assert RunState.load(env.state_dir + "-other", state.run_id).is_done("publish-release")
 
 
+def test_saves_that_never_reached_the_store_are_not_lost_to_its_older_copy(env, aws_clients):
+    state = _run(env)
+    runstore.attach(aws_clients.s3(), env, state)
+    state.mark("publish-release", DONE)
+    # the process stopped between its file and the store: the last save is only here
+    state.mirror = None
+    state.mark("select-hosts", DONE)
+    again = RunState.load(env.state_dir, state.run_id)  # `invoke resume`, same machine
+    runstore.attach(aws_clients.s3(), env, again)
+    assert again.is_done("select-hosts")
+    assert _stored(aws_clients, env, state).is_done("select-hosts")
+
+
 def _sibling(aws_clients, env, state, state_dir) -> RunState:
     """The same run as another process under the same lock take sees it: a region's lane
     on another Jenkins agent (a workspace of its own, the store's copy)."""
