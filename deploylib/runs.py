@@ -238,7 +238,17 @@ def load_run(cfg: config.DeployConfig, run_id: str,
         except (StateError, InputError) as exc:
             last = exc
             continue
-        return cfg.environment(state.env), state
+        env = cfg.environment(state.env)
+        # The store's copy when it went further (the run went on elsewhere: a bake's
+        # release phase in Jenkins, a resume on another machine); offline, this one.
+        try:
+            stored = runstore.read(environment_clients(env).s3(), env, run_id)
+        except DeployError:
+            stored = None
+        if stored is not None and runstore.further(stored, state):
+            stored.write_local(stored.text())
+            return env, stored
+        return env, state
     # Not on this machine: a run started elsewhere, kept in its environment's store.
     for env in cfg.environments.values():
         if state_dir and env.state_dir != state_dir:

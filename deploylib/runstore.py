@@ -159,16 +159,18 @@ def attach(s3: S3Client, env: Environment, state: RunState) -> None:
     text, etag = found
     stored = RunState.parse(text, state.path, state.run_id)
     state.mirror = Mirror(s3, env.artifact_bucket, name, text, etag)
-    if _order(state) > _order(stored):
+    if further(state, stored):
         state.save()
     elif text != state.text():
         state.take_from(stored)
         state.write_local(text)
 
 
-def _order(state: RunState) -> tuple[int, int]:
-    """Which copy of a run is further: the later take of its lock, then the later save."""
-    return state.facts.lock_fence or 0, state.revision
+def further(one: RunState, other: RunState) -> bool:
+    """Whether one copy of a run went further than the other: the later take of its lock,
+    then the later save."""
+    return (one.facts.lock_fence or 0, one.revision) > \
+        (other.facts.lock_fence or 0, other.revision)
 
 
 def claim(s3: S3Client, env: Environment, state: RunState) -> None:

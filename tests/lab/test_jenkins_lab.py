@@ -143,6 +143,13 @@ def test_bake_hands_off_to_jenkins_which_promotes_from_the_store_while_the_bake_
         assert {i.image_id for i in instances} == {baked["facts"]["images"][region]}
     assert record(lab)["previous"]["release"] == before["release"]
     assert lock_holder(lab) is None
+    # on the bake's machine, the run's report is the whole run: the store's copy went
+    # further than the bake's own file
+    report = json.loads(lab.cli(f"report --run {baked['run_id']} --json --no-open "
+                                f"--out {tmp_path / 'report'} --config {config}").stdout)
+    (run,) = report["runs"]
+    assert run["status"] == "done" and "promote" in json.dumps(run)
+    assert run["time_to_live"] is not None  # its release went live in the build
 
 
 def test_bake_fails_clearly_when_jenkins_is_unreachable(lab):
