@@ -44,10 +44,9 @@ def test_the_jenkinsfile_deploys_in_place_on_the_lab(lab):
     assert_serving(lab, "3.0.0")
 
 
-def test_the_regions_run_on_parallel_agents_sharing_the_run_through_the_store(lab, tmp_path):
-    """jenkins.region_agents: each region's lane a branch on an agent of its own, whose
-    checkout has no state of the run: it reads the run from the store and writes its
-    lane back, the three at once, under the run's one lock take."""
+def region_agents(lab, tmp_path) -> tuple[Path, list[dict]]:
+    """The build's config, and an agent per region (labelled deploy-region): each a
+    checkout of its own (its tasks.py, its deploy.toml), with no state of any run."""
     agents_config = {"jenkins": {"region_agents": "deploy-region"}}
     build = lab.write_config(name=f"{tmp_path.name}.toml", **agents_config)
     agents = []
@@ -57,6 +56,14 @@ def test_the_regions_run_on_parallel_agents_sharing_the_run_through_the_store(la
         shutil.copy(REPO / "tasks.py", checkout)  # what `checkout scm` brings, and:
         agents.append({"dir": str(checkout), "env": {
             "DEPLOY_CONFIG": str(lab.write_config(directory=checkout, **agents_config))}})
+    return build, agents
+
+
+def test_the_regions_run_on_parallel_agents_sharing_the_run_through_the_store(lab, tmp_path):
+    """jenkins.region_agents: each region's lane a branch on an agent of its own, whose
+    checkout has no state of the run: it reads the run from the store and writes its
+    lane back, the three at once, under the run's one lock take."""
+    build, agents = region_agents(lab, tmp_path)
     before = record(lab)
     result = execute_jenkinsfile(lab, {"MODE": "rebake-light", "VERSION": "3.0.7"},
                                  config=build, agents=agents)
@@ -84,6 +91,35 @@ def test_the_regions_run_on_parallel_agents_sharing_the_run_through_the_store(la
         cached = json.loads((Path(agent["dir"]) / "runs" / f"{run_id}.json").read_text())
         assert cached["stages"][f"regions/{region}/promote"]["status"] == "done"
     assert lock_holder(lab) is None and leftovers(lab, run_id) == []
+
+
+def test_a_lane_that_fails_on_its_agent_fails_the_build_and_nothing_is_left(lab, tmp_path):
+    """One region's promotion refused: that lane fails, the others stop at their next
+    stage or end theirs, and the build's cleanup (on its own agent, from the store)
+    puts back every region promoted and removes what the run made."""
+    from tests.lab.checks import assert_nothing_lost, clear_faults, set_faults
+
+    build, agents = region_agents(lab, tmp_path)
+    before = record(lab)
+    broken = lab.env.all_regions[-1]
+    set_faults(lab, {"action": "RegisterTargets", "region": broken,
+                     "error": "InvalidTarget", "message": "registration refused (injected)"})
+    try:
+        result = execute_jenkinsfile(lab, {"MODE": "rebake-light", "VERSION": "3.0.8"},
+                                     config=build, agents=agents)
+    finally:
+        clear_faults(lab)
+    assert result["result"] == "FAILURE" and f"--region '{broken}'" in result["error"]
+    assert result["post"] == ["always", "unsuccessful"]
+    state = state_of(lab, result["env"]["RUN_ID"])
+    assert state["status"] == "failed"
+    promote = state["stages"][f"regions/{broken}/promote"]
+    # (rewound by the cleanup for a resume, with what it was and why)
+    assert promote.get("was", promote["status"]) == "failed"
+    assert "registration refused" in promote["error"]
+    assert state["facts"]["cleanup"]["demote"] == "done"
+    assert record(lab) == before
+    assert_nothing_lost(lab, state, before["release"])
 
 
 def test_an_aborted_build_cleans_up_for_real_and_frees_the_lock(lab):
