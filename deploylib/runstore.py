@@ -5,7 +5,7 @@ Every save of a run (deploylib.state) is written to the artifact bucket as well,
 read (If-Match on its ETag; the first write only where nothing is yet). So the bucket
 always holds the newest state of every run, and a write never lands over one its writer
 has not seen. The local state directory stays a cache: a process working on a run first
-reads the store's copy, and takes it when it differs from its own.
+reads the store's copy, and takes it when it went further than its own (`attach`).
 
 When the store has moved on since this process last wrote, who moved it decides
 (the lock's fencing token, `facts.lock_fence`, which every take of the lock raises):
@@ -101,7 +101,7 @@ class Mirror:
 
 
 # Writes lost to a sibling's in a row before this process gives up (each loss means a
-# sibling wrote in between: lanes save a few times a minute, so one is plenty).
+# sibling wrote in between: a few lanes, saving a few times a stage, rarely lose one).
 _TRIES = 8
 
 

@@ -167,9 +167,16 @@ def start(c, mode="", version="", artifact=None, env=None, config=None, run=None
     """Create a run and print its id (what the Jenkinsfile does first)."""
     with reported():
         from deploylib import runs
+        from deploylib.errors import InputError
 
         cfg = _cfg(config)
         if run:
+            given = [f"--{k}" for k, v in (("mode", mode), ("version", version),
+                                            ("artifact", artifact)) if v]
+            if given:
+                raise InputError(f"{' '.join(given)} with --run: the run's own apply",
+                                 fix="pass --run and --env only (the bake's run says its "
+                                 "procedure and release)")
             state = runs.adopt(cfg, env, run)
         else:
             require(mode=mode, version=version)
@@ -300,6 +307,10 @@ def step(c, name, run="", config=None, region=None):
             raise InputError(f"{name} is not run region by region: --region does not apply",
                              fix="leave out --region (it is for a group `invoke plan` "
                              "shows as run in every region at once)")
+        if region is not None and region not in environment.all_regions:
+            raise InputError(f"{region} is not a region of {environment.name}",
+                             resource=f"environments.{environment.name}.regions",
+                             fix=f"use one of: {', '.join(environment.all_regions)}")
         with runs.open_context(environment, state) as ctx:
             runner.execute(ctx, p, only=name, region=region)
 

@@ -22,7 +22,7 @@ from concurrent.futures import wait as all_done
 from typing import Any
 
 from deploylib.context import Context
-from deploylib.errors import InputError, StateError, error_line
+from deploylib.errors import StateError, error_line
 from deploylib.plan import Stage
 from deploylib.state import DONE, FAILED, RUNNING, StageKey
 
@@ -83,11 +83,8 @@ def run(ctx: Context, group: Stage, *, call: Callable[[Context, Stage, StageKey]
 
 def lane(ctx: Context, group: Stage, region: str, *,
          call: Callable[[Context, Stage, StageKey], None]) -> None:
-    """One region's stages, alone in this process (another runs each other region)."""
-    if region not in ctx.env.all_regions:
-        raise InputError(f"{region} is not a region of {ctx.env.name}",
-                         resource=f"environments.{ctx.env.name}.regions",
-                         fix=f"use one of: {', '.join(ctx.env.all_regions)}")
+    """One region's stages, alone in this process (another runs each other region; the
+    region is one of the environment's, as `invoke step` checked)."""
     rctx = ctx.in_region(region)
     for stage in group.members:
         key = StageKey.in_region(group.name, region, stage.name)

@@ -49,6 +49,22 @@ def test_stages_run_as_separate_processes_and_a_finished_stage_is_a_no_op(lab):
     assert instances(lab) == before_instances
     after = json.loads(state_path.read_text())
     assert after["stages"] == json.loads(before_state)["stages"]
+    proc = lab.cli(f"step rollout --run {run_id} --region {lab.env.primary_region}",
+                   check=False)
+    assert proc.returncode == 2 and "rollout is not run region by region" in proc.stderr
+
+
+def test_a_lane_of_a_region_the_environment_does_not_have_is_refused(lab):
+    run_id = json.loads(lab.cli("start --mode rebake-light --version 2.0.1 --json").stdout)[
+        "run_id"]
+    try:
+        proc = lab.cli(f"step regions --run {run_id} --region mars-1", check=False)
+        assert proc.returncode == 2 and "mars-1 is not a region of lab" in proc.stderr
+        state = json.loads((Path(lab.env.state_dir) / f"{run_id}.json").read_text())
+        assert not [k for k, e in state["stages"].items() if e["status"] != "pending"]
+    finally:
+        lab.cli(f"cleanup --run {run_id}")
+    assert lock_holder(lab) is None
 
 
 def test_an_artifact_swapped_between_stages_is_refused_before_it_is_published(lab, tmp_path):

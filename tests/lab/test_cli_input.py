@@ -46,6 +46,7 @@ BAD_INPUTS = [
     ("cleanup", ["--run is required", "Fix:"]),
     ("resume --run ../../etc/passwd", ["run id", "Fix:"]),
     ("start --run '../x'", ["run id '../x' is not valid", "Fix:"]),
+    ("start --run 20261127T120000-abc123 --mode in-place", ["--mode with --run", "Fix:"]),
     ("start --run 20261127T120000-abc123", ["store has no run 20261127T120000-abc123",
                                             "Fix:"]),
     ("plan --mode rollback-image", ["unknown mode", "Fix:"]),
