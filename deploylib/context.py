@@ -272,17 +272,22 @@ class Context:
         if self.transport == "ssh":
             self.on_hosts(stage, lambda i: self.connection(i).open(), instances, fix=fix)
             return
-        failures: dict[str, Exception] = {}
-        for region, ids in by_region([HostRef(region=i.region, instance_id=i.instance_id)
-                                      for i in instances]).items():
-            for iid, why in aws.runcommand.unreachable(self.aws.ssm(region), region,
-                                                       ids).items():
-                failures[iid] = HostError(
-                    f"Run Command cannot reach it: {why}", resource=iid,
-                    fix="start the host's SSM agent and check its instance role; "
-                    "`invoke preflight` names what is missing")
+        failures: dict[str, Exception] = {
+            iid: HostError(f"Run Command cannot reach it: {why}", resource=iid,
+                           fix="start the host's SSM agent and check its instance role; "
+                           "`invoke preflight` names what is missing")
+            for iid, why in self.unreachable(instances).items()}
         if failures:
             raise StepFailed(stage, failures, fix=fix)
+
+    def unreachable(self, instances: list[Instance]) -> dict[str, str]:
+        """The instances Run Command cannot reach now (their SSM agent is not online),
+        each with why."""
+        out: dict[str, str] = {}
+        for region, ids in by_region([HostRef(region=i.region, instance_id=i.instance_id)
+                                      for i in instances]).items():
+            out.update(aws.runcommand.unreachable(self.aws.ssm(region), region, ids))
+        return out
 
     def serving(self, instance: Instance) -> str | None:
         """The release a host serves, proven as the environment's health_check says."""

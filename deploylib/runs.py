@@ -238,17 +238,9 @@ def load_run(cfg: config.DeployConfig, run_id: str,
         except (StateError, InputError) as exc:
             last = exc
             continue
-        env = cfg.environment(state.env)
-        # The store's copy when it went further (the run went on elsewhere: a bake's
-        # release phase in Jenkins, a resume on another machine); offline, this one.
-        try:
-            stored = runstore.read(environment_clients(env).s3(), env, run_id)
-        except DeployError:
-            stored = None
-        if stored is not None and runstore.further(stored, state):
-            stored.write_local(stored.text())
-            return env, stored
-        return env, state
+        # (A command that opens the run's context takes the store's copy there when it
+        # went further: runstore.attach. One that only reads it asks `newest`.)
+        return cfg.environment(state.env), state
     # Not on this machine: a run started elsewhere, kept in its environment's store.
     for env in cfg.environments.values():
         if state_dir and env.state_dir != state_dir:
@@ -261,6 +253,19 @@ def load_run(cfg: config.DeployConfig, run_id: str,
             return env, found
     assert last is not None
     raise last
+
+
+def newest(env: config.Environment, state: RunState) -> RunState:
+    """The run as far as it went: the store's copy when it went further than this
+    machine's (a bake's release phase in Jenkins, a resume elsewhere); offline, this one."""
+    try:
+        stored = runstore.read(environment_clients(env).s3(), env, state.run_id)
+    except DeployError:
+        return state
+    if stored is None or not runstore.further(stored, state):
+        return state
+    stored.write_local(stored.text())
+    return stored
 
 
 def paths(env: config.Environment, state: RunState) -> dict[str, str]:

@@ -374,7 +374,7 @@ def report(c, run="", env=None, config=None, json=False, open=True, out="", last
         environment = cfg.environment(env)
         if run:
             environment, state = runs.load_run(cfg, run)
-            states = [state]
+            states = [runs.newest(environment, state)]
         else:
             states = reports.load_states(environment.state_dir, limit=int(last))
         data = reports.build(states)

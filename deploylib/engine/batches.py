@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from deploylib.context import Context, by_region
 from deploylib.errors import StateError, StepFailed, WindowFailed, error_line
@@ -34,7 +35,8 @@ def _done(ctx: Context, group: Stage, n: int) -> bool:
                for m in group.members)
 
 
-def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bool]) -> None:
+def run(ctx: Context, group: Stage, *, call: Call, best_effort: Callable[..., bool],
+        **_: Any) -> None:
     state = ctx.state
     key = StageKey(group.name)
     if state.is_done(key):

@@ -109,10 +109,8 @@ def run_stage(ctx: Context, stage: planning.Stage, region: str | None = None) ->
     group = _GROUPS.get(stage.kind)
     if group is None:
         call(ctx, stage, StageKey(stage.name))
-    elif region is not None:
-        group(ctx, stage, call=call, best_effort=best_effort, region=region)
     else:
-        group(ctx, stage, call=call, best_effort=best_effort)
+        group(ctx, stage, call=call, best_effort=best_effort, region=region)
 
 
 def clean_up(ctx: Context, plan: planning.Plan) -> None:

@@ -10,7 +10,7 @@ from deploylib import aws, render, waits
 from deploylib.catalog import step
 from deploylib.context import Context, by_region
 from deploylib.errors import HostError, HostKeyError, InputError, StateError
-from deploylib.facts import Builder, HostRef
+from deploylib.facts import Builder
 from deploylib.plan import BUILDER
 
 if TYPE_CHECKING:  # boto3's clients by their stubs (a test dependency)
@@ -180,9 +180,7 @@ def _wait_agents(ctx: Context, instances: list[aws.ec2.Instance]) -> None:
 
     def online() -> bool:
         waiting.clear()
-        for region, ids in by_region([HostRef(region=i.region, instance_id=i.instance_id)
-                                      for i in instances]).items():
-            waiting.update(aws.runcommand.unreachable(ctx.aws.ssm(region), region, ids))
+        waiting.update(ctx.unreachable(instances))
         return not waiting
 
     waits.until(online, timeout=ctx.timeout("ssh", 300),

@@ -234,6 +234,19 @@ def app_that_fails_where_marked(tmp_path: Path, version: str) -> Path:
     return tarball.build(source, version, tmp_path)
 
 
+def broken_hotfix(lab, tmp_path: Path, refuse, victim: str, version: str,
+                  config: Path, *words: str) -> dict:
+    """A hotfix whose release refuses to start on `victim` (`refuse`: the lab fixture
+    marking it): it fails in one line at install-release naming the host (and `words`);
+    the run's state."""
+    refuse(victim, version)
+    artifact = app_that_fails_where_marked(tmp_path, version)
+    proc = lab.cli(f"hotfix --version {version} --artifact {artifact} --config {config}",
+                   check=False)
+    failed_clearly(proc, "install-release", victim, *words)
+    return state_of(lab, proc)
+
+
 def hosts_in_rollout_order(lab) -> list[str]:
     """The live hosts in the order a `quick_config` hotfix takes them (regions in turn)."""
     return [i.instance_id for region in lab.env.all_regions for i in sorted(

@@ -22,6 +22,7 @@ from tests.lab.checks import (
     app_that_fails_where_marked,
     assert_nothing_lost,
     assert_serving,
+    broken_hotfix,
     ended,
     failed_clearly,
     host_root,
@@ -64,17 +65,13 @@ def test_health_check_fails_on_host_k_of_n_and_updated_hosts_roll_back(lab, tmp_
     order = hosts_in_rollout_order(lab)
     k = len(order)  # the last: every host before it was updated, and goes back
     version = f"5.0.1-{transfer}"
-    refuse(order[k - 1], version)
-    artifact = app_that_fails_where_marked(tmp_path, version)
     config = quick_config(lab, f"k-{transfer}.toml", artifact_transfer=transfer)
-    proc = lab.cli(f"hotfix --version {version} --artifact {artifact} --config {config}",
-                   check=False)
-    failed_clearly(proc, "install-release", order[k - 1], "previous release was restored")
-    state = state_of(lab, proc)
+    state = broken_hotfix(lab, tmp_path, refuse, order[k - 1], version, config,
+                          "previous release was restored")
     assert state["stages"][f"rollout/{k}/install-release"]["was"] == "failed"
     assert f"rollout/{k + 1}/drain" not in state["stages"]  # it stopped at host k
     # hosts 1..k-1 had the new release; the switch-back put them on the live one
-    assert sorted(state["facts"]["rolled_back"]) == sorted(order[: k - 1]), proc.stderr[-3000:]
+    assert sorted(state["facts"]["rolled_back"]) == sorted(order[: k - 1]), state["facts"]
     assert state["facts"]["cleanup"] == {"restore-batch": "done", "locate-live": "done",
                                         "resume-scaling": "done"}
     assert record(lab)["release"] == before
@@ -85,13 +82,8 @@ def test_without_rollback_on_failure_the_updated_hosts_keep_the_new_release(lab,
                                                                           refuse):
     before = record(lab)["release"]
     order = hosts_in_rollout_order(lab)
-    refuse(order[1], "5.0.4")
-    artifact = app_that_fails_where_marked(tmp_path, "5.0.4")
     config = quick_config(lab, "keep.toml", rollback_on_failure=False)
-    proc = lab.cli(f"hotfix --version 5.0.4 --artifact {artifact} --config {config}",
-                   check=False)
-    failed_clearly(proc, "install-release", order[1])
-    state = state_of(lab, proc)
+    state = broken_hotfix(lab, tmp_path, refuse, order[1], "5.0.4", config)
     assert state["facts"]["rolled_back"] == [] and "locate-live" not in state["facts"]["cleanup"]
     fleet = {i.instance_id: i for insts in live_hosts(lab).values() for i in insts}
     # the first host stays on the new release, the failed one is back on the live one;

@@ -15,10 +15,9 @@ import pytest
 
 from deploylib import aws
 from tests.lab.checks import (
-    app_that_fails_where_marked,
     assert_nothing_lost,
     assert_serving,
-    failed_clearly,
+    broken_hotfix,
     live_hosts,
     plant_image,
     quick_config,
@@ -135,12 +134,8 @@ def test_a_failure_in_region_bs_second_batch_rolls_back_updated_hosts_in_every_r
     before = record(lab)["release"]
     b = lab.env.copy_regions[0]
     victim = sorted(i.instance_id for i in live_hosts(lab)[b])[1]  # region B's batch 2
-    refuse(victim, "5.9.1")
-    artifact = app_that_fails_where_marked(tmp_path, "5.9.1")
-    proc = lab.cli(f"hotfix --version 5.9.1 --artifact {artifact} "
-                   f"--config {quick_config(lab, 'waves.toml', rollout='waves')}", check=False)
-    failed_clearly(proc, "install-release", victim)
-    state = state_of(lab, proc)
+    state = broken_hotfix(lab, tmp_path, refuse, victim, "5.9.1",
+                          quick_config(lab, "waves.toml", rollout="waves"))
     waves = _waves(state)
     failed_at = next(n for n, w in enumerate(waves, start=1) if (b, victim) in w)
     assert state["stages"][f"rollout/{failed_at}/install-release"]["was"] == "failed"

@@ -10,11 +10,10 @@ import pytest
 
 from deploylib import aws, waits
 from tests.lab.checks import (
-    app_that_fails_where_marked,
     assert_nothing_lost,
     assert_serving,
+    broken_hotfix,
     ended,
-    failed_clearly,
     hosts_in_rollout_order,
     live_hosts,
     quick_config,
@@ -91,12 +90,8 @@ def test_a_broken_release_is_refused_and_switched_back_through_run_command(
     before = record(lab)["release"]
     order = hosts_in_rollout_order(lab)
     victim = order[3]  # the second region's second host: three hosts updated before it
-    refuse(victim, "6.1.0")
-    artifact = app_that_fails_where_marked(tmp_path, "6.1.0")
-    proc = lab.cli(f"hotfix --version 6.1.0 --artifact {artifact} "
-                   f"--config {quick_config(lab, f'{tmp_path.name}.toml')}", check=False)
-    failed_clearly(proc, "install-release", victim)
-    state = state_of(lab, proc)
+    state = broken_hotfix(lab, tmp_path, refuse, victim, "6.1.0",
+                          quick_config(lab, f"{tmp_path.name}.toml"))
     assert sorted(state["facts"]["rolled_back"]) == sorted(order[:3])
     assert state["facts"]["ssh_connections"] == 0
     assert_nothing_lost(lab, state, before)
